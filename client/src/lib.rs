@@ -1,0 +1,269 @@
+//! Kakehashi laptop client. `kakehashi connect DESK` opens a local port;
+//! each connection to it becomes a session to the desk PC through the
+//! gateway, over QUIC or, when UDP is blocked, TLS over TCP.
+
+pub mod config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use kakehashi_proto::io::{read_frame, write_message, write_raw};
+use kakehashi_proto::message::{Message, SessionAccepted, SessionRequest};
+use kakehashi_proto::{frame, FrameKind, Reason, Refusal, ALPN_TERMINAL};
+use kakehashi_transport::dial::{quic_connect, resolve, tls_connect};
+use kakehashi_transport::quic::QuicLimits;
+use kakehashi_transport::stream::QuicStream;
+use kakehashi_transport::tls::{self, TlsFiles};
+use kakehashi_transport::{explain, BoxIo, Transport, TransportChoice};
+use tokio::sync::Mutex;
+
+pub use config::Config;
+
+/// How long `auto` waits for QUIC before falling back to TCP.
+pub const QUIC_PROBE: Duration = Duration::from_millis(1500);
+/// Handshake timeout for each transport.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long the gateway may take to set a session up.
+const SETUP: Duration = Duration::from_secs(20);
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Why a session could not be opened.
+#[derive(Debug)]
+pub enum SessionError {
+    /// The gateway (or our side) refused, with a reason to show the person.
+    Refused(Refusal),
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Refused(r) => write!(f, "{r}"),
+            SessionError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+impl From<anyhow::Error> for SessionError {
+    fn from(e: anyhow::Error) -> Self {
+        // A TLS failure has a reason a person can act on.
+        match explain::chain_reason(&e) {
+            Some(r) => SessionError::Refused(Refusal::new(r).with_detail(format!("{e:#}"))),
+            None => SessionError::Other(e),
+        }
+    }
+}
+
+/// Opens session streams to the gateway over the chosen transport.
+#[derive(Debug)]
+pub struct Dialer {
+    cfg: Config,
+    tls: Arc<rustls::ClientConfig>,
+    transport: Transport,
+    quic: Option<QuicState>,
+}
+
+#[derive(Debug)]
+struct QuicState {
+    ep: quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+impl Dialer {
+    /// Pick a transport by probing the gateway (a ping over a fresh
+    /// connection, which also proves the gateway accepted our certificate).
+    /// Returns the dialer and a note on how the transport was chosen.
+    pub async fn establish(
+        cfg: Config,
+        choice: TransportChoice,
+    ) -> Result<(Self, String), SessionError> {
+        let files = TlsFiles {
+            ca: cfg.ca.clone(),
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+            crl: cfg.crl.clone(),
+        };
+        let m = files.load().map_err(SessionError::Other)?;
+        let tls = Arc::new(
+            tls::client_config(&m, cfg.crl.as_deref(), ALPN_TERMINAL)
+                .map_err(SessionError::Other)?,
+        );
+        let mut d = Self {
+            cfg,
+            tls,
+            transport: Transport::Quic,
+            quic: None,
+        };
+        match choice {
+            TransportChoice::Quic => {
+                d.probe_quic(HANDSHAKE).await?;
+                Ok((d, "quic".into()))
+            }
+            TransportChoice::Tcp => {
+                d.transport = Transport::Tcp;
+                d.probe_tcp().await?;
+                Ok((d, "tcp".into()))
+            }
+            TransportChoice::Auto => match d.probe_quic(QUIC_PROBE).await {
+                Ok(()) => Ok((d, "quic".into())),
+                // The gateway refused our certificate: TCP would say the same.
+                Err(SessionError::Refused(r)) if r.code != Reason::GatewayUnreachable.code() => {
+                    Err(SessionError::Refused(r))
+                }
+                Err(e) => {
+                    let why = match &e {
+                        SessionError::Refused(r) => r.detail.clone().unwrap_or_default(),
+                        SessionError::Other(e) => format!("{e:#}"),
+                    };
+                    d.transport = Transport::Tcp;
+                    d.quic = None;
+                    d.probe_tcp().await?;
+                    Ok((d, format!("tcp (QUIC unavailable: {why})")))
+                }
+            },
+        }
+    }
+
+    /// The transport in use.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    async fn probe_quic(&mut self, timeout: Duration) -> Result<(), SessionError> {
+        let addr = resolve(&self.cfg.quic).await?;
+        let ep =
+            kakehashi_transport::quic::client((*self.tls).clone(), QuicLimits::default(), addr)?;
+        let conn = quic_connect(&ep, addr, &self.cfg.server_name, timeout).await?;
+        self.quic = Some(QuicState {
+            ep,
+            addr,
+            conn: Mutex::new(Some(conn)),
+        });
+        let mut io = self.open().await?;
+        ping(&mut io, timeout.max(Duration::from_secs(3))).await
+    }
+
+    async fn probe_tcp(&mut self) -> Result<(), SessionError> {
+        let mut io = self.open().await?;
+        ping(&mut io, HANDSHAKE).await
+    }
+
+    /// A fresh stream to the gateway (a QUIC stream, or a new TLS connection).
+    pub async fn open(&self) -> anyhow::Result<BoxIo> {
+        match &self.quic {
+            Some(q) => {
+                let mut guard = q.conn.lock().await;
+                if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
+                    if let Ok(bi) = c.open_bi().await {
+                        return Ok(Box::new(QuicStream::new(bi)));
+                    }
+                }
+                // Connection lost (gateway restarted?): dial again.
+                let c = quic_connect(&q.ep, q.addr, &self.cfg.server_name, HANDSHAKE).await?;
+                let bi = c.open_bi().await.context("cannot open a QUIC stream")?;
+                *guard = Some(c);
+                Ok(Box::new(QuicStream::new(bi)))
+            }
+            None => Ok(Box::new(
+                tls_connect(
+                    &self.cfg.tcp,
+                    &self.cfg.server_name,
+                    self.tls.clone(),
+                    HANDSHAKE,
+                    KEEPALIVE,
+                )
+                .await?,
+            )),
+        }
+    }
+
+    /// Open a session to `desk`. On success the stream carries the desk's bytes.
+    pub async fn session(&self, desk: &str) -> Result<(BoxIo, SessionAccepted), SessionError> {
+        let mut io = self.open().await?;
+        let fut = async {
+            write_message(
+                &mut io,
+                &SessionRequest {
+                    desk: desk.to_string(),
+                },
+            )
+            .await
+            .context("cannot send the session request")?;
+            let f = read_frame(&mut io)
+                .await
+                .context("no answer from the gateway")?;
+            match f.kind {
+                FrameKind::SessionAccepted => Ok(SessionAccepted::from_frame(&f)?),
+                FrameKind::Refused => Err(SessionError::Refused(Refusal::from_frame(&f)?)),
+                other => Err(anyhow!("unexpected {other:?} frame from the gateway").into()),
+            }
+        };
+        let accepted = match tokio::time::timeout(SETUP, fut).await {
+            Ok(r) => r.map_err(|e: SessionError| e)?,
+            Err(_) => return Err(SessionError::Refused(Refusal::new(Reason::Timeout))),
+        };
+        Ok((io, accepted))
+    }
+}
+
+impl From<kakehashi_proto::FrameError> for SessionError {
+    fn from(e: kakehashi_proto::FrameError) -> Self {
+        SessionError::Other(e.into())
+    }
+}
+
+async fn ping(io: &mut BoxIo, timeout: Duration) -> Result<(), SessionError> {
+    let fut = async {
+        write_raw(
+            io,
+            &frame::encode(FrameKind::Ping, &[]).expect("empty frame"),
+        )
+        .await?;
+        let f = read_frame(io).await?;
+        match f.kind {
+            FrameKind::Pong => Ok(()),
+            FrameKind::Refused => Err(SessionError::Refused(Refusal::from_frame(&f)?)),
+            other => Err(anyhow!("unexpected {other:?} frame").into()),
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(|e: SessionError| match e {
+            SessionError::Other(e) => SessionError::from(e),
+            r => r,
+        }),
+        Err(_) => Err(SessionError::Refused(
+            Refusal::new(Reason::GatewayUnreachable).with_detail("no answer to ping"),
+        )),
+    }
+}
+
+impl From<kakehashi_proto::io::FrameIoError> for SessionError {
+    fn from(e: kakehashi_proto::io::FrameIoError) -> Self {
+        match e {
+            kakehashi_proto::io::FrameIoError::Io(io) => SessionError::from(anyhow::Error::new(io)),
+            other => SessionError::Other(other.into()),
+        }
+    }
+}
+
+/// Print a refusal for a person: Japanese first, then English, then the code.
+pub fn describe(r: &Refusal) -> String {
+    let mut s = format!("{}\n{}\n(reason: {})", r.ja, r.en, r.code);
+    if let Some(d) = &r.detail {
+        s.push_str(&format!("\n(detail: {d})"));
+    }
+    s
+}
+
+/// Validate a desk id before talking to anyone.
+pub fn check_desk(desk: &str) -> anyhow::Result<()> {
+    if !kakehashi_proto::message::valid_id(desk) {
+        bail!("invalid desk id {desk:?}: 1-64 characters of A-Z a-z 0-9 . _ -");
+    }
+    Ok(())
+}

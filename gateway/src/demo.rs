@@ -1,0 +1,287 @@
+//! `kakehashi-gateway demo`: a complete Kakehashi on loopback — a
+//! throw-away CA, a gateway, one desk agent and a demo desk service (echo) —
+//! with a `client.toml` so `kakehashi connect demo-desk` works as printed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use kakehashi_pki::{CaDir, InitOptions, IssueRequest, Subject, TerminalClass};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::Config;
+use crate::server::Gateway;
+
+/// Desk id of the demo desk.
+pub const DEMO_DESK: &str = "demo-desk";
+/// Device id of the demo laptop.
+pub const DEMO_DEVICE: &str = "demo-laptop";
+const MARKER: &str = ".kakehashi-demo";
+
+/// Run the demo until Ctrl-C.
+pub async fn run(dir: &Path) -> anyhow::Result<()> {
+    prepare_dir(dir)?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let pki_dir = dir.join("pki");
+    eprintln!(
+        "Creating a throw-away CA and certificates in {} …",
+        pki_dir.display()
+    );
+    let mut ca = CaDir::init(
+        &pki_dir,
+        &InitOptions {
+            organization: "Kakehashi demo".into(),
+            common_name: "Kakehashi Demo CA".into(),
+        },
+    )?;
+    let gw = ca.issue(&IssueRequest::new(Subject::Gateway {
+        name: "localhost".into(),
+        ips: vec!["127.0.0.1".parse()?],
+    }))?;
+    let agent = ca.issue(&IssueRequest::new(Subject::Agent {
+        desk: DEMO_DESK.into(),
+    }))?;
+    let device = ca.issue(&IssueRequest::new(Subject::Device {
+        id: DEMO_DEVICE.into(),
+        class: TerminalClass::Home,
+        user: Some("demo-user".into()),
+    }))?;
+    let crl = ca.write_crl()?;
+
+    // The demo desk: an echo service standing in for the desk PC's RDP server.
+    let desk = TcpListener::bind("127.0.0.1:0").await?;
+    let desk_addr = desk.local_addr()?;
+    tokio::spawn(echo_service(desk));
+
+    // Gateway on loopback; QUIC and TCP share a port number as in production (443).
+    let (term_tcp, term_port) = bind_pair().await?;
+    let (agent_tcp, agent_port) = bind_pair().await?;
+    drop((term_tcp, agent_tcp));
+    let rel = |p: &Path| {
+        p.strip_prefix(&dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let gateway_toml = format!(
+        r#"# Written by `kakehashi-gateway demo`. Run it alone with:
+#   kakehashi-gateway run --config {gwcfg}
+name = "demo-gateway"
+
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+crl = "{crl}"
+ticket_key = "{ticket}"
+
+[terminals]
+quic = "127.0.0.1:{term_port}"
+tcp = "127.0.0.1:{term_port}"
+max_connections = 1000
+
+[agents]
+quic = "127.0.0.1:{agent_port}"
+tcp = "127.0.0.1:{agent_port}"
+max_connections = 1000
+
+[limits]
+max_sessions = 1000
+"#,
+        gwcfg = dir.join("gateway.toml").display(),
+        ca = rel(&ca.ca_cert_path()).display(),
+        cert = rel(&gw.cert_path).display(),
+        key = rel(&gw.key_path).display(),
+        crl = rel(&crl).display(),
+        ticket = rel(&ca.ticket_key_path()).display(),
+    );
+    let agent_toml = format!(
+        r#"# Written by `kakehashi-gateway demo`.
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[tickets]
+public_keys = ["{ticket_pub}"]
+
+[[gateways]]
+address = "127.0.0.1:{agent_port}"
+server_name = "localhost"
+
+[target]
+address = "{desk_addr}"
+
+[reconnect]
+initial_ms = 200
+max_ms = 5000
+"#,
+        ca = rel(&ca.ca_cert_path()).display(),
+        cert = rel(&agent.cert_path).display(),
+        key = rel(&agent.key_path).display(),
+        ticket_pub = rel(&ca.ticket_public_path()).display(),
+    );
+    let client_toml = format!(
+        r#"# Written by `kakehashi-gateway demo`: the demo laptop ({DEMO_DEVICE}, class home).
+[gateway]
+address = "127.0.0.1:{term_port}"
+server_name = "localhost"
+
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[connect]
+transport = "auto"
+"#,
+        ca = rel(&ca.ca_cert_path()).display(),
+        cert = rel(&device.cert_path).display(),
+        key = rel(&device.key_path).display(),
+    );
+    write(&dir.join("gateway.toml"), &gateway_toml)?;
+    write(&dir.join("agent.toml"), &agent_toml)?;
+    write(&dir.join("client.toml"), &client_toml)?;
+
+    let gateway = Gateway::bind(Config::load(&dir.join("gateway.toml"))?)
+        .await
+        .context("cannot start the demo gateway")?;
+    let shared = gateway.shared();
+    let stop = CancellationToken::new();
+    let gw_task = tokio::spawn(gateway.serve(stop.clone()));
+    let agent =
+        kakehashi_agent::Agent::new(kakehashi_agent::Config::load(&dir.join("agent.toml"))?)?;
+    let agent_task = tokio::spawn(agent.run(stop.clone()));
+
+    // Wait until the agent's tunnel is registered before telling anyone to connect.
+    let online = tokio::time::timeout(Duration::from_secs(15), async {
+        while !shared.online_desks().iter().any(|d| d == DEMO_DESK) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if online.is_err() {
+        bail!("the demo agent did not connect within 15 s (see the log above)");
+    }
+
+    let client = client_command();
+    let port = free_port().await.unwrap_or(13389);
+    println!();
+    println!("Kakehashi demo is running (Ctrl-C to stop) / デモを実行中です (Ctrl-C で終了)");
+    println!("  directory     {}", dir.display());
+    println!("  gateway       127.0.0.1:{term_port} for laptops (QUIC and TLS/TCP), 127.0.0.1:{agent_port} for agents");
+    println!("  desk          {DEMO_DESK}: agent online, local service = echo on {desk_addr}");
+    println!(
+        "  laptop        {DEMO_DEVICE} (class home), certificate in {}",
+        device.cert_path.display()
+    );
+    println!();
+    println!("Next, in another terminal / 次に別の端末で:");
+    println!(
+        "  {client} --config {} connect {DEMO_DESK} --listen 127.0.0.1:{port}",
+        dir.join("client.toml").display()
+    );
+    println!("then type a line into the session; the demo desk echoes it back / 入力した行がそのまま返ってきます:");
+    println!("  nc 127.0.0.1 {port}");
+    println!();
+    println!("Try also / ほかにも:");
+    println!(
+        "  {client} --config {} connect {DEMO_DESK} --transport tcp",
+        dir.join("client.toml").display()
+    );
+    println!(
+        "  {client} --config {} connect no-such-desk   # refused: desk_offline",
+        dir.join("client.toml").display()
+    );
+    println!();
+
+    crate::shutdown_signal().await;
+    eprintln!("Stopping the demo …");
+    stop.cancel();
+    let _ = agent_task.await;
+    gw_task.await.context("gateway task")??;
+    Ok(())
+}
+
+/// Refuse to write into a directory that holds something other than an earlier demo.
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)?.next().is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            bail!(
+                "{} exists and is not a Kakehashi demo directory; choose another with --dir",
+                dir.display()
+            );
+        }
+        // A previous demo's throw-away CA: start over.
+        let pki = dir.join("pki");
+        if pki.exists() {
+            std::fs::remove_dir_all(&pki)
+                .with_context(|| format!("cannot clear {}", pki.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write(
+        &dir.join(MARKER),
+        "This directory was made by `kakehashi-gateway demo`; it may be deleted.\n",
+    )
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A TCP port whose UDP twin is free too, so QUIC and TCP share the number.
+async fn bind_pair() -> anyhow::Result<(TcpListener, u16)> {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").await?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok((tcp, port));
+        }
+    }
+    bail!("no free port pair for TCP and UDP on 127.0.0.1")
+}
+
+async fn free_port() -> Option<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").await.ok()?;
+    l.local_addr().ok().map(|a: SocketAddr| a.port())
+}
+
+/// How to run the client: the binary next to this one if it was built, else cargo.
+fn client_command() -> String {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("kakehashi")));
+    match sibling {
+        Some(p) if p.exists() => p.display().to_string(),
+        _ => "cargo run --release -p kakehashi-client --".to_string(),
+    }
+}
+
+async fn echo_service(l: TcpListener) {
+    loop {
+        let Ok((mut s, peer)) = l.accept().await else {
+            continue;
+        };
+        debug!(%peer, "Demo desk connection");
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,18 @@
+//! Kakehashi gateway: accepts laptops (terminals) and desk agents over QUIC
+//! and TLS-over-TCP with mutual TLS against the private CA, keeps a registry
+//! of the desks whose agents have dialled in, and for each session a laptop
+//! asks for opens a stream on the desk's tunnel carrying a session ticket
+//! signed with Ed25519, then splices the two streams.
+//!
+//! `main.rs` is a thin wrapper: [`config::Config`] → [`server::Gateway::bind`]
+//! → [`server::Gateway::serve`]. [`demo`] runs a complete gateway, agent
+//! and demo desk on loopback.
+
+pub mod config;
+pub mod demo;
+pub mod server;
+
+pub use config::Config;
+pub use server::{BoundAddrs, Gateway};
+
+pub use kakehashi_transport::shutdown_signal;

@@ -1,0 +1,873 @@
+//! The relay: listeners for laptops and agents, the agent registry, session
+//! setup with signed tickets, and the splice.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use kakehashi_pki::Identity;
+use kakehashi_proto::io::{read_frame, write_message, write_raw, FrameIoError};
+use kakehashi_proto::message::{
+    AgentHello, AgentWelcome, DataChannelHello, Message, OpenDataChannel, SessionAccepted,
+    SessionRequest,
+};
+use kakehashi_proto::ticket::{TicketClaims, TICKET_LIFETIME_SECS, TICKET_VERSION};
+use kakehashi_proto::{
+    frame, Controls, FrameKind, Limits, Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL,
+};
+use kakehashi_transport::quic::QuicLimits;
+use kakehashi_transport::splice::splice;
+use kakehashi_transport::stream::QuicStream;
+use kakehashi_transport::tls::{self, ReloadingClientVerifier, TlsFiles};
+use kakehashi_transport::{random_hex, tune_tcp, unix_now, BoxIo, Transport};
+use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+
+/// Addresses actually bound (port 0 in the config becomes a real port).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BoundAddrs {
+    /// Terminal QUIC.
+    pub terminal_quic: Option<SocketAddr>,
+    /// Terminal TCP.
+    pub terminal_tcp: Option<SocketAddr>,
+    /// Agent QUIC.
+    pub agent_quic: Option<SocketAddr>,
+    /// Agent TCP.
+    pub agent_tcp: Option<SocketAddr>,
+}
+
+/// How to reach one desk's agent.
+#[derive(Clone)]
+enum AgentLink {
+    Quic(quinn::Connection),
+    Tcp { control: mpsc::Sender<Vec<u8>> },
+}
+
+struct AgentEntry {
+    generation: u64,
+    link: AgentLink,
+    transport: Transport,
+    /// Cancelled when a newer tunnel for the same desk replaces this one.
+    replaced: CancellationToken,
+}
+
+/// A data connection an agent was asked to dial, waiting for it.
+struct PendingChannel {
+    desk: String,
+    deliver: oneshot::Sender<BoxIo>,
+}
+
+/// State shared by every task of a gateway.
+pub struct Shared {
+    cfg: Arc<Config>,
+    signer: TicketSigner,
+    agents: Mutex<HashMap<String, AgentEntry>>,
+    pending: Mutex<HashMap<String, PendingChannel>>,
+    sessions: Arc<Semaphore>,
+    generation: AtomicU64,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Desks with a live tunnel.
+    pub fn online_desks(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .agents
+            .lock()
+            .expect("agents lock")
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Sessions in progress.
+    pub fn active_sessions(&self) -> usize {
+        self.cfg.max_sessions - self.sessions.available_permits()
+    }
+}
+
+/// A gateway with its listeners bound, ready to serve.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    addrs: BoundAddrs,
+    verifier: Arc<ReloadingClientVerifier>,
+    terminal_quic: Option<quinn::Endpoint>,
+    terminal_tcp: Option<(TcpListener, TlsAcceptor)>,
+    agent_quic: Option<quinn::Endpoint>,
+    agent_tcp: Option<(TcpListener, TlsAcceptor)>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Load certificates and keys and bind every configured listener.
+    /// Errors here (bad files, ports in use) happen before anything serves.
+    pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
+        let cfg = Arc::new(cfg);
+        let files = TlsFiles {
+            ca: cfg.ca.clone(),
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+            crl: cfg.crl.clone(),
+        };
+        let m = files.load()?;
+        let verifier = ReloadingClientVerifier::new(&m.ca, cfg.crl.clone())?;
+        let key = kakehashi_pki::load_ticket_signing_key(&cfg.ticket_key).with_context(|| {
+            format!(
+                "cannot load ticket signing key {}",
+                cfg.ticket_key.display()
+            )
+        })?;
+        let term_tls = tls::server_config(&m, verifier.clone(), ALPN_TERMINAL)?;
+        let agent_tls = tls::server_config(&m, verifier.clone(), ALPN_AGENT)?;
+        let quic_limits = |max_streams| QuicLimits {
+            max_streams,
+            keepalive: cfg.keepalive,
+            idle_timeout: cfg.idle_timeout,
+            ..QuicLimits::default()
+        };
+        let mut addrs = BoundAddrs::default();
+        let terminal_tcp = match cfg.terminal_tcp {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot bind terminal TCP {a}"))?;
+                addrs.terminal_tcp = Some(l.local_addr()?);
+                Some((l, TlsAcceptor::from(Arc::new(term_tls.clone()))))
+            }
+            None => None,
+        };
+        let terminal_quic = match cfg.terminal_quic {
+            Some(a) => {
+                let ep = kakehashi_transport::quic::server(a, term_tls, quic_limits(64))?;
+                addrs.terminal_quic = Some(ep.local_addr()?);
+                Some(ep)
+            }
+            None => None,
+        };
+        let agent_tcp = match cfg.agent_tcp {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot bind agent TCP {a}"))?;
+                addrs.agent_tcp = Some(l.local_addr()?);
+                Some((l, TlsAcceptor::from(Arc::new(agent_tls.clone()))))
+            }
+            None => None,
+        };
+        let agent_quic = match cfg.agent_quic {
+            Some(a) => {
+                let ep = kakehashi_transport::quic::server(a, agent_tls, quic_limits(4096))?;
+                addrs.agent_quic = Some(ep.local_addr()?);
+                Some(ep)
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            signer: TicketSigner::new(key),
+            agents: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
+            generation: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            force: CancellationToken::new(),
+            cfg,
+        });
+        Ok(Self {
+            shared,
+            addrs,
+            verifier,
+            terminal_quic,
+            terminal_tcp,
+            agent_quic,
+            agent_tcp,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// A handle on the shared state (for the demo and tests).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serve until `shutdown` is cancelled, then stop accepting, give live
+    /// sessions the grace period, and close everything.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let s = self.shared.clone();
+        let mut tasks = JoinSet::new();
+        let term_cap = Arc::new(Semaphore::new(s.cfg.terminal_max_connections));
+        let agent_cap = Arc::new(Semaphore::new(s.cfg.agent_max_connections));
+        {
+            let stop = s.shutdown.clone();
+            tasks.spawn(
+                self.verifier
+                    .clone()
+                    .watch(
+                        Duration::from_secs(1),
+                        async move { stop.cancelled().await },
+                    ),
+            );
+        }
+        if let Some((l, acc)) = self.terminal_tcp {
+            tasks.spawn(tcp_accept_loop(
+                s.clone(),
+                l,
+                acc,
+                term_cap.clone(),
+                Role::Terminal,
+            ));
+        }
+        if let Some(ep) = self.terminal_quic.clone() {
+            tasks.spawn(quic_accept_loop(
+                s.clone(),
+                ep,
+                term_cap.clone(),
+                Role::Terminal,
+            ));
+        }
+        if let Some((l, acc)) = self.agent_tcp {
+            tasks.spawn(tcp_accept_loop(
+                s.clone(),
+                l,
+                acc,
+                agent_cap.clone(),
+                Role::Agent,
+            ));
+        }
+        if let Some(ep) = self.agent_quic.clone() {
+            tasks.spawn(quic_accept_loop(
+                s.clone(),
+                ep,
+                agent_cap.clone(),
+                Role::Agent,
+            ));
+        }
+        info!(gateway = %s.cfg.name, "Gateway serving");
+
+        shutdown.cancelled().await;
+        info!(sessions = s.active_sessions(), grace = ?s.cfg.shutdown_grace, "Shutting down: no new connections");
+        s.shutdown.cancel();
+        let deadline = Instant::now() + s.cfg.shutdown_grace;
+        while s.active_sessions() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if s.active_sessions() > 0 {
+            warn!(
+                sessions = s.active_sessions(),
+                "Grace period over: ending remaining sessions"
+            );
+        }
+        s.force.cancel();
+        for ep in [&self.terminal_quic, &self.agent_quic]
+            .into_iter()
+            .flatten()
+        {
+            ep.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        for ep in [&self.terminal_quic, &self.agent_quic]
+            .into_iter()
+            .flatten()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+        }
+        info!("Gateway stopped");
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Terminal,
+    Agent,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Terminal => "terminal",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+async fn tcp_accept_loop(
+    s: Arc<Shared>,
+    l: TcpListener,
+    acc: TlsAcceptor,
+    cap: Arc<Semaphore>,
+    role: Role,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            biased;
+            _ = s.shutdown.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(role = role.as_str(), error = %e, "Accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = cap.clone().try_acquire_owned() else {
+            warn!(role = role.as_str(), %peer, "Connection cap reached; refusing");
+            drop(tcp);
+            continue;
+        };
+        tune_tcp(&tcp, s.cfg.keepalive);
+        let s = s.clone();
+        let acc = acc.clone();
+        let span = info_span!("conn", role = role.as_str(), transport = "tcp", %peer);
+        conns.spawn(
+            async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(s.cfg.handshake_timeout, acc.accept(tcp)).await
+                {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!("TLS handshake timed out");
+                        return;
+                    }
+                };
+                let ident = tls::tcp_peer_cert(&tls)
+                    .and_then(|c| kakehashi_pki::identity_from_der(&c).ok());
+                let mut io: BoxIo = Box::new(tls);
+                match (role, ident) {
+                    (Role::Terminal, Some(id @ Identity::Device { .. })) => {
+                        handle_terminal_stream(s, io, id, Transport::Tcp).await;
+                    }
+                    (Role::Agent, Some(Identity::Agent { desk })) => {
+                        handle_agent_tcp(s, io, desk).await
+                    }
+                    (_, other) => {
+                        warn!(identity = ?other, "Certificate of the wrong kind for this listener");
+                        refuse(&mut io, Refusal::new(Reason::WrongCertificateKind)).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+    drain(conns, &s).await;
+}
+
+async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphore>, role: Role) {
+    let mut conns = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = s.shutdown.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            i = ep.accept() => match i { Some(i) => i, None => break },
+        };
+        let peer = incoming.remote_address();
+        let Ok(permit) = cap.clone().try_acquire_owned() else {
+            warn!(role = role.as_str(), %peer, "Connection cap reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let s = s.clone();
+        let span = info_span!("conn", role = role.as_str(), transport = "quic", %peer);
+        conns.spawn(
+            async move {
+                let _permit = permit;
+                let conn = match incoming.accept() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "QUIC accept failed");
+                        return;
+                    }
+                };
+                let conn = match tokio::time::timeout(s.cfg.handshake_timeout, conn).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "QUIC handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!("QUIC handshake timed out");
+                        return;
+                    }
+                };
+                let ident = tls::quic_peer_cert(&conn)
+                    .and_then(|c| kakehashi_pki::identity_from_der(&c).ok());
+                match (role, ident) {
+                    (Role::Terminal, Some(id @ Identity::Device { .. })) => {
+                        serve_terminal_quic(s, conn, id).await
+                    }
+                    (Role::Agent, Some(Identity::Agent { desk })) => {
+                        handle_agent_quic(s, conn, desk).await
+                    }
+                    (_, other) => {
+                        warn!(identity = ?other, "Certificate of the wrong kind for this listener");
+                        conn.close(
+                            quinn::VarInt::from_u32(1),
+                            Reason::WrongCertificateKind.code().as_bytes(),
+                        );
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+    drain(conns, &s).await;
+}
+
+/// Wait for connection tasks after the listener stops; the force token ends them.
+async fn drain(mut conns: JoinSet<()>, s: &Shared) {
+    tokio::select! {
+        _ = async { while conns.join_next().await.is_some() {} } => {}
+        _ = s.force.cancelled() => conns.abort_all(),
+    }
+}
+
+async fn refuse(io: &mut BoxIo, r: Refusal) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = write_message(io, &r).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+}
+
+async fn serve_terminal_quic(s: Arc<Shared>, conn: quinn::Connection, id: Identity) {
+    debug!(device = id.id(), "Terminal connected");
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = s.force.cancelled() => break,
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            st = conn.accept_bi() => match st {
+                Ok(bi) => {
+                    streams.spawn(handle_terminal_stream(s.clone(), Box::new(QuicStream::new(bi)), id.clone(), Transport::Quic).in_current_span());
+                }
+                Err(e) => {
+                    debug!(reason = %e, "Terminal connection closed");
+                    break;
+                }
+            },
+        }
+    }
+    // Let open sessions finish on their own until the force token.
+    tokio::select! {
+        _ = async { while streams.join_next().await.is_some() {} } => {}
+        _ = s.force.cancelled() => streams.abort_all(),
+    }
+    conn.close(quinn::VarInt::from_u32(0), b"");
+}
+
+/// One terminal stream: ping probes, then a session request.
+async fn handle_terminal_stream(s: Arc<Shared>, mut io: BoxIo, id: Identity, transport: Transport) {
+    let Identity::Device {
+        id: device,
+        class,
+        user,
+    } = id
+    else {
+        return;
+    };
+    let req = loop {
+        let f = match tokio::time::timeout(s.cfg.handshake_timeout, read_frame(&mut io)).await {
+            Err(_) => return refuse(&mut io, Refusal::new(Reason::Timeout)).await,
+            Ok(Err(FrameIoError::Closed)) => return,
+            Ok(Err(e)) => {
+                warn!(%device, error = %e, "Bad frame from terminal");
+                return refuse(
+                    &mut io,
+                    Refusal::new(Reason::ProtocolError).with_detail(e.to_string()),
+                )
+                .await;
+            }
+            Ok(Ok(f)) => f,
+        };
+        match f.kind {
+            FrameKind::Ping => {
+                let pong = frame::encode(FrameKind::Pong, &[]).expect("empty frame");
+                if write_raw(&mut io, &pong).await.is_err() {
+                    return;
+                }
+            }
+            _ => match SessionRequest::from_frame(&f) {
+                Ok(r) => break r,
+                Err(e) => {
+                    warn!(%device, error = %e, "Bad session request");
+                    return refuse(
+                        &mut io,
+                        Refusal::new(Reason::ProtocolError).with_detail(e.to_string()),
+                    )
+                    .await;
+                }
+            },
+        }
+    };
+    if s.shutdown.is_cancelled() {
+        return refuse(&mut io, Refusal::new(Reason::ShuttingDown)).await;
+    }
+    let session_id = format!("s-{}", random_hex(12));
+    let span = info_span!("session", session = %session_id, desk = %req.desk, %device, class = %class, %transport);
+    async move {
+        let Ok(permit) = s.sessions.clone().try_acquire_owned() else {
+            warn!("Session refused: capacity full");
+            return refuse(&mut io, Refusal::new(Reason::CapacityFull)).await;
+        };
+        let started = Instant::now();
+        let controls = Controls::default();
+        let claims = TicketClaims {
+            v: TICKET_VERSION,
+            session_id: session_id.clone(),
+            desk: req.desk.clone(),
+            device: device.clone(),
+            class: class.to_string(),
+            user: user.clone(),
+            gateway: s.cfg.name.clone(),
+            controls,
+            limits: Limits::default(),
+            issued_at: unix_now(),
+            expires_at: unix_now() + TICKET_LIFETIME_SECS,
+        };
+        let mut agent = match open_to_agent(&s, &claims).await {
+            Ok(a) => a,
+            Err(r) => {
+                info!(reason = %r.code, "Session refused");
+                return refuse(&mut io, r).await;
+            }
+        };
+        let accepted = SessionAccepted {
+            session_id: session_id.clone(),
+            controls,
+        };
+        if write_message(&mut io, &accepted).await.is_err() {
+            return;
+        }
+        info!(
+            setup_ms = started.elapsed().as_millis() as u64,
+            "Session started"
+        );
+        let result = tokio::select! {
+            r = splice(&mut io, &mut agent) => Some(r),
+            _ = s.force.cancelled() => None,
+        };
+        match result {
+            Some(Ok((up, down))) => info!(
+                bytes_up = up,
+                bytes_down = down,
+                secs = started.elapsed().as_secs(),
+                "Session ended"
+            ),
+            Some(Err(e)) => {
+                info!(error = %e, secs = started.elapsed().as_secs(), "Session ended by a peer")
+            }
+            None => info!("Session ended: gateway shutting down"),
+        }
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Open a stream to the desk's agent, hand it the signed ticket and wait for
+/// its answer. On success the stream is ready to splice.
+async fn open_to_agent(s: &Arc<Shared>, claims: &TicketClaims) -> Result<BoxIo, Refusal> {
+    let link = {
+        let agents = s.agents.lock().expect("agents lock");
+        agents.get(&claims.desk).map(|e| e.link.clone())
+    };
+    let Some(link) = link else {
+        return Err(Refusal::new(Reason::DeskOffline));
+    };
+    let timeout = s.cfg.session_setup_timeout;
+    let setup = async {
+        let mut io: BoxIo = match link {
+            AgentLink::Quic(conn) => match conn.open_bi().await {
+                Ok(bi) => Box::new(QuicStream::new(bi)),
+                Err(e) => {
+                    debug!(error = %e, "Agent tunnel lost");
+                    return Err(Refusal::new(Reason::DeskOffline));
+                }
+            },
+            AgentLink::Tcp { control } => {
+                let channel = random_hex(16);
+                let (tx, rx) = oneshot::channel();
+                s.pending.lock().expect("pending lock").insert(
+                    channel.clone(),
+                    PendingChannel {
+                        desk: claims.desk.clone(),
+                        deliver: tx,
+                    },
+                );
+                let guard = PendingGuard {
+                    s,
+                    channel: channel.clone(),
+                };
+                let msg = OpenDataChannel { channel }.to_frame().expect("small frame");
+                if control.send(msg).await.is_err() {
+                    return Err(Refusal::new(Reason::DeskOffline));
+                }
+                let io = rx.await.map_err(|_| Refusal::new(Reason::DeskOffline))?;
+                drop(guard);
+                io
+            }
+        };
+        let ticket = s.signer.sign(claims);
+        let f = frame::encode(FrameKind::Ticket, &ticket)
+            .map_err(|_| Refusal::new(Reason::Internal))?;
+        write_raw(&mut io, &f)
+            .await
+            .map_err(|_| Refusal::new(Reason::DeskOffline))?;
+        let reply = read_frame(&mut io).await.map_err(|e| {
+            warn!(error = %e, "Agent did not answer the ticket");
+            Refusal::new(Reason::DeskOffline)
+        })?;
+        match reply.kind {
+            FrameKind::TicketAccepted => Ok(io),
+            FrameKind::Refused => {
+                let r = Refusal::from_frame(&reply)
+                    .unwrap_or_else(|_| Refusal::new(Reason::ProtocolError));
+                warn!(reason = %r.code, "Agent refused the session");
+                Err(r)
+            }
+            other => {
+                warn!(kind = ?other, "Unexpected frame from agent");
+                Err(Refusal::new(Reason::ProtocolError))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, setup).await {
+        Ok(r) => r,
+        Err(_) => {
+            warn!("Agent did not set the session up in time");
+            Err(Refusal::new(Reason::Timeout))
+        }
+    }
+}
+
+/// Removes a pending data channel however session setup ends.
+struct PendingGuard<'a> {
+    s: &'a Shared,
+    channel: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.s
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.channel);
+    }
+}
+
+fn register(
+    s: &Shared,
+    desk: &str,
+    link: AgentLink,
+    transport: Transport,
+) -> (u64, CancellationToken) {
+    let generation = s.generation.fetch_add(1, Ordering::Relaxed);
+    let replaced = CancellationToken::new();
+    let old = s.agents.lock().expect("agents lock").insert(
+        desk.to_string(),
+        AgentEntry {
+            generation,
+            link,
+            transport,
+            replaced: replaced.clone(),
+        },
+    );
+    if let Some(old) = old {
+        info!(desk, old_transport = %old.transport, "Newer tunnel replaces the previous one");
+        old.replaced.cancel();
+    }
+    info!(desk, %transport, "Agent online");
+    (generation, replaced)
+}
+
+fn unregister(s: &Shared, desk: &str, generation: u64) {
+    let mut agents = s.agents.lock().expect("agents lock");
+    if agents.get(desk).is_some_and(|e| e.generation == generation) {
+        agents.remove(desk);
+        info!(desk, "Agent offline");
+    }
+}
+
+async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String) {
+    // The first stream the agent opens is its control stream.
+    let hello = async {
+        let bi = conn.accept_bi().await?;
+        let mut ctl = QuicStream::new(bi);
+        let f = read_frame(&mut ctl).await?;
+        let h = AgentHello::from_frame(&f)?;
+        let welcome = AgentWelcome {
+            gateway: s.cfg.name.clone(),
+            ping_interval_secs: s.cfg.keepalive.as_secs() as u32,
+        };
+        write_message(&mut ctl, &welcome).await?;
+        anyhow::Ok((ctl, h))
+    };
+    let (_ctl, hello) = match tokio::time::timeout(s.cfg.handshake_timeout, hello).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            warn!(desk, error = %format!("{e:#}"), "Agent hello failed");
+            conn.close(
+                quinn::VarInt::from_u32(2),
+                Reason::ProtocolError.code().as_bytes(),
+            );
+            return;
+        }
+        Err(_) => {
+            warn!(desk, "Agent hello timed out");
+            conn.close(
+                quinn::VarInt::from_u32(2),
+                Reason::Timeout.code().as_bytes(),
+            );
+            return;
+        }
+    };
+    debug!(desk, software = %hello.software, "Agent hello");
+    let (generation, replaced) =
+        register(&s, &desk, AgentLink::Quic(conn.clone()), Transport::Quic);
+    tokio::select! {
+        e = conn.closed() => debug!(desk, reason = %e, "Agent tunnel closed"),
+        _ = replaced.cancelled() => conn.close(quinn::VarInt::from_u32(3), b"replaced by a newer tunnel"),
+        _ = s.force.cancelled() => conn.close(quinn::VarInt::from_u32(0), b"gateway shutting down"),
+    }
+    unregister(&s, &desk, generation);
+}
+
+/// An agent's TCP connection: a control tunnel (AgentHello) or a data
+/// connection for one session (DataChannelHello).
+async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String) {
+    let first = match tokio::time::timeout(s.cfg.handshake_timeout, read_frame(&mut io)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            warn!(desk, error = %e, "Bad first frame from agent");
+            return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
+        }
+        Err(_) => return refuse(&mut io, Refusal::new(Reason::Timeout)).await,
+    };
+    match first.kind {
+        FrameKind::DataChannelHello => {
+            let Ok(h) = DataChannelHello::from_frame(&first) else {
+                return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
+            };
+            let pending = {
+                let mut p = s.pending.lock().expect("pending lock");
+                // Only the desk the channel was opened for may claim it.
+                match p.get(&h.channel) {
+                    Some(e) if e.desk == desk => p.remove(&h.channel),
+                    _ => None,
+                }
+            };
+            match pending {
+                Some(p) => {
+                    let _ = p.deliver.send(io);
+                }
+                None => {
+                    warn!(desk, "Data connection for an unknown channel");
+                    refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
+                }
+            }
+        }
+        FrameKind::AgentHello => {
+            if AgentHello::from_frame(&first).is_err() {
+                return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
+            }
+            let welcome = AgentWelcome {
+                gateway: s.cfg.name.clone(),
+                ping_interval_secs: s.cfg.keepalive.as_secs() as u32,
+            };
+            if write_message(&mut io, &welcome).await.is_err() {
+                return;
+            }
+            serve_agent_control(s, io, desk).await;
+        }
+        _ => refuse(&mut io, Refusal::new(Reason::ProtocolError)).await,
+    }
+}
+
+async fn serve_agent_control(s: Arc<Shared>, io: BoxIo, desk: String) {
+    let (rd, mut wr) = tokio::io::split(io);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let (generation, replaced) =
+        register(&s, &desk, AgentLink::Tcp { control: tx }, Transport::Tcp);
+    let last_seen = Arc::new(Mutex::new(Instant::now()));
+    let mut reader = tokio::spawn(read_agent_control(rd, last_seen.clone()));
+    let mut ping = tokio::time::interval(s.cfg.keepalive);
+    let ping_frame = frame::encode(FrameKind::Ping, &[]).expect("empty frame");
+    loop {
+        tokio::select! {
+            _ = s.force.cancelled() => break,
+            _ = replaced.cancelled() => break,
+            _ = &mut reader => { debug!(desk, "Agent control connection closed"); break }
+            Some(f) = rx.recv() => if write_raw(&mut wr, &f).await.is_err() { break },
+            _ = ping.tick() => {
+                if last_seen.lock().expect("last_seen lock").elapsed() > s.cfg.idle_timeout {
+                    warn!(desk, "Agent silent past the idle timeout; dropping tunnel");
+                    break;
+                }
+                if write_raw(&mut wr, &ping_frame).await.is_err() { break }
+            }
+        }
+    }
+    reader.abort();
+    unregister(&s, &desk, generation);
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+}
+
+async fn read_agent_control(mut rd: ReadHalf<BoxIo>, last_seen: Arc<Mutex<Instant>>) {
+    loop {
+        match read_frame(&mut rd).await {
+            Ok(f) if f.kind == FrameKind::Pong || f.kind == FrameKind::Ping => {
+                *last_seen.lock().expect("last_seen lock") = Instant::now();
+            }
+            Ok(f) => {
+                warn!(kind = ?f.kind, "Unexpected frame on agent control connection");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Stable reason codes for every refusal, each with a Japanese and an English
+//! sentence that the client prints and the audit log keeps.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::FrameKind;
+use crate::message::Message;
+
+/// Why a session was refused or ended. The code strings are stable: log
+/// searches, alert rules and other programs rely on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The desk's agent has no live tunnel to this gateway.
+    DeskOffline,
+    /// The gateway holds its configured maximum of sessions.
+    CapacityFull,
+    /// The peer broke the protocol (bad frame, wrong message, too large).
+    ProtocolError,
+    /// The peer did not finish a step in time.
+    Timeout,
+    /// The certificate is valid but of the wrong kind for this listener.
+    WrongCertificateKind,
+    /// The ticket's signature does not verify.
+    TicketInvalid,
+    /// The ticket is outside its validity window.
+    TicketExpired,
+    /// The ticket was already used.
+    TicketReplayed,
+    /// The ticket names another desk.
+    TicketWrongDesk,
+    /// The agent could not reach the desk's local service.
+    TargetUnreachable,
+    /// The gateway is shutting down.
+    ShuttingDown,
+    /// An internal error; details are in the gateway log.
+    Internal,
+    /// Our certificate was revoked by the CA (laptop reported lost, desk retired…).
+    CertRevoked,
+    /// Our certificate has expired (or is not yet valid).
+    CertExpired,
+    /// The peer does not know the CA that issued our certificate.
+    CertUnknownCa,
+    /// The peer refused our certificate for another reason.
+    CertRejected,
+    /// The gateway's certificate is not one we trust.
+    GatewayUntrusted,
+    /// The gateway could not be reached on any transport.
+    GatewayUnreachable,
+}
+
+impl Reason {
+    /// Every reason, for docs and tests.
+    pub const ALL: &'static [Reason] = &[
+        Reason::DeskOffline,
+        Reason::CapacityFull,
+        Reason::ProtocolError,
+        Reason::Timeout,
+        Reason::WrongCertificateKind,
+        Reason::TicketInvalid,
+        Reason::TicketExpired,
+        Reason::TicketReplayed,
+        Reason::TicketWrongDesk,
+        Reason::TargetUnreachable,
+        Reason::ShuttingDown,
+        Reason::Internal,
+        Reason::CertRevoked,
+        Reason::CertExpired,
+        Reason::CertUnknownCa,
+        Reason::CertRejected,
+        Reason::GatewayUntrusted,
+        Reason::GatewayUnreachable,
+    ];
+
+    /// The stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::DeskOffline => "desk_offline",
+            Reason::CapacityFull => "capacity_full",
+            Reason::ProtocolError => "protocol_error",
+            Reason::Timeout => "timeout",
+            Reason::WrongCertificateKind => "wrong_certificate_kind",
+            Reason::TicketInvalid => "ticket_invalid",
+            Reason::TicketExpired => "ticket_expired",
+            Reason::TicketReplayed => "ticket_replayed",
+            Reason::TicketWrongDesk => "ticket_wrong_desk",
+            Reason::TargetUnreachable => "target_unreachable",
+            Reason::ShuttingDown => "shutting_down",
+            Reason::Internal => "internal_error",
+            Reason::CertRevoked => "certificate_revoked",
+            Reason::CertExpired => "certificate_expired",
+            Reason::CertUnknownCa => "certificate_unknown_ca",
+            Reason::CertRejected => "certificate_rejected",
+            Reason::GatewayUntrusted => "gateway_untrusted",
+            Reason::GatewayUnreachable => "gateway_unreachable",
+        }
+    }
+
+    /// The Japanese sentence shown to the person.
+    pub fn ja(self) -> &'static str {
+        match self {
+            Reason::DeskOffline => "接続先のデスクPCがオンラインではありません。デスクPCの電源とエージェントの稼働を確認してください。",
+            Reason::CapacityFull => "ゲートウェイの同時接続数が上限に達しています。しばらくしてから再接続してください。",
+            Reason::ProtocolError => "通信内容が不正なため接続を終了しました。",
+            Reason::Timeout => "応答が時間内に得られなかったため接続を終了しました。",
+            Reason::WrongCertificateKind => "この接続口では使用できない証明書です。",
+            Reason::TicketInvalid => "セッションチケットの署名が不正です。",
+            Reason::TicketExpired => "セッションチケットの有効期限が切れています。",
+            Reason::TicketReplayed => "セッションチケットは既に使用されています。",
+            Reason::TicketWrongDesk => "セッションチケットの接続先が一致しません。",
+            Reason::TargetUnreachable => "デスクPCのリモートデスクトップサービスに接続できません。",
+            Reason::ShuttingDown => "ゲートウェイが停止処理中です。しばらくしてから再接続してください。",
+            Reason::Internal => "ゲートウェイ内部のエラーです。管理者に連絡してください。",
+            Reason::CertRevoked => "この端末(またはデスクPC)の証明書は失効しています。情報システム担当に連絡してください。",
+            Reason::CertExpired => "証明書の有効期限が切れています(または端末の時刻が正しくありません)。情報システム担当に連絡してください。",
+            Reason::CertUnknownCa => "証明書の発行元がゲートウェイに登録されていません。正しい設定ファイルか確認してください。",
+            Reason::CertRejected => "ゲートウェイが証明書を受け付けませんでした。情報システム担当に連絡してください。",
+            Reason::GatewayUntrusted => "接続先のゲートウェイの証明書を確認できません。接続を中止しました。",
+            Reason::GatewayUnreachable => "ゲートウェイに接続できません。ネットワーク接続を確認してください。",
+        }
+    }
+
+    /// The English sentence shown to the person.
+    pub fn en(self) -> &'static str {
+        match self {
+            Reason::DeskOffline => "The desk PC is not online. Check that it is powered on and its agent is running.",
+            Reason::CapacityFull => "The gateway has reached its session limit. Please reconnect in a few minutes.",
+            Reason::ProtocolError => "The connection was closed because of a protocol error.",
+            Reason::Timeout => "The connection was closed because a peer did not answer in time.",
+            Reason::WrongCertificateKind => "This certificate cannot be used on this listener.",
+            Reason::TicketInvalid => "The session ticket's signature is not valid.",
+            Reason::TicketExpired => "The session ticket has expired.",
+            Reason::TicketReplayed => "The session ticket was already used.",
+            Reason::TicketWrongDesk => "The session ticket is for another desk.",
+            Reason::TargetUnreachable => "The desk PC's remote desktop service cannot be reached.",
+            Reason::ShuttingDown => "The gateway is shutting down. Please reconnect in a moment.",
+            Reason::Internal => "Internal gateway error. Please contact your administrator.",
+            Reason::CertRevoked => "This certificate has been revoked. Please contact IT.",
+            Reason::CertExpired => "The certificate has expired (or this computer's clock is wrong). Please contact IT.",
+            Reason::CertUnknownCa => "The certificate was issued by a CA this gateway does not know. Check the configuration file.",
+            Reason::CertRejected => "The gateway did not accept the certificate. Please contact IT.",
+            Reason::GatewayUntrusted => "The gateway's certificate could not be verified. The connection was stopped.",
+            Reason::GatewayUnreachable => "The gateway cannot be reached. Check the network connection.",
+        }
+    }
+
+    /// Look a reason up by its code.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.code() == code)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refusal on the wire: code plus both sentences, so a client older than
+/// the gateway still prints something meaningful for a new code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Stable reason code.
+    pub code: String,
+    /// Japanese sentence.
+    pub ja: String,
+    /// English sentence.
+    pub en: String,
+    /// Optional detail for logs (never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Refusal {
+    /// The refusal for a known reason.
+    pub fn new(reason: Reason) -> Self {
+        Self {
+            code: reason.code().into(),
+            ja: reason.ja().into(),
+            en: reason.en().into(),
+            detail: None,
+        }
+    }
+
+    /// Add a detail.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        let mut d: String = detail.into();
+        d.truncate(512);
+        self.detail = Some(d);
+        self
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {} / {}", self.code, self.ja, self.en)
+    }
+}
+
+impl Message for Refusal {
+    const KIND: FrameKind = FrameKind::Refused;
+    fn validate(&self) -> Result<(), String> {
+        if self.code.is_empty()
+            || self.code.len() > 64
+            || self.ja.len() > 1024
+            || self.en.len() > 1024
+        {
+            return Err("refusal fields out of bounds".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.code()), "duplicate {}", r.code());
+            assert_eq!(Reason::from_code(r.code()), Some(*r));
+            assert!(!r.ja().is_ascii(), "{} has no Japanese sentence", r.code());
+            assert!(r.en().ends_with('.'));
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The transport shared by the Kakehashi gateway, agent and laptop client:
+//! QUIC (quinn) as the primary transport and TLS 1.3 over TCP
+//! (tokio-rustls) as the fallback, both with mutual TLS against the private
+//! CA and ring as the only crypto provider.
+//!
+//! - [`tls`]: loading PEM files, building rustls configs, a client
+//!   verifier whose CRL reloads when the file changes.
+//! - [`quic`]: quinn endpoints with bounded windows, keepalives, idle timeouts.
+//! - [`stream`]: one boxed byte-stream type for a session on either transport.
+//! - [`splice`]: the bidirectional copy between two streams, holding a buffer
+//!   only while bytes are in flight, so idle sessions cost no buffer memory.
+//! - [`explain`]: turns handshake failures into reason codes a person can act on.
+
+pub mod dial;
+pub mod explain;
+pub mod quic;
+pub mod splice;
+pub mod stream;
+pub mod tls;
+
+pub use stream::{BoxIo, SessionIo};
+
+/// Which transport a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS 1.3 over TCP.
+    Tcp,
+}
+
+impl Transport {
+    /// Lowercase name, as in logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Transport choice in configuration files and on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    /// QUIC, falling back to TCP when UDP is blocked.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+impl std::str::FromStr for TransportChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "quic" => Ok(Self::Quic),
+            "tcp" => Ok(Self::Tcp),
+            other => Err(format!(
+                "unknown transport {other:?} (expected auto, quic or tcp)"
+            )),
+        }
+    }
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Set TCP keepalive and no-delay on an accepted or dialled socket.
+pub fn tune_tcp(stream: &tokio::net::TcpStream, keepalive: std::time::Duration) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(keepalive);
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
+/// Start tracing for a binary: human-readable by default, JSON lines when
+/// `json` is set; the level comes from `RUST_LOG` (default `info`). Logs go
+/// to standard error, so standard output stays for the program's own output.
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+/// Random lowercase hex id of `bytes` random bytes (ids, channel ids).
+pub fn random_hex(bytes: usize) -> String {
+    use ring::rand::SecureRandom as _;
+    let mut b = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Resolve when the process gets Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

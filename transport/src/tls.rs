@@ -1,0 +1,290 @@
+//! TLS material and rustls configurations. TLS 1.3 only, ring only.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+/// The one crypto provider: ring.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Read every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read certificate file {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid PEM in {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("no certificate in {}", path.display());
+    }
+    Ok(certs)
+}
+
+/// Read a private key from a PEM file.
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("cannot read private key from {}", path.display()))
+}
+
+/// Read every CRL in a PEM file.
+pub fn load_crls(path: &Path) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    CertificateRevocationListDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read CRL file {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid CRL in {}", path.display()))
+}
+
+/// A root store holding only our CA certificate(s).
+pub fn roots(ca: &[CertificateDer<'static>]) -> anyhow::Result<Arc<RootCertStore>> {
+    let mut store = RootCertStore::empty();
+    for c in ca {
+        store.add(c.clone()).context("invalid CA certificate")?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// Our own certificate chain and key, plus the CA we trust.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA certificate (PEM).
+    pub ca: PathBuf,
+    /// Our certificate (PEM).
+    pub cert: PathBuf,
+    /// Our private key (PEM).
+    pub key: PathBuf,
+    /// CRL (PEM), optional.
+    pub crl: Option<PathBuf>,
+}
+
+/// Loaded TLS material.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    /// CA certificates.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// Our chain.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Our key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl TlsFiles {
+    /// Load the files.
+    pub fn load(&self) -> anyhow::Result<TlsMaterial> {
+        Ok(TlsMaterial {
+            ca: load_certs(&self.ca)?,
+            chain: load_certs(&self.cert)?,
+            key: load_key(&self.key)?,
+        })
+    }
+}
+
+fn build_client_verifier(
+    roots: &Arc<RootCertStore>,
+    crl: Option<&Path>,
+) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+    if let Some(crl) = crl {
+        b = b.with_crls(load_crls(crl)?);
+    }
+    b.build()
+        .context("cannot build client certificate verifier")
+}
+
+/// A client-certificate verifier whose CRL can be swapped while the server
+/// runs. Handshakes in flight keep the verifier they started with.
+#[derive(Debug)]
+pub struct ReloadingClientVerifier {
+    roots: Arc<RootCertStore>,
+    crl: Option<PathBuf>,
+    hints: Vec<DistinguishedName>,
+    inner: RwLock<Arc<dyn ClientCertVerifier>>,
+    loaded_mtime: RwLock<Option<SystemTime>>,
+}
+
+impl ReloadingClientVerifier {
+    /// Verify against `ca`, with the CRL at `crl` when given.
+    pub fn new(ca: &[CertificateDer<'static>], crl: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+        let roots = roots(ca)?;
+        let mtime = crl.as_deref().and_then(mtime);
+        let inner = build_client_verifier(&roots, crl.as_deref())?;
+        let hints = inner.root_hint_subjects().to_vec();
+        Ok(Arc::new(Self {
+            roots,
+            crl,
+            hints,
+            inner: RwLock::new(inner),
+            loaded_mtime: RwLock::new(mtime),
+        }))
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reload the CRL if its file changed. Returns `Ok(true)` after a reload.
+    /// A CRL that fails to load leaves the previous one in force.
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let Some(path) = &self.crl else {
+            return Ok(false);
+        };
+        let now = mtime(path);
+        if now == *self.loaded_mtime.read().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(false);
+        }
+        let v = build_client_verifier(&self.roots, Some(path))?;
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = v;
+        *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(true)
+    }
+
+    /// Poll the CRL file every `every` until `stop` resolves, reloading on change.
+    pub async fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let Some(path) = self.crl.clone() else { return };
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => match self.reload_if_changed() {
+                    Ok(true) => tracing::info!(crl = %path.display(), "CRL reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(crl = %path.display(), error = %format!("{e:#}"), "CRL reload failed; keeping the previous CRL"),
+                },
+            }
+        }
+    }
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl ClientCertVerifier for ReloadingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// Server config: TLS 1.3, client certificates required and checked by `verifier`.
+pub fn server_config(
+    m: &TlsMaterial,
+    verifier: Arc<dyn ClientCertVerifier>,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(m.chain.clone(), m.key.clone_key())
+        .context("certificate and key do not match")?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    // Stateful resumption so reconnect storms skip the full handshake.
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(32 * 1024);
+    Ok(cfg)
+}
+
+/// Client config: TLS 1.3, the server checked against our CA only (and the
+/// CRL, when given), our certificate presented.
+pub fn client_config(
+    m: &TlsMaterial,
+    crl: Option<&Path>,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ClientConfig> {
+    let roots = roots(&m.ca)?;
+    let mut vb = WebPkiServerVerifier::builder_with_provider(roots, provider());
+    if let Some(crl) = crl {
+        vb = vb.with_crls(load_crls(crl)?);
+    }
+    let verifier = vb
+        .build()
+        .context("cannot build server certificate verifier")?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(m.chain.clone(), m.key.clone_key())
+        .context("certificate and key do not match")?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(cfg)
+}
+
+/// Server name for TLS from a host string (DNS name or IP address).
+pub fn server_name(host: &str) -> anyhow::Result<rustls::pki_types::ServerName<'static>> {
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .with_context(|| format!("invalid server name {host:?}"))
+}
+
+/// The end-entity certificate a TLS-over-TCP peer presented.
+pub fn tcp_peer_cert<IO>(
+    s: &tokio_rustls::server::TlsStream<IO>,
+) -> Option<CertificateDer<'static>> {
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
+}
+
+/// The end-entity certificate a QUIC peer presented.
+pub fn quic_peer_cert(c: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    c.peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?
+        .into_iter()
+        .next()
+}
