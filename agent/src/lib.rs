@@ -162,7 +162,8 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let addr = resolve(&gw.quic).await?;
         let limits = QuicLimits {
-            max_streams: 8,
+            // The gateway opens one stream per session on this tunnel.
+            max_streams: 4096,
             ..QuicLimits::default()
         };
         let ep = kakehashi_transport::quic::client((*self.tls).clone(), limits, addr)?;

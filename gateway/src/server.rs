@@ -75,6 +75,7 @@ pub struct Shared {
     pending: Mutex<HashMap<String, PendingChannel>>,
     sessions: Arc<Semaphore>,
     generation: AtomicU64,
+    verifier: Arc<ReloadingClientVerifier>,
     shutdown: CancellationToken,
     force: CancellationToken,
 }
@@ -166,7 +167,8 @@ impl Gateway {
         };
         let terminal_quic = match cfg.terminal_quic {
             Some(a) => {
-                let ep = kakehashi_transport::quic::server(a, term_tls, quic_limits(64))?;
+                // A laptop opens one stream per session (and a probe); bound it generously.
+                let ep = kakehashi_transport::quic::server(a, term_tls, quic_limits(1024))?;
                 addrs.terminal_quic = Some(ep.local_addr()?);
                 Some(ep)
             }
@@ -184,7 +186,8 @@ impl Gateway {
         };
         let agent_quic = match cfg.agent_quic {
             Some(a) => {
-                let ep = kakehashi_transport::quic::server(a, agent_tls, quic_limits(4096))?;
+                // An agent opens only its control stream; sessions are streams the gateway opens.
+                let ep = kakehashi_transport::quic::server(a, agent_tls, quic_limits(4))?;
                 addrs.agent_quic = Some(ep.local_addr()?);
                 Some(ep)
             }
@@ -196,6 +199,7 @@ impl Gateway {
             pending: Mutex::new(HashMap::new()),
             sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
             generation: AtomicU64::new(1),
+            verifier: verifier.clone(),
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             cfg,
@@ -372,17 +376,23 @@ async fn tcp_accept_loop(
                         return;
                     }
                 };
-                let ident = tls::tcp_peer_cert(&tls)
-                    .and_then(|c| kakehashi_pki::identity_from_der(&c).ok());
+                let ident = peer_identity(&s, tls::tcp_peer_cert(&tls));
                 let mut io: BoxIo = Box::new(tls);
                 match (role, ident) {
-                    (Role::Terminal, Some(id @ Identity::Device { .. })) => {
+                    (_, Err(reason)) => {
+                        warn!(
+                            reason = reason.code(),
+                            "Peer certificate refused after the handshake"
+                        );
+                        refuse(&mut io, Refusal::new(reason)).await;
+                    }
+                    (Role::Terminal, Ok(id @ Identity::Device { .. })) => {
                         handle_terminal_stream(s, io, id, Transport::Tcp).await;
                     }
-                    (Role::Agent, Some(Identity::Agent { desk })) => {
+                    (Role::Agent, Ok(Identity::Agent { desk })) => {
                         handle_agent_tcp(s, io, desk).await
                     }
-                    (_, other) => {
+                    (_, Ok(other)) => {
                         warn!(identity = ?other, "Certificate of the wrong kind for this listener");
                         refuse(&mut io, Refusal::new(Reason::WrongCertificateKind)).await;
                     }
@@ -432,16 +442,21 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
                         return;
                     }
                 };
-                let ident = tls::quic_peer_cert(&conn)
-                    .and_then(|c| kakehashi_pki::identity_from_der(&c).ok());
-                match (role, ident) {
-                    (Role::Terminal, Some(id @ Identity::Device { .. })) => {
+                match (role, peer_identity(&s, tls::quic_peer_cert(&conn))) {
+                    (_, Err(reason)) => {
+                        warn!(
+                            reason = reason.code(),
+                            "Peer certificate refused after the handshake"
+                        );
+                        conn.close(quinn::VarInt::from_u32(1), reason.code().as_bytes());
+                    }
+                    (Role::Terminal, Ok(id @ Identity::Device { .. })) => {
                         serve_terminal_quic(s, conn, id).await
                     }
-                    (Role::Agent, Some(Identity::Agent { desk })) => {
+                    (Role::Agent, Ok(Identity::Agent { desk })) => {
                         handle_agent_quic(s, conn, desk).await
                     }
-                    (_, other) => {
+                    (_, Ok(other)) => {
                         warn!(identity = ?other, "Certificate of the wrong kind for this listener");
                         conn.close(
                             quinn::VarInt::from_u32(1),
@@ -454,6 +469,23 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
         );
     }
     drain(conns, &s).await;
+}
+
+/// Who the peer is, re-checked against the current CRL and validity dates:
+/// a resumed TLS session skipped the handshake's certificate verification.
+fn peer_identity(
+    s: &Shared,
+    cert: Option<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<Identity, Reason> {
+    use kakehashi_transport::tls::PeerCertProblem;
+    let cert = cert.ok_or(Reason::CertRejected)?;
+    match s.verifier.check_peer(&cert, unix_now()) {
+        Ok(()) => {}
+        Err(PeerCertProblem::Revoked) => return Err(Reason::CertRevoked),
+        Err(PeerCertProblem::Expired) => return Err(Reason::CertExpired),
+        Err(PeerCertProblem::Unreadable) => return Err(Reason::CertRejected),
+    }
+    kakehashi_pki::identity_from_der(&cert).map_err(|_| Reason::WrongCertificateKind)
 }
 
 /// Wait for connection tasks after the listener stops; the force token ends them.

@@ -1,1 +1,617 @@
-//! placeholder
+//! Shared helpers for the end-to-end tests: a throw-away PKI, and the real
+//! `kakehashi-gateway`, `kakehashi-agent` and `kakehashi` binaries started on
+//! ephemeral loopback ports and killed when dropped.
+//!
+//! The binaries are found next to the test executable's `deps/` directory;
+//! the test command builds them first (`cargo build --bins`).
+
+#![allow(missing_debug_implementations)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use kakehashi_pki::{CaDir, InitOptions, IssueRequest, Subject, TerminalClass, Validity};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+/// Path of a workspace binary built alongside the tests.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-hash → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` before the tests (the test command does)",
+        p.display()
+    );
+    p
+}
+
+/// A throw-away CA in a temporary directory.
+pub struct Pki {
+    /// The temp dir holding everything of this test.
+    pub dir: tempfile::TempDir,
+    /// The CA.
+    pub ca: CaDir,
+}
+
+/// Certificate and key files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// Certificate.
+    pub cert: PathBuf,
+    /// Key.
+    pub key: PathBuf,
+    /// Serial (hex).
+    pub serial: String,
+}
+
+impl Pki {
+    /// A new CA with a gateway certificate for localhost / 127.0.0.1.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CaDir::init(&dir.path().join("pki"), &InitOptions::default()).expect("ca init");
+        let mut p = Self { dir, ca };
+        p.issue(
+            Subject::Gateway {
+                name: "localhost".into(),
+                ips: vec!["127.0.0.1".parse().unwrap()],
+            },
+            None,
+        );
+        p.ca.write_crl().expect("crl");
+        p
+    }
+
+    /// Root of this test's files.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issue a certificate.
+    pub fn issue(&mut self, subject: Subject, validity: Option<Validity>) -> CertFiles {
+        let mut req = IssueRequest::new(subject);
+        req.validity = validity;
+        let i = self.ca.issue(&req).expect("issue");
+        CertFiles {
+            cert: i.cert_path,
+            key: i.key_path,
+            serial: i.serial,
+        }
+    }
+
+    /// Gateway certificate files (issued by [`Pki::new`]).
+    pub fn gateway_cert(&self) -> CertFiles {
+        let d = self.ca.dir();
+        let r = self
+            .ca
+            .records()
+            .iter()
+            .find(|r| r.kind == "gateway")
+            .expect("gateway cert");
+        CertFiles {
+            cert: d.join("gateway-localhost.crt"),
+            key: d.join("gateway-localhost.key"),
+            serial: r.serial.clone(),
+        }
+    }
+
+    /// An agent certificate for `desk`.
+    pub fn agent(&mut self, desk: &str) -> CertFiles {
+        self.issue(Subject::Agent { desk: desk.into() }, None)
+    }
+
+    /// A device certificate.
+    pub fn device(&mut self, id: &str, class: TerminalClass) -> CertFiles {
+        self.issue(
+            Subject::Device {
+                id: id.into(),
+                class,
+                user: Some(format!("user-{id}")),
+            },
+            None,
+        )
+    }
+
+    /// A device certificate that expired yesterday.
+    pub fn expired_device(&mut self, id: &str) -> CertFiles {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue(
+            Subject::Device {
+                id: id.into(),
+                class: TerminalClass::Home,
+                user: None,
+            },
+            Some(Validity::Explicit {
+                not_before: now - time::Duration::days(30),
+                not_after: now - time::Duration::days(1),
+            }),
+        )
+    }
+
+    /// Revoke a serial and rewrite the CRL.
+    pub fn revoke(&mut self, serial: &str) {
+        self.ca
+            .revoke(serial, kakehashi_pki::RevokeReason::KeyCompromise)
+            .expect("revoke");
+        self.ca.write_crl().expect("crl");
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A child process killed on drop, with its standard output collected.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Lines it printed on stdout so far.
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Where its stderr (logs) goes.
+    pub log: PathBuf,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Proc {
+    /// Start `program args…`, stderr to `log`.
+    pub fn spawn(program: &Path, args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Self {
+        let err = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .kill_on_drop(true);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("KAKEHASHI_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let out = child.stdout.take().expect("stdout");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let store = stdout.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(out).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                store.lock().unwrap().push(l.clone());
+                let _ = tx.send(l);
+            }
+        });
+        Self {
+            child,
+            stdout,
+            log,
+            lines,
+        }
+    }
+
+    /// Wait for a stdout line starting with `prefix`; returns the rest of it.
+    pub async fn wait_line(&mut self, prefix: &str, within: Duration) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    if let Some(rest) = l.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_string());
+                    }
+                }
+                Ok(None) => bail!(
+                    "process exited before printing {prefix:?}; log:\n{}",
+                    self.log_text()
+                ),
+                Err(_) => bail!(
+                    "no {prefix:?} line within {within:?}; log:\n{}",
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
+    /// Everything logged to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for the log to contain `needle`.
+    pub async fn wait_log(&self, needle: &str, within: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.log_text().contains(needle) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("log never contained {needle:?}:\n{}", self.log_text())
+    }
+
+    /// Wait for the process to exit; returns its status.
+    pub async fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(within, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("process still running"))??)
+    }
+
+    /// Kill now.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Send SIGTERM (graceful stop).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+/// Listener addresses of a running gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddrs {
+    /// Terminal QUIC.
+    pub terminal_quic: SocketAddr,
+    /// Terminal TCP.
+    pub terminal_tcp: SocketAddr,
+    /// Agent QUIC.
+    pub agent_quic: SocketAddr,
+    /// Agent TCP.
+    pub agent_tcp: SocketAddr,
+}
+
+/// Options for a test gateway.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOpts {
+    /// Fixed addresses (for restart tests); ephemeral when `None`.
+    pub addrs: Option<GatewayAddrs>,
+    /// Session cap.
+    pub max_sessions: Option<usize>,
+    /// Extra `[limits]` lines.
+    pub limits: String,
+    /// Terminal connection cap.
+    pub terminal_max_connections: Option<usize>,
+}
+
+/// A running `kakehashi-gateway run`.
+pub struct GatewayProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its listeners.
+    pub addrs: GatewayAddrs,
+}
+
+/// Start a gateway for `pki`.
+pub async fn start_gateway(pki: &Pki, opts: GatewayOpts) -> GatewayProc {
+    let g = pki.gateway_cert();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let a = opts.addrs;
+    let cfg = format!(
+        r#"name = "test-gateway"
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+crl = "{crl}"
+ticket_key = "{ticket}"
+[terminals]
+quic = "{tq}"
+tcp = "{tt}"
+max_connections = {tmax}
+[agents]
+quic = "{aq}"
+tcp = "{at}"
+[limits]
+max_sessions = {max}
+handshake_timeout_secs = 5
+keepalive_secs = 2
+idle_timeout_secs = 8
+shutdown_grace_secs = 2
+{extra}
+"#,
+        ca = pki.ca.ca_cert_path().display(),
+        cert = g.cert.display(),
+        key = g.key.display(),
+        crl = pki.ca.crl_path().display(),
+        ticket = pki.ca.ticket_key_path().display(),
+        tq = a.map_or(any, |a| a.terminal_quic),
+        tt = a.map_or(any, |a| a.terminal_tcp),
+        aq = a.map_or(any, |a| a.agent_quic),
+        at = a.map_or(any, |a| a.agent_tcp),
+        max = opts.max_sessions.unwrap_or(10_000),
+        tmax = opts.terminal_max_connections.unwrap_or(10_000),
+        extra = opts.limits,
+    );
+    let n = unique();
+    let path = pki.path().join(format!("gateway-{n}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    let mut proc = Proc::spawn(
+        &bin("kakehashi-gateway"),
+        &["run", "--config", path.to_str().unwrap()],
+        pki.path().join(format!("gateway-{n}.log")),
+        &[],
+    );
+    let mut get = async |what: &str| -> SocketAddr {
+        proc.wait_line(&format!("listening {what} "), Duration::from_secs(20))
+            .await
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let terminal_quic = get("terminal-quic").await;
+    let terminal_tcp = get("terminal-tcp").await;
+    let agent_quic = get("agent-quic").await;
+    let agent_tcp = get("agent-tcp").await;
+    GatewayProc {
+        proc,
+        addrs: GatewayAddrs {
+            terminal_quic,
+            terminal_tcp,
+            agent_quic,
+            agent_tcp,
+        },
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Start `kakehashi-agent run` for `desk` against `gw`, serving `target`.
+pub fn start_agent(
+    pki: &mut Pki,
+    desk: &str,
+    gw: &GatewayAddrs,
+    target: SocketAddr,
+    transport: &str,
+) -> Proc {
+    let files = pki.agent(desk);
+    start_agent_with(pki, &files, gw, target, transport)
+}
+
+/// Start an agent with given certificate files.
+pub fn start_agent_with(
+    pki: &Pki,
+    files: &CertFiles,
+    gw: &GatewayAddrs,
+    target: SocketAddr,
+    transport: &str,
+) -> Proc {
+    let cfg = format!(
+        r#"[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+[tickets]
+public_keys = ["{pubkey}"]
+[[gateways]]
+address = "{tcp}"
+quic_address = "{quic}"
+server_name = "localhost"
+transport = "{transport}"
+[target]
+address = "{target}"
+[reconnect]
+initial_ms = 100
+max_ms = 1000
+"#,
+        ca = pki.ca.ca_cert_path().display(),
+        cert = files.cert.display(),
+        key = files.key.display(),
+        pubkey = pki.ca.ticket_public_path().display(),
+        tcp = gw.agent_tcp,
+        quic = gw.agent_quic,
+    );
+    let n = unique();
+    let path = pki.path().join(format!("agent-{n}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    Proc::spawn(
+        &bin("kakehashi-agent"),
+        &["run", "--config", path.to_str().unwrap()],
+        pki.path().join(format!("agent-{n}.log")),
+        &[],
+    )
+}
+
+/// Write a client config for `device` pointing at `tcp` / `quic`.
+pub fn client_config(pki: &Pki, device: &CertFiles, tcp: SocketAddr, quic: SocketAddr) -> PathBuf {
+    let cfg = format!(
+        r#"[gateway]
+address = "{tcp}"
+quic_address = "{quic}"
+server_name = "localhost"
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+"#,
+        ca = pki.ca.ca_cert_path().display(),
+        cert = device.cert.display(),
+        key = device.key.display(),
+    );
+    let path = pki.path().join(format!("client-{}.toml", unique()));
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+/// A running `kakehashi connect`.
+pub struct ClientProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its local listener.
+    pub listen: SocketAddr,
+    /// The `transport:` line.
+    pub transport: String,
+}
+
+/// Start `kakehashi --config CFG connect DESK --transport T` and wait for its listener.
+pub async fn start_client(
+    pki: &Pki,
+    config: &Path,
+    desk: &str,
+    transport: &str,
+) -> anyhow::Result<ClientProc> {
+    let n = unique();
+    let mut proc = Proc::spawn(
+        &bin("kakehashi"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "connect",
+            desk,
+            "--transport",
+            transport,
+        ],
+        pki.path().join(format!("client-{n}.log")),
+        &[],
+    );
+    let transport = proc
+        .wait_line("transport: ", Duration::from_secs(20))
+        .await?;
+    let listen = proc
+        .wait_line("listening on ", Duration::from_secs(5))
+        .await?
+        .parse()?;
+    Ok(ClientProc {
+        proc,
+        listen,
+        transport,
+    })
+}
+
+/// An echo service on loopback (the stand-in desk).
+pub async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Send `msg` through `addr`, close our side, and read everything back.
+pub async fn roundtrip(addr: SocketAddr, msg: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(msg).await?;
+    s.shutdown().await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut back))
+        .await
+        .context("echo timed out")??;
+    Ok(back)
+}
+
+/// Whether a session through `addr` was refused: the client closed (or
+/// reset) the local connection without any byte from the desk.
+pub async fn refused(addr: SocketAddr) -> bool {
+    match roundtrip(addr, b"x").await {
+        Ok(b) => b.is_empty(),
+        Err(_) => true,
+    }
+}
+
+/// Retry an echo through the client until the desk answers (its agent may
+/// still be dialling in).
+pub async fn wait_echo(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < within {
+        match roundtrip(addr, b"ping").await {
+            Ok(b) if b == b"ping" => return Ok(()),
+            Ok(b) => last = format!("got {} bytes", b.len()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("desk never answered through {addr} within {within:?} (last: {last})")
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raw TLS-over-TCP connection to a gateway listener with the given
+/// certificate, for tests that speak the protocol by hand.
+pub async fn raw_tls(
+    pki: &Pki,
+    files: &CertFiles,
+    addr: SocketAddr,
+    alpn: &[u8],
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let m = kakehashi_transport::tls::TlsFiles {
+        ca: pki.ca.ca_cert_path(),
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        crl: None,
+    }
+    .load()?;
+    let cfg = std::sync::Arc::new(kakehashi_transport::tls::client_config(&m, None, alpn)?);
+    kakehashi_transport::dial::tls_connect(
+        &addr.to_string(),
+        "localhost",
+        cfg,
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// Raw QUIC connection to a gateway listener.
+pub async fn raw_quic(
+    pki: &Pki,
+    files: &CertFiles,
+    addr: SocketAddr,
+    alpn: &[u8],
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let m = kakehashi_transport::tls::TlsFiles {
+        ca: pki.ca.ca_cert_path(),
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        crl: None,
+    }
+    .load()?;
+    let cfg = kakehashi_transport::tls::client_config(&m, None, alpn)?;
+    let ep = kakehashi_transport::quic::client(cfg, Default::default(), addr)?;
+    let c = kakehashi_transport::dial::quic_connect(&ep, addr, "localhost", Duration::from_secs(5))
+        .await?;
+    Ok((ep, c))
+}

@@ -9,7 +9,9 @@ pub fn alert_reason(alert: u8) -> Reason {
     match AlertDescription::from(alert) {
         AlertDescription::CertificateRevoked => Reason::CertRevoked,
         AlertDescription::CertificateExpired => Reason::CertExpired,
-        AlertDescription::UnknownCA => Reason::CertUnknownCa,
+        // DecryptError: the chain's signature does not verify — a CA of the
+        // same name that is not ours.
+        AlertDescription::UnknownCA | AlertDescription::DecryptError => Reason::CertUnknownCa,
         _ => Reason::CertRejected,
     }
 }
@@ -45,6 +47,10 @@ pub fn quic_reason(e: &quinn::ConnectionError) -> Option<Reason> {
         // Sent by the peer: it refused ours.
         C::ConnectionClosed(c) => crypto(u64::from(c.error_code)).map(alert_reason),
         C::TimedOut => Some(Reason::GatewayUnreachable),
+        // The gateway closes a connection it refuses with the reason code as the close reason.
+        C::ApplicationClosed(a) => std::str::from_utf8(&a.reason)
+            .ok()
+            .and_then(Reason::from_code),
         _ => None,
     }
 }

@@ -11,7 +11,7 @@ use quinn::{TransportConfig, VarInt};
 /// Per-connection QUIC limits.
 #[derive(Debug, Clone, Copy)]
 pub struct QuicLimits {
-    /// Concurrent bidirectional streams the peer may open (sessions per connection).
+    /// Concurrent bidirectional streams the *peer* may open on this connection.
     pub max_streams: u32,
     /// Keepalive interval.
     pub keepalive: Duration,

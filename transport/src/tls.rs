@@ -1,5 +1,6 @@
 //! TLS material and rustls configurations. TLS 1.3 only, ring only.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -110,6 +111,33 @@ pub struct ReloadingClientVerifier {
     hints: Vec<DistinguishedName>,
     inner: RwLock<Arc<dyn ClientCertVerifier>>,
     loaded_mtime: RwLock<Option<SystemTime>>,
+    /// Serials in the current CRL, for [`ReloadingClientVerifier::check_peer`].
+    revoked: RwLock<HashSet<Vec<u8>>>,
+}
+
+/// Serial numbers listed in the CRLs of a PEM file.
+fn revoked_serials(path: &Path) -> anyhow::Result<HashSet<Vec<u8>>> {
+    let mut out = HashSet::new();
+    for der in load_crls(path)? {
+        let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+            .map_err(|e| anyhow::anyhow!("cannot parse CRL {}: {e}", path.display()))?;
+        for r in crl.iter_revoked_certificates() {
+            out.insert(r.raw_serial().to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Why a peer certificate that passed (or skipped, on resumption) the
+/// handshake is no longer acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCertProblem {
+    /// Listed in the current CRL.
+    Revoked,
+    /// Outside its validity period.
+    Expired,
+    /// Not parseable.
+    Unreadable,
 }
 
 impl ReloadingClientVerifier {
@@ -119,13 +147,41 @@ impl ReloadingClientVerifier {
         let mtime = crl.as_deref().and_then(mtime);
         let inner = build_client_verifier(&roots, crl.as_deref())?;
         let hints = inner.root_hint_subjects().to_vec();
+        let revoked = match crl.as_deref() {
+            Some(p) => revoked_serials(p)?,
+            None => HashSet::new(),
+        };
         Ok(Arc::new(Self {
             roots,
             crl,
             hints,
             inner: RwLock::new(inner),
             loaded_mtime: RwLock::new(mtime),
+            revoked: RwLock::new(revoked),
         }))
+    }
+
+    /// Check a peer's end-entity certificate after the handshake against the
+    /// *current* CRL and its validity dates. A resumed TLS 1.3 session skips
+    /// client-certificate verification, so without this a laptop revoked
+    /// after its last full handshake could keep opening sessions.
+    pub fn check_peer(&self, der: &[u8], now: u64) -> Result<(), PeerCertProblem> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|_| PeerCertProblem::Unreadable)?;
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(cert.raw_serial())
+        {
+            return Err(PeerCertProblem::Revoked);
+        }
+        let v = cert.validity();
+        let now = now as i64;
+        if now < v.not_before.timestamp() || now > v.not_after.timestamp() {
+            return Err(PeerCertProblem::Expired);
+        }
+        Ok(())
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
@@ -143,7 +199,9 @@ impl ReloadingClientVerifier {
             return Ok(false);
         }
         let v = build_client_verifier(&self.roots, Some(path))?;
+        let revoked = revoked_serials(path)?;
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = v;
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
         *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = now;
         Ok(true)
     }

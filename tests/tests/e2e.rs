@@ -1,0 +1,10 @@
+//! End-to-end tests: the real binaries on loopback. One test binary, one
+//! module per capability.
+
+mod e2e {
+    pub mod certs;
+    pub mod malformed;
+    pub mod relay;
+    pub mod restart;
+    pub mod tickets;
+}

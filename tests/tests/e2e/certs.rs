@@ -1,0 +1,234 @@
+//! Certificates the gateway must refuse at the handshake, with a clear
+//! reason on the client, a log line on the gateway, and nothing crashing.
+
+use std::time::Duration;
+
+use kakehashi_pki::{CaDir, InitOptions, IssueRequest, Subject, TerminalClass};
+use kakehashi_tests::*;
+
+/// Run `kakehashi connect` expecting it to fail; returns its stderr.
+async fn connect_fails(pki: &Pki, cfg: &std::path::Path, transport: &str) -> String {
+    let mut p = Proc::spawn(
+        &bin("kakehashi"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "connect",
+            "DESK-C",
+            "--transport",
+            transport,
+        ],
+        pki.path()
+            .join(format!("fail-{}.log", rand::random::<u32>())),
+        &[],
+    );
+    let status = p
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("client should give up");
+    assert!(!status.success(), "client must fail");
+    p.log_text()
+}
+
+/// A gateway with a working desk, and a healthy laptop proving it still serves.
+struct World {
+    pki: Pki,
+    gw: GatewayProc,
+    _agent: Proc,
+    good: ClientProc,
+}
+
+async fn world() -> World {
+    let mut pki = Pki::new();
+    let gw = start_gateway(&pki, GatewayOpts::default()).await;
+    let desk = echo_server().await;
+    let agent = start_agent(&mut pki, "DESK-C", &gw.addrs, desk, "auto");
+    let dev = pki.device("LAPTOP-GOOD", TerminalClass::Home);
+    let cfg = client_config(&pki, &dev, gw.addrs.terminal_tcp, gw.addrs.terminal_quic);
+    let good = start_client(&pki, &cfg, "DESK-C", "quic").await.unwrap();
+    wait_echo(good.listen, Duration::from_secs(20))
+        .await
+        .unwrap();
+    World {
+        pki,
+        gw,
+        _agent: agent,
+        good,
+    }
+}
+
+async fn still_serves(w: &World) {
+    assert_eq!(
+        roundtrip(w.good.listen, b"still here").await.unwrap(),
+        b"still here"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_device_is_refused_on_both_transports_and_crl_reloads() {
+    let mut w = world().await;
+    let dev = w.pki.device("LAPTOP-LOST", TerminalClass::Home);
+    let cfg = client_config(
+        &w.pki,
+        &dev,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+    // Works before revocation…
+    let before = start_client(&w.pki, &cfg, "DESK-C", "tcp").await.unwrap();
+    wait_echo(before.listen, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // …and is refused once the CRL file changes, without restarting the gateway.
+    w.pki.revoke(&dev.serial);
+    w.gw.proc
+        .wait_log("CRL reloaded", Duration::from_secs(5))
+        .await
+        .unwrap();
+    for transport in ["tcp", "quic"] {
+        let err = connect_fails(&w.pki, &cfg, transport).await;
+        assert!(err.contains("certificate_revoked"), "{transport}: {err}");
+        assert!(err.contains("失効"), "Japanese sentence first: {err}");
+    }
+    // Even the already-running client's new sessions are refused now.
+    // (TLS resumption would skip the certificate check; the gateway re-checks.)
+    assert!(refused(before.listen).await);
+    before
+        .proc
+        .wait_log("certificate_revoked", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(w.gw.proc.log_text().contains("handshake refused"));
+    still_serves(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_from_another_ca_is_refused() {
+    let w = world().await;
+    // Same CA name as ours (the harder case: the names chain, the signature does not).
+    impostor_ca(&w, InitOptions::default()).await;
+    // A CA with another name altogether.
+    impostor_ca(
+        &w,
+        InitOptions {
+            organization: "Elsewhere".into(),
+            common_name: "Some Other CA".into(),
+        },
+    )
+    .await;
+    still_serves(&w).await;
+}
+
+async fn impostor_ca(w: &World, opts: InitOptions) {
+    let mut other = CaDir::init(
+        &w.pki
+            .path()
+            .join(format!("other-ca-{}", opts.common_name.len())),
+        &opts,
+    )
+    .unwrap();
+    let i = other
+        .issue(&IssueRequest::new(Subject::Device {
+            id: "LAPTOP-X".into(),
+            class: TerminalClass::Home,
+            user: None,
+        }))
+        .unwrap();
+    let dev = CertFiles {
+        cert: i.cert_path,
+        key: i.key_path,
+        serial: i.serial,
+    };
+    let cfg = client_config(
+        &w.pki,
+        &dev,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+    for transport in ["tcp", "quic"] {
+        let err = connect_fails(&w.pki, &cfg, transport).await;
+        assert!(err.contains("certificate_unknown_ca"), "{transport}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_device_certificate_is_refused() {
+    let mut w = world().await;
+    let dev = w.pki.expired_device("LAPTOP-OLD");
+    let cfg = client_config(
+        &w.pki,
+        &dev,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+    for transport in ["tcp", "quic"] {
+        let err = connect_fails(&w.pki, &cfg, transport).await;
+        assert!(err.contains("certificate_expired"), "{transport}: {err}");
+    }
+    still_serves(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_certificate_cannot_be_used_as_a_laptop() {
+    let mut w = world().await;
+    let agent_cert = w.pki.agent("DESK-OTHER");
+    let cfg = client_config(
+        &w.pki,
+        &agent_cert,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+    let err = connect_fails(&w.pki, &cfg, "tcp").await;
+    assert!(err.contains("wrong_certificate_kind"), "{err}");
+    still_serves(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_agent_cannot_register() {
+    let mut w = world().await;
+    let files = w.pki.agent("DESK-REVOKED");
+    w.pki.revoke(&files.serial);
+    w.gw.proc
+        .wait_log("CRL reloaded", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let desk = echo_server().await;
+    let agent = start_agent_with(&w.pki, &files, &w.gw.addrs, desk, "tcp");
+    agent
+        .wait_log("certificate_revoked", Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The laptop asking for that desk is told it is offline.
+    let dev = w.pki.device("LAPTOP-R", TerminalClass::Home);
+    let cfg = client_config(
+        &w.pki,
+        &dev,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+    let mut c = Proc::spawn(
+        &bin("kakehashi"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "connect",
+            "DESK-REVOKED",
+            "--transport",
+            "tcp",
+        ],
+        w.pki.path().join("client-r.log"),
+        &[],
+    );
+    let listen: std::net::SocketAddr = c
+        .wait_line("listening on ", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refused(listen).await);
+    c.wait_log("desk_offline", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(w.gw.proc.log_text().contains("handshake refused"));
+    still_serves(&w).await;
+}
