@@ -37,6 +37,10 @@ enum Cmd {
         /// auto (QUIC, TCP when UDP is blocked), quic or tcp.
         #[arg(long)]
         transport: Option<TransportChoice>,
+        /// Carry one session over standard input and output instead of a
+        /// local port (like `nc`; status lines go to standard error).
+        #[arg(long, conflicts_with = "listen")]
+        stdio: bool,
     },
 }
 
@@ -68,10 +72,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             desk,
             listen,
             transport,
+            stdio,
         } => {
             check_desk(&desk)?;
             let choice = transport.unwrap_or(cfg.transport);
             let (dialer, note) = Dialer::establish(cfg, choice).await?;
+            if stdio {
+                eprintln!("transport: {note}");
+                let (mut remote, accepted) = dialer.session(&desk).await?;
+                eprintln!("session {} open", accepted.session_id);
+                let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+                splice(&mut local, &mut remote).await?;
+                return Ok(());
+            }
             println!("transport: {note}");
             let dialer = Arc::new(dialer);
             let listener = TcpListener::bind(listen)

@@ -186,8 +186,14 @@ transport = "auto"
         "  {client} --config {} connect {DEMO_DESK} --listen 127.0.0.1:{port}",
         dir.join("client.toml").display()
     );
-    println!("then type a line into the session; the demo desk echoes it back / 入力した行がそのまま返ってきます:");
+    println!("then point any TCP client (an RDP client, nc …) at 127.0.0.1:{port}; the demo desk echoes what it receives:");
     println!("  nc 127.0.0.1 {port}");
+    println!();
+    println!("Or in one line, without nc / nc なしで一行で:");
+    println!(
+        "  echo こんにちは | {client} --config {} connect {DEMO_DESK} --stdio",
+        dir.join("client.toml").display()
+    );
     println!();
     println!("Try also / ほかにも:");
     println!(

@@ -55,11 +55,16 @@ enum AgentLink {
 
 struct AgentEntry {
     generation: u64,
+    /// The agent's certificate, re-checked when the CRL changes.
+    cert: PeerCert,
     link: AgentLink,
     transport: Transport,
     /// Cancelled when a newer tunnel for the same desk replaces this one.
     replaced: CancellationToken,
 }
+
+/// A peer's end-entity certificate (DER), kept to re-check it later.
+type PeerCert = Arc<rustls::pki_types::CertificateDer<'static>>;
 
 /// A data connection an agent was asked to dial, waiting for it.
 struct PendingChannel {
@@ -112,7 +117,6 @@ impl Shared {
 pub struct Gateway {
     shared: Arc<Shared>,
     addrs: BoundAddrs,
-    verifier: Arc<ReloadingClientVerifier>,
     terminal_quic: Option<quinn::Endpoint>,
     terminal_tcp: Option<(TcpListener, TlsAcceptor)>,
     agent_quic: Option<quinn::Endpoint>,
@@ -207,7 +211,6 @@ impl Gateway {
         Ok(Self {
             shared,
             addrs,
-            verifier,
             terminal_quic,
             terminal_tcp,
             agent_quic,
@@ -232,17 +235,7 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         let term_cap = Arc::new(Semaphore::new(s.cfg.terminal_max_connections));
         let agent_cap = Arc::new(Semaphore::new(s.cfg.agent_max_connections));
-        {
-            let stop = s.shutdown.clone();
-            tasks.spawn(
-                self.verifier
-                    .clone()
-                    .watch(
-                        Duration::from_secs(1),
-                        async move { stop.cancelled().await },
-                    ),
-            );
-        }
+        tasks.spawn(watch_crl(s.clone()));
         if let Some((l, acc)) = self.terminal_tcp {
             tasks.spawn(tcp_accept_loop(
                 s.clone(),
@@ -386,13 +379,13 @@ async fn tcp_accept_loop(
                         );
                         refuse(&mut io, Refusal::new(reason)).await;
                     }
-                    (Role::Terminal, Ok(id @ Identity::Device { .. })) => {
-                        handle_terminal_stream(s, io, id, Transport::Tcp).await;
+                    (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
+                        handle_terminal_stream(s, io, id, cert, Transport::Tcp).await;
                     }
-                    (Role::Agent, Ok(Identity::Agent { desk })) => {
-                        handle_agent_tcp(s, io, desk).await
+                    (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
+                        handle_agent_tcp(s, io, desk, cert).await
                     }
-                    (_, Ok(other)) => {
+                    (_, Ok((other, _))) => {
                         warn!(identity = ?other, "Certificate of the wrong kind for this listener");
                         refuse(&mut io, Refusal::new(Reason::WrongCertificateKind)).await;
                     }
@@ -450,13 +443,13 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
                         );
                         conn.close(quinn::VarInt::from_u32(1), reason.code().as_bytes());
                     }
-                    (Role::Terminal, Ok(id @ Identity::Device { .. })) => {
-                        serve_terminal_quic(s, conn, id).await
+                    (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
+                        serve_terminal_quic(s, conn, id, cert).await
                     }
-                    (Role::Agent, Ok(Identity::Agent { desk })) => {
-                        handle_agent_quic(s, conn, desk).await
+                    (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
+                        handle_agent_quic(s, conn, desk, cert).await
                     }
-                    (_, Ok(other)) => {
+                    (_, Ok((other, _))) => {
                         warn!(identity = ?other, "Certificate of the wrong kind for this listener");
                         conn.close(
                             quinn::VarInt::from_u32(1),
@@ -476,16 +469,56 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
 fn peer_identity(
     s: &Shared,
     cert: Option<rustls::pki_types::CertificateDer<'static>>,
-) -> Result<Identity, Reason> {
-    use kakehashi_transport::tls::PeerCertProblem;
+) -> Result<(Identity, PeerCert), Reason> {
     let cert = cert.ok_or(Reason::CertRejected)?;
-    match s.verifier.check_peer(&cert, unix_now()) {
-        Ok(()) => {}
-        Err(PeerCertProblem::Revoked) => return Err(Reason::CertRevoked),
-        Err(PeerCertProblem::Expired) => return Err(Reason::CertExpired),
-        Err(PeerCertProblem::Unreadable) => return Err(Reason::CertRejected),
+    check_cert(s, &cert)?;
+    let id = kakehashi_pki::identity_from_der(&cert).map_err(|_| Reason::WrongCertificateKind)?;
+    Ok((id, Arc::new(cert)))
+}
+
+/// Check a certificate against the current CRL and its validity dates.
+fn check_cert(s: &Shared, der: &[u8]) -> Result<(), Reason> {
+    use kakehashi_transport::tls::PeerCertProblem;
+    s.verifier.check_peer(der, unix_now()).map_err(|p| match p {
+        PeerCertProblem::Revoked => Reason::CertRevoked,
+        PeerCertProblem::Expired => Reason::CertExpired,
+        PeerCertProblem::Unreadable => Reason::CertRejected,
+    })
+}
+
+/// Reload the CRL when its file changes, then drop the tunnels of agents
+/// whose certificates it now revokes. Laptops are re-checked on every
+/// session request.
+async fn watch_crl(s: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match s.verifier.reload_if_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                info!("CRL reloaded");
+                let mut agents = s.agents.lock().expect("agents lock");
+                agents.retain(|desk, e| match check_cert(&s, &e.cert) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        warn!(
+                            desk,
+                            reason = reason.code(),
+                            "Dropping the tunnel of a revoked agent"
+                        );
+                        e.replaced.cancel();
+                        false
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "CRL reload failed; keeping the previous CRL")
+            }
+        }
     }
-    kakehashi_pki::identity_from_der(&cert).map_err(|_| Reason::WrongCertificateKind)
 }
 
 /// Wait for connection tasks after the listener stops; the force token ends them.
@@ -504,7 +537,12 @@ async fn refuse(io: &mut BoxIo, r: Refusal) {
     .await;
 }
 
-async fn serve_terminal_quic(s: Arc<Shared>, conn: quinn::Connection, id: Identity) {
+async fn serve_terminal_quic(
+    s: Arc<Shared>,
+    conn: quinn::Connection,
+    id: Identity,
+    cert: PeerCert,
+) {
     debug!(device = id.id(), "Terminal connected");
     let mut streams = JoinSet::new();
     loop {
@@ -514,7 +552,7 @@ async fn serve_terminal_quic(s: Arc<Shared>, conn: quinn::Connection, id: Identi
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             st = conn.accept_bi() => match st {
                 Ok(bi) => {
-                    streams.spawn(handle_terminal_stream(s.clone(), Box::new(QuicStream::new(bi)), id.clone(), Transport::Quic).in_current_span());
+                    streams.spawn(handle_terminal_stream(s.clone(), Box::new(QuicStream::new(bi)), id.clone(), cert.clone(), Transport::Quic).in_current_span());
                 }
                 Err(e) => {
                     debug!(reason = %e, "Terminal connection closed");
@@ -532,7 +570,13 @@ async fn serve_terminal_quic(s: Arc<Shared>, conn: quinn::Connection, id: Identi
 }
 
 /// One terminal stream: ping probes, then a session request.
-async fn handle_terminal_stream(s: Arc<Shared>, mut io: BoxIo, id: Identity, transport: Transport) {
+async fn handle_terminal_stream(
+    s: Arc<Shared>,
+    mut io: BoxIo,
+    id: Identity,
+    cert: PeerCert,
+    transport: Transport,
+) {
     let Identity::Device {
         id: device,
         class,
@@ -577,6 +621,11 @@ async fn handle_terminal_stream(s: Arc<Shared>, mut io: BoxIo, id: Identity, tra
     };
     if s.shutdown.is_cancelled() {
         return refuse(&mut io, Refusal::new(Reason::ShuttingDown)).await;
+    }
+    // The CRL may have changed since this connection's handshake.
+    if let Err(reason) = check_cert(&s, &cert) {
+        warn!(%device, reason = reason.code(), "Session refused: certificate no longer valid");
+        return refuse(&mut io, Refusal::new(reason)).await;
     }
     let session_id = format!("s-{}", random_hex(12));
     let span = info_span!("session", session = %session_id, desk = %req.desk, %device, class = %class, %transport);
@@ -735,6 +784,7 @@ impl Drop for PendingGuard<'_> {
 fn register(
     s: &Shared,
     desk: &str,
+    cert: PeerCert,
     link: AgentLink,
     transport: Transport,
 ) -> (u64, CancellationToken) {
@@ -744,6 +794,7 @@ fn register(
         desk.to_string(),
         AgentEntry {
             generation,
+            cert,
             link,
             transport,
             replaced: replaced.clone(),
@@ -765,7 +816,7 @@ fn unregister(s: &Shared, desk: &str, generation: u64) {
     }
 }
 
-async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String) {
+async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String, cert: PeerCert) {
     // The first stream the agent opens is its control stream.
     let hello = async {
         let bi = conn.accept_bi().await?;
@@ -799,8 +850,13 @@ async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String
         }
     };
     debug!(desk, software = %hello.software, "Agent hello");
-    let (generation, replaced) =
-        register(&s, &desk, AgentLink::Quic(conn.clone()), Transport::Quic);
+    let (generation, replaced) = register(
+        &s,
+        &desk,
+        cert,
+        AgentLink::Quic(conn.clone()),
+        Transport::Quic,
+    );
     tokio::select! {
         e = conn.closed() => debug!(desk, reason = %e, "Agent tunnel closed"),
         _ = replaced.cancelled() => conn.close(quinn::VarInt::from_u32(3), b"replaced by a newer tunnel"),
@@ -811,7 +867,7 @@ async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String
 
 /// An agent's TCP connection: a control tunnel (AgentHello) or a data
 /// connection for one session (DataChannelHello).
-async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String) {
+async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String, cert: PeerCert) {
     let first = match tokio::time::timeout(s.cfg.handshake_timeout, read_frame(&mut io)).await {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => {
@@ -854,17 +910,22 @@ async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String) {
             if write_message(&mut io, &welcome).await.is_err() {
                 return;
             }
-            serve_agent_control(s, io, desk).await;
+            serve_agent_control(s, io, desk, cert).await;
         }
         _ => refuse(&mut io, Refusal::new(Reason::ProtocolError)).await,
     }
 }
 
-async fn serve_agent_control(s: Arc<Shared>, io: BoxIo, desk: String) {
+async fn serve_agent_control(s: Arc<Shared>, io: BoxIo, desk: String, cert: PeerCert) {
     let (rd, mut wr) = tokio::io::split(io);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let (generation, replaced) =
-        register(&s, &desk, AgentLink::Tcp { control: tx }, Transport::Tcp);
+    let (generation, replaced) = register(
+        &s,
+        &desk,
+        cert,
+        AgentLink::Tcp { control: tx },
+        Transport::Tcp,
+    );
     let last_seen = Arc::new(Mutex::new(Instant::now()));
     let mut reader = tokio::spawn(read_agent_control(rd, last_seen.clone()));
     let mut ping = tokio::time::interval(s.cfg.keepalive);

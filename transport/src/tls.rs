@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -204,27 +204,6 @@ impl ReloadingClientVerifier {
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
         *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = now;
         Ok(true)
-    }
-
-    /// Poll the CRL file every `every` until `stop` resolves, reloading on change.
-    pub async fn watch(
-        self: Arc<Self>,
-        every: Duration,
-        stop: impl std::future::Future<Output = ()>,
-    ) {
-        let Some(path) = self.crl.clone() else { return };
-        tokio::pin!(stop);
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tick.tick() => match self.reload_if_changed() {
-                    Ok(true) => tracing::info!(crl = %path.display(), "CRL reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(crl = %path.display(), error = %format!("{e:#}"), "CRL reload failed; keeping the previous CRL"),
-                },
-            }
-        }
     }
 }
 

@@ -184,6 +184,39 @@ async fn agent_certificate_cannot_be_used_as_a_laptop() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_connected_agent_drops_its_tunnel() {
+    let mut w = world().await;
+    let files = w.pki.agent("DESK-LIVE");
+    let desk = echo_server().await;
+    let _agent = start_agent_with(&w.pki, &files, &w.gw.addrs, desk, "quic");
+    let dev = w.pki.device("LAPTOP-L", TerminalClass::Home);
+    let cfg = client_config(
+        &w.pki,
+        &dev,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+    let c = start_client(&w.pki, &cfg, "DESK-LIVE", "quic")
+        .await
+        .unwrap();
+    wait_echo(c.listen, Duration::from_secs(20)).await.unwrap();
+    w.pki.revoke(&files.serial);
+    w.gw.proc
+        .wait_log(
+            "Dropping the tunnel of a revoked agent",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(refused(c.listen).await);
+    c.proc
+        .wait_log("desk_offline", Duration::from_secs(5))
+        .await
+        .unwrap();
+    still_serves(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn revoked_agent_cannot_register() {
     let mut w = world().await;
     let files = w.pki.agent("DESK-REVOKED");
