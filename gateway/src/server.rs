@@ -66,6 +66,35 @@ struct AgentEntry {
 /// A peer's end-entity certificate (DER), kept to re-check it later.
 type PeerCert = Arc<rustls::pki_types::CertificateDer<'static>>;
 
+/// A session in progress, so something outside it (a revocation, later a
+/// policy change or an operator) can end it.
+struct LiveSession {
+    desk: String,
+    device: String,
+    cert: PeerCert,
+    end: CancellationToken,
+    reason: Mutex<Option<Reason>>,
+}
+
+impl LiveSession {
+    fn end(&self, reason: Reason) {
+        *self.reason.lock().expect("reason lock") = Some(reason);
+        self.end.cancel();
+    }
+}
+
+/// Removes a session from the live table however it ends.
+struct LiveGuard<'a> {
+    s: &'a Shared,
+    id: String,
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.s.live.lock().expect("live lock").remove(&self.id);
+    }
+}
+
 /// A data connection an agent was asked to dial, waiting for it.
 struct PendingChannel {
     desk: String,
@@ -79,6 +108,7 @@ pub struct Shared {
     agents: Mutex<HashMap<String, AgentEntry>>,
     pending: Mutex<HashMap<String, PendingChannel>>,
     sessions: Arc<Semaphore>,
+    live: Mutex<HashMap<String, Arc<LiveSession>>>,
     generation: AtomicU64,
     verifier: Arc<ReloadingClientVerifier>,
     shutdown: CancellationToken,
@@ -105,6 +135,23 @@ impl Shared {
             .collect();
         v.sort();
         v
+    }
+
+    /// Live sessions as (session id, desk, device).
+    pub fn live_sessions(&self) -> Vec<(String, String, String)> {
+        let live = self.live.lock().expect("live lock");
+        let mut v: Vec<_> = live
+            .iter()
+            .map(|(id, l)| (id.clone(), l.desk.clone(), l.device.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// End a live session with a reason. Returns whether it was live.
+    pub fn end_session(&self, id: &str, reason: Reason) -> bool {
+        let l = self.live.lock().expect("live lock").get(id).cloned();
+        l.map(|l| l.end(reason)).is_some()
     }
 
     /// Sessions in progress.
@@ -202,6 +249,7 @@ impl Gateway {
             agents: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
+            live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
             verifier: verifier.clone(),
             shutdown: CancellationToken::new(),
@@ -500,6 +548,19 @@ async fn watch_crl(s: Arc<Shared>) {
             Ok(false) => {}
             Ok(true) => {
                 info!("CRL reloaded");
+                let live: Vec<Arc<LiveSession>> = s
+                    .live
+                    .lock()
+                    .expect("live lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                for l in live {
+                    if let Err(reason) = check_cert(&s, &l.cert) {
+                        warn!(device = %l.device, desk = %l.desk, reason = reason.code(), "Ending the session of a revoked certificate");
+                        l.end(reason);
+                    }
+                }
                 let mut agents = s.agents.lock().expect("agents lock");
                 agents.retain(|desk, e| match check_cert(&s, &e.cert) {
                     Ok(()) => true,
@@ -667,8 +728,28 @@ async fn handle_terminal_stream(
             setup_ms = started.elapsed().as_millis() as u64,
             "Session started"
         );
+        let live = Arc::new(LiveSession {
+            desk: req.desk.clone(),
+            device: device.clone(),
+            cert: cert.clone(),
+            end: CancellationToken::new(),
+            reason: Mutex::new(None),
+        });
+        s.live
+            .lock()
+            .expect("live lock")
+            .insert(session_id.clone(), live.clone());
+        let _guard = LiveGuard {
+            s: &s,
+            id: session_id.clone(),
+        };
+        // A revocation between the check above and this insert is caught here.
+        if let Err(reason) = check_cert(&s, &cert) {
+            live.end(reason);
+        }
         let result = tokio::select! {
             r = splice(&mut io, &mut agent) => Some(r),
+            _ = live.end.cancelled() => None,
             _ = s.force.cancelled() => None,
         };
         match result {
@@ -681,7 +762,10 @@ async fn handle_terminal_stream(
             Some(Err(e)) => {
                 info!(error = %e, secs = started.elapsed().as_secs(), "Session ended by a peer")
             }
-            None => info!("Session ended: gateway shutting down"),
+            None => match *live.reason.lock().expect("reason lock") {
+                Some(reason) => info!(reason = reason.code(), "Session ended by the gateway"),
+                None => info!("Session ended: gateway shutting down"),
+            },
         }
         drop(permit);
     }

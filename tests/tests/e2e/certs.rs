@@ -79,12 +79,43 @@ async fn revoked_device_is_refused_on_both_transports_and_crl_reloads() {
     wait_echo(before.listen, Duration::from_secs(10))
         .await
         .unwrap();
+    let before_quic = start_client(&w.pki, &cfg, "DESK-C", "quic").await.unwrap();
+    wait_echo(before_quic.listen, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A session that is open when the revocation lands.
+    let mut open_session = tokio::net::TcpStream::connect(before_quic.listen)
+        .await
+        .unwrap();
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        open_session.write_all(b"open").await.unwrap();
+        let mut b = [0u8; 4];
+        open_session.read_exact(&mut b).await.unwrap();
+    }
     // …and is refused once the CRL file changes, without restarting the gateway.
     w.pki.revoke(&dev.serial);
     w.gw.proc
         .wait_log("CRL reloaded", Duration::from_secs(5))
         .await
         .unwrap();
+    // The open session is ended by the gateway.
+    {
+        use tokio::io::AsyncReadExt as _;
+        let mut b = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), open_session.read(&mut b))
+            .await
+            .expect("ended at once");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        w.gw.proc
+            .wait_log("certificate_revoked", Duration::from_secs(2))
+            .await
+            .unwrap();
+        w.gw.proc
+            .wait_log("Session ended by the gateway", Duration::from_secs(2))
+            .await
+            .unwrap();
+    }
     for transport in ["tcp", "quic"] {
         let err = connect_fails(&w.pki, &cfg, transport).await;
         assert!(err.contains("certificate_revoked"), "{transport}: {err}");
@@ -92,12 +123,15 @@ async fn revoked_device_is_refused_on_both_transports_and_crl_reloads() {
     }
     // Even the already-running client's new sessions are refused now.
     // (TLS resumption would skip the certificate check; the gateway re-checks.)
-    assert!(refused(before.listen).await);
-    before
-        .proc
-        .wait_log("certificate_revoked", Duration::from_secs(5))
-        .await
-        .unwrap();
+    // Over TCP the new connection resumes its TLS session; over QUIC the
+    // connection made before the revocation is still open. Both are refused.
+    for c in [&before, &before_quic] {
+        assert!(refused(c.listen).await, "{}", c.transport);
+        c.proc
+            .wait_log("certificate_revoked", Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
     assert!(w.gw.proc.log_text().contains("handshake refused"));
     still_serves(&w).await;
 }
