@@ -4,6 +4,8 @@
 #   rdp-peers.sh install
 #       apt-get installs freerdp2-x11 freerdp2-shadow-x11 winpr-utils xvfb if any of
 #       xfreerdp / freerdp-shadow-cli / winpr-hash / Xvfb is missing. Silent otherwise.
+#       Safe to run concurrently: installers serialise on flock(1) of
+#       ${RDP_PEERS_INSTALL_LOCK:-/tmp/kakehashi-rdp-peers-install.lock}.
 #
 #   rdp-peers.sh server --dir DIR --port PORT --cert CRT --key KEY --user U --password P
 #                       [--bind ADDR] [--geometry WxH]
@@ -41,9 +43,16 @@ have_all() {
 
 cmd_install() {
     have_all && return 0
+    # Tests run in parallel (nextest): one installer at a time, the others wait for it
+    # and then find everything present. apt's own locks are waited for, not failed on.
+    local lock=${RDP_PEERS_INSTALL_LOCK:-/tmp/kakehashi-rdp-peers-install.lock}
+    exec 8>>"$lock" || { echo "rdp-peers.sh: cannot open lock $lock" >&2; return 1; }
+    flock -w 900 8 || { echo "rdp-peers.sh: install lock $lock busy for 900s" >&2; return 1; }
+    if have_all; then exec 8>&-; return 0; fi
     export DEBIAN_FRONTEND=noninteractive
     local log; log=$(mktemp)
-    if ! { apt-get update -q && apt-get install -y -q --no-install-recommends \
+    if ! { apt-get -o DPkg::Lock::Timeout=300 update -q &&
+            apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
             freerdp2-x11 freerdp2-shadow-x11 winpr-utils xvfb; } >"$log" 2>&1; then
         cat "$log" >&2; rm -f "$log"; echo "rdp-peers.sh: apt-get failed" >&2; return 1
     fi
@@ -63,10 +72,13 @@ pick_port() {
 
 # start_xvfb WORKDIR GEOMETRY -> sets XVFB_PID, XVFB_DISPLAY. Xvfb picks a free display
 # itself (-displayfd) and dies with SIGTERM when its parent process dies.
+# -noreset: freerdp-shadow-cli opens the display, closes it (monitor enumeration) and
+# opens it again; without -noreset Xvfb regenerates when that last client leaves and,
+# on a loaded machine (parallel tests), refuses the reopen ("failed to open display").
 start_xvfb() {
     local dir=$1 geom=$2 dfile="$1/xvfb.display" i
     : >"$dfile"
-    setpriv --pdeathsig TERM Xvfb -displayfd 9 -screen 0 "${geom}x24" -nolisten tcp \
+    setpriv --pdeathsig TERM Xvfb -displayfd 9 -screen 0 "${geom}x24" -nolisten tcp -noreset \
         9>"$dfile" >"$dir/xvfb.log" 2>&1 &
     XVFB_PID=$!
     for i in $(seq 1 100); do

@@ -3,7 +3,9 @@
 
 mod e2e {
     pub mod certs;
+    pub mod demo;
     pub mod malformed;
+    pub mod rdp;
     pub mod relay;
     pub mod restart;
     pub mod tickets;
