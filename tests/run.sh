@@ -56,7 +56,8 @@ if [ -f deny.toml ]; then
   if ! cargo deny --version >/dev/null 2>&1; then
     cargo install cargo-deny --locked
   fi
-  cargo deny check bans licenses sources
+  # --offline: the advisory database is not reachable from here (see deny.toml)
+  cargo deny --offline check bans licenses sources
 fi
 
 step "All checks passed"

@@ -183,6 +183,9 @@ impl Config {
                 transport,
             });
         }
+        if f.target.connect_timeout_secs == 0 {
+            bail!("[target] connect_timeout_secs must be at least 1");
+        }
         if f.reconnect.initial_ms == 0 || f.reconnect.max_ms < f.reconnect.initial_ms {
             bail!("[reconnect] needs 0 < initial_ms <= max_ms");
         }

@@ -168,7 +168,7 @@ impl Agent {
         };
         let ep = kakehashi_transport::quic::client((*self.tls).clone(), limits, addr)?;
         let conn = quic_connect(&ep, addr, &gw.server_name, timeout).await?;
-        let (mut ctl, welcome) = async {
+        let hello = async {
             let mut ctl = QuicStream::new(conn.open_bi().await?);
             write_message(
                 &mut ctl,
@@ -183,9 +183,11 @@ impl Agent {
                 bail!("gateway refused the tunnel: {r}");
             }
             anyhow::Ok((ctl, AgentWelcome::from_frame(&f)?))
-        }
-        .await
-        .context("tunnel hello failed")?;
+        };
+        let (mut ctl, welcome) = tokio::time::timeout(self.cfg.handshake_timeout, hello)
+            .await
+            .map_err(|_| anyhow!("gateway did not welcome the tunnel in time"))?
+            .context("tunnel hello failed")?;
         info!(transport = "quic", gateway_name = %welcome.gateway, "Tunnel up");
         let mut sessions = JoinSet::new();
         let result = loop {

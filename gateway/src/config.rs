@@ -155,6 +155,7 @@ impl Config {
             bail!("connection and session limits must be at least 1");
         }
         if l.handshake_timeout_secs == 0
+            || l.session_setup_timeout_secs == 0
             || l.keepalive_secs == 0
             || l.idle_timeout_secs <= l.keepalive_secs
         {

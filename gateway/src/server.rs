@@ -816,7 +816,10 @@ async fn open_to_agent(s: &Arc<Shared>, claims: &TicketClaims) -> Result<BoxIo, 
                 io
             }
         };
-        let ticket = s.signer.sign(claims);
+        let ticket = s.signer.sign(claims).map_err(|e| {
+            warn!(error = %e, "Cannot sign the ticket");
+            Refusal::new(Reason::Internal)
+        })?;
         let f = frame::encode(FrameKind::Ticket, &ticket)
             .map_err(|_| Refusal::new(Reason::Internal))?;
         write_raw(&mut io, &f)

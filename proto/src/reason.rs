@@ -182,10 +182,14 @@ impl Refusal {
         }
     }
 
-    /// Add a detail.
+    /// Add a detail, cut to at most 512 bytes (on a character boundary).
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         let mut d: String = detail.into();
-        d.truncate(512);
+        let mut cut = d.len().min(512);
+        while !d.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        d.truncate(cut);
         self.detail = Some(d);
         self
     }
@@ -224,5 +228,15 @@ mod tests {
             assert!(!r.ja().is_ascii(), "{} has no Japanese sentence", r.code());
             assert!(r.en().ends_with('.'));
         }
+    }
+
+    #[test]
+    fn long_detail_is_cut_on_a_character_boundary() {
+        // Found by fuzz/messages: a 3-byte character across byte 512 panicked.
+        let r =
+            Refusal::new(Reason::ProtocolError).with_detail(format!("x{}", "デスク".repeat(200)));
+        let d = r.detail.unwrap();
+        assert_eq!(d.len(), 511);
+        assert!(d.ends_with('ス'));
     }
 }

@@ -133,9 +133,16 @@ impl TicketSigner {
         )
     }
 
-    /// Encode and sign.
-    pub fn sign(&self, claims: &TicketClaims) -> Vec<u8> {
-        let body = serde_json::to_vec(claims).expect("ticket claims always serialise");
+    /// Encode and sign. Fails if the encoded ticket would exceed
+    /// [`MAX_TICKET_LEN`] (which no verifier would accept).
+    pub fn sign(&self, claims: &TicketClaims) -> Result<Vec<u8>, TicketError> {
+        let body = serde_json::to_vec(claims).map_err(|e| TicketError::Malformed(e.to_string()))?;
+        if 2 + body.len() + SIG_LEN > MAX_TICKET_LEN {
+            return Err(TicketError::Malformed(format!(
+                "{} bytes of claims is over the limit",
+                body.len()
+            )));
+        }
         let mut msg = Vec::with_capacity(CONTEXT.len() + body.len());
         msg.extend_from_slice(CONTEXT);
         msg.extend_from_slice(&body);
@@ -144,7 +151,7 @@ impl TicketSigner {
         out.extend_from_slice(&(body.len() as u16).to_be_bytes());
         out.extend_from_slice(&body);
         out.extend_from_slice(sig.as_ref());
-        out
+        Ok(out)
     }
 }
 
@@ -210,7 +217,7 @@ impl TicketVerifier {
         if !valid_id(&claims.session_id) || !valid_id(&claims.desk) {
             return Err(TicketError::Malformed("invalid id".into()));
         }
-        if now >= claims.expires_at || claims.issued_at > now + MAX_CLOCK_SKEW_SECS {
+        if now >= claims.expires_at || claims.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
             return Err(TicketError::Expired);
         }
         if claims.desk != desk {
@@ -255,7 +262,7 @@ impl ReplayGuard {
         // clock-skewed agent would still take it.
         self.seen.insert(
             claims.session_id.clone(),
-            claims.expires_at + MAX_CLOCK_SKEW_SECS,
+            claims.expires_at.saturating_add(MAX_CLOCK_SKEW_SECS),
         );
         Ok(())
     }
@@ -304,7 +311,7 @@ mod tests {
     #[test]
     fn valid_ticket_verifies_once() {
         let s = signer();
-        let t = s.sign(&claims(1000));
+        let t = s.sign(&claims(1000)).unwrap();
         let v = verifier(&s);
         let c = v.verify(&t, "DESK-1", 1001).unwrap();
         assert_eq!(c, claims(1000));
@@ -321,13 +328,13 @@ mod tests {
     fn forged_ticket_is_refused() {
         let s = signer();
         let other = signer();
-        let t = other.sign(&claims(1000));
+        let t = other.sign(&claims(1000)).unwrap();
         assert_eq!(
             verifier(&s).verify(&t, "DESK-1", 1001),
             Err(TicketError::BadSignature)
         );
         // Flip one byte of the body: signature no longer matches.
-        let mut t = s.sign(&claims(1000));
+        let mut t = s.sign(&claims(1000)).unwrap();
         t[10] ^= 1;
         assert_eq!(
             verifier(&s).verify(&t, "DESK-1", 1001),
@@ -338,7 +345,7 @@ mod tests {
     #[test]
     fn expired_and_future_tickets_are_refused() {
         let s = signer();
-        let t = s.sign(&claims(1000));
+        let t = s.sign(&claims(1000)).unwrap();
         let v = verifier(&s);
         assert_eq!(
             v.verify(&t, "DESK-1", 1000 + TICKET_LIFETIME_SECS),
@@ -353,7 +360,7 @@ mod tests {
     #[test]
     fn wrong_desk_is_refused() {
         let s = signer();
-        let t = s.sign(&claims(1000));
+        let t = s.sign(&claims(1000)).unwrap();
         assert!(matches!(
             verifier(&s).verify(&t, "DESK-2", 1001),
             Err(TicketError::WrongDesk { .. })
@@ -388,6 +395,13 @@ mod tests {
         g.check_and_record(&c, 1000 + TICKET_LIFETIME_SECS + MAX_CLOCK_SKEW_SECS + 1)
             .unwrap();
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn oversized_claims_are_not_signed() {
+        let mut c = claims(1000);
+        c.user = Some("u".repeat(MAX_TICKET_LEN));
+        assert!(matches!(signer().sign(&c), Err(TicketError::Malformed(_))));
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn server(
     let crypto = QuicServerConfig::try_from(tls).context("TLS config unusable for QUIC")?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(limits.transport());
-    // Ask unknown clients to prove their address before we spend a handshake on them.
+    // Laptops move between networks (Wi-Fi to tethering): keep their connection.
     cfg.migration(true);
     quinn::Endpoint::server(cfg, addr).with_context(|| format!("cannot bind QUIC (UDP) {addr}"))
 }

@@ -127,7 +127,7 @@ async fn agent_checks_every_ticket() {
     let now = unix_now();
 
     // A valid ticket: accepted, and the stream reaches the desk.
-    let valid = tf(signer.sign(&claims("DESK-T", "s-valid-1", now)));
+    let valid = tf(signer.sign(&claims("DESK-T", "s-valid-1", now)).unwrap());
     let (mut data, answer) = offer(&mut ctl, &l, &acc, &valid).await;
     assert_eq!(answer, Ok(()));
     data.write_all(b"through the agent").await.unwrap();
@@ -140,23 +140,25 @@ async fn agent_checks_every_ticket() {
         ("replayed", valid.clone(), "ticket_replayed"),
         (
             "forged",
-            tf(forger.sign(&claims("DESK-T", "s-forged", now))),
+            tf(forger.sign(&claims("DESK-T", "s-forged", now)).unwrap()),
             "ticket_invalid",
         ),
         (
             "expired",
-            tf(signer.sign(&claims("DESK-T", "s-old", now - 2 * TICKET_LIFETIME_SECS))),
+            tf(signer
+                .sign(&claims("DESK-T", "s-old", now - 2 * TICKET_LIFETIME_SECS))
+                .unwrap()),
             "ticket_expired",
         ),
         (
             "wrong desk",
-            tf(signer.sign(&claims("DESK-OTHER", "s-other", now))),
+            tf(signer.sign(&claims("DESK-OTHER", "s-other", now)).unwrap()),
             "ticket_wrong_desk",
         ),
         (
             "tampered",
             {
-                let mut t = signer.sign(&claims("DESK-T", "s-tamper", now));
+                let mut t = signer.sign(&claims("DESK-T", "s-tamper", now)).unwrap();
                 let i = t.len() / 2;
                 t[i] ^= 0x20;
                 tf(t)
@@ -183,7 +185,9 @@ async fn agent_checks_every_ticket() {
         &mut ctl,
         &l,
         &acc,
-        &tf(signer.sign(&claims("DESK-T", "s-valid-2", unix_now()))),
+        &tf(signer
+            .sign(&claims("DESK-T", "s-valid-2", unix_now()))
+            .unwrap()),
     )
     .await;
     assert_eq!(answer, Ok(()));
