@@ -22,6 +22,21 @@ pub struct ConfigFile {
     /// Limits and timeouts.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// The internal admin listener (`/metrics`); off when the section is absent.
+    pub admin: Option<AdminSection>,
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of the admin listener; keep it on loopback or an operations network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 
 /// `[tls]`
@@ -127,6 +142,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Admin listener (`/metrics`).
+    pub admin: Option<SocketAddr>,
 }
 
 impl Config {
@@ -180,6 +197,7 @@ impl Config {
             keepalive: Duration::from_secs(l.keepalive_secs),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             shutdown_grace: Duration::from_secs(l.shutdown_grace_secs),
+            admin: f.admin.map(|a| a.listen),
         })
     }
 }

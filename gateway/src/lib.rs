@@ -8,8 +8,10 @@
 //! → [`server::Gateway::serve`]. [`demo`] runs a complete gateway, agent
 //! and demo desk on loopback.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod server;
 
 pub use config::Config;

@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("terminal-tcp", a.terminal_tcp),
                 ("agent-quic", a.agent_quic),
                 ("agent-tcp", a.agent_tcp),
+                ("admin", a.admin),
             ] {
                 if let Some(addr) = addr {
                     println!("listening {what} {addr}");

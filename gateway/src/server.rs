@@ -19,7 +19,7 @@ use kakehashi_proto::{
     frame, Controls, FrameKind, Limits, Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL,
 };
 use kakehashi_transport::quic::QuicLimits;
-use kakehashi_transport::splice::splice;
+use kakehashi_transport::splice::{splice_counted, Counters};
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::tls::{self, ReloadingClientVerifier, TlsFiles};
 use kakehashi_transport::{random_hex, tune_tcp, unix_now, BoxIo, Transport};
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// Addresses actually bound (port 0 in the config becomes a real port).
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,6 +45,8 @@ pub struct BoundAddrs {
     pub agent_quic: Option<SocketAddr>,
     /// Agent TCP.
     pub agent_tcp: Option<SocketAddr>,
+    /// Admin listener (`/metrics`).
+    pub admin: Option<SocketAddr>,
 }
 
 /// How to reach one desk's agent.
@@ -111,6 +114,8 @@ pub struct Shared {
     live: Mutex<HashMap<String, Arc<LiveSession>>>,
     generation: AtomicU64,
     verifier: Arc<ReloadingClientVerifier>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
     shutdown: CancellationToken,
     force: CancellationToken,
 }
@@ -135,6 +140,11 @@ impl Shared {
             .collect();
         v.sort();
         v
+    }
+
+    /// Cancelled when the gateway starts shutting down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Live sessions as (session id, desk, device).
@@ -168,6 +178,7 @@ pub struct Gateway {
     terminal_tcp: Option<(TcpListener, TlsAcceptor)>,
     agent_quic: Option<quinn::Endpoint>,
     agent_tcp: Option<(TcpListener, TlsAcceptor)>,
+    admin: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -244,6 +255,23 @@ impl Gateway {
             }
             None => None,
         };
+        let admin = match cfg.admin {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot bind admin listener {a}"))?;
+                addrs.admin = Some(l.local_addr()?);
+                Some(l)
+            }
+            None => None,
+        };
+        let metrics = Metrics::new();
+        metrics.sessions_max.set(cfg.max_sessions as i64);
+        for (name, der) in [("gateway", &m.chain[0]), ("ca", &m.ca[0])] {
+            if let Some(t) = not_after(der) {
+                metrics.cert_expiry.with_label_values(&[name]).set(t as f64);
+            }
+        }
         let shared = Arc::new(Shared {
             signer: TicketSigner::new(key),
             agents: Mutex::new(HashMap::new()),
@@ -252,6 +280,7 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
             verifier: verifier.clone(),
+            metrics,
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             cfg,
@@ -259,6 +288,7 @@ impl Gateway {
         Ok(Self {
             shared,
             addrs,
+            admin,
             terminal_quic,
             terminal_tcp,
             agent_quic,
@@ -317,6 +347,9 @@ impl Gateway {
                 agent_cap.clone(),
                 Role::Agent,
             ));
+        }
+        if let Some(l) = self.admin {
+            tasks.spawn(crate::admin::serve(s.clone(), l));
         }
         info!(gateway = %s.cfg.name, "Gateway serving");
 
@@ -410,10 +443,18 @@ async fn tcp_accept_loop(
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
                         warn!(error = %e, "TLS handshake refused");
+                        s.metrics
+                            .auth_failures
+                            .with_label_values(&[handshake_failure(&e)])
+                            .inc();
                         return;
                     }
                     Err(_) => {
                         warn!("TLS handshake timed out");
+                        s.metrics
+                            .auth_failures
+                            .with_label_values(&["handshake_timeout"])
+                            .inc();
                         return;
                     }
                 };
@@ -425,6 +466,10 @@ async fn tcp_accept_loop(
                             reason = reason.code(),
                             "Peer certificate refused after the handshake"
                         );
+                        s.metrics
+                            .auth_failures
+                            .with_label_values(&[reason.code()])
+                            .inc();
                         refuse(&mut io, Refusal::new(reason)).await;
                     }
                     (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
@@ -476,10 +521,18 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
                         warn!(error = %e, "QUIC handshake refused");
+                        s.metrics
+                            .auth_failures
+                            .with_label_values(&[quic_handshake_failure(&e)])
+                            .inc();
                         return;
                     }
                     Err(_) => {
                         warn!("QUIC handshake timed out");
+                        s.metrics
+                            .auth_failures
+                            .with_label_values(&["handshake_timeout"])
+                            .inc();
                         return;
                     }
                 };
@@ -489,6 +542,10 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
                             reason = reason.code(),
                             "Peer certificate refused after the handshake"
                         );
+                        s.metrics
+                            .auth_failures
+                            .with_label_values(&[reason.code()])
+                            .inc();
                         conn.close(quinn::VarInt::from_u32(1), reason.code().as_bytes());
                     }
                     (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
@@ -570,6 +627,10 @@ async fn watch_crl(s: Arc<Shared>) {
                             reason = reason.code(),
                             "Dropping the tunnel of a revoked agent"
                         );
+                        s.metrics
+                            .agents_online
+                            .with_label_values(&[e.transport.as_str()])
+                            .dec();
                         e.replaced.cancel();
                         false
                     }
@@ -686,6 +747,7 @@ async fn handle_terminal_stream(
     // The CRL may have changed since this connection's handshake.
     if let Err(reason) = check_cert(&s, &cert) {
         warn!(%device, reason = reason.code(), "Session refused: certificate no longer valid");
+        s.metrics.denials.with_label_values(&[reason.code()]).inc();
         return refuse(&mut io, Refusal::new(reason)).await;
     }
     let session_id = format!("s-{}", random_hex(12));
@@ -693,6 +755,7 @@ async fn handle_terminal_stream(
     async move {
         let Ok(permit) = s.sessions.clone().try_acquire_owned() else {
             warn!("Session refused: capacity full");
+            s.metrics.denials.with_label_values(&[Reason::CapacityFull.code()]).inc();
             return refuse(&mut io, Refusal::new(Reason::CapacityFull)).await;
         };
         let started = Instant::now();
@@ -714,6 +777,7 @@ async fn handle_terminal_stream(
             Ok(a) => a,
             Err(r) => {
                 info!(reason = %r.code, "Session refused");
+                s.metrics.denials.with_label_values(&[denial_label(&r.code)]).inc();
                 return refuse(&mut io, r).await;
             }
         };
@@ -728,6 +792,14 @@ async fn handle_terminal_stream(
             setup_ms = started.elapsed().as_millis() as u64,
             "Session started"
         );
+        let m = &s.metrics;
+        m.session_setup.observe(started.elapsed().as_secs_f64());
+        let class_label = class.to_string();
+        m.sessions_started.with_label_values(&[class_label.as_str(), transport.as_str()]).inc();
+        let (level, dept) = desk_labels(&req.desk);
+        let active = m.sessions_active.with_label_values(&[level, class_label.as_str(), dept, transport.as_str()]);
+        active.inc();
+        update_capacity(&s);
         let live = Arc::new(LiveSession {
             desk: req.desk.clone(),
             device: device.clone(),
@@ -747,27 +819,40 @@ async fn handle_terminal_stream(
         if let Err(reason) = check_cert(&s, &cert) {
             live.end(reason);
         }
+        let counters = Counters::default();
         let result = tokio::select! {
-            r = splice(&mut io, &mut agent) => Some(r),
+            r = splice_counted(&mut io, &mut agent, &counters) => Some(r),
             _ = live.end.cancelled() => None,
             _ = s.force.cancelled() => None,
         };
-        match result {
-            Some(Ok((up, down))) => info!(
-                bytes_up = up,
-                bytes_down = down,
-                secs = started.elapsed().as_secs(),
-                "Session ended"
-            ),
+        let (up, down) = counters.get();
+        let secs = started.elapsed().as_secs();
+        let end_reason = match result {
+            Some(Ok(_)) => {
+                info!(bytes_up = up, bytes_down = down, secs, "Session ended");
+                "closed"
+            }
             Some(Err(e)) => {
-                info!(error = %e, secs = started.elapsed().as_secs(), "Session ended by a peer")
+                info!(error = %e, bytes_up = up, bytes_down = down, secs, "Session ended by a peer");
+                "peer_error"
             }
             None => match *live.reason.lock().expect("reason lock") {
-                Some(reason) => info!(reason = reason.code(), "Session ended by the gateway"),
-                None => info!("Session ended: gateway shutting down"),
+                Some(reason) => {
+                    info!(reason = reason.code(), bytes_up = up, bytes_down = down, secs, "Session ended by the gateway");
+                    reason.code()
+                }
+                None => {
+                    info!(bytes_up = up, bytes_down = down, secs, "Session ended: gateway shutting down");
+                    Reason::ShuttingDown.code()
+                }
             },
-        }
+        };
+        m.bytes.with_label_values(&["up"]).inc_by(up);
+        m.bytes.with_label_values(&["down"]).inc_by(down);
+        m.sessions_ended.with_label_values(&[end_reason]).inc();
+        active.dec();
         drop(permit);
+        update_capacity(&s);
     }
     .instrument(span)
     .await
@@ -888,17 +973,30 @@ fn register(
         },
     );
     if let Some(old) = old {
+        s.metrics
+            .agents_online
+            .with_label_values(&[old.transport.as_str()])
+            .dec();
         info!(desk, old_transport = %old.transport, "Newer tunnel replaces the previous one");
         old.replaced.cancel();
     }
     info!(desk, %transport, "Agent online");
+    s.metrics
+        .agents_online
+        .with_label_values(&[transport.as_str()])
+        .inc();
     (generation, replaced)
 }
 
 fn unregister(s: &Shared, desk: &str, generation: u64) {
     let mut agents = s.agents.lock().expect("agents lock");
     if agents.get(desk).is_some_and(|e| e.generation == generation) {
-        agents.remove(desk);
+        if let Some(e) = agents.remove(desk) {
+            s.metrics
+                .agents_online
+                .with_label_values(&[e.transport.as_str()])
+                .dec();
+        }
         info!(desk, "Agent offline");
     }
 }
@@ -1050,4 +1148,63 @@ async fn read_agent_control(mut rd: ReadHalf<BoxIo>, last_seen: Arc<Mutex<Instan
             Err(_) => return,
         }
     }
+}
+
+/// Confidentiality level and department labels of a desk, for metrics.
+/// Desks are not in a store yet: "unknown" until the policy work lands.
+fn desk_labels(_desk: &str) -> (&'static str, &'static str) {
+    ("unknown", "unknown")
+}
+
+/// A bounded label for a refusal code that came from an agent.
+fn denial_label(code: &str) -> &'static str {
+    Reason::from_code(code).map(Reason::code).unwrap_or("other")
+}
+
+fn update_capacity(s: &Shared) {
+    let max = s.cfg.max_sessions.max(1) as f64;
+    s.metrics
+        .capacity_used
+        .set(s.active_sessions() as f64 / max);
+}
+
+/// A bounded label for why a TLS-over-TCP handshake failed.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(c)) => match c {
+            CertificateError::Revoked => Reason::CertRevoked.code(),
+            CertificateError::Expired | CertificateError::NotValidYet => Reason::CertExpired.code(),
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                Reason::CertUnknownCa.code()
+            }
+            _ => Reason::CertRejected.code(),
+        },
+        Some(Error::NoCertificatesPresented) => "no_certificate",
+        Some(Error::NoApplicationProtocol) => "wrong_alpn",
+        Some(_) => "tls_error",
+        None => "io_error",
+    }
+}
+
+/// A bounded label for why a QUIC handshake failed.
+fn quic_handshake_failure(e: &quinn::ConnectionError) -> &'static str {
+    match e {
+        quinn::ConnectionError::TransportError(t) => {
+            let code = u64::from(t.code);
+            if (0x100..0x200).contains(&code) {
+                kakehashi_transport::explain::alert_reason((code - 0x100) as u8).code()
+            } else {
+                "quic_error"
+            }
+        }
+        quinn::ConnectionError::TimedOut => "handshake_timeout",
+        _ => "quic_error",
+    }
+}
+
+/// notAfter of a certificate as unix seconds.
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(c.validity().not_after.timestamp())
 }

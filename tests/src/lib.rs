@@ -284,6 +284,8 @@ pub struct GatewayAddrs {
     pub agent_quic: SocketAddr,
     /// Agent TCP.
     pub agent_tcp: SocketAddr,
+    /// Admin listener (`/metrics`).
+    pub admin: SocketAddr,
 }
 
 /// Options for a test gateway.
@@ -334,6 +336,8 @@ keepalive_secs = 2
 idle_timeout_secs = 8
 shutdown_grace_secs = 2
 {extra}
+[admin]
+listen = "{admin}"
 "#,
         ca = pki.ca.ca_cert_path().display(),
         cert = g.cert.display(),
@@ -347,6 +351,7 @@ shutdown_grace_secs = 2
         max = opts.max_sessions.unwrap_or(10_000),
         tmax = opts.terminal_max_connections.unwrap_or(10_000),
         extra = opts.limits,
+        admin = a.map_or(any, |a| a.admin),
     );
     let n = unique();
     let path = pki.path().join(format!("gateway-{n}.toml"));
@@ -368,6 +373,7 @@ shutdown_grace_secs = 2
     let terminal_tcp = get("terminal-tcp").await;
     let agent_quic = get("agent-quic").await;
     let agent_tcp = get("agent-tcp").await;
+    let admin = get("admin").await;
     GatewayProc {
         proc,
         addrs: GatewayAddrs {
@@ -375,6 +381,7 @@ shutdown_grace_secs = 2
             terminal_tcp,
             agent_quic,
             agent_tcp,
+            admin,
         },
     }
 }
@@ -617,4 +624,35 @@ pub async fn raw_quic(
     let c = kakehashi_transport::dial::quic_connect(&ep, addr, "localhost", Duration::from_secs(5))
         .await?;
     Ok((ep, c))
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header end"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("no status"))?
+        .parse()?;
+    Ok((status, body.to_string()))
+}
+
+/// The value of one Prometheus sample, by exact series text
+/// (`name{label="v",…}` with labels sorted by name, as the exporter writes them), 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

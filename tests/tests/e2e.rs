@@ -5,6 +5,7 @@ mod e2e {
     pub mod certs;
     pub mod demo;
     pub mod malformed;
+    pub mod metrics;
     pub mod rdp;
     pub mod relay;
     pub mod restart;

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -36,6 +37,26 @@ fn give_buf(b: Box<[u8]>) {
     });
 }
 
+/// Bytes copied so far each way, readable while the splice runs and after
+/// it was cancelled.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// `a → b`.
+    pub a_to_b: AtomicU64,
+    /// `b → a`.
+    pub b_to_a: AtomicU64,
+}
+
+impl Counters {
+    /// Current totals `(a → b, b → a)`.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.a_to_b.load(Ordering::Relaxed),
+            self.b_to_a.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[derive(Default)]
 struct Direction {
     buf: Option<Box<[u8]>>,
@@ -53,6 +74,7 @@ impl Direction {
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
+        counter: &AtomicU64,
     ) -> Poll<io::Result<u64>>
     where
         R: AsyncRead + ?Sized,
@@ -99,6 +121,7 @@ impl Direction {
                 }
                 self.pos += n;
                 self.amt += n as u64;
+                counter.fetch_add(n as u64, Ordering::Relaxed);
                 self.need_flush = true;
             }
             if let Some(b) = self.buf.take() {
@@ -122,17 +145,34 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    splice_counted(a, b, &Counters::default()).await
+}
+
+/// [`splice`], adding to `counters` as bytes are written.
+pub async fn splice_counted<A, B>(
+    a: &mut A,
+    b: &mut B,
+    counters: &Counters,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut ab = Direction::default();
     let mut ba = Direction::default();
     poll_fn(|cx| {
         if !ab.done {
-            if let Poll::Ready(r) = ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+            if let Poll::Ready(r) =
+                ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), &counters.a_to_b)
+            {
                 r?;
                 ab.done = true;
             }
         }
         if !ba.done {
-            if let Poll::Ready(r) = ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+            if let Poll::Ready(r) =
+                ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), &counters.b_to_a)
+            {
                 r?;
                 ba.done = true;
             }

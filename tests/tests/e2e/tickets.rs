@@ -99,6 +99,7 @@ async fn agent_checks_every_ticket() {
         terminal_tcp: addr,
         agent_quic: addr,
         agent_tcp: addr,
+        admin: addr,
     };
     let desk = echo_server().await;
     let agent = start_agent(&mut pki, "DESK-T", &fake, desk, "tcp");

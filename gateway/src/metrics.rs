@@ -1,0 +1,145 @@
+//! Prometheus metrics, all named `kakehashi_…`, served on the internal admin
+//! listener. Label values are bounded: levels, terminal classes, departments
+//! (a fixed, administered list), transports and reason codes — never user,
+//! device or desk ids.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports. Cheap to clone handles out of.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Live sessions by level, class, department and transport.
+    pub sessions_active: IntGaugeVec,
+    /// Sessions started, by class and transport.
+    pub sessions_started: IntCounterVec,
+    /// Sessions ended, by end reason.
+    pub sessions_ended: IntCounterVec,
+    /// Session setup latency (request to accepted), seconds.
+    pub session_setup: Histogram,
+    /// Refused sessions, by reason code.
+    pub denials: IntCounterVec,
+    /// Failed authentications (handshakes and certificate checks), by reason.
+    pub auth_failures: IntCounterVec,
+    /// Bytes relayed, by direction (`up` laptop→desk, `down` desk→laptop).
+    pub bytes: IntCounterVec,
+    /// Agents with a live tunnel, by transport.
+    pub agents_online: IntGaugeVec,
+    /// Configured session maximum.
+    pub sessions_max: IntGauge,
+    /// Sessions / maximum.
+    pub capacity_used: Gauge,
+    /// Certificate expiry (unix seconds), by certificate (`gateway`, `ca`).
+    pub cert_expiry: GaugeVec,
+    /// Blocked RDP channel attempts reported by agents, by kind.
+    pub rdp_blocked: IntCounterVec,
+}
+
+impl Metrics {
+    /// Register every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric definition");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric name");
+                m
+            }};
+        }
+        let setup_buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Self {
+            sessions_active: reg!(IntGaugeVec::new(
+                Opts::new("kakehashi_sessions_active", "Live sessions by confidentiality level, terminal class, department and transport"),
+                &["level", "class", "dept", "transport"]
+            )),
+            sessions_started: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_sessions_started_total", "Sessions started"),
+                &["class", "transport"]
+            )),
+            sessions_ended: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_sessions_ended_total", "Sessions ended, by end reason"),
+                &["reason"]
+            )),
+            session_setup: reg!(Histogram::with_opts(
+                HistogramOpts::new("kakehashi_session_setup_seconds", "Time from session request to session accepted")
+                    .buckets(setup_buckets)
+            )),
+            denials: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_denials_total", "Refused session requests, by reason code"),
+                &["reason"]
+            )),
+            auth_failures: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_auth_failures_total", "Failed authentications, by reason"),
+                &["reason"]
+            )),
+            bytes: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_bytes_total", "Bytes relayed (up: laptop to desk, down: desk to laptop)"),
+                &["direction"]
+            )),
+            agents_online: reg!(IntGaugeVec::new(
+                Opts::new("kakehashi_agents_online", "Desk agents with a live tunnel"),
+                &["transport"]
+            )),
+            sessions_max: reg!(IntGauge::new("kakehashi_sessions_max", "Configured maximum of concurrent sessions")),
+            capacity_used: reg!(Gauge::new("kakehashi_capacity_used_ratio", "Live sessions divided by the configured maximum")),
+            cert_expiry: reg!(GaugeVec::new(
+                Opts::new("kakehashi_certificate_expiry_timestamp_seconds", "Certificate notAfter as unix time"),
+                &["cert"]
+            )),
+            rdp_blocked: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_rdp_blocked_total", "Blocked RDP channel attempts reported by agents, by kind"),
+                &["kind"]
+            )),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
+        String::from_utf8(buf).expect("text exposition is UTF-8")
+    }
+
+    /// Names of every metric family exported (for checks of dashboards and alert rules).
+    pub fn names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_all_families_with_the_prefix() {
+        let m = Metrics::new();
+        m.sessions_active
+            .with_label_values(&["2", "home", "somu", "quic"])
+            .inc();
+        m.denials.with_label_values(&["desk_offline"]).inc();
+        let text = m.render();
+        assert!(text.contains("kakehashi_sessions_active{class=\"home\",dept=\"somu\",level=\"2\",transport=\"quic\"} 1"), "{text}");
+        assert!(text.contains("kakehashi_denials_total{reason=\"desk_offline\"} 1"));
+        assert!(m.names().iter().all(|n| n.starts_with("kakehashi_")));
+    }
+}
