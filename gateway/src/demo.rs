@@ -62,6 +62,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     // Gateway on loopback; QUIC and TCP share a port number as in production (443).
     let (term_tcp, term_port) = bind_pair().await?;
     let (agent_tcp, agent_port) = bind_pair().await?;
+    let admin_port = free_port().await.unwrap_or(9090);
     drop((term_tcp, agent_tcp));
     let rel = |p: &Path| {
         p.strip_prefix(&dir)
@@ -92,6 +93,9 @@ max_connections = 1000
 
 [limits]
 max_sessions = 1000
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
 "#,
         gwcfg = dir.join("gateway.toml").display(),
         ca = rel(&ca.ca_cert_path()).display(),
@@ -176,6 +180,7 @@ transport = "auto"
     println!("  directory     {}", dir.display());
     println!("  gateway       127.0.0.1:{term_port} for laptops (QUIC and TLS/TCP), 127.0.0.1:{agent_port} for agents");
     println!("  desk          {DEMO_DESK}: agent online, local service = echo on {desk_addr}");
+    println!("  metrics       http://127.0.0.1:{admin_port}/metrics");
     println!(
         "  laptop        {DEMO_DEVICE} (class home), certificate in {}",
         device.cert_path.display()

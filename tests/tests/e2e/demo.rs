@@ -17,6 +17,21 @@ async fn demo_works_as_printed() {
     demo.wait_line("Kakehashi demo is running", Duration::from_secs(30))
         .await
         .unwrap();
+    let metrics = demo
+        .wait_line("  metrics       ", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let metrics_addr: std::net::SocketAddr = metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let (status, body) = http_get(metrics_addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("kakehashi_agents_online{transport=\"quic\"} 1"),
+        "{body}"
+    );
     demo.wait_line("Next, in another terminal", Duration::from_secs(5))
         .await
         .unwrap();
