@@ -1,0 +1,679 @@
+//! Kakehashi RDP channel filter: the sans-I/O state machine that enforces a session's
+//! controls (clipboard direction, drives, printers, ports, USB, audio, smartcards) inside
+//! the RDP stream, between a native RDP client and the desk's RDP server.
+//!
+//! The filter owns no socket, no TLS and no clock. The agent feeds it the bytes it reads
+//! from each side and writes what it returns; the filter answers with the bytes to send each
+//! way and the events to count and audit. Input may arrive split anywhere: the filter
+//! buffers at most one incomplete PDU per direction (plus, per filtered channel, one
+//! undecided channel message up to [`Limits::max_reassembly`]) and only ever emits whole
+//! PDUs, so its output does not depend on how the input was split. Every error is final
+//! ("fail closed"): the agent ends the session and the filter refuses all later input.
+//!
+//! # Using it
+//!
+//! ```no_run
+//! # use kakehashi_rdpfilter::{Filter, Phase};
+//! # fn io(_: &[u8]) {}
+//! let mut filter = Filter::new(kakehashi_proto::Controls::default());
+//! // Cleartext: the client's X.224 Connection Request, then the server's Confirm.
+//! let out = filter.client_bytes(b"...")?; io(&out.to_server);
+//! let out = filter.server_bytes(b"...")?; io(&out.to_client);
+//! match filter.phase() {
+//!     // Send the Confirm to the client, then terminate the client's TLS with the RDP
+//!     // server's own certificate and key, open TLS to the server pinned to that key,
+//!     // and feed the decrypted streams from now on.
+//!     Phase::NeedTls { .. } => filter.tls_established()?,
+//!     // Allow-everything ticket: splice the raw streams, nothing is inspected.
+//!     Phase::PassThrough => {}
+//!     _ => {}
+//! }
+//! # Ok::<(), kakehashi_rdpfilter::FilterError>(())
+//! ```
+//!
+//! One filter serves both directions, so the agent drives it from one place (a task with
+//! both streams, or behind a mutex) and writes each [`Output`]'s bytes to their sockets
+//! before the next call's: a call on the server's bytes may produce bytes for the server
+//! (replies the filter makes for the client), and they must keep their place between PDUs.
+//!
+//! On an error the agent closes both connections, after sending
+//! [`FilterError::reply_to_client`] to the client when there is one (a negative Connection
+//! Confirm, so the client reports a security-layer mismatch), and records
+//! [`FilterError::reason_code`] (`rdp_uninspectable` for streams it may not inspect).
+//!
+//! # The state machine ([`Phase`])
+//!
+//! 1. **ConnectionRequest → ConnectionConfirm** (cleartext X.224, [MS-RDPBCGR] 2.2.1.1–2):
+//!    the client's requested protocols lose every bit the filter cannot inspect (RDSTLS,
+//!    RDS-AAD, unknown bits), leaving TLS, CredSSP (HYBRID) and HYBRID_EX. A client that
+//!    offers none of these, or a server that selects anything else (standard RDP security
+//!    included), is refused with `rdp_uninspectable`. With an allow-everything ticket the
+//!    filter starts in **PassThrough** and never parses anything.
+//! 2. **NeedTls**: the agent sets up both TLS legs and calls [`Filter::tls_established`].
+//! 3. **CredSsp** (HYBRID, HYBRID_EX): DER TSRequests pass unchanged both ways (framed by
+//!    their DER length), then the server's 4-byte Early User Authorization Result
+//!    (HYBRID_EX). The client's first TPKT ends this phase.
+//! 4. **Connecting**: the client's MCS Connect Initial is parsed end to end (BER, then the
+//!    GCC Conference Create Request in PER, then the client data blocks) and every denied
+//!    static channel is *renamed* in CS_NET (same length, so no length field changes; the
+//!    client maps the server's channel ids by position, so channels cannot be removed);
+//!    CS_MULTITRANSPORT is zeroed so no UDP side channel bypasses the filter. The server's
+//!    Connect Response (decoded with ironrdp-pdu) gives the channel ids, and must show no
+//!    RDP-level encryption.
+//! 5. **Active**: every MCS domain PDU is decoded. Send Data on the I/O channel has the
+//!    Virtual Channel Capability Set's compression flags cleared (Demand Active and Confirm
+//!    Active); data on a denied channel id is dropped; allowed channels pass untouched;
+//!    filtered channels (`cliprdr` with one clipboard direction, `rdpdr` with some device
+//!    types denied, `drdynvc` always) go through per-channel message assembly and a parser
+//!    for that channel. A compressed chunk on a filtered channel, data on an unknown
+//!    channel id or an encrypted fast-path PDU end the session.
+//!
+//! # What is filtered where
+//!
+//! | control | static channel | inside the stream |
+//! |---|---|---|
+//! | clipboard none / both | `cliprdr` renamed / allowed | — |
+//! | clipboard to-remote / to-local | `cliprdr` filtered | Format Data and File Contents Responses in the forbidden direction become failure responses |
+//! | drive, printer, ports, smartcard | `rdpdr` renamed if all denied and audio denied, allowed if all allowed, else filtered | denied device types removed from the Device List Announce; their I/O dropped |
+//! | audio | `rdpsnd` | DVCs `AUDIO_PLAYBACK_DVC`, `AUDIO_PLAYBACK_LOSSY_DVC`, `AUDIO_INPUT`, `TSMF`, `WMSAud` |
+//! | usb | — | DVCs `URBDRC`, `PNPDR`, `FileRedirectorChannel`, `RDCamera_Device_Enumerator` |
+//! | printer | — | DVCs `XPSRD`, `TSVCTKT` |
+//! | drive | — | DVC `WMSDL` |
+//!
+//! Static channels other than `cliprdr`, `rdpdr`, `rdpsnd`, `drdynvc` and the RemoteApp
+//! family (`rail`, `rail_wi`, `rail_ri`) are denied, and so are dynamic channels outside the
+//! table and the display/input set (`Microsoft::Windows::RDS::Graphics`, `DisplayControl`,
+//! `Geometry::v08.01`, `Video::Control/Data::v08.01`, `Input`, `CoreInput`, `MouseCursor`,
+//! `Telemetry`, `AuthRedirection`, `ECHO`, `TextInput_*`, `FreeRDP::Advanced::Input`):
+//! what the ticket does not grant is refused.
+
+mod build;
+mod caps;
+mod cliprdr;
+mod drdynvc;
+mod error;
+mod event;
+mod frame;
+mod gcc;
+mod policy;
+mod rdpdr;
+mod svc;
+mod wire;
+mod x224;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use ironrdp_core::decode;
+use ironrdp_pdu::mcs::McsMessage;
+use ironrdp_pdu::x224::X224;
+use kakehashi_proto::Controls;
+
+pub use crate::error::FilterError;
+pub use crate::event::{BlockedKind, ChannelAction, ChannelInfo, DeviceKind, Direction, Event};
+pub use ironrdp_pdu::nego::SecurityProtocol;
+
+use crate::error::{proto, Result};
+use crate::policy::Policy;
+use crate::svc::{Handler, StaticChannel};
+
+/// Size limits of the filter's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest virtual channel message the filter reassembles before deciding about it
+    /// (only messages it must rewrite are reassembled whole). Default 16 MiB.
+    pub max_reassembly: usize,
+    /// Largest CredSSP TSRequest. Default 1 MiB.
+    pub max_credssp_message: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_reassembly: 16 << 20,
+            max_credssp_message: 1 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// Limits with the given reassembly bound and the default for the rest.
+    pub fn with_max_reassembly(max_reassembly: usize) -> Self {
+        Self {
+            max_reassembly,
+            ..Self::default()
+        }
+    }
+}
+
+/// What one call produced: bytes for each side (whole PDUs only) and events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Bytes to write to the RDP server.
+    pub to_server: Vec<u8>,
+    /// Bytes to write to the RDP client.
+    pub to_client: Vec<u8>,
+    /// Negotiation results and blocked attempts, in order.
+    pub events: Vec<Event>,
+}
+
+impl Output {
+    /// Nothing to send and nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.to_server.is_empty() && self.to_client.is_empty() && self.events.is_empty()
+    }
+
+    /// The bytes traveling in `dir`.
+    pub(crate) fn sink(&mut self, dir: Direction) -> &mut Vec<u8> {
+        match dir {
+            Direction::ClientToServer => &mut self.to_server,
+            Direction::ServerToClient => &mut self.to_client,
+        }
+    }
+}
+
+/// Where the session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Waiting for the client's X.224 Connection Request (cleartext).
+    ConnectionRequest,
+    /// Waiting for the server's X.224 Connection Confirm (cleartext).
+    ConnectionConfirm,
+    /// The server selected `protocol`: the agent sets up TLS on both legs, then calls
+    /// [`Filter::tls_established`]. No bytes are accepted until then.
+    NeedTls {
+        /// The selected security protocol (TLS, HYBRID or HYBRID_EX).
+        protocol: SecurityProtocol,
+    },
+    /// CredSSP (NLA) messages pass through unchanged.
+    CredSsp,
+    /// The MCS connect exchange.
+    Connecting,
+    /// Channels are known; every PDU is filtered.
+    Active,
+    /// The ticket allows everything: bytes pass untouched and unparsed; the agent need not
+    /// terminate TLS.
+    PassThrough,
+    /// An error ended the session (or the server refused the negotiation); nothing passes.
+    Failed,
+}
+
+/// The RDP channel filter of one session.
+#[derive(Debug)]
+pub struct Filter {
+    policy: Policy,
+    limits: Limits,
+    phase: Phase,
+    /// Incomplete PDU per direction.
+    bufs: [Vec<u8>; 2],
+    /// HYBRID_EX: the server's Early User Authorization Result is still to come.
+    euar_pending: bool,
+    requested: SecurityProtocol,
+    forwarded: SecurityProtocol,
+    selected: Option<SecurityProtocol>,
+    client_channels: Option<Vec<gcc::Requested>>,
+    channels: Vec<StaticChannel>,
+    by_id: HashMap<u16, usize>,
+    io_channel: u16,
+    message_channel: Option<u16>,
+    user_id: Option<u16>,
+    /// Last MCS initiator seen per direction (for injected PDUs).
+    initiators: [Option<u16>; 2],
+}
+
+impl Filter {
+    /// A filter enforcing `controls` with default [`Limits`].
+    pub fn new(controls: Controls) -> Self {
+        Self::with_limits(controls, Limits::default())
+    }
+
+    /// A filter enforcing `controls` with the given limits.
+    pub fn with_limits(controls: Controls, limits: Limits) -> Self {
+        let policy = Policy::new(controls);
+        Self {
+            phase: if policy.restrictive() {
+                Phase::ConnectionRequest
+            } else {
+                Phase::PassThrough
+            },
+            policy,
+            limits,
+            bufs: Default::default(),
+            euar_pending: false,
+            requested: SecurityProtocol::empty(),
+            forwarded: SecurityProtocol::empty(),
+            selected: None,
+            client_channels: None,
+            channels: Vec::new(),
+            by_id: HashMap::new(),
+            io_channel: 0,
+            message_channel: None,
+            user_id: None,
+            initiators: [None; 2],
+        }
+    }
+
+    /// Where the session stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The security protocol the server selected, once known.
+    pub fn selected_protocol(&self) -> Option<SecurityProtocol> {
+        self.selected
+    }
+
+    /// The session's static channels, once the server's Connect Response was seen.
+    pub fn channels(&self) -> impl Iterator<Item = &ChannelInfo> {
+        self.channels.iter().map(|c| &c.info)
+    }
+
+    /// Bytes the filter currently holds (incomplete PDUs and undecided channel messages).
+    pub fn buffered(&self) -> usize {
+        let held: usize = self.channels.iter().map(StaticChannel::held).sum();
+        self.bufs.iter().map(Vec::len).sum::<usize>() + held
+    }
+
+    /// Bytes read from the RDP client. Returns what to send on, mostly to the server.
+    pub fn client_bytes(&mut self, input: &[u8]) -> std::result::Result<Output, FilterError> {
+        self.guarded(Direction::ClientToServer, input)
+    }
+
+    /// Bytes read from the RDP server. Returns what to send on, mostly to the client (and
+    /// replies the filter makes on the client's behalf, to the server).
+    pub fn server_bytes(&mut self, input: &[u8]) -> std::result::Result<Output, FilterError> {
+        self.guarded(Direction::ServerToClient, input)
+    }
+
+    /// Both TLS legs are up (after [`Phase::NeedTls`]); the decrypted streams follow.
+    pub fn tls_established(&mut self) -> std::result::Result<(), FilterError> {
+        let Phase::NeedTls { protocol } = self.phase else {
+            self.phase = Phase::Failed;
+            return Err(FilterError::WrongPhase(
+                "tls_established outside the tls step",
+            ));
+        };
+        if protocol.intersects(SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX) {
+            self.euar_pending = protocol.contains(SecurityProtocol::HYBRID_EX);
+            self.phase = Phase::CredSsp;
+        } else {
+            self.phase = Phase::Connecting;
+        }
+        Ok(())
+    }
+
+    fn guarded(&mut self, dir: Direction, input: &[u8]) -> Result<Output> {
+        let mut out = Output::default();
+        match self.phase {
+            Phase::Failed => return Err(FilterError::Closed),
+            Phase::PassThrough => {
+                out.sink(dir).extend_from_slice(input);
+                return Ok(out);
+            }
+            Phase::NeedTls { .. } if !input.is_empty() => {
+                self.phase = Phase::Failed;
+                return Err(FilterError::WrongPhase("bytes before tls_established"));
+            }
+            _ => {}
+        }
+        match self.feed(dir, input, &mut out) {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.phase = Phase::Failed;
+                self.bufs = Default::default();
+                self.channels.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// What may come next from `dir`, or `None` if nothing may.
+    fn mode(&self, dir: Direction) -> Option<frame::Mode> {
+        use frame::Mode;
+        match (self.phase, dir) {
+            (Phase::ConnectionRequest, Direction::ClientToServer)
+            | (Phase::ConnectionConfirm, Direction::ServerToClient)
+            | (Phase::Connecting, _) => Some(Mode::Tpkt),
+            (Phase::CredSsp, _) => Some(Mode::Nla {
+                euar: dir == Direction::ServerToClient && self.euar_pending,
+            }),
+            (Phase::Active, _) => Some(Mode::Active),
+            _ => None,
+        }
+    }
+
+    fn feed(&mut self, dir: Direction, input: &[u8], out: &mut Output) -> Result<()> {
+        let d = dir.index();
+        let mut buf = std::mem::take(&mut self.bufs[d]);
+        buf.extend_from_slice(input);
+        let mut pos = 0;
+        let result = loop {
+            if pos == buf.len() {
+                break Ok(());
+            }
+            let Some(mode) = self.mode(dir) else {
+                break Err(proto(format!(
+                    "unexpected bytes ({dir}) in phase {:?}",
+                    self.phase
+                )));
+            };
+            match frame::next(&buf[pos..], mode, self.limits.max_credssp_message) {
+                Err(e) => break Err(e),
+                Ok(None) => break Ok(()),
+                Ok(Some((kind, len))) => {
+                    if let Err(e) = self.handle(dir, kind, &buf[pos..pos + len], out) {
+                        break Err(e);
+                    }
+                    pos += len;
+                }
+            }
+        };
+        buf.drain(..pos);
+        self.bufs[d] = buf;
+        result
+    }
+
+    fn handle(
+        &mut self,
+        dir: Direction,
+        kind: frame::Kind,
+        pdu: &[u8],
+        out: &mut Output,
+    ) -> Result<()> {
+        match kind {
+            frame::Kind::TsRequest => out.sink(dir).extend_from_slice(pdu),
+            frame::Kind::EarlyUserAuthResult => {
+                let value = u32::from_le_bytes([pdu[0], pdu[1], pdu[2], pdu[3]]);
+                if value != 0 && value != 5 {
+                    return Err(proto("invalid early user authorization result"));
+                }
+                self.euar_pending = false;
+                out.sink(dir).extend_from_slice(pdu);
+            }
+            frame::Kind::FastPath => {
+                // FASTPATH_INPUT_ENCRYPTED / FASTPATH_OUTPUT_ENCRYPTED in the top two bits.
+                if (pdu[0] >> 6) & 0x2 != 0 {
+                    return Err(FilterError::uninspectable("encrypted fast-path pdu"));
+                }
+                out.sink(dir).extend_from_slice(pdu);
+            }
+            frame::Kind::Tpkt => self.tpkt(dir, pdu, out)?,
+        }
+        Ok(())
+    }
+
+    fn tpkt(&mut self, dir: Direction, frame: &[u8], out: &mut Output) -> Result<()> {
+        let (li, code) = (frame[4], frame[5]);
+        match (self.phase, dir) {
+            (Phase::ConnectionRequest, Direction::ClientToServer) if code == 0xe0 => {
+                return self.connection_request(frame, out)
+            }
+            (Phase::ConnectionConfirm, Direction::ServerToClient) if code == 0xd0 => {
+                return self.connection_confirm(frame, out)
+            }
+            (Phase::ConnectionRequest | Phase::ConnectionConfirm, _) => {
+                return Err(proto("expected an x.224 connection request or confirm"))
+            }
+            _ => {}
+        }
+        if code == 0x80 {
+            // X.224 Disconnect Request.
+            out.sink(dir).extend_from_slice(frame);
+            return Ok(());
+        }
+        if li != 2 || code != 0xf0 || frame[6] != 0x80 {
+            return Err(proto("expected an x.224 data tpdu"));
+        }
+        match (self.phase, dir) {
+            (Phase::CredSsp | Phase::Connecting, Direction::ClientToServer)
+                if self.client_channels.is_none() =>
+            {
+                let mut edited = frame.to_vec();
+                let requested =
+                    gcc::rewrite_connect_initial(&mut edited, &self.policy, &mut out.events)?;
+                self.client_channels = Some(requested);
+                self.phase = Phase::Connecting;
+                out.to_server.extend_from_slice(&edited);
+                Ok(())
+            }
+            (Phase::Connecting, Direction::ServerToClient) if self.client_channels.is_some() => {
+                self.connect_response(frame, out)
+            }
+            (Phase::Active, _) => self.mcs(dir, frame, out),
+            _ => Err(proto(format!(
+                "unexpected x.224 data ({dir}) in phase {:?}",
+                self.phase
+            ))),
+        }
+    }
+
+    fn connection_request(&mut self, frame: &[u8], out: &mut Output) -> Result<()> {
+        let request = x224::parse_request(frame)?;
+        self.requested = request.protocol;
+        let forwarded = request.protocol & x224::inspectable();
+        if forwarded.is_empty() {
+            return Err(x224::refusal(format!(
+                "the client offers only uninspectable security ({})",
+                request.protocol
+            )));
+        }
+        let mut edited = frame.to_vec();
+        if forwarded != request.protocol {
+            request.rewrite(&mut edited, forwarded);
+        }
+        self.forwarded = forwarded;
+        self.phase = Phase::ConnectionConfirm;
+        out.to_server.extend_from_slice(&edited);
+        Ok(())
+    }
+
+    fn connection_confirm(&mut self, frame: &[u8], out: &mut Output) -> Result<()> {
+        match x224::parse_confirm(frame)? {
+            x224::Confirm::Failure(_) => {
+                // The server refused the client itself; pass its answer on and stop.
+                out.to_client.extend_from_slice(frame);
+                self.phase = Phase::Failed;
+                Ok(())
+            }
+            x224::Confirm::Selected(protocol) => {
+                self.selected = Some(protocol);
+                out.events.push(Event::Negotiated {
+                    requested: self.requested,
+                    forwarded: self.forwarded,
+                    selected: protocol,
+                });
+                let single = protocol.bits().count_ones() == 1;
+                if !single || !self.forwarded.contains(protocol) {
+                    return Err(x224::refusal(format!("the server selected {protocol}")));
+                }
+                out.to_client.extend_from_slice(frame);
+                self.phase = Phase::NeedTls { protocol };
+                Ok(())
+            }
+        }
+    }
+
+    fn connect_response(&mut self, frame: &[u8], out: &mut Output) -> Result<()> {
+        let granted = gcc::parse_connect_response(frame)?;
+        let requested = self.client_channels.take().unwrap_or_default();
+        if granted.ids.len() != requested.len() {
+            return Err(proto("the server granted a different number of channels"));
+        }
+        self.io_channel = granted.io_channel;
+        self.message_channel = granted.message_channel;
+        let mut infos = Vec::with_capacity(requested.len());
+        for (req, id) in requested.into_iter().zip(granted.ids) {
+            let info = ChannelInfo {
+                name: req.name,
+                id,
+                action: req.action,
+            };
+            let handler = match (info.action, info.name.to_ascii_lowercase().as_str()) {
+                (ChannelAction::Filter, "cliprdr") => self
+                    .policy
+                    .clipboard_blocked()
+                    .map(|d| Handler::Cliprdr(cliprdr::ClipFilter::new(d))),
+                (ChannelAction::Filter, "rdpdr") => {
+                    Some(Handler::Rdpdr(rdpdr::RdpdrFilter::new(self.policy)))
+                }
+                (ChannelAction::Filter, "drdynvc") => {
+                    Some(Handler::Drdynvc(drdynvc::DvcFilter::new(self.policy)))
+                }
+                _ => None,
+            };
+            if info.action == ChannelAction::Filter && handler.is_none() {
+                return Err(proto("filtered channel without a handler"));
+            }
+            if id != 0 {
+                let reserved = id == self.io_channel || Some(id) == self.message_channel;
+                if reserved || self.by_id.insert(id, self.channels.len()).is_some() {
+                    return Err(proto(format!("the server granted channel id {id} twice")));
+                }
+            }
+            infos.push(info.clone());
+            self.channels.push(StaticChannel::new(info, handler));
+        }
+        out.events.push(Event::Channels(infos));
+        out.to_client.extend_from_slice(frame);
+        self.phase = Phase::Active;
+        Ok(())
+    }
+
+    fn mcs(&mut self, dir: Direction, frame: &[u8], out: &mut Output) -> Result<()> {
+        let X224(msg) =
+            decode::<X224<McsMessage<'_>>>(frame).map_err(|e| proto(format!("mcs: {e}")))?;
+        let c2s = dir == Direction::ClientToServer;
+        match msg {
+            McsMessage::SendDataRequest(pdu) if c2s => self.send_data(
+                dir,
+                frame,
+                pdu.initiator_id,
+                pdu.channel_id,
+                &pdu.user_data,
+                out,
+            ),
+            McsMessage::SendDataIndication(pdu) if !c2s => self.send_data(
+                dir,
+                frame,
+                pdu.initiator_id,
+                pdu.channel_id,
+                &pdu.user_data,
+                out,
+            ),
+            McsMessage::AttachUserConfirm(pdu) if !c2s => {
+                if pdu.result == 0 {
+                    let id = pdu.initiator_id;
+                    if id == self.io_channel
+                        || Some(id) == self.message_channel
+                        || self.by_id.contains_key(&id)
+                    {
+                        return Err(proto("the user channel id is also a static channel id"));
+                    }
+                    self.user_id = Some(id);
+                    self.initiators[Direction::ClientToServer.index()] = Some(pdu.initiator_id);
+                }
+                out.to_client.extend_from_slice(frame);
+                Ok(())
+            }
+            McsMessage::ErectDomainRequest(_)
+            | McsMessage::AttachUserRequest(_)
+            | McsMessage::ChannelJoinRequest(_)
+                if c2s =>
+            {
+                out.to_server.extend_from_slice(frame);
+                Ok(())
+            }
+            McsMessage::ChannelJoinConfirm(_) if !c2s => {
+                out.to_client.extend_from_slice(frame);
+                Ok(())
+            }
+            McsMessage::DisconnectProviderUltimatum(_) => {
+                out.sink(dir).extend_from_slice(frame);
+                Ok(())
+            }
+            _ => Err(proto(format!("mcs pdu in the wrong direction ({dir})"))),
+        }
+    }
+
+    fn send_data(
+        &mut self,
+        dir: Direction,
+        frame: &[u8],
+        initiator: u16,
+        channel_id: u16,
+        data: &[u8],
+        out: &mut Output,
+    ) -> Result<()> {
+        // The user data must run to the end of the frame (no trailing bytes a server might
+        // read differently), and the PDU must not be MCS-segmented.
+        let offset = frame.len() - data.len();
+        if !std::ptr::eq(frame[offset..].as_ptr(), data.as_ptr()) {
+            return Err(proto("mcs send data: bytes after the user data"));
+        }
+        if frame[12] & 0x30 != 0x30 {
+            return Err(proto("mcs send data: segmented pdu"));
+        }
+        self.initiators[dir.index()] = Some(initiator);
+        if channel_id == self.io_channel {
+            let mut edited = frame.to_vec();
+            caps::clear_vc_compression(&mut edited[offset..], dir)?;
+            out.sink(dir).extend_from_slice(&edited);
+            return Ok(());
+        }
+        if let Some(&index) = self.by_id.get(&channel_id) {
+            let ctx = svc::Ctx {
+                limits: &self.limits,
+                initiators: self.initiators,
+            };
+            return self.channels[index].process(dir, frame, initiator, data, ctx, out);
+        }
+        if Some(channel_id) == self.message_channel || Some(channel_id) == self.user_id {
+            out.sink(dir).extend_from_slice(frame);
+            return Ok(());
+        }
+        Err(proto(format!("data on unknown channel id {channel_id}")))
+    }
+}
+
+/// Entry point for the fuzz targets: drives a filter with `data` and checks its invariants.
+///
+/// The first byte selects the controls and whether the session starts with a canned
+/// handshake (so the fuzzer reaches the channel parsers quickly); the rest is a sequence of
+/// chunks, each a header byte (top bit: from the server; low seven bits: length) and that
+/// many bytes.
+pub fn fuzz_feed(data: &[u8]) {
+    let Some((&select, mut rest)) = data.split_first() else {
+        return;
+    };
+    let mut filter = Filter::new(build::fuzz_controls(select));
+    if select & 0x04 != 0 && build::prelude(&mut filter).is_err() {
+        return;
+    }
+    while let Some((&header, tail)) = rest.split_first() {
+        let n = usize::from(header & 0x7f).min(tail.len());
+        let (chunk, tail) = tail.split_at(n);
+        rest = tail;
+        let result = if header & 0x80 != 0 {
+            filter.server_bytes(chunk)
+        } else {
+            filter.client_bytes(chunk)
+        };
+        if result.is_err() {
+            assert_eq!(filter.phase(), Phase::Failed);
+            assert_eq!(filter.buffered(), 0);
+            return;
+        }
+        if let Phase::NeedTls { .. } = filter.phase() {
+            filter.tls_established().expect("tls step");
+        }
+        // One incomplete PDU per direction, one undecided message per channel direction.
+        let limits = Limits::default();
+        let bound = 2 * (limits.max_credssp_message + 0x1_0000)
+            + filter.channels.len() * 2 * (2 * limits.max_reassembly + 0x1_0000);
+        assert!(filter.buffered() <= bound);
+    }
+}

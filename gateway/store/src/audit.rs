@@ -1,0 +1,451 @@
+//! The hash-chained, append-only audit log (encoding in the crate docs).
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::types::{validate_text, Hash256};
+use crate::Store;
+
+pub(crate) const HEAD_SQLITE: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
+pub(crate) const HEAD_POSTGRES: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
+pub(crate) const INSERT_SQL: &str = "INSERT INTO audit \
+     (seq, at, actor, action, subject, reason, detail, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+pub(crate) const UPDATE_HEAD_SQL: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+
+/// Domain-separation tag at the start of every hashed encoding.
+const TAG: &[u8] = b"kakehashi-audit-v1";
+/// The largest `detail` JSON text accepted.
+const MAX_DETAIL: usize = 64 * 1024;
+
+/// What happened, by whom, to what and why: the audit record a change is
+/// logged with (see [`Store::append_audit`] and every mutating method).
+///
+/// `at` and `actor` are also the time and author stamped on the change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    /// When (unix seconds).
+    pub at: i64,
+    /// Who: a user id, `system`, `cli:root`, `gateway:NAME` … (1..=256 bytes).
+    pub actor: String,
+    /// What, as a stable dotted code: `user.add`, `login.failed` … (1..=128 bytes).
+    pub action: String,
+    /// The object: a user, device, desk, session id … (may be empty).
+    pub subject: String,
+    /// Why: a reason code or the officer's words (may be empty).
+    pub reason: String,
+    /// Anything else, as JSON (`null` when absent). Never secrets or tokens.
+    pub detail: serde_json::Value,
+}
+
+impl Audit {
+    /// A record of `action` by `actor` at `at`, with no subject, reason or detail.
+    pub fn new(at: i64, actor: impl Into<String>, action: impl Into<String>) -> Self {
+        Audit {
+            at,
+            actor: actor.into(),
+            action: action.into(),
+            subject: String::new(),
+            reason: String::new(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    /// Sets the subject.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = subject.into();
+        self
+    }
+
+    /// Sets the reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// Sets the detail.
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.at < 0 {
+            return Err(Error::invalid("audit at", "negative time"));
+        }
+        validate_text("audit actor", &self.actor, 256, false)?;
+        validate_text("audit action", &self.action, 128, false)?;
+        validate_text("audit subject", &self.subject, 256, true)?;
+        validate_text("audit reason", &self.reason, 1024, true)?;
+        if self.detail.to_string().len() > MAX_DETAIL {
+            return Err(Error::invalid("audit detail", "longer than 64 KiB"));
+        }
+        Ok(())
+    }
+}
+
+/// One stored audit record.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct AuditRecord {
+    /// Position in the chain: 1, 2, 3, … without gaps.
+    pub seq: i64,
+    /// When (unix seconds).
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// To what.
+    pub subject: String,
+    /// Why.
+    pub reason: String,
+    /// JSON text, exactly as hashed.
+    pub detail: String,
+    /// The previous record's hash (zeros for seq 1).
+    #[sqlx(try_from = "Vec<u8>")]
+    pub prev_hash: Hash256,
+    /// SHA-256 of this record's encoding.
+    #[sqlx(try_from = "Vec<u8>")]
+    pub hash: Hash256,
+}
+
+impl AuditRecord {
+    /// The canonical byte encoding of this record's fields as if it stood
+    /// at position `seq` (see the crate docs).
+    pub fn encoding_at(&self, seq: i64) -> Vec<u8> {
+        let texts = [
+            &self.actor,
+            &self.action,
+            &self.subject,
+            &self.reason,
+            &self.detail,
+        ];
+        let mut e = Vec::with_capacity(
+            4 + TAG.len() + 16 + 32 + texts.iter().map(|t| 4 + t.len()).sum::<usize>(),
+        );
+        e.extend_from_slice(&(TAG.len() as u32).to_be_bytes());
+        e.extend_from_slice(TAG);
+        e.extend_from_slice(&seq.to_be_bytes());
+        e.extend_from_slice(&self.at.to_be_bytes());
+        for t in texts {
+            // Fields are bounded far below 4 GiB by Audit::validate.
+            e.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            e.extend_from_slice(t.as_bytes());
+        }
+        e.extend_from_slice(&self.prev_hash.0);
+        e
+    }
+
+    /// The hash this record should carry at its own position.
+    pub fn compute_hash(&self) -> Hash256 {
+        Hash256::digest(self.encoding_at(self.seq))
+    }
+
+    /// Whether the stored hash matches the content.
+    pub fn is_sealed(&self) -> bool {
+        self.compute_hash() == self.hash
+    }
+
+    /// The detail parsed as JSON.
+    pub fn detail_json(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.detail)
+            .map_err(|e| Error::corrupt("audit detail", e.to_string()))
+    }
+}
+
+/// Builds the record for `audit` at position `seq` after `prev_hash`.
+pub(crate) fn seal(audit: &Audit, seq: i64, prev_hash: Hash256) -> AuditRecord {
+    let mut r = AuditRecord {
+        seq,
+        at: audit.at,
+        actor: audit.actor.clone(),
+        action: audit.action.clone(),
+        subject: audit.subject.clone(),
+        reason: audit.reason.clone(),
+        detail: audit.detail.to_string(),
+        prev_hash,
+        hash: Hash256::ZERO,
+    };
+    r.hash = r.compute_hash();
+    r
+}
+
+/// How the chain was found broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakKind {
+    /// The record's content does not match its hash.
+    Edited,
+    /// Records are missing (a gap in `seq`, or fewer records than the head says).
+    Deleted,
+    /// The record is intact but belongs at another position.
+    Reordered,
+    /// The record's `prev_hash` is not the previous record's hash.
+    BadLink,
+}
+
+impl BreakKind {
+    /// `edited`, `deleted`, `reordered` or `bad link`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakKind::Edited => "edited",
+            BreakKind::Deleted => "deleted",
+            BreakKind::Reordered => "reordered",
+            BreakKind::BadLink => "bad link",
+        }
+    }
+}
+
+impl fmt::Display for BreakKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first place the chain is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokenLink {
+    /// The record found broken; for [`BreakKind::Deleted`], the first missing seq.
+    pub seq: i64,
+    /// What is wrong there.
+    pub kind: BreakKind,
+}
+
+/// The result of [`Store::verify_audit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records verified before the first break (all of them when intact).
+    pub records: u64,
+    /// The chain head's seq when verification started.
+    pub head_seq: i64,
+    /// The first break, if any.
+    pub first_broken: Option<BrokenLink>,
+}
+
+impl VerifyReport {
+    /// True when the whole chain verified.
+    pub fn is_intact(&self) -> bool {
+        self.first_broken.is_none()
+    }
+}
+
+const VERIFY_PAGE: i64 = 1000;
+
+impl Store {
+    /// Appends a pure event (login, denial, failure…) to the audit log.
+    pub async fn append_audit(&self, audit: Audit) -> Result<AuditRecord> {
+        let ((), record) = write_tx!(self, audit, |tx| {});
+        Ok(record)
+    }
+
+    /// The chain head: the last record's seq and hash (`0` and zeros when empty).
+    pub async fn audit_head(&self) -> Result<(i64, Hash256)> {
+        let (seq, hash): (i64, Vec<u8>) =
+            read!(self, |p| sqlx::query_as(HEAD_SQLITE).fetch_one(p).await?);
+        Ok((seq, Hash256::try_from(hash)?))
+    }
+
+    /// Records with `since <= at < until`, in chain order (for export).
+    pub async fn audit_between(&self, since: i64, until: i64) -> Result<Vec<AuditRecord>> {
+        const SQL: &str =
+            "SELECT seq, at, actor, action, subject, reason, detail, prev_hash, hash \
+             FROM audit WHERE at >= $1 AND at < $2 ORDER BY seq";
+        Ok(read!(self, |p| sqlx::query_as(SQL)
+            .bind(since)
+            .bind(until)
+            .fetch_all(p)
+            .await?))
+    }
+
+    /// Up to `limit` records after `after_seq`, in chain order (for paging
+    /// through a large log or forwarding it).
+    pub async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+        self.audit_range(after_seq, i64::MAX, i64::from(limit))
+            .await
+    }
+
+    async fn audit_range(&self, after: i64, upto: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+        const SQL: &str =
+            "SELECT seq, at, actor, action, subject, reason, detail, prev_hash, hash \
+             FROM audit WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3";
+        Ok(read!(self, |p| sqlx::query_as(SQL)
+            .bind(after)
+            .bind(upto)
+            .bind(limit)
+            .fetch_all(p)
+            .await?))
+    }
+
+    /// Walks the whole chain and reports the first break, if any.
+    pub async fn verify_audit(&self) -> Result<VerifyReport> {
+        let (head_seq, head_hash) = self.audit_head().await?;
+        let mut prev = (0i64, Hash256::ZERO);
+        let mut records = 0u64;
+        let report = |records, broken| VerifyReport {
+            records,
+            head_seq,
+            first_broken: broken,
+        };
+        loop {
+            let page = self.audit_range(prev.0, head_seq, VERIFY_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for r in page {
+                if let Some(b) = self.check_link(&r, prev, (head_seq, head_hash)).await? {
+                    return Ok(report(records, Some(b)));
+                }
+                records += 1;
+                prev = (r.seq, r.hash);
+            }
+        }
+        let tail = if prev.0 < head_seq {
+            Some(BrokenLink {
+                seq: prev.0 + 1,
+                kind: BreakKind::Deleted,
+            })
+        } else if prev.1 != head_hash {
+            Some(BrokenLink {
+                seq: prev.0,
+                kind: BreakKind::Edited,
+            })
+        } else {
+            None
+        };
+        Ok(report(records, tail))
+    }
+
+    async fn check_link(
+        &self,
+        r: &AuditRecord,
+        prev: (i64, Hash256),
+        head: (i64, Hash256),
+    ) -> Result<Option<BrokenLink>> {
+        let broken = |seq, kind| Ok(Some(BrokenLink { seq, kind }));
+        if r.seq != prev.0 + 1 {
+            return broken(prev.0 + 1, BreakKind::Deleted);
+        }
+        if !r.is_sealed() {
+            let kind = if self.belongs_elsewhere(r, head).await? {
+                BreakKind::Reordered
+            } else {
+                BreakKind::Edited
+            };
+            return broken(r.seq, kind);
+        }
+        if r.prev_hash != prev.1 {
+            return broken(r.seq, BreakKind::BadLink);
+        }
+        Ok(None)
+    }
+
+    /// Whether `r` (whose hash is wrong for its position) is an intact
+    /// record moved from another position: its original position is found
+    /// from its chain neighbours, and its hash must be right there.
+    async fn belongs_elsewhere(&self, r: &AuditRecord, head: (i64, Hash256)) -> Result<bool> {
+        const BY_PREV: &str = "SELECT seq FROM audit WHERE prev_hash = $1";
+        const BY_HASH: &str = "SELECT seq FROM audit WHERE hash = $1";
+        let mut candidates: Vec<i64> = Vec::new();
+        let successors: Vec<i64> = read!(self, |p| sqlx::query_scalar(BY_PREV)
+            .bind(&r.hash.0[..])
+            .fetch_all(p)
+            .await?);
+        candidates.extend(successors.iter().map(|q| q - 1));
+        if r.prev_hash == Hash256::ZERO {
+            candidates.push(1);
+        } else {
+            let preds: Vec<i64> = read!(self, |p| sqlx::query_scalar(BY_HASH)
+                .bind(&r.prev_hash.0[..])
+                .fetch_all(p)
+                .await?);
+            candidates.extend(preds.iter().map(|p| p + 1));
+        }
+        if head.1 == r.hash {
+            candidates.push(head.0);
+        }
+        Ok(candidates
+            .into_iter()
+            .filter(|&c| c != r.seq)
+            .any(|c| Hash256::digest(r.encoding_at(c)) == r.hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Audit {
+        Audit::new(1_700_000_000, "officer1", "user.add")
+            .subject("u1")
+            .reason("新規採用")
+            .detail(serde_json::json!({"dept": "総務課"}))
+    }
+
+    #[test]
+    fn encoding_is_length_prefixed() {
+        let r = seal(&sample(), 7, Hash256::ZERO);
+        let e = r.encoding_at(7);
+        assert_eq!(&e[..4], &18u32.to_be_bytes());
+        assert_eq!(&e[4..22], b"kakehashi-audit-v1");
+        assert_eq!(&e[22..30], &7i64.to_be_bytes());
+        assert_eq!(&e[30..38], &1_700_000_000i64.to_be_bytes());
+        assert_eq!(&e[38..42], &8u32.to_be_bytes());
+        assert_eq!(&e[42..50], b"officer1");
+        assert_eq!(&e[e.len() - 32..], &[0u8; 32]);
+        assert_eq!(r.hash, Hash256::digest(&e));
+        assert!(r.is_sealed());
+    }
+
+    #[test]
+    fn field_boundaries_do_not_collide() {
+        // "ab" + "c" and "a" + "bc" must hash differently.
+        let a = seal(&Audit::new(1, "ab", "c"), 1, Hash256::ZERO);
+        let b = seal(&Audit::new(1, "a", "bc"), 1, Hash256::ZERO);
+        assert_ne!(a.hash, b.hash);
+        let c = seal(&Audit::new(1, "a", "b").subject(""), 1, Hash256::ZERO);
+        let d = seal(&Audit::new(1, "a", "b").reason(""), 1, Hash256::ZERO);
+        assert_eq!(c.hash, d.hash, "both empty: same record");
+    }
+
+    #[test]
+    fn every_field_is_covered() {
+        let base = seal(&sample(), 3, Hash256::ZERO);
+        let mut variants = vec![];
+        let mut v = base.clone();
+        v.at += 1;
+        variants.push(v);
+        let mut v = base.clone();
+        v.actor.push('x');
+        variants.push(v);
+        let mut v = base.clone();
+        v.action.push('x');
+        variants.push(v);
+        let mut v = base.clone();
+        v.subject.push('x');
+        variants.push(v);
+        let mut v = base.clone();
+        v.reason.push('x');
+        variants.push(v);
+        let mut v = base.clone();
+        v.detail = "{}".into();
+        variants.push(v);
+        let mut v = base.clone();
+        v.prev_hash = Hash256([1; 32]);
+        variants.push(v);
+        for v in variants {
+            assert!(!v.is_sealed(), "{v:?}");
+        }
+        assert_ne!(Hash256::digest(base.encoding_at(4)), base.hash);
+    }
+
+    #[test]
+    fn validation() {
+        assert!(sample().validate().is_ok());
+        assert!(Audit::new(-1, "a", "b").validate().is_err());
+        assert!(Audit::new(1, "", "b").validate().is_err());
+        assert!(Audit::new(1, "a", "").validate().is_err());
+        assert!(Audit::new(1, "a", "b").subject("x\ny").validate().is_err());
+        let big = serde_json::Value::String("x".repeat(MAX_DETAIL));
+        assert!(Audit::new(1, "a", "b").detail(big).validate().is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! Kakehashi gateway store: users, credentials, devices, desks, tokens,
+//! policy data, session records and the hash-chained audit log, in an
+//! embedded SQLite file or in PostgreSQL.
+//!
+//! # Opening
+//!
+//! [`Store::open`] takes `sqlite:///abs/path.db`, `sqlite://rel/path.db`,
+//! `sqlite:path.db` or a plain path (the file and its directory are created
+//! if missing), or `postgres://…` / `postgresql://…` for a cluster of
+//! gateways sharing one database. It applies the embedded migrations
+//! (`migrations/sqlite`, `migrations/postgres`) before returning. [`Store`]
+//! is a cheap `Clone` (a connection pool inside).
+//!
+//! SQLite runs with `journal_mode=WAL`, `synchronous=FULL` and
+//! `foreign_keys=ON`: a change is on disk when its method returns, and a
+//! crash (even power loss) loses nothing that was committed. PostgreSQL is
+//! used with its defaults (`synchronous_commit=on`). No TLS is compiled in:
+//! PostgreSQL must be reached over a trusted network or a local socket.
+//!
+//! # Changes and their audit record
+//!
+//! Every mutating method takes an [`Audit`] and writes it to the audit log
+//! **in the same transaction** as the change, so the log and the data cannot
+//! diverge; when the change fails, nothing is logged (log the failure with
+//! [`Store::append_audit`]). The audit record also gives the change its
+//! time and author: `created`, `issued_at`, `decided_at`, `decided_by`,
+//! `declared_by`, a policy's `author` … are `audit.at` and `audit.actor`.
+//! All times are unix seconds (`i64`); reads that depend on the time take
+//! `now` explicitly.
+//!
+//! Writes are serialised: SQLite transactions start with `BEGIN IMMEDIATE`
+//! (one writer at a time, across processes too); on PostgreSQL each write
+//! transaction first locks the one-row `audit_head` table with
+//! `SELECT … FOR UPDATE`, so two gateways on one database append to one
+//! chain and never fork it.
+//!
+//! # Schema
+//!
+//! Ids (users, devices, desks, sessions, plans, BCP declarations) are 1 to
+//! 64 characters of `[A-Za-z0-9._-]`. The tables (SQLite types; PostgreSQL
+//! uses `BIGINT`, `BYTEA` and `BOOLEAN`):
+//!
+//! | table | columns |
+//! |---|---|
+//! | `users` | `id` PK, `name`, `department`, `roles` (sorted comma list of staff/chief/officer/operator), `disabled`, `created` |
+//! | `webauthn_credentials` | `cred_id` BLOB PK, `user_id` → users, `passkey` (opaque webauthn-rs JSON), `counter`, `attested`, `created`, `last_used` |
+//! | `devices` | `id` PK, `class` home/mobile/satellite, `status` active/blocked/lost/revoked, `loaned_to` → users, `cert_serial`, `created` |
+//! | `desks`, `desk_owners` | `id` PK, `department`, `level` 1..=3, `segment` lgwan/internet/mynumber, `created`; owners `(desk_id, user_id)` |
+//! | `enrollment_codes` | `code_hash` PK (SHA-256 of the code, never the code), `user_id`, `created`, `expires_at`, `used_at` |
+//! | `login_tokens` | `token_hash` PK, `user_id`, `device_id` → devices (the binding), `cert_serial`, `issued_at`, `expires_at`, `revoked_at` |
+//! | `login_codes` | `code_hash` PK, `user_id`, `pkce_challenge` (S256), `created`, `expires_at`, `used_at` |
+//! | `lockouts` | `counter_key` PK (`user:ID`, `source:IP`, `enroll:IP`), `failures`, `window_start`, `locked_until` |
+//! | `telework_plans` | `id` PK, `user_id`, `day` YYYY-MM-DD, `start_min`, `end_min`, `place`, `status`, `submitted_at`, `decided_by`, `decided_at` |
+//! | `bcp_declarations` | `id` PK, `scope` (`*` or a department), `reason`, `relax` (JSON text), `starts_at`, `ends_at`, `ended_at`, `declared_by`, `ended_by` |
+//! | `policies` | `version` PK (1, 2, …), `body` (TOML), `author`, `created` |
+//! | `sessions` | `id` PK, `user_id`, `device_id`, `desk_id`, `class`, `level`, `transport`, `started_at`, `ended_at`, `end_reason`, `bytes_up`, `bytes_down` (no foreign keys: a historical record) |
+//! | `audit` | `seq` PK, `at`, `actor`, `action`, `subject`, `reason`, `detail` (JSON text), `prev_hash`, `hash`; triggers refuse UPDATE and DELETE |
+//! | `audit_head` | one row: `seq` and `hash` of the last record (0 and zeros when empty) |
+//!
+//! # The audit hash chain
+//!
+//! Records are numbered `seq = 1, 2, 3, …` without gaps. Record `n` stores
+//! `prev_hash` = the `hash` of record `n - 1` (32 zero bytes for record 1)
+//! and `hash = SHA-256(E)`, where `E` is this byte string (`u32be`/`i64be`
+//! are big-endian fixed-width integers, `‖` concatenation):
+//!
+//! ```text
+//! E = u32be(18) ‖ "kakehashi-audit-v1"
+//!   ‖ i64be(seq) ‖ i64be(at)
+//!   ‖ u32be(len(actor))   ‖ actor
+//!   ‖ u32be(len(action))  ‖ action
+//!   ‖ u32be(len(subject)) ‖ subject
+//!   ‖ u32be(len(reason))  ‖ reason
+//!   ‖ u32be(len(detail))  ‖ detail
+//!   ‖ prev_hash                       (32 raw bytes)
+//! ```
+//!
+//! Text fields are UTF-8 and their lengths count bytes; `detail` is the
+//! stored JSON text byte for byte (it is kept as TEXT, never re-serialised,
+//! so key order and spacing do not matter). Every field is length-prefixed
+//! or fixed-width, so no two different records share an encoding.
+//! [`Store::verify_audit`] walks the chain in `seq` order and reports the
+//! first break: `deleted` (a gap in `seq`, or the head says there were more
+//! records), `reordered` (the record's hash is right for another position),
+//! `edited` (the hash does not match the content), `bad link` (`prev_hash`
+//! is not the previous record's hash). Someone able to rewrite the whole
+//! table and recompute every hash is not detected by the chain alone;
+//! forwarding records (syslog) or noting the head hash elsewhere anchors it.
+
+mod error;
+mod types;
+
+pub use error::{Error, Result};
+pub use types::{validate_id, DeviceClass, DeviceStatus, Hash256, PlanStatus, Role, Segment};
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Runs `$body` against the pool of whichever backend the store uses; `$p`
+/// is bound to `&SqlitePool` or `&PgPool` (the body is compiled for each).
+macro_rules! read {
+    ($store:expr, |$p:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::Pool::Sqlite($p) => $body,
+            $crate::Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` in a serialised write transaction (`$tx` is the
+/// transaction), appends `$audit` to the chain in the same transaction and
+/// commits. Evaluates to `(body value, AuditRecord)`. An early return or
+/// `?` in the body rolls everything back.
+macro_rules! write_tx {
+    ($store:expr, $audit:expr, |$tx:ident| $body:block) => {{
+        let audit: &$crate::audit::Audit = &$audit;
+        audit.validate()?;
+        match &$store.pool {
+            $crate::Pool::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                write_tx!(@run $tx, audit, $crate::audit::HEAD_SQLITE, $body)
+            }
+            $crate::Pool::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                write_tx!(@run $tx, audit, $crate::audit::HEAD_POSTGRES, $body)
+            }
+        }
+    }};
+    (@run $tx:ident, $audit:ident, $head_sql:expr, $body:block) => {{
+        let (head_seq, head_hash): (i64, Vec<u8>) =
+            sqlx::query_as($head_sql).fetch_one(&mut *$tx).await?;
+        let out = $body;
+        let record = $crate::audit::seal($audit, head_seq + 1, $crate::Hash256::try_from(head_hash)?);
+        sqlx::query($crate::audit::INSERT_SQL)
+            .bind(record.seq)
+            .bind(record.at)
+            .bind(&record.actor)
+            .bind(&record.action)
+            .bind(&record.subject)
+            .bind(&record.reason)
+            .bind(&record.detail)
+            .bind(&record.prev_hash.0[..])
+            .bind(&record.hash.0[..])
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query($crate::audit::UPDATE_HEAD_SQL)
+            .bind(record.seq)
+            .bind(&record.hash.0[..])
+            .execute(&mut *$tx)
+            .await?;
+        $tx.commit().await?;
+        (out, record)
+    }};
+}
+
+mod audit;
+mod identity;
+mod inventory;
+mod planning;
+mod sessions;
+
+pub use audit::{Audit, AuditRecord, BreakKind, BrokenLink, VerifyReport};
+pub use identity::{
+    Credential, LockState, LockoutRule, LoginCode, LoginToken, NewCredential, NewLoginCode,
+    NewLoginToken, NewUser, User,
+};
+pub use inventory::{Desk, Device, DeviceSpec};
+pub use planning::{Bcp, BcpScope, BcpSpec, Plan, PlanSpec, PolicyDoc};
+pub use sessions::{SessionEnd, SessionRecord, SessionStart};
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database a [`Store`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The gateway's database. Cloning is cheap and shares the pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+#[derive(Debug, PartialEq)]
+enum Target<'a> {
+    Sqlite(PathBuf),
+    Postgres(&'a str),
+}
+
+fn parse_url(url: &str) -> Result<Target<'_>> {
+    let bad = || Error::BadUrl(url.to_owned());
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Target::Postgres(url));
+    }
+    let path = if let Some(rest) = url.strip_prefix("sqlite://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        rest
+    } else if url.contains("://") {
+        return Err(bad());
+    } else {
+        url
+    };
+    // No in-memory databases (each pooled connection would get its own) and
+    // no URL parameters (the store sets the pragmas itself).
+    if path.is_empty() || path.starts_with(':') || path.contains('?') {
+        return Err(bad());
+    }
+    Ok(Target::Sqlite(PathBuf::from(path)))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies the
+    /// migrations. See the crate docs for the URL forms.
+    pub async fn open(url: &str) -> Result<Store> {
+        let pool = match parse_url(url)? {
+            Target::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await?;
+                SQLITE_MIGRATOR.run(&pool).await?;
+                Pool::Sqlite(pool)
+            }
+            Target::Postgres(url) => {
+                let options = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(10)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await?;
+                POSTGRES_MIGRATOR.run(&pool).await?;
+                Pool::Postgres(pool)
+            }
+        };
+        tracing::debug!(backend = ?Self::backend_of(&pool), "Store opened");
+        Ok(Store { pool })
+    }
+
+    fn backend_of(pool: &Pool) -> Backend {
+        match pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Which database this store uses.
+    pub fn backend(&self) -> Backend {
+        Self::backend_of(&self.pool)
+    }
+
+    /// Closes every pooled connection (waits for those in use). Dropping the
+    /// store without closing loses nothing that was committed.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// The current time as unix seconds, for callers that need a `now`.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        assert_eq!(
+            parse_url("sqlite:///var/lib/k/store.db").unwrap(),
+            Target::Sqlite("/var/lib/k/store.db".into())
+        );
+        assert_eq!(
+            parse_url("sqlite://demo/store.db").unwrap(),
+            Target::Sqlite("demo/store.db".into())
+        );
+        assert_eq!(
+            parse_url("sqlite:store.db").unwrap(),
+            Target::Sqlite("store.db".into())
+        );
+        assert_eq!(
+            parse_url("/tmp/x.db").unwrap(),
+            Target::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            parse_url("postgres://u@127.0.0.1:5432/k").unwrap(),
+            Target::Postgres("postgres://u@127.0.0.1:5432/k")
+        );
+        assert!(parse_url("postgresql://h/k").is_ok());
+        for bad in [
+            "",
+            "sqlite::memory:",
+            "mysql://h/db",
+            "sqlite://x.db?mode=rwc",
+            "sqlite://",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}
