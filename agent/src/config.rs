@@ -1,10 +1,12 @@
 //! Agent configuration: a TOML file validated into [`Config`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use kakehashi_transport::TransportChoice;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 /// The configuration file as written.
@@ -22,6 +24,28 @@ pub struct ConfigFile {
     /// Reconnect backoff.
     #[serde(default)]
     pub reconnect: ReconnectSection,
+    /// The RDP channel filter; without this section sessions are passed through
+    /// uninspected (and session controls are not enforced).
+    pub rdp: Option<RdpSection>,
+}
+
+/// `[rdp]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdpSection {
+    /// The certificate the local RDP server presents (PEM), the same file: the
+    /// agent presents it to RDP clients and accepts only it from the server.
+    pub server_cert: PathBuf,
+    /// The RDP server's private key (PEM).
+    pub server_key: PathBuf,
+    /// Enforce the ticket's session controls (default true). `false` passes
+    /// sessions through uninspected, as without the section.
+    #[serde(default = "default_true")]
+    pub enforce: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[tls]`
@@ -133,6 +157,25 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Handshake timeout.
     pub handshake_timeout: Duration,
+    /// The RDP filter's key material; `None`: sessions pass uninspected.
+    pub rdp: Option<RdpConfig>,
+}
+
+/// The RDP server's certificate and key, loaded (`[rdp]` with `enforce = true`).
+#[derive(Clone)]
+pub struct RdpConfig {
+    /// The RDP server's certificate chain (end entity first).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for RdpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdpConfig")
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The host part of `host:port` (brackets removed for IPv6).
@@ -189,6 +232,21 @@ impl Config {
         if f.reconnect.initial_ms == 0 || f.reconnect.max_ms < f.reconnect.initial_ms {
             bail!("[reconnect] needs 0 < initial_ms <= max_ms");
         }
+        let rdp = match f.rdp {
+            Some(r) if r.enforce => {
+                let (cert, key) = (rel(r.server_cert), rel(r.server_key));
+                let chain = kakehashi_transport::tls::load_certs(&cert)?;
+                let key = kakehashi_transport::tls::load_key(&key)?;
+                // Fail at start, not at the first session, when the pair does not match.
+                crate::rdp::check_key_pair(&chain, &key)
+                    .with_context(|| format!("[rdp] server_key does not fit {}", cert.display()))?;
+                Some(RdpConfig {
+                    chain,
+                    key: Arc::new(key),
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
             ca: rel(f.tls.ca),
             cert: rel(f.tls.cert),
@@ -201,6 +259,7 @@ impl Config {
             backoff_initial: Duration::from_millis(f.reconnect.initial_ms),
             backoff_max: Duration::from_millis(f.reconnect.max_ms),
             handshake_timeout: Duration::from_secs(10),
+            rdp,
         })
     }
 }

@@ -3,8 +3,18 @@
 //! capped, jittered backoff. For each session the gateway opens, it checks
 //! the signed ticket (signature, validity, desk id, single use) and only
 //! then connects the stream to the desk's local service.
+//!
+//! With an `[rdp]` section, sessions whose ticket restricts anything go
+//! through the RDP channel filter ([`rdp`]): the agent terminates the RDP
+//! client's TLS with the RDP server's own certificate and key, connects to the
+//! server pinned to that certificate, and enforces the ticket's controls in
+//! the decrypted stream. Every blocked attempt is reported to the gateway on
+//! the tunnel's control stream ([`FilterReport`]). Without `[rdp]`, sessions
+//! pass through uninspected and a warning says the controls are not enforced.
 
 pub mod config;
+pub mod rdp;
+pub mod windows_policy;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +23,7 @@ use anyhow::{anyhow, bail, Context as _};
 use kakehashi_pki::Identity;
 use kakehashi_proto::io::{read_frame, write_message, write_raw};
 use kakehashi_proto::message::{
-    AgentHello, AgentWelcome, DataChannelHello, Message, OpenDataChannel,
+    AgentHello, AgentWelcome, DataChannelHello, FilterReport, Message, OpenDataChannel,
 };
 use kakehashi_proto::{frame, FrameKind, Reason, Refusal, ReplayGuard, TicketVerifier, ALPN_AGENT};
 use kakehashi_transport::dial::{quic_connect, resolve, tls_connect};
@@ -25,6 +35,7 @@ use kakehashi_transport::{explain, unix_now, BoxIo, TransportChoice};
 use rand::Rng as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -39,6 +50,18 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 const QUIC_PROBE: Duration = Duration::from_millis(1500);
 /// Most tickets remembered for replay protection.
 const REPLAY_CAPACITY: usize = 100_000;
+/// Filter reports queued per tunnel before new ones are dropped.
+const REPORT_QUEUE: usize = 256;
+/// How long a filtered session may wait for the RDP client's first bytes (a
+/// session opened ahead by `kakehashi connect --launch` waits for the RDP client
+/// to start).
+const RDP_FIRST_BYTES: Duration = Duration::from_secs(60);
+/// How long one write of a filter report on the control stream may take.
+const REPORT_WRITE: Duration = Duration::from_secs(5);
+
+/// Where a session's filter reports go: the tunnel's control stream, when the
+/// gateway accepts them.
+type Reports = Option<mpsc::Sender<FilterReport>>;
 
 /// A configured agent.
 #[derive(Debug)]
@@ -48,6 +71,7 @@ pub struct Agent {
     tls: Arc<rustls::ClientConfig>,
     verifier: TicketVerifier,
     replay: Mutex<ReplayGuard>,
+    rdp: Option<rdp::RdpTls>,
 }
 
 impl Agent {
@@ -71,10 +95,18 @@ impl Agent {
             ),
         };
         let tls = Arc::new(tls::client_config(&m, cfg.crl.as_deref(), ALPN_AGENT)?);
+        let rdp = cfg.rdp.as_ref().map(rdp::RdpTls::new).transpose()?;
+        if rdp.is_none() {
+            warn!(
+                desk = %desk,
+                "No [rdp] section: sessions pass through uninspected and session controls are NOT enforced"
+            );
+        }
         Ok(Arc::new(Self {
             desk,
             verifier: TicketVerifier::new(cfg.ticket_keys.clone()),
             replay: Mutex::new(ReplayGuard::new(REPLAY_CAPACITY)),
+            rdp,
             tls,
             cfg: Arc::new(cfg),
         }))
@@ -189,13 +221,15 @@ impl Agent {
             .map_err(|_| anyhow!("gateway did not welcome the tunnel in time"))?
             .context("tunnel hello failed")?;
         info!(transport = "quic", gateway_name = %welcome.gateway, "Tunnel up");
+        let (reports, mut report_rx) = report_queue(&welcome);
         let mut sessions = JoinSet::new();
         let result = loop {
             tokio::select! {
                 _ = stop.cancelled() => break Ok(()),
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                Some(r) = report_rx.recv() => send_report(&mut ctl, &r).await,
                 bi = conn.accept_bi() => match bi {
-                    Ok(bi) => { sessions.spawn(self.clone().handle_session(Box::new(QuicStream::new(bi))).in_current_span()); }
+                    Ok(bi) => { sessions.spawn(self.clone().handle_session(Box::new(QuicStream::new(bi)), reports.clone()).in_current_span()); }
                     Err(e) => break Err(TunnelWasUp(anyhow::Error::new(e).context("QUIC tunnel lost")).into()),
                 },
             }
@@ -235,23 +269,43 @@ impl Agent {
         }
         let welcome = AgentWelcome::from_frame(&f)?;
         info!(transport = "tcp", gateway_name = %welcome.gateway, "Tunnel up");
+        let (reports, mut report_rx) = report_queue(&welcome);
         // The gateway pings every `ping_interval_secs`; three missed pings mean the tunnel is dead.
         let silence = Duration::from_secs(u64::from(welcome.ping_interval_secs.max(1)) * 3);
         let pong = frame::encode(FrameKind::Pong, &[]).expect("empty frame");
+        // Frames are read by their own task: a read cut short by a report write would
+        // lose bytes of the frame stream.
+        let (mut rd, mut ctl) = tokio::io::split(ctl);
+        let (frame_tx, mut frames) = mpsc::channel(8);
+        let reader = tokio::spawn(async move {
+            loop {
+                let r = read_frame(&mut rd).await;
+                let end = r.is_err();
+                if frame_tx.send(r).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        let _reader = AbortOnDrop(reader);
+        let mut last_frame = tokio::time::Instant::now();
         loop {
             let f = tokio::select! {
                 _ = stop.cancelled() => { let _ = ctl.shutdown().await; return Ok(()) }
-                r = tokio::time::timeout(silence, read_frame(&mut ctl)) => match r {
-                    Err(_) => bail!("gateway silent for {silence:?}"),
-                    Ok(r) => r.context("TCP tunnel lost")?,
+                Some(r) = report_rx.recv() => { send_report(&mut ctl, &r).await; continue }
+                _ = tokio::time::sleep_until(last_frame + silence) => bail!("gateway silent for {silence:?}"),
+                r = frames.recv() => match r {
+                    None => bail!("TCP tunnel lost"),
+                    Some(r) => r.context("TCP tunnel lost")?,
                 },
             };
+            last_frame = tokio::time::Instant::now();
             match f.kind {
                 FrameKind::Ping => write_raw(&mut ctl, &pong).await?,
                 FrameKind::OpenDataChannel => {
                     let open = OpenDataChannel::from_frame(&f)?;
                     let me = self.clone();
                     let gw = gw.clone();
+                    let reports = reports.clone();
                     tokio::spawn(
                         async move {
                             match tls_connect(
@@ -273,7 +327,7 @@ impl Agent {
                                     .await
                                     .is_ok()
                                     {
-                                        me.handle_session(Box::new(data)).await;
+                                        me.handle_session(Box::new(data), reports).await;
                                     }
                                 }
                                 Err(e) => {
@@ -290,7 +344,7 @@ impl Agent {
     }
 
     /// One session stream from the gateway: ticket first, then the desk.
-    async fn handle_session(self: Arc<Self>, mut io: BoxIo) {
+    async fn handle_session(self: Arc<Self>, mut io: BoxIo, reports: Reports) {
         let f = match tokio::time::timeout(self.cfg.handshake_timeout, read_frame(&mut io)).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
@@ -345,12 +399,50 @@ impl Agent {
             if write_raw(&mut io, &ok).await.is_err() {
                 return;
             }
-            info!(controls = ?claims.controls, "Session started");
-            match splice(&mut io, &mut target).await {
-                Ok((up, down)) => {
-                    info!(bytes_to_desk = up, bytes_from_desk = down, "Session ended")
+            let controls = claims.controls;
+            let filtered = match &self.rdp {
+                Some(tls) if rdp::needs_filter(controls) => Some(tls),
+                Some(_) => None,
+                None => {
+                    if controls.is_restrictive() {
+                        warn!(?controls, "Session controls NOT enforced: the agent has no [rdp] section");
+                    }
+                    None
                 }
-                Err(e) => info!(error = %e, "Session ended by a peer"),
+            };
+            let Some(tls) = filtered else {
+                info!(?controls, filter = false, "Session started");
+                match splice(&mut io, &mut target).await {
+                    Ok((up, down)) => {
+                        info!(bytes_to_desk = up, bytes_from_desk = down, "Session ended")
+                    }
+                    Err(e) => info!(error = %e, "Session ended by a peer"),
+                }
+                return;
+            };
+            info!(?controls, filter = true, "Session started");
+            let mut reporter = rdp::Reporter::new(claims.session_id.clone(), reports);
+            let timeouts = rdp::Timeouts {
+                first_bytes: RDP_FIRST_BYTES,
+                step: self.cfg.handshake_timeout,
+            };
+            let name = rdp_server_name(&self.cfg.target);
+            let ended = rdp::serve(io, target, name, controls, tls, timeouts, &mut reporter).await;
+            reporter.finish();
+            match ended {
+                rdp::Ended::Closed { up, down } => {
+                    info!(bytes_to_desk = up, bytes_from_desk = down, blocked = reporter.blocked, "Session ended")
+                }
+                rdp::Ended::ServerRefused => info!("Session ended: the RDP server refused the client's security negotiation"),
+                rdp::Ended::Refused(e) => {
+                    warn!(reason = e.reason_code(), error = %e, "Session refused by the RDP filter")
+                }
+                rdp::Ended::ServerKeyMismatch(e) => warn!(
+                    target = %self.cfg.target,
+                    error = %e,
+                    "Session refused: the RDP server's certificate is not the one in [rdp] server_cert; nothing was forwarded"
+                ),
+                rdp::Ended::Failed(e) => info!(error = %format!("{e:#}"), "Session ended by a peer"),
             }
         }
         .instrument(span)
@@ -380,6 +472,38 @@ fn unwrap_was_up(e: anyhow::Error) -> anyhow::Error {
 
 fn is_tls_refusal(e: &anyhow::Error) -> bool {
     explain::chain_reason(e).is_some_and(|r| r != Reason::GatewayUnreachable)
+}
+
+/// The name the agent gives the RDP server in its TLS handshake (unchecked: the
+/// server is pinned by certificate; SNI is off).
+fn rdp_server_name(target: &str) -> rustls::pki_types::ServerName<'static> {
+    let host = config::host_of(target);
+    rustls::pki_types::ServerName::try_from(host)
+        .unwrap_or_else(|_| rustls::pki_types::ServerName::from(std::net::Ipv4Addr::LOCALHOST))
+}
+
+/// The report queue of a tunnel, open only when the gateway accepts reports.
+fn report_queue(welcome: &AgentWelcome) -> (Reports, mpsc::Receiver<FilterReport>) {
+    let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+    (welcome.filter_reports.then_some(tx), rx)
+}
+
+/// Write one report on the control stream; a slow gateway costs the report, not the tunnel.
+async fn send_report<W: tokio::io::AsyncWrite + Unpin>(ctl: &mut W, r: &FilterReport) {
+    match tokio::time::timeout(REPORT_WRITE, write_message(ctl, r)).await {
+        Ok(Ok(())) => debug!(kind = %r.kind, what = %r.what, "Filter report sent"),
+        Ok(Err(e)) => warn!(error = %e, "Cannot send a filter report"),
+        Err(_) => warn!("Filter report not sent: the gateway is not reading"),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn software() -> String {

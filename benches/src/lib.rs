@@ -1,3 +1,13 @@
-//! Benchmarks of the real Kakehashi binaries. Each binary in `src/bin/`
-//! prints its measurement; `benches/RESULTS.md` records them with the
-//! command that reproduces each row.
+//! Benchmarks of the real Kakehashi binaries: the load generator
+//! (`kakehashi-loadgen`), the baselines' back ends and the bare mutual-TLS
+//! accept loop (`tls-accept`), and the idle-memory bench. `benches/run.sh`
+//! runs every row of the performance table against its baseline;
+//! `benches/RESULTS.md` records them with the command for each row.
+
+pub mod backend;
+pub mod fleet;
+pub mod gateway;
+pub mod pki;
+pub mod procstat;
+pub mod stats;
+pub mod traffic;

@@ -17,6 +17,25 @@ pub struct ConfigFile {
     /// Defaults for `connect`.
     #[serde(default)]
     pub connect: ConnectSection,
+    /// `kakehashi login`.
+    #[serde(default)]
+    pub login: LoginSection,
+}
+
+/// `[login]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSection {
+    /// The portal's base URL, e.g. `https://gw.example.lg.jp:8444`.
+    pub portal: Option<String>,
+    /// Where the login token is kept (default: `token.json` next to this file).
+    pub token_file: Option<PathBuf>,
+    /// A software authenticator file (the demo's): `login` then runs the
+    /// WebAuthn ceremony itself instead of opening a browser.
+    pub soft_authenticator: Option<PathBuf>,
+    /// The user id to log in as (pre-fills the portal's form; required with
+    /// `soft_authenticator`).
+    pub user: Option<String>,
 }
 
 /// `[gateway]`
@@ -72,6 +91,14 @@ pub struct Config {
     pub crl: Option<PathBuf>,
     /// Default transport.
     pub transport: TransportChoice,
+    /// Portal base URL.
+    pub portal: Option<String>,
+    /// Token file.
+    pub token_file: PathBuf,
+    /// Software authenticator file.
+    pub soft_authenticator: Option<PathBuf>,
+    /// User id for login.
+    pub user: Option<String>,
 }
 
 /// Where the configuration lives when `--config` is not given.
@@ -125,6 +152,13 @@ impl Config {
             key: rel(f.tls.key),
             crl: f.tls.crl.map(rel),
             transport,
+            portal: f.login.portal,
+            token_file: rel(f
+                .login
+                .token_file
+                .unwrap_or_else(|| PathBuf::from("token.json"))),
+            soft_authenticator: f.login.soft_authenticator.map(rel),
+            user: f.login.user,
         })
     }
 }

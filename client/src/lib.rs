@@ -3,13 +3,19 @@
 //! gateway, over QUIC or, when UDP is blocked, TLS over TCP.
 
 pub mod config;
+pub mod launch;
+pub mod login;
+pub mod soft;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use kakehashi_proto::io::{read_frame, write_message, write_raw};
-use kakehashi_proto::message::{Message, SessionAccepted, SessionRequest};
+use kakehashi_proto::io::{read_frame, write_raw};
+use kakehashi_proto::message::{
+    LoginResult, Logout, Message, RedeemLogin, Secret, SessionAccepted, SessionRequest,
+};
 use kakehashi_proto::{frame, FrameKind, Reason, Refusal, ALPN_TERMINAL};
 use kakehashi_transport::dial::{quic_connect, resolve, tls_connect};
 use kakehashi_transport::quic::QuicLimits;
@@ -182,32 +188,75 @@ impl Dialer {
         }
     }
 
-    /// Open a session to `desk`. On success the stream carries the desk's bytes.
-    pub async fn session(&self, desk: &str) -> Result<(BoxIo, SessionAccepted), SessionError> {
+    /// Open a session to `desk`, presenting the login token if there is one.
+    /// On success the stream carries the desk's bytes.
+    pub async fn session(
+        &self,
+        desk: &str,
+        token: Option<&Secret>,
+    ) -> Result<(BoxIo, SessionAccepted), SessionError> {
+        let req = SessionRequest {
+            desk: desk.to_string(),
+            token: token.cloned(),
+        };
+        let (io, f) = self.request(&req.to_frame()?, SETUP).await?;
+        Ok((io, SessionAccepted::from_frame(&f)?))
+    }
+
+    /// Exchange the portal's one-time code (and our PKCE verifier) for a
+    /// token bound to this laptop's certificate.
+    pub async fn redeem(
+        &self,
+        code: Secret,
+        code_verifier: Secret,
+    ) -> Result<LoginResult, SessionError> {
+        let (_io, f) = self
+            .request(
+                &RedeemLogin {
+                    code,
+                    code_verifier,
+                }
+                .to_frame()?,
+                SETUP,
+            )
+            .await?;
+        Ok(LoginResult::from_frame(&f)?)
+    }
+
+    /// Revoke a token at the gateway.
+    pub async fn logout(&self, token: Secret) -> Result<(), SessionError> {
+        let (_io, f) = self.request(&Logout { token }.to_frame()?, SETUP).await?;
+        match f.kind {
+            FrameKind::LoggedOut => Ok(()),
+            other => Err(anyhow!("unexpected {other:?} frame from the gateway").into()),
+        }
+    }
+
+    /// Send one control frame on a fresh stream and read the answer; a
+    /// `Refused` answer becomes [`SessionError::Refused`].
+    async fn request(
+        &self,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<(BoxIo, kakehashi_proto::Frame), SessionError> {
         let mut io = self.open().await?;
         let fut = async {
-            write_message(
-                &mut io,
-                &SessionRequest {
-                    desk: desk.to_string(),
-                },
-            )
-            .await
-            .context("cannot send the session request")?;
+            write_raw(&mut io, frame)
+                .await
+                .context("cannot send to the gateway")?;
             let f = read_frame(&mut io)
                 .await
                 .context("no answer from the gateway")?;
-            match f.kind {
-                FrameKind::SessionAccepted => Ok(SessionAccepted::from_frame(&f)?),
-                FrameKind::Refused => Err(SessionError::Refused(Refusal::from_frame(&f)?)),
-                other => Err(anyhow!("unexpected {other:?} frame from the gateway").into()),
+            if f.kind == FrameKind::Refused {
+                return Err(SessionError::Refused(Refusal::from_frame(&f)?));
             }
+            Ok(f)
         };
-        let accepted = match tokio::time::timeout(SETUP, fut).await {
-            Ok(r) => r.map_err(|e: SessionError| e)?,
-            Err(_) => return Err(SessionError::Refused(Refusal::new(Reason::Timeout))),
-        };
-        Ok((io, accepted))
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(f)) => Ok((io, f)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SessionError::Refused(Refusal::new(Reason::Timeout))),
+        }
     }
 }
 

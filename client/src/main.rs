@@ -41,7 +41,25 @@ enum Cmd {
         /// local port (like `nc`; status lines go to standard error).
         #[arg(long, conflicts_with = "listen")]
         stdio: bool,
+        /// Start the RDP client (xfreerdp; mstsc on Windows) with redirections
+        /// matching the session's controls; stop when it exits.
+        #[arg(long, conflicts_with = "stdio")]
+        launch: bool,
+        /// User name for the RDP client (`--launch`).
+        #[arg(long, requires = "launch")]
+        rdp_user: Option<String>,
     },
+    /// Log in: WebAuthn in the browser (security key, Windows Hello…), then
+    /// a login token bound to this laptop, valid for the working day.
+    Login {
+        /// Print the URL instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Log out: revoke this laptop's login token at the gateway and forget it.
+    Logout,
+    /// Show who is logged in on this laptop, and until when.
+    Status,
 }
 
 #[tokio::main]
@@ -67,19 +85,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .config
         .unwrap_or_else(kakehashi_client::config::default_path);
     let cfg = Config::load(&path)?;
+    let stored = kakehashi_client::token::load(&cfg.token_file)?;
+    let token = stored.as_ref().map(|t| t.token.clone());
     match cli.cmd {
+        Cmd::Login { no_browser } => kakehashi_client::login::run(cfg, no_browser).await,
+        Cmd::Logout => {
+            let Some(t) = stored else {
+                println!("ログインしていません / not logged in");
+                return Ok(());
+            };
+            let choice = cfg.transport;
+            let file = cfg.token_file.clone();
+            match Dialer::establish(cfg, choice).await {
+                Ok((dialer, _)) => match dialer.logout(t.token).await {
+                    Ok(()) => println!("ログアウトしました / logged out ({})", t.user),
+                    Err(e) => eprintln!("warning: the gateway did not confirm the logout: {e}"),
+                },
+                Err(e) => eprintln!(
+                    "warning: gateway unreachable, the token is only forgotten locally: {e}"
+                ),
+            }
+            kakehashi_client::token::remove(&file)
+        }
+        Cmd::Status => {
+            match stored {
+                Some(t) if t.expires_at > kakehashi_transport::unix_now() => println!(
+                    "ログイン中 / logged in: {} (有効期限 / until {})",
+                    t.user,
+                    kakehashi_client::login::local_time(t.expires_at)
+                ),
+                Some(t) => println!(
+                    "ログインの有効期限切れ / login expired: {} (at {}); run `kakehashi login`",
+                    t.user,
+                    kakehashi_client::login::local_time(t.expires_at)
+                ),
+                None => println!("ログインしていません / not logged in; run `kakehashi login`"),
+            }
+            Ok(())
+        }
         Cmd::Connect {
             desk,
             listen,
             transport,
             stdio,
+            launch,
+            rdp_user,
         } => {
             check_desk(&desk)?;
             let choice = transport.unwrap_or(cfg.transport);
             let (dialer, note) = Dialer::establish(cfg, choice).await?;
             if stdio {
                 eprintln!("transport: {note}");
-                let (mut remote, accepted) = dialer.session(&desk).await?;
+                let (mut remote, accepted) = dialer.session(&desk, token.as_ref()).await?;
                 eprintln!("session {} open", accepted.session_id);
                 let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
                 splice(&mut local, &mut remote).await?;
@@ -87,24 +144,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("transport: {note}");
             let dialer = Arc::new(dialer);
-            let listener = TcpListener::bind(listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-            println!("listening on {}", listener.local_addr()?);
-            println!("(point your RDP client or any TCP client at that address; Ctrl-C to stop)");
+            let listener = match (launch, listen.port()) {
+                // A stable port per desk, so the RDP client's trust on first use holds.
+                (true, 0) => {
+                    let stable =
+                        SocketAddr::new(listen.ip(), kakehashi_client::launch::stable_port(&desk));
+                    match TcpListener::bind(stable).await {
+                        Ok(l) => Ok(l),
+                        Err(_) => TcpListener::bind(listen).await,
+                    }
+                }
+                _ => TcpListener::bind(listen).await,
+            }
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            let local_addr = listener.local_addr()?;
+            println!("listening on {local_addr}");
+            // --launch: open the first session now, so its controls shape the RDP
+            // client's arguments, then hand it to the RDP client's first connection.
+            let mut first = None;
+            let mut rdp_client = None;
+            if launch {
+                let (remote, accepted) = dialer.session(&desk, token.as_ref()).await?;
+                println!(
+                    "session {} open; controls: {:?}",
+                    accepted.session_id, accepted.controls
+                );
+                let child = kakehashi_client::launch::spawn(
+                    local_addr.port(),
+                    accepted.controls,
+                    rdp_user.as_deref(),
+                    &std::env::temp_dir(),
+                )?;
+                println!("rdp client started (pid {})", child.id().unwrap_or(0));
+                first = Some((remote, accepted));
+                rdp_client = Some(child);
+            } else {
+                println!(
+                    "(point your RDP client or any TCP client at that address; Ctrl-C to stop)"
+                );
+            }
             loop {
                 let (mut local, peer) = tokio::select! {
                     r = listener.accept() => match r {
                         Ok(x) => x,
                         Err(e) => { warn!(error = %e, "Accept failed"); tokio::time::sleep(std::time::Duration::from_millis(100)).await; continue }
                     },
+                    status = child_exit(&mut rdp_client) => {
+                        println!("rdp client exited ({status})");
+                        return Ok(());
+                    }
                     _ = kakehashi_transport::shutdown_signal() => return Ok(()),
                 };
                 let _ = local.set_nodelay(true);
                 let dialer = dialer.clone();
                 let desk = desk.clone();
+                let token = token.clone();
+                let ready = first.take();
                 tokio::spawn(async move {
-                    match dialer.session(&desk).await {
+                    let opened = match ready {
+                        Some(s) => Ok(s),
+                        None => dialer.session(&desk, token.as_ref()).await,
+                    };
+                    match opened {
                         Ok((mut remote, accepted)) => {
                             info!(session = %accepted.session_id, %peer, "Session open");
                             match splice(&mut local, &mut remote).await {
@@ -124,5 +225,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
             }
         }
+    }
+}
+
+/// Waits for the launched RDP client to exit; never, when there is none.
+async fn child_exit(child: &mut Option<tokio::process::Child>) -> String {
+    match child {
+        Some(c) => match c.wait().await {
+            Ok(status) => status.to_string(),
+            Err(e) => e.to_string(),
+        },
+        None => std::future::pending().await,
     }
 }

@@ -11,8 +11,8 @@ use std::fmt::Debug;
 use kakehashi_fuzz::kind_for;
 use kakehashi_proto::frame::{self, Frame, MAX_PAYLOAD};
 use kakehashi_proto::message::{
-    AgentHello, AgentWelcome, DataChannelHello, Message, OpenDataChannel, SessionAccepted,
-    SessionRequest,
+    AgentHello, AgentWelcome, DataChannelHello, FilterReport, Message, OpenDataChannel,
+    SessionAccepted, SessionRequest,
 };
 use kakehashi_proto::{Reason, Refusal};
 use libfuzzer_sys::fuzz_target;
@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
     check::<AgentWelcome>(&f);
     check::<OpenDataChannel>(&f);
     check::<DataChannelHello>(&f);
+    check::<FilterReport>(&f);
     check::<Refusal>(&f);
     // A refusal's detail may be any text (client and gateway pass error
     // chains into it).

@@ -12,8 +12,8 @@ use std::task::{Context, Poll, Waker};
 
 use kakehashi_proto::frame::{self, FrameKind};
 use kakehashi_proto::message::{
-    AgentHello, AgentWelcome, DataChannelHello, Message, OpenDataChannel, SessionAccepted,
-    SessionRequest,
+    AgentHello, AgentWelcome, DataChannelHello, FilterReport, Message, OpenDataChannel,
+    SessionAccepted, SessionRequest,
 };
 use kakehashi_proto::ticket::{TicketClaims, TICKET_LIFETIME_SECS, TICKET_VERSION};
 use kakehashi_proto::{Clipboard, Controls, Limits, Reason, Refusal, TicketSigner, TicketVerifier};
@@ -21,7 +21,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Every frame kind, in wire order.
-pub const KINDS: [FrameKind; 11] = [
+pub const KINDS: [FrameKind; 12] = [
     FrameKind::Ping,
     FrameKind::Pong,
     FrameKind::SessionRequest,
@@ -29,6 +29,7 @@ pub const KINDS: [FrameKind; 11] = [
     FrameKind::Refused,
     FrameKind::Ticket,
     FrameKind::TicketAccepted,
+    FrameKind::FilterReport,
     FrameKind::AgentHello,
     FrameKind::AgentWelcome,
     FrameKind::OpenDataChannel,
@@ -192,7 +193,7 @@ pub fn sample_frames() -> Vec<(&'static str, Vec<u8>)> {
         ("pong", empty(FrameKind::Pong)),
         (
             "session_request",
-            msg(&SessionRequest { desk: DESK.into() }),
+            msg(&SessionRequest { desk: DESK.into(), token: None }),
         ),
         (
             "session_accepted",
@@ -221,6 +222,17 @@ pub fn sample_frames() -> Vec<(&'static str, Vec<u8>)> {
             msg(&AgentWelcome {
                 gateway: "gw1".into(),
                 ping_interval_secs: 10,
+                filter_reports: false,
+            }),
+        ),
+        (
+            "filter_report",
+            msg(&FilterReport {
+                session_id: "s-0123456789ab".into(),
+                kind: "static_channel".into(),
+                what: "cliprdr".into(),
+                direction: Some("client_to_server".into()),
+                count: 1,
             }),
         ),
         (

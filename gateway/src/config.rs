@@ -24,6 +24,87 @@ pub struct ConfigFile {
     pub limits: LimitsSection,
     /// The internal admin listener (`/metrics`); off when the section is absent.
     pub admin: Option<AdminSection>,
+    /// The database (users, devices, desks, tokens, audit log).
+    pub store: Option<StoreSection>,
+    /// Login and lockout settings.
+    #[serde(default)]
+    pub identity: IdentitySection,
+    /// The web portal (enrollment, login, "my devices"); off when absent.
+    pub portal: Option<PortalSection>,
+    /// TEMPORARY, tests and demos only: fixed session controls for every
+    /// ticket, until the policy engine decides them per session.
+    pub testing: Option<TestingSection>,
+}
+
+/// `[testing]` — TEMPORARY, for tests and demos only; to be replaced by the
+/// policy engine's per-session decision. Never set it in production.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingSection {
+    /// Controls put into every ticket instead of deny-all, e.g.
+    /// `controls = { clipboard = "to-remote", drive = true }` (unset fields deny).
+    pub controls: Option<kakehashi_proto::Controls>,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite:///var/lib/kakehashi/kakehashi.db` (or a plain path), or `postgres://…` for a cluster.
+    pub url: String,
+}
+
+/// `[identity]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// Refuse sessions without a valid login token bound to the laptop (needs `[store]`).
+    pub require_login: bool,
+    /// Longest a login token lives, in hours (it also ends at local midnight).
+    pub token_hours: u32,
+    /// Failed attempts (per user and per source address) before a lockout.
+    pub max_failures: u32,
+    /// Window in which failures are counted, in seconds.
+    pub failure_window_secs: u64,
+    /// Lockout duration, in seconds.
+    pub lockout_secs: u64,
+    /// Hours an enrollment code stays valid.
+    pub enrollment_code_hours: u32,
+    /// Accept only attested hardware authenticators from these CA certificates (PEM files).
+    pub attestation_ca: Vec<PathBuf>,
+    /// Local time zone offset in hours (Asia/Tokyo = 9), for "end of the working day".
+    pub utc_offset_hours: i8,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self {
+            require_login: true,
+            token_hours: 10,
+            max_failures: 5,
+            failure_window_secs: 900,
+            lockout_secs: 900,
+            enrollment_code_hours: 72,
+            attestation_ca: Vec::new(),
+            utc_offset_hours: 9,
+        }
+    }
+}
+
+/// `[portal]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalSection {
+    /// Address of the HTTPS portal.
+    pub listen: SocketAddr,
+    /// WebAuthn relying-party id: the portal's host name (e.g. `gw.example.lg.jp`).
+    pub rp_id: String,
+    /// The exact origin browsers see (e.g. `https://gw.example.lg.jp`).
+    pub origin: String,
+    /// Serve plain HTTP. Allowed only on a loopback address (tests, demo);
+    /// browsers treat `http://localhost` as a secure context for WebAuthn.
+    #[serde(default)]
+    pub insecure_http: bool,
 }
 
 /// `[admin]`
@@ -144,6 +225,48 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Admin listener (`/metrics`).
     pub admin: Option<SocketAddr>,
+    /// Store URL.
+    pub store_url: Option<String>,
+    /// Identity settings.
+    pub identity: Identity,
+    /// Portal settings.
+    pub portal: Option<Portal>,
+    /// TEMPORARY (`[testing] controls`): controls for every ticket; `None` = deny all.
+    pub testing_controls: Option<kakehashi_proto::Controls>,
+}
+
+/// Validated `[identity]`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Sessions need a login token.
+    pub require_login: bool,
+    /// Token lifetime cap.
+    pub token_lifetime: Duration,
+    /// Lockout rule: failures.
+    pub max_failures: u32,
+    /// Lockout rule: counting window.
+    pub failure_window: Duration,
+    /// Lockout rule: duration.
+    pub lockout: Duration,
+    /// Enrollment code lifetime.
+    pub enrollment_code_lifetime: Duration,
+    /// Attestation CA files; empty = any authenticator with user verification.
+    pub attestation_ca: Vec<PathBuf>,
+    /// Local UTC offset in seconds.
+    pub utc_offset_secs: i32,
+}
+
+/// Validated `[portal]`.
+#[derive(Debug, Clone)]
+pub struct Portal {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// WebAuthn RP id.
+    pub rp_id: String,
+    /// Origin.
+    pub origin: url::Url,
+    /// Plain HTTP (loopback only).
+    pub insecure_http: bool,
 }
 
 impl Config {
@@ -178,6 +301,64 @@ impl Config {
         {
             bail!("timeouts must be positive and idle_timeout_secs must exceed keepalive_secs");
         }
+        let id = f.identity;
+        if id.max_failures == 0
+            || id.token_hours == 0
+            || id.token_hours > 24
+            || id.enrollment_code_hours == 0
+        {
+            bail!("[identity] needs max_failures >= 1, 1 <= token_hours <= 24, enrollment_code_hours >= 1");
+        }
+        if !(-12..=14).contains(&id.utc_offset_hours) {
+            bail!("[identity] utc_offset_hours must be between -12 and 14");
+        }
+        if id.require_login && f.store.is_none() {
+            bail!("[identity] require_login needs a [store] (set require_login = false to run without logins)");
+        }
+        let identity = Identity {
+            require_login: id.require_login,
+            token_lifetime: Duration::from_secs(u64::from(id.token_hours) * 3600),
+            max_failures: id.max_failures,
+            failure_window: Duration::from_secs(id.failure_window_secs),
+            lockout: Duration::from_secs(id.lockout_secs),
+            enrollment_code_lifetime: Duration::from_secs(
+                u64::from(id.enrollment_code_hours) * 3600,
+            ),
+            attestation_ca: id.attestation_ca.into_iter().map(rel).collect(),
+            utc_offset_secs: i32::from(id.utc_offset_hours) * 3600,
+        };
+        let portal = match f.portal {
+            None => None,
+            Some(p) => {
+                if p.insecure_http && !p.listen.ip().is_loopback() {
+                    bail!(
+                        "[portal] insecure_http is allowed only on a loopback address, not {}",
+                        p.listen
+                    );
+                }
+                let origin = url::Url::parse(&p.origin)
+                    .with_context(|| format!("[portal] origin {:?} is not a URL", p.origin))?;
+                if origin.host_str() != Some(p.rp_id.as_str())
+                    && !origin
+                        .host_str()
+                        .is_some_and(|h| h.ends_with(&format!(".{}", p.rp_id)))
+                {
+                    bail!(
+                        "[portal] rp_id {:?} must be the origin's host or a parent domain of it",
+                        p.rp_id
+                    );
+                }
+                if f.store.is_none() {
+                    bail!("[portal] needs a [store]");
+                }
+                Some(Portal {
+                    listen: p.listen,
+                    rp_id: p.rp_id,
+                    origin,
+                    insecure_http: p.insecure_http,
+                })
+            }
+        };
         Ok(Self {
             name: f.name,
             ca: rel(f.tls.ca),
@@ -198,6 +379,10 @@ impl Config {
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             shutdown_grace: Duration::from_secs(l.shutdown_grace_secs),
             admin: f.admin.map(|a| a.listen),
+            store_url: f.store.map(|s| s.url),
+            identity,
+            portal,
+            testing_controls: f.testing.and_then(|t| t.controls),
         })
     }
 }

@@ -22,8 +22,9 @@ pub const DEMO_DESK: &str = "demo-desk";
 pub const DEMO_DEVICE: &str = "demo-laptop";
 const MARKER: &str = ".kakehashi-demo";
 
-/// Run the demo until Ctrl-C.
-pub async fn run(dir: &Path) -> anyhow::Result<()> {
+/// Run the demo until Ctrl-C; with `rdp`, the desk is a real RDP server
+/// ([`crate::demo_rdp`]) instead of an echo service.
+pub async fn run(dir: &Path, rdp: bool) -> anyhow::Result<()> {
     prepare_dir(dir)?;
     let dir = dir
         .canonicalize()
@@ -54,15 +55,27 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }))?;
     let crl = ca.write_crl()?;
 
-    // The demo desk: an echo service standing in for the desk PC's RDP server.
-    let desk = TcpListener::bind("127.0.0.1:0").await?;
-    let desk_addr = desk.local_addr()?;
-    tokio::spawn(echo_service(desk));
+    // The demo desk: an echo service standing in for the desk PC's RDP server,
+    // or with --rdp a real one.
+    let rdp_desk = match rdp {
+        true => Some(crate::demo_rdp::start(&mut ca, &dir).await?),
+        false => None,
+    };
+    let desk_addr = match &rdp_desk {
+        Some(d) => d.addr,
+        None => {
+            let desk = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = desk.local_addr()?;
+            tokio::spawn(echo_service(desk));
+            addr
+        }
+    };
 
     // Gateway on loopback; QUIC and TCP share a port number as in production (443).
     let (term_tcp, term_port) = bind_pair().await?;
     let (agent_tcp, agent_port) = bind_pair().await?;
     let admin_port = free_port().await.unwrap_or(9090);
+    let portal_port = free_port().await.unwrap_or(8444);
     drop((term_tcp, agent_tcp));
     let rel = |p: &Path| {
         p.strip_prefix(&dir)
@@ -96,8 +109,23 @@ max_sessions = 1000
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
+
+[store]
+url = "{db}"
+
+[identity]
+require_login = true
+
+# Plain HTTP on loopback for the demo only (browsers treat http://localhost
+# as a secure context for WebAuthn); production serves HTTPS.
+[portal]
+listen = "127.0.0.1:{portal_port}"
+rp_id = "localhost"
+origin = "http://localhost:{portal_port}"
+insecure_http = true
 "#,
         gwcfg = dir.join("gateway.toml").display(),
+        db = dir.join("kakehashi.db").display(),
         ca = rel(&ca.ca_cert_path()).display(),
         cert = rel(&gw.cert_path).display(),
         key = rel(&gw.key_path).display(),
@@ -124,11 +152,15 @@ address = "{desk_addr}"
 [reconnect]
 initial_ms = 200
 max_ms = 5000
-"#,
+{rdp_section}"#,
         ca = rel(&ca.ca_cert_path()).display(),
         cert = rel(&agent.cert_path).display(),
         key = rel(&agent.key_path).display(),
         ticket_pub = rel(&ca.ticket_public_path()).display(),
+        rdp_section = rdp_desk
+            .as_ref()
+            .map(|d| d.agent_section.as_str())
+            .unwrap_or(""),
     );
     let client_toml = format!(
         r#"# Written by `kakehashi-gateway demo`: the demo laptop ({DEMO_DEVICE}, class home).
@@ -143,6 +175,13 @@ key = "{key}"
 
 [connect]
 transport = "auto"
+
+# The demo user's software authenticator (a real WebAuthn credential kept in
+# a file, demo only): `kakehashi login` uses it instead of a browser.
+[login]
+portal = "http://localhost:{portal_port}"
+user = "{DEMO_USER}"
+soft_authenticator = "passkey.cbor"
 "#,
         ca = rel(&ca.ca_cert_path()).display(),
         cert = rel(&device.cert_path).display(),
@@ -162,6 +201,9 @@ transport = "auto"
         kakehashi_agent::Agent::new(kakehashi_agent::Config::load(&dir.join("agent.toml"))?)?;
     let agent_task = tokio::spawn(agent.run(stop.clone()));
 
+    // The demo user, enrolled through the portal with a software authenticator.
+    enroll_demo_user(&shared, &dir, portal_port, &ca.ca_cert_path()).await?;
+
     // Wait until the agent's tunnel is registered before telling anyone to connect.
     let online = tokio::time::timeout(Duration::from_secs(15), async {
         while !shared.online_desks().iter().any(|d| d == DEMO_DESK) {
@@ -179,11 +221,20 @@ transport = "auto"
     println!("Kakehashi demo is running (Ctrl-C to stop) / デモを実行中です (Ctrl-C で終了)");
     println!("  directory     {}", dir.display());
     println!("  gateway       127.0.0.1:{term_port} for laptops (QUIC and TLS/TCP), 127.0.0.1:{agent_port} for agents");
-    println!("  desk          {DEMO_DESK}: agent online, local service = echo on {desk_addr}");
+    let service = if rdp { "RDP server" } else { "echo" };
+    println!("  desk          {DEMO_DESK}: agent online, local service = {service} on {desk_addr}");
     println!("  metrics       http://127.0.0.1:{admin_port}/metrics");
     println!(
         "  laptop        {DEMO_DEVICE} (class home), certificate in {}",
         device.cert_path.display()
+    );
+    println!();
+    println!("  portal        http://localhost:{portal_port}/  (user {DEMO_USER}; its authenticator is {})", dir.join("passkey.cbor").display());
+    println!();
+    println!("First log in (a real WebAuthn ceremony with the demo's software authenticator) / まずログイン:");
+    println!(
+        "  {client} --config {} login",
+        dir.join("client.toml").display()
     );
     println!();
     println!("Next, in another terminal / 次に別の端末で:");
@@ -210,12 +261,66 @@ transport = "auto"
         dir.join("client.toml").display()
     );
     println!();
+    if let Some(d) = &rdp_desk {
+        crate::demo_rdp::print_instructions(d, &client, &dir.join("client.toml"), DEMO_DESK);
+        println!();
+    }
 
     crate::shutdown_signal().await;
     eprintln!("Stopping the demo …");
     stop.cancel();
     let _ = agent_task.await;
     gw_task.await.context("gateway task")??;
+    Ok(())
+}
+
+/// Demo user id.
+pub const DEMO_USER: &str = "demo-user";
+
+async fn enroll_demo_user(
+    shared: &crate::server::Shared,
+    dir: &Path,
+    portal_port: u16,
+    ca: &Path,
+) -> anyhow::Result<()> {
+    use kakehashi_store::{Audit, NewUser, Role};
+    let store = shared
+        .store
+        .as_ref()
+        .context("the demo gateway has no store")?;
+    let now = kakehashi_store::unix_now();
+    let user = NewUser {
+        id: DEMO_USER.into(),
+        name: "デモ 太郎".into(),
+        department: "somu".into(),
+        roles: [Role::Staff, Role::Officer, Role::Operator]
+            .into_iter()
+            .collect(),
+    };
+    store
+        .add_user(
+            &user,
+            Audit::new(now, "demo", "user.add").subject(DEMO_USER),
+        )
+        .await?;
+    let (code, hash) = crate::portal::new_enrollment_code();
+    store
+        .create_enrollment_code(
+            &hash,
+            DEMO_USER,
+            now + 600,
+            Audit::new(now, "demo", "user.enroll_code").subject(DEMO_USER),
+        )
+        .await?;
+    kakehashi_client::soft::enroll(
+        &format!("http://localhost:{portal_port}"),
+        ca,
+        DEMO_USER,
+        &code,
+        &dir.join("passkey.cbor"),
+    )
+    .await
+    .context("cannot enroll the demo user's software authenticator")?;
     Ok(())
 }
 
@@ -229,7 +334,16 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        // A previous demo's throw-away CA: start over.
+        // A previous demo's throw-away CA, database and credentials: start over.
+        for f in [
+            "kakehashi.db",
+            "kakehashi.db-wal",
+            "kakehashi.db-shm",
+            "passkey.cbor",
+            "token.json",
+        ] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
         let pki = dir.join("pki");
         if pki.exists() {
             std::fs::remove_dir_all(&pki)

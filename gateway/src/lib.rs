@@ -9,9 +9,13 @@
 //! and demo desk on loopback.
 
 pub mod admin;
+pub mod admin_cli;
 pub mod config;
 pub mod demo;
+pub mod demo_rdp;
+pub mod login;
 pub mod metrics;
+pub mod portal;
 pub mod server;
 
 pub use config::Config;

@@ -34,6 +34,33 @@ enum Cmd {
         /// Directory for the demo's certificates and configuration files.
         #[arg(long, default_value = "kakehashi-demo")]
         dir: PathBuf,
+        /// Make the demo desk a real RDP server (freerdp-shadow-cli on Xvfb, NLA)
+        /// whose sessions the agent filters; prints the `connect --launch` line.
+        #[arg(long)]
+        rdp: bool,
+    },
+    /// Administration on the gateway's store: users, enrollment codes, devices.
+    Admin {
+        /// The gateway's configuration file (its [store] is used).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: kakehashi_gateway::admin_cli::AdminCmd,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Walk the hash chain; exit 1 and name the first broken record if any.
+    Verify {
+        /// The gateway's configuration file (its [store] is used).
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -64,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("agent-quic", a.agent_quic),
                 ("agent-tcp", a.agent_tcp),
                 ("admin", a.admin),
+                ("portal", a.portal),
             ] {
                 if let Some(addr) = addr {
                     println!("listening {what} {addr}");
@@ -77,6 +105,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             gw.serve(stop).await
         }
-        Cmd::Demo { dir } => kakehashi_gateway::demo::run(&dir).await,
+        Cmd::Admin { config, cmd } => {
+            let cfg = kakehashi_gateway::Config::load(&config)?;
+            kakehashi_gateway::admin_cli::run(&cfg, cmd).await
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { config },
+        } => {
+            let cfg = kakehashi_gateway::Config::load(&config)?;
+            if kakehashi_gateway::admin_cli::verify(&cfg).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("the audit log has been tampered with (see above)")
+            }
+        }
+        Cmd::Demo { dir, rdp } => kakehashi_gateway::demo::run(&dir, rdp).await,
     }
 }

@@ -11,19 +11,19 @@ use anyhow::Context as _;
 use kakehashi_pki::Identity;
 use kakehashi_proto::io::{read_frame, write_message, write_raw, FrameIoError};
 use kakehashi_proto::message::{
-    AgentHello, AgentWelcome, DataChannelHello, Message, OpenDataChannel, SessionAccepted,
-    SessionRequest,
+    AgentHello, AgentWelcome, DataChannelHello, FilterReport, Message, OpenDataChannel,
+    SessionAccepted, SessionRequest,
 };
 use kakehashi_proto::ticket::{TicketClaims, TICKET_LIFETIME_SECS, TICKET_VERSION};
 use kakehashi_proto::{
-    frame, Controls, FrameKind, Limits, Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL,
+    frame, FrameKind, Limits, Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL,
 };
 use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::splice::{splice_counted, Counters};
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::tls::{self, ReloadingClientVerifier, TlsFiles};
 use kakehashi_transport::{random_hex, tune_tcp, unix_now, BoxIo, Transport};
-use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
@@ -47,6 +47,8 @@ pub struct BoundAddrs {
     pub agent_tcp: Option<SocketAddr>,
     /// Admin listener (`/metrics`).
     pub admin: Option<SocketAddr>,
+    /// Web portal (enrollment, login, my devices).
+    pub portal: Option<SocketAddr>,
 }
 
 /// How to reach one desk's agent.
@@ -116,6 +118,8 @@ pub struct Shared {
     verifier: Arc<ReloadingClientVerifier>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The database, when `[store]` is configured.
+    pub store: Option<kakehashi_store::Store>,
     shutdown: CancellationToken,
     force: CancellationToken,
 }
@@ -179,6 +183,11 @@ pub struct Gateway {
     agent_quic: Option<quinn::Endpoint>,
     agent_tcp: Option<(TcpListener, TlsAcceptor)>,
     admin: Option<TcpListener>,
+    portal: Option<(
+        TcpListener,
+        crate::portal::PortalState,
+        Option<Arc<rustls::ServerConfig>>,
+    )>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -194,6 +203,9 @@ impl Gateway {
     /// Errors here (bad files, ports in use) happen before anything serves.
     pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
         let cfg = Arc::new(cfg);
+        if let Some(c) = cfg.testing_controls {
+            warn!(controls = ?c, "[testing] controls set: every ticket carries these controls (tests and demos only)");
+        }
         let files = TlsFiles {
             ca: cfg.ca.clone(),
             cert: cfg.cert.clone(),
@@ -265,6 +277,30 @@ impl Gateway {
             }
             None => None,
         };
+        let store = match &cfg.store_url {
+            Some(url) => Some(
+                kakehashi_store::Store::open(url)
+                    .await
+                    .with_context(|| format!("cannot open the store {url}"))?,
+            ),
+            None => None,
+        };
+        let portal = match (&cfg.portal, &store) {
+            (Some(p), Some(store)) => {
+                let l = TcpListener::bind(p.listen)
+                    .await
+                    .with_context(|| format!("cannot bind the portal {}", p.listen))?;
+                addrs.portal = Some(l.local_addr()?);
+                let state = crate::portal::PortalState::new(&cfg, store.clone())?;
+                let tls = if p.insecure_http {
+                    None
+                } else {
+                    Some(crate::portal::tls_config(&cfg)?)
+                };
+                Some((l, state, tls))
+            }
+            _ => None,
+        };
         let metrics = Metrics::new();
         metrics.sessions_max.set(cfg.max_sessions as i64);
         for (name, der) in [("gateway", &m.chain[0]), ("ca", &m.ca[0])] {
@@ -281,6 +317,7 @@ impl Gateway {
             generation: AtomicU64::new(1),
             verifier: verifier.clone(),
             metrics,
+            store,
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             cfg,
@@ -289,6 +326,7 @@ impl Gateway {
             shared,
             addrs,
             admin,
+            portal,
             terminal_quic,
             terminal_tcp,
             agent_quic,
@@ -350,6 +388,9 @@ impl Gateway {
         }
         if let Some(l) = self.admin {
             tasks.spawn(crate::admin::serve(s.clone(), l));
+        }
+        if let Some((l, state, tls)) = self.portal {
+            tasks.spawn(crate::portal::serve(state, l, tls, s.shutdown.clone()));
         }
         info!(gateway = %s.cfg.name, "Gateway serving");
 
@@ -728,6 +769,9 @@ async fn handle_terminal_stream(
                     return;
                 }
             }
+            FrameKind::RedeemLogin | FrameKind::Logout => {
+                return login_frame(&s, io, &f, &laptop(&device, class, &cert)).await;
+            }
             _ => match SessionRequest::from_frame(&f) {
                 Ok(r) => break r,
                 Err(e) => {
@@ -750,8 +794,36 @@ async fn handle_terminal_stream(
         s.metrics.denials.with_label_values(&[reason.code()]).inc();
         return refuse(&mut io, Refusal::new(reason)).await;
     }
+    // The person: a valid login token bound to this laptop, when logins are required.
+    let this_laptop = laptop(&device, class, &cert);
+    let user = match (&s.store, s.cfg.identity.require_login) {
+        (Some(store), true) => {
+            match crate::login::check(store, &this_laptop, req.token.as_ref()).await {
+                Ok(who) => Some(who.user),
+                Err(reason) => {
+                    info!(%device, desk = %req.desk, reason = reason.code(), "Session refused: login");
+                    s.metrics.denials.with_label_values(&[reason.code()]).inc();
+                    audit_event(
+                        &s,
+                        &format!("device:{device}"),
+                        "session.denied",
+                        &req.desk,
+                        reason.code(),
+                        serde_json::json!({ "device": device }),
+                    )
+                    .await;
+                    return refuse(&mut io, Refusal::new(reason)).await;
+                }
+            }
+        }
+        (None, true) => {
+            warn!("require_login without a store; refusing");
+            return refuse(&mut io, Refusal::new(Reason::Internal)).await;
+        }
+        (_, false) => user,
+    };
     let session_id = format!("s-{}", random_hex(12));
-    let span = info_span!("session", session = %session_id, desk = %req.desk, %device, class = %class, %transport);
+    let span = info_span!("session", session = %session_id, desk = %req.desk, %device, class = %class, %transport, user = ?user);
     async move {
         let Ok(permit) = s.sessions.clone().try_acquire_owned() else {
             warn!("Session refused: capacity full");
@@ -759,7 +831,9 @@ async fn handle_terminal_stream(
             return refuse(&mut io, Refusal::new(Reason::CapacityFull)).await;
         };
         let started = Instant::now();
-        let controls = Controls::default();
+        // Deny-all until the policy engine decides per session; `[testing] controls`
+        // (tests and demos only) overrides it.
+        let controls = s.cfg.testing_controls.unwrap_or_default();
         let claims = TicketClaims {
             v: TICKET_VERSION,
             session_id: session_id.clone(),
@@ -1011,11 +1085,12 @@ async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String
         let welcome = AgentWelcome {
             gateway: s.cfg.name.clone(),
             ping_interval_secs: s.cfg.keepalive.as_secs() as u32,
+            filter_reports: true,
         };
         write_message(&mut ctl, &welcome).await?;
         anyhow::Ok((ctl, h))
     };
-    let (_ctl, hello) = match tokio::time::timeout(s.cfg.handshake_timeout, hello).await {
+    let (ctl, hello) = match tokio::time::timeout(s.cfg.handshake_timeout, hello).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             warn!(desk, error = %format!("{e:#}"), "Agent hello failed");
@@ -1042,11 +1117,19 @@ async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String
         AgentLink::Quic(conn.clone()),
         Transport::Quic,
     );
+    // The control stream carries the agent's filter reports.
+    let reader = tokio::spawn(read_agent_control(
+        s.clone(),
+        desk.clone(),
+        ctl,
+        Arc::new(Mutex::new(Instant::now())),
+    ));
     tokio::select! {
         e = conn.closed() => debug!(desk, reason = %e, "Agent tunnel closed"),
         _ = replaced.cancelled() => conn.close(quinn::VarInt::from_u32(3), b"replaced by a newer tunnel"),
         _ = s.force.cancelled() => conn.close(quinn::VarInt::from_u32(0), b"gateway shutting down"),
     }
+    reader.abort();
     unregister(&s, &desk, generation);
 }
 
@@ -1091,6 +1174,7 @@ async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String, cert: Pee
             let welcome = AgentWelcome {
                 gateway: s.cfg.name.clone(),
                 ping_interval_secs: s.cfg.keepalive.as_secs() as u32,
+                filter_reports: true,
             };
             if write_message(&mut io, &welcome).await.is_err() {
                 return;
@@ -1112,7 +1196,12 @@ async fn serve_agent_control(s: Arc<Shared>, io: BoxIo, desk: String, cert: Peer
         Transport::Tcp,
     );
     let last_seen = Arc::new(Mutex::new(Instant::now()));
-    let mut reader = tokio::spawn(read_agent_control(rd, last_seen.clone()));
+    let mut reader = tokio::spawn(read_agent_control(
+        s.clone(),
+        desk.clone(),
+        rd,
+        last_seen.clone(),
+    ));
     let mut ping = tokio::time::interval(s.cfg.keepalive);
     let ping_frame = frame::encode(FrameKind::Ping, &[]).expect("empty frame");
     loop {
@@ -1135,11 +1224,26 @@ async fn serve_agent_control(s: Arc<Shared>, io: BoxIo, desk: String, cert: Peer
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }
 
-async fn read_agent_control(mut rd: ReadHalf<BoxIo>, last_seen: Arc<Mutex<Instant>>) {
+async fn read_agent_control<R: tokio::io::AsyncRead + Unpin>(
+    s: Arc<Shared>,
+    desk: String,
+    mut rd: R,
+    last_seen: Arc<Mutex<Instant>>,
+) {
     loop {
         match read_frame(&mut rd).await {
             Ok(f) if f.kind == FrameKind::Pong || f.kind == FrameKind::Ping => {
                 *last_seen.lock().expect("last_seen lock") = Instant::now();
+            }
+            Ok(f) if f.kind == FrameKind::FilterReport => {
+                *last_seen.lock().expect("last_seen lock") = Instant::now();
+                match FilterReport::from_frame(&f) {
+                    Ok(r) => record_filter_report(&s, &desk, r).await,
+                    Err(e) => {
+                        warn!(desk, error = %e, "Bad filter report from agent");
+                        return;
+                    }
+                }
             }
             Ok(f) => {
                 warn!(kind = ?f.kind, "Unexpected frame on agent control connection");
@@ -1148,6 +1252,64 @@ async fn read_agent_control(mut rd: ReadHalf<BoxIo>, last_seen: Arc<Mutex<Instan
             Err(_) => return,
         }
     }
+}
+
+/// A blocked RDP attempt (or a session the filter refused) reported by a desk's
+/// agent: counted, logged with the session id, and audited when there is a store.
+async fn record_filter_report(s: &Shared, desk: &str, r: FilterReport) {
+    // An agent speaks only for its own desk's sessions.
+    let live_desk = s
+        .live
+        .lock()
+        .expect("live lock")
+        .get(&r.session_id)
+        .map(|l| l.desk.clone());
+    if live_desk.is_some_and(|d| d != desk) {
+        warn!(desk, session = %r.session_id, "Filter report for another desk's session; ignored");
+        return;
+    }
+    let kind = match r.kind.as_str() {
+        "static_channel" => "static_channel",
+        "dynamic_channel" => "dynamic_channel",
+        "device" => "device",
+        "clipboard_data" => "clipboard_data",
+        "file_contents" => "file_contents",
+        "session_refused" => "session_refused",
+        _ => "other",
+    };
+    s.metrics
+        .rdp_blocked
+        .with_label_values(&[kind])
+        .inc_by(u64::from(r.count));
+    info!(
+        desk,
+        session = %r.session_id,
+        kind,
+        what = %r.what,
+        direction = r.direction.as_deref().unwrap_or("-"),
+        count = r.count,
+        "RDP blocked"
+    );
+    let reason = if kind == "session_refused" {
+        r.what.as_str()
+    } else {
+        kind
+    };
+    audit_event(
+        s,
+        &format!("agent:{desk}"),
+        "rdp.blocked",
+        &r.session_id,
+        reason,
+        serde_json::json!({
+            "desk": desk,
+            "kind": r.kind,
+            "what": r.what,
+            "direction": r.direction,
+            "count": r.count,
+        }),
+    )
+    .await;
 }
 
 /// Confidentiality level and department labels of a desk, for metrics.
@@ -1207,4 +1369,91 @@ fn quic_handshake_failure(e: &quinn::ConnectionError) -> &'static str {
 fn not_after(der: &[u8]) -> Option<i64> {
     let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(c.validity().not_after.timestamp())
+}
+
+/// Identity of the laptop at the other end, for logins and the audit log.
+fn laptop(
+    device: &str,
+    class: kakehashi_pki::TerminalClass,
+    cert: &PeerCert,
+) -> crate::login::Laptop {
+    crate::login::Laptop {
+        device: device.to_string(),
+        class,
+        serial: kakehashi_pki::serial_hex(cert).unwrap_or_default(),
+        peer: String::new(),
+    }
+}
+
+/// A `RedeemLogin` or `Logout` on a terminal stream: answer and close.
+async fn login_frame(
+    s: &Shared,
+    mut io: BoxIo,
+    f: &kakehashi_proto::Frame,
+    laptop: &crate::login::Laptop,
+) {
+    use kakehashi_proto::message::{Logout, RedeemLogin};
+    let Some(store) = &s.store else {
+        return refuse(
+            &mut io,
+            Refusal::new(Reason::Internal).with_detail("this gateway has no store for logins"),
+        )
+        .await;
+    };
+    let id = &s.cfg.identity;
+    match f.kind {
+        FrameKind::RedeemLogin => {
+            let Ok(req) = RedeemLogin::from_frame(f) else {
+                return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
+            };
+            match crate::login::redeem(store, laptop, &req, id.token_lifetime, id.utc_offset_secs)
+                .await
+            {
+                Ok(res) => {
+                    let _ = write_message(&mut io, &res).await;
+                    let _ = io.shutdown().await;
+                }
+                Err(reason) => {
+                    s.metrics
+                        .auth_failures
+                        .with_label_values(&[reason.code()])
+                        .inc();
+                    refuse(&mut io, Refusal::new(reason)).await
+                }
+            }
+        }
+        _ => {
+            let Ok(req) = Logout::from_frame(f) else {
+                return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
+            };
+            match crate::login::logout(store, laptop, &req).await {
+                Ok(()) => {
+                    let bye = frame::encode(FrameKind::LoggedOut, &[]).expect("empty frame");
+                    let _ = write_raw(&mut io, &bye).await;
+                    let _ = io.shutdown().await;
+                }
+                Err(reason) => refuse(&mut io, Refusal::new(reason)).await,
+            }
+        }
+    }
+}
+
+/// Append a pure event to the audit log (when there is a store).
+async fn audit_event(
+    s: &Shared,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    reason: &str,
+    detail: serde_json::Value,
+) {
+    if let Some(store) = &s.store {
+        let a = kakehashi_store::Audit::new(kakehashi_store::unix_now(), actor, action)
+            .subject(subject)
+            .reason(reason)
+            .detail(detail);
+        if let Err(e) = store.append_audit(a).await {
+            warn!(error = %e, "Cannot write the audit record");
+        }
+    }
 }

@@ -25,10 +25,22 @@ pub enum FrameKind {
     SessionAccepted = 0x11,
     /// Either direction: refused or ended, with a reason ([`crate::Refusal`]); the stream closes.
     Refused = 0x12,
+    /// Terminal → gateway: exchange a one-time login code for a token bound
+    /// to this laptop's certificate ([`crate::message::RedeemLogin`]).
+    RedeemLogin = 0x13,
+    /// Gateway → terminal: the login token ([`crate::message::LoginResult`]).
+    LoginResult = 0x14,
+    /// Terminal → gateway: revoke this token ([`crate::message::Logout`]).
+    Logout = 0x15,
+    /// Gateway → terminal: the token is revoked. Empty payload.
+    LoggedOut = 0x16,
     /// Gateway → agent: a signed session ticket ([`crate::ticket`]).
     Ticket = 0x20,
     /// Agent → gateway: the ticket is valid and the desk is connected; raw bytes follow.
     TicketAccepted = 0x21,
+    /// Agent → gateway on the tunnel's control stream: the RDP filter blocked
+    /// something in a session ([`crate::message::FilterReport`]).
+    FilterReport = 0x22,
     /// Agent → gateway, first frame of a tunnel ([`crate::message::AgentHello`]).
     AgentHello = 0x30,
     /// Gateway → agent: the tunnel is registered ([`crate::message::AgentWelcome`]).
@@ -48,8 +60,13 @@ impl FrameKind {
             0x10 => Self::SessionRequest,
             0x11 => Self::SessionAccepted,
             0x12 => Self::Refused,
+            0x13 => Self::RedeemLogin,
+            0x14 => Self::LoginResult,
+            0x15 => Self::Logout,
+            0x16 => Self::LoggedOut,
             0x20 => Self::Ticket,
             0x21 => Self::TicketAccepted,
+            0x22 => Self::FilterReport,
             0x30 => Self::AgentHello,
             0x31 => Self::AgentWelcome,
             0x32 => Self::OpenDataChannel,
@@ -217,7 +234,7 @@ mod tests {
         }
 
         #[test]
-        fn encode_decode_round_trips(kind in prop::sample::select(vec![0x01u8,0x02,0x10,0x11,0x12,0x20,0x21,0x30,0x31,0x32,0x33]),
+        fn encode_decode_round_trips(kind in prop::sample::select(vec![0x01u8,0x02,0x10,0x11,0x12,0x13,0x14,0x15,0x16,0x20,0x21,0x22,0x30,0x31,0x32,0x33]),
                                      payload in proptest::collection::vec(any::<u8>(), 0..512)) {
             let kind = FrameKind::from_u8(kind).unwrap();
             let bytes = encode(kind, &payload).unwrap();

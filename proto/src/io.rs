@@ -83,7 +83,12 @@ mod tests {
 
     #[tokio::test]
     async fn reads_exactly_one_frame() {
-        let mut bytes = SessionRequest { desk: "D1".into() }.to_frame().unwrap();
+        let mut bytes = SessionRequest {
+            desk: "D1".into(),
+            token: None,
+        }
+        .to_frame()
+        .unwrap();
         bytes.extend_from_slice(b"after");
         let mut r = &bytes[..];
         let f = read_frame(&mut r).await.unwrap();

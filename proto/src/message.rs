@@ -71,17 +71,105 @@ fn check_id(what: &str, id: &str) -> Result<(), String> {
     }
 }
 
+/// A secret string (token, one-time code, PKCE verifier): serialised as is,
+/// but never printed by `Debug`, so it cannot end up in a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Secret {
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Longest token, code or verifier accepted on the wire.
+pub const MAX_SECRET_LEN: usize = 256;
+
+fn check_secret(what: &str, s: &Secret) -> Result<(), String> {
+    if s.0.is_empty() || s.0.len() > MAX_SECRET_LEN || !s.0.is_ascii() {
+        return Err(format!("invalid {what}"));
+    }
+    Ok(())
+}
+
 /// Terminal → gateway: open a session to a desk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRequest {
     /// The desk to reach.
     pub desk: String,
+    /// The login token from `kakehashi login` (bound to this laptop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
 }
 
 impl Message for SessionRequest {
     const KIND: FrameKind = FrameKind::SessionRequest;
     fn validate(&self) -> Result<(), String> {
-        check_id("desk", &self.desk)
+        check_id("desk", &self.desk)?;
+        match &self.token {
+            Some(t) => check_secret("token", t),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Terminal → gateway: redeem the one-time code the portal sent to the
+/// laptop's loopback redirect, proving possession of the PKCE verifier.
+/// The token issued is bound to the certificate of this connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedeemLogin {
+    /// The one-time code.
+    pub code: Secret,
+    /// The PKCE code verifier (RFC 7636).
+    pub code_verifier: Secret,
+}
+
+impl Message for RedeemLogin {
+    const KIND: FrameKind = FrameKind::RedeemLogin;
+    fn validate(&self) -> Result<(), String> {
+        check_secret("code", &self.code)?;
+        check_secret("code_verifier", &self.code_verifier)
+    }
+}
+
+/// Gateway → terminal: the login token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginResult {
+    /// The token to present in [`SessionRequest::token`].
+    pub token: Secret,
+    /// Who logged in.
+    pub user: String,
+    /// Unix time at which the token stops working.
+    pub expires_at: u64,
+}
+
+impl Message for LoginResult {
+    const KIND: FrameKind = FrameKind::LoginResult;
+    fn validate(&self) -> Result<(), String> {
+        check_secret("token", &self.token)?;
+        check_id("user", &self.user)
+    }
+}
+
+/// Terminal → gateway: revoke a token (`kakehashi logout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logout {
+    /// The token to revoke.
+    pub token: Secret,
+}
+
+impl Message for Logout {
+    const KIND: FrameKind = FrameKind::Logout;
+    fn validate(&self) -> Result<(), String> {
+        check_secret("token", &self.token)
     }
 }
 
@@ -126,10 +214,67 @@ pub struct AgentWelcome {
     pub gateway: String,
     /// How often the gateway pings an idle TCP tunnel, in seconds.
     pub ping_interval_secs: u32,
+    /// The gateway accepts [`FilterReport`]s on the control stream (an older
+    /// gateway would drop the tunnel on an unknown frame).
+    #[serde(default)]
+    pub filter_reports: bool,
 }
 
 impl Message for AgentWelcome {
     const KIND: FrameKind = FrameKind::AgentWelcome;
+}
+
+/// Longest [`FilterReport::what`] accepted on the wire.
+pub const MAX_REPORT_WHAT_LEN: usize = 128;
+
+/// Agent → gateway on the tunnel's control stream: the RDP filter blocked
+/// something in a session, or refused the session. Sent once per distinct
+/// (kind, what, direction) of a session when first seen; repeats are added up
+/// in `count` and sent when the session ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterReport {
+    /// The session, as in its ticket.
+    pub session_id: String,
+    /// What was blocked: `static_channel`, `dynamic_channel`, `device`,
+    /// `clipboard_data`, `file_contents`; or `session_refused` when the filter
+    /// refused the whole session (then `what` is the reason code, e.g.
+    /// `rdp_uninspectable`). A bounded set: the gateway uses it as a metric label.
+    pub kind: String,
+    /// Which channel or device (`cliprdr`, `URBDRC`, `drive C:` …), or the reason code.
+    pub what: String,
+    /// `client_to_server` or `server_to_client`; absent for a refused session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// How many times (at least 1).
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Message for FilterReport {
+    const KIND: FrameKind = FrameKind::FilterReport;
+    fn validate(&self) -> Result<(), String> {
+        check_id("session", &self.session_id)?;
+        let word = |s: &str| {
+            !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        };
+        if !word(&self.kind) {
+            return Err("invalid filter report kind".into());
+        }
+        if self.what.len() > MAX_REPORT_WHAT_LEN || self.what.chars().any(char::is_control) {
+            return Err("invalid filter report subject".into());
+        }
+        if self.direction.as_deref().is_some_and(|d| !word(d)) {
+            return Err("invalid filter report direction".into());
+        }
+        if self.count == 0 {
+            return Err("filter report count must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// Gateway → agent on a TCP tunnel: dial a data connection for a session.
@@ -235,6 +380,7 @@ mod tests {
     fn message_round_trip_and_kind_check() {
         let m = SessionRequest {
             desk: "DESK-1234".into(),
+            token: None,
         };
         let bytes = m.to_frame().unwrap();
         let (f, _) = frame::decode(&bytes).unwrap().unwrap();
@@ -266,6 +412,69 @@ mod tests {
             SessionRequest::from_frame(&f),
             Err(FrameError::Payload { .. })
         ));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let m = SessionRequest {
+            desk: "D".into(),
+            token: Some(Secret("khs1.supersecret".into())),
+        };
+        assert!(!format!("{m:?}").contains("supersecret"));
+        let r = RedeemLogin {
+            code: Secret("c0de".into()),
+            code_verifier: Secret("v3rifier".into()),
+        };
+        assert!(!format!("{r:?}").contains("c0de") && !format!("{r:?}").contains("v3rifier"));
+        // …but they travel on the wire.
+        let (f, _) = frame::decode(&m.to_frame().unwrap()).unwrap().unwrap();
+        assert_eq!(SessionRequest::from_frame(&f).unwrap(), m);
+    }
+
+    #[test]
+    fn filter_reports_round_trip_and_are_bounded() {
+        let r = FilterReport {
+            session_id: "s-0123".into(),
+            kind: "static_channel".into(),
+            what: "cliprdr".into(),
+            direction: Some("client_to_server".into()),
+            count: 1,
+        };
+        let (f, _) = frame::decode(&r.to_frame().unwrap()).unwrap().unwrap();
+        assert_eq!(f.kind, FrameKind::FilterReport);
+        assert_eq!(FilterReport::from_frame(&f).unwrap(), r);
+        for bad in [
+            FilterReport {
+                kind: "Static Channel".into(),
+                ..r.clone()
+            },
+            FilterReport {
+                what: "x".repeat(MAX_REPORT_WHAT_LEN + 1),
+                ..r.clone()
+            },
+            FilterReport {
+                what: "a\nb".into(),
+                ..r.clone()
+            },
+            FilterReport {
+                session_id: "../x".into(),
+                ..r.clone()
+            },
+            FilterReport {
+                count: 0,
+                ..r.clone()
+            },
+        ] {
+            let f = Frame {
+                kind: FrameKind::FilterReport,
+                payload: serde_json::to_vec(&bad).unwrap(),
+            };
+            assert!(FilterReport::from_frame(&f).is_err(), "{bad:?}");
+        }
+        // An older gateway's welcome has no `filter_reports`: reports stay off.
+        let w: AgentWelcome =
+            serde_json::from_str(r#"{"gateway":"g","ping_interval_secs":10}"#).unwrap();
+        assert!(!w.filter_reports);
     }
 
     #[test]

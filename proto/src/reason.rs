@@ -45,8 +45,28 @@ pub enum Reason {
     CertRejected,
     /// The gateway's certificate is not one we trust.
     GatewayUntrusted,
+    /// The laptop has not logged in (run `kakehashi login`).
+    LoginRequired,
+    /// The login token belongs to another laptop.
+    TokenOtherDevice,
+    /// The login token has expired.
+    TokenExpired,
+    /// The login token was revoked (logout or an administrator).
+    TokenRevoked,
+    /// The user account is disabled.
+    UserDisabled,
+    /// The laptop is blocked, lost or revoked in the gateway's records.
+    DeviceBlocked,
+    /// The one-time login code is unknown, used, expired or its PKCE verifier does not match.
+    LoginCodeInvalid,
+    /// Too many failed attempts; locked out for a while.
+    LockedOut,
     /// The gateway could not be reached on any transport.
     GatewayUnreachable,
+    /// The session's controls restrict something, but the RDP connection uses
+    /// security the desk agent cannot inspect (standard RDP security, an
+    /// unknown protocol), so it was refused.
+    RdpUninspectable,
 }
 
 impl Reason {
@@ -69,7 +89,16 @@ impl Reason {
         Reason::CertUnknownCa,
         Reason::CertRejected,
         Reason::GatewayUntrusted,
+        Reason::LoginRequired,
+        Reason::TokenOtherDevice,
+        Reason::TokenExpired,
+        Reason::TokenRevoked,
+        Reason::UserDisabled,
+        Reason::DeviceBlocked,
+        Reason::LoginCodeInvalid,
+        Reason::LockedOut,
         Reason::GatewayUnreachable,
+        Reason::RdpUninspectable,
     ];
 
     /// The stable code.
@@ -92,7 +121,16 @@ impl Reason {
             Reason::CertUnknownCa => "certificate_unknown_ca",
             Reason::CertRejected => "certificate_rejected",
             Reason::GatewayUntrusted => "gateway_untrusted",
+            Reason::LoginRequired => "login_required",
+            Reason::TokenOtherDevice => "token_other_device",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenRevoked => "token_revoked",
+            Reason::UserDisabled => "user_disabled",
+            Reason::DeviceBlocked => "device_blocked",
+            Reason::LoginCodeInvalid => "login_code_invalid",
+            Reason::LockedOut => "locked_out",
             Reason::GatewayUnreachable => "gateway_unreachable",
+            Reason::RdpUninspectable => "rdp_uninspectable",
         }
     }
 
@@ -116,7 +154,16 @@ impl Reason {
             Reason::CertUnknownCa => "証明書の発行元がゲートウェイに登録されていません。正しい設定ファイルか確認してください。",
             Reason::CertRejected => "ゲートウェイが証明書を受け付けませんでした。情報システム担当に連絡してください。",
             Reason::GatewayUntrusted => "接続先のゲートウェイの証明書を確認できません。接続を中止しました。",
+            Reason::LoginRequired => "ログインしていません。`kakehashi login` でログインしてください。",
+            Reason::TokenOtherDevice => "このログイン情報は別の端末のものです。この端末で `kakehashi login` を実行してください。",
+            Reason::TokenExpired => "ログインの有効期限が切れました。もう一度 `kakehashi login` を実行してください。",
+            Reason::TokenRevoked => "ログインは取り消されています。もう一度 `kakehashi login` を実行してください。",
+            Reason::UserDisabled => "このユーザーは利用停止されています。情報システム担当に連絡してください。",
+            Reason::DeviceBlocked => "この端末は利用停止されています。情報システム担当に連絡してください。",
+            Reason::LoginCodeInvalid => "ログインコードが無効です(期限切れ・使用済み)。もう一度 `kakehashi login` を実行してください。",
+            Reason::LockedOut => "失敗が続いたため、一定時間ログインできません。しばらくしてから再度お試しください。",
             Reason::GatewayUnreachable => "ゲートウェイに接続できません。ネットワーク接続を確認してください。",
+            Reason::RdpUninspectable => "この接続ではリモートデスクトップの通信内容を検査できないため、接続を拒否しました(標準RDPセキュリティは使用できません)。RDPクライアントのセキュリティ設定をTLSまたはNLAにしてください。",
         }
     }
 
@@ -140,7 +187,16 @@ impl Reason {
             Reason::CertUnknownCa => "The certificate was issued by a CA this gateway does not know. Check the configuration file.",
             Reason::CertRejected => "The gateway did not accept the certificate. Please contact IT.",
             Reason::GatewayUntrusted => "The gateway's certificate could not be verified. The connection was stopped.",
+            Reason::LoginRequired => "You are not logged in. Run `kakehashi login` first.",
+            Reason::TokenOtherDevice => "This login belongs to another laptop. Run `kakehashi login` on this laptop.",
+            Reason::TokenExpired => "Your login has expired. Run `kakehashi login` again.",
+            Reason::TokenRevoked => "Your login was revoked. Run `kakehashi login` again.",
+            Reason::UserDisabled => "This user account is disabled. Please contact IT.",
+            Reason::DeviceBlocked => "This laptop has been blocked. Please contact IT.",
+            Reason::LoginCodeInvalid => "The login code is not valid (expired or already used). Run `kakehashi login` again.",
+            Reason::LockedOut => "Too many failed attempts. Please wait and try again later.",
             Reason::GatewayUnreachable => "The gateway cannot be reached. Check the network connection.",
+            Reason::RdpUninspectable => "The connection was refused because its remote desktop traffic cannot be inspected (standard RDP security is not allowed). Set the RDP client to TLS or NLA security.",
         }
     }
 

@@ -28,7 +28,8 @@
 #       Otherwise exits non-zero: 4 = CredSSP/NLA rejected (e.g. wrong password; the
 #       server then logs "client authentication failure", twice, as xfreerdp retries once),
 #       1 = other failure / session dropped / no frame, 2 = usage, 3 = not active in T s.
-#       Evidence/diagnostic lines are printed prefixed with "RDP_PEERS_CLIENT".
+#       Evidence/diagnostic lines are printed prefixed with "RDP_PEERS_CLIENT"; the first
+#       is "RDP_PEERS_CLIENT display=:D", the client's X display (for xclip).
 #       Temp files live in ${TMPDIR:-/tmp}/rdp-client.* (removed on exit; left behind only
 #       on SIGKILL, so point TMPDIR at the test's temp dir).
 #       --log FILE keeps the full WLOG_LEVEL=DEBUG client log (e.g. to grep channel loads).
@@ -157,6 +158,8 @@ cmd_client() {
     trap 'exit 130' INT TERM HUP
 
     start_xvfb "$work" 1024x768 || exit 1
+    # The client's display, for tests that set or read its clipboard (xclip -display).
+    echo "RDP_PEERS_CLIENT display=$XVFB_DISPLAY"
     mkdir -p "$work/home"
     HOME="$work/home" XDG_CONFIG_HOME="$work/home/.config" DISPLAY="$XVFB_DISPLAY" \
         WLOG_LEVEL=DEBUG setpriv --pdeathsig KILL stdbuf -oL -eL \

@@ -299,6 +299,11 @@ pub struct GatewayOpts {
     pub limits: String,
     /// Terminal connection cap.
     pub terminal_max_connections: Option<usize>,
+    /// `[identity]`/`[store]`/`[portal]` sections; default: no login required.
+    pub identity: Option<String>,
+    /// Session controls for every ticket (`[testing] controls = …`, a TOML inline
+    /// table such as `{ clipboard = "both" }`); default: deny all.
+    pub controls: Option<String>,
 }
 
 /// A running `kakehashi-gateway run`.
@@ -338,6 +343,8 @@ shutdown_grace_secs = 2
 {extra}
 [admin]
 listen = "{admin}"
+{identity}
+{testing}
 "#,
         ca = pki.ca.ca_cert_path().display(),
         cert = g.cert.display(),
@@ -352,6 +359,15 @@ listen = "{admin}"
         tmax = opts.terminal_max_connections.unwrap_or(10_000),
         extra = opts.limits,
         admin = a.map_or(any, |a| a.admin),
+        identity = opts
+            .identity
+            .clone()
+            .unwrap_or_else(|| "[identity]\nrequire_login = false\n".into()),
+        testing = opts
+            .controls
+            .as_ref()
+            .map(|c| format!("[testing]\ncontrols = {c}\n"))
+            .unwrap_or_default(),
     );
     let n = unique();
     let path = pki.path().join(format!("gateway-{n}.toml"));
@@ -412,6 +428,37 @@ pub fn start_agent_with(
     target: SocketAddr,
     transport: &str,
 ) -> Proc {
+    start_agent_extra(pki, files, gw, target, transport, "")
+}
+
+/// Start an agent for `desk` whose RDP filter holds the RDP server's `rdp`
+/// certificate and key (`[rdp]`).
+pub fn start_agent_rdp(
+    pki: &mut Pki,
+    desk: &str,
+    gw: &GatewayAddrs,
+    target: SocketAddr,
+    transport: &str,
+    rdp: &CertFiles,
+) -> Proc {
+    let files = pki.agent(desk);
+    let extra = format!(
+        "[rdp]\nserver_cert = \"{}\"\nserver_key = \"{}\"\n",
+        rdp.cert.display(),
+        rdp.key.display()
+    );
+    start_agent_extra(pki, &files, gw, target, transport, &extra)
+}
+
+/// Start an agent with extra configuration sections appended.
+pub fn start_agent_extra(
+    pki: &Pki,
+    files: &CertFiles,
+    gw: &GatewayAddrs,
+    target: SocketAddr,
+    transport: &str,
+    extra: &str,
+) -> Proc {
     let cfg = format!(
         r#"[tls]
 ca = "{ca}"
@@ -429,6 +476,7 @@ address = "{target}"
 [reconnect]
 initial_ms = 100
 max_ms = 1000
+{extra}
 "#,
         ca = pki.ca.ca_cert_path().display(),
         cert = files.cert.display(),
@@ -655,4 +703,54 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// `[store]` and `[identity]` sections that require logins, with the store
+/// in `db` (the test opens the same SQLite file to seed users and codes).
+pub fn login_sections(db: &Path) -> String {
+    format!("[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = true\nmax_failures = 3\nlockout_secs = 2\n", db.display())
+}
+
+/// A one-time login code and PKCE pair as the portal would create it.
+pub struct LoginSeed {
+    /// The code (what the browser hands the client).
+    pub code: String,
+    /// The PKCE verifier the client keeps.
+    pub verifier: String,
+}
+
+/// Seed a user (if missing) and a login code for them, as the portal does after WebAuthn.
+pub async fn seed_login(store: &kakehashi_store::Store, user: &str) -> LoginSeed {
+    use base64::Engine as _;
+    use kakehashi_store::{Audit, Hash256, NewLoginCode, NewUser, Role};
+    let now = kakehashi_store::unix_now();
+    if store.get_user(user).await.unwrap().is_none() {
+        let u = NewUser {
+            id: user.into(),
+            name: format!("Test {user}"),
+            department: "somu".into(),
+            roles: [Role::Staff].into_iter().collect(),
+        };
+        store
+            .add_user(&u, Audit::new(now, "test", "user.add"))
+            .await
+            .unwrap();
+    }
+    let code = format!("code-{}", rand::random::<u64>());
+    let verifier = format!("verifier-{:040}", rand::random::<u64>());
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    let c = NewLoginCode {
+        code_hash: Hash256::digest(&code),
+        user_id: user.into(),
+        pkce_challenge: challenge,
+        expires_at: now + 120,
+    };
+    store
+        .create_login_code(&c, Audit::new(now, "test", "login.code"))
+        .await
+        .unwrap();
+    LoginSeed { code, verifier }
 }

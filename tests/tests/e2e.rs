@@ -2,11 +2,14 @@
 //! module per capability.
 
 mod e2e {
+    pub mod admin;
     pub mod certs;
     pub mod demo;
+    pub mod login;
     pub mod malformed;
     pub mod metrics;
     pub mod rdp;
+    pub mod rdp_filter;
     pub mod relay;
     pub mod restart;
     pub mod tickets;

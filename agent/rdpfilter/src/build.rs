@@ -36,7 +36,7 @@ pub(crate) const FIRST_CHANNEL_ID: u16 = 1004;
 pub(crate) const FUZZ_CHANNELS: &[&str] =
     &["rdpdr", "rdpsnd", "cliprdr", "drdynvc", "rail", "custom"];
 
-pub(crate) fn connection_request(protocol: SecurityProtocol) -> Vec<u8> {
+pub fn connection_request(protocol: SecurityProtocol) -> Vec<u8> {
     encode_vec(&X224(ConnectionRequest {
         nego_data: Some(NegoRequestData::cookie("user".into())),
         flags: RequestFlags::empty(),
@@ -46,7 +46,7 @@ pub(crate) fn connection_request(protocol: SecurityProtocol) -> Vec<u8> {
     .expect("connection request encodes")
 }
 
-pub(crate) fn connection_confirm(protocol: SecurityProtocol) -> Vec<u8> {
+pub fn connection_confirm(protocol: SecurityProtocol) -> Vec<u8> {
     encode_vec(&X224(ConnectionConfirm::Response {
         flags: ResponseFlags::EXTENDED_CLIENT_DATA_SUPPORTED,
         protocol,
@@ -61,7 +61,7 @@ fn x224_data(data: Vec<u8>) -> Vec<u8> {
     .expect("x.224 data encodes")
 }
 
-pub(crate) fn connect_initial(channels: &[&str]) -> Vec<u8> {
+pub fn connect_initial(channels: &[&str]) -> Vec<u8> {
     let core = ClientCoreData {
         version: RdpVersion::V5_PLUS,
         desktop_width: 1280,
@@ -110,7 +110,7 @@ pub(crate) fn connect_initial(channels: &[&str]) -> Vec<u8> {
     x224_data(encode_vec(&ci).expect("connect initial encodes"))
 }
 
-pub(crate) fn connect_response(channels: usize) -> Vec<u8> {
+pub fn connect_response(channels: usize) -> Vec<u8> {
     let ids = (0..channels).map(|i| FIRST_CHANNEL_ID + i as u16).collect();
     let blocks = ServerGccBlocks {
         core: ServerCoreData {
@@ -134,7 +134,7 @@ pub(crate) fn connect_response(channels: usize) -> Vec<u8> {
     x224_data(encode_vec(&rsp).expect("connect response encodes"))
 }
 
-pub(crate) fn attach_user_confirm() -> Vec<u8> {
+pub fn attach_user_confirm() -> Vec<u8> {
     encode_vec(&X224(AttachUserConfirm {
         result: 0,
         initiator_id: USER_ID,

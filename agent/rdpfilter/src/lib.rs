@@ -639,6 +639,16 @@ impl Filter {
     }
 }
 
+/// Well-formed handshake PDUs (X.224, MCS Connect Initial/Response, Attach User Confirm)
+/// for benchmarks outside this crate. Not a stable API.
+#[doc(hidden)]
+pub mod canned {
+    pub use crate::build::{
+        attach_user_confirm, connect_initial, connect_response, connection_confirm,
+        connection_request,
+    };
+}
+
 /// Entry point for the fuzz targets: drives a filter with `data` and checks its invariants.
 ///
 /// The first byte selects the controls and whether the session starts with a canned

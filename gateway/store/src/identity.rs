@@ -213,7 +213,8 @@ impl LoginCode {
         }
         let digest = Hash256::digest(verifier.as_bytes());
         let expect = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.0);
-        expect.as_bytes() == self.pkce_challenge.as_bytes()
+        use subtle::ConstantTimeEq as _;
+        bool::from(expect.as_bytes().ct_eq(self.pkce_challenge.as_bytes()))
     }
 }
 

@@ -32,6 +32,25 @@ async fn demo_works_as_printed() {
         body.contains("kakehashi_agents_online{transport=\"quic\"} 1"),
         "{body}"
     );
+    // Log in as printed: a real WebAuthn ceremony with the demo's software authenticator.
+    demo.wait_line("First log in", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let login = demo.wait_line("  ", Duration::from_secs(5)).await.unwrap();
+    assert!(login.ends_with(" login"), "{login}");
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&login)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("logged in: demo-user"));
     demo.wait_line("Next, in another terminal", Duration::from_secs(5))
         .await
         .unwrap();

@@ -114,6 +114,7 @@ async fn malformed_frames_are_refused_and_others_keep_working() {
     s.write_all(
         &kakehashi_proto::message::SessionRequest {
             desk: "DESK-M".into(),
+            token: None,
         }
         .to_frame()
         .unwrap(),

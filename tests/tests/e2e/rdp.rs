@@ -24,18 +24,18 @@ use anyhow::bail;
 use kakehashi_pki::{Subject, TerminalClass};
 use kakehashi_tests::*;
 
-const USER: &str = "alice";
-const PASSWORD: &str = "Kakehashi-Test-1";
+pub(crate) const USER: &str = "alice";
+pub(crate) const PASSWORD: &str = "Kakehashi-Test-1";
 /// How long a session must stay up once active.
-const HOLD_SECS: &str = "2";
+pub(crate) const HOLD_SECS: &str = "2";
 
-fn script() -> PathBuf {
+pub(crate) fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rdp/rdp-peers.sh")
 }
 
 /// Install the FreeRDP peers and Xvfb if any is missing (serialised by a lock
 /// in the script, so parallel tests are safe). Never skips: fails loudly.
-async fn install_peers() {
+pub(crate) async fn install_peers() {
     let out = tokio::process::Command::new(script())
         .arg("install")
         .output()
@@ -52,7 +52,7 @@ async fn install_peers() {
 
 /// Lines of `p`'s output containing `needle`. WLog writes INFO and DEBUG to
 /// stdout, WARN and ERROR to stderr (the log file): count both.
-fn count_lines(p: &Proc, needle: &str) -> usize {
+pub(crate) fn count_lines(p: &Proc, needle: &str) -> usize {
     let out = p
         .stdout
         .lock()
@@ -64,7 +64,7 @@ fn count_lines(p: &Proc, needle: &str) -> usize {
 }
 
 /// Wait until `p`'s output has more than `already` lines containing `needle`.
-async fn wait_lines(
+pub(crate) async fn wait_lines(
     p: &Proc,
     needle: &str,
     already: usize,
@@ -85,7 +85,11 @@ async fn wait_lines(
 }
 
 /// Wait until a line of `p`'s log contains every one of `needles`.
-async fn wait_log_line(p: &Proc, needles: &[&str], within: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_log_line(
+    p: &Proc,
+    needles: &[&str],
+    within: Duration,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < within {
         if p.log_text()
@@ -100,15 +104,30 @@ async fn wait_log_line(p: &Proc, needles: &[&str], within: Duration) -> anyhow::
 }
 
 /// The shadow server on its own Xvfb, NLA only, with a certificate from our CA.
-async fn start_rdp_server(pki: &mut Pki) -> (Proc, SocketAddr) {
-    let tls = pki.issue(
+pub(crate) async fn start_rdp_server(pki: &mut Pki) -> (Proc, SocketAddr) {
+    let tls = rdp_server_cert(pki);
+    start_rdp_server_with(pki, &tls).await
+}
+
+/// A certificate for the RDP server (and the agent's `[rdp]` section), from our CA.
+pub(crate) fn rdp_server_cert(pki: &mut Pki) -> CertFiles {
+    rdp_server_cert_named(pki, "rdp-desk")
+}
+
+/// A certificate for an RDP server named `name` (names must differ per test PKI).
+pub(crate) fn rdp_server_cert_named(pki: &mut Pki, name: &str) -> CertFiles {
+    pki.issue(
         Subject::Gateway {
-            name: "rdp-desk".into(),
+            name: name.into(),
             ips: vec![Ipv4Addr::LOCALHOST.into()],
         },
         None,
-    );
-    let dir = pki.path().join("rdp-server");
+    )
+}
+
+/// The shadow server with the given certificate and key.
+pub(crate) async fn start_rdp_server_with(pki: &Pki, tls: &CertFiles) -> (Proc, SocketAddr) {
+    let dir = pki.path().join(format!("rdp-server-{}", tls.serial));
     let mut server = Proc::spawn(
         &script(),
         &[
@@ -126,7 +145,7 @@ async fn start_rdp_server(pki: &mut Pki) -> (Proc, SocketAddr) {
             "--password",
             PASSWORD,
         ],
-        pki.path().join("rdp-server.log"),
+        pki.path().join(format!("rdp-server-{}.log", tls.serial)),
         &[("WLOG_LEVEL", "DEBUG")],
     );
     let head = server
@@ -148,27 +167,52 @@ async fn start_rdp_server(pki: &mut Pki) -> (Proc, SocketAddr) {
 
 /// Run the client script against `listen`; returns its exit code and its
 /// output (the `RDP_PEERS_CLIENT` diagnostics) for failure messages.
-async fn rdp_client(pki: &Pki, name: &str, listen: SocketAddr, password: &str) -> (i32, String) {
+pub(crate) async fn rdp_client(
+    pki: &Pki,
+    name: &str,
+    listen: SocketAddr,
+    password: &str,
+) -> (i32, String) {
+    rdp_client_with(pki, name, listen, password, &[]).await
+}
+
+/// [`rdp_client`] with extra xfreerdp arguments; xfreerdp's full debug log is
+/// kept in `rdp-xfreerdp-NAME.log` in the test directory.
+pub(crate) async fn rdp_client_with(
+    pki: &Pki,
+    name: &str,
+    listen: SocketAddr,
+    password: &str,
+    extra: &[&str],
+) -> (i32, String) {
     let tmp = pki.path().join(format!("tmp-{name}"));
     std::fs::create_dir_all(&tmp).unwrap();
     let port = listen.port().to_string();
+    let xlog = pki.path().join(format!("rdp-xfreerdp-{name}.log"));
+    let mut args = vec![
+        "client",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--user",
+        USER,
+        "--password",
+        password,
+        "--seconds",
+        HOLD_SECS,
+        "--timeout",
+        "30",
+        "--log",
+        xlog.to_str().unwrap(),
+    ];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend_from_slice(extra);
+    }
     let mut c = Proc::spawn(
         &script(),
-        &[
-            "client",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--user",
-            USER,
-            "--password",
-            password,
-            "--seconds",
-            HOLD_SECS,
-            "--timeout",
-            "30",
-        ],
+        &args,
         pki.path().join(format!("rdp-client-{name}.log")),
         &[("TMPDIR", tmp.to_str().unwrap())],
     );

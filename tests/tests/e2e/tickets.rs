@@ -111,6 +111,7 @@ async fn agent_checks_every_ticket() {
         &AgentWelcome {
             gateway: "fake".into(),
             ping_interval_secs: 5,
+            filter_reports: false,
         },
     )
     .await
@@ -170,6 +171,7 @@ async fn agent_checks_every_ticket() {
             "not a ticket",
             kakehashi_proto::message::SessionRequest {
                 desk: "DESK-T".into(),
+                token: None,
             }
             .to_frame()
             .unwrap(),

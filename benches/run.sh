@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks of the performance issue, rows P1–P7.
+#
+#   benches/run.sh [--quick] [--rows "P1 P3"] [--no-record]
+#
+# Installs its own baselines (HAProxy and socat from Debian, rathole with
+# cargo), builds the release binaries, then for each row alternates the
+# system and its baseline (ABAB…, 5 pairs) and reports the median ratio.
+# Results (JSON per row) go to target/bench-results/<stamp>/; a table with
+# the command of each row is appended to benches/RESULTS.md unless
+# --no-record. --quick: reduced sizes, under a minute of measuring on an
+# idle machine; its numbers are for smoke-testing, not for the record of a
+# target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=0
+RECORD=1
+ROWS="P1 P2 P3 P4 P5 P6 P7"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --rows) ROWS="$2"; shift ;;
+    --no-record) RECORD=0 ;;
+    *) echo "usage: benches/run.sh [--quick] [--rows \"P1 P2 …\"] [--no-record]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# 20,000 sessions over TCP hold ~60,000 descriptors on each side.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+echo "file descriptors: $(ulimit -n)" >&2
+
+# ---- baselines, installed by the script itself --------------------------
+APT_UPDATED=0
+need_deb() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    [ $APT_UPDATED = 1 ] || { apt-get update -qq; APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  fi
+}
+need_deb haproxy haproxy
+need_deb socat socat
+need_deb openssl openssl
+need_deb jq jq
+TOOLS=$ROOT/target/bench-tools
+RATHOLE=$TOOLS/bin/rathole
+if [ ! -x "$RATHOLE" ]; then
+  # rathole 0.5.0 (crates.io) has TLS only through native-tls (OpenSSL);
+  # there is no rustls feature in a released version. `--locked` fails on
+  # current Rust (its locked `time` 0.3.29 no longer compiles), so the
+  # dependencies are resolved afresh.
+  need_deb pkg-config pkg-config
+  dpkg -s libssl-dev >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev >/dev/null; }
+  cargo install rathole --version 0.5.0 --no-default-features --features server,client,tls \
+    --root "$TOOLS" --target-dir "$ROOT/target/rathole-build"
+fi
+
+[ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -q -p kakehashi-gateway -p kakehashi-benches
+LG=$ROOT/target/release/kakehashi-loadgen
+PKI=$ROOT/target/bench-pki
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/target/bench-results/$STAMP
+mkdir -p "$OUT"
+"$LG" --pki-dir "$PKI" pki > "$OUT/pki.json"
+CA=$(jq -r .ca "$OUT/pki.json"); CRL=$(jq -r .crl "$OUT/pki.json")
+cat "$(jq -r .gateway_cert "$OUT/pki.json")" "$(jq -r .gateway_key "$OUT/pki.json")" > "$OUT/haproxy-server.pem"
+cat "$(jq -r .relay_cert "$OUT/pki.json")" "$(jq -r .relay_key "$OUT/pki.json")" > "$OUT/haproxy-client.pem"
+openssl pkcs12 -export -inkey "$(jq -r .gateway_key "$OUT/pki.json")" -in "$(jq -r .gateway_cert "$OUT/pki.json")" \
+  -certfile "$CA" -out "$OUT/rathole.p12" -passout pass:bench
+
+mapfile -t PORTS < <("$LG" free-ports 5)
+P_HAP=${PORTS[0]} P_BTLS=${PORTS[1]} P_BPLAIN=${PORTS[2]} P_SOCAT=${PORTS[3]} P_TLSACC=${PORTS[4]}
+
+# HAProxy: TLS 1.3 terminated on both legs, client certificates required on
+# the front, a client certificate presented to the back (as the gateway
+# does with agents), 2 threads like the gateway's 2 workers.
+cat > "$OUT/haproxy.cfg" <<EOF
+global
+  maxconn $(( $(ulimit -n) / 2 - 100 ))
+  nbthread 2
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+frontend terminals
+  bind 127.0.0.1:$P_HAP ssl crt $OUT/haproxy-server.pem ca-file $CA crl-file $CRL verify required
+  default_backend desks
+backend desks
+  server desk 127.0.0.1:$P_BTLS ssl crt $OUT/haproxy-client.pem ca-file $CA verify required verifyhost localhost
+EOF
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+haproxy -f "$OUT/haproxy.cfg" -db >"$OUT/haproxy.log" 2>&1 & PIDS+=($!)
+socat TCP-LISTEN:$P_SOCAT,bind=127.0.0.1,fork,reuseaddr TCP:127.0.0.1:$P_BPLAIN >"$OUT/socat.log" 2>&1 & PIDS+=($!)
+"$ROOT/target/release/tls-accept" --pki-dir "$PKI" --listen 127.0.0.1:$P_TLSACC >"$OUT/tls-accept.log" 2>&1 & PIDS+=($!)
+sleep 0.5
+
+COMMON=(--pki-dir "$PKI" --work-dir "$OUT/work")
+PAIRS=(--pairs 5 --baseline tls:127.0.0.1:$P_HAP --floor plain:127.0.0.1:$P_SOCAT
+       --backend-tls 127.0.0.1:$P_BTLS --backend-plain 127.0.0.1:$P_BPLAIN)
+if [ $QUICK = 1 ]; then
+  SECS=0.4; RR=300; HS_SECS=0.4; IDLE_SIZES=200; IDLE_SETTLE=0.3
+  P5_SIZES=500; P5_SECS=3; P6_SIZES=300; P6_STORM_SECS=3; P6_SECS=2; P7_SIZES=300
+else
+  SECS=3; RR=5000; HS_SECS=3; IDLE_SIZES="20000 10000 5000"; IDLE_SETTLE=3
+  P5_SIZES="20000 10000 5000 2000"; P5_SECS=60; P6_SIZES="15000 7500 3000"; P6_STORM_SECS=60; P6_SECS=20
+  P7_SIZES="20000 10000 5000"
+fi
+
+MD=$OUT/rows.md
+: > "$MD"
+row() { echo "| $STAMP | $1 | $2 | $3 | $4 | $5 | $6 | \`$7\` |" >> "$MD"; }
+fmt() { jq -r "$1" "$2"; }
+run() { # name, loadgen args… ; JSON to $OUT/name.json, progress to name.log
+  local name=$1; shift
+  echo "== $name: kakehashi-loadgen $*" >&2
+  "$LG" "${COMMON[@]}" --json "$OUT/$name.json" "$@" >/dev/null 2>"$OUT/$name.log" || { tail -5 "$OUT/$name.log" >&2; return 1; }
+}
+# The largest size that runs: a full run steps down when the machine cannot
+# hold a size (descriptors, memory, time-outs); the row says which ran.
+# scaled NAME "SIZES" ARGS-FUNCTION: ARGS-FUNCTION N prints the loadgen args.
+scaled() {
+  local name=$1 sizes=$2 fn=$3 n
+  for n in $sizes; do
+    # shellcheck disable=SC2046
+    if run "$name-$n" $($fn "$n"); then echo "$OUT/$name-$n.json"; return 0; fi
+  done
+  return 1
+}
+p2_args() { echo idle --sessions "$1" --settle $IDLE_SETTLE --pairs 5 --rathole "$RATHOLE" --rathole-p12 "$OUT/rathole.p12"; }
+p5_args() { echo sessions --sessions "$1" --duration $P5_SECS; }
+p6_args() { echo sessions --sessions "$1" --storm $(( $1 / 3 )) --storm-secs $P6_STORM_SECS --duration $P6_SECS; }
+p7_args() { echo sessions --sessions 0 --agents "$1" --duration 1 --restart; }
+
+for R in $ROWS; do case $R in
+P1)
+  for s in 1 8; do
+    run P1-$s bulk --streams $s --secs $SECS "${PAIRS[@]}" || continue
+    J=$OUT/P1-$s.json
+    row P1 "bulk, $s session(s), TLS both legs" "$(fmt '.median_kakehashi_mbps|floor' $J) Mbit/s" \
+      "HAProxy $(fmt '.median_baseline_mbps|floor' $J) Mbit/s (socat floor $(fmt '.median_floor_mbps|floor' $J))" \
+      "$(fmt '.median_ratio*100|floor/100' $J)×" "≥ 1.0×" "benches/run.sh --rows P1 → kakehashi-loadgen bulk --streams $s --secs $SECS --pairs 5"
+  done ;;
+P2)
+  J=$(scaled P2 "$IDLE_SIZES" p2_args) || continue
+  row P2 "idle sessions, QUIC, N=$(fmt .sessions $J) (a laptop and an agent each)" \
+    "$(fmt '.median_incremental*10|floor/10' $J) KiB/session over live tunnels; $(fmt '.median_total*10|floor/10' $J) KiB with the agent's tunnel" \
+    "rathole $(fmt '.median_rathole*10|floor/10' $J) KiB/connection" \
+    "$(fmt '.median_ratio*100|floor/100' $J)×" "≤ 0.5× and ≤ 16 KiB" "benches/run.sh --rows P2 → kakehashi-loadgen $(p2_args "$(fmt .sessions $J)" | sed "s|$ROOT/||g")" ;;
+P3)
+  run P3 handshakes --secs $HS_SECS --concurrency 32 --pairs 5 --baseline tls:127.0.0.1:$P_TLSACC || continue
+  J=$OUT/P3.json
+  row P3 "full mutual-TLS handshakes/s (TCP)" "$(fmt '.median_kakehashi_per_sec|floor' $J)/s" \
+    "tls-accept $(fmt '.median_baseline_per_sec|floor' $J)/s" "$(fmt '.median_ratio*100|floor/100' $J)×" "≥ 0.9×" \
+    "benches/run.sh --rows P3 → kakehashi-loadgen handshakes --secs $HS_SECS --concurrency 32 --pairs 5" ;;
+P4)
+  run P4 rr --count $RR --size 1024 "${PAIRS[@]}" || continue
+  J=$OUT/P4.json
+  row P4 "added p99 of 1 KiB request/response, TLS both legs" "+$(fmt '.median_kakehashi_added_p99_us|floor' $J) µs" \
+    "HAProxy +$(fmt '.median_baseline_added_p99_us|floor' $J) µs (socat +$(fmt '.median_floor_added_p99_us|floor' $J) µs)" \
+    "$(fmt '.median_ratio*100|floor/100' $J)×" "≤ 1.2×" "benches/run.sh --rows P4 → kakehashi-loadgen rr --count $RR --size 1024 --pairs 5" ;;
+P5)
+  J=$(scaled P5 "$P5_SIZES" p5_args) || continue
+  row P5 "$(fmt .sessions_opened $J) of $(fmt .sessions $J) paced sessions, QUIC, default mix ($(fmt '.offered_mbps|floor' $J) Mbit/s offered)" \
+    "gateway CPU $(fmt '.gateway_steady.cpu_mean_machine_pct|floor' $J) % of the machine, p99 $(fmt .rtt_steady.p99_us $J) µs, errors $(fmt .errors_total $J)" \
+    "— (absolute target)" "—" "CPU ≤ 70 %, p99 ≤ 1 ms, 0 errors" "benches/run.sh --rows P5 → kakehashi-loadgen $(p5_args "$(fmt .sessions $J)")" ;;
+P6)
+  J=$(scaled P6 "$P6_SIZES" p6_args) || continue
+  row P6 "login storm: $(fmt .storm.sessions $J) new over $(fmt .storm.secs $J) s onto $(fmt .sessions_opened $J) live" \
+    "setup p99 $(fmt '.storm.setup.p99_us/1000|floor' $J) ms, errors $(fmt .errors_total $J), live p99 $(fmt '.storm.live_p99_ratio*100|floor/100' $J)× ($(fmt .storm.live_rtt_before.p99_us $J) → $(fmt .storm.live_rtt_during.p99_us $J) µs)" \
+    "— (absolute target)" "—" "setup p99 ≤ 200 ms, 0 errors, live p99 ≤ 2×" "benches/run.sh --rows P6 → kakehashi-loadgen $(p6_args "$(fmt .sessions $J)")" ;;
+P7)
+  J=$(scaled P7 "$P7_SIZES" p7_args) || continue
+  row P7 "reconnect storm: gateway restart (SIGTERM) with $(fmt .agents_up $J) agents" \
+    "all back: $(fmt .restart.all_back $J), $(fmt '.restart.all_back_after_ready_secs' $J) s after the new gateway was ready ($(fmt '.restart.all_back_after_stop_secs' $J) s after the stop)" \
+    "— (absolute target)" "—" "all back within 15 s, jittered backoff" "benches/run.sh --rows P7 → kakehashi-loadgen $(p7_args "$(fmt .agents $J)")" ;;
+esac; done
+
+echo >&2; cat "$MD" >&2
+if [ $RECORD = 1 ] && [ -s "$MD" ]; then
+  {
+    echo
+    if [ $QUICK = 1 ]; then
+      echo "### Run $STAMP (\`benches/run.sh --quick\`: reduced sizes, noisy — not a measurement of the targets)"
+    else
+      echo "### Run $STAMP (\`benches/run.sh\`)"
+    fi
+    echo
+    echo "| run | row | what | kakehashi | baseline | median ratio | target | command |"
+    echo "|---|---|---|---|---|---|---|---|"
+    cat "$MD"
+    echo
+    echo "JSON of every row: \`target/bench-results/$STAMP/\`; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+  } >> "$ROOT/benches/RESULTS.md"
+fi

@@ -1,0 +1,1283 @@
+//! `kakehashi-loadgen`: many agents and laptops in one process against the
+//! real gateway binary, and the side-by-side comparisons of
+//! `benches/run.sh` (P1–P7 of the performance issue).
+//!
+//! Every subcommand prints progress on standard error and one JSON summary
+//! on standard output.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use kakehashi_benches::backend::{self, Dial};
+use kakehashi_benches::fleet::{self, Agent, AgentTarget, Ctx, Laptop, Transport};
+use kakehashi_benches::gateway::{self, Gateway, GatewayOpts};
+use kakehashi_benches::pki::BenchPki;
+use kakehashi_benches::procstat::{self, phase_use, Sampler};
+use kakehashi_benches::stats::{median, summary, Hist};
+use kakehashi_benches::traffic::{self, now_us, DeskMode, Profile};
+use kakehashi_proto::{frame, FrameKind};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kakehashi-loadgen",
+    about = "Load generator and side-by-side benchmarks for the Kakehashi gateway"
+)]
+struct Cli {
+    /// Bench CA directory (created on first use, kept between runs).
+    #[arg(long, global = true, default_value = "target/bench-pki")]
+    pki_dir: PathBuf,
+    /// Where gateway configs and logs go (default: a temporary directory).
+    #[arg(long, global = true)]
+    work_dir: Option<PathBuf>,
+    /// `RUST_LOG` for the gateway.
+    #[arg(long, global = true, default_value = "info")]
+    gateway_log: String,
+    /// Also write the JSON summary to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create (or check) the bench CA and print its file paths.
+    Pki,
+    /// N agents and M laptops with paced RDP-like sessions (P5), a login
+    /// storm (P6), a gateway restart (P7), or idle sessions.
+    Sessions(SessionsArgs),
+    /// Bulk throughput through the gateway vs a baseline relay (P1).
+    Bulk(BulkArgs),
+    /// Added p99 latency of a request/response vs a baseline relay (P4).
+    Rr(RrArgs),
+    /// Full mutual-TLS handshakes accepted per second vs the bare loop (P3).
+    Handshakes(HsArgs),
+    /// Memory per idle session vs rathole's per-connection figure (P2).
+    Idle(IdleArgs),
+    /// Print `n` free TCP ports on 127.0.0.1 (for the bench script).
+    FreePorts {
+        /// How many.
+        n: usize,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct SessionsArgs {
+    /// Transport of both legs.
+    #[arg(long, value_enum, default_value = "quic")]
+    transport: Transport,
+    /// Sessions opened at the start.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// Desk agents (default: one per session, at least one).
+    #[arg(long)]
+    agents: Option<usize>,
+    /// Laptops (default: one per session, storm included).
+    #[arg(long)]
+    laptops: Option<usize>,
+    /// Seconds of steady traffic once every session is open.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// New sessions per second while opening the initial ones.
+    #[arg(long, default_value_t = 1000.0)]
+    ramp: f64,
+    /// Sessions arriving during the storm phase (P6).
+    #[arg(long, default_value_t = 0)]
+    storm: usize,
+    /// Length of the storm phase, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    storm_secs: f64,
+    /// Restart the gateway after the steady phase and time the agents' return (P7).
+    #[arg(long)]
+    restart: bool,
+    /// How the gateway is stopped for the restart.
+    #[arg(long, value_enum, default_value = "term")]
+    restart_signal: StopSignal,
+    /// Seconds to let idle sessions settle before reading RSS.
+    #[arg(long, default_value_t = 3.0)]
+    settle: f64,
+    /// QUIC connections per client UDP socket in the load generator.
+    #[arg(long, default_value_t = 256)]
+    conns_per_socket: usize,
+    /// Agents' first reconnect delay, ms (the real agent's default).
+    #[arg(long, default_value_t = 500)]
+    backoff_initial_ms: u64,
+    /// Agents' reconnect delay cap, ms.
+    #[arg(long, default_value_t = 30_000)]
+    backoff_max_ms: u64,
+    #[command(flatten)]
+    profile: ProfileArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ProfileArgs {
+    /// Requests (and screen updates) per second per session; 0 = idle sessions.
+    #[arg(long, default_value_t = 10.0)]
+    hz: f64,
+    /// Average desk-to-laptop rate of an ordinary session, kbit/s.
+    #[arg(long, default_value_t = 150.0)]
+    kbps: f64,
+    /// Share of sessions at `heavy_kbps`.
+    #[arg(long, default_value_t = 0.1)]
+    heavy_frac: f64,
+    /// Rate of a heavy session, kbit/s.
+    #[arg(long, default_value_t = 3000.0)]
+    heavy_kbps: f64,
+    /// Mean seconds between bursts in a session (0 = none).
+    #[arg(long, default_value_t = 10.0)]
+    burst_every: f64,
+    /// Length of a burst, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    burst_secs: f64,
+    /// Rate multiplier during a burst.
+    #[arg(long, default_value_t = 4.0)]
+    burst_factor: f64,
+    /// Input-event bytes per request.
+    #[arg(long, default_value_t = 64)]
+    up_bytes: u32,
+}
+
+impl ProfileArgs {
+    fn profile(&self) -> Profile {
+        Profile {
+            hz: self.hz,
+            kbps: self.kbps,
+            heavy_frac: self.heavy_frac,
+            heavy_kbps: self.heavy_kbps,
+            burst_every_secs: self.burst_every,
+            burst_secs: self.burst_secs,
+            burst_factor: self.burst_factor,
+            up_bytes: self.up_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StopSignal {
+    /// SIGTERM: graceful stop (connections closed).
+    Term,
+    /// SIGKILL: crash (peers find out by timeout).
+    Kill,
+}
+
+#[derive(Args, Debug, Clone)]
+struct PairArgs {
+    /// System/baseline pairs, run alternately (ABAB…).
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
+    /// The baseline relay: `tls:HOST:PORT` (mutual TLS) or `plain:HOST:PORT`.
+    #[arg(long)]
+    baseline: Option<String>,
+    /// A plain-copy floor (socat) measured in each pair too, for reference.
+    #[arg(long)]
+    floor: Option<String>,
+    /// Where the load generator serves the desk behind the TLS baseline.
+    #[arg(long)]
+    backend_tls: Option<SocketAddr>,
+    /// Where the load generator serves the desk behind the plain floor.
+    #[arg(long)]
+    backend_plain: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct BulkArgs {
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Transport of the gateway's legs (TLS on both legs = tcp).
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: Transport,
+    #[command(flatten)]
+    pairs: PairArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RrArgs {
+    /// Request/response exchanges per measurement.
+    #[arg(long, default_value_t = 5000)]
+    count: usize,
+    /// Bytes each way.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Transport of the gateway's legs.
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: Transport,
+    #[command(flatten)]
+    pairs: PairArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct HsArgs {
+    /// Handshakes in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    #[command(flatten)]
+    pairs: PairArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct IdleArgs {
+    /// Idle sessions (and idle rathole connections).
+    #[arg(long, default_value_t = 20_000)]
+    sessions: usize,
+    /// System/baseline pairs.
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
+    /// Transport of the gateway's legs.
+    #[arg(long, value_enum, default_value = "quic")]
+    transport: Transport,
+    /// The rathole binary.
+    #[arg(long)]
+    rathole: Option<PathBuf>,
+    /// PKCS#12 identity for rathole's TLS server (the gateway certificate).
+    #[arg(long)]
+    rathole_p12: Option<PathBuf>,
+    /// Its password.
+    #[arg(long, default_value = "bench")]
+    rathole_p12_password: String,
+    /// Seconds to let idle sessions settle before reading RSS.
+    #[arg(long, default_value_t = 3.0)]
+    settle: f64,
+}
+
+struct Env {
+    pki: Arc<BenchPki>,
+    work: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    log: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let pki = BenchPki::open_or_create(&cli.pki_dir)?;
+    let (work, tmp) = match &cli.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let env = Env {
+        pki,
+        work,
+        _tmp: tmp,
+        log: cli.gateway_log.clone(),
+    };
+    let _ = now_us();
+    let out = match cli.cmd {
+        Cmd::Pki => {
+            let f = &env.pki.files;
+            json!({
+                "ca": f.ca, "crl": f.crl, "gateway_cert": f.gateway_cert, "gateway_key": f.gateway_key,
+                "relay_cert": f.relay_cert, "relay_key": f.relay_key,
+                "device_cert": cli.pki_dir.join("device-BENCH-LAPTOP-00.crt"),
+                "device_key": cli.pki_dir.join("device-BENCH-LAPTOP-00.key"),
+            })
+        }
+        Cmd::Sessions(a) => run_sessions(&env, &a).await?,
+        Cmd::Bulk(a) => bulk(&env, &a).await?,
+        Cmd::Rr(a) => rr(&env, &a).await?,
+        Cmd::Handshakes(a) => handshakes(&env, &a).await?,
+        Cmd::Idle(a) => idle(&env, &a).await?,
+        Cmd::FreePorts { n } => {
+            let ls = (0..n)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+                .collect::<Result<Vec<_>, _>>()?;
+            for l in &ls {
+                println!("{}", l.local_addr()?.port());
+            }
+            return Ok(());
+        }
+    };
+    let text = serde_json::to_string_pretty(&out)?;
+    println!("{text}");
+    if let Some(p) = cli.json {
+        std::fs::write(p, format!("{text}\n"))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- sessions
+
+const PHASE_RAMP: u8 = 0;
+const PHASE_STEADY: u8 = 1;
+const PHASE_STORM: u8 = 2;
+
+#[derive(Default)]
+struct Figures {
+    phase: AtomicU8,
+    /// Round trips of the initial sessions, by phase.
+    rtt: [Hist; 3],
+    /// Round trips of the storm's sessions.
+    rtt_new: Hist,
+    /// Round trips since the last progress line.
+    window: Hist,
+    setup_initial: Hist,
+    setup_storm: Hist,
+    setups_done: AtomicUsize,
+}
+
+fn max_conns(a: &SessionsArgs, agents: usize, total: usize) -> usize {
+    match a.transport {
+        Transport::Quic => agents.max(total) + 1000,
+        // Agent listener: control + one data connection per session.
+        Transport::Tcp => agents + total + 1000,
+    }
+}
+
+async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
+    let total = a.sessions + a.storm;
+    let n_agents = a.agents.unwrap_or(a.sessions.max(1)).max(1);
+    let n_laptops = a.laptops.unwrap_or(total).max(1);
+    let profile = a.profile.profile();
+    let mode = DeskMode::Rdp;
+    let desks: Vec<String> = (0..n_agents).map(|i| format!("LG-DESK-{i:05}")).collect();
+    let t = Instant::now();
+    let certs = env.pki.agents(&desks).await?;
+    eprintln!(
+        "{} agent certificates in {:.1}s",
+        certs.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let opts = GatewayOpts {
+        max_sessions: total + 100,
+        max_connections: max_conns(a, n_agents, total),
+        log: env.log.clone(),
+        addrs: None,
+    };
+    let mut gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
+    let pid = Arc::new(AtomicU32::new(gw.proc.pid()));
+    let stop_all = CancellationToken::new();
+    let sampler = Sampler::start(pid.clone(), Duration::from_secs(1), stop_all.clone());
+    let self_pid = Arc::new(AtomicU32::new(std::process::id()));
+    let self_sampler = Sampler::start(self_pid, Duration::from_secs(1), stop_all.clone());
+    tokio::time::sleep(Duration::from_secs_f64(a.settle.min(0.5))).await;
+    let rss_start = procstat::rss_kib(gw.proc.pid());
+    let udp_drops0 = fleet::udp_rcvbuf_errors();
+
+    let ticket_pub = kakehashi_pki::load_ticket_public_key(&env.pki.files.ticket_pub)?;
+    let mut ctx = Ctx::new(mode, ticket_pub);
+    {
+        let c = Arc::get_mut(&mut ctx).expect("fresh");
+        c.backoff_initial = Duration::from_millis(a.backoff_initial_ms);
+        c.backoff_max = Duration::from_millis(a.backoff_max_ms);
+    }
+    let fig = Arc::new(Figures::default());
+    let target = Arc::new(Mutex::new(AgentTarget {
+        quic: gw.addrs.agent_quic,
+        tcp: gw.addrs.agent_tcp,
+    }));
+
+    // Progress line every second.
+    let progress = {
+        let (ctx, fig, sampler, self_sampler, stop) = (
+            ctx.clone(),
+            fig.clone(),
+            sampler.clone(),
+            self_sampler.clone(),
+            stop_all.clone(),
+        );
+        let t0 = Instant::now();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut last_answers = 0;
+            loop {
+                tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
+                let w = summary(&fig.window.take());
+                let answers = ctx.flow.answers.load(Ordering::Relaxed);
+                let g = sampler.last();
+                let s = self_sampler.last();
+                eprintln!(
+                    "[{:>5.1}s] {} agents={} sessions={} answers/s={} p50={}us p99={}us errors={} gw_rss={}MiB gw_cpu={:.0}% loadgen_cpu={:.0}%",
+                    t0.elapsed().as_secs_f64(),
+                    ["ramp", "steady", "storm"][fig.phase.load(Ordering::Relaxed) as usize],
+                    ctx.agents_up.load(Ordering::Relaxed),
+                    ctx.sessions_up.load(Ordering::Relaxed),
+                    answers - last_answers,
+                    w.p50_us,
+                    w.p99_us,
+                    ctx.errors.total(),
+                    g.map_or(0, |g| g.rss_kib / 1024),
+                    g.map_or(0.0, |g| g.cpu_pct),
+                    s.map_or(0.0, |s| s.cpu_pct),
+                );
+                last_answers = answers;
+            }
+        })
+    };
+
+    // Agents, at most 256 handshakes in flight.
+    let t_agents = Instant::now();
+    let eps = match a.transport {
+        Transport::Quic => fleet::endpoints(n_agents.div_ceil(a.conns_per_socket))?,
+        Transport::Tcp => Vec::new(),
+    };
+    let qt = fleet::quic_transport(4096);
+    let gate = Arc::new(Semaphore::new(256));
+    let mut waits = Vec::with_capacity(n_agents);
+    for (i, (desk, m)) in desks.iter().zip(certs.iter()).enumerate() {
+        let ep = (a.transport == Transport::Quic).then(|| (eps[i % eps.len()].clone(), qt.clone()));
+        let agent = Agent::new(desk.clone(), m, ep)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let permit = gate.clone().acquire_owned().await?;
+        tokio::spawn(agent.run(ctx.clone(), target.clone(), stop_all.clone(), Some(tx)));
+        waits.push(tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(60), rx).await;
+            drop(permit);
+            r.is_ok_and(|r| r.is_ok())
+        }));
+    }
+    drop(certs);
+    let mut agents_ok = 0;
+    for w in waits {
+        agents_ok += usize::from(w.await.unwrap_or(false));
+    }
+    let agents_secs = t_agents.elapsed().as_secs_f64();
+    eprintln!("{agents_ok}/{n_agents} agents up in {agents_secs:.1}s");
+    tokio::time::sleep(Duration::from_secs_f64(a.settle.min(2.0))).await;
+    let rss_agents = procstat::rss_kib(gw.proc.pid());
+
+    // Laptops and the initial sessions.
+    let devices = fleet::device_configs(&env.pki)?;
+    let (laddr, leps) = match a.transport {
+        Transport::Quic => (
+            gw.addrs.terminal_quic,
+            fleet::endpoints(n_laptops.div_ceil(a.conns_per_socket))?,
+        ),
+        Transport::Tcp => (gw.addrs.terminal_tcp, Vec::new()),
+    };
+    let laptops: Vec<Arc<Laptop>> = (0..n_laptops)
+        .map(|i| {
+            Laptop::new(
+                &devices[i % devices.len()],
+                laddr,
+                (!leps.is_empty()).then(|| leps[i % leps.len()].clone()),
+            )
+        })
+        .collect();
+    let traffic_stop = CancellationToken::new();
+    let sessions_done = Arc::new(tokio::sync::Notify::new());
+    let live = Arc::new(AtomicUsize::new(0));
+    let spawn_session = |i: usize, storm: bool, gate: Arc<Semaphore>| {
+        let laptop = laptops[i % laptops.len()].clone();
+        let desk = desks[i % desks.len()].clone();
+        let (ctx, fig, stop, live, done) = (
+            ctx.clone(),
+            fig.clone(),
+            traffic_stop.clone(),
+            live.clone(),
+            sessions_done.clone(),
+        );
+        let kbps = profile.rate_of(i);
+        live.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let t = Instant::now();
+            let r = laptop.session(&desk).await;
+            drop(permit);
+            fig.setups_done.fetch_add(1, Ordering::Relaxed);
+            match r {
+                Err(kind) => ctx.errors.add(kind),
+                Ok(io) => {
+                    if storm {
+                        &fig.setup_storm
+                    } else {
+                        &fig.setup_initial
+                    }
+                    .record(t.elapsed());
+                    ctx.sessions_up.fetch_add(1, Ordering::Relaxed);
+                    let f2 = fig.clone();
+                    let end = traffic::drive_rdp(io, kbps, profile, stop, &ctx.flow, move |us| {
+                        f2.window.record_us(us);
+                        if storm {
+                            f2.rtt_new.record_us(us);
+                        } else {
+                            f2.rtt[f2.phase.load(Ordering::Relaxed) as usize].record_us(us);
+                        }
+                    })
+                    .await;
+                    if let Some(k) = end.error_kind() {
+                        ctx.errors.add(k);
+                    }
+                    ctx.sessions_up.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            if live.fetch_sub(1, Ordering::Relaxed) == 1 {
+                done.notify_waiters();
+            }
+        });
+    };
+    let t_ramp = Instant::now();
+    let gate = Arc::new(Semaphore::new(256));
+    pace(a.sessions, a.ramp, |i| {
+        spawn_session(i, false, gate.clone())
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fig.setups_done.load(Ordering::Relaxed) < a.sessions && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ramp_secs = t_ramp.elapsed().as_secs_f64();
+    let opened = ctx.sessions_up.load(Ordering::Relaxed);
+    eprintln!("{opened}/{} sessions open in {ramp_secs:.1}s", a.sessions);
+    tokio::time::sleep(Duration::from_secs_f64(if profile.hz <= 0.0 {
+        a.settle
+    } else {
+        1.0
+    }))
+    .await;
+    let rss_sessions = procstat::rss_kib(gw.proc.pid());
+
+    // Steady phase.
+    fig.phase.store(PHASE_STEADY, Ordering::Relaxed);
+    let steady_from = now_us() as f64 / 1e6;
+    let answers0 = ctx.flow.answers.load(Ordering::Relaxed);
+    let bytes0 = ctx.flow.bytes_down.load(Ordering::Relaxed);
+    let errors_before_steady = ctx.errors.snapshot();
+    tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
+    let steady_to = now_us() as f64 / 1e6;
+    let steady_answers = ctx.flow.answers.load(Ordering::Relaxed) - answers0;
+    let steady_bytes = ctx.flow.bytes_down.load(Ordering::Relaxed) - bytes0;
+
+    // Storm phase (P6): new sessions arriving uniformly onto the live ones.
+    let mut storm_out = Value::Null;
+    if a.storm > 0 {
+        fig.phase.store(PHASE_STORM, Ordering::Relaxed);
+        let from = now_us() as f64 / 1e6;
+        let storm_gate = Arc::new(Semaphore::new(5000));
+        let done0 = fig.setups_done.load(Ordering::Relaxed);
+        pace(a.storm, a.storm as f64 / a.storm_secs, |j| {
+            spawn_session(a.sessions + j, true, storm_gate.clone())
+        })
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fig.setups_done.load(Ordering::Relaxed) < done0 + a.storm && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let to = now_us() as f64 / 1e6;
+        let before = summary(&fig.rtt[PHASE_STEADY as usize].snapshot());
+        let during = summary(&fig.rtt[PHASE_STORM as usize].snapshot());
+        storm_out = json!({
+            "sessions": a.storm,
+            "secs": a.storm_secs,
+            "setup": summary(&fig.setup_storm.snapshot()),
+            "new_sessions_rtt": summary(&fig.rtt_new.snapshot()),
+            "live_rtt_before": before,
+            "live_rtt_during": during,
+            "live_p99_ratio": during.p99_us as f64 / before.p99_us.max(1) as f64,
+            "gateway": phase_use(&sampler.between(from, to)),
+        });
+    }
+
+    // Restart (P7): stop the gateway, start it again on the same ports, time the agents' return.
+    let mut restart_out = Value::Null;
+    if a.restart {
+        let t_stop = Instant::now();
+        let up_before = ctx.agents_up.load(Ordering::Relaxed);
+        match a.restart_signal {
+            StopSignal::Term => gw.proc.terminate(),
+            StopSignal::Kill => gw.proc.kill().await,
+        }
+        let _ = gw.proc.wait_exit(Duration::from_secs(30)).await;
+        let down_secs = t_stop.elapsed().as_secs_f64();
+        let o2 = GatewayOpts {
+            addrs: Some(gateway::Addrs { ..gw.addrs }),
+            ..opts.clone()
+        };
+        let t_restart_us = now_us();
+        gw = start_with_retry(&env.pki.files, &o2, &env.work).await?;
+        pid.store(gw.proc.pid(), Ordering::Relaxed);
+        let ready_us = now_us();
+        let welcomes0 = ctx.welcomes.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut every_back = false;
+        while Instant::now() < deadline {
+            if ctx.welcomes.load(Ordering::Relaxed) >= welcomes0 + agents_ok as u64
+                && ctx.agents_up.load(Ordering::Relaxed) >= agents_ok
+            {
+                every_back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let last = ctx.last_welcome_us.load(Ordering::Relaxed);
+        let back = ctx.agents_up.load(Ordering::Relaxed);
+        restart_out = json!({
+            "signal": format!("{:?}", a.restart_signal).to_lowercase(),
+            "agents_before": up_before,
+            "agents_back": back,
+            "all_back": every_back,
+            "old_gateway_exit_secs": down_secs,
+            "new_gateway_ready_secs": (ready_us - t_restart_us) as f64 / 1e6,
+            "all_back_after_ready_secs": if every_back { Some((last.saturating_sub(ready_us)) as f64 / 1e6) } else { None },
+            "all_back_after_stop_secs": if every_back { Some(t_stop.elapsed().as_secs_f64() - (now_us() - last) as f64 / 1e6) } else { None },
+            "gateway_rss_after_kib": procstat::rss_kib(gw.proc.pid()),
+        });
+        eprintln!("restart: {restart_out}");
+    }
+
+    // Stop.
+    traffic_stop.cancel();
+    if live.load(Ordering::Relaxed) > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(5), sessions_done.notified()).await;
+    }
+    let rss_end = procstat::rss_kib(gw.proc.pid());
+    stop_all.cancel();
+    progress.abort();
+    let steady_errors: u64 = {
+        let now = ctx.errors.snapshot();
+        now.iter()
+            .filter(|(k, _)| !k.starts_with("agent:tunnel_lost") || !a.restart)
+            .map(|(k, v)| v - errors_before_steady.get(k).copied().unwrap_or(0))
+            .sum()
+    };
+    let per = |d: u64, n: usize| if n == 0 { 0.0 } else { d as f64 / n as f64 };
+    let steady = phase_use(&sampler.between(steady_from, steady_to));
+    let p99 = summary(&fig.rtt[PHASE_STEADY as usize].snapshot());
+    Ok(json!({
+        "bench": "sessions",
+        "transport": a.transport,
+        "agents": n_agents,
+        "agents_up": agents_ok,
+        "agents_connect_secs": agents_secs,
+        "sessions": a.sessions,
+        "sessions_opened": opened,
+        "ramp_secs": ramp_secs,
+        "laptops": n_laptops,
+        "profile": profile,
+        "mean_kbps_per_session": profile.mean_kbps(a.sessions),
+        "offered_mbps": profile.mean_kbps(a.sessions) * a.sessions as f64 / 1000.0,
+        "setup": summary(&fig.setup_initial.snapshot()),
+        "rtt_steady": p99,
+        "rtt_ramp": summary(&fig.rtt[PHASE_RAMP as usize].snapshot()),
+        "steady_secs": steady_to - steady_from,
+        "steady_answers_per_sec": steady_answers as f64 / (steady_to - steady_from),
+        "steady_mbps_down": steady_bytes as f64 * 8.0 / 1e6 / (steady_to - steady_from),
+        "gateway_steady": steady,
+        "loadgen_steady": phase_use(&self_sampler.between(steady_from, steady_to)),
+        "gateway_rss_kib": { "start": rss_start, "agents_up": rss_agents, "sessions_open": rss_sessions, "end": rss_end },
+        "gateway_kib_per_session_total": per(rss_sessions.saturating_sub(rss_start), opened),
+        "gateway_kib_per_session_incremental": per(rss_sessions.saturating_sub(rss_agents), opened),
+        "gateway_kib_per_agent": per(rss_agents.saturating_sub(rss_start), agents_ok),
+        "tickets_verified": ctx.tickets_ok.load(Ordering::Relaxed),
+        "udp_rcvbuf_drops_machine": fleet::udp_rcvbuf_errors() - udp_drops0,
+        "udp_drops_gateway_terminal_socket": fleet::udp_socket_drops(gw.addrs.terminal_quic.port()),
+        "udp_drops_gateway_agent_socket": fleet::udp_socket_drops(gw.addrs.agent_quic.port()),
+        "errors": ctx.errors.snapshot(),
+        "errors_total": ctx.errors.total(),
+        "errors_excluding_restart": steady_errors,
+        "storm": storm_out,
+        "restart": restart_out,
+        "targets": {
+            "p5_cpu_machine_pct_le_70": steady.cpu_mean_machine_pct <= 70.0,
+            "p5_p99_le_1ms": p99.p99_us <= 1000,
+        },
+    }))
+}
+
+/// Start the gateway again on the same ports (the old sockets may linger briefly).
+async fn start_with_retry(
+    pki: &kakehashi_benches::pki::PkiFiles,
+    o: &GatewayOpts,
+    work: &Path,
+) -> anyhow::Result<Gateway> {
+    let mut last = None;
+    for _ in 0..50 {
+        match gateway::start(pki, o, work).await {
+            Ok(g) => return Ok(g),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow!("gateway did not restart")))
+}
+
+/// Call `f(i)` for `i in 0..n` at `rate` per second.
+async fn pace(n: usize, rate: f64, mut f: impl FnMut(usize)) {
+    let t0 = tokio::time::Instant::now();
+    let rate = rate.max(1.0);
+    let mut i = 0;
+    while i < n {
+        let due = ((t0.elapsed().as_secs_f64() * rate) as usize + 1).min(n);
+        while i < due {
+            f(i);
+            i += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ------------------------------------------------- one agent, one laptop
+
+/// A gateway with one agent (desk `BENCH-DESK`) and one laptop, for the
+/// comparisons that measure a few sessions.
+struct Single {
+    gw: Gateway,
+    laptop: Arc<Laptop>,
+    ctx: Arc<Ctx>,
+    stop: CancellationToken,
+}
+
+impl Single {
+    async fn start(env: &Env, transport: Transport, mode: DeskMode) -> anyhow::Result<Self> {
+        let opts = GatewayOpts {
+            max_sessions: 1000,
+            max_connections: 5000,
+            log: env.log.clone(),
+            addrs: None,
+        };
+        let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
+        let ctx = Ctx::new(
+            mode,
+            kakehashi_pki::load_ticket_public_key(&env.pki.files.ticket_pub)?,
+        );
+        let stop = CancellationToken::new();
+        let m = env.pki.agent("BENCH-DESK")?;
+        let (ep, lep) = match transport {
+            Transport::Quic => (
+                Some(fleet::endpoints(1)?.remove(0)),
+                Some(fleet::endpoints(1)?.remove(0)),
+            ),
+            Transport::Tcp => (None, None),
+        };
+        let agent = Agent::new(
+            "BENCH-DESK".into(),
+            &m,
+            ep.map(|e| (e, fleet::quic_transport(4096))),
+        )?;
+        let target = Arc::new(Mutex::new(AgentTarget {
+            quic: gw.addrs.agent_quic,
+            tcp: gw.addrs.agent_tcp,
+        }));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(agent.run(ctx.clone(), target, stop.clone(), Some(tx)));
+        tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .context("agent did not come up")??;
+        let devices = fleet::device_configs(&env.pki)?;
+        let addr = match transport {
+            Transport::Quic => gw.addrs.terminal_quic,
+            Transport::Tcp => gw.addrs.terminal_tcp,
+        };
+        let laptop = Laptop::new(&devices[0], addr, lep);
+        Ok(Self {
+            gw,
+            laptop,
+            ctx,
+            stop,
+        })
+    }
+
+    async fn open(&self) -> anyhow::Result<kakehashi_transport::BoxIo> {
+        self.laptop
+            .session("BENCH-DESK")
+            .await
+            .map_err(|k| anyhow!("session refused: {k}"))
+    }
+}
+
+impl Drop for Single {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn parse_dial(spec: &str, env: &Env) -> anyhow::Result<Dial> {
+    let (kind, addr) = spec
+        .split_once(':')
+        .ok_or_else(|| anyhow!("expected tls:ADDR or plain:ADDR, got {spec}"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address in {spec}"))?;
+    match kind {
+        "tls" => {
+            let dev = &fleet::device_configs(&env.pki)?[0];
+            Ok(Dial::Tls(addr, dev.tls.clone()))
+        }
+        "plain" => Ok(Dial::Plain(addr)),
+        other => bail!("unknown target kind {other}"),
+    }
+}
+
+/// Start the desks behind the baselines (mutual TLS and plain).
+async fn start_backends(
+    env: &Env,
+    p: &PairArgs,
+    mode: DeskMode,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = p.backend_tls {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        let cfg = backend::server_config(&env.pki.gateway()?, Some(&env.pki.files.crl), &[])?;
+        tokio::spawn(backend::serve_tls(l, Arc::new(cfg), mode, stop.clone()));
+    }
+    if let Some(addr) = p.backend_plain {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        tokio::spawn(backend::serve_plain(l, mode, stop.clone()));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- P1 bulk
+
+async fn bulk_once<F, Fut>(streams: usize, secs: f64, open: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<kakehashi_transport::BoxIo>>,
+{
+    let stop = CancellationToken::new();
+    let bytes = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let io = open().await?;
+        let (stop, bytes) = (stop.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move {
+            traffic::drive_sink(io, stop, &bytes).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64((secs / 2.0).min(0.3))).await;
+    let (b0, t0) = (bytes.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let (b1, dt) = (bytes.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok((b1 - b0) as f64 * 8.0 / 1e6 / dt)
+}
+
+async fn bulk(env: &Env, a: &BulkArgs) -> anyhow::Result<Value> {
+    let stop = CancellationToken::new();
+    start_backends(env, &a.pairs, DeskMode::Source, &stop).await?;
+    let single = Single::start(env, a.transport, DeskMode::Source).await?;
+    let base = a
+        .pairs
+        .baseline
+        .as_deref()
+        .map(|s| parse_dial(s, env))
+        .transpose()?;
+    let floor = a
+        .pairs
+        .floor
+        .as_deref()
+        .map(|s| parse_dial(s, env))
+        .transpose()?;
+    let (mut sys, mut bl, mut fl, mut ratios) = (vec![], vec![], vec![], vec![]);
+    for i in 0..a.pairs.pairs.max(1) {
+        let s = bulk_once(a.streams, a.secs, || single.open()).await?;
+        sys.push(s);
+        if let Some(b) = &base {
+            let v = bulk_once(a.streams, a.secs, || b.open()).await?;
+            bl.push(v);
+            ratios.push(s / v);
+        }
+        if let Some(f) = &floor {
+            fl.push(bulk_once(a.streams, a.secs, || f.open()).await?);
+        }
+        eprintln!(
+            "pair {}: kakehashi {s:.0} Mbit/s, baseline {:.0}, floor {:.0}",
+            i + 1,
+            bl.last().unwrap_or(&f64::NAN),
+            fl.last().unwrap_or(&f64::NAN)
+        );
+    }
+    stop.cancel();
+    Ok(json!({
+        "bench": "bulk", "transport": a.transport, "streams": a.streams, "secs": a.secs,
+        "kakehashi_mbps": sys, "baseline_mbps": bl, "floor_mbps": fl, "ratios": ratios,
+        "median_kakehashi_mbps": median(&sys), "median_baseline_mbps": median(&bl), "median_floor_mbps": median(&fl),
+        "median_ratio": median(&ratios),
+        "errors": single.ctx.errors.snapshot(),
+        "gateway_rss_kib": procstat::rss_kib(single.gw.proc.pid()),
+    }))
+}
+
+// ------------------------------------------------------------------ P4 rr
+
+async fn rr_once(io: kakehashi_transport::BoxIo, count: usize, size: usize) -> anyhow::Result<u64> {
+    let h = Hist::default();
+    traffic::drive_rr(io, count, size, &h).await?;
+    Ok(summary(&h.snapshot()).p99_us)
+}
+
+async fn rr(env: &Env, a: &RrArgs) -> anyhow::Result<Value> {
+    let stop = CancellationToken::new();
+    start_backends(env, &a.pairs, DeskMode::Echo, &stop).await?;
+    let single = Single::start(env, a.transport, DeskMode::Echo).await?;
+    let base = a
+        .pairs
+        .baseline
+        .as_deref()
+        .map(|s| parse_dial(s, env))
+        .transpose()?;
+    let floor = a
+        .pairs
+        .floor
+        .as_deref()
+        .map(|s| parse_dial(s, env))
+        .transpose()?;
+    let direct_tls = match a.pairs.backend_tls {
+        Some(addr) => Some(parse_dial(&format!("tls:{addr}"), env)?),
+        None => None,
+    };
+    let direct_plain = a.pairs.backend_plain.map(Dial::Plain);
+    // Warm up each path once.
+    rr_once(single.open().await?, 200, a.size).await?;
+    let mut rows = Vec::new();
+    let (mut ratios, mut sys_added, mut base_added, mut floor_added) =
+        (vec![], vec![], vec![], vec![]);
+    for i in 0..a.pairs.pairs.max(1) {
+        let direct = match &direct_tls {
+            Some(d) => Some(rr_once(d.open().await?, a.count, a.size).await?),
+            None => None,
+        };
+        let s = rr_once(single.open().await?, a.count, a.size).await?;
+        let b = match &base {
+            Some(b) => Some(rr_once(b.open().await?, a.count, a.size).await?),
+            None => None,
+        };
+        let (f, fd) = match (&floor, &direct_plain) {
+            (Some(f), Some(d)) => (
+                Some(rr_once(f.open().await?, a.count, a.size).await?),
+                Some(rr_once(d.open().await?, a.count, a.size).await?),
+            ),
+            _ => (None, None),
+        };
+        let d = direct.unwrap_or(0) as f64;
+        let sa = s as f64 - d;
+        sys_added.push(sa);
+        if let Some(b) = b {
+            let ba = b as f64 - d;
+            base_added.push(ba);
+            ratios.push(sa / ba.max(1.0));
+        }
+        if let (Some(f), Some(fd)) = (f, fd) {
+            floor_added.push(f as f64 - fd as f64);
+        }
+        eprintln!("pair {}: p99 direct {d}us, kakehashi {s}us, baseline {b:?}us, floor {f:?}us (plain direct {fd:?}us)", i + 1);
+        rows.push(json!({"direct_p99_us": direct, "kakehashi_p99_us": s, "baseline_p99_us": b, "floor_p99_us": f, "plain_direct_p99_us": fd}));
+    }
+    stop.cancel();
+    Ok(json!({
+        "bench": "rr", "transport": a.transport, "count": a.count, "size": a.size,
+        "pairs": rows,
+        "kakehashi_added_p99_us": sys_added, "baseline_added_p99_us": base_added, "floor_added_p99_us": floor_added,
+        "median_kakehashi_added_p99_us": median(&sys_added), "median_baseline_added_p99_us": median(&base_added),
+        "median_floor_added_p99_us": median(&floor_added),
+        "ratios": ratios, "median_ratio": median(&ratios),
+        "errors": single.ctx.errors.snapshot(),
+    }))
+}
+
+// ---------------------------------------------------------- P3 handshakes
+
+/// Full handshakes + Ping/Pong per second against `addr`, `conc` in flight.
+async fn hs_once(
+    addr: SocketAddr,
+    cfgs: &[Arc<rustls::ClientConfig>],
+    conc: usize,
+    secs: f64,
+) -> (f64, u64) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
+    let ping: Arc<[u8]> = frame::encode(FrameKind::Ping, &[]).expect("frame").into();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..conc {
+        let cfg = cfgs[i % cfgs.len()].clone();
+        let (ok, bad, ping) = (ok.clone(), bad.clone(), ping.clone());
+        tasks.push(tokio::spawn(async move {
+            while tokio::time::Instant::now() < deadline {
+                let r = async {
+                    let mut io = Dial::Tls(addr, cfg.clone()).open().await?;
+                    io.write_all(&ping).await?;
+                    io.flush().await?;
+                    let mut h = [0u8; frame::HEADER_LEN];
+                    io.read_exact(&mut h).await?;
+                    if h[1] != FrameKind::Pong as u8 {
+                        bail!("no pong");
+                    }
+                    anyhow::Ok(())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), r).await {
+                    Ok(Ok(())) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => bad.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (
+        ok.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64(),
+        bad.load(Ordering::Relaxed),
+    )
+}
+
+async fn handshakes(env: &Env, a: &HsArgs) -> anyhow::Result<Value> {
+    let opts = GatewayOpts {
+        max_sessions: 1000,
+        max_connections: 25_000,
+        log: env.log.clone(),
+        addrs: None,
+    };
+    let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
+    let cfgs: Vec<_> = fleet::device_configs(&env.pki)?
+        .into_iter()
+        .map(|d| d.tls)
+        .collect();
+    let base = match a.pairs.baseline.as_deref() {
+        Some(s) => Some(
+            s.strip_prefix("tls:")
+                .ok_or_else(|| anyhow!("handshake baseline must be tls:ADDR"))?
+                .parse::<SocketAddr>()?,
+        ),
+        None => None,
+    };
+    // Warm up both.
+    hs_once(gw.addrs.terminal_tcp, &cfgs, a.concurrency, 0.3).await;
+    if let Some(b) = base {
+        hs_once(b, &cfgs, a.concurrency, 0.3).await;
+    }
+    let (mut sys, mut bl, mut ratios, mut errors) = (vec![], vec![], vec![], 0);
+    for i in 0..a.pairs.pairs.max(1) {
+        let (s, e) = hs_once(gw.addrs.terminal_tcp, &cfgs, a.concurrency, a.secs).await;
+        errors += e;
+        sys.push(s);
+        if let Some(b) = base {
+            let (v, e) = hs_once(b, &cfgs, a.concurrency, a.secs).await;
+            errors += e;
+            bl.push(v);
+            ratios.push(s / v);
+        }
+        eprintln!(
+            "pair {}: kakehashi {s:.0}/s, baseline {:.0}/s",
+            i + 1,
+            bl.last().unwrap_or(&f64::NAN)
+        );
+    }
+    Ok(json!({
+        "bench": "handshakes", "concurrency": a.concurrency, "secs": a.secs,
+        "kakehashi_per_sec": sys, "baseline_per_sec": bl, "ratios": ratios,
+        "median_kakehashi_per_sec": median(&sys), "median_baseline_per_sec": median(&bl),
+        "median_ratio": median(&ratios), "errors": errors,
+        "gateway_rss_kib": procstat::rss_kib(gw.proc.pid()),
+    }))
+}
+
+// ---------------------------------------------------------------- P2 idle
+
+async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
+    let sess = SessionsArgs {
+        transport: a.transport,
+        sessions: a.sessions,
+        agents: None,
+        laptops: None,
+        duration: 0.0,
+        ramp: 2000.0,
+        storm: 0,
+        storm_secs: 1.0,
+        restart: false,
+        restart_signal: StopSignal::Term,
+        settle: a.settle,
+        conns_per_socket: 256,
+        backoff_initial_ms: 500,
+        backoff_max_ms: 30_000,
+        profile: ProfileArgs {
+            hz: 0.0,
+            kbps: 0.0,
+            heavy_frac: 0.0,
+            heavy_kbps: 0.0,
+            burst_every: 0.0,
+            burst_secs: 0.0,
+            burst_factor: 1.0,
+            up_bytes: 0,
+        },
+    };
+    let (mut total, mut incr, mut per_agent, mut rat, mut ratios) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut opened = vec![];
+    let mut rathole_notes = Value::Null;
+    for i in 0..a.pairs.max(1) {
+        let r = run_sessions(env, &sess).await?;
+        let t = r["gateway_kib_per_session_total"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let inc = r["gateway_kib_per_session_incremental"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        total.push(t);
+        incr.push(inc);
+        per_agent.push(r["gateway_kib_per_agent"].as_f64().unwrap_or(f64::NAN));
+        opened.push(r["sessions_opened"].as_u64().unwrap_or(0));
+        if let (Some(bin), Some(p12)) = (&a.rathole, &a.rathole_p12) {
+            let (v, notes) =
+                rathole_idle(env, bin, p12, &a.rathole_p12_password, a.sessions, a.settle).await?;
+            rat.push(v);
+            ratios.push(inc / v);
+            rathole_notes = notes;
+        }
+        eprintln!("pair {}: kakehashi {t:.1} KiB/session total, {inc:.1} incremental; rathole {:.1} KiB/connection", i + 1, rat.last().unwrap_or(&f64::NAN));
+    }
+    Ok(json!({
+        "bench": "idle", "transport": a.transport, "sessions": a.sessions, "sessions_opened": opened,
+        "kakehashi_kib_per_session_total": total, "kakehashi_kib_per_session_incremental": incr,
+        "kakehashi_kib_per_agent": per_agent, "rathole_kib_per_connection": rat,
+        "median_total": median(&total), "median_incremental": median(&incr), "median_per_agent": median(&per_agent),
+        "median_rathole": median(&rat), "ratios_incremental_vs_rathole": ratios, "median_ratio": median(&ratios),
+        "rathole": rathole_notes,
+    }))
+}
+
+/// rathole server + client with TLS, `n` idle visitor connections through
+/// its service port; the server's RSS delta per connection.
+async fn rathole_idle(
+    env: &Env,
+    bin: &Path,
+    p12: &Path,
+    pass: &str,
+    n: usize,
+    settle: f64,
+) -> anyhow::Result<(f64, Value)> {
+    let stop = CancellationToken::new();
+    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let echo_addr = echo.local_addr()?;
+    tokio::spawn(backend::serve_plain(echo, DeskMode::Echo, stop.clone()));
+    let free = || -> anyhow::Result<SocketAddr> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    };
+    let (ctl, svc) = (free()?, free()?);
+    let server = format!(
+        "[server]\nbind_addr = \"{ctl}\"\n[server.transport]\ntype = \"tls\"\n[server.transport.tls]\npkcs12 = \"{}\"\npkcs12_password = \"{pass}\"\n[server.services.desk]\ntoken = \"bench\"\nbind_addr = \"{svc}\"\n",
+        p12.display()
+    );
+    let client = format!(
+        "[client]\nremote_addr = \"{ctl}\"\n[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"{}\"\nhostname = \"localhost\"\n[client.services.desk]\ntoken = \"bench\"\nlocal_addr = \"{echo_addr}\"\n",
+        env.pki.files.ca.display()
+    );
+    let (sp, cp) = (
+        env.work.join("rathole-server.toml"),
+        env.work.join("rathole-client.toml"),
+    );
+    std::fs::write(&sp, server)?;
+    std::fs::write(&cp, client)?;
+    let srv = kakehashi_tests::Proc::spawn(
+        bin,
+        &["--server", sp.to_str().expect("utf-8")],
+        env.work.join("rathole-server.log"),
+        &[("RUST_LOG", "warn")],
+    );
+    let cli = kakehashi_tests::Proc::spawn(
+        bin,
+        &["--client", cp.to_str().expect("utf-8")],
+        env.work.join("rathole-client.log"),
+        &[("RUST_LOG", "warn")],
+    );
+    // Wait until a visitor gets its echo through the tunnel.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = async {
+            let mut s = TcpStream::connect(svc).await?;
+            s.write_all(b"x").await?;
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b)).await??;
+            anyhow::Ok(())
+        }
+        .await;
+        if ok.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "rathole tunnel never came up; server log:\n{}",
+                srv.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(svc).await?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+    }
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    let rss0 = procstat::rss_kib(srv.pid());
+    let gate = Arc::new(Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = gate.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let r = async {
+                let mut s = TcpStream::connect(svc).await?;
+                s.write_all(b"x").await?;
+                let mut b = [0u8; 1];
+                tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut b)).await??;
+                anyhow::Ok(s)
+            }
+            .await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut open = Vec::with_capacity(n);
+    for t in tasks {
+        if let Ok(Ok(s)) = t.await {
+            open.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    let rss1 = procstat::rss_kib(srv.pid());
+    let crss = procstat::rss_kib(cli.pid());
+    let got = open.len();
+    drop(open);
+    stop.cancel();
+    drop((srv, cli));
+    let per = rss1.saturating_sub(rss0) as f64 / got.max(1) as f64;
+    Ok((
+        per,
+        json!({"connections": got, "server_rss_before_kib": rss0, "server_rss_after_kib": rss1, "client_rss_after_kib": crss,
+        "note": "one rathole client, one service; visitor leg plain TCP, tunnel leg TLS (native-tls) with one data-channel connection per visitor"}),
+    ))
+}

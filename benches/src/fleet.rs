@@ -1,0 +1,570 @@
+//! Many agents and laptops in one process, speaking the real protocol with
+//! `kakehashi_transport` and `kakehashi_proto`: an agent dials the gateway
+//! with its own desk certificate, says hello, checks every ticket the gateway
+//! signs (signature, desk, expiry, single use) and then plays the desk; a
+//! laptop opens sessions with a device certificate and a `SessionRequest`.
+//!
+//! QUIC connections share a few client endpoints (one UDP socket per few
+//! hundred connections), so 40,000 connections do not need 40,000 sockets.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use kakehashi_proto::io::{read_frame, write_message, write_raw};
+use kakehashi_proto::message::{
+    AgentHello, AgentWelcome, DataChannelHello, Message, OpenDataChannel, SessionAccepted,
+    SessionRequest,
+};
+use kakehashi_proto::{
+    frame, FrameKind, Refusal, ReplayGuard, TicketVerifier, ALPN_AGENT, ALPN_TERMINAL,
+};
+use kakehashi_transport::dial::tls_connect;
+use kakehashi_transport::stream::QuicStream;
+use kakehashi_transport::tls::{self, TlsMaterial};
+use kakehashi_transport::{unix_now, BoxIo};
+use quinn::{TransportConfig, VarInt};
+use rand::Rng as _;
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Errors;
+use crate::traffic::{self, DeskMode, Flow};
+
+/// Handshake and setup timeout of the simulated peers.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Which transport the fleet uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC on both legs.
+    Quic,
+    /// TLS over TCP on both legs.
+    Tcp,
+}
+
+/// The QUIC transport settings of the real agent and client
+/// (`kakehashi_transport::quic::QuicLimits::default()`), with the stream
+/// limit the peer may open.
+pub fn quic_transport(max_streams: u32) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(KEEPALIVE))
+        .max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("in range")))
+        .stream_receive_window(VarInt::from_u32(1024 * 1024))
+        .receive_window(VarInt::from_u32(8 * 1024 * 1024))
+        .send_window(8 * 1024 * 1024);
+    Arc::new(t)
+}
+
+/// A quinn client config for `tls`.
+pub fn quic_client(
+    tls: rustls::ClientConfig,
+    transport: Arc<TransportConfig>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .context("TLS config unusable for QUIC")?;
+    let mut c = quinn::ClientConfig::new(Arc::new(crypto));
+    c.transport_config(transport);
+    Ok(c)
+}
+
+/// `n` client endpoints on loopback, each with 4 MiB socket buffers (the
+/// kernel caps them at `net.core.rmem_max`/`wmem_max`) so that drops, if
+/// any, happen on the gateway's side rather than the load generator's.
+pub fn endpoints(n: usize) -> anyhow::Result<Vec<quinn::Endpoint>> {
+    (0..n.max(1))
+        .map(|_| {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            let _ = s.set_recv_buffer_size(4 << 20);
+            let _ = s.set_send_buffer_size(4 << 20);
+            s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                s.into(),
+                Arc::new(quinn::TokioRuntime),
+            )
+            .context("cannot open a UDP socket")
+        })
+        .collect()
+}
+
+/// Datagrams dropped by the UDP socket bound to `port` on 127.0.0.1
+/// (the `drops` column of `/proc/net/udp`).
+pub fn udp_socket_drops(port: u16) -> u64 {
+    let s = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let want = format!("0100007F:{port:04X}");
+    s.lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// UDP receive-buffer drops on this machine so far (`RcvbufErrors` in `/proc/net/snmp`).
+pub fn udp_rcvbuf_errors() -> u64 {
+    let s = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = s.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(h), Some(v)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    h.split_whitespace()
+        .zip(v.split_whitespace())
+        .find(|(k, _)| *k == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Shared state and figures of a fleet.
+#[derive(Debug)]
+pub struct Ctx {
+    /// What desks do with sessions.
+    pub desk_mode: DeskMode,
+    /// Checks the gateway's tickets.
+    pub verifier: TicketVerifier,
+    /// Errors by kind.
+    pub errors: Errors,
+    /// Agents with a live tunnel.
+    pub agents_up: AtomicUsize,
+    /// Tunnels established (welcomes received), including reconnections.
+    pub welcomes: AtomicU64,
+    /// `traffic::now_us()` of the latest welcome.
+    pub last_welcome_us: AtomicU64,
+    /// Tickets accepted by the simulated agents.
+    pub tickets_ok: AtomicU64,
+    /// Sessions open on the laptop side.
+    pub sessions_up: AtomicUsize,
+    /// Laptop-side traffic counters.
+    pub flow: Flow,
+    /// Reconnect backoff: first delay.
+    pub backoff_initial: Duration,
+    /// Reconnect backoff: cap.
+    pub backoff_max: Duration,
+}
+
+impl Ctx {
+    /// A context for desks in `mode`, trusting the ticket key `ticket_pub`.
+    pub fn new(desk_mode: DeskMode, ticket_pub: [u8; 32]) -> Arc<Self> {
+        Arc::new(Self {
+            desk_mode,
+            verifier: TicketVerifier::new(vec![ticket_pub]),
+            errors: Errors::default(),
+            agents_up: AtomicUsize::new(0),
+            welcomes: AtomicU64::new(0),
+            last_welcome_us: AtomicU64::new(0),
+            tickets_ok: AtomicU64::new(0),
+            sessions_up: AtomicUsize::new(0),
+            flow: Flow::default(),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        })
+    }
+}
+
+/// Where the agents dial (changeable for a gateway restart on the same ports).
+#[derive(Debug, Clone, Copy)]
+pub struct AgentTarget {
+    /// Agent QUIC listener.
+    pub quic: SocketAddr,
+    /// Agent TCP listener.
+    pub tcp: SocketAddr,
+}
+
+/// One simulated desk agent.
+pub struct Agent {
+    desk: String,
+    tls: Arc<rustls::ClientConfig>,
+    quic: Option<(quinn::Endpoint, quinn::ClientConfig)>,
+    replay: Mutex<ReplayGuard>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("desk", &self.desk)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// An agent for `desk` with certificate `m`; QUIC agents use endpoint `ep`.
+    pub fn new(
+        desk: String,
+        m: &TlsMaterial,
+        ep: Option<(quinn::Endpoint, Arc<TransportConfig>)>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let cfg = tls::client_config(m, None, ALPN_AGENT)?;
+        let quic = match ep {
+            Some((ep, t)) => Some((ep, quic_client(cfg.clone(), t)?)),
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            desk,
+            tls: Arc::new(cfg),
+            quic,
+            replay: Mutex::new(ReplayGuard::new(100_000)),
+        }))
+    }
+
+    /// Keep a tunnel up until `stop`, reconnecting with capped, jittered
+    /// backoff like the real agent. `up` is told of the first welcome.
+    pub async fn run(
+        self: Arc<Self>,
+        ctx: Arc<Ctx>,
+        target: Arc<Mutex<AgentTarget>>,
+        stop: CancellationToken,
+        up: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        let mut up = up;
+        let mut backoff = ctx.backoff_initial;
+        loop {
+            let t = *target.lock().expect("target");
+            let started = Instant::now();
+            let r = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.clone().tunnel(&ctx, t, &mut up) => r,
+            };
+            if stop.is_cancelled() {
+                return;
+            }
+            if let Err(kind) = r {
+                ctx.errors.add(kind);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = ctx.backoff_initial;
+            }
+            let ms = backoff.as_millis() as u64;
+            let delay = Duration::from_millis(rand::rng().random_range(ms / 2..=ms));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            backoff = (backoff * 2).min(ctx.backoff_max);
+        }
+    }
+
+    fn welcomed(&self, ctx: &Ctx, up: &mut Option<tokio::sync::oneshot::Sender<()>>) {
+        ctx.agents_up.fetch_add(1, Ordering::Relaxed);
+        ctx.welcomes.fetch_add(1, Ordering::Relaxed);
+        ctx.last_welcome_us
+            .fetch_max(traffic::now_us(), Ordering::Relaxed);
+        if let Some(tx) = up.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// One tunnel, until it is lost. `Err` carries the error kind.
+    async fn tunnel(
+        self: Arc<Self>,
+        ctx: &Arc<Ctx>,
+        t: AgentTarget,
+        up: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<(), String> {
+        match &self.quic {
+            Some((ep, cfg)) => {
+                let conn = match ep.connect_with(cfg.clone(), t.quic, "localhost") {
+                    Ok(c) => match tokio::time::timeout(TIMEOUT, c).await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(_)) => return Err("agent:quic_handshake".into()),
+                        Err(_) => return Err("agent:quic_timeout".into()),
+                    },
+                    Err(_) => return Err("agent:quic_connect".into()),
+                };
+                let hello = async {
+                    let mut ctl = QuicStream::new(conn.open_bi().await?);
+                    write_message(
+                        &mut ctl,
+                        &AgentHello {
+                            software: "kakehashi-loadgen".into(),
+                        },
+                    )
+                    .await?;
+                    let f = read_frame(&mut ctl).await?;
+                    AgentWelcome::from_frame(&f)?;
+                    anyhow::Ok(ctl)
+                };
+                let _ctl = match tokio::time::timeout(TIMEOUT, hello).await {
+                    Ok(Ok(c)) => c,
+                    _ => return Err("agent:hello".into()),
+                };
+                self.welcomed(ctx, up);
+                loop {
+                    match conn.accept_bi().await {
+                        Ok(bi) => {
+                            let (me, ctx) = (self.clone(), ctx.clone());
+                            tokio::spawn(async move {
+                                me.desk_stream(&ctx, Box::new(QuicStream::new(bi))).await
+                            });
+                        }
+                        Err(_) => {
+                            ctx.agents_up.fetch_sub(1, Ordering::Relaxed);
+                            return Err("agent:tunnel_lost".into());
+                        }
+                    }
+                }
+            }
+            None => {
+                let addr = t.tcp.to_string();
+                let mut ctl = tls_connect(&addr, "localhost", self.tls.clone(), TIMEOUT, KEEPALIVE)
+                    .await
+                    .map_err(|_| "agent:tls_connect".to_string())?;
+                let hello = async {
+                    write_message(
+                        &mut ctl,
+                        &AgentHello {
+                            software: "kakehashi-loadgen".into(),
+                        },
+                    )
+                    .await?;
+                    let f = read_frame(&mut ctl).await?;
+                    anyhow::Ok(AgentWelcome::from_frame(&f)?)
+                };
+                let welcome = match tokio::time::timeout(TIMEOUT, hello).await {
+                    Ok(Ok(w)) => w,
+                    _ => return Err("agent:hello".into()),
+                };
+                self.welcomed(ctx, up);
+                let silence = Duration::from_secs(u64::from(welcome.ping_interval_secs.max(1)) * 3);
+                let pong = frame::encode(FrameKind::Pong, &[]).expect("empty frame");
+                let r = loop {
+                    let f = match tokio::time::timeout(silence, read_frame(&mut ctl)).await {
+                        Ok(Ok(f)) => f,
+                        _ => break Err("agent:tunnel_lost".to_string()),
+                    };
+                    match f.kind {
+                        FrameKind::Ping => {
+                            if write_raw(&mut ctl, &pong).await.is_err() {
+                                break Err("agent:tunnel_lost".into());
+                            }
+                        }
+                        FrameKind::OpenDataChannel => {
+                            let Ok(open) = OpenDataChannel::from_frame(&f) else {
+                                break Err("agent:protocol".into());
+                            };
+                            let (me, ctx) = (self.clone(), ctx.clone());
+                            let addr = addr.clone();
+                            tokio::spawn(async move {
+                                match tls_connect(
+                                    &addr,
+                                    "localhost",
+                                    me.tls.clone(),
+                                    TIMEOUT,
+                                    KEEPALIVE,
+                                )
+                                .await
+                                {
+                                    Ok(mut data) => {
+                                        if write_message(
+                                            &mut data,
+                                            &DataChannelHello {
+                                                channel: open.channel,
+                                            },
+                                        )
+                                        .await
+                                        .is_ok()
+                                        {
+                                            me.desk_stream(&ctx, Box::new(data)).await;
+                                        }
+                                    }
+                                    Err(_) => ctx.errors.add("agent:data_connect"),
+                                }
+                            });
+                        }
+                        _ => break Err("agent:protocol".into()),
+                    }
+                };
+                ctx.agents_up.fetch_sub(1, Ordering::Relaxed);
+                r
+            }
+        }
+    }
+
+    /// A session stream from the gateway: check the ticket, then be the desk.
+    async fn desk_stream(self: Arc<Self>, ctx: &Ctx, mut io: BoxIo) {
+        let f = match tokio::time::timeout(TIMEOUT, read_frame(&mut io)).await {
+            Ok(Ok(f)) => f,
+            _ => return ctx.errors.add("agent:no_ticket"),
+        };
+        if f.kind != FrameKind::Ticket {
+            return ctx.errors.add("agent:no_ticket");
+        }
+        let now = unix_now();
+        let checked = ctx
+            .verifier
+            .verify(&f.payload, &self.desk, now)
+            .and_then(|c| {
+                self.replay
+                    .lock()
+                    .expect("replay")
+                    .check_and_record(&c, now)
+            });
+        if let Err(e) = checked {
+            ctx.errors
+                .add(format!("agent:ticket:{}", e.reason().code()));
+            let _ = write_message(&mut io, &Refusal::new(e.reason())).await;
+            return;
+        }
+        ctx.tickets_ok.fetch_add(1, Ordering::Relaxed);
+        let ok = frame::encode(FrameKind::TicketAccepted, &[]).expect("empty frame");
+        if write_raw(&mut io, &ok).await.is_err() {
+            return ctx.errors.add("agent:write");
+        }
+        let _ = traffic::serve_desk(io, ctx.desk_mode).await;
+    }
+}
+
+/// One simulated laptop: one device certificate, one QUIC connection (its
+/// sessions are streams on it) or one TLS connection per session.
+pub struct Laptop {
+    tls: Arc<rustls::ClientConfig>,
+    quic: Option<(
+        quinn::Endpoint,
+        quinn::ClientConfig,
+        AsyncMutex<Option<quinn::Connection>>,
+    )>,
+    /// Terminal listener (QUIC or TCP, by transport).
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Laptop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Laptop")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Laptop {
+    /// A laptop dialling `addr` with a device's TLS config (see
+    /// [`device_configs`]); QUIC laptops use endpoint `ep`.
+    pub fn new(cfg: &DeviceConfig, addr: SocketAddr, ep: Option<quinn::Endpoint>) -> Arc<Self> {
+        Arc::new(Self {
+            tls: cfg.tls.clone(),
+            quic: ep.map(|ep| (ep, cfg.quic.clone(), AsyncMutex::new(None))),
+            addr,
+        })
+    }
+
+    async fn stream(&self) -> Result<BoxIo, String> {
+        match &self.quic {
+            Some((ep, cfg, conn)) => {
+                let mut guard = conn.lock().await;
+                if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
+                    if let Ok(bi) = c.open_bi().await {
+                        return Ok(Box::new(QuicStream::new(bi)));
+                    }
+                }
+                let c = match ep.connect_with(cfg.clone(), self.addr, "localhost") {
+                    Ok(c) => match tokio::time::timeout(TIMEOUT, c).await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(_)) => return Err("setup:quic_handshake".into()),
+                        Err(_) => return Err("setup:quic_timeout".into()),
+                    },
+                    Err(_) => return Err("setup:quic_connect".into()),
+                };
+                let bi = c
+                    .open_bi()
+                    .await
+                    .map_err(|_| "setup:open_stream".to_string())?;
+                *guard = Some(c);
+                Ok(Box::new(QuicStream::new(bi)))
+            }
+            None => tls_connect(
+                &self.addr.to_string(),
+                "localhost",
+                self.tls.clone(),
+                TIMEOUT,
+                KEEPALIVE,
+            )
+            .await
+            .map(|s| Box::new(s) as BoxIo)
+            .map_err(|e| {
+                if format!("{e:#}").contains("within") {
+                    "setup:tls_timeout".to_string()
+                } else {
+                    "setup:tls_connect".to_string()
+                }
+            }),
+        }
+    }
+
+    /// Open a session to `desk`. `Err` carries the error kind.
+    pub async fn session(&self, desk: &str) -> Result<BoxIo, String> {
+        let fut = async {
+            let mut io = self.stream().await?;
+            let req = SessionRequest {
+                desk: desk.to_string(),
+                token: None,
+            };
+            let f = req.to_frame().map_err(|_| "setup:encode".to_string())?;
+            write_raw(&mut io, &f)
+                .await
+                .map_err(|_| "setup:write".to_string())?;
+            let f = read_frame(&mut io)
+                .await
+                .map_err(|_| "setup:no_answer".to_string())?;
+            match f.kind {
+                FrameKind::SessionAccepted => {
+                    SessionAccepted::from_frame(&f).map_err(|_| "setup:protocol".to_string())?;
+                    Ok(io)
+                }
+                FrameKind::Refused => Err(match Refusal::from_frame(&f) {
+                    Ok(r) => format!("setup:refused:{}", r.code),
+                    Err(_) => "setup:protocol".into(),
+                }),
+                _ => Err("setup:protocol".into()),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(20), fut).await {
+            Ok(r) => r,
+            Err(_) => Err("setup:timeout".into()),
+        }
+    }
+
+    /// Send a Ping frame on a fresh stream and wait for the Pong.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut io = self.stream().await.map_err(|e| anyhow!(e))?;
+        write_raw(&mut io, &frame::encode(FrameKind::Ping, &[])?).await?;
+        let f = read_frame(&mut io).await?;
+        if f.kind != FrameKind::Pong {
+            bail!("unexpected {:?}", f.kind);
+        }
+        Ok(())
+    }
+}
+
+/// A device certificate's client configs, shared by the laptops that use it.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// TLS over TCP.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// QUIC.
+    pub quic: quinn::ClientConfig,
+}
+
+/// Client configs for the pooled device certificates. Resumption is off:
+/// every new laptop connection is a full handshake, as for a fleet of
+/// distinct laptops arriving in the morning (the worst case).
+pub fn device_configs(pki: &crate::pki::BenchPki) -> anyhow::Result<Vec<DeviceConfig>> {
+    let t = quic_transport(256);
+    (0..crate::pki::DEVICE_POOL)
+        .map(|i| {
+            let mut cfg = tls::client_config(&pki.device(i)?, None, ALPN_TERMINAL)?;
+            cfg.resumption = rustls::client::Resumption::disabled();
+            Ok(DeviceConfig {
+                quic: quic_client(cfg.clone(), t.clone())?,
+                tls: Arc::new(cfg),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,151 @@
+//! RSS and CPU time of a process, read from `/proc`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Clock ticks per second for `/proc/*/stat` times.
+pub fn clk_tck() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Resident set size in KiB (0 when the process is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds used so far (`None` when the process is gone).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clk_tck())
+}
+
+/// One sample.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Seconds on the [`crate::traffic::now_us`] clock.
+    pub t: f64,
+    /// RSS, KiB.
+    pub rss_kib: u64,
+    /// CPU over the last interval, percent of one core.
+    pub cpu_pct: f64,
+}
+
+/// Samples a process every interval until cancelled.
+#[derive(Debug, Clone, Default)]
+pub struct Sampler {
+    samples: Arc<Mutex<Vec<Sample>>>,
+}
+
+impl Sampler {
+    /// Start sampling `pid` (changeable through [`Sampler::watch`] after a restart).
+    pub fn start(
+        pid: Arc<std::sync::atomic::AtomicU32>,
+        every: Duration,
+        stop: CancellationToken,
+    ) -> Self {
+        let me = Self::default();
+        let samples = me.samples.clone();
+        tokio::spawn(async move {
+            let mut last: Option<(u32, Instant, f64)> = None;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let p = pid.load(std::sync::atomic::Ordering::Relaxed);
+                let now = Instant::now();
+                let Some(cpu) = cpu_secs(p) else { continue };
+                let pct = match last {
+                    Some((lp, lt, lc)) if lp == p => {
+                        (cpu - lc) / now.duration_since(lt).as_secs_f64() * 100.0
+                    }
+                    _ => f64::NAN,
+                };
+                last = Some((p, now, cpu));
+                if pct.is_nan() {
+                    continue;
+                }
+                samples.lock().expect("samples").push(Sample {
+                    t: crate::traffic::now_us() as f64 / 1e6,
+                    rss_kib: rss_kib(p),
+                    cpu_pct: pct,
+                });
+            }
+        });
+        me
+    }
+
+    /// The most recent sample.
+    pub fn last(&self) -> Option<Sample> {
+        self.samples.lock().expect("samples").last().copied()
+    }
+
+    /// Samples with `t` in `[from, to)`.
+    pub fn between(&self, from: f64, to: f64) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .expect("samples")
+            .iter()
+            .filter(|s| s.t >= from && s.t < to)
+            .copied()
+            .collect()
+    }
+
+    /// Every sample so far.
+    pub fn all(&self) -> Vec<Sample> {
+        self.samples.lock().expect("samples").clone()
+    }
+}
+
+/// Summary of CPU and RSS samples over a phase.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PhaseUse {
+    /// Mean CPU, percent of one core.
+    pub cpu_mean_pct: f64,
+    /// Highest one-second CPU, percent of one core.
+    pub cpu_max_pct: f64,
+    /// Mean CPU as a share of the whole machine (all cores), percent.
+    pub cpu_mean_machine_pct: f64,
+    /// Highest RSS, KiB.
+    pub rss_max_kib: u64,
+    /// Number of samples.
+    pub samples: usize,
+}
+
+/// Summarise samples.
+pub fn phase_use(s: &[Sample]) -> PhaseUse {
+    if s.is_empty() {
+        return PhaseUse::default();
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mean = s.iter().map(|x| x.cpu_pct).sum::<f64>() / s.len() as f64;
+    PhaseUse {
+        cpu_mean_pct: mean,
+        cpu_max_pct: s.iter().map(|x| x.cpu_pct).fold(0.0, f64::max),
+        cpu_mean_machine_pct: mean / cores,
+        rss_max_kib: s.iter().map(|x| x.rss_kib).max().unwrap_or(0),
+        samples: s.len(),
+    }
+}

@@ -1,0 +1,298 @@
+//! `kakehashi-gateway admin …` and `kakehashi-gateway audit verify`: what an
+//! officer or IT does from the gateway machine. Each command opens the store
+//! named in the gateway's configuration, and every change is written to the
+//! audit log with who made it (the operating-system user) and why.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use kakehashi_store::{Audit, DeviceStatus, NewUser, Role, Store};
+use serde_json::json;
+
+use crate::config::Config;
+
+/// `admin` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Users (staff, chiefs, officers, operators).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Loaned laptops.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+}
+
+/// `admin user …`
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user.
+    Add {
+        /// User id (e.g. an employee number).
+        #[arg(long)]
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Department (所属).
+        #[arg(long)]
+        dept: String,
+        /// Role: staff, chief, officer, operator (repeatable; default staff).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Issue a one-time enrollment code (the person registers a security key with it on the portal).
+    EnrollCode {
+        /// User id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Disable a user: no new logins or sessions; their login tokens are revoked.
+    Disable {
+        /// User id.
+        #[arg(long)]
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// User id.
+        #[arg(long)]
+        id: String,
+    },
+    /// List users.
+    List,
+}
+
+/// `admin device …`
+#[derive(Subcommand, Debug)]
+pub enum DeviceCmd {
+    /// List laptops the gateway has seen.
+    List,
+    /// Block a laptop (lost, stolen, returned): its login tokens are revoked at once.
+    Block {
+        /// Device id.
+        #[arg(long)]
+        id: String,
+        /// `blocked` or `lost`.
+        #[arg(long, default_value = "blocked")]
+        status: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Unblock a laptop.
+    Unblock {
+        /// Device id.
+        #[arg(long)]
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// Who is acting: the operating-system user (through sudo, the real one).
+fn actor() -> String {
+    let who = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("admin:{who}")
+}
+
+async fn open(cfg: &Config) -> anyhow::Result<Store> {
+    let url = cfg
+        .store_url
+        .as_deref()
+        .context("the configuration has no [store]")?;
+    Store::open(url)
+        .await
+        .with_context(|| format!("cannot open the store {url}"))
+}
+
+/// Run an `admin` command.
+pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
+    let store = open(cfg).await?;
+    let now = kakehashi_store::unix_now();
+    let who = actor();
+    match cmd {
+        AdminCmd::User(UserCmd::Add {
+            id,
+            name,
+            dept,
+            roles,
+        }) => {
+            let mut set = BTreeSet::new();
+            for r in if roles.is_empty() {
+                vec!["staff".to_string()]
+            } else {
+                roles
+            } {
+                set.insert(r.parse::<Role>().with_context(|| {
+                    format!("unknown role {r:?} (staff, chief, officer, operator)")
+                })?);
+            }
+            let u = NewUser {
+                id: id.clone(),
+                name,
+                department: dept,
+                roles: set,
+            };
+            store
+                .add_user(&u, Audit::new(now, &who, "user.add").subject(&id))
+                .await?;
+            println!("added user {id}");
+        }
+        AdminCmd::User(UserCmd::EnrollCode { id }) => {
+            if store.get_user(&id).await?.is_none() {
+                bail!("no user {id:?}; add it first with `admin user add`");
+            }
+            let (code, hash) = crate::portal::new_enrollment_code();
+            let expires = now + cfg.identity.enrollment_code_lifetime.as_secs() as i64;
+            store
+                .create_enrollment_code(
+                    &hash,
+                    &id,
+                    expires,
+                    Audit::new(now, &who, "user.enroll_code").subject(&id),
+                )
+                .await?;
+            println!("enrollment code for {id}: {code}");
+            println!(
+                "valid until {} (unix {expires}); it works once. Hand it to the person in person.",
+                utc(expires)
+            );
+        }
+        AdminCmd::User(UserCmd::Disable { id, reason }) => {
+            store
+                .set_user_disabled(
+                    &id,
+                    true,
+                    Audit::new(now, &who, "user.disable")
+                        .subject(&id)
+                        .reason(&reason),
+                )
+                .await?;
+            let n = store
+                .revoke_login_tokens_for_user(
+                    &id,
+                    Audit::new(now, &who, "token.revoke_all")
+                        .subject(&id)
+                        .reason("user_disabled"),
+                )
+                .await?;
+            println!("disabled user {id}; {n} login token(s) revoked");
+        }
+        AdminCmd::User(UserCmd::Enable { id }) => {
+            store
+                .set_user_disabled(
+                    &id,
+                    false,
+                    Audit::new(now, &who, "user.enable").subject(&id),
+                )
+                .await?;
+            println!("enabled user {id}");
+        }
+        AdminCmd::User(UserCmd::List) => {
+            println!(
+                "{:<16} {:<20} {:<12} {:<24} status",
+                "id", "name", "dept", "roles"
+            );
+            for u in store.list_users().await? {
+                let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
+                let status = if u.disabled { "disabled" } else { "active" };
+                println!(
+                    "{:<16} {:<20} {:<12} {:<24} {status}",
+                    u.id,
+                    u.name,
+                    u.department,
+                    roles.join(",")
+                );
+            }
+        }
+        AdminCmd::Device(DeviceCmd::List) => {
+            println!(
+                "{:<20} {:<10} {:<8} {:<16} serial",
+                "id", "class", "status", "loaned to"
+            );
+            for d in store.list_devices().await? {
+                println!(
+                    "{:<20} {:<10} {:<8} {:<16} {}",
+                    d.id,
+                    d.class.as_str(),
+                    d.status.as_str(),
+                    d.loaned_to.as_deref().unwrap_or("-"),
+                    d.cert_serial.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        AdminCmd::Device(DeviceCmd::Block { id, status, reason }) => {
+            let st: DeviceStatus = status.parse().context("status must be blocked or lost")?;
+            if st == DeviceStatus::Active {
+                bail!("use `admin device unblock` to make a device active");
+            }
+            store
+                .set_device_status(
+                    &id,
+                    st,
+                    Audit::new(now, &who, "device.block")
+                        .subject(&id)
+                        .reason(&reason)
+                        .detail(json!({ "status": st.as_str() })),
+                )
+                .await?;
+            let n = store
+                .revoke_login_tokens_for_device(
+                    &id,
+                    Audit::new(now, &who, "token.revoke_all")
+                        .subject(&id)
+                        .reason("device_blocked"),
+                )
+                .await?;
+            println!("device {id} is now {}; {n} login token(s) revoked; new sessions are refused at once", st.as_str());
+            println!("(also revoke its certificate with kakehashi-pki if it is lost: kakehashi-pki revoke --cert … --reason lost)");
+        }
+        AdminCmd::Device(DeviceCmd::Unblock { id, reason }) => {
+            store
+                .set_device_status(
+                    &id,
+                    DeviceStatus::Active,
+                    Audit::new(now, &who, "device.unblock")
+                        .subject(&id)
+                        .reason(&reason),
+                )
+                .await?;
+            println!("device {id} is active again (its user must log in again)");
+        }
+    }
+    Ok(())
+}
+
+/// `audit verify`: walk the hash chain and report the first broken link.
+pub async fn verify(cfg: &Config) -> anyhow::Result<bool> {
+    let store = open(cfg).await?;
+    let r = store.verify_audit().await?;
+    match &r.first_broken {
+        None => {
+            println!("audit log intact: {} records, chain verified", r.records);
+            Ok(true)
+        }
+        Some(b) => {
+            println!(
+                "AUDIT LOG BROKEN at record {}: {} ({} records checked)",
+                b.seq,
+                b.kind.as_str(),
+                r.records
+            );
+            Ok(false)
+        }
+    }
+}
+
+fn utc(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))
+        .unwrap_or_else(|_| t.to_string())
+}

@@ -1,0 +1,707 @@
+//! The JSON API: enrollment and login ceremonies (see the module docs for
+//! the shapes).
+
+use std::net::IpAddr;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use kakehashi_store::{Audit, LockState, LockoutRule, NewCredential, NewLoginCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracing::{debug, error, info, warn};
+use webauthn_rs::prelude::{
+    Passkey, PublicKeyCredential, RegisterPublicKeyCredential, WebauthnError,
+};
+
+use super::reason::{Denial, Reason};
+use super::redirect::LoginParams;
+use super::{
+    enrollment_code_hash, login_code_hash, random_b64url, user_handle, Ceremony, Peer, PortalState,
+    RegState, Session, CEREMONY_SECS, LOGIN_CODE_SECS, SESSION_SECS,
+};
+
+type Result<T, E = Denial> = std::result::Result<T, E>;
+
+/// `POST /api/enroll/start`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrollStart {
+    user: String,
+    code: String,
+}
+
+/// `POST /api/enroll/finish`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrollFinish {
+    ceremony: String,
+    credential: RegisterPublicKeyCredential,
+}
+
+/// `POST /api/login/start`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginStart {
+    user: String,
+}
+
+/// `POST /api/login/finish`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginFinish {
+    ceremony: String,
+    credential: PublicKeyCredential,
+    redirect_uri: String,
+    state: String,
+    code_challenge: String,
+    #[serde(default)]
+    code_challenge_method: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
+}
+
+/// `POST /api/session/finish`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionFinish {
+    ceremony: String,
+    credential: PublicKeyCredential,
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T> {
+    b.map(|Json(v)| v).map_err(|e| {
+        debug!(error = %e, "Malformed portal request");
+        Reason::BadRequest.into()
+    })
+}
+
+fn user_key(user: &str) -> String {
+    format!("user:{user}")
+}
+
+fn source_key(ip: IpAddr) -> String {
+    format!("source:{ip}")
+}
+
+fn enroll_key(ip: IpAddr) -> String {
+    format!("enroll:{ip}")
+}
+
+/// A credential id as written to the audit log and shown on `/me`.
+pub(crate) fn cred_label(id: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(id)
+}
+
+fn valid_user_id(user: &str) -> Result<()> {
+    kakehashi_store::validate_id("user", user).map_err(|_| Reason::BadRequest.into())
+}
+
+fn webauthn_internal(e: WebauthnError) -> Denial {
+    error!(error = %e, "WebAuthn ceremony could not start");
+    Reason::Internal.into()
+}
+
+impl PortalState {
+    /// Refuses (and audits the refusal) when any of `keys` is locked.
+    async fn check_locks(
+        &self,
+        keys: &[String],
+        action: &str,
+        subject: &str,
+        ip: IpAddr,
+    ) -> Result<()> {
+        let now = self.now();
+        for key in keys {
+            if let Some(until) = self.store().is_locked(key, now).await? {
+                info!(user = subject, source = %ip, "Refused while locked out");
+                self.audit(
+                    Audit::new(now, "portal", action)
+                        .subject(subject)
+                        .reason(Reason::LockedOut.code())
+                        .detail(json!({ "source": ip.to_string(), "key": key })),
+                )
+                .await;
+                return Err(Denial::locked(until - now));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends an audit record that has no change of its own (a refusal).
+    pub(crate) async fn audit(&self, audit: Audit) {
+        if let Err(e) = self.store().append_audit(audit).await {
+            error!(error = %format!("{e:#}"), "Cannot write the portal audit record");
+        }
+    }
+
+    /// Counts one failure against each key (the audit record is written in
+    /// the same transaction) and answers `reason`, or `locked_out` when this
+    /// failure locked a key (a cloned credential keeps its own reason).
+    async fn fail(&self, keys: &[String], audit: Audit, reason: Reason) -> Denial {
+        let now = audit.at;
+        let rule: LockoutRule = self.inner.rule;
+        let pairs: Vec<(&str, LockoutRule)> = keys.iter().map(|k| (k.as_str(), rule)).collect();
+        match self.store().record_failures(&pairs, audit).await {
+            Ok(states) => {
+                let until = states
+                    .iter()
+                    .filter_map(|s| match s {
+                        LockState::Locked { until } => Some(*until),
+                        _ => None,
+                    })
+                    .max();
+                match until {
+                    Some(until) => {
+                        warn!(keys = ?keys, until, "Portal lockout");
+                        if reason == Reason::CredentialCloned {
+                            reason.into()
+                        } else {
+                            Denial::locked(until - now)
+                        }
+                    }
+                    None => reason.into(),
+                }
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Checks an assertion against the ceremony started by
+    /// `/api/login/start`, updates the credential's counter and returns the
+    /// user. `purpose` is `loopback` or `portal` (for the audit).
+    async fn authenticate(
+        &self,
+        ip: IpAddr,
+        ceremony: &str,
+        credential: &PublicKeyCredential,
+        purpose: &str,
+        device: Option<&str>,
+    ) -> Result<String> {
+        let now = self.now();
+        let Some(Ceremony::Login { user, state }) = self.inner.ceremonies.take(ceremony, now)
+        else {
+            info!(source = %ip, "Login finish without a live ceremony");
+            self.audit(
+                Audit::new(now, "portal", "login.failed")
+                    .reason(Reason::CeremonyExpired.code())
+                    .detail(json!({ "source": ip.to_string(), "purpose": purpose })),
+            )
+            .await;
+            return Err(Reason::CeremonyExpired.into());
+        };
+        let keys = [user_key(&user), source_key(ip)];
+        self.check_locks(&keys, "login.failed", &user, ip).await?;
+        let failed = |reason: Reason, extra: Value| {
+            Audit::new(now, "portal", "login.failed")
+                .subject(&user)
+                .reason(reason.code())
+                .detail(json!({
+                    "source": ip.to_string(),
+                    "purpose": purpose,
+                    "device": device,
+                    "detail": extra,
+                }))
+        };
+        let result = match self
+            .inner
+            .webauthn
+            .finish_passkey_authentication(credential, &state)
+        {
+            Ok(r) => r,
+            Err(WebauthnError::CredentialPossibleCompromise) => {
+                return Err(self
+                    .cloned(
+                        &keys,
+                        &user,
+                        ip,
+                        failed(Reason::CredentialCloned, Value::Null),
+                    )
+                    .await);
+            }
+            Err(e) => {
+                let reason = match e {
+                    WebauthnError::InvalidRPOrigin | WebauthnError::CredentialCrossOrigin => {
+                        Reason::OriginMismatch
+                    }
+                    _ => Reason::AssertionInvalid,
+                };
+                info!(user, source = %ip, reason = reason.code(), error = %e, "Assertion refused");
+                let audit = failed(reason, json!({ "webauthn": e.to_string() }));
+                return Err(self.fail(&keys, audit, reason).await);
+            }
+        };
+        let cred_id = result.cred_id().as_slice();
+        let stored = match self.store().get_credential(cred_id).await? {
+            Some(c) if c.user_id == user => c,
+            _ => {
+                let audit = failed(Reason::AssertionInvalid, json!("unknown credential"));
+                return Err(self.fail(&keys, audit, Reason::AssertionInvalid).await);
+            }
+        };
+        // webauthn-rs compares with the counter at the ceremony's start; the
+        // stored counter may have moved on since (the genuine key used in
+        // between), so compare again with the latest.
+        let counter = result.counter();
+        if (counter > 0 || stored.counter > 0) && counter <= stored.counter {
+            let audit = failed(
+                Reason::CredentialCloned,
+                json!({
+                    "credential": cred_label(cred_id),
+                    "stored_counter": stored.counter,
+                    "presented_counter": counter,
+                }),
+            );
+            return Err(self.cloned(&keys, &user, ip, audit).await);
+        }
+        match self.store().get_user(&user).await? {
+            Some(u) if !u.disabled => {}
+            _ => {
+                self.audit(failed(Reason::UserDisabled, Value::Null)).await;
+                return Err(Reason::UserDisabled.into());
+            }
+        }
+        if self.inner.attestation.is_some() && !stored.attested {
+            self.audit(failed(Reason::AttestationRequired, Value::Null))
+                .await;
+            return Err(Reason::AttestationRequired.into());
+        }
+        let mut passkey: Passkey = serde_json::from_str(&stored.passkey).map_err(|e| {
+            error!(user, error = %e, "Stored passkey does not parse");
+            Denial::from(Reason::Internal)
+        })?;
+        passkey.update_credential(&result);
+        let passkey_json = serde_json::to_string(&passkey).map_err(|e| {
+            error!(user, error = %e, "Passkey does not serialise");
+            Denial::from(Reason::Internal)
+        })?;
+        self.store()
+            .update_credential(
+                cred_id,
+                counter,
+                &passkey_json,
+                Audit::new(now, user.as_str(), "login")
+                    .subject(&user)
+                    .detail(json!({
+                        "source": ip.to_string(),
+                        "purpose": purpose,
+                        "device": device,
+                        "credential": cred_label(cred_id),
+                        "counter": counter,
+                    })),
+            )
+            .await?;
+        info!(user, source = %ip, purpose, device, "Security key login");
+        Ok(user)
+    }
+
+    /// A signature counter that went backwards: refuse, count, audit, alert.
+    async fn cloned(&self, keys: &[String], user: &str, ip: IpAddr, audit: Audit) -> Denial {
+        error!(
+            user,
+            source = %ip,
+            detail = %audit.detail,
+            "Cloned security key suspected: its signature counter went backwards; login refused"
+        );
+        self.fail(keys, audit, Reason::CredentialCloned).await
+    }
+}
+
+/// `POST /api/enroll/start {user, code}`
+pub(crate) async fn enroll_start(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    b: Result<Json<EnrollStart>, JsonRejection>,
+) -> Result<Json<Value>> {
+    let req = body(b)?;
+    valid_user_id(&req.user)?;
+    let now = s.now();
+    let keys = [user_key(&req.user), enroll_key(ip)];
+    s.check_locks(&keys, "enroll.failed", &req.user, ip).await?;
+    let failed = |reason: Reason| {
+        Audit::new(now, "portal", "enroll.failed")
+            .subject(&req.user)
+            .reason(reason.code())
+            .detail(json!({ "source": ip.to_string() }))
+    };
+    let Some(code_hash) = enrollment_code_hash(&req.code) else {
+        let r = Reason::EnrollCodeInvalid;
+        return Err(s.fail(&keys, failed(r), r).await);
+    };
+    let user = match s.store().get_user(&req.user).await? {
+        Some(u) => u,
+        None => {
+            // No user-keyed counter for ids that do not exist.
+            let r = Reason::EnrollCodeInvalid;
+            return Err(s.fail(&keys[1..], failed(r), r).await);
+        }
+    };
+    if user.disabled {
+        s.audit(failed(Reason::UserDisabled)).await;
+        return Err(Reason::UserDisabled.into());
+    }
+    let exclude: Vec<_> = s
+        .store()
+        .credentials_for_user(&user.id)
+        .await?
+        .into_iter()
+        .map(|c| c.cred_id)
+        .collect();
+    let handle = user_handle(&user.id);
+    let (options, state) = match &s.inner.attestation {
+        None => {
+            let (o, st) = s
+                .inner
+                .webauthn
+                .start_passkey_registration(handle, &user.id, &user.name, Some(exclude))
+                .map_err(webauthn_internal)?;
+            (o, RegState::Passkey(st))
+        }
+        Some(cas) => {
+            let (o, st) = s
+                .inner
+                .webauthn
+                .start_attested_passkey_registration(
+                    handle,
+                    &user.id,
+                    &user.name,
+                    Some(exclude),
+                    cas.clone(),
+                    None,
+                )
+                .map_err(webauthn_internal)?;
+            (o, RegState::Attested(st))
+        }
+    };
+    let ceremony = s
+        .inner
+        .ceremonies
+        .insert(
+            now,
+            now + CEREMONY_SECS,
+            Ceremony::Enroll {
+                user: user.id.clone(),
+                code_hash,
+                state,
+            },
+        )
+        .map_err(|_| Denial::from(Reason::Busy))?;
+    info!(user = %user.id, source = %ip, "Enrollment started");
+    Ok(Json(json!({ "ceremony": ceremony, "options": options })))
+}
+
+/// Maps a registration error to a reason.
+fn registration_reason(e: &WebauthnError, attested_only: bool) -> Reason {
+    match e {
+        WebauthnError::InvalidRPOrigin | WebauthnError::CredentialCrossOrigin => {
+            Reason::OriginMismatch
+        }
+        WebauthnError::CredentialAlreadyExists | WebauthnError::CredentialExcludedFromRequest => {
+            Reason::CredentialExists
+        }
+        _ if attested_only
+            && (format!("{e:?}").starts_with("Attestation")
+                || matches!(
+                    e,
+                    WebauthnError::MissingAttestationCredentialData
+                        | WebauthnError::CredentialMayNotBeHardwareBound
+                        | WebauthnError::AuthenticatorDataMissingExtension
+                        | WebauthnError::InvalidExtensions
+                )) =>
+        {
+            Reason::AttestationRequired
+        }
+        _ => Reason::RegistrationFailed,
+    }
+}
+
+/// `POST /api/enroll/finish {ceremony, credential}`
+pub(crate) async fn enroll_finish(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    b: Result<Json<EnrollFinish>, JsonRejection>,
+) -> Result<Json<Value>> {
+    let req = body(b)?;
+    let now = s.now();
+    let Some(Ceremony::Enroll {
+        user,
+        code_hash,
+        state,
+    }) = s.inner.ceremonies.take(&req.ceremony, now)
+    else {
+        s.audit(
+            Audit::new(now, "portal", "enroll.failed")
+                .reason(Reason::CeremonyExpired.code())
+                .detail(json!({ "source": ip.to_string() })),
+        )
+        .await;
+        return Err(Reason::CeremonyExpired.into());
+    };
+    let keys = [user_key(&user), enroll_key(ip)];
+    s.check_locks(&keys, "enroll.failed", &user, ip).await?;
+    let failed = |reason: Reason, extra: Value| {
+        Audit::new(now, "portal", "enroll.failed")
+            .subject(&user)
+            .reason(reason.code())
+            .detail(json!({ "source": ip.to_string(), "detail": extra }))
+    };
+
+    let attested_only = matches!(state, RegState::Attested(_));
+    let registered = match &state {
+        RegState::Passkey(st) => s
+            .inner
+            .webauthn
+            .finish_passkey_registration(&req.credential, st)
+            .map(|p| (p, false)),
+        RegState::Attested(st) => s
+            .inner
+            .webauthn
+            .finish_attested_passkey_registration(&req.credential, st)
+            .map(|p| (Passkey::from(p), true)),
+    };
+    let (passkey, attested) = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = registration_reason(&e, attested_only);
+            info!(user, source = %ip, reason = reason.code(), error = %e, "Enrollment refused");
+            s.audit(failed(reason, json!({ "webauthn": e.to_string() })))
+                .await;
+            return Err(reason.into());
+        }
+    };
+
+    // The code is spent here, once: of two finishes with the same code only
+    // the first gets past this point.
+    let consumed = s
+        .store()
+        .consume_enrollment_code(
+            &code_hash,
+            Audit::new(now, user.as_str(), "enroll.code.use")
+                .subject(&user)
+                .detail(json!({ "source": ip.to_string() })),
+        )
+        .await;
+    match consumed {
+        Ok(owner) if owner == user => {}
+        Ok(_) => {
+            warn!(user, source = %ip, "Enrollment code of another user presented (now spent)");
+            let r = Reason::EnrollCodeInvalid;
+            return Err(s
+                .fail(&keys, failed(r, json!("code of another user")), r)
+                .await);
+        }
+        Err(kakehashi_store::Error::NotFound { .. }) => {
+            let r = Reason::EnrollCodeInvalid;
+            return Err(s.fail(&keys, failed(r, Value::Null), r).await);
+        }
+        Err(kakehashi_store::Error::Expired { .. }) => {
+            s.audit(failed(Reason::EnrollCodeExpired, Value::Null))
+                .await;
+            return Err(Reason::EnrollCodeExpired.into());
+        }
+        Err(kakehashi_store::Error::AlreadyUsed { .. }) => {
+            s.audit(failed(Reason::EnrollCodeUsed, Value::Null)).await;
+            return Err(Reason::EnrollCodeUsed.into());
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let cred_id = passkey.cred_id().clone();
+    let passkey_json = serde_json::to_string(&passkey).map_err(|e| {
+        error!(user, error = %e, "Passkey does not serialise");
+        Denial::from(Reason::Internal)
+    })?;
+    // The registration's signature counter (usually 0), so the first login
+    // is compared with the right value.
+    let counter = serde_json::from_str::<Value>(&passkey_json)
+        .ok()
+        .and_then(|v| v["cred"]["counter"].as_u64())
+        .and_then(|c| u32::try_from(c).ok())
+        .unwrap_or(0);
+    let added = s
+        .store()
+        .add_credential(
+            &NewCredential {
+                cred_id: cred_id.clone(),
+                user_id: user.clone(),
+                passkey: passkey_json,
+                counter,
+                attested,
+            },
+            Audit::new(now, user.as_str(), "enroll")
+                .subject(&user)
+                .detail(json!({
+                    "source": ip.to_string(),
+                    "credential": cred_label(&cred_id),
+                    "attested": attested,
+                })),
+        )
+        .await;
+    match added {
+        Ok(_) => {}
+        Err(kakehashi_store::Error::AlreadyExists { .. }) => {
+            s.audit(failed(Reason::CredentialExists, Value::Null)).await;
+            return Err(Reason::CredentialExists.into());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    info!(user, source = %ip, attested, "Security key enrolled");
+    Ok(Json(
+        json!({ "enrolled": true, "user": user, "attested": attested }),
+    ))
+}
+
+/// `POST /api/login/start {user}`
+pub(crate) async fn login_start(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    b: Result<Json<LoginStart>, JsonRejection>,
+) -> Result<Json<Value>> {
+    let req = body(b)?;
+    valid_user_id(&req.user)?;
+    let now = s.now();
+    let keys = [user_key(&req.user), source_key(ip)];
+    s.check_locks(&keys, "login.failed", &req.user, ip).await?;
+    let failed = |reason: Reason| {
+        Audit::new(now, "portal", "login.failed")
+            .subject(&req.user)
+            .reason(reason.code())
+            .detail(json!({ "source": ip.to_string() }))
+    };
+    let user = match s.store().get_user(&req.user).await? {
+        Some(u) => u,
+        None => {
+            let r = Reason::LoginUnavailable;
+            return Err(s.fail(&keys[1..], failed(r), r).await);
+        }
+    };
+    if user.disabled {
+        s.audit(failed(Reason::UserDisabled)).await;
+        return Err(Reason::UserDisabled.into());
+    }
+    let attested_only = s.inner.attestation.is_some();
+    let creds = s.store().credentials_for_user(&user.id).await?;
+    let any = !creds.is_empty();
+    let passkeys: Vec<Passkey> = creds
+        .into_iter()
+        .filter(|c| c.attested || !attested_only)
+        .filter_map(|c| match serde_json::from_str::<Passkey>(&c.passkey) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                error!(user = %user.id, error = %e, "Stored passkey does not parse; skipped");
+                None
+            }
+        })
+        .collect();
+    if passkeys.is_empty() {
+        let r = if any && attested_only {
+            Reason::AttestationRequired
+        } else {
+            Reason::LoginUnavailable
+        };
+        s.audit(failed(r)).await;
+        return Err(r.into());
+    }
+    let (options, state) = s
+        .inner
+        .webauthn
+        .start_passkey_authentication(&passkeys)
+        .map_err(webauthn_internal)?;
+    let ceremony = s
+        .inner
+        .ceremonies
+        .insert(
+            now,
+            now + CEREMONY_SECS,
+            Ceremony::Login {
+                user: user.id.clone(),
+                state,
+            },
+        )
+        .map_err(|_| Denial::from(Reason::Busy))?;
+    debug!(user = %user.id, source = %ip, "Login started");
+    Ok(Json(json!({ "ceremony": ceremony, "options": options })))
+}
+
+/// `POST /api/login/finish {ceremony, credential, redirect_uri, state, code_challenge, …}`
+pub(crate) async fn login_finish(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    b: Result<Json<LoginFinish>, JsonRejection>,
+) -> Result<Json<Value>> {
+    let req = body(b)?;
+    let now = s.now();
+    let params = LoginParams {
+        redirect_uri: Some(req.redirect_uri),
+        state: Some(req.state),
+        code_challenge: Some(req.code_challenge),
+        code_challenge_method: Some(req.code_challenge_method.unwrap_or_else(|| "S256".into())),
+        device: req.device,
+    };
+    let login = match params.check() {
+        Ok(l) => l,
+        Err(r) => {
+            info!(source = %ip, reason = r.code(), "Login request refused");
+            s.audit(
+                Audit::new(now, "portal", "login.failed")
+                    .reason(r.code())
+                    .detail(json!({ "source": ip.to_string() })),
+            )
+            .await;
+            return Err(r.into());
+        }
+    };
+    let device = login.device.as_deref();
+    let user = s
+        .authenticate(ip, &req.ceremony, &req.credential, "loopback", device)
+        .await?;
+    let code = random_b64url::<32>();
+    let expires_at = now + LOGIN_CODE_SECS;
+    s.store()
+        .create_login_code(
+            &NewLoginCode {
+                code_hash: login_code_hash(&code),
+                user_id: user.clone(),
+                pkce_challenge: login.code_challenge.clone(),
+                expires_at,
+            },
+            Audit::new(now, user.as_str(), "login.code")
+                .subject(&user)
+                .detail(json!({
+                    "source": ip.to_string(),
+                    "device": device,
+                    "expires_at": expires_at,
+                })),
+        )
+        .await?;
+    info!(user, device, loopback = ?login.loopback_ip(), "Login code issued");
+    Ok(Json(json!({ "redirect": login.redirect_with(&code) })))
+}
+
+/// `POST /api/session/finish {ceremony, credential}`: signs in to `/me`.
+pub(crate) async fn session_finish(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    b: Result<Json<SessionFinish>, JsonRejection>,
+) -> Result<Response> {
+    let req = body(b)?;
+    let user = s
+        .authenticate(ip, &req.ceremony, &req.credential, "portal", None)
+        .await?;
+    let now = s.now();
+    let id = s
+        .inner
+        .sessions
+        .insert(now, now + SESSION_SECS, Session { user })
+        .map_err(|_| Denial::from(Reason::Busy))?;
+    let cookie = s.session_cookie(&id, SESSION_SECS);
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({ "redirect": "/me" })),
+    )
+        .into_response())
+}

@@ -1,0 +1,576 @@
+//! The web portal: security-key enrollment, the laptop login that ends in
+//! a loopback redirect with a one-time code, and "my devices and sessions".
+//! Japanese first (`?lang=en` for English); every page and script is served
+//! from here under a strict Content-Security-Policy.
+//!
+//! # Pages
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /enroll` | user id + one-time enrollment code → register a passkey (user verification required) |
+//! | `GET /login?redirect_uri=…&state=…&code_challenge=…&code_challenge_method=S256[&device=…]` | opened by `kakehashi login`; WebAuthn, then the browser goes to `redirect_uri?code=…&state=…` |
+//! | `GET /me` | sign in (WebAuthn) → devices, login tokens (with "sign out this device"), credentials |
+//! | `POST /me/revoke` (form `token` = token hash hex) | revokes one of the user's tokens |
+//! | `POST /me/logout` | ends the portal session |
+//!
+//! # JSON API (the pages' script and non-browser clients use the same calls)
+//!
+//! Bodies are JSON (`Content-Type: application/json`). WebAuthn structures
+//! are webauthn-rs's serde forms (binary fields base64url without padding):
+//! `options` is a `CreationChallengeResponse` / `RequestChallengeResponse`
+//! (`{"publicKey": {…}}`), `credential` a `RegisterPublicKeyCredential` /
+//! `PublicKeyCredential` as produced by webauthn-authenticator-rs.
+//!
+//! ```text
+//! POST /api/enroll/start   {"user": ID, "code": ENROLLMENT_CODE}
+//!                        → {"ceremony": C, "options": CreationChallengeResponse}
+//! POST /api/enroll/finish  {"ceremony": C, "credential": RegisterPublicKeyCredential}
+//!                        → {"enrolled": true, "user": ID, "attested": BOOL}
+//! POST /api/login/start    {"user": ID}
+//!                        → {"ceremony": C, "options": RequestChallengeResponse}
+//! POST /api/login/finish   {"ceremony": C, "credential": PublicKeyCredential,
+//!                           "redirect_uri": "http://127.0.0.1:PORT/PATH", "state": S,
+//!                           "code_challenge": BASE64URL_SHA256, "code_challenge_method": "S256",
+//!                           "device": DEVICE_ID (optional)}
+//!                        → {"redirect": "http://127.0.0.1:PORT/PATH?code=CODE&state=S"}
+//! POST /api/session/finish {"ceremony": C, "credential": PublicKeyCredential}
+//!                        → {"redirect": "/me"} and a session cookie
+//! ```
+//!
+//! `/api/enroll/start` checks the user, the lockouts and the code's form;
+//! the code itself is checked and spent by `/api/enroll/finish`, after the
+//! authenticator's response verified (the store has no read-only lookup of
+//! an enrollment code yet). A ceremony id is good for one finish within 5 minutes. `code_challenge_method`
+//! may be omitted in `/api/login/finish` (only S256 exists). The one-time
+//! code is 32 random bytes, base64url; the store keeps only
+//! [`login_code_hash`] of it, with the PKCE challenge and the user, for
+//! 120 seconds. Errors are
+//! `{"error": CODE, "message_ja": …, "message_en": …[, "retry_after": SECS]}`
+//! with a matching HTTP status (see [`Reason`]); `locked_out` is 429.
+//!
+//! # Brute force
+//!
+//! Bad enrollment codes count against `user:ID` and `enroll:IP`, failed
+//! assertions against `user:ID` and `source:IP`, with the `[identity]`
+//! rule; the counters are in the store, so they survive a restart.
+
+mod api;
+mod memory;
+mod pages;
+mod reason;
+mod redirect;
+#[cfg(test)]
+mod tests;
+
+pub use reason::{Denial, Reason};
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use kakehashi_store::{Hash256, LockoutRule, Store};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use webauthn_rs::prelude::{
+    AttestationCaList, AttestedPasskeyRegistration, PasskeyAuthentication, PasskeyRegistration,
+    Webauthn, WebauthnBuilder,
+};
+
+use crate::config::Config;
+
+/// How long a WebAuthn ceremony may take (also the browser's timeout).
+const CEREMONY_SECS: i64 = 300;
+/// How long a portal session lasts.
+const SESSION_SECS: i64 = 1800;
+/// How long a one-time login code is valid.
+const LOGIN_CODE_SECS: i64 = 120;
+/// Most ceremonies in progress at once.
+const MAX_CEREMONIES: usize = 10_000;
+/// Most portal sessions at once.
+const MAX_SESSIONS: usize = 10_000;
+/// Most TLS handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 256;
+/// Time allowed for a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time open connections get to finish after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Largest request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A ceremony between its start and finish calls.
+enum Ceremony {
+    Enroll {
+        user: String,
+        code_hash: Hash256,
+        state: RegState,
+    },
+    Login {
+        user: String,
+        state: PasskeyAuthentication,
+    },
+}
+
+enum RegState {
+    Passkey(PasskeyRegistration),
+    Attested(AttestedPasskeyRegistration),
+}
+
+/// A signed-in portal visitor.
+#[derive(Clone)]
+struct Session {
+    user: String,
+}
+
+/// Everything the portal's handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct PortalState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    webauthn: Webauthn,
+    /// `Some` when only attested authenticators from these CAs may enroll.
+    attestation: Option<AttestationCaList>,
+    /// The origin as browsers send it in `Origin` (`https://host[:port]`).
+    origin: String,
+    /// Cookies carry `Secure` and HSTS is sent (off only with `insecure_http`).
+    secure: bool,
+    rule: LockoutRule,
+    utc_offset_secs: i32,
+    ceremonies: memory::TtlMap<Ceremony>,
+    sessions: memory::TtlMap<Session>,
+    /// Added to the wall clock (tests move time forward).
+    clock_offset: AtomicI64,
+}
+
+impl std::fmt::Debug for PortalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortalState")
+            .field("origin", &self.inner.origin)
+            .field("attested_only", &self.inner.attestation.is_some())
+            .field("secure", &self.inner.secure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PortalState {
+    /// Builds the portal from the gateway configuration (`[portal]` must be
+    /// present) and an open store. Reads the attestation CA files.
+    pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Self> {
+        let attestation = load_attestation_cas(&cfg.identity.attestation_ca)?;
+        Self::with_attestation(cfg, store, attestation)
+    }
+
+    /// As [`PortalState::new`], with the attestation CA list given directly.
+    fn with_attestation(
+        cfg: &Config,
+        store: Store,
+        attestation: Option<AttestationCaList>,
+    ) -> anyhow::Result<Self> {
+        let portal = cfg
+            .portal
+            .as_ref()
+            .context("the portal needs a [portal] section")?;
+        let webauthn = WebauthnBuilder::new(&portal.rp_id, &portal.origin)
+            .context("invalid [portal] rp_id or origin for WebAuthn")?
+            .rp_name("Kakehashi")
+            .timeout(Duration::from_secs(CEREMONY_SECS as u64))
+            .build()
+            .context("invalid [portal] rp_id or origin for WebAuthn")?;
+        let id = &cfg.identity;
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1);
+        let rule = LockoutRule {
+            max_failures: id.max_failures.max(1),
+            window_secs: secs(id.failure_window),
+            lockout_secs: secs(id.lockout),
+        };
+        Ok(PortalState {
+            inner: Arc::new(Inner {
+                store,
+                webauthn,
+                attestation,
+                origin: portal.origin.origin().ascii_serialization(),
+                secure: !portal.insecure_http,
+                rule,
+                utc_offset_secs: id.utc_offset_secs,
+                ceremonies: memory::TtlMap::new(MAX_CEREMONIES),
+                sessions: memory::TtlMap::new(MAX_SESSIONS),
+                clock_offset: AtomicI64::new(0),
+            }),
+        })
+    }
+
+    /// The current time (unix seconds).
+    fn now(&self) -> i64 {
+        kakehashi_store::unix_now() + self.inner.clock_offset.load(Ordering::Relaxed)
+    }
+
+    /// Moves the portal's clock forward (tests).
+    #[cfg(test)]
+    fn advance_clock(&self, secs: i64) {
+        self.inner.clock_offset.fetch_add(secs, Ordering::Relaxed);
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}
+
+/// Reads the attestation CA PEM files; `None` when there are none.
+fn load_attestation_cas(paths: &[std::path::PathBuf]) -> anyhow::Result<Option<AttestationCaList>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut list = AttestationCaList::default();
+    for path in paths {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read attestation CA {}", path.display()))?;
+        let one = AttestationCaList::try_from(pem.as_slice()).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid attestation CA certificate {}: {e:?}",
+                path.display()
+            )
+        })?;
+        list.union(&one);
+    }
+    Ok(Some(list))
+}
+
+/// `N` random bytes, base64url without padding.
+fn random_b64url<const N: usize>() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; N];
+    // The system RNG failing is not recoverable; better to stop than to
+    // hand out predictable ids.
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random number generator failed");
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The hash the store keeps for a one-time login code (the base64url text
+/// in the redirect): SHA-256 of its ASCII bytes. The gateway's redeem
+/// handler looks the code up with this.
+pub fn login_code_hash(code: &str) -> Hash256 {
+    Hash256::digest(code.as_bytes())
+}
+
+/// The enrollment code alphabet (Crockford base32: no I, L, O, U).
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// Characters in an enrollment code (80 bits).
+const CODE_LEN: usize = 16;
+
+/// A new one-time enrollment code for an officer to hand out, shown as
+/// `XXXX-XXXX-XXXX-XXXX`, and the hash to store with
+/// `Store::create_enrollment_code`.
+pub fn new_enrollment_code() -> (String, Hash256) {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; CODE_LEN];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random number generator failed");
+    // 256 is a multiple of 32, so `& 31` is uniform.
+    let raw: String = b
+        .iter()
+        .map(|x| CODE_ALPHABET[usize::from(x & 31)] as char)
+        .collect();
+    let shown = raw
+        .as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("-");
+    let hash = Hash256::digest(raw.as_bytes());
+    (shown, hash)
+}
+
+/// The stored hash of an enrollment code as typed: case, spaces, hyphens,
+/// full-width characters and the look-alikes O/I/L are forgiven. `None`
+/// when it cannot be a code.
+pub fn enrollment_code_hash(typed: &str) -> Option<Hash256> {
+    let mut raw = String::with_capacity(CODE_LEN);
+    for c in typed.chars() {
+        // Full-width ASCII (IME input) to ASCII.
+        let c = match u32::from(c) {
+            0xFF01..=0xFF5E => char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c),
+            _ => c,
+        };
+        let c = match c.to_ascii_uppercase() {
+            ' ' | '-' | '\u{3000}' | '\u{30FC}' | '\u{2010}'..='\u{2015}' | '\u{2212}' => continue,
+            'O' => '0',
+            'I' | 'L' => '1',
+            c => c,
+        };
+        if !c.is_ascii() || !CODE_ALPHABET.contains(&(c as u8)) || raw.len() >= CODE_LEN {
+            return None;
+        }
+        raw.push(c);
+    }
+    (raw.len() == CODE_LEN).then(|| Hash256::digest(raw.as_bytes()))
+}
+
+/// The WebAuthn user handle for a user id: stable, derived, not the id itself.
+fn user_handle(user: &str) -> webauthn_rs::prelude::Uuid {
+    let d = Hash256::digest(format!("kakehashi-webauthn-user\0{user}"));
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.0[..16]);
+    webauthn_rs::prelude::Uuid::from_bytes(b)
+}
+
+/// The peer address a request came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
+
+impl Connected<IncomingStream<'_, PortalListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, PortalListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// The client's IP address (IPv4-mapped IPv6 folded to IPv4), from
+/// [`serve`]'s connection info (or a plain `axum::serve` with
+/// `ConnectInfo<SocketAddr>`); unspecified without either (in-process tests),
+/// in which case every client shares one `source:` lockout counter.
+struct Peer(IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ext = &parts.extensions;
+        let addr = ext
+            .get::<ConnectInfo<PeerAddr>>()
+            .map(|c| c.0 .0)
+            .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
+        let ip = addr
+            .map(|a| a.ip().to_canonical())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Ok(Peer(ip))
+    }
+}
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Refuses cross-origin writes and adds the security headers to every answer.
+async fn guard(
+    axum::extract::State(state): axum::extract::State<PortalState>,
+    req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let h = req.headers();
+        let origin_ok = h
+            .get(header::ORIGIN)
+            .is_none_or(|o| o.as_bytes() == state.inner.origin.as_bytes());
+        let site_ok = h
+            .get("sec-fetch-site")
+            .is_none_or(|s| s == "same-origin" || s == "none");
+        if !origin_ok || !site_ok {
+            debug!(method = %req.method(), path = %req.uri().path(), "Cross-origin request refused");
+            let mut resp = Denial::from(Reason::OriginMismatch).into_response();
+            security_headers(&state, &mut resp);
+            return resp;
+        }
+    }
+    let mut resp = next.run(req).await;
+    security_headers(&state, &mut resp);
+    resp
+}
+
+fn security_headers(state: &PortalState, resp: &mut Response) {
+    let h = resp.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, k: &'static str, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(h, "content-security-policy", CSP);
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "x-frame-options", "DENY");
+    // The login URL carries state and the PKCE challenge, the redirect a code.
+    set(h, "referrer-policy", "no-referrer");
+    set(h, "cross-origin-opener-policy", "same-origin");
+    set(h, "cross-origin-resource-policy", "same-origin");
+    set(
+        h,
+        "permissions-policy",
+        "publickey-credentials-create=(self), publickey-credentials-get=(self)",
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, "cache-control", "no-store");
+    }
+    if state.inner.secure {
+        set(h, "strict-transport-security", "max-age=31536000");
+    }
+}
+
+/// The portal's routes, for [`serve`] and for in-process tests.
+pub fn router(state: PortalState) -> Router {
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/enroll", get(pages::enroll))
+        .route("/login", get(pages::login))
+        .route("/me", get(pages::me))
+        .route("/me/revoke", post(pages::revoke))
+        .route("/me/logout", post(pages::logout))
+        .route("/assets/portal.js", get(pages::script))
+        .route("/assets/portal.css", get(pages::style))
+        .route("/api/enroll/start", post(api::enroll_start))
+        .route("/api/enroll/finish", post(api::enroll_finish))
+        .route("/api/login/start", post(api::login_start))
+        .route("/api/login/finish", post(api::login_finish))
+        .route("/api/session/finish", post(api::session_finish))
+        .fallback(pages::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// A server-side TLS configuration for the portal: the gateway's
+/// certificate and key, no client certificates, TLS 1.2 and 1.3, HTTP/1.1.
+pub fn tls_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let chain = kakehashi_transport::tls::load_certs(&cfg.cert)?;
+    let key = kakehashi_transport::tls::load_key(&cfg.key)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(kakehashi_transport::tls::provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions unavailable")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("portal certificate and key do not match")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// A connection handed from the accept loop to the HTTP server.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connections that finished their (TLS) handshake, in order of completion.
+pub(crate) struct PortalListener {
+    rx: mpsc::Receiver<(Box<dyn Io>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for PortalListener {
+    type Io = Box<dyn Io>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop stopped (shutdown): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves the portal on `listener` until `stop`: HTTPS with `tls`, or plain
+/// HTTP when `tls` is `None` (`insecure_http`, loopback only). After `stop`,
+/// open connections get a short grace period.
+pub async fn serve(
+    state: PortalState,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: CancellationToken,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "Portal listener has no address");
+            return;
+        }
+    };
+    info!(addr = %local, tls = tls.is_some(), "Portal listening");
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let accept = tokio::spawn(accept_loop(listener, acceptor, tx, stop.clone()));
+    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
+    let server = axum::serve(PortalListener { rx, local }, app)
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    tokio::select! {
+        r = async { server.await } => {
+            if let Err(e) = r {
+                warn!(error = %e, "Portal server failed");
+            }
+        }
+        _ = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            info!("Portal connections cut after the shutdown grace period");
+        }
+    }
+    accept.abort();
+    info!("Portal stopped");
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tx: mpsc::Sender<(Box<dyn Io>, SocketAddr)>,
+    stop: CancellationToken,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            p = handshakes.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "Portal accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        match &tls {
+            None => {
+                drop(permit);
+                if tx.send((Box::new(tcp), peer)).await.is_err() {
+                    return;
+                }
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send((Box::new(s), peer)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "Portal TLS handshake failed"),
+                        Err(_) => debug!(%peer, "Portal TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}

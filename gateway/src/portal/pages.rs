@@ -1,0 +1,748 @@
+//! Server-rendered pages (Japanese first, `?lang=en` for English), the
+//! portal session cookie, and the embedded script and style sheet.
+
+use axum::extract::{Form, Query, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use kakehashi_store::{Audit, DeviceClass, DeviceStatus, Hash256};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::info;
+
+use super::api::cred_label;
+use super::reason::Reason;
+use super::redirect::LoginParams;
+use super::{Peer, PortalState};
+
+const SCRIPT: &str = include_str!("assets/portal.js");
+const STYLE: &str = include_str!("assets/portal.css");
+
+/// The page language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lang {
+    Ja,
+    En,
+}
+
+impl Lang {
+    fn from_query(q: Option<&str>) -> Lang {
+        let lang = q.and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "lang")
+                .map(|(_, v)| v.into_owned())
+        });
+        match lang.as_deref() {
+            Some("en") => Lang::En,
+            _ => Lang::Ja,
+        }
+    }
+
+    fn t(self, ja: &'static str, en: &'static str) -> &'static str {
+        match self {
+            Lang::Ja => ja,
+            Lang::En => en,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        self.t("ja", "en")
+    }
+
+    /// `?lang=en` for English links, nothing for Japanese.
+    fn query(self) -> &'static str {
+        self.t("", "?lang=en")
+    }
+
+    fn reason(self, r: Reason) -> &'static str {
+        self.t(r.ja(), r.en())
+    }
+}
+
+/// Escapes text for HTML content and quoted attributes.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The same path and query in the other language.
+fn switch_link(path: &str, query: Option<&str>, lang: Lang) -> String {
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(q) = query {
+        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+            if k != "lang" {
+                ser.append_pair(&k, &v);
+            }
+        }
+    }
+    if lang == Lang::Ja {
+        ser.append_pair("lang", "en");
+    }
+    let q = ser.finish();
+    if q.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{q}")
+    }
+}
+
+/// The page frame around `body`.
+fn page(lang: Lang, title: &str, switch: &str, body: &str) -> String {
+    let other = lang.t("English", "日本語");
+    let other_code = lang.t("en", "ja");
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="{code}">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{title} | {brand}</title>
+<link rel="stylesheet" href="/assets/portal.css">
+<script src="/assets/portal.js" defer></script>
+</head>
+<body>
+<header class="band"><div class="wrap band-row">
+<a class="brand" href="/{home_q}">{brand}</a>
+<span class="band-sub">{sub}</span>
+<a class="lang" href="{switch}" hreflang="{other_code}" lang="{other_code}">{other}</a>
+</div></header>
+<main class="wrap">
+<h1>{title}</h1>
+{body}
+</main>
+<footer class="wrap foot">{foot}</footer>
+</body>
+</html>
+"#,
+        code = lang.code(),
+        title = esc(title),
+        brand = lang.t("かけはし", "Kakehashi"),
+        sub = lang.t("テレワーク接続ポータル", "Remote access portal"),
+        home_q = lang.query(),
+        switch = esc(switch),
+        foot = lang.t(
+            "このページは職員専用です。身に覚えのない操作や不審な点があれば、情報システム担当に連絡してください。",
+            "This page is for staff only. If you notice anything unexpected, contact your IT department."
+        ),
+    )
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Messages the script shows, in the page's language.
+fn script_messages(lang: Lang) -> String {
+    let m = |k: &str, ja: &'static str, en: &'static str| {
+        format!(r#" data-msg-{k}="{}""#, esc(lang.t(ja, en)))
+    };
+    [
+        m(
+            "touch",
+            "セキュリティキーに触れるか、生体認証・PINで本人確認をしてください…",
+            "Touch your security key, or confirm with your fingerprint, face or PIN…",
+        ),
+        m(
+            "cancelled",
+            "本人確認が取り消されたか、時間切れになりました。もう一度お試しください。",
+            "The verification was cancelled or timed out. Please try again.",
+        ),
+        m(
+            "unsupported",
+            "このブラウザーはセキュリティキー（WebAuthn）に対応していません。",
+            "This browser does not support security keys (WebAuthn).",
+        ),
+        m(
+            "failed",
+            "処理に失敗しました。もう一度お試しください。",
+            "Something went wrong. Please try again.",
+        ),
+        m(
+            "enrolled",
+            "登録しました。このセキュリティキーでログインできます。",
+            "Enrolled. You can now sign in with this security key.",
+        ),
+        m(
+            "redirecting",
+            "本人確認ができました。パソコンのアプリに戻ります…",
+            "Verified. Returning to the app on your computer…",
+        ),
+        m(
+            "returned",
+            "ログインが完了しました。このタブは閉じてかまいません。",
+            "Sign-in complete. You may close this tab.",
+        ),
+    ]
+    .concat()
+}
+
+fn error_page(lang: Lang, path: &str, query: Option<&str>, reason: Reason) -> Response {
+    let body = format!(
+        r#"<div class="card notice error" role="alert"><p>{}</p><p class="code">{}: {}</p></div>"#,
+        esc(lang.reason(reason)),
+        lang.t("理由コード", "Reason code"),
+        reason.code()
+    );
+    let title = lang.t("お知らせ", "Notice");
+    html(
+        reason.status(),
+        page(lang, title, &switch_link(path, query, lang), &body),
+    )
+}
+
+/// `GET /`
+pub(crate) async fn index(RawQuery(q): RawQuery) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    let lq = lang.query();
+    let body = format!(
+        r#"<p class="lead">{lead}</p>
+<ul class="menu">
+<li><a class="card link" href="/enroll{lq}"><strong>{enroll}</strong><span>{enroll_d}</span></a></li>
+<li><a class="card link" href="/me{lq}"><strong>{me}</strong><span>{me_d}</span></a></li>
+</ul>
+<p class="hint">{hint}</p>"#,
+        lead = lang.t(
+            "職場のパソコンに自宅などから安全に接続するためのポータルです。",
+            "The portal for connecting safely to your office PC from home or elsewhere."
+        ),
+        enroll = lang.t("セキュリティキーの登録", "Enroll a security key"),
+        enroll_d = lang.t(
+            "担当者から受け取った登録コードで、セキュリティキーや生体認証を登録します。",
+            "Register a security key or biometric sign-in with the code the officer gave you."
+        ),
+        me = lang.t("自分の端末とログイン", "My devices and sessions"),
+        me_d = lang.t(
+            "貸与端末、ログイン中の端末、登録済みのキーを確認し、端末をサインアウトできます。",
+            "See your loaned devices, signed-in devices and keys; sign a device out."
+        ),
+        hint = lang.t(
+            "パソコンからのログインは、アプリの「kakehashi login」から始めてください。",
+            "To sign in on your laptop, start with `kakehashi login` in the app."
+        ),
+    );
+    let title = lang.t("ポータル", "Portal");
+    html(
+        StatusCode::OK,
+        page(lang, title, &switch_link("/", q.as_deref(), lang), &body),
+    )
+}
+
+/// `GET /enroll`
+pub(crate) async fn enroll(RawQuery(q): RawQuery) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    let body = format!(
+        r#"<p class="lead">{lead}</p>
+<form id="enroll-form" class="card" data-portal="enroll" data-lang="{code}"{msgs}>
+<label for="user">{user}</label>
+<input id="user" name="user" autocomplete="username" required maxlength="64" pattern="[A-Za-z0-9._\-]+" spellcheck="false" autocapitalize="off">
+<label for="code">{code_l}</label>
+<input id="code" name="code" autocomplete="one-time-code" required maxlength="40" placeholder="XXXX-XXXX-XXXX-XXXX" spellcheck="false" autocapitalize="characters">
+<p class="field-hint">{code_h}</p>
+<button type="submit">{submit}</button>
+<p id="status" class="status" role="status" aria-live="polite" hidden></p>
+</form>
+<ol class="steps"><li>{s1}</li><li>{s2}</li><li>{s3}</li></ol>"#,
+        code = lang.code(),
+        msgs = script_messages(lang),
+        lead = lang.t(
+            "担当者から受け取った利用者IDと登録コードを入力し、セキュリティキー（または Windows Hello などの生体認証）を登録します。",
+            "Enter your user ID and the enrollment code the officer gave you, then register your security key (or Windows Hello and similar)."
+        ),
+        user = lang.t("利用者ID", "User ID"),
+        code_l = lang.t("登録コード", "Enrollment code"),
+        code_h = lang.t(
+            "登録コードは一度だけ使えます。有効期限があります。",
+            "The code works once and expires."
+        ),
+        submit = lang.t("セキュリティキーを登録する", "Register security key"),
+        s1 = lang.t("ボタンを押すと、ブラウザーが本人確認を求めます。", "After you press the button, the browser asks you to verify."),
+        s2 = lang.t("セキュリティキーに触れるか、PIN・指紋・顔で確認します。", "Touch the key, or confirm with PIN, fingerprint or face."),
+        s3 = lang.t("「登録しました」と表示されたら完了です。", "When “Enrolled” appears, you are done."),
+    );
+    let title = lang.t("セキュリティキーの登録", "Enroll a security key");
+    html(
+        StatusCode::OK,
+        page(
+            lang,
+            title,
+            &switch_link("/enroll", q.as_deref(), lang),
+            &body,
+        ),
+    )
+}
+
+/// The user-id form that runs a login ceremony; `mode` is `loopback` (the
+/// laptop login, with `extra` data attributes) or `portal` (`/me`).
+fn login_form(lang: Lang, mode: &str, extra: &str, submit: &str) -> String {
+    format!(
+        r#"<form id="login-form" class="card" data-portal="login" data-mode="{mode}" data-lang="{code}"{extra}{msgs}>
+<label for="user">{user}</label>
+<input id="user" name="user" autocomplete="username webauthn" required maxlength="64" pattern="[A-Za-z0-9._\-]+" spellcheck="false" autocapitalize="off">
+<button type="submit">{submit}</button>
+<p id="status" class="status" role="status" aria-live="polite" hidden></p>
+</form>"#,
+        code = lang.code(),
+        msgs = script_messages(lang),
+        user = lang.t("利用者ID", "User ID"),
+    )
+}
+
+/// `GET /login?redirect_uri=…&state=…&code_challenge=…&code_challenge_method=S256[&device=…]`
+pub(crate) async fn login(RawQuery(q): RawQuery) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    let params: LoginParams = q.as_deref().and_then(parse_login_query).unwrap_or_default();
+    let req = match params.check() {
+        Ok(r) => r,
+        Err(reason) => return error_page(lang, "/login", q.as_deref(), reason),
+    };
+    let attr = |k: &str, v: &str| format!(r#" data-{k}="{}""#, esc(v));
+    let extra = [
+        attr("redirect-uri", req.redirect.as_str()),
+        attr("state", &req.state),
+        attr("code-challenge", &req.code_challenge),
+        attr("device", req.device.as_deref().unwrap_or("")),
+    ]
+    .concat();
+    let device = match &req.device {
+        Some(d) => format!(
+            r#"<p class="device">{}: <strong>{}</strong></p>"#,
+            lang.t("ログインする端末", "Signing in on device"),
+            esc(d)
+        ),
+        None => String::new(),
+    };
+    let body = format!(
+        r#"<p class="lead">{lead}</p>
+{device}
+{form}
+<p class="hint">{hint}</p>"#,
+        lead = lang.t(
+            "パソコンのアプリ（kakehashi login）から開かれたページです。利用者IDを入力し、セキュリティキーで本人確認をしてください。",
+            "This page was opened by the app on your computer (`kakehashi login`). Enter your user ID and verify with your security key."
+        ),
+        form = login_form(
+            lang,
+            "loopback",
+            &extra,
+            lang.t("本人確認してログイン", "Verify and sign in")
+        ),
+        hint = lang.t(
+            "自分で「kakehashi login」を実行していないのにこのページが開いた場合は、操作せずに閉じてください。",
+            "If you did not run `kakehashi login` yourself, close this page without doing anything."
+        ),
+    );
+    let title = lang.t("ログイン", "Sign in");
+    html(
+        StatusCode::OK,
+        page(
+            lang,
+            title,
+            &switch_link("/login", q.as_deref(), lang),
+            &body,
+        ),
+    )
+}
+
+/// Parses the login query: repeated keys are refused (ambiguous).
+fn parse_login_query(q: &str) -> Option<LoginParams> {
+    let mut p = LoginParams::default();
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        let slot = match &*k {
+            "redirect_uri" => &mut p.redirect_uri,
+            "state" => &mut p.state,
+            "code_challenge" => &mut p.code_challenge,
+            "code_challenge_method" => &mut p.code_challenge_method,
+            "device" => &mut p.device,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(v.into_owned());
+    }
+    Some(p)
+}
+
+impl PortalState {
+    fn cookie_name(&self) -> &'static str {
+        if self.inner.secure {
+            "__Host-kakehashi-session"
+        } else {
+            "kakehashi-session"
+        }
+    }
+
+    /// The `Set-Cookie` value for a session id (`max_age` 0 clears it).
+    pub(crate) fn session_cookie(&self, id: &str, max_age: i64) -> String {
+        let secure = if self.inner.secure { "; Secure" } else { "" };
+        format!(
+            "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+            self.cookie_name()
+        )
+    }
+
+    /// The session id from the request's cookies.
+    fn session_id(&self, headers: &HeaderMap) -> Option<String> {
+        let name = self.cookie_name();
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    }
+
+    /// The signed-in user, if any.
+    fn session_user(&self, headers: &HeaderMap) -> Option<String> {
+        let id = self.session_id(headers)?;
+        self.inner.sessions.get(&id, self.now()).map(|s| s.user)
+    }
+
+    /// `YYYY-MM-DD HH:MM` in the configured local time.
+    fn local_time(&self, t: i64) -> String {
+        let offset = time::UtcOffset::from_whole_seconds(self.inner.utc_offset_secs)
+            .unwrap_or(time::UtcOffset::UTC);
+        match time::OffsetDateTime::from_unix_timestamp(t) {
+            Ok(dt) => {
+                let dt = dt.to_offset(offset);
+                format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02}",
+                    dt.year(),
+                    u8::from(dt.month()),
+                    dt.day(),
+                    dt.hour(),
+                    dt.minute()
+                )
+            }
+            Err(_) => "-".to_owned(),
+        }
+    }
+}
+
+fn class_name(lang: Lang, c: DeviceClass) -> &'static str {
+    match c {
+        DeviceClass::Home => lang.t("在宅", "home"),
+        DeviceClass::Mobile => lang.t("モバイル", "mobile"),
+        DeviceClass::Satellite => lang.t("サテライト", "satellite office"),
+        _ => lang.t("その他", "other"),
+    }
+}
+
+fn status_name(lang: Lang, s: DeviceStatus) -> &'static str {
+    match s {
+        DeviceStatus::Active => lang.t("利用可", "active"),
+        DeviceStatus::Blocked => lang.t("停止中", "blocked"),
+        DeviceStatus::Lost => lang.t("紛失届出済み", "reported lost"),
+        DeviceStatus::Revoked => lang.t("失効", "revoked"),
+        _ => lang.t("その他", "other"),
+    }
+}
+
+/// `GET /me`
+pub(crate) async fn me(
+    State(s): State<PortalState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    let switch = switch_link("/me", q.as_deref(), lang);
+    let title = lang.t("自分の端末とログイン", "My devices and sessions");
+    let Some(user) = s.session_user(&headers) else {
+        let body = format!(
+            r#"<p class="lead">{lead}</p>
+{form}"#,
+            lead = lang.t(
+                "利用者IDを入力し、セキュリティキーで本人確認をしてください。",
+                "Enter your user ID and verify with your security key."
+            ),
+            form = login_form(
+                lang,
+                "portal",
+                "",
+                lang.t("本人確認して表示", "Verify and show")
+            ),
+        );
+        return html(StatusCode::OK, page(lang, title, &switch, &body));
+    };
+    match me_body(&s, lang, &user).await {
+        Ok(body) => html(StatusCode::OK, page(lang, title, &switch, &body)),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "Cannot render /me");
+            error_page(lang, "/me", q.as_deref(), Reason::Internal)
+        }
+    }
+}
+
+async fn me_body(s: &PortalState, lang: Lang, user_id: &str) -> kakehashi_store::Result<String> {
+    let store = s.store();
+    let now = s.now();
+    let user = store.get_user(user_id).await?;
+    let devices = store.devices_loaned_to(user_id).await?;
+    let tokens = store.login_tokens_for_user(user_id).await?;
+    let creds = store.credentials_for_user(user_id).await?;
+    let lq = lang.query();
+    let mut out = String::new();
+    if let Some(u) = &user {
+        out.push_str(&format!(
+            r#"<div class="card who"><p><strong>{}</strong> {} <span class="muted">({} · {})</span></p>
+<form method="post" action="/me/logout{lq}" class="inline"><button type="submit" class="secondary">{}</button></form></div>"#,
+            esc(&u.name),
+            lang.t("さん", ""),
+            esc(&u.id),
+            esc(&u.department),
+            lang.t("ポータルからログアウト", "Sign out of the portal"),
+        ));
+    }
+
+    out.push_str(&format!(
+        "<h2>{}</h2>",
+        lang.t("貸与端末", "Loaned devices")
+    ));
+    if devices.is_empty() {
+        out.push_str(&format!(
+            r#"<p class="muted">{}</p>"#,
+            lang.t("貸与端末はありません。", "No devices are loaned to you.")
+        ));
+    } else {
+        out.push_str(&format!(
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+            lang.t("端末", "Device"),
+            lang.t("種別", "Class"),
+            lang.t("状態", "Status"),
+        ));
+        for d in &devices {
+            out.push_str(&format!(
+                r#"<tr><td>{}</td><td>{}</td><td class="st-{}">{}</td></tr>"#,
+                esc(&d.id),
+                class_name(lang, d.class),
+                d.status.as_str(),
+                status_name(lang, d.status),
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+
+    out.push_str(&format!(
+        "<h2>{}</h2>",
+        lang.t("ログイン（端末ごと）", "Sign-ins (per device)")
+    ));
+    if tokens.is_empty() {
+        out.push_str(&format!(
+            r#"<p class="muted">{}</p>"#,
+            lang.t("ログインの記録はありません。", "No sign-ins yet.")
+        ));
+    } else {
+        out.push_str(&format!(
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
+            lang.t("端末", "Device"),
+            lang.t("ログイン日時", "Signed in"),
+            lang.t("有効期限", "Expires"),
+            lang.t("状態", "State"),
+        ));
+        for t in &tokens {
+            let (state, live) = match t.revoked_at {
+                Some(_) => (lang.t("サインアウト済み", "signed out"), false),
+                None if t.expires_at <= now => (lang.t("期限切れ", "expired"), false),
+                None => (lang.t("有効", "active"), true),
+            };
+            let action = if live {
+                format!(
+                    r#"<form method="post" action="/me/revoke{lq}" class="inline"><input type="hidden" name="token" value="{}"><button type="submit" class="danger">{}</button></form>"#,
+                    t.token_hash.to_hex(),
+                    lang.t("この端末をサインアウト", "Sign out this device"),
+                )
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&t.device_id),
+                s.local_time(t.issued_at),
+                s.local_time(t.expires_at),
+                state,
+                action,
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+
+    out.push_str(&format!(
+        "<h2>{}</h2>",
+        lang.t("登録済みのセキュリティキー", "Registered security keys")
+    ));
+    if creds.is_empty() {
+        out.push_str(&format!(
+            r#"<p class="muted">{}</p>"#,
+            lang.t("登録されたキーはありません。", "No keys registered.")
+        ));
+    } else {
+        out.push_str(&format!(
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+            lang.t("キーID", "Key ID"),
+            lang.t("登録日時", "Registered"),
+            lang.t("最終使用", "Last used"),
+            lang.t("種類", "Kind"),
+        ));
+        for c in &creds {
+            let label = cred_label(&c.cred_id);
+            let short: String = label.chars().take(12).collect();
+            out.push_str(&format!(
+                r#"<tr><td><code title="{}">{}…</code></td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+                esc(&label),
+                esc(&short),
+                s.local_time(c.created),
+                c.last_used
+                    .map(|t| s.local_time(t))
+                    .unwrap_or_else(|| "-".into()),
+                if c.attested {
+                    lang.t("認定ハードウェアキー", "attested hardware key")
+                } else {
+                    lang.t("一般", "standard")
+                },
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+    Ok(out)
+}
+
+/// The form of `POST /me/revoke`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RevokeForm {
+    token: String,
+}
+
+/// `?lang=` on form posts.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LangParam {
+    lang: Option<String>,
+}
+
+impl LangParam {
+    fn lang(&self) -> Lang {
+        match self.lang.as_deref() {
+            Some("en") => Lang::En,
+            _ => Lang::Ja,
+        }
+    }
+}
+
+/// `POST /me/revoke` (form `token` = the token hash in hex).
+pub(crate) async fn revoke(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    Query(lp): Query<LangParam>,
+    headers: HeaderMap,
+    form: Result<Form<RevokeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let lang = lp.lang();
+    let q = (lang == Lang::En).then_some("lang=en");
+    let Some(user) = s.session_user(&headers) else {
+        return error_page(lang, "/me", q, Reason::SessionRequired);
+    };
+    let Ok(Form(form)) = form else {
+        return error_page(lang, "/me", q, Reason::BadRequest);
+    };
+    let Ok(hash) = Hash256::from_hex(&form.token) else {
+        return error_page(lang, "/me", q, Reason::BadRequest);
+    };
+    let token = match s.store().get_login_token(&hash).await {
+        Ok(Some(t)) if t.user_id == user => t,
+        Ok(_) => return error_page(lang, "/me", q, Reason::NotFound),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "Cannot read a login token");
+            return error_page(lang, "/me", q, Reason::Internal);
+        }
+    };
+    let audit = Audit::new(s.now(), user.as_str(), "token.revoke")
+        .subject(&token.device_id)
+        .reason("user_signout")
+        .detail(json!({
+            "user": user,
+            "token": &hash.to_hex()[..12],
+            "source": ip.to_string(),
+            "via": "portal",
+        }));
+    match s.store().revoke_login_token(&hash, audit).await {
+        Ok(_) => {
+            info!(user, device = %token.device_id, "Device signed out from the portal");
+            Redirect::to(&format!("/me{}", lang.query())).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "Cannot revoke a login token");
+            error_page(lang, "/me", q, Reason::Internal)
+        }
+    }
+}
+
+/// `POST /me/logout`
+pub(crate) async fn logout(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    Query(lp): Query<LangParam>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(id) = s.session_id(&headers) {
+        if let Some(sess) = s.inner.sessions.get(&id, s.now()) {
+            s.audit(
+                Audit::new(s.now(), sess.user.as_str(), "portal.logout")
+                    .subject(&sess.user)
+                    .detail(json!({ "source": ip.to_string() })),
+            )
+            .await;
+        }
+        s.inner.sessions.remove(&id);
+    }
+    (
+        [(header::SET_COOKIE, s.session_cookie("", 0))],
+        Redirect::to(&format!("/me{}", lp.lang().query())),
+    )
+        .into_response()
+}
+
+/// `GET /assets/portal.js`
+pub(crate) async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+/// `GET /assets/portal.css`
+pub(crate) async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}
+
+/// Anything else.
+pub(crate) async fn not_found(RawQuery(q): RawQuery) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    error_page(lang, "/", None, Reason::NotFound)
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# xrdp-peer.sh — an xrdp desk (Xvnc backend, TLS security, no NLA) for the Kakehashi
+# clipboard-direction tests: xrdp's xrdp-chansrv serves the RDP clipboard and syncs it
+# with the session's X display, so text can be set and read on both sides with xclip.
+#
+#   xrdp-peer.sh install
+#       apt-get installs xrdp tigervnc-standalone-server xclip if missing (serialised
+#       on flock(1) like rdp-peers.sh install).
+#
+#   xrdp-peer.sh server --dir DIR --port PORT --cert CRT --key KEY --user U --password P
+#       Creates the local user U with password P (a test machine only), a ~U/startwm.sh
+#       that just sleeps, and xrdp.ini / sesman.ini in DIR (security_layer=tls with
+#       CRT/KEY, autorun=Xvnc, logs in DIR). Starts xrdp-sesman and execs xrdp on
+#       127.0.0.1:PORT (0 = pick one). Prints "XRDP_PEER port=N" first. sesman keeps its
+#       default port 3350 (xrdp reads it from /etc/xrdp/sesman.ini), so one server at a
+#       time per machine: the script takes ${XRDP_PEER_LOCK:-/tmp/kakehashi-xrdp.lock}.
+#       Killing this script's PID stops xrdp; sesman and the session follow.
+#
+#   xrdp-peer.sh xclip --user U [--wait SECS] -- XCLIP_ARGS...
+#       Runs xclip on U's session display (the user's Xvnc, found with pgrep; waits up to
+#       SECS, default 20, for it to appear), with U's X authority.
+set -u
+
+die_usage() { echo "xrdp-peer.sh: $*" >&2; exit 2; }
+
+have_all() { command -v xrdp >/dev/null 2>&1 && command -v Xvnc >/dev/null 2>&1 && command -v xclip >/dev/null 2>&1; }
+
+cmd_install() {
+    have_all && return 0
+    local lock=${RDP_PEERS_INSTALL_LOCK:-/tmp/kakehashi-rdp-peers-install.lock}
+    exec 8>>"$lock" || return 1
+    flock -w 900 8 || { echo "xrdp-peer.sh: install lock busy" >&2; return 1; }
+    if have_all; then exec 8>&-; return 0; fi
+    export DEBIAN_FRONTEND=noninteractive
+    local log; log=$(mktemp)
+    if ! { apt-get -o DPkg::Lock::Timeout=300 update -q &&
+            apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
+            xrdp tigervnc-standalone-server xclip; } >"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"; echo "xrdp-peer.sh: apt-get failed" >&2; return 1
+    fi
+    rm -f "$log"
+    have_all || { echo "xrdp-peer.sh: tools still missing after install" >&2; return 1; }
+}
+
+pick_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        [ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ] && { echo "$p"; return 0; }
+    done
+    return 1
+}
+
+cmd_server() {
+    local dir="" port="" cert="" key="" user="" pass=""
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --dir) dir=$2; shift 2 ;; --port) port=$2; shift 2 ;;
+            --cert) cert=$2; shift 2 ;; --key) key=$2; shift 2 ;;
+            --user) user=$2; shift 2 ;; --password) pass=$2; shift 2 ;;
+            *) die_usage "server: unknown argument $1" ;;
+        esac
+    done
+    [ -n "$dir" ] && [ -n "$port" ] && [ -n "$cert" ] && [ -n "$key" ] && [ -n "$user" ] &&
+        [ -n "$pass" ] || die_usage "server: --dir --port --cert --key --user --password are required"
+    mkdir -p "$dir" && dir=$(cd "$dir" && pwd) || exit 1
+    exec 9>>"${XRDP_PEER_LOCK:-/tmp/kakehashi-xrdp.lock}"
+    flock -w 120 9 || { echo "xrdp-peer.sh: another xrdp peer is running" >&2; exit 1; }
+    id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user" || exit 1
+    echo "$user:$pass" | chpasswd || exit 1
+    local home; home=$(getent passwd "$user" | cut -d: -f6)
+    printf '#!/bin/sh\nexec sleep infinity\n' >"$home/startwm.sh"
+    chmod 755 "$home/startwm.sh"; chown "$user" "$home/startwm.sh"
+    # Leftovers of an earlier run: its session and pid files.
+    pkill -u "$user" 2>/dev/null; sleep 0.2
+    mkdir -p /run/xrdp/sockdir && chmod 3777 /run/xrdp/sockdir
+    rm -f /run/xrdp/xrdp.pid /run/xrdp/xrdp-sesman.pid
+    cp "$cert" "$dir/cert.pem" && cp "$key" "$dir/key.pem" && chmod 600 "$dir/key.pem" || exit 1
+    sed -e "s|^security_layer=.*|security_layer=tls|" \
+        -e "s|^certificate=.*|certificate=$dir/cert.pem|" \
+        -e "s|^key_file=.*|key_file=$dir/key.pem|" \
+        -e "s|^autorun=.*|autorun=Xvnc|" \
+        -e "s|^LogFile=.*|LogFile=$dir/xrdp.log|" \
+        -e "s|^LogLevel=.*|LogLevel=DEBUG|" \
+        -e "s|^EnableSyslog=.*|EnableSyslog=false|" \
+        /etc/xrdp/xrdp.ini >"$dir/xrdp.ini" || exit 1
+    sed -e "s|^LogFile=.*|LogFile=$dir/sesman.log|" \
+        -e "s|^LogLevel=.*|LogLevel=DEBUG|" \
+        -e "s|^EnableSyslog=.*|EnableSyslog=false|" \
+        -e "s|^ListenAddress=.*|ListenAddress=127.0.0.1|" \
+        /etc/xrdp/sesman.ini >"$dir/sesman.ini" || exit 1
+    if [ "$port" = 0 ]; then port=$(pick_port) || { echo "no free port" >&2; exit 1; }; fi
+    echo "XRDP_PEER port=$port"
+    # 9>&-: the lock stays with this script only, not with xrdp's sessions.
+    setpriv --pdeathsig TERM xrdp-sesman -n -c "$dir/sesman.ini" >"$dir/sesman.out" 2>&1 9>&- &
+    local sesman=$!
+    trap 'kill $sesman 2>/dev/null; pkill -u "$user" 2>/dev/null' EXIT
+    trap 'exit 143' TERM INT HUP
+    # pdeathsig: a SIGKILL of this script (a test's kill on drop) still stops both.
+    setpriv --pdeathsig TERM xrdp -n -c "$dir/xrdp.ini" -p "$port" >"$dir/xrdp.out" 2>&1 9>&- &
+    local x=$!
+    trap 'kill $x $sesman 2>/dev/null; pkill -u "$user" 2>/dev/null' EXIT
+    wait $x
+}
+
+cmd_xclip() {
+    local user="" wait=20
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --user) user=$2; shift 2 ;; --wait) wait=$2; shift 2 ;;
+            --) shift; break ;;
+            *) die_usage "xclip: unknown argument $1" ;;
+        esac
+    done
+    [ -n "$user" ] || die_usage "xclip: --user is required"
+    local home display="" i
+    home=$(getent passwd "$user" | cut -d: -f6)
+    for i in $(seq 1 $((wait * 5))); do
+        display=$(pgrep -u "$user" -a Xvnc | grep -o ' :[0-9]*' | head -1 | tr -d ' ')
+        [ -n "$display" ] && break
+        sleep 0.2
+    done
+    [ -n "$display" ] || { echo "xrdp-peer.sh: no Xvnc session for $user" >&2; exit 1; }
+    DISPLAY=$display XAUTHORITY=$home/.Xauthority exec timeout 10 xclip "$@"
+}
+
+case ${1:-} in
+    install) shift; cmd_install "$@" ;;
+    server) shift; cmd_server "$@" ;;
+    xclip) shift; cmd_xclip "$@" ;;
+    *) die_usage "usage: $0 install | server ... | xclip ... (see header)" ;;
+esac

@@ -1,0 +1,210 @@
+//! The admin CLI on the gateway's store, and `audit verify` on an honest
+//! and on a tampered log.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kakehashi_tests::*;
+
+fn gateway_config(pki: &Pki, db: &Path) -> std::path::PathBuf {
+    let g = pki.gateway_cert();
+    let cfg = format!(
+        r#"name = "admin-test"
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+ticket_key = "{ticket}"
+[terminals]
+tcp = "127.0.0.1:0"
+[agents]
+tcp = "127.0.0.1:0"
+{login}
+"#,
+        ca = pki.ca.ca_cert_path().display(),
+        cert = g.cert.display(),
+        key = g.key.display(),
+        ticket = pki.ca.ticket_key_path().display(),
+        login = login_sections(db),
+    );
+    let p = pki.path().join("gw-admin.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+async fn gw(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(bin("kakehashi-gateway"))
+        .args(args)
+        .env("USER", "officer-yamada")
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_cli_and_audit_verify() {
+    let pki = Pki::new();
+    let db = pki.path().join("kakehashi.db");
+    let cfg = gateway_config(&pki, &db);
+    let c = cfg.to_str().unwrap();
+
+    let (ok, out) = gw(&[
+        "admin",
+        "--config",
+        c,
+        "user",
+        "add",
+        "--id",
+        "u-kato",
+        "--name",
+        "加藤 一郎",
+        "--dept",
+        "somu",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = gw(&[
+        "admin", "--config", c, "user", "add", "--id", "u-kato", "--name", "x", "--dept", "somu",
+    ])
+    .await;
+    assert!(
+        !ok && out.contains("already exists"),
+        "duplicate refused: {out}"
+    );
+    let (ok, out) = gw(&[
+        "admin", "--config", c, "user", "add", "--id", "u-bad", "--name", "x", "--dept", "d",
+        "--role", "king",
+    ])
+    .await;
+    assert!(!ok && out.contains("unknown role"), "{out}");
+    let (ok, out) = gw(&[
+        "admin",
+        "--config",
+        c,
+        "user",
+        "enroll-code",
+        "--id",
+        "u-kato",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let code = out
+        .lines()
+        .find_map(|l| l.strip_prefix("enrollment code for u-kato: "))
+        .expect("code printed")
+        .to_string();
+    assert_eq!(code.len(), 19, "XXXX-XXXX-XXXX-XXXX: {code}");
+    let (ok, out) = gw(&[
+        "admin",
+        "--config",
+        c,
+        "user",
+        "enroll-code",
+        "--id",
+        "nobody",
+    ])
+    .await;
+    assert!(!ok && out.contains("no user"), "{out}");
+
+    // A device the gateway has seen (registered on first login): seed it directly.
+    let store = kakehashi_store::Store::open(db.to_str().unwrap())
+        .await
+        .unwrap();
+    let spec = kakehashi_store::DeviceSpec {
+        id: "LAPTOP-K".into(),
+        class: "home".parse().unwrap(),
+        loaned_to: Some("u-kato".into()),
+        cert_serial: Some("01".into()),
+    };
+    store
+        .upsert_device(
+            &spec,
+            kakehashi_store::Audit::new(kakehashi_store::unix_now(), "test", "device.register"),
+        )
+        .await
+        .unwrap();
+    let (ok, out) = gw(&[
+        "admin",
+        "--config",
+        c,
+        "device",
+        "block",
+        "--id",
+        "LAPTOP-K",
+        "--status",
+        "lost",
+        "--reason",
+        "reported lost on the train",
+    ])
+    .await;
+    assert!(ok && out.contains("now lost"), "{out}");
+    let (ok, out) = gw(&["admin", "--config", c, "device", "list"]).await;
+    assert!(
+        ok && out
+            .lines()
+            .any(|l| l.starts_with("LAPTOP-K") && l.contains("lost")),
+        "{out}"
+    );
+    let (ok, out) = gw(&[
+        "admin",
+        "--config",
+        c,
+        "user",
+        "disable",
+        "--id",
+        "u-kato",
+        "--reason",
+        "left the city",
+    ])
+    .await;
+    assert!(ok, "{out}");
+
+    // Every action is audited with who did it and why; the code itself is not in the log.
+    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    for action in [
+        "user.add",
+        "user.enroll_code",
+        "device.block",
+        "user.disable",
+    ] {
+        let r = log
+            .iter()
+            .find(|r| r.action == action)
+            .unwrap_or_else(|| panic!("no {action} in {log:?}"));
+        assert_eq!(r.actor, "admin:officer-yamada", "{action}");
+    }
+    assert!(log
+        .iter()
+        .any(|r| r.action == "device.block" && r.reason == "reported lost on the train"));
+    assert!(!format!("{log:?}").contains(&code.replace('-', "")));
+
+    let (ok, out) = gw(&["audit", "verify", "--config", c]).await;
+    assert!(ok && out.contains("audit log intact"), "{out}");
+
+    // Tamper: someone with the database file drops the guard trigger and edits a record.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER audit_no_update")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit SET reason = 'nothing happened' WHERE action = 'device.block'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (ok, out) = gw(&["audit", "verify", "--config", c]).await;
+    assert!(!ok, "tampering must fail verify: {out}");
+    assert!(
+        out.contains("AUDIT LOG BROKEN at record") && out.contains("edited"),
+        "{out}"
+    );
+}

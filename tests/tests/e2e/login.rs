@@ -1,0 +1,236 @@
+//! Logins bound to the laptop: a token redeemed by laptop A does not work
+//! from laptop B; a blocked laptop's token stops working at once; no token,
+//! an expired or revoked token, a reused or wrong-verifier code are refused
+//! with their reasons, and every outcome is in the audit log.
+
+use std::time::Duration;
+
+use kakehashi_pki::TerminalClass;
+use kakehashi_proto::io::{read_frame, write_message};
+use kakehashi_proto::message::{LoginResult, Logout, Message, RedeemLogin, Secret, SessionRequest};
+use kakehashi_proto::{FrameKind, Refusal, ALPN_TERMINAL};
+use kakehashi_store::{Audit, DeviceStatus, Store};
+use kakehashi_tests::*;
+
+/// Send one message on a fresh TLS connection as `dev`; return the answer frame.
+async fn ask<M: Message>(
+    pki: &Pki,
+    dev: &CertFiles,
+    gw: &GatewayProc,
+    m: &M,
+) -> kakehashi_proto::Frame {
+    let mut s = raw_tls(pki, dev, gw.addrs.terminal_tcp, ALPN_TERMINAL)
+        .await
+        .unwrap();
+    write_message(&mut s, m).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn refusal(f: &kakehashi_proto::Frame) -> String {
+    assert_eq!(
+        f.kind,
+        FrameKind::Refused,
+        "expected a refusal, got {:?}",
+        f.kind
+    );
+    Refusal::from_frame(f).unwrap().code
+}
+
+async fn redeem(
+    pki: &Pki,
+    dev: &CertFiles,
+    gw: &GatewayProc,
+    seed: &LoginSeed,
+) -> kakehashi_proto::Frame {
+    let m = RedeemLogin {
+        code: Secret(seed.code.clone()),
+        code_verifier: Secret(seed.verifier.clone()),
+    };
+    ask(pki, dev, gw, &m).await
+}
+
+async fn session(
+    pki: &Pki,
+    dev: &CertFiles,
+    gw: &GatewayProc,
+    token: Option<&Secret>,
+) -> kakehashi_proto::Frame {
+    ask(
+        pki,
+        dev,
+        gw,
+        &SessionRequest {
+            desk: "DESK-L".into(),
+            token: token.cloned(),
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
+    let mut pki = Pki::new();
+    let db = pki.path().join("kakehashi.db");
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(login_sections(&db)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    let desk = echo_server().await;
+    let _agent = start_agent(&mut pki, "DESK-L", &gw.addrs, desk, "quic");
+    let a = pki.device("LAPTOP-A", TerminalClass::Home);
+    let b = pki.device("LAPTOP-B", TerminalClass::Home);
+
+    // No token: login_required.
+    assert_eq!(
+        refusal(&session(&pki, &a, &gw, None).await),
+        "login_required"
+    );
+
+    // Redeem on A → a token.
+    let seed = seed_login(&store, "u-tanaka").await;
+    let f = redeem(&pki, &a, &gw, &seed).await;
+    assert_eq!(f.kind, FrameKind::LoginResult);
+    let res = LoginResult::from_frame(&f).unwrap();
+    assert_eq!(res.user, "u-tanaka");
+    let now = kakehashi_transport::unix_now();
+    assert!(
+        res.expires_at > now && res.expires_at <= now + 10 * 3600,
+        "at most the configured day"
+    );
+    // The same code again: used.
+    assert_eq!(
+        refusal(&redeem(&pki, &a, &gw, &seed).await),
+        "login_code_invalid"
+    );
+    // A code with the wrong PKCE verifier: refused (and spent).
+    let mut bad = seed_login(&store, "u-tanaka").await;
+    bad.verifier = format!("{}x", bad.verifier);
+    assert_eq!(
+        refusal(&redeem(&pki, &a, &gw, &bad).await),
+        "login_code_invalid"
+    );
+
+    // A's token works from A…
+    let f = session(&pki, &a, &gw, Some(&res.token)).await;
+    assert_eq!(
+        f.kind,
+        FrameKind::SessionAccepted,
+        "{:?}",
+        Refusal::from_frame(&f).ok()
+    );
+    // …and not from B.
+    assert_eq!(
+        refusal(&session(&pki, &b, &gw, Some(&res.token)).await),
+        "token_other_device"
+    );
+    // A re-issued certificate for A (new serial) does not inherit the token either.
+    pki.revoke(&a.serial);
+    let a2 = pki.device("LAPTOP-A", TerminalClass::Home);
+    gw.proc
+        .wait_log("CRL reloaded", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(&session(&pki, &a2, &gw, Some(&res.token)).await),
+        "token_other_device"
+    );
+
+    // A token of laptop B, then B is blocked by an officer: refused at once.
+    let seed_b = seed_login(&store, "u-suzuki").await;
+    let res_b = LoginResult::from_frame(&redeem(&pki, &b, &gw, &seed_b).await).unwrap();
+    assert_eq!(
+        session(&pki, &b, &gw, Some(&res_b.token)).await.kind,
+        FrameKind::SessionAccepted
+    );
+    store
+        .set_device_status(
+            "LAPTOP-B",
+            DeviceStatus::Blocked,
+            Audit::new(kakehashi_store::unix_now(), "officer", "device.block"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(&session(&pki, &b, &gw, Some(&res_b.token)).await),
+        "device_blocked"
+    );
+
+    // Logout revokes: the token stops working.
+    let seed_a2 = seed_login(&store, "u-tanaka").await;
+    let res_a2 = LoginResult::from_frame(&redeem(&pki, &a2, &gw, &seed_a2).await).unwrap();
+    assert_eq!(
+        ask(
+            &pki,
+            &a2,
+            &gw,
+            &Logout {
+                token: res_a2.token.clone()
+            }
+        )
+        .await
+        .kind,
+        FrameKind::LoggedOut
+    );
+    assert_eq!(
+        refusal(&session(&pki, &a2, &gw, Some(&res_a2.token)).await),
+        "token_revoked"
+    );
+
+    // A disabled user's token stops working.
+    let seed_c = seed_login(&store, "u-sato").await;
+    let c = pki.device("LAPTOP-C", TerminalClass::Mobile);
+    let res_c = LoginResult::from_frame(&redeem(&pki, &c, &gw, &seed_c).await).unwrap();
+    store
+        .set_user_disabled(
+            "u-sato",
+            true,
+            Audit::new(kakehashi_store::unix_now(), "officer", "user.disable"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(&session(&pki, &c, &gw, Some(&res_c.token)).await),
+        "user_disabled"
+    );
+
+    // Everything above is in the audit log, and the chain verifies.
+    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let actions: Vec<(String, String)> = log
+        .iter()
+        .map(|r| (r.action.clone(), r.reason.clone()))
+        .collect();
+    for (action, reason) in [
+        ("login", ""),
+        ("login.redeem", "login_code_invalid"),
+        ("session.denied", "login_required"),
+        ("session.denied", "token_other_device"),
+        ("session.denied", "device_blocked"),
+        ("session.denied", "token_revoked"),
+        ("session.denied", "user_disabled"),
+        ("logout", ""),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|(a, r)| a == action && (reason.is_empty() || r == reason)),
+            "missing {action} {reason}: {actions:?}"
+        );
+    }
+    // No token or code ever appears in the log.
+    let all = format!("{log:?}");
+    assert!(
+        !all.contains(res.token.expose())
+            && !all.contains(&seed.code)
+            && !all.contains(&seed.verifier)
+    );
+    assert!(!gw.proc.log_text().contains(res.token.expose()));
+    assert!(store.verify_audit().await.unwrap().is_intact());
+}
