@@ -17,6 +17,10 @@ command -v xfreerdp >/dev/null 2>&1 || pkgs+=(freerdp2-x11)
 command -v freerdp-shadow-cli >/dev/null 2>&1 || pkgs+=(freerdp2-shadow-x11)
 command -v winpr-hash >/dev/null 2>&1 || pkgs+=(winpr-utils)
 command -v Xvfb >/dev/null 2>&1 || pkgs+=(xvfb)
+# The RDP filter's clipboard-direction test needs a desk that serves a clipboard.
+command -v xrdp >/dev/null 2>&1 || pkgs+=(xrdp)
+command -v Xvnc >/dev/null 2>&1 || pkgs+=(tigervnc-standalone-server)
+command -v xclip >/dev/null 2>&1 || pkgs+=(xclip)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "installing: ${pkgs[*]}"
   $SUDO apt-get update -q
@@ -56,8 +60,8 @@ if [ -f deny.toml ]; then
   if ! cargo deny --version >/dev/null 2>&1; then
     cargo install cargo-deny --locked
   fi
-  # --offline: the advisory database is not reachable from here (see deny.toml)
-  cargo deny --offline check bans licenses sources
+  # advisories are not checked: their database is not reachable from here (see deny.toml)
+  cargo deny check bans licenses sources
 fi
 
 step "All checks passed"
