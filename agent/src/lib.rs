@@ -99,7 +99,7 @@ impl Agent {
         if rdp.is_none() {
             warn!(
                 desk = %desk,
-                "No [rdp] section: sessions pass through uninspected and session controls are NOT enforced"
+                "RDP filter off (no [rdp] section, or enforce = false): sessions pass through uninspected and session controls are NOT enforced"
             );
         }
         Ok(Arc::new(Self {
@@ -405,7 +405,7 @@ impl Agent {
                 Some(_) => None,
                 None => {
                     if controls.is_restrictive() {
-                        warn!(?controls, "Session controls NOT enforced: the agent has no [rdp] section");
+                        warn!(?controls, "Session controls NOT enforced: the agent's RDP filter is off ([rdp])");
                     }
                     None
                 }

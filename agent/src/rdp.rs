@@ -750,6 +750,34 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_is_not_the_certificates_is_refused() {
+        use kakehashi_pki::{CaDir, InitOptions, IssueRequest, Subject};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CaDir::init(&dir.path().join("pki"), &InitOptions::default()).unwrap();
+        let mut issue = |name: &str| {
+            let i = ca
+                .issue(&IssueRequest::new(Subject::Gateway {
+                    name: name.into(),
+                    ips: vec![],
+                }))
+                .unwrap();
+            (
+                kakehashi_transport::tls::load_certs(&i.cert_path).unwrap(),
+                kakehashi_transport::tls::load_key(&i.key_path).unwrap(),
+            )
+        };
+        let (chain, key) = issue("rdp-a");
+        let (_, other_key) = issue("rdp-b");
+        check_key_pair(&chain, &key).unwrap();
+        assert!(check_key_pair(&chain, &other_key).is_err());
+        let tls = RdpTls::new(&RdpConfig {
+            chain,
+            key: Arc::new(key),
+        });
+        assert!(tls.is_ok());
+    }
+
+    #[test]
     fn names_from_the_client_are_cleaned() {
         assert_eq!(printable("C:\n\u{1b}[31m"), "C:[31m");
         assert_eq!(printable(&"x".repeat(100)).len(), 64);

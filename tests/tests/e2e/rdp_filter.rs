@@ -350,17 +350,26 @@ const CC_RDP: [u8; 19] = [
 /// (c) continued, byte-exact, for a client offering only PROTOCOL_RDP: with an
 /// allow-everything ticket the negotiation passes untouched both ways; with a
 /// restricting one the client gets a negative Connection Confirm (RDP_NEG_FAILURE)
-/// and the desk gets nothing. (`freerdp-shadow-cli` only does NLA here, so the
+/// and the desk gets nothing, and the gateway (with a store) writes an `rdp.blocked`
+/// audit record with the reason. (`freerdp-shadow-cli` only does NLA here, so the
 /// positive case uses a stand-in server.)
 #[tokio::test(flavor = "multi_thread")]
 async fn rdp_filter_standard_security_passes_only_with_allow_all() {
     let mut pki = Pki::new();
     let rdp_cert = rdp_server_cert(&mut pki);
+    let db = pki.path().join("audit.db");
     for (allow, desk) in [(true, "DESK-SA"), (false, "DESK-SD")] {
+        // The restricting gateway has a store: the refusal is audited there.
         let gw = start_gateway(
             &pki,
             GatewayOpts {
                 controls: allow.then(|| ALLOW_ALL.to_string()),
+                identity: (!allow).then(|| {
+                    format!(
+                        "[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = false\n",
+                        db.display()
+                    )
+                }),
                 ..Default::default()
             },
         )
@@ -398,6 +407,18 @@ async fn rdp_filter_standard_security_passes_only_with_allow_all() {
                 Duration::from_secs(10),
             )
             .await;
+            let store = kakehashi_store::Store::open(db.to_str().unwrap())
+                .await
+                .unwrap();
+            let audit = store.audit_between(0, i64::MAX).await.unwrap();
+            let rec = audit
+                .iter()
+                .find(|r| r.action == "rdp.blocked")
+                .unwrap_or_else(|| panic!("no rdp.blocked audit record: {audit:?}"));
+            assert_eq!(rec.reason, "rdp_uninspectable");
+            assert_eq!(rec.actor, format!("agent:{desk}"));
+            assert!(rec.subject.starts_with("s-"), "{rec:?}");
+            assert!(rec.detail.contains("session_refused"), "{rec:?}");
         }
     }
 }
@@ -538,4 +559,328 @@ exec '{script}' client --host 127.0.0.1 --port "$port" --user {user} --password 
         "{}",
         plain(&agent.log_text())
     );
+}
+
+fn xrdp_script() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rdp/xrdp-peer.sh")
+}
+
+const XRDP_USER: &str = "kkrdp";
+const XRDP_PASSWORD: &str = "Kk-Xrdp-Test-1";
+
+/// Set (`Some`) or read the clipboard of the desk's X session.
+async fn desk_clipboard(set: Option<&str>) -> String {
+    let mut cmd = tokio::process::Command::new(xrdp_script());
+    cmd.args([
+        "xclip",
+        "--user",
+        XRDP_USER,
+        "--",
+        "-selection",
+        "clipboard",
+    ]);
+    cmd.arg(if set.is_some() { "-i" } else { "-o" });
+    run_xclip(cmd, set).await
+}
+
+/// Set or read the clipboard of the laptop's display `display`.
+async fn laptop_clipboard(display: &str, set: Option<&str>) -> String {
+    let mut cmd = tokio::process::Command::new("timeout");
+    cmd.args(["10", "xclip", "-selection", "clipboard"]);
+    cmd.arg(if set.is_some() { "-i" } else { "-o" });
+    cmd.env("DISPLAY", display);
+    run_xclip(cmd, set).await
+}
+
+async fn run_xclip(mut cmd: tokio::process::Command, set: Option<&str>) -> String {
+    // `xclip -i` leaves a child behind that serves the selection: it must not hold
+    // our stdout pipe open.
+    let stdout = if set.is_some() {
+        std::process::Stdio::null()
+    } else {
+        std::process::Stdio::piped()
+    };
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("xclip");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(text) = set {
+        stdin.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Set `text` with `set` (again every 3 s: a clipboard channel still starting up
+/// misses an owner change) and poll `read` for up to `within` until it returns it.
+async fn arrives<S, SF, R, RF>(mut set: S, mut read: R, text: &str, within: Duration) -> bool
+where
+    S: FnMut() -> SF,
+    SF: std::future::Future<Output = String>,
+    R: FnMut() -> RF,
+    RF: std::future::Future<Output = String>,
+{
+    let start = std::time::Instant::now();
+    let mut last_set: Option<std::time::Instant> = None;
+    while start.elapsed() < within {
+        if last_set.is_none_or(|t| t.elapsed() > Duration::from_secs(3)) {
+            set().await;
+            last_set = Some(std::time::Instant::now());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if read().await == text {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
+}
+
+/// (e) Clipboard direction against a peer that serves a clipboard: xrdp (Xvnc backend,
+/// TLS security; its chansrv syncs the RDP clipboard with the desk's X clipboard),
+/// through the filter. `both`: text set with xclip on either display arrives on the
+/// other (so the test can see clipboard traffic). `to-remote`: laptop → desk arrives,
+/// desk → laptop never does, and the gateway hears of the refused clipboard data.
+#[tokio::test(flavor = "multi_thread")]
+async fn rdp_filter_enforces_clipboard_direction_with_xrdp() {
+    install_peers().await;
+    let out = tokio::process::Command::new(xrdp_script())
+        .arg("install")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "xrdp-peer.sh install failed: {out:?}");
+    let mut pki = Pki::new();
+    let cert = rdp_server_cert_named(&mut pki, "xrdp-desk");
+    let dir = pki.path().join("xrdp");
+    let mut xrdp = Proc::spawn(
+        &xrdp_script(),
+        &[
+            "server",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--port",
+            "0",
+            "--cert",
+            cert.cert.to_str().unwrap(),
+            "--key",
+            cert.key.to_str().unwrap(),
+            "--user",
+            XRDP_USER,
+            "--password",
+            XRDP_PASSWORD,
+        ],
+        pki.path().join("xrdp-peer.log"),
+        &[],
+    );
+    let port: u16 = xrdp
+        .wait_line("XRDP_PEER port=", Duration::from_secs(330))
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let xrdp_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(xrdp_addr).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "xrdp did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for (n, (controls, desk_to_laptop)) in [
+        (r#"{ clipboard = "both" }"#, true),
+        (r#"{ clipboard = "to-remote" }"#, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let gw = start_gateway(
+            &pki,
+            GatewayOpts {
+                controls: Some(controls.into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let desk = format!("DESK-X{n}");
+        let agent = start_agent_rdp(&mut pki, &desk, &gw.addrs, xrdp_addr, "quic", &cert);
+        wait_log_line(&gw.proc, &["Agent online", &desk], Duration::from_secs(20))
+            .await
+            .unwrap();
+        let dev = pki.device(&format!("LAPTOP-X{n}"), TerminalClass::Home);
+        let cfg = client_config(&pki, &dev, gw.addrs.terminal_tcp, gw.addrs.terminal_quic);
+        let client = start_client(&pki, &cfg, &desk, "quic").await.unwrap();
+        let tmp = pki.path().join(format!("tmp-x{n}"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let port = client.listen.port().to_string();
+        let mut rdp = Proc::spawn(
+            &super::rdp::script(),
+            &[
+                "client",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--user",
+                XRDP_USER,
+                "--password",
+                XRDP_PASSWORD,
+                "--seconds",
+                "25",
+                "--timeout",
+                "30",
+                "--",
+                "/sec:tls",
+                "+clipboard",
+            ],
+            pki.path().join(format!("rdp-client-x{n}.log")),
+            &[("TMPDIR", tmp.to_str().unwrap())],
+        );
+        let display = rdp
+            .wait_line("RDP_PEERS_CLIENT display=", Duration::from_secs(20))
+            .await
+            .unwrap();
+        rdp.wait_line("RDP_PEERS_CLIENT active", Duration::from_secs(40))
+            .await
+            .unwrap();
+        wait_plain(
+            &agent,
+            &["Session started", "filter=true"],
+            0,
+            Duration::from_secs(5),
+        )
+        .await;
+
+        // Laptop → desk: allowed in both cases.
+        let up = format!("laptop-to-desk-{n}-{}", std::process::id());
+        assert!(
+            arrives(
+                || laptop_clipboard(&display, Some(&up)),
+                || desk_clipboard(None),
+                &up,
+                Duration::from_secs(15)
+            )
+            .await,
+            "{controls}: laptop clipboard did not reach the desk\nagent:\n{}\nclient:\n{}",
+            plain(&agent.log_text()),
+            rdp.stdout.lock().unwrap().join("\n")
+        );
+        // Desk → laptop: only with `both`.
+        let down = format!("desk-to-laptop-{n}-{}", std::process::id());
+        let got = arrives(
+            || desk_clipboard(Some(&down)),
+            || laptop_clipboard(&display, None),
+            &down,
+            Duration::from_secs(12),
+        )
+        .await;
+        assert_eq!(
+            got, desk_to_laptop,
+            "{controls}: desk to laptop arrived = {got}"
+        );
+        if !desk_to_laptop {
+            wait_plain(
+                &gw.proc,
+                &[
+                    "RDP blocked",
+                    "clipboard_data",
+                    "direction=\"server_to_client\"",
+                ],
+                0,
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+        rdp.kill().await;
+    }
+    xrdp.terminate();
+}
+
+/// `kakehashi-gateway demo --rdp` as printed: log in, then the printed
+/// `connect demo-desk --launch` line opens the demo desk (freerdp-shadow-cli, NLA,
+/// with the printed RDP user and password) through the filter, and the desktop comes up.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_rdp_opens_a_desktop_as_printed() {
+    install_peers().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut demo = Proc::spawn(
+        &bin("kakehashi-gateway"),
+        &["demo", "--rdp", "--dir", dir.to_str().unwrap()],
+        tmp.path().join("demo.log"),
+        &[],
+    );
+    demo.wait_line("Kakehashi demo is running", Duration::from_secs(60))
+        .await
+        .unwrap();
+    demo.wait_line("First log in", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let login = demo.wait_line("  ", Duration::from_secs(5)).await.unwrap();
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&login)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    demo.wait_line("Open it in xfreerdp", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let launch = demo.wait_line("  ", Duration::from_secs(5)).await.unwrap();
+    assert!(launch.contains("connect demo-desk --launch"), "{launch}");
+    let user = demo
+        .wait_line("rdp user: ", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let password = demo
+        .wait_line("rdp password: ", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let scratch = tmp.path().join("tmp");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let wrapper = tmp.path().join("xfreerdp-wrapper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            r#"#!/usr/bin/env bash
+port=""; rest=()
+for a in "$@"; do
+  case $a in /v:127.0.0.1:*) port=${{a#/v:127.0.0.1:}} ;; /u:*) ;; *) rest+=("$a") ;; esac
+done
+export TMPDIR='{tmp}'
+exec '{script}' client --host 127.0.0.1 --port "$port" --user '{user}' --password '{password}' \
+  --seconds 2 --timeout 30 -- "${{rest[@]}}"
+"#,
+            tmp = scratch.display(),
+            script = super::rdp::script().display(),
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", wrapper.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&launch)
+            .env("KAKEHASHI_XFREERDP", &wrapper)
+            .output(),
+    )
+    .await
+    .expect("the launched session did not end")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("RDP_PEERS_CLIENT OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    demo.terminate();
 }
