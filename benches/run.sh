@@ -103,13 +103,13 @@ socat TCP-LISTEN:$P_SOCAT,bind=127.0.0.1,fork,reuseaddr TCP:127.0.0.1:$P_BPLAIN 
 sleep 0.5
 
 COMMON=(--pki-dir "$PKI" --work-dir "$OUT/work")
-PAIRS=(--pairs 5 --baseline tls:127.0.0.1:$P_HAP --floor plain:127.0.0.1:$P_SOCAT
-       --backend-tls 127.0.0.1:$P_BTLS --backend-plain 127.0.0.1:$P_BPLAIN)
+PAIRS=(--pairs 5 --baseline tls:127.0.0.1:$P_HAP --backend-tls 127.0.0.1:$P_BTLS)
+FLOOR=(--floor plain:127.0.0.1:$P_SOCAT --backend-plain 127.0.0.1:$P_BPLAIN)
 if [ $QUICK = 1 ]; then
-  SECS=0.4; RR=300; HS_SECS=0.4; IDLE_SIZES=200; IDLE_SETTLE=0.3
-  P5_SIZES=500; P5_SECS=3; P6_SIZES=300; P6_STORM_SECS=3; P6_SECS=2; P7_SIZES=300
+  P1_FLOOR=(); SECS=0.3; RR=2000; HS_SECS=0.4; IDLE_SIZES=100; IDLE_SETTLE=0.3
+  P5_SIZES=300; P5_SECS=3; P6_SIZES=210; P6_STORM_SECS=3; P6_SECS=2; P7_SIZES=300
 else
-  SECS=3; RR=5000; HS_SECS=3; IDLE_SIZES="20000 10000 5000"; IDLE_SETTLE=3
+  P1_FLOOR=("${FLOOR[@]}"); SECS=3; RR=5000; HS_SECS=3; IDLE_SIZES="20000 10000 5000"; IDLE_SETTLE=3
   P5_SIZES="20000 10000 5000 2000"; P5_SECS=60; P6_SIZES="15000 7500 3000"; P6_STORM_SECS=60; P6_SECS=20
   P7_SIZES="20000 10000 5000"
 fi
@@ -118,6 +118,8 @@ MD=$OUT/rows.md
 : > "$MD"
 row() { echo "| $STAMP | $1 | $2 | $3 | $4 | $5 | $6 | \`$7\` |" >> "$MD"; }
 fmt() { jq -r "$1" "$2"; }
+# Median ratio of a row, or n/a when no pair could be measured above the noise.
+ratio() { jq -r 'if .median_ratio == null then "n/a" else (.median_ratio*100|floor/100|tostring) + "×" end' "$1"; }
 run() { # name, loadgen args… ; JSON to $OUT/name.json, progress to name.log
   local name=$1; shift
   echo "== $name: kakehashi-loadgen $*" >&2
@@ -142,34 +144,34 @@ p7_args() { echo sessions --sessions 0 --agents "$1" --duration 1 --restart; }
 for R in $ROWS; do case $R in
 P1)
   for s in 1 8; do
-    run P1-$s bulk --streams $s --secs $SECS "${PAIRS[@]}" || continue
+    run P1-$s bulk --streams $s --secs $SECS "${PAIRS[@]}" ${P1_FLOOR[@]+"${P1_FLOOR[@]}"} || continue
     J=$OUT/P1-$s.json
     row P1 "bulk, $s session(s), TLS both legs" "$(fmt '.median_kakehashi_mbps|floor' $J) Mbit/s" \
-      "HAProxy $(fmt '.median_baseline_mbps|floor' $J) Mbit/s (socat floor $(fmt '.median_floor_mbps|floor' $J))" \
-      "$(fmt '.median_ratio*100|floor/100' $J)×" "≥ 1.0×" "benches/run.sh --rows P1 → kakehashi-loadgen bulk --streams $s --secs $SECS --pairs 5"
+      "HAProxy $(fmt '.median_baseline_mbps|floor' $J) Mbit/s$( [ $QUICK = 1 ] || echo " (socat floor $(fmt '.median_floor_mbps|floor' $J))")" \
+      "$(ratio $J)" "≥ 1.0×" "benches/run.sh --rows P1 → kakehashi-loadgen bulk --streams $s --secs $SECS --pairs 5"
   done ;;
 P2)
   J=$(scaled P2 "$IDLE_SIZES" p2_args) || continue
   row P2 "idle sessions, QUIC, N=$(fmt .sessions $J) (a laptop and an agent each)" \
     "$(fmt '.median_incremental*10|floor/10' $J) KiB/session over live tunnels; $(fmt '.median_total*10|floor/10' $J) KiB with the agent's tunnel" \
     "rathole $(fmt '.median_rathole*10|floor/10' $J) KiB/connection" \
-    "$(fmt '.median_ratio*100|floor/100' $J)×" "≤ 0.5× and ≤ 16 KiB" "benches/run.sh --rows P2 → kakehashi-loadgen $(p2_args "$(fmt .sessions $J)" | sed "s|$ROOT/||g")" ;;
+    "$(ratio $J)" "≤ 0.5× and ≤ 16 KiB" "benches/run.sh --rows P2 → kakehashi-loadgen $(p2_args "$(fmt .sessions $J)" | sed "s|$OUT|<run dir>|g; s|$ROOT/||g")" ;;
 P3)
   run P3 handshakes --secs $HS_SECS --concurrency 32 --pairs 5 --baseline tls:127.0.0.1:$P_TLSACC || continue
   J=$OUT/P3.json
   row P3 "full mutual-TLS handshakes/s (TCP)" "$(fmt '.median_kakehashi_per_sec|floor' $J)/s" \
-    "tls-accept $(fmt '.median_baseline_per_sec|floor' $J)/s" "$(fmt '.median_ratio*100|floor/100' $J)×" "≥ 0.9×" \
+    "tls-accept $(fmt '.median_baseline_per_sec|floor' $J)/s" "$(ratio $J)" "≥ 0.9×" \
     "benches/run.sh --rows P3 → kakehashi-loadgen handshakes --secs $HS_SECS --concurrency 32 --pairs 5" ;;
 P4)
-  run P4 rr --count $RR --size 1024 "${PAIRS[@]}" || continue
+  run P4 rr --count $RR --size 1024 "${PAIRS[@]}" "${FLOOR[@]}" || continue
   J=$OUT/P4.json
   row P4 "added p99 of 1 KiB request/response, TLS both legs" "+$(fmt '.median_kakehashi_added_p99_us|floor' $J) µs" \
     "HAProxy +$(fmt '.median_baseline_added_p99_us|floor' $J) µs (socat +$(fmt '.median_floor_added_p99_us|floor' $J) µs)" \
-    "$(fmt '.median_ratio*100|floor/100' $J)×" "≤ 1.2×" "benches/run.sh --rows P4 → kakehashi-loadgen rr --count $RR --size 1024 --pairs 5" ;;
+    "$(ratio $J)" "≤ 1.2×" "benches/run.sh --rows P4 → kakehashi-loadgen rr --count $RR --size 1024 --pairs 5" ;;
 P5)
   J=$(scaled P5 "$P5_SIZES" p5_args) || continue
   row P5 "$(fmt .sessions_opened $J) of $(fmt .sessions $J) paced sessions, QUIC, default mix ($(fmt '.offered_mbps|floor' $J) Mbit/s offered)" \
-    "gateway CPU $(fmt '.gateway_steady.cpu_mean_machine_pct|floor' $J) % of the machine, p99 $(fmt .rtt_steady.p99_us $J) µs, errors $(fmt .errors_total $J)" \
+    "gateway CPU $(fmt '.gateway_steady.cpu_mean_machine_pct|floor' $J) % of the machine, p99 $(fmt '.rtt_steady.p99_us/10|floor/100' $J) ms, errors $(fmt .errors_total $J)" \
     "— (absolute target)" "—" "CPU ≤ 70 %, p99 ≤ 1 ms, 0 errors" "benches/run.sh --rows P5 → kakehashi-loadgen $(p5_args "$(fmt .sessions $J)")" ;;
 P6)
   J=$(scaled P6 "$P6_SIZES" p6_args) || continue
@@ -179,7 +181,7 @@ P6)
 P7)
   J=$(scaled P7 "$P7_SIZES" p7_args) || continue
   row P7 "reconnect storm: gateway restart (SIGTERM) with $(fmt .agents_up $J) agents" \
-    "all back: $(fmt .restart.all_back $J), $(fmt '.restart.all_back_after_ready_secs' $J) s after the new gateway was ready ($(fmt '.restart.all_back_after_stop_secs' $J) s after the stop)" \
+    "all back: $(fmt .restart.all_back $J), $(fmt '.restart.all_back_after_ready_secs*10|floor/10' $J) s after the new gateway was ready ($(fmt '.restart.all_back_after_stop_secs*10|floor/10' $J) s after the stop)" \
     "— (absolute target)" "—" "all back within 15 s, jittered backoff" "benches/run.sh --rows P7 → kakehashi-loadgen $(p7_args "$(fmt .agents $J)")" ;;
 esac; done
 
@@ -188,9 +190,9 @@ if [ $RECORD = 1 ] && [ -s "$MD" ]; then
   {
     echo
     if [ $QUICK = 1 ]; then
-      echo "### Run $STAMP (\`benches/run.sh --quick\`: reduced sizes, noisy — not a measurement of the targets)"
+      echo "## Run $STAMP (\`benches/run.sh --quick\`: reduced sizes, noisy — not a measurement of the targets)"
     else
-      echo "### Run $STAMP (\`benches/run.sh\`)"
+      echo "## Run $STAMP (\`benches/run.sh\`)"
     fi
     echo
     echo "| run | row | what | kakehashi | baseline | median ratio | target | command |"

@@ -89,8 +89,11 @@ struct SessionsArgs {
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
     /// New sessions per second while opening the initial ones.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 500.0)]
     ramp: f64,
+    /// Agent handshakes in flight while the fleet connects.
+    #[arg(long, default_value_t = 64)]
+    agent_concurrency: usize,
     /// Sessions arriving during the storm phase (P6).
     #[arg(long, default_value_t = 0)]
     storm: usize,
@@ -107,7 +110,7 @@ struct SessionsArgs {
     #[arg(long, default_value_t = 3.0)]
     settle: f64,
     /// QUIC connections per client UDP socket in the load generator.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     conns_per_socket: usize,
     /// Agents' first reconnect delay, ms (the real agent's default).
     #[arg(long, default_value_t = 500)]
@@ -440,14 +443,14 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         })
     };
 
-    // Agents, at most 256 handshakes in flight.
+    // Agents, a bounded number of handshakes in flight.
     let t_agents = Instant::now();
     let eps = match a.transport {
         Transport::Quic => fleet::endpoints(n_agents.div_ceil(a.conns_per_socket))?,
         Transport::Tcp => Vec::new(),
     };
     let qt = fleet::quic_transport(4096);
-    let gate = Arc::new(Semaphore::new(256));
+    let gate = Arc::new(Semaphore::new(a.agent_concurrency.max(1)));
     let mut waits = Vec::with_capacity(n_agents);
     for (i, (desk, m)) in desks.iter().zip(certs.iter()).enumerate() {
         let ep = (a.transport == Transport::Quic).then(|| (eps[i % eps.len()].clone(), qt.clone()));
@@ -657,8 +660,19 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         let _ = tokio::time::timeout(Duration::from_secs(5), sessions_done.notified()).await;
     }
     let rss_end = procstat::rss_kib(gw.proc.pid());
+    let gw_drops = fleet::udp_socket_drops(gw.addrs.terminal_quic.port())
+        + fleet::udp_socket_drops(gw.addrs.agent_quic.port());
+    let lg_drops: u64 = eps
+        .iter()
+        .chain(leps.iter())
+        .filter_map(|e| e.local_addr().ok())
+        .map(|a| fleet::udp_socket_drops(a.port()))
+        .sum();
     stop_all.cancel();
     progress.abort();
+    // A graceful stop, so that a profiler wrapping the gateway writes its output.
+    gw.proc.terminate();
+    let _ = gw.proc.wait_exit(Duration::from_secs(30)).await;
     let steady_errors: u64 = {
         let now = ctx.errors.snapshot();
         now.iter()
@@ -696,8 +710,8 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         "gateway_kib_per_agent": per(rss_agents.saturating_sub(rss_start), agents_ok),
         "tickets_verified": ctx.tickets_ok.load(Ordering::Relaxed),
         "udp_rcvbuf_drops_machine": fleet::udp_rcvbuf_errors() - udp_drops0,
-        "udp_drops_gateway_terminal_socket": fleet::udp_socket_drops(gw.addrs.terminal_quic.port()),
-        "udp_drops_gateway_agent_socket": fleet::udp_socket_drops(gw.addrs.agent_quic.port()),
+        "udp_drops_gateway_sockets": gw_drops,
+        "udp_drops_loadgen_sockets": lg_drops,
         "errors": ctx.errors.snapshot(),
         "errors_total": ctx.errors.total(),
         "errors_excluding_restart": steady_errors,
@@ -962,9 +976,14 @@ async fn rr(env: &Env, a: &RrArgs) -> anyhow::Result<Value> {
     let direct_plain = a.pairs.backend_plain.map(Dial::Plain);
     // Warm up each path once.
     rr_once(single.open().await?, 200, a.size).await?;
+    // Raw p99s of every pair; the "added" latency subtracts the median of
+    // the direct p99s over all pairs (one stalled direct run on a busy
+    // machine would otherwise make a pair's added latency negative). A pair
+    // whose added latency is not positive on both sides has no ratio: its
+    // p99s are below the machine's noise.
     let mut rows = Vec::new();
-    let (mut ratios, mut sys_added, mut base_added, mut floor_added) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut directs, mut sys, mut bases, mut floors, mut plain_directs) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for i in 0..a.pairs.pairs.max(1) {
         let direct = match &direct_tls {
             Some(d) => Some(rr_once(d.open().await?, a.count, a.size).await?),
@@ -982,24 +1001,38 @@ async fn rr(env: &Env, a: &RrArgs) -> anyhow::Result<Value> {
             ),
             _ => (None, None),
         };
-        let d = direct.unwrap_or(0) as f64;
-        let sa = s as f64 - d;
-        sys_added.push(sa);
-        if let Some(b) = b {
-            let ba = b as f64 - d;
-            base_added.push(ba);
-            ratios.push(sa / ba.max(1.0));
-        }
-        if let (Some(f), Some(fd)) = (f, fd) {
-            floor_added.push(f as f64 - fd as f64);
-        }
-        eprintln!("pair {}: p99 direct {d}us, kakehashi {s}us, baseline {b:?}us, floor {f:?}us (plain direct {fd:?}us)", i + 1);
+        directs.extend(direct.map(|d| d as f64));
+        sys.push(s as f64);
+        bases.extend(b.map(|b| b as f64));
+        floors.extend(f.map(|f| f as f64));
+        plain_directs.extend(fd.map(|f| f as f64));
+        eprintln!("pair {}: p99 direct {direct:?}us, kakehashi {s}us, baseline {b:?}us, floor {f:?}us (plain direct {fd:?}us)", i + 1);
         rows.push(json!({"direct_p99_us": direct, "kakehashi_p99_us": s, "baseline_p99_us": b, "floor_p99_us": f, "plain_direct_p99_us": fd}));
     }
+    let d = if directs.is_empty() {
+        0.0
+    } else {
+        median(&directs)
+    };
+    let pd = median(&plain_directs);
+    let sys_added: Vec<f64> = sys.iter().map(|s| s - d).collect();
+    let base_added: Vec<f64> = bases.iter().map(|b| b - d).collect();
+    let floor_added: Vec<f64> = floors.iter().map(|f| f - pd).collect();
+    let ratios: Vec<f64> = sys_added
+        .iter()
+        .zip(&base_added)
+        .map(|(s, b)| {
+            if *s > 0.0 && *b > 0.0 {
+                s / b
+            } else {
+                f64::NAN
+            }
+        })
+        .collect();
     stop.cancel();
     Ok(json!({
         "bench": "rr", "transport": a.transport, "count": a.count, "size": a.size,
-        "pairs": rows,
+        "pairs": rows, "median_direct_p99_us": d, "median_plain_direct_p99_us": pd,
         "kakehashi_added_p99_us": sys_added, "baseline_added_p99_us": base_added, "floor_added_p99_us": floor_added,
         "median_kakehashi_added_p99_us": median(&sys_added), "median_baseline_added_p99_us": median(&base_added),
         "median_floor_added_p99_us": median(&floor_added),
@@ -1115,13 +1148,14 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         agents: None,
         laptops: None,
         duration: 0.0,
-        ramp: 2000.0,
+        ramp: 400.0,
+        agent_concurrency: 64,
         storm: 0,
         storm_secs: 1.0,
         restart: false,
         restart_signal: StopSignal::Term,
         settle: a.settle,
-        conns_per_socket: 256,
+        conns_per_socket: 64,
         backoff_initial_ms: 500,
         backoff_max_ms: 30_000,
         profile: ProfileArgs {
