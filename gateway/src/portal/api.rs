@@ -279,7 +279,8 @@ impl PortalState {
             error!(user, error = %e, "Passkey does not serialise");
             Denial::from(Reason::Internal)
         })?;
-        self.store()
+        let saved = self
+            .store()
             .update_credential(
                 cred_id,
                 counter,
@@ -294,9 +295,42 @@ impl PortalState {
                         "counter": counter,
                     })),
             )
-            .await?;
+            .await;
+        match saved {
+            Ok(()) => {}
+            // Another assertion with this counter was saved since the check
+            // above: the store refuses atomically what the check missed.
+            Err(kakehashi_store::Error::CounterRegression { stored, presented }) => {
+                let audit = failed(
+                    Reason::CredentialCloned,
+                    json!({
+                        "credential": cred_label(cred_id),
+                        "stored_counter": stored,
+                        "presented_counter": presented,
+                    }),
+                );
+                return Err(self.cloned(&keys, &user, ip, audit).await);
+            }
+            Err(e) => return Err(e.into()),
+        }
         info!(user, source = %ip, purpose, device, "Security key login");
         Ok(user)
+    }
+
+    /// Answers a refused enrollment code (`Expired`, `AlreadyUsed`) with its
+    /// reason and audits it; any other store error is internal.
+    async fn code_refused(
+        &self,
+        e: kakehashi_store::Error,
+        failed: impl FnOnce(Reason) -> Audit,
+    ) -> Denial {
+        let reason = match e {
+            kakehashi_store::Error::Expired { .. } => Reason::EnrollCodeExpired,
+            kakehashi_store::Error::AlreadyUsed { .. } => Reason::EnrollCodeUsed,
+            e => return e.into(),
+        };
+        self.audit(failed(reason)).await;
+        reason.into()
     }
 
     /// A signature counter that went backwards: refuse, count, audit, alert.
@@ -343,6 +377,16 @@ pub(crate) async fn enroll_start(
     if user.disabled {
         s.audit(failed(Reason::UserDisabled)).await;
         return Err(Reason::UserDisabled.into());
+    }
+    // Looked up, not spent: the code is spent with the credential's insert
+    // in `enroll_finish`, so a ceremony that fails does not burn it.
+    match s.store().enrollment_code_user(&code_hash, now).await {
+        Ok(owner) if owner == user.id => {}
+        Ok(_) | Err(kakehashi_store::Error::NotFound { .. }) => {
+            let r = Reason::EnrollCodeInvalid;
+            return Err(s.fail(&keys, failed(r), r).await);
+        }
+        Err(e) => return Err(s.code_refused(e, failed).await),
     }
     let exclude: Vec<_> = s
         .store()
@@ -474,42 +518,6 @@ pub(crate) async fn enroll_finish(
         }
     };
 
-    // The code is spent here, once: of two finishes with the same code only
-    // the first gets past this point.
-    let consumed = s
-        .store()
-        .consume_enrollment_code(
-            &code_hash,
-            Audit::new(now, user.as_str(), "enroll.code.use")
-                .subject(&user)
-                .detail(json!({ "source": ip.to_string() })),
-        )
-        .await;
-    match consumed {
-        Ok(owner) if owner == user => {}
-        Ok(_) => {
-            warn!(user, source = %ip, "Enrollment code of another user presented (now spent)");
-            let r = Reason::EnrollCodeInvalid;
-            return Err(s
-                .fail(&keys, failed(r, json!("code of another user")), r)
-                .await);
-        }
-        Err(kakehashi_store::Error::NotFound { .. }) => {
-            let r = Reason::EnrollCodeInvalid;
-            return Err(s.fail(&keys, failed(r, Value::Null), r).await);
-        }
-        Err(kakehashi_store::Error::Expired { .. }) => {
-            s.audit(failed(Reason::EnrollCodeExpired, Value::Null))
-                .await;
-            return Err(Reason::EnrollCodeExpired.into());
-        }
-        Err(kakehashi_store::Error::AlreadyUsed { .. }) => {
-            s.audit(failed(Reason::EnrollCodeUsed, Value::Null)).await;
-            return Err(Reason::EnrollCodeUsed.into());
-        }
-        Err(e) => return Err(e.into()),
-    }
-
     let cred_id = passkey.cred_id().clone();
     let passkey_json = serde_json::to_string(&passkey).map_err(|e| {
         error!(user, error = %e, "Passkey does not serialise");
@@ -522,9 +530,13 @@ pub(crate) async fn enroll_finish(
         .and_then(|v| v["cred"]["counter"].as_u64())
         .and_then(|c| u32::try_from(c).ok())
         .unwrap_or(0);
+    // The code is spent in the transaction that stores the credential: of
+    // two finishes with the same code only the first enrolls, and a
+    // refused credential leaves the code usable.
     let added = s
         .store()
-        .add_credential(
+        .enroll_credential(
+            &code_hash,
             &NewCredential {
                 cred_id: cred_id.clone(),
                 user_id: user.clone(),
@@ -547,7 +559,11 @@ pub(crate) async fn enroll_finish(
             s.audit(failed(Reason::CredentialExists, Value::Null)).await;
             return Err(Reason::CredentialExists.into());
         }
-        Err(e) => return Err(e.into()),
+        Err(kakehashi_store::Error::NotFound { .. }) => {
+            let r = Reason::EnrollCodeInvalid;
+            return Err(s.fail(&keys, failed(r, Value::Null), r).await);
+        }
+        Err(e) => return Err(s.code_refused(e, |r| failed(r, Value::Null)).await),
     }
     info!(user, source = %ip, attested, "Security key enrolled");
     Ok(Json(

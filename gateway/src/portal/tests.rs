@@ -335,7 +335,7 @@ async fn enroll_then_login_gives_a_one_time_pkce_code() {
     // The audit log has the story and no secrets.
     let log = h.audit().await;
     let actions: Vec<&str> = log.iter().map(|r| r.action.as_str()).collect();
-    for want in ["enroll.code.use", "enroll", "login", "login.code"] {
+    for want in ["enroll", "login", "login.code"] {
         assert!(actions.contains(&want), "{want} missing from {actions:?}");
     }
     let login_rec = log.iter().find(|r| r.action == "login.code").unwrap();
@@ -539,23 +539,71 @@ async fn reused_enrollment_code_is_refused() {
             serde_json::from_value(s2.json["options"].clone()).unwrap(),
         )
         .unwrap();
-    let f1 = post(
-        &h.app,
-        "/api/enroll/finish",
-        json!({ "ceremony": s1.json["ceremony"], "credential": c1 }),
-        IP_A,
-    )
-    .await;
-    assert_eq!(f1.status, StatusCode::OK, "{}", f1.text);
-    let f2 = post(
-        &h.app,
-        "/api/enroll/finish",
-        json!({ "ceremony": s2.json["ceremony"], "credential": c2 }),
-        IP_A,
-    )
-    .await;
-    assert_refused(&f2, StatusCode::GONE, "enroll_code_used");
+    // Both finishes at once: the store spends the code with the insert, so
+    // exactly one enrolls.
+    let (f1, f2) = tokio::join!(
+        post(
+            &h.app,
+            "/api/enroll/finish",
+            json!({ "ceremony": s1.json["ceremony"], "credential": c1 }),
+            IP_A,
+        ),
+        post(
+            &h.app,
+            "/api/enroll/finish",
+            json!({ "ceremony": s2.json["ceremony"], "credential": c2 }),
+            IP_A,
+        )
+    );
+    let (won, lost) = if f1.status == StatusCode::OK {
+        (f1, f2)
+    } else {
+        (f2, f1)
+    };
+    assert_eq!(won.status, StatusCode::OK, "{}", won.text);
+    assert_refused(&lost, StatusCode::GONE, "enroll_code_used");
     assert_eq!(h.store.credentials_for_user(USER).await.unwrap().len(), 2);
+    // A spent code is refused when the ceremony starts.
+    let a = post(
+        &h.app,
+        "/api/enroll/start",
+        json!({ "user": USER, "code": code }),
+        IP_A,
+    )
+    .await;
+    assert_refused(&a, StatusCode::GONE, "enroll_code_used");
+}
+
+#[tokio::test]
+async fn enrollment_start_does_not_spend_the_code() {
+    let h = Harness::new().await;
+    let code = h.code(USER, 3600).await;
+    // Ceremonies started and abandoned (the person cancelled the browser's
+    // prompt) leave the code as it was.
+    for _ in 0..3 {
+        let a = post(
+            &h.app,
+            "/api/enroll/start",
+            json!({ "user": USER, "code": code }),
+            IP_A,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    }
+    assert!(!h.audit().await.iter().any(|r| r.action == "enroll"));
+    let a = enroll(&h, &mut SoftPasskey::new(true), &code).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let enrolled: Vec<_> = h
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "enroll")
+        .collect();
+    assert_eq!(
+        enrolled.len(),
+        1,
+        "one record for the code and the credential"
+    );
 }
 
 #[tokio::test]
@@ -839,7 +887,7 @@ async fn pages_render_with_strict_headers() {
     assert!(a.text.contains("登録コード"));
     let csp = a.headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
-    assert_eq!(a.headers["referrer-policy"], "no-referrer");
+    assert_eq!(a.headers["referrer-policy"], "same-origin");
     assert!(a.headers.contains_key("strict-transport-security"));
     assert!(!a.text.contains("<script>"), "no inline script");
 

@@ -45,6 +45,15 @@ pub enum Error {
         /// The kind of record.
         what: &'static str,
     },
+    /// A credential's signature counter did not move forward: the
+    /// authenticator may have been cloned. Nothing was changed.
+    #[error("credential signature counter did not move forward (stored {stored}, presented {presented})")]
+    CounterRegression {
+        /// The counter stored after the last use.
+        stored: u32,
+        /// The counter the refused assertion carried.
+        presented: u32,
+    },
     /// The token was revoked.
     #[error("{what} has been revoked")]
     Revoked {

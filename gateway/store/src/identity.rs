@@ -132,6 +132,32 @@ fn validate_passkey(passkey: &str) -> Result<()> {
     Ok(())
 }
 
+const INSERT_CREDENTIAL: &str = "INSERT INTO webauthn_credentials \
+     (cred_id, user_id, passkey, counter, attested, created, last_used) \
+     VALUES ($1, $2, $3, $4, $5, $6, NULL)";
+
+impl NewCredential {
+    fn validate(&self) -> Result<()> {
+        if self.cred_id.is_empty() || self.cred_id.len() > 1023 {
+            return Err(Error::invalid("credential id", "must be 1 to 1023 bytes"));
+        }
+        validate_passkey(&self.passkey)
+    }
+
+    /// The stored form, as inserted at `at`.
+    fn stored(&self, at: i64) -> Credential {
+        Credential {
+            cred_id: self.cred_id.clone(),
+            user_id: self.user_id.clone(),
+            passkey: self.passkey.clone(),
+            counter: self.counter,
+            attested: self.attested,
+            created: at,
+            last_used: None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------- tokens and codes
 
 /// A login token to store (only its hash).
@@ -410,15 +436,9 @@ impl Store {
 
     /// Stores a newly registered WebAuthn credential.
     pub async fn add_credential(&self, cred: &NewCredential, audit: Audit) -> Result<Credential> {
-        if cred.cred_id.is_empty() || cred.cred_id.len() > 1023 {
-            return Err(Error::invalid("credential id", "must be 1 to 1023 bytes"));
-        }
-        validate_passkey(&cred.passkey)?;
-        const SQL: &str = "INSERT INTO webauthn_credentials \
-             (cred_id, user_id, passkey, counter, attested, created, last_used) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL)";
+        cred.validate()?;
         write_tx!(self, audit, |tx| {
-            sqlx::query(SQL)
+            sqlx::query(INSERT_CREDENTIAL)
                 .bind(&cred.cred_id)
                 .bind(&cred.user_id)
                 .bind(&cred.passkey)
@@ -429,15 +449,7 @@ impl Store {
                 .await
                 .map_err(on_write("credential"))?;
         });
-        Ok(Credential {
-            cred_id: cred.cred_id.clone(),
-            user_id: cred.user_id.clone(),
-            passkey: cred.passkey.clone(),
-            counter: cred.counter,
-            attested: cred.attested,
-            created: audit.at,
-            last_used: None,
-        })
+        Ok(cred.stored(audit.at))
     }
 
     /// A user's credentials, oldest first.
@@ -464,6 +476,13 @@ impl Store {
 
     /// Saves a credential after a successful authentication: the new
     /// counter and passkey blob, `last_used = audit.at`.
+    ///
+    /// Signature counters only move forward: the update is refused with
+    /// [`Error::CounterRegression`] (and nothing is written) unless `counter`
+    /// is greater than the stored one, checked and written in one statement
+    /// so two racing assertions with the same counter cannot both pass.
+    /// An authenticator without a counter (0 stored and 0 presented) is
+    /// accepted.
     pub async fn update_credential(
         &self,
         cred_id: &[u8],
@@ -474,7 +493,8 @@ impl Store {
         validate_passkey(passkey)?;
         const SQL: &str =
             "UPDATE webauthn_credentials SET counter = $2, passkey = $3, last_used = $4 \
-             WHERE cred_id = $1";
+             WHERE cred_id = $1 AND (counter < $2 OR (counter = 0 AND $2 = 0))";
+        const GET: &str = "SELECT counter FROM webauthn_credentials WHERE cred_id = $1";
         write_tx!(self, audit, |tx| {
             let n = sqlx::query(SQL)
                 .bind(cred_id)
@@ -485,7 +505,19 @@ impl Store {
                 .await?
                 .rows_affected();
             if n == 0 {
-                return Err(Error::NotFound { what: "credential" });
+                let stored: Option<i64> = sqlx::query_scalar(GET)
+                    .bind(cred_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                return Err(match stored {
+                    None => Error::NotFound { what: "credential" },
+                    Some(stored) => Error::CounterRegression {
+                        stored: u32::try_from(stored).map_err(|_| {
+                            Error::corrupt("credential counter", stored.to_string())
+                        })?,
+                        presented: counter,
+                    },
+                });
             }
         });
         Ok(())
@@ -534,23 +566,46 @@ impl Store {
         Ok(())
     }
 
-    /// Uses an enrollment code at `audit.at`, once: returns its user id.
-    /// Fails with `NotFound`, `AlreadyUsed` or `Expired` (and logs nothing).
-    pub async fn consume_enrollment_code(
+    /// The user an enrollment code belongs to, if it is usable at `now`;
+    /// otherwise `NotFound`, `AlreadyUsed` or `Expired`. Read-only: the code
+    /// is spent only by [`Store::enroll_credential`].
+    pub async fn enrollment_code_user(&self, code_hash: &Hash256, now: i64) -> Result<String> {
+        const SQL: &str =
+            "SELECT user_id, expires_at, used_at FROM enrollment_codes WHERE code_hash = $1";
+        let state: Option<CodeState> = read!(self, |p| sqlx::query_as(SQL)
+            .bind(&code_hash.0[..])
+            .fetch_optional(p)
+            .await?);
+        check_code("enrollment code", state, now)
+    }
+
+    /// Spends the enrollment code `code_hash` at `audit.at` and stores the
+    /// credential it enrolls, in one transaction: the code is spent only if
+    /// the credential is stored, and of two ceremonies racing with one code
+    /// exactly one succeeds (the other gets `AlreadyUsed`). The code must
+    /// be `cred.user_id`'s (else `NotFound`), unused and unexpired
+    /// (`AlreadyUsed`, `Expired`); a known credential id is `AlreadyExists`
+    /// and leaves the code unspent. Nothing is logged on failure.
+    pub async fn enroll_credential(
         &self,
         code_hash: &Hash256,
+        cred: &NewCredential,
         audit: Audit,
-    ) -> Result<String> {
+    ) -> Result<Credential> {
+        const WHAT: &str = "enrollment code";
+        cred.validate()?;
         const GET: &str =
             "SELECT user_id, expires_at, used_at FROM enrollment_codes WHERE code_hash = $1";
         const USE: &str =
             "UPDATE enrollment_codes SET used_at = $2 WHERE code_hash = $1 AND used_at IS NULL";
-        let (user, _) = write_tx!(self, audit, |tx| {
+        write_tx!(self, audit, |tx| {
             let state: Option<CodeState> = sqlx::query_as(GET)
                 .bind(&code_hash.0[..])
                 .fetch_optional(&mut *tx)
                 .await?;
-            let user = check_code("enrollment code", state, audit.at)?;
+            if check_code(WHAT, state, audit.at)? != cred.user_id {
+                return Err(Error::NotFound { what: WHAT });
+            }
             let n = sqlx::query(USE)
                 .bind(&code_hash.0[..])
                 .bind(audit.at)
@@ -558,13 +613,20 @@ impl Store {
                 .await?
                 .rows_affected();
             if n != 1 {
-                return Err(Error::AlreadyUsed {
-                    what: "enrollment code",
-                });
+                return Err(Error::AlreadyUsed { what: WHAT });
             }
-            user
+            sqlx::query(INSERT_CREDENTIAL)
+                .bind(&cred.cred_id)
+                .bind(&cred.user_id)
+                .bind(&cred.passkey)
+                .bind(i64::from(cred.counter))
+                .bind(cred.attested)
+                .bind(audit.at)
+                .execute(&mut *tx)
+                .await
+                .map_err(on_write("credential"))?;
         });
-        Ok(user)
+        Ok(cred.stored(audit.at))
     }
 
     /// Stores a login token (its hash) bound to a device.

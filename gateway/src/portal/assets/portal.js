@@ -146,7 +146,10 @@
         window.setTimeout(function () { show('ok', form.dataset.msgReturned); }, 3000);
       } else {
         var s = await post('/api/session/finish', { ceremony: start.ceremony, credential: credential });
-        window.location.assign(s.redirect + (lang === 'en' ? '?lang=en' : ''));
+        // data-next: the portal page that asked for the sign-in (a local path only).
+        var next = form.dataset.next;
+        if (next && /^\/(?![\/\\])/.test(next)) window.location.assign(next);
+        else window.location.assign(s.redirect + (lang === 'en' ? '?lang=en' : ''));
       }
     }
 

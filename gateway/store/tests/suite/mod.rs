@@ -236,6 +236,61 @@ pub async fn credentials(db: &Db) {
             .await,
         Err(Error::NotFound { .. })
     ));
+
+    // Counters only move forward: the same or a lower counter is a cloned
+    // credential, refused without any change or audit record.
+    let before = head(&store).await;
+    for back in [7, 6, 0] {
+        let r = store
+            .update_credential(&[1, 2, 3, 255], back, "{}", audit(T0 + 20, "login.ok"))
+            .await;
+        assert!(
+            matches!(r, Err(Error::CounterRegression { stored: 7, presented }) if presented == back),
+            "{r:?}"
+        );
+    }
+    assert_eq!(head(&store).await, before);
+    assert_eq!(
+        store
+            .get_credential(&[1, 2, 3, 255])
+            .await
+            .unwrap()
+            .unwrap(),
+        c2,
+        "unchanged"
+    );
+    // An authenticator without a counter (always 0) is accepted.
+    store
+        .update_credential(&[7; 64], 0, "{}", audit(T0 + 21, "login.ok"))
+        .await
+        .unwrap();
+    // Two assertions racing with one counter value: exactly one is saved.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .update_credential(
+                    &[1, 2, 3, 255],
+                    8,
+                    "{}",
+                    audit(T0 + 30, "login.ok").subject(format!("try{i}")),
+                )
+                .await
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(()) => ok += 1,
+            Err(Error::CounterRegression {
+                stored: 8,
+                presented: 8,
+            }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
     store
         .delete_credential(&[1, 2, 3, 255], audit(T0 + 11, "credential.delete"))
         .await
@@ -459,23 +514,83 @@ pub async fn enrollment_codes(db: &Db) {
             .await,
         Err(Error::Invalid { .. })
     ));
+    // A read-only lookup: it neither spends the code nor logs anything.
     let before = head(&store).await;
+    for _ in 0..2 {
+        assert_eq!(
+            store.enrollment_code_user(&code, T0 + 1).await.unwrap(),
+            "u1"
+        );
+    }
     assert!(matches!(
         store
-            .consume_enrollment_code(&Hash256::digest(b"unknown"), audit(T0 + 1, "enroll.use"))
+            .enrollment_code_user(&Hash256::digest(b"unknown"), T0 + 1)
             .await,
         Err(Error::NotFound { .. })
     ));
-    assert_eq!(head(&store).await, before, "a failed use logs nothing");
-    let user = store
-        .consume_enrollment_code(&code, audit(T0 + 1, "enroll.use"))
+    assert!(matches!(
+        store.enrollment_code_user(&code, T0 + 600).await,
+        Err(Error::Expired { .. })
+    ));
+    assert_eq!(head(&store).await, before, "lookups log nothing");
+
+    let cred = |id: u8, user: &str| NewCredential {
+        cred_id: vec![id; 16],
+        user_id: user.into(),
+        passkey: r#"{"cred":{"counter":0}}"#.into(),
+        counter: 0,
+        attested: false,
+    };
+    let enroll = |c: NewCredential, code: Hash256, at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .enroll_credential(&code, &c, audit(at, "enroll").subject("u1"))
+                .await
+        }
+    };
+    // Failures spend nothing and log nothing: an unknown code, another
+    // user's code, a credential id that is already stored.
+    add_user(&store, "u2", "d").await;
+    store
+        .add_credential(&cred(9, "u1"), audit(T0, "credential.add"))
         .await
         .unwrap();
-    assert_eq!(user, "u1");
+    let before = head(&store).await;
     assert!(matches!(
-        store
-            .consume_enrollment_code(&code, audit(T0 + 2, "enroll.use"))
-            .await,
+        enroll(cred(1, "u1"), Hash256::digest(b"unknown"), T0 + 1).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        enroll(cred(1, "u2"), code, T0 + 1).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        enroll(cred(9, "u1"), code, T0 + 1).await,
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        head(&store).await,
+        before,
+        "a failed enrollment logs nothing"
+    );
+    assert_eq!(
+        store.enrollment_code_user(&code, T0 + 1).await.unwrap(),
+        "u1"
+    );
+    assert!(store.get_credential(&[1; 16]).await.unwrap().is_none());
+
+    // Success: the credential is stored and the code spent, in one record.
+    let c = enroll(cred(1, "u1"), code, T0 + 2).await.unwrap();
+    assert_eq!((c.user_id.as_str(), c.created), ("u1", T0 + 2));
+    assert_eq!(head(&store).await, before + 1);
+    assert_eq!(store.get_credential(&[1; 16]).await.unwrap(), Some(c));
+    assert!(matches!(
+        store.enrollment_code_user(&code, T0 + 3).await,
+        Err(Error::AlreadyUsed { .. })
+    ));
+    assert!(matches!(
+        enroll(cred(2, "u1"), code, T0 + 3).await,
         Err(Error::AlreadyUsed { .. })
     ));
 
@@ -486,35 +601,27 @@ pub async fn enrollment_codes(db: &Db) {
         .await
         .unwrap();
     assert!(matches!(
-        store
-            .consume_enrollment_code(&late, audit(T0 + 100, "enroll.use"))
-            .await,
+        enroll(cred(3, "u1"), late, T0 + 100).await,
         Err(Error::Expired { .. })
     ));
+    assert!(store.get_credential(&[3; 16]).await.unwrap().is_none());
 
-    // Many concurrent uses of one code: exactly one wins.
+    // Parallel ceremonies with one code, each with its own credential:
+    // exactly one is stored.
     let race = Hash256::digest(b"race");
     store
         .create_enrollment_code(&race, "u1", T0 + 600, audit(T0, "enroll.code"))
         .await
         .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..8 {
-        let store = store.clone();
-        tasks.spawn(async move {
-            store
-                .consume_enrollment_code(
-                    &race,
-                    audit(T0 + 5, "enroll.use").subject(format!("try{i}")),
-                )
-                .await
-        });
+    for i in 0..8u8 {
+        tasks.spawn(enroll(cred(100 + i, "u1"), race, T0 + 5));
     }
     let mut ok = 0;
     while let Some(r) = tasks.join_next().await {
         match r.unwrap() {
-            Ok(u) => {
-                assert_eq!(u, "u1");
+            Ok(c) => {
+                assert_eq!(c.user_id, "u1");
                 ok += 1;
             }
             Err(Error::AlreadyUsed { .. }) => {}
@@ -522,6 +629,9 @@ pub async fn enrollment_codes(db: &Db) {
         }
     }
     assert_eq!(ok, 1);
+    let stored = store.credentials_for_user("u1").await.unwrap();
+    let raced = stored.iter().filter(|c| c.cred_id[0] >= 100).count();
+    assert_eq!(raced, 1, "one credential per code");
 }
 
 pub async fn login_tokens(db: &Db) {
