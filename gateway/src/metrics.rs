@@ -4,8 +4,8 @@
 //! device or desk ids.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports. Cheap to clone handles out of.
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub denials: IntCounterVec,
     /// Failed authentications (handshakes and certificate checks), by reason.
     pub auth_failures: IntCounterVec,
+    /// Laptop logins completed (a one-time code redeemed for a login token).
+    pub logins: IntCounter,
     /// Bytes relayed, by direction (`up` laptop→desk, `down` desk→laptop).
     pub bytes: IntCounterVec,
     /// Agents with a live tunnel, by transport.
@@ -36,6 +38,8 @@ pub struct Metrics {
     pub cert_expiry: GaugeVec,
     /// Blocked RDP channel attempts reported by agents, by kind.
     pub rdp_blocked: IntCounterVec,
+    /// Audit records not forwarded to syslog (queue full, or too large for UDP).
+    pub syslog_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -79,6 +83,10 @@ impl Metrics {
                 Opts::new("kakehashi_auth_failures_total", "Failed authentications, by reason"),
                 &["reason"]
             )),
+            logins: reg!(IntCounter::new(
+                "kakehashi_logins_total",
+                "Laptop logins completed (one-time login code redeemed for a login token)"
+            )),
             bytes: reg!(IntCounterVec::new(
                 Opts::new("kakehashi_bytes_total", "Bytes relayed (up: laptop to desk, down: desk to laptop)"),
                 &["direction"]
@@ -96,6 +104,10 @@ impl Metrics {
             rdp_blocked: reg!(IntCounterVec::new(
                 Opts::new("kakehashi_rdp_blocked_total", "Blocked RDP channel attempts reported by agents, by kind"),
                 &["kind"]
+            )),
+            syslog_dropped: reg!(IntCounter::new(
+                "kakehashi_syslog_dropped_total",
+                "Audit records not forwarded to syslog (queue full while the server was away, or too large for UDP); they stay in the store"
             )),
             registry,
         }

@@ -1,0 +1,848 @@
+//! The operator's live dashboard (role `operator` only, Japanese first):
+//! what the operator asks at 08:25 on a snow-day morning.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /ops` | the page; its script opens the event stream |
+//! | `GET /ops/events[?q=FILTER]` | server-sent events: `snapshot` every second (when something changed), `history` every minute |
+//! | `POST /ops/sessions/end` | form `csrf, id, reason` → the session ends with `ended_by_operator` |
+//!
+//! Every number comes from the gateway's own [`Metrics`] (the same values
+//! `/metrics` exports on the admin listener, read in process) and its live
+//! session table; nothing is counted twice. The server aggregates: a
+//! browser gets the totals and at most [`LIST_CAP`] sessions (the newest
+//! matching its filter), so 20,000 live sessions cost the browser what 200
+//! do. A sampler keeps one point a minute for the last 24 hours (sessions,
+//! logins, denials) and the counter readings the "last minute" and "last
+//! hour" figures are differences of; it also caches the BCP declarations in
+//! force, so an open page costs no store read per second.
+//!
+//! Ending a session writes `session.end_by_operator` (actor `user:<id>`,
+//! the reason the operator typed, the session's desk, device and user) to
+//! the audit log first, then [`Shared::end_session`] with
+//! `ended_by_operator`; the laptop asks the gateway why its session ended
+//! and tells its user. An open event stream re-checks its visitor's role
+//! every [`RECHECK`] and ends when it is gone.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Json;
+use kakehashi_store::{Audit, Bcp, BcpScope};
+use prometheus::core::Collector as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::access::{get_refused, Need};
+use super::officer::{check_reason, query_param, Notice};
+use super::pages::{esc, html, page as frame, switch_link, Lang};
+use super::{Peer, PortalState};
+use crate::metrics::Metrics;
+use crate::server::Shared;
+
+/// Most live sessions sent to a browser (the newest matching its filter).
+pub(super) const LIST_CAP: usize = 200;
+/// Longest filter, in characters.
+const MAX_FILTER: usize = 64;
+/// How often an open page gets fresh numbers.
+const PUSH: Duration = Duration::from_secs(1);
+/// How often the sampler reads the counters and the BCP declarations.
+const SAMPLE: Duration = Duration::from_secs(5);
+/// Points in the chart: one a minute for 24 hours.
+const HISTORY_POINTS: usize = 24 * 60;
+/// How often an open event stream re-checks its visitor.
+const RECHECK: Duration = Duration::from_secs(10);
+
+const SCRIPT: &str = include_str!("assets/ops.js");
+const STYLE: &str = include_str!("assets/ops.css");
+
+// ------------------------------------------------------------ the numbers
+
+/// The gateway's numbers at one instant, read from [`Metrics`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+struct Counts {
+    /// Live sessions (sum of `kakehashi_sessions_active`).
+    total: i64,
+    /// `kakehashi_sessions_max`.
+    max: i64,
+    /// `kakehashi_capacity_used_ratio`.
+    capacity: f64,
+    by_level: BTreeMap<String, i64>,
+    by_class: BTreeMap<String, i64>,
+    by_dept: BTreeMap<String, i64>,
+    by_transport: BTreeMap<String, i64>,
+    /// Sum of `kakehashi_agents_online`.
+    agents: i64,
+    /// `kakehashi_logins_total`.
+    logins_total: u64,
+    /// `kakehashi_denials_total` by reason.
+    #[serde(skip)]
+    denials: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn read(m: &Metrics) -> Self {
+        let mut c = Counts::default();
+        // Stable rows even before the first session of a kind.
+        for l in ["1", "2", "3"] {
+            c.by_level.insert(l.into(), 0);
+        }
+        for k in ["home", "mobile", "satellite"] {
+            c.by_class.insert(k.into(), 0);
+        }
+        for fam in m.sessions_active.collect() {
+            for s in fam.get_metric() {
+                let v = s.get_gauge().get_value() as i64;
+                let label = |name: &str| {
+                    s.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                c.total += v;
+                *c.by_level.entry(label("level")).or_default() += v;
+                *c.by_class.entry(label("class")).or_default() += v;
+                *c.by_dept.entry(label("dept")).or_default() += v;
+                *c.by_transport.entry(label("transport")).or_default() += v;
+            }
+        }
+        // A department or transport no session uses any more is dropped.
+        c.by_dept.retain(|_, v| *v != 0);
+        c.by_transport.retain(|_, v| *v != 0);
+        for fam in m.agents_online.collect() {
+            for s in fam.get_metric() {
+                c.agents += s.get_gauge().get_value() as i64;
+            }
+        }
+        for fam in m.denials.collect() {
+            for s in fam.get_metric() {
+                let reason = s
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "reason")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                *c.denials.entry(reason).or_default() += s.get_counter().get_value() as u64;
+            }
+        }
+        c.max = m.sessions_max.get();
+        c.capacity = m.capacity_used.get();
+        c.logins_total = m.logins.get();
+        c
+    }
+
+    fn denials_sum(&self) -> u64 {
+        self.denials.values().sum()
+    }
+}
+
+/// A counter reading kept for the "last minute" / "last hour" differences.
+#[derive(Debug, Clone, Default)]
+struct Reading {
+    at: i64,
+    logins: u64,
+    denials: BTreeMap<String, u64>,
+}
+
+/// One point of the 24-hour chart.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    /// Start of the minute (unix seconds).
+    t: i64,
+    /// Live sessions at the first sample of the minute.
+    sessions: i64,
+    /// Logins since the previous point.
+    logins: u64,
+    /// Denials since the previous point.
+    denials: u64,
+}
+
+/// The sampler's memory: bounded, a few tens of kilobytes.
+#[derive(Debug, Default)]
+struct History {
+    /// Every [`SAMPLE`], trimmed to the newest reading at least a minute old.
+    fine: VecDeque<Reading>,
+    /// Once a minute, trimmed to the newest reading at least an hour old.
+    coarse: VecDeque<Reading>,
+    /// The chart, oldest first.
+    points: VecDeque<Point>,
+    /// Bumped when `points` changes.
+    version: u64,
+}
+
+impl History {
+    fn record(&mut self, now: i64, c: &Counts) {
+        let r = Reading {
+            at: now,
+            logins: c.logins_total,
+            denials: c.denials.clone(),
+        };
+        let minute = now - now.rem_euclid(60);
+        if self.points.back().is_none_or(|p| p.t < minute) {
+            let (logins, denials) = match self.coarse.back() {
+                Some(prev) => (
+                    c.logins_total.saturating_sub(prev.logins),
+                    c.denials_sum()
+                        .saturating_sub(prev.denials.values().sum::<u64>()),
+                ),
+                None => (c.logins_total, c.denials_sum()),
+            };
+            self.points.push_back(Point {
+                t: minute,
+                sessions: c.total,
+                logins,
+                denials,
+            });
+            while self.points.len() > HISTORY_POINTS {
+                self.points.pop_front();
+            }
+            self.version += 1;
+            self.coarse.push_back(r.clone());
+            trim(&mut self.coarse, now - 3600);
+        }
+        self.fine.push_back(r);
+        trim(&mut self.fine, now - 60);
+    }
+
+    /// Logins in the last minute and denials by reason in the last hour:
+    /// now minus the newest reading at least that old (or the first
+    /// reading, taken when the gateway started, when none is).
+    fn windows(&self, c: &Counts) -> (u64, BTreeMap<String, u64>) {
+        let logins = self
+            .fine
+            .front()
+            .map_or(c.logins_total, |r| c.logins_total.saturating_sub(r.logins));
+        let base = self.coarse.front().map(|r| &r.denials);
+        let denials = c
+            .denials
+            .iter()
+            .map(|(k, v)| {
+                let before = base.and_then(|b| b.get(k)).copied().unwrap_or(0);
+                (k.clone(), v.saturating_sub(before))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        (logins, denials)
+    }
+}
+
+/// Drops readings while the next one is already older than `cutoff`.
+fn trim(q: &mut VecDeque<Reading>, cutoff: i64) {
+    while q.len() > 1 && q[1].at <= cutoff {
+        q.pop_front();
+    }
+}
+
+/// A BCP declaration as the dashboard shows it.
+#[derive(Debug, Clone, Serialize)]
+struct BcpView {
+    /// `null` for everyone, else the department.
+    dept: Option<String>,
+    reason: String,
+    until: String,
+}
+
+/// The dashboard's side of the portal state.
+#[derive(Default)]
+pub(super) struct Ops {
+    gateway: OnceLock<Arc<Shared>>,
+    history: Mutex<History>,
+    bcp: Mutex<Vec<BcpView>>,
+}
+
+impl PortalState {
+    /// Connects the ops dashboard to the gateway serving this portal and
+    /// starts its sampler (once; it stops when the gateway shuts down).
+    /// Without it `/ops` answers 503.
+    pub fn attach_gateway(&self, g: Arc<Shared>) {
+        if self.inner.ops.gateway.set(g.clone()).is_ok() {
+            tokio::spawn(sampler(self.clone(), g));
+        }
+    }
+
+    fn ops(&self) -> &Ops {
+        &self.inner.ops
+    }
+}
+
+async fn sampler(s: PortalState, g: Arc<Shared>) {
+    let stop = g.shutdown_token();
+    let mut tick = tokio::time::interval(SAMPLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let c = Counts::read(&g.metrics);
+        s.ops()
+            .history
+            .lock()
+            .expect("history lock")
+            .record(kakehashi_store::unix_now(), &c);
+        match s.store().active_bcp(s.now()).await {
+            Ok(active) => {
+                let v = active.iter().map(|b| bcp_view(&s, b)).collect();
+                *s.ops().bcp.lock().expect("bcp lock") = v;
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "Cannot read BCP declarations for the dashboard")
+            }
+        }
+    }
+}
+
+fn bcp_view(s: &PortalState, b: &Bcp) -> BcpView {
+    BcpView {
+        dept: match &b.scope {
+            BcpScope::Department(d) => Some(d.clone()),
+            _ => None,
+        },
+        reason: b.reason.clone(),
+        until: s.local_time(b.ends_at),
+    }
+}
+
+/// The sentence for a denial reason code, in the page's language.
+fn reason_text(lang: Lang, code: &str) -> &'static str {
+    if let Some(r) = kakehashi_proto::Reason::from_code(code) {
+        return lang.t(r.ja(), r.en());
+    }
+    kakehashi_policy::ReasonCode::ALL
+        .iter()
+        .find(|r| r.code() == code)
+        .map_or("", |r| lang.t(r.ja(), r.en()))
+}
+
+/// What one push carries (JSON of the `snapshot` event).
+fn snapshot(s: &PortalState, g: &Shared, lang: Lang, filter: &str) -> Value {
+    let c = Counts::read(&g.metrics);
+    let (logins_minute, denials) = s.ops().history.lock().expect("history lock").windows(&c);
+    let page = g.live_session_page(filter, LIST_CAP);
+    let list: Vec<Value> = page
+        .sessions
+        .iter()
+        .map(|v| {
+            let mut j = json!(v);
+            j["since"] = json!(s.local_time(v.started));
+            j
+        })
+        .collect();
+    let denials: Vec<Value> = denials
+        .iter()
+        .map(|(code, n)| json!({ "code": code, "n": n, "text": reason_text(lang, code) }))
+        .collect();
+    let bcp = s.ops().bcp.lock().expect("bcp lock").clone();
+    let mut j = json!(c);
+    let extra = json!({
+        "at": kakehashi_store::unix_now(),
+        "utc_offset": s.inner.utc_offset_secs,
+        "logins_minute": logins_minute,
+        "denials_hour": denials,
+        "bcp": bcp,
+        "filter": filter,
+        "sessions": { "total": page.total, "matched": page.matched, "list": list },
+    });
+    if let (Some(o), Value::Object(e)) = (j.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    j
+}
+
+/// What the `history` event carries.
+fn history(s: &PortalState) -> (u64, Value) {
+    let h = s.ops().history.lock().expect("history lock");
+    let points: Vec<[i64; 4]> = h
+        .points
+        .iter()
+        .map(|p| [p.t, p.sessions, p.logins as i64, p.denials as i64])
+        .collect();
+    (
+        h.version,
+        json!({ "points": points, "utc_offset": s.inner.utc_offset_secs }),
+    )
+}
+
+// ------------------------------------------------------------ handlers
+
+/// `GET /ops`
+pub(crate) async fn show(
+    State(s): State<PortalState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    let title = lang.t("運用ダッシュボード", "Operations dashboard");
+    let v = match s.visitor(&headers, Need::Operator).await {
+        Ok(v) => v,
+        Err(r) => return get_refused(r, lang, "/ops", q.as_deref(), title),
+    };
+    if s.ops().gateway.get().is_none() {
+        return unavailable(lang);
+    }
+    let t = |ja, en| esc(lang.t(ja, en));
+    let events = if lang == Lang::En {
+        "/ops/events?lang=en"
+    } else {
+        "/ops/events"
+    };
+    let body = format!(
+        r##"<link rel="stylesheet" href="/assets/ops.css">
+<script src="/assets/ops.js" defer></script>
+<div id="ops" class="ops" data-lang="{lang_code}" data-events="{events}" data-seq="0">
+<p class="ops-who"><span>{signed_in}: <strong>{user}</strong></span> <span id="ops-conn" class="ops-conn" role="status" aria-live="polite">{connecting}</span></p>
+<noscript><p class="status error">{noscript}</p></noscript>
+<div id="ops-bcp" class="ops-bcp" role="status" hidden></div>
+<p id="ops-notice" class="status ok" role="status" hidden></p>
+<section class="ops-tiles" aria-label="{summary}">
+<div class="ops-tile ops-tile-main"><h2>{total_h}</h2><p class="ops-big"><span id="ops-total" data-metric="total">–</span></p>
+<meter id="ops-capacity" min="0" max="1" low="0.6" high="0.8" optimum="0" value="0"></meter>
+<p class="muted"><span id="ops-capacity-text">–</span></p></div>
+<div class="ops-tile"><h2>{agents_h}</h2><p class="ops-big"><span data-metric="agents">–</span></p><p class="muted">{agents_n}</p></div>
+<div class="ops-tile"><h2>{logins_h}</h2><p class="ops-big"><span data-metric="logins_minute">–</span></p><p class="muted">{logins_n}: <span data-metric="logins_total">–</span></p></div>
+<div class="ops-tile"><h2>{denials_h}</h2><p class="ops-big"><span data-metric="denials_hour">–</span></p><p class="muted">{denials_n}</p></div>
+</section>
+<section class="ops-grid">
+<div class="ops-card"><h2>{level_h}</h2><table class="ops-table" id="ops-by-level"><tbody></tbody></table></div>
+<div class="ops-card"><h2>{class_h}</h2><table class="ops-table" id="ops-by-class"><tbody></tbody></table></div>
+<div class="ops-card"><h2>{dept_h}</h2><table class="ops-table" id="ops-by-dept"><tbody></tbody></table></div>
+<div class="ops-card"><h2>{transport_h}</h2><table class="ops-table" id="ops-by-transport"><tbody></tbody></table></div>
+<div class="ops-card ops-wide2"><h2>{denials_reason_h}</h2><table class="ops-table" id="ops-denials"><tbody></tbody></table></div>
+</section>
+<section class="ops-card ops-chart-card"><h2>{chart_h}</h2>
+<svg id="ops-chart" class="ops-chart" viewBox="0 0 1000 220" role="img" aria-label="{chart_h}"></svg>
+<p class="ops-legend"><span class="ops-key sessions"></span>{legend_sessions} <span class="ops-key logins"></span>{legend_logins} <span class="ops-key denials"></span>{legend_denials}</p>
+</section>
+<section class="ops-card"><h2>{list_h}</h2>
+<p><label for="ops-filter">{filter_l}</label> <input type="search" id="ops-filter" maxlength="{max_filter}" autocomplete="off" placeholder="{filter_p}"></p>
+<p id="ops-list-count" class="muted" aria-live="polite"></p>
+<div class="ops-scroll"><table id="ops-sessions" class="ops-sessions"><thead><tr><th>{c_started}</th><th>{c_desk}</th><th>{c_device}</th><th>{c_user}</th><th>{c_level}</th><th>{c_class}</th><th>{c_dept}</th><th>{c_transport}</th><th></th></tr></thead><tbody></tbody></table></div>
+</section>
+<dialog id="ops-end-dialog" class="ops-dialog">
+<form id="ops-end-form" method="post" action="/ops/sessions/end{lang_q}">
+<h2>{end_h}</h2>
+<p id="ops-end-what"></p>
+<input type="hidden" name="csrf" value="{csrf}">
+<input type="hidden" name="id" id="ops-end-id" value="">
+<label for="ops-end-reason">{reason_l}</label>
+<input type="text" name="reason" id="ops-end-reason" required maxlength="500" autocomplete="off">
+<p class="hint">{reason_hint}</p>
+<p id="ops-end-status" class="status" role="alert" hidden></p>
+<p><button type="submit" class="danger" id="ops-end-confirm">{end_b}</button> <button type="button" class="secondary" id="ops-end-cancel">{cancel_b}</button></p>
+</form>
+</dialog>
+</div>"##,
+        lang_code = lang.code(),
+        csrf = esc(&v.csrf),
+        lang_q = lang.query(),
+        user = esc(&v.user.id),
+        signed_in = t("ログイン中", "Signed in as"),
+        connecting = t("接続中…", "Connecting…"),
+        noscript = t(
+            "ライブ表示には JavaScript が必要です。",
+            "The live view needs JavaScript."
+        ),
+        summary = t("概要", "Summary"),
+        total_h = t("接続中のセッション", "Live sessions"),
+        agents_h = t("オンラインのデスク", "Desks online"),
+        agents_n = t("エージェント接続数", "agents with a live tunnel"),
+        logins_h = t("ログイン（直近1分）", "Logins (last minute)"),
+        logins_n = t("起動後の累計", "since start"),
+        denials_h = t("拒否（直近1時間）", "Refusals (last hour)"),
+        denials_n = t("理由別の内訳は下の表", "by reason below"),
+        level_h = t("機密性レベル別", "By confidentiality level"),
+        class_h = t("端末区分別", "By terminal class"),
+        dept_h = t("所属別", "By department"),
+        transport_h = t("通信方式別", "By transport"),
+        denials_reason_h = t("拒否の理由（直近1時間）", "Refusals by reason (last hour)"),
+        chart_h = t("直近24時間", "Last 24 hours"),
+        legend_sessions = t("セッション数", "sessions"),
+        legend_logins = t("ログイン/分", "logins/min"),
+        legend_denials = t("拒否/分", "refusals/min"),
+        list_h = t("接続中のセッション一覧", "Live sessions"),
+        filter_l = t("絞り込み", "Filter"),
+        filter_p = t("デスク・端末・利用者ID", "desk, device or user id"),
+        max_filter = MAX_FILTER,
+        c_started = t("開始", "Started"),
+        c_desk = t("デスク", "Desk"),
+        c_device = t("端末", "Device"),
+        c_user = t("利用者", "User"),
+        c_level = t("レベル", "Level"),
+        c_class = t("端末区分", "Class"),
+        c_dept = t("所属", "Department"),
+        c_transport = t("方式", "Transport"),
+        end_h = t("セッションの終了", "End a session"),
+        reason_l = t("理由（必須）", "Reason (required)"),
+        reason_hint = t(
+            "理由は監査ログに記録されます。利用者の端末には「運用担当者がセッションを終了しました」と表示されます。",
+            "The reason is kept in the audit log. The user's laptop shows \"An operator ended the session.\""
+        ),
+        end_b = t("終了する", "End session"),
+        cancel_b = t("キャンセル", "Cancel"),
+    );
+    html(
+        StatusCode::OK,
+        frame(lang, title, &switch_link("/ops", q.as_deref(), lang), &body),
+    )
+}
+
+fn unavailable(lang: Lang) -> Response {
+    let body = format!(
+        r#"<div class="card notice error" role="alert"><p lang="ja">{}</p><p lang="en">{}</p></div>"#,
+        esc("このポータルはゲートウェイと接続されていないため、運用ダッシュボードを表示できません。"),
+        esc("This portal is not attached to a gateway; the dashboard is unavailable."),
+    );
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        frame(lang, lang.t("お知らせ", "Notice"), "/ops", &body),
+    )
+}
+
+/// `GET /ops/events`: server-sent events for one open page.
+pub(crate) async fn events(
+    State(s): State<PortalState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    if let Err(r) = s.visitor(&headers, Need::Operator).await {
+        return r.json();
+    }
+    let Some(g) = s.ops().gateway.get().cloned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "unavailable" })),
+        )
+            .into_response();
+    };
+    let filter: String = query_param(q.as_deref(), "q")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FILTER)
+        .collect();
+    let mut tick = tokio::time::interval(PUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let st = Feed {
+        stop: g.shutdown_token(),
+        s,
+        g,
+        headers,
+        lang,
+        filter,
+        tick,
+        last: String::new(),
+        history_version: None,
+        checked: Instant::now(),
+        pending: VecDeque::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        let e = st.next().await?;
+        Some((Ok::<_, Infallible>(e), st))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// One open event stream.
+struct Feed {
+    stop: CancellationToken,
+    s: PortalState,
+    g: Arc<Shared>,
+    headers: HeaderMap,
+    lang: Lang,
+    filter: String,
+    tick: tokio::time::Interval,
+    /// The last snapshot sent (unchanged ones are not sent again).
+    last: String,
+    history_version: Option<u64>,
+    checked: Instant,
+    pending: VecDeque<Event>,
+    done: bool,
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return None,
+                _ = self.tick.tick() => {}
+            }
+            if self.checked.elapsed() >= RECHECK {
+                self.checked = Instant::now();
+                if let Err(r) = self.s.visitor(&self.headers, Need::Operator).await {
+                    self.done = true;
+                    self.pending.push_back(
+                        Event::default()
+                            .event("refused")
+                            .data(json!({ "error": r.code() }).to_string()),
+                    );
+                    continue;
+                }
+            }
+            let (version, h) = history(&self.s);
+            if self.history_version != Some(version) {
+                self.history_version = Some(version);
+                self.pending
+                    .push_back(Event::default().event("history").data(h.to_string()));
+            }
+            let snap = snapshot(&self.s, &self.g, self.lang, &self.filter).to_string();
+            if snap != self.last {
+                self.pending
+                    .push_back(Event::default().event("snapshot").data(&snap));
+                self.last = snap;
+            }
+        }
+    }
+}
+
+/// `POST /ops/sessions/end` form.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EndForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /ops/sessions/end`: audit, then end the session with
+/// `ended_by_operator`. The page's script asks for JSON
+/// (`Accept: application/json`); a plain form post gets a redirect.
+pub(crate) async fn end_session(
+    State(s): State<PortalState>,
+    RawQuery(q): RawQuery,
+    Peer(ip): Peer,
+    headers: HeaderMap,
+    Form(f): Form<EndForm>,
+) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let v = match s.poster(&headers, Need::Operator, &f.csrf).await {
+        Ok(v) => v,
+        Err(r) if wants_json => return r.json(),
+        Err(r) => return r.page(lang, "/ops", q.as_deref()),
+    };
+    let fail = |status: StatusCode, code: &str, ja: &str, en: &str| -> Response {
+        if wants_json {
+            (
+                status,
+                Json(json!({ "error": code, "message_ja": ja, "message_en": en })),
+            )
+                .into_response()
+        } else {
+            let body = format!(
+                r#"<div class="card notice error" role="alert"><p lang="ja">{}</p><p lang="en">{}</p><p class="code">{code}</p></div><p><a href="/ops{}">{}</a></p>"#,
+                esc(ja),
+                esc(en),
+                lang.query(),
+                lang.t("ダッシュボードへ戻る", "Back to the dashboard"),
+            );
+            html(
+                status,
+                frame(lang, lang.t("お知らせ", "Notice"), "/ops", &body),
+            )
+        }
+    };
+    let reason = match check_reason(lang, &f.reason, true) {
+        Ok(r) => r,
+        Err(Notice::Error(t) | Notice::Ok(t)) => {
+            return fail(StatusCode::BAD_REQUEST, "reason_required", &t, &t)
+        }
+    };
+    let Some(g) = s.ops().gateway.get() else {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "ゲートウェイと接続されていません。",
+            "Not attached to a gateway.",
+        );
+    };
+    let id = f.id.trim();
+    let Some(live) = g.live_session(id) else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "session_not_live",
+            "このセッションはすでに終了しています。",
+            "This session has already ended.",
+        );
+    };
+    // The record first: an operator's action that cannot be audited does not happen.
+    let audit = Audit::new(s.now(), v.actor(), "session.end_by_operator")
+        .subject(id)
+        .reason(&reason)
+        .detail(json!({
+            "desk": live.desk,
+            "device": live.device,
+            "user": live.user,
+            "level": live.level,
+            "class": live.class,
+            "dept": live.dept,
+            "started": live.started,
+            "via": "portal",
+            "source": ip.to_string(),
+        }));
+    if let Err(e) = s.store().append_audit(audit).await {
+        warn!(error = %format!("{e:#}"), session = %id, "Cannot audit an operator's session end; not ending it");
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "監査ログに記録できなかったため、セッションは終了していません。",
+            "The audit log could not be written; the session was not ended.",
+        );
+    }
+    let ended = g.end_session(id, kakehashi_proto::Reason::EndedByOperator);
+    info!(operator = %v.user.id, session = %id, desk = %live.desk, device = %live.device, ended, "Session ended by an operator");
+    if wants_json {
+        Json(json!({ "ended": ended, "id": id })).into_response()
+    } else {
+        Redirect::to(&format!("/ops{}", lang.query())).into_response()
+    }
+}
+
+/// `GET /assets/ops.js`
+pub(crate) async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+/// `GET /assets/ops.css`
+pub(crate) async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(total: i64, logins: u64, denials: &[(&str, u64)]) -> Counts {
+        Counts {
+            total,
+            logins_total: logins,
+            denials: denials.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Counts::default()
+        }
+    }
+
+    #[test]
+    fn counts_are_read_from_the_metrics() {
+        let m = Metrics::new();
+        m.sessions_active
+            .with_label_values(&["2", "satellite", "somu", "quic"])
+            .add(2);
+        m.sessions_active
+            .with_label_values(&["1", "home", "福祉課", "tcp"])
+            .inc();
+        let gone = m
+            .sessions_active
+            .with_label_values(&["1", "home", "kaikei", "tcp"]);
+        gone.inc();
+        gone.dec();
+        m.agents_online.with_label_values(&["quic"]).add(3);
+        m.denials.with_label_values(&["desk_offline"]).inc();
+        m.logins.inc_by(4);
+        m.sessions_max.set(100);
+        let c = Counts::read(&m);
+        assert_eq!(c.total, 3);
+        assert_eq!(c.by_level["1"], 1);
+        assert_eq!(c.by_level["2"], 2);
+        assert_eq!(c.by_level["3"], 0);
+        assert_eq!(c.by_class["satellite"], 2);
+        assert_eq!(c.by_class["mobile"], 0);
+        assert_eq!(c.by_dept["福祉課"], 1);
+        assert!(!c.by_dept.contains_key("kaikei"), "{c:?}");
+        assert_eq!(c.by_transport["tcp"], 1);
+        assert_eq!(c.agents, 3);
+        assert_eq!(c.logins_total, 4);
+        assert_eq!(c.denials["desk_offline"], 1);
+        assert_eq!(c.max, 100);
+    }
+
+    #[test]
+    fn windows_are_differences_of_readings() {
+        let mut h = History::default();
+        let t0 = 1_800_000_000; // a minute boundary
+        h.record(t0, &counts(0, 0, &[]));
+        // Within the first minute: everything since the start.
+        let c = counts(1, 2, &[("desk_offline", 1)]);
+        h.record(t0 + 30, &c);
+        let (l, d) = h.windows(&c);
+        assert_eq!(l, 2);
+        assert_eq!(d["desk_offline"], 1);
+        // Ninety seconds later only the last minute's logins count.
+        let mut t = t0 + 35;
+        while t < t0 + 95 {
+            t += 5;
+            h.record(t, &c);
+        }
+        let c2 = counts(1, 5, &[("desk_offline", 1), ("outside_hours", 2)]);
+        h.record(t0 + 100, &c2);
+        let (l, d) = h.windows(&c2);
+        assert_eq!(l, 3);
+        assert_eq!(d.len(), 2);
+        // Two hours on: the old denials fall out of the hour.
+        let mut t = t0 + 100;
+        while t < t0 + 7200 {
+            t += 60;
+            h.record(t, &c2);
+        }
+        let (l, d) = h.windows(&c2);
+        assert_eq!(l, 0);
+        assert!(d.is_empty(), "{d:?}");
+        // One point a minute; the first point counts from the start.
+        assert_eq!(h.points[0].t, t0);
+        assert_eq!(h.points[1].t, t0 + 60);
+        assert_eq!(h.points[1].logins, 2, "{:?}", h.points);
+        assert!(h.points.iter().all(|p| p.t % 60 == 0));
+        assert!(h.fine.len() <= 14, "{}", h.fine.len());
+        assert!(h.coarse.len() <= 62, "{}", h.coarse.len());
+    }
+
+    #[test]
+    fn the_chart_keeps_24_hours() {
+        let mut h = History::default();
+        let c = counts(1, 0, &[]);
+        for i in 0..(HISTORY_POINTS as i64 + 100) {
+            h.record(1_800_000_000 + i * 60, &c);
+        }
+        assert_eq!(h.points.len(), HISTORY_POINTS);
+        assert_eq!(h.version, HISTORY_POINTS as u64 + 100);
+    }
+}
