@@ -12,6 +12,15 @@
 //! | `GET /me` | sign in (WebAuthn) → devices, login tokens (with "sign out this device"), credentials |
 //! | `POST /me/revoke` (form `token` = token hash hex) | revokes one of the user's tokens |
 //! | `POST /me/logout` | ends the portal session |
+//! | `GET /plans`, `POST /plans`, `POST /plans/decide` | telework plans: staff submit, their section chief decides ([`plans`]) |
+//! | `GET /plans/attendance.csv?month=YYYY-MM&lang=ja&bom=1` | the attendance report of a chief's own department, audited ([`plans`]) |
+//! | `GET /officer/…` and its forms | rules with a live what-if preview, desks, devices, BCP; role `officer` only ([`officer`]) |
+//! | `GET /ops`, `GET /ops/events`, `POST /ops/sessions/end` | the live ops dashboard (server-sent events) and ending a session; role `operator` only ([`dashboard`]) |
+//!
+//! While a BCP declaration is in force every page carries a banner saying
+//! so. The officer and plan pages check the user's roles in the store on
+//! every request and protect every POST with a per-session CSRF token and
+//! an origin check ([`access`]).
 //!
 //! # JSON API (the pages' script and non-browser clients use the same calls)
 //!
@@ -37,10 +46,12 @@
 //!                        → {"redirect": "/me"} and a session cookie
 //! ```
 //!
-//! `/api/enroll/start` checks the user, the lockouts and the code's form;
-//! the code itself is checked and spent by `/api/enroll/finish`, after the
-//! authenticator's response verified (the store has no read-only lookup of
-//! an enrollment code yet). A ceremony id is good for one finish within 5 minutes. `code_challenge_method`
+//! `/api/enroll/start` checks the user, the lockouts and the code (looked
+//! up, not spent); `/api/enroll/finish` verifies the authenticator's
+//! response, then spends the code in the transaction that stores the
+//! credential, so a failed ceremony leaves the code usable and two
+//! ceremonies with one code enroll one credential. A ceremony id is good
+//! for one finish within 5 minutes. `code_challenge_method`
 //! may be omitted in `/api/login/finish` (only S256 exists). The one-time
 //! code is 32 random bytes, base64url; the store keeps only
 //! [`login_code_hash`] of it, with the PKCE challenge and the user, for
@@ -54,9 +65,15 @@
 //! assertions against `user:ID` and `source:IP`, with the `[identity]`
 //! rule; the counters are in the store, so they survive a restart.
 
+mod access;
 mod api;
+mod dashboard;
 mod memory;
+mod officer;
+#[cfg(test)]
+mod officer_tests;
 mod pages;
+mod plans;
 mod reason;
 mod redirect;
 #[cfg(test)]
@@ -158,6 +175,8 @@ struct Inner {
     sessions: memory::TtlMap<Session>,
     /// Added to the wall clock (tests move time forward).
     clock_offset: AtomicI64,
+    /// The ops dashboard's view of the gateway ([`dashboard`]).
+    ops: dashboard::Ops,
 }
 
 impl std::fmt::Debug for PortalState {
@@ -213,6 +232,7 @@ impl PortalState {
                 ceremonies: memory::TtlMap::new(MAX_CEREMONIES),
                 sessions: memory::TtlMap::new(MAX_SESSIONS),
                 clock_offset: AtomicI64::new(0),
+                ops: dashboard::Ops::default(),
             }),
         })
     }
@@ -403,8 +423,11 @@ fn security_headers(state: &PortalState, resp: &mut Response) {
     set(h, "content-security-policy", CSP);
     set(h, "x-content-type-options", "nosniff");
     set(h, "x-frame-options", "DENY");
-    // The login URL carries state and the PKCE challenge, the redirect a code.
-    set(h, "referrer-policy", "no-referrer");
+    // The login URL carries state and the PKCE challenge, the redirect a code:
+    // no Referer to any other origin. (Not `no-referrer`: under it browsers
+    // send `Origin: null` on the portal's own form posts, which `guard` and
+    // the officer pages' CSRF check refuse.)
+    set(h, "referrer-policy", "same-origin");
     set(h, "cross-origin-opener-policy", "same-origin");
     set(h, "cross-origin-resource-policy", "same-origin");
     set(
@@ -431,12 +454,46 @@ pub fn router(state: PortalState) -> Router {
         .route("/me/logout", post(pages::logout))
         .route("/assets/portal.js", get(pages::script))
         .route("/assets/portal.css", get(pages::style))
+        .route("/assets/officer.js", get(officer::script))
+        .route("/officer", get(officer::home))
+        .route(
+            "/officer/rules",
+            get(officer::rules)
+                .post(officer::rules_save)
+                .layer(DefaultBodyLimit::max(officer::MAX_POLICY_BODY)),
+        )
+        .route(
+            "/officer/rules/preview",
+            post(officer::rules_preview).layer(DefaultBodyLimit::max(officer::MAX_POLICY_BODY)),
+        )
+        .route(
+            "/officer/desks",
+            get(officer::desks).post(officer::desks_set),
+        )
+        .route("/officer/devices", get(officer::devices))
+        .route("/officer/devices/block", post(officer::devices_block))
+        .route("/officer/devices/unblock", post(officer::devices_unblock))
+        .route("/officer/bcp", get(officer::bcp))
+        .route("/officer/bcp/declare", post(officer::bcp_declare))
+        .route("/officer/bcp/end", post(officer::bcp_end))
+        .route("/ops", get(dashboard::show))
+        .route("/ops/events", get(dashboard::events))
+        .route("/ops/sessions/end", post(dashboard::end_session))
+        .route("/assets/ops.js", get(dashboard::script))
+        .route("/assets/ops.css", get(dashboard::style))
+        .route("/plans", get(plans::plans).post(plans::submit))
+        .route("/plans/decide", post(plans::decide))
+        .route("/plans/attendance.csv", get(plans::attendance_csv))
         .route("/api/enroll/start", post(api::enroll_start))
         .route("/api/enroll/finish", post(api::enroll_finish))
         .route("/api/login/start", post(api::login_start))
         .route("/api/login/finish", post(api::login_finish))
         .route("/api/session/finish", post(api::session_finish))
         .fallback(pages::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            officer::bcp_banner,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)

@@ -25,7 +25,7 @@ pub(crate) enum Lang {
 }
 
 impl Lang {
-    fn from_query(q: Option<&str>) -> Lang {
+    pub(super) fn from_query(q: Option<&str>) -> Lang {
         let lang = q.and_then(|q| {
             url::form_urlencoded::parse(q.as_bytes())
                 .find(|(k, _)| k == "lang")
@@ -37,19 +37,19 @@ impl Lang {
         }
     }
 
-    fn t(self, ja: &'static str, en: &'static str) -> &'static str {
+    pub(super) fn t(self, ja: &'static str, en: &'static str) -> &'static str {
         match self {
             Lang::Ja => ja,
             Lang::En => en,
         }
     }
 
-    fn code(self) -> &'static str {
+    pub(super) fn code(self) -> &'static str {
         self.t("ja", "en")
     }
 
     /// `?lang=en` for English links, nothing for Japanese.
-    fn query(self) -> &'static str {
+    pub(super) fn query(self) -> &'static str {
         self.t("", "?lang=en")
     }
 
@@ -59,7 +59,7 @@ impl Lang {
 }
 
 /// Escapes text for HTML content and quoted attributes.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -75,7 +75,7 @@ fn esc(s: &str) -> String {
 }
 
 /// The same path and query in the other language.
-fn switch_link(path: &str, query: Option<&str>, lang: Lang) -> String {
+pub(super) fn switch_link(path: &str, query: Option<&str>, lang: Lang) -> String {
     let mut ser = url::form_urlencoded::Serializer::new(String::new());
     if let Some(q) = query {
         for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
@@ -95,8 +95,11 @@ fn switch_link(path: &str, query: Option<&str>, lang: Lang) -> String {
     }
 }
 
+/// Where [`super::officer::bcp_banner`] puts the BCP banner on every page.
+pub(super) const BANNER_SLOT: &str = "<!--kakehashi:banner-->";
+
 /// The page frame around `body`.
-fn page(lang: Lang, title: &str, switch: &str, body: &str) -> String {
+pub(super) fn page(lang: Lang, title: &str, switch: &str, body: &str) -> String {
     let other = lang.t("English", "日本語");
     let other_code = lang.t("en", "ja");
     format!(
@@ -105,7 +108,7 @@ fn page(lang: Lang, title: &str, switch: &str, body: &str) -> String {
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<meta name="referrer" content="same-origin">
 <title>{title} | {brand}</title>
 <link rel="stylesheet" href="/assets/portal.css">
 <script src="/assets/portal.js" defer></script>
@@ -116,6 +119,7 @@ fn page(lang: Lang, title: &str, switch: &str, body: &str) -> String {
 <span class="band-sub">{sub}</span>
 <a class="lang" href="{switch}" hreflang="{other_code}" lang="{other_code}">{other}</a>
 </div></header>
+{banner}
 <main class="wrap">
 <h1>{title}</h1>
 {body}
@@ -126,6 +130,7 @@ fn page(lang: Lang, title: &str, switch: &str, body: &str) -> String {
 "#,
         code = lang.code(),
         title = esc(title),
+        banner = BANNER_SLOT,
         brand = lang.t("かけはし", "Kakehashi"),
         sub = lang.t("テレワーク接続ポータル", "Remote access portal"),
         home_q = lang.query(),
@@ -137,7 +142,7 @@ fn page(lang: Lang, title: &str, switch: &str, body: &str) -> String {
     )
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(super) fn html(status: StatusCode, body: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -214,6 +219,8 @@ pub(crate) async fn index(RawQuery(q): RawQuery) -> Response {
 <ul class="menu">
 <li><a class="card link" href="/enroll{lq}"><strong>{enroll}</strong><span>{enroll_d}</span></a></li>
 <li><a class="card link" href="/me{lq}"><strong>{me}</strong><span>{me_d}</span></a></li>
+<li><a class="card link" href="/plans{lq}"><strong>{plans}</strong><span>{plans_d}</span></a></li>
+<li><a class="card link" href="/officer{lq}"><strong>{officer}</strong><span>{officer_d}</span></a></li>
 </ul>
 <p class="hint">{hint}</p>"#,
         lead = lang.t(
@@ -229,6 +236,16 @@ pub(crate) async fn index(RawQuery(q): RawQuery) -> Response {
         me_d = lang.t(
             "貸与端末、ログイン中の端末、登録済みのキーを確認し、端末をサインアウトできます。",
             "See your loaned devices, signed-in devices and keys; sign a device out."
+        ),
+        plans = lang.t("テレワーク計画", "Telework plans"),
+        plans_d = lang.t(
+            "在宅勤務などの計画を提出し、承認状況を確認します。所属長はここで承認します。",
+            "Submit telework plans and see whether they are approved; section chiefs approve them here."
+        ),
+        officer = lang.t("情報セキュリティ担当", "Security officer"),
+        officer_d = lang.t(
+            "接続ルール、デスクの機密性レベル、端末の利用停止、BCPモード（担当者のみ）。",
+            "Access rules, desk confidentiality levels, device blocks, BCP mode (officers only)."
         ),
         hint = lang.t(
             "パソコンからのログインは、アプリの「kakehashi login」から始めてください。",
@@ -288,7 +305,7 @@ pub(crate) async fn enroll(RawQuery(q): RawQuery) -> Response {
 
 /// The user-id form that runs a login ceremony; `mode` is `loopback` (the
 /// laptop login, with `extra` data attributes) or `portal` (`/me`).
-fn login_form(lang: Lang, mode: &str, extra: &str, submit: &str) -> String {
+pub(super) fn login_form(lang: Lang, mode: &str, extra: &str, submit: &str) -> String {
     format!(
         r#"<form id="login-form" class="card" data-portal="login" data-mode="{mode}" data-lang="{code}"{extra}{msgs}>
 <label for="user">{user}</label>
@@ -397,7 +414,7 @@ impl PortalState {
     }
 
     /// The session id from the request's cookies.
-    fn session_id(&self, headers: &HeaderMap) -> Option<String> {
+    pub(super) fn session_id(&self, headers: &HeaderMap) -> Option<String> {
         let name = self.cookie_name();
         headers
             .get_all(header::COOKIE)
@@ -416,7 +433,7 @@ impl PortalState {
     }
 
     /// `YYYY-MM-DD HH:MM` in the configured local time.
-    fn local_time(&self, t: i64) -> String {
+    pub(super) fn local_time(&self, t: i64) -> String {
         let offset = time::UtcOffset::from_whole_seconds(self.inner.utc_offset_secs)
             .unwrap_or(time::UtcOffset::UTC);
         match time::OffsetDateTime::from_unix_timestamp(t) {
@@ -436,7 +453,7 @@ impl PortalState {
     }
 }
 
-fn class_name(lang: Lang, c: DeviceClass) -> &'static str {
+pub(super) fn class_name(lang: Lang, c: DeviceClass) -> &'static str {
     match c {
         DeviceClass::Home => lang.t("在宅", "home"),
         DeviceClass::Mobile => lang.t("モバイル", "mobile"),
@@ -445,7 +462,7 @@ fn class_name(lang: Lang, c: DeviceClass) -> &'static str {
     }
 }
 
-fn status_name(lang: Lang, s: DeviceStatus) -> &'static str {
+pub(super) fn status_name(lang: Lang, s: DeviceStatus) -> &'static str {
     match s {
         DeviceStatus::Active => lang.t("利用可", "active"),
         DeviceStatus::Blocked => lang.t("停止中", "blocked"),
