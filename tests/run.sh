@@ -21,6 +21,13 @@ command -v Xvfb >/dev/null 2>&1 || pkgs+=(xvfb)
 command -v xrdp >/dev/null 2>&1 || pkgs+=(xrdp)
 command -v Xvnc >/dev/null 2>&1 || pkgs+=(tigervnc-standalone-server)
 command -v xclip >/dev/null 2>&1 || pkgs+=(xclip)
+# The real-browser test (tests/tests/e2e/browser.rs): Debian's chromium,
+# driven by playwright-core under node.
+command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+# A Japanese font, so the officer-page screenshot is readable.
+fc-list :lang=ja 2>/dev/null | grep -q . || pkgs+=(fonts-ipafont-gothic)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "installing: ${pkgs[*]}"
   $SUDO apt-get update -q
@@ -28,6 +35,44 @@ if [ ${#pkgs[@]} -gt 0 ]; then
 else
   echo "all present"
 fi
+
+step "promtool (alert rule and dashboard query checks, tests/tests/e2e/ops.rs)"
+# Debian 12 ships promtool only inside the `prometheus` package, whose
+# installation would also start a Prometheus server. So the package is
+# downloaded, not installed, and only /usr/bin/promtool is unpacked under
+# target/tools (kept between runs).
+promtool_dir="$PWD/target/tools/prometheus"
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ ! -x "$promtool_dir/usr/bin/promtool" ]; then
+    if ! apt-cache show prometheus >/dev/null 2>&1; then
+      $SUDO apt-get update -q
+    fi
+    dl="$(mktemp -d)"
+    chmod 777 "$dl" # apt downloads as the _apt user
+    (cd "$dl" && apt-get download -q prometheus)
+    mkdir -p "$promtool_dir"
+    dpkg-deb --fsys-tarfile "$dl"/prometheus_*.deb | tar -x -C "$promtool_dir" ./usr/bin/promtool
+    rm -rf "$dl"
+  fi
+  export PATH="$promtool_dir/usr/bin:$PATH"
+fi
+promtool --version 2>&1 | head -n1
+
+step "Browser test dependencies (tests/browser)"
+# playwright-core only (it downloads no browser); reinstalled when the lock changes.
+(
+  cd tests/browser
+  stamp=node_modules/.kakehashi-lock.sha256
+  want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    npm ci --no-audit --no-fund
+    echo "$want" >"$stamp"
+  else
+    echo "up to date"
+  fi
+)
+export KAKEHASHI_CHROMIUM="${KAKEHASHI_CHROMIUM:-$(command -v chromium)}"
+echo "chromium: $KAKEHASHI_CHROMIUM ($("$KAKEHASHI_CHROMIUM" --version 2>/dev/null | tail -n1)), node $(node --version)"
 
 step "Cargo tools"
 if ! cargo nextest --version >/dev/null 2>&1; then

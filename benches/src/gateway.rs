@@ -84,6 +84,8 @@ shutdown_grace_secs = 1
 listen = "{admin}"
 [identity]
 require_login = false
+[testing]
+relay_without_policy = true
 "#,
         ca = pki.ca.display(),
         cert = pki.gateway_cert.display(),

@@ -223,6 +223,17 @@ impl Dialer {
         Ok(LoginResult::from_frame(&f)?)
     }
 
+    /// After a session stream ended: did the gateway end it, and why (policy
+    /// change, device blocked, end of the allowed hours, operator…)?
+    pub async fn end_reason(&self, session_id: &str) -> Option<Refusal> {
+        use kakehashi_proto::message::{SessionEndQuery, SessionEndReport};
+        let q = SessionEndQuery {
+            session_id: session_id.to_string(),
+        };
+        let (_io, f) = self.request(&q.to_frame().ok()?, SETUP).await.ok()?;
+        SessionEndReport::from_frame(&f).ok()?.reason
+    }
+
     /// Revoke a token at the gateway.
     pub async fn logout(&self, token: Secret) -> Result<(), SessionError> {
         let (_io, f) = self.request(&Logout { token }.to_frame()?, SETUP).await?;

@@ -139,7 +139,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let (mut remote, accepted) = dialer.session(&desk, token.as_ref()).await?;
                 eprintln!("session {} open", accepted.session_id);
                 let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-                splice(&mut local, &mut remote).await?;
+                let spliced = splice(&mut local, &mut remote).await;
+                if let Some(r) = dialer.end_reason(&accepted.session_id).await {
+                    eprintln!("{}", ended_by_gateway(&r));
+                    return Err(SessionError::Refused(r).into());
+                }
+                spliced?;
                 return Ok(());
             }
             println!("transport: {note}");
@@ -216,6 +221,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                     info!(session = %accepted.session_id, error = %e, "Session ended")
                                 }
                             }
+                            if let Some(r) = dialer.end_reason(&accepted.session_id).await {
+                                eprintln!("{}", ended_by_gateway(&r));
+                            }
                         }
                         Err(SessionError::Refused(r)) => {
                             eprintln!("接続できません / cannot connect:\n{}", describe(&r))
@@ -226,6 +234,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// What the person reads when the gateway ended their session.
+fn ended_by_gateway(r: &kakehashi_proto::Refusal) -> String {
+    format!(
+        "セッションはゲートウェイにより終了しました / the gateway ended the session:\n{}",
+        describe(r)
+    )
 }
 
 /// Waits for the launched RDP client to exit; never, when there is none.

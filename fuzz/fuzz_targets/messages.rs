@@ -11,8 +11,9 @@ use std::fmt::Debug;
 use kakehashi_fuzz::kind_for;
 use kakehashi_proto::frame::{self, Frame, MAX_PAYLOAD};
 use kakehashi_proto::message::{
-    AgentHello, AgentWelcome, DataChannelHello, FilterReport, Message, OpenDataChannel,
-    SessionAccepted, SessionRequest,
+    AgentHello, AgentWelcome, DataChannelHello, FilterReport, LoginResult, Logout, Message,
+    OpenDataChannel, RedeemLogin, SessionAccepted, SessionEndQuery, SessionEndReport,
+    SessionRequest,
 };
 use kakehashi_proto::{Reason, Refusal};
 use libfuzzer_sys::fuzz_target;
@@ -52,6 +53,11 @@ fuzz_target!(|data: &[u8]| {
     check::<OpenDataChannel>(&f);
     check::<DataChannelHello>(&f);
     check::<FilterReport>(&f);
+    check::<RedeemLogin>(&f);
+    check::<LoginResult>(&f);
+    check::<Logout>(&f);
+    check::<SessionEndQuery>(&f);
+    check::<SessionEndReport>(&f);
     check::<Refusal>(&f);
     // A refusal's detail may be any text (client and gateway pass error
     // chains into it).

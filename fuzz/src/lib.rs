@@ -21,12 +21,18 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Every frame kind, in wire order.
-pub const KINDS: [FrameKind; 12] = [
+pub const KINDS: [FrameKind; 18] = [
     FrameKind::Ping,
     FrameKind::Pong,
     FrameKind::SessionRequest,
     FrameKind::SessionAccepted,
     FrameKind::Refused,
+    FrameKind::RedeemLogin,
+    FrameKind::LoginResult,
+    FrameKind::Logout,
+    FrameKind::LoggedOut,
+    FrameKind::SessionEndQuery,
+    FrameKind::SessionEndReport,
     FrameKind::Ticket,
     FrameKind::TicketAccepted,
     FrameKind::FilterReport,
@@ -193,7 +199,10 @@ pub fn sample_frames() -> Vec<(&'static str, Vec<u8>)> {
         ("pong", empty(FrameKind::Pong)),
         (
             "session_request",
-            msg(&SessionRequest { desk: DESK.into(), token: None }),
+            msg(&SessionRequest {
+                desk: DESK.into(),
+                token: None,
+            }),
         ),
         (
             "session_accepted",

@@ -21,6 +21,12 @@ pub enum AdminCmd {
     /// Loaned laptops.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Desk PCs: confidentiality level, segment, department, owners.
+    #[command(subcommand)]
+    Desk(crate::policy_cli::DeskCmd),
+    /// Telework plans (staff submit, section chiefs approve; CSV import from HR).
+    #[command(subcommand)]
+    Plan(crate::policy_cli::PlanCmd),
 }
 
 /// `admin user …`
@@ -95,14 +101,14 @@ pub enum DeviceCmd {
 }
 
 /// Who is acting: the operating-system user (through sudo, the real one).
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     let who = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());
     format!("admin:{who}")
 }
 
-async fn open(cfg: &Config) -> anyhow::Result<Store> {
+pub(crate) async fn open(cfg: &Config) -> anyhow::Result<Store> {
     let url = cfg
         .store_url
         .as_deref()
@@ -118,6 +124,8 @@ pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
     let now = kakehashi_store::unix_now();
     let who = actor();
     match cmd {
+        AdminCmd::Desk(c) => crate::policy_cli::desk(cfg, c).await?,
+        AdminCmd::Plan(c) => crate::policy_cli::plan(cfg, c).await?,
         AdminCmd::User(UserCmd::Add {
             id,
             name,

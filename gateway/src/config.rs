@@ -31,17 +31,50 @@ pub struct ConfigFile {
     pub identity: IdentitySection,
     /// The web portal (enrollment, login, "my devices"); off when absent.
     pub portal: Option<PortalSection>,
-    /// TEMPORARY, tests and demos only: fixed session controls for every
-    /// ticket, until the policy engine decides them per session.
+    /// Audit log forwarding (syslog); off when absent.
+    pub audit: Option<AuditSection>,
+    /// The access policy (levels × terminal classes).
+    #[serde(default)]
+    pub policy: PolicySection,
+    /// Tests only: a bare relay with no store and no policy.
     pub testing: Option<TestingSection>,
 }
 
-/// `[testing]` — TEMPORARY, for tests and demos only; to be replaced by the
-/// policy engine's per-session decision. Never set it in production.
+/// `[policy]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// A policy file (TOML, `kakehashi-gateway policy default` prints one to
+    /// start from). At start it is imported into the store, audited, when it
+    /// differs from the store's current policy. Absent: the store's current
+    /// policy, or the shipped default on first start.
+    pub file: Option<PathBuf>,
+    /// How often the gateway looks for changes (policy, devices, desks, plans,
+    /// BCP) in the store and re-decides live sessions, in milliseconds.
+    pub watch_ms: u64,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            file: None,
+            watch_ms: 250,
+        }
+    }
+}
+
+/// `[testing]` — for tests only. Never set it in production.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestingSection {
-    /// Controls put into every ticket instead of deny-all, e.g.
+    /// Without logins there is no person to decide for, and every session is
+    /// refused (`policy_unavailable` without a `[store]`, `login_required`
+    /// with one). `true` (with `require_login = false`) turns the gateway
+    /// into a bare relay for transport tests: any valid device certificate
+    /// reaches any online desk; a `[store]`, if any, only keeps the audit log.
+    #[serde(default)]
+    pub relay_without_policy: bool,
+    /// Controls put into every ticket of a bare relay instead of deny-all, e.g.
     /// `controls = { clipboard = "to-remote", drive = true }` (unset fields deny).
     pub controls: Option<kakehashi_proto::Controls>,
 }
@@ -89,6 +122,30 @@ impl Default for IdentitySection {
             utc_offset_hours: 9,
         }
     }
+}
+
+/// `[audit]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Forward every audit record to a syslog server (RFC 5424):
+    /// `udp://HOST:PORT` or `tcp://HOST:PORT` (octet-counted, RFC 6587). Needs `[store]`.
+    pub syslog: Option<String>,
+    /// Syslog facility name (`authpriv`, `auth`, `local0` … `local7`, …).
+    #[serde(default = "default_syslog_facility")]
+    pub syslog_facility: String,
+    /// Records held for the syslog server while it is slow or away; beyond
+    /// that they are dropped from forwarding (never from the store) and counted.
+    #[serde(default = "default_syslog_queue")]
+    pub syslog_queue: usize,
+}
+
+fn default_syslog_facility() -> String {
+    "authpriv".into()
+}
+
+fn default_syslog_queue() -> usize {
+    10_000
 }
 
 /// `[portal]`
@@ -169,6 +226,11 @@ pub struct LimitsSection {
     pub idle_timeout_secs: u64,
     /// Seconds live sessions may continue after a shutdown request.
     pub shutdown_grace_secs: u64,
+    /// Streams (sessions and reachability probes) one laptop may have open at
+    /// once on its QUIC connection; a laptop over the limit waits for one of
+    /// its sessions to end. Each allowed stream costs the gateway about 85
+    /// bytes per laptop connection, used or not.
+    pub terminal_quic_streams: u32,
 }
 
 impl Default for LimitsSection {
@@ -180,6 +242,7 @@ impl Default for LimitsSection {
             keepalive_secs: 10,
             idle_timeout_secs: 30,
             shutdown_grace_secs: 10,
+            terminal_quic_streams: kakehashi_transport::quic::TERMINAL_STREAMS,
         }
     }
 }
@@ -213,6 +276,8 @@ pub struct Config {
     pub agent_max_connections: usize,
     /// Session cap.
     pub max_sessions: usize,
+    /// Concurrent QUIC streams per laptop connection.
+    pub terminal_quic_streams: u32,
     /// Handshake timeout.
     pub handshake_timeout: Duration,
     /// Session setup timeout.
@@ -231,8 +296,17 @@ pub struct Config {
     pub identity: Identity,
     /// Portal settings.
     pub portal: Option<Portal>,
-    /// TEMPORARY (`[testing] controls`): controls for every ticket; `None` = deny all.
+    /// Policy file imported at start.
+    pub policy_file: Option<PathBuf>,
+    /// Change-watch interval.
+    pub policy_watch: Duration,
+    /// Tests only (`[testing] relay_without_policy`): no store, no policy.
+    pub relay_without_policy: bool,
+    /// Tests only (`[testing] controls`): controls for every ticket of a bare
+    /// relay; `None` = deny all.
     pub testing_controls: Option<kakehashi_proto::Controls>,
+    /// `[audit] syslog`: forward audit records to a syslog server.
+    pub syslog: Option<crate::syslog::SyslogConfig>,
 }
 
 /// Validated `[identity]`.
@@ -290,9 +364,12 @@ impl Config {
             bail!("[agents] needs at least one of quic or tcp");
         }
         let l = f.limits;
-        if l.max_sessions == 0 || f.terminals.max_connections == 0 || f.agents.max_connections == 0
+        if l.max_sessions == 0
+            || l.terminal_quic_streams == 0
+            || f.terminals.max_connections == 0
+            || f.agents.max_connections == 0
         {
-            bail!("connection and session limits must be at least 1");
+            bail!("connection, session and stream limits must be at least 1");
         }
         if l.handshake_timeout_secs == 0
             || l.session_setup_timeout_secs == 0
@@ -327,6 +404,17 @@ impl Config {
             attestation_ca: id.attestation_ca.into_iter().map(rel).collect(),
             utc_offset_secs: i32::from(id.utc_offset_hours) * 3600,
         };
+        if !(50..=5_000).contains(&f.policy.watch_ms) {
+            bail!("[policy] watch_ms must be between 50 and 5000");
+        }
+        if let Some(t) = &f.testing {
+            if t.relay_without_policy && identity.require_login {
+                bail!("[testing] relay_without_policy needs [identity] require_login = false");
+            }
+            if t.controls.is_some() && !t.relay_without_policy {
+                bail!("[testing] controls apply only with relay_without_policy = true; with a [store] the policy decides the controls");
+            }
+        }
         let portal = match f.portal {
             None => None,
             Some(p) => {
@@ -359,6 +447,23 @@ impl Config {
                 })
             }
         };
+        let syslog = match f.audit {
+            Some(AuditSection {
+                syslog: Some(url),
+                syslog_facility,
+                syslog_queue,
+            }) => {
+                if f.store.is_none() {
+                    bail!("[audit] syslog needs a [store] (the records it forwards)");
+                }
+                Some(crate::syslog::SyslogConfig::new(
+                    &url,
+                    &syslog_facility,
+                    syslog_queue,
+                )?)
+            }
+            _ => None,
+        };
         Ok(Self {
             name: f.name,
             ca: rel(f.tls.ca),
@@ -373,6 +478,7 @@ impl Config {
             agent_tcp: f.agents.tcp,
             agent_max_connections: f.agents.max_connections,
             max_sessions: l.max_sessions,
+            terminal_quic_streams: l.terminal_quic_streams,
             handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
             session_setup_timeout: Duration::from_secs(l.session_setup_timeout_secs),
             keepalive: Duration::from_secs(l.keepalive_secs),
@@ -382,7 +488,41 @@ impl Config {
             store_url: f.store.map(|s| s.url),
             identity,
             portal,
+            policy_file: f.policy.file.map(rel),
+            policy_watch: Duration::from_millis(f.policy.watch_ms),
+            relay_without_policy: f.testing.as_ref().is_some_and(|t| t.relay_without_policy),
             testing_controls: f.testing.and_then(|t| t.controls),
+            syslog,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example lists every section and stays valid.
+    #[test]
+    fn deploy_example_parses_and_validates() {
+        let text = include_str!("../../deploy/gateway.example.toml");
+        let f: ConfigFile = toml::from_str(text).expect("deploy/gateway.example.toml parses");
+        let c = Config::from_file(f, Path::new("/etc/kakehashi")).expect("and validates");
+        assert!(c.store_url.is_some() && c.portal.is_some() && c.admin.is_some());
+        assert!(c.identity.require_login && !c.relay_without_policy);
+        assert_eq!(
+            c.policy_file.as_deref(),
+            Some(Path::new("/etc/kakehashi/policy.toml"))
+        );
+    }
+
+    #[test]
+    fn testing_relay_needs_logins_off() {
+        let base = include_str!("../../deploy/gateway.example.toml");
+        let text = format!("{base}\n[testing]\nrelay_without_policy = true\n");
+        let f: ConfigFile = toml::from_str(&text).unwrap();
+        let e = Config::from_file(f, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("require_login = false"), "{e}");
     }
 }

@@ -50,7 +50,9 @@ pub async fn run(dir: &Path, rdp: bool) -> anyhow::Result<()> {
     }))?;
     let device = ca.issue(&IssueRequest::new(Subject::Device {
         id: DEMO_DEVICE.into(),
-        class: TerminalClass::Home,
+        // A satellite-office laptop: the default policy allows a level-2
+        // desk from there at any hour, so the demo works at night too.
+        class: TerminalClass::Satellite,
         user: Some("demo-user".into()),
     }))?;
     let crl = ca.write_crl()?;
@@ -116,6 +118,12 @@ url = "{db}"
 [identity]
 require_login = true
 
+# The access policy: the shipped default (DESIGN.md section 5). Edit it, check
+# it with `kakehashi-gateway policy check policy.toml`, restart or
+# `kakehashi-gateway policy import --config gateway.toml policy.toml`.
+[policy]
+file = "policy.toml"
+
 # Plain HTTP on loopback for the demo only (browsers treat http://localhost
 # as a secure context for WebAuthn); production serves HTTPS.
 [portal]
@@ -132,6 +140,11 @@ insecure_http = true
         crl = rel(&crl).display(),
         ticket = rel(&ca.ticket_key_path()).display(),
     );
+    std::fs::write(
+        dir.join("policy.toml"),
+        kakehashi_policy::default_policy_toml(),
+    )
+    .context("cannot write policy.toml")?;
     let agent_toml = format!(
         r#"# Written by `kakehashi-gateway demo`.
 [tls]
@@ -230,6 +243,7 @@ soft_authenticator = "passkey.cbor"
     );
     println!();
     println!("  portal        http://localhost:{portal_port}/  (user {DEMO_USER}; its authenticator is {})", dir.join("passkey.cbor").display());
+    println!("  dashboard     http://localhost:{portal_port}/ops  (運用ダッシュボード / ops dashboard; {DEMO_USER} has the operator role)");
     println!();
     println!("First log in (a real WebAuthn ceremony with the demo's software authenticator) / まずログイン:");
     println!(
@@ -257,7 +271,7 @@ soft_authenticator = "passkey.cbor"
         dir.join("client.toml").display()
     );
     println!(
-        "  {client} --config {} connect no-such-desk   # refused: desk_offline",
+        "  {client} --config {} connect no-such-desk   # refused: desk_unknown",
         dir.join("client.toml").display()
     );
     println!();
@@ -310,6 +324,20 @@ async fn enroll_demo_user(
             DEMO_USER,
             now + 600,
             Audit::new(now, "demo", "user.enroll_code").subject(DEMO_USER),
+        )
+        .await?;
+    // The demo desk: level 2 (LGWAN), owned by the demo user.
+    let desk = kakehashi_store::Desk {
+        id: DEMO_DESK.into(),
+        department: "somu".into(),
+        level: 2,
+        segment: kakehashi_store::Segment::Lgwan,
+        owners: [DEMO_USER.to_string()].into(),
+    };
+    store
+        .add_desk(
+            &desk,
+            Audit::new(now, "demo", "desk.add").subject(DEMO_DESK),
         )
         .await?;
     kakehashi_client::soft::enroll(

@@ -4,19 +4,27 @@
 //! asks for opens a stream on the desk's tunnel carrying a session ticket
 //! signed with Ed25519, then splices the two streams.
 //!
+//! Every session request is decided by the access policy on the store's
+//! facts ([`admission`]); live sessions are re-decided when those change.
+//!
 //! `main.rs` is a thin wrapper: [`config::Config`] → [`server::Gateway::bind`]
 //! → [`server::Gateway::serve`]. [`demo`] runs a complete gateway, agent
 //! and demo desk on loopback.
 
 pub mod admin;
 pub mod admin_cli;
+pub mod admission;
+pub mod audit_cli;
 pub mod config;
 pub mod demo;
 pub mod demo_rdp;
 pub mod login;
 pub mod metrics;
+pub mod policy_cli;
 pub mod portal;
+pub mod report;
 pub mod server;
+pub mod syslog;
 
 pub use config::Config;
 pub use server::{BoundAddrs, Gateway};

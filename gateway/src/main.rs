@@ -39,7 +39,19 @@ enum Cmd {
         #[arg(long)]
         rdp: bool,
     },
-    /// Administration on the gateway's store: users, enrollment codes, devices.
+    /// The access policy: print the default, check a file, explain a
+    /// decision (offline or live), import, export, history.
+    Policy {
+        #[command(subcommand)]
+        cmd: kakehashi_gateway::policy_cli::PolicyCmd,
+    },
+    /// BCP mode (snow day, pandemic): declare, end, list.
+    Bcp {
+        #[command(subcommand)]
+        cmd: kakehashi_gateway::policy_cli::BcpCmd,
+    },
+    /// Administration on the gateway's store: users, enrollment codes,
+    /// devices, desks, telework plans.
     Admin {
         /// The gateway's configuration file (its [store] is used).
         #[arg(long)]
@@ -52,24 +64,47 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Reports for section chiefs (attendance).
+    Report {
+        #[command(subcommand)]
+        cmd: kakehashi_gateway::report::ReportCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum AuditCmd {
     /// Walk the hash chain; exit 1 and name the first broken record if any.
+    /// With --file, verify exported JSON-lines files offline instead.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "file"])))]
     Verify {
         /// The gateway's configuration file (its [store] is used).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// An `audit export --format jsonl` file; repeat for consecutive exports, in order.
+        #[arg(long)]
+        file: Vec<PathBuf>,
+        /// With --file: the hash the last record must have (printed by `audit export`).
+        #[arg(long, requires = "file")]
+        last_hash: Option<String>,
     },
+    /// Write the audit log (or a time window of it) as JSON lines or CSV.
+    Export(kakehashi_gateway::audit_cli::ExportArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kakehashi_transport::init_tracing(cli.log_json);
+    let log_json = cli.log_json;
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if log_json => {
+            eprintln!(
+                "{}",
+                serde_json::json!({ "level": "ERROR", "fields": { "message": "Exiting on error", "error": format!("{e:#}") } })
+            );
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -93,8 +128,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("admin", a.admin),
                 ("portal", a.portal),
             ] {
-                if let Some(addr) = addr {
-                    println!("listening {what} {addr}");
+                match addr {
+                    // Under --log-json every line of output is JSON (journald mixes stdout in).
+                    // (Fixed key order: tests and scripts match the prefix.)
+                    Some(addr) if cli.log_json => {
+                        println!(r#"{{"listening":"{what}","address":"{addr}"}}"#)
+                    }
+                    Some(addr) => println!("listening {what} {addr}"),
+                    None => {}
                 }
             }
             let stop = CancellationToken::new();
@@ -105,12 +146,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             gw.serve(stop).await
         }
+        Cmd::Policy { cmd } => {
+            if kakehashi_gateway::policy_cli::policy(cmd).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("the policy has errors (see above)")
+            }
+        }
+        Cmd::Bcp { cmd } => kakehashi_gateway::policy_cli::bcp(cmd).await,
         Cmd::Admin { config, cmd } => {
             let cfg = kakehashi_gateway::Config::load(&config)?;
             kakehashi_gateway::admin_cli::run(&cfg, cmd).await
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify { config },
+            cmd:
+                AuditCmd::Verify {
+                    config: Some(config),
+                    ..
+                },
         } => {
             let cfg = kakehashi_gateway::Config::load(&config)?;
             if kakehashi_gateway::admin_cli::verify(&cfg).await? {
@@ -119,6 +172,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the audit log has been tampered with (see above)")
             }
         }
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    config: None,
+                    file,
+                    last_hash,
+                },
+        } => {
+            if kakehashi_gateway::audit_cli::verify_files_cmd(&file, last_hash.as_deref())? {
+                Ok(())
+            } else {
+                anyhow::bail!("the exported audit log has been tampered with (see above)")
+            }
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Export(a),
+        } => kakehashi_gateway::audit_cli::export_cmd(a).await,
+        Cmd::Report { cmd } => kakehashi_gateway::report::run(cmd).await,
         Cmd::Demo { dir, rdp } => kakehashi_gateway::demo::run(&dir, rdp).await,
     }
 }

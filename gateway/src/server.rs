@@ -15,9 +15,7 @@ use kakehashi_proto::message::{
     SessionAccepted, SessionRequest,
 };
 use kakehashi_proto::ticket::{TicketClaims, TICKET_LIFETIME_SECS, TICKET_VERSION};
-use kakehashi_proto::{
-    frame, FrameKind, Limits, Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL,
-};
+use kakehashi_proto::{frame, FrameKind, Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL};
 use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::splice::{splice_counted, Counters};
 use kakehashi_transport::stream::QuicStream;
@@ -77,14 +75,132 @@ struct LiveSession {
     desk: String,
     device: String,
     cert: PeerCert,
+    /// Who asked, to re-decide the session when the policy, the device, the
+    /// desk, a plan or a BCP declaration changes; `None` on a bare test relay.
+    asker: Option<crate::admission::Asker>,
+    /// When it started (unix seconds).
+    started: i64,
+    /// Longest duration the deciding rule allows, from `started`.
+    max_duration: Option<u64>,
+    /// Unix time at which it must be re-decided (its current end); 0: none.
+    end_at: std::sync::atomic::AtomicI64,
     end: CancellationToken,
-    reason: Mutex<Option<Reason>>,
+    reason: Mutex<Option<Refusal>>,
+    /// What the ops dashboard shows of it (the metrics labels and the user).
+    labels: SessionLabels,
+}
+
+/// A live session's user and metrics labels, for the ops dashboard.
+struct SessionLabels {
+    user: Option<String>,
+    class: String,
+    level: String,
+    dept: String,
+    transport: Transport,
+}
+
+/// A live session as the ops dashboard lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveSessionView {
+    /// Session id.
+    pub id: String,
+    /// Desk id.
+    pub desk: String,
+    /// Device id.
+    pub device: String,
+    /// User id (`None` on a bare test relay without logins).
+    pub user: Option<String>,
+    /// Terminal class.
+    pub class: String,
+    /// Confidentiality level (as the metrics label).
+    pub level: String,
+    /// Department (as the metrics label).
+    pub dept: String,
+    /// `quic` or `tcp`.
+    pub transport: &'static str,
+    /// Unix seconds.
+    pub started: i64,
+}
+
+/// A bounded page of live sessions, see [`Shared::live_session_page`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LiveSessionPage {
+    /// Live sessions in all.
+    pub total: usize,
+    /// Live sessions matching the filter.
+    pub matched: usize,
+    /// The newest matching sessions, newest first.
+    pub sessions: Vec<LiveSessionView>,
+}
+
+impl LiveSession {
+    fn view(&self, id: &str) -> LiveSessionView {
+        let l = &self.labels;
+        LiveSessionView {
+            id: id.to_string(),
+            desk: self.desk.clone(),
+            device: self.device.clone(),
+            user: l.user.clone(),
+            class: l.class.clone(),
+            level: l.level.clone(),
+            dept: l.dept.clone(),
+            transport: l.transport.as_str(),
+            started: self.started,
+        }
+    }
+
+    /// Whether the desk, device or user contains `needle` (ASCII case folded).
+    fn matches(&self, needle: &str) -> bool {
+        needle.is_empty()
+            || [
+                self.desk.as_str(),
+                self.device.as_str(),
+                self.labels.user.as_deref().unwrap_or(""),
+            ]
+            .iter()
+            .any(|h| contains_ignore_ascii_case(h, needle))
+    }
+}
+
+fn contains_ignore_ascii_case(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    n.len() <= h.len() && h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
 impl LiveSession {
     fn end(&self, reason: Reason) {
-        *self.reason.lock().expect("reason lock") = Some(reason);
+        self.end_with(Refusal::new(reason));
+    }
+
+    fn end_with(&self, refusal: Refusal) {
+        self.reason
+            .lock()
+            .expect("reason lock")
+            .get_or_insert(refusal);
         self.end.cancel();
+    }
+}
+
+/// Why recently ended sessions were ended by the gateway, so a laptop can
+/// ask (`SessionEndQuery`) and tell its user. Bounded: the oldest go first.
+#[derive(Default)]
+struct EndedSessions {
+    order: std::collections::VecDeque<String>,
+    by_id: HashMap<String, (String, Refusal)>,
+}
+
+impl EndedSessions {
+    const CAP: usize = 8192;
+
+    fn insert(&mut self, session: String, device: String, r: Refusal) {
+        if self.by_id.insert(session.clone(), (device, r)).is_none() {
+            self.order.push_back(session);
+        }
+        while self.order.len() > Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
     }
 }
 
@@ -120,6 +236,12 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The database, when `[store]` is configured.
     pub store: Option<kakehashi_store::Store>,
+    /// The access policy in force; `None` on a bare test relay.
+    pub policy: Option<crate::admission::PolicyHolder>,
+    ended: Mutex<EndedSessions>,
+    /// Login tokens (their SHA-256) already spent as a step-up, with the
+    /// login time, so one fresh login opens one level-3 session.
+    step_ups: Mutex<HashMap<[u8; 32], i64>>,
     shutdown: CancellationToken,
     force: CancellationToken,
 }
@@ -168,6 +290,49 @@ impl Shared {
         l.map(|l| l.end(reason)).is_some()
     }
 
+    /// Live sessions whose desk, device or user contains `filter` (ASCII
+    /// case-insensitive; empty: all): how many, and the newest `limit` of
+    /// them, newest first. Only those `limit` are copied, so a dashboard
+    /// stays cheap with tens of thousands of live sessions.
+    pub fn live_session_page(&self, filter: &str, limit: usize) -> LiveSessionPage {
+        let live = self.live.lock().expect("live lock");
+        let mut hits: Vec<(&String, &Arc<LiveSession>)> =
+            live.iter().filter(|(_, l)| l.matches(filter)).collect();
+        let matched = hits.len();
+        let newest_first = |a: &(&String, &Arc<LiveSession>), b: &(&String, &Arc<LiveSession>)| {
+            b.1.started.cmp(&a.1.started).then_with(|| a.0.cmp(b.0))
+        };
+        if hits.len() > limit && limit > 0 {
+            hits.select_nth_unstable_by(limit - 1, newest_first);
+        }
+        hits.truncate(limit);
+        hits.sort_unstable_by(newest_first);
+        LiveSessionPage {
+            total: live.len(),
+            matched,
+            sessions: hits.into_iter().map(|(id, l)| l.view(id)).collect(),
+        }
+    }
+
+    /// One live session, if it is live.
+    pub fn live_session(&self, id: &str) -> Option<LiveSessionView> {
+        self.live
+            .lock()
+            .expect("live lock")
+            .get(id)
+            .map(|l| l.view(id))
+    }
+
+    /// The configured maximum of concurrent sessions.
+    pub fn max_sessions(&self) -> usize {
+        self.cfg.max_sessions
+    }
+
+    /// The version of the policy in force (`None` on a bare test relay).
+    pub fn policy_version(&self) -> Option<i64> {
+        self.policy.as_ref().map(|p| p.get().version)
+    }
+
     /// Sessions in progress.
     pub fn active_sessions(&self) -> usize {
         self.cfg.max_sessions - self.sessions.available_permits()
@@ -203,8 +368,8 @@ impl Gateway {
     /// Errors here (bad files, ports in use) happen before anything serves.
     pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
         let cfg = Arc::new(cfg);
-        if let Some(c) = cfg.testing_controls {
-            warn!(controls = ?c, "[testing] controls set: every ticket carries these controls (tests and demos only)");
+        if cfg.relay_without_policy {
+            warn!(controls = ?cfg.testing_controls, "[testing] relay_without_policy: no policy; any valid device certificate reaches any online desk (tests only)");
         }
         let files = TlsFiles {
             ca: cfg.ca.clone(),
@@ -241,8 +406,13 @@ impl Gateway {
         };
         let terminal_quic = match cfg.terminal_quic {
             Some(a) => {
-                // A laptop opens one stream per session (and a probe); bound it generously.
-                let ep = kakehashi_transport::quic::server(a, term_tls, quic_limits(1024))?;
+                // A laptop opens one stream per session (and a probe); quinn holds
+                // state for each allowed stream, so allow what a laptop needs.
+                let ep = kakehashi_transport::quic::server(
+                    a,
+                    term_tls,
+                    quic_limits(cfg.terminal_quic_streams),
+                )?;
                 addrs.terminal_quic = Some(ep.local_addr()?);
                 Some(ep)
             }
@@ -301,6 +471,24 @@ impl Gateway {
             }
             _ => None,
         };
+        let policy = match (&store, cfg.relay_without_policy) {
+            (Some(store), false) => {
+                let loaded =
+                    crate::admission::load_initial(store, cfg.policy_file.as_deref()).await?;
+                info!(
+                    version = loaded.version,
+                    rules = loaded.policy.rules.len(),
+                    "Access policy in force"
+                );
+                close_orphaned_sessions(store).await;
+                Some(crate::admission::PolicyHolder::new(loaded))
+            }
+            (None, false) => {
+                warn!("No [store]: no users, desks or policy; every session will be refused (policy_unavailable)");
+                None
+            }
+            (_, true) => None,
+        };
         let metrics = Metrics::new();
         metrics.sessions_max.set(cfg.max_sessions as i64);
         for (name, der) in [("gateway", &m.chain[0]), ("ca", &m.ca[0])] {
@@ -318,6 +506,9 @@ impl Gateway {
             verifier: verifier.clone(),
             metrics,
             store,
+            policy,
+            ended: Mutex::new(EndedSessions::default()),
+            step_ups: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             cfg,
@@ -352,6 +543,23 @@ impl Gateway {
         let term_cap = Arc::new(Semaphore::new(s.cfg.terminal_max_connections));
         let agent_cap = Arc::new(Semaphore::new(s.cfg.agent_max_connections));
         tasks.spawn(watch_crl(s.clone()));
+        if let (Some(sc), Some(store)) = (&s.cfg.syslog, &s.store) {
+            // From the head as it is before anything is served; stops after the grace period.
+            let after = store.audit_head().await.ok().map(|(seq, _)| seq);
+            let origin =
+                crate::syslog::Origin::this_process(&s.cfg.name, s.cfg.identity.utc_offset_secs);
+            tasks.spawn(crate::syslog::run(
+                store.clone(),
+                sc.clone(),
+                origin,
+                after,
+                s.metrics.syslog_dropped.clone(),
+                s.force.clone(),
+            ));
+        }
+        if s.policy.is_some() {
+            tasks.spawn(watch_changes(s.clone()));
+        }
         if let Some((l, acc)) = self.terminal_tcp {
             tasks.spawn(tcp_accept_loop(
                 s.clone(),
@@ -390,6 +598,7 @@ impl Gateway {
             tasks.spawn(crate::admin::serve(s.clone(), l));
         }
         if let Some((l, state, tls)) = self.portal {
+            state.attach_gateway(s.clone());
             tasks.spawn(crate::portal::serve(state, l, tls, s.shutdown.clone()));
         }
         info!(gateway = %s.cfg.name, "Gateway serving");
@@ -772,6 +981,7 @@ async fn handle_terminal_stream(
             FrameKind::RedeemLogin | FrameKind::Logout => {
                 return login_frame(&s, io, &f, &laptop(&device, class, &cert)).await;
             }
+            FrameKind::SessionEndQuery => return answer_end_query(&s, io, &f, &device).await,
             _ => match SessionRequest::from_frame(&f) {
                 Ok(r) => break r,
                 Err(e) => {
@@ -796,10 +1006,10 @@ async fn handle_terminal_stream(
     }
     // The person: a valid login token bound to this laptop, when logins are required.
     let this_laptop = laptop(&device, class, &cert);
-    let user = match (&s.store, s.cfg.identity.require_login) {
+    let login = match (&s.store, s.cfg.identity.require_login) {
         (Some(store), true) => {
             match crate::login::check(store, &this_laptop, req.token.as_ref()).await {
-                Ok(who) => Some(who.user),
+                Ok(who) => Some(who),
                 Err(reason) => {
                     info!(%device, desk = %req.desk, reason = reason.code(), "Session refused: login");
                     s.metrics.denials.with_label_values(&[reason.code()]).inc();
@@ -820,20 +1030,38 @@ async fn handle_terminal_stream(
             warn!("require_login without a store; refusing");
             return refuse(&mut io, Refusal::new(Reason::Internal)).await;
         }
-        (_, false) => user,
+        (_, false) => None,
     };
+    let user = login.as_ref().map(|l| l.user.clone()).or(user);
     let session_id = format!("s-{}", random_hex(12));
     let span = info_span!("session", session = %session_id, desk = %req.desk, %device, class = %class, %transport, user = ?user);
     async move {
+        // The policy decides, on the store's current facts.
+        let admitted = match admit(&s, &req, &device, class, login.as_ref()).await {
+            Ok(a) => a,
+            Err((refusal, rule)) => {
+                info!(reason = %refusal.code, rule = ?rule, "Session refused by the policy");
+                s.metrics.denials.with_label_values(&[denial_label(&refusal.code)]).inc();
+                audit_event(
+                    &s,
+                    &user.as_deref().map_or_else(|| format!("device:{device}"), |u| format!("user:{u}")),
+                    "session.denied",
+                    &req.desk,
+                    &refusal.code,
+                    serde_json::json!({ "device": device, "class": class.to_string(), "rule": rule, "policy_version": s.policy_version() }),
+                )
+                .await;
+                return refuse(&mut io, refusal).await;
+            }
+        };
         let Ok(permit) = s.sessions.clone().try_acquire_owned() else {
             warn!("Session refused: capacity full");
             s.metrics.denials.with_label_values(&[Reason::CapacityFull.code()]).inc();
             return refuse(&mut io, Refusal::new(Reason::CapacityFull)).await;
         };
         let started = Instant::now();
-        // Deny-all until the policy engine decides per session; `[testing] controls`
-        // (tests and demos only) overrides it.
-        let controls = s.cfg.testing_controls.unwrap_or_default();
+        let started_unix = kakehashi_store::unix_now();
+        let controls = admitted.controls;
         let claims = TicketClaims {
             v: TICKET_VERSION,
             session_id: session_id.clone(),
@@ -843,7 +1071,7 @@ async fn handle_terminal_stream(
             user: user.clone(),
             gateway: s.cfg.name.clone(),
             controls,
-            limits: Limits::default(),
+            limits: admitted.limits.to_ticket(),
             issued_at: unix_now(),
             expires_at: unix_now() + TICKET_LIFETIME_SECS,
         };
@@ -855,31 +1083,55 @@ async fn handle_terminal_stream(
                 return refuse(&mut io, r).await;
             }
         };
+        // Record the start before the laptop hears of it: a session the
+        // store cannot record does not happen.
+        if let (Some(store), Some(asker)) = (&s.store, &admitted.asker) {
+            let rec = kakehashi_store::SessionStart {
+                id: session_id.clone(),
+                user_id: asker.user.clone(),
+                device_id: device.clone(),
+                desk_id: req.desk.clone(),
+                class: match class.as_str().parse() {
+                    Ok(c) => c,
+                    Err(_) => return refuse(&mut io, Refusal::new(Reason::Internal)).await,
+                },
+                level: admitted.desk.as_ref().map_or(1, |d| d.level),
+                transport: transport.as_str().to_string(),
+            };
+            let a = kakehashi_store::Audit::new(started_unix, format!("user:{}", asker.user), "session.start")
+                .subject(&session_id)
+                .reason("allowed")
+                .detail(serde_json::json!({
+                    "desk": req.desk, "device": device, "class": class.to_string(),
+                    "rule": admitted.rule, "policy_version": s.policy_version(),
+                    "controls": controls, "end_at": admitted.limits.end_at,
+                    "step_up": asker.step_up,
+                }));
+            if let Err(e) = store.start_session(&rec, a).await {
+                warn!(error = %e, "Cannot record the session start; refusing");
+                return refuse(&mut io, Refusal::new(Reason::Internal)).await;
+            }
+        }
         let accepted = SessionAccepted {
             session_id: session_id.clone(),
             controls,
         };
-        if write_message(&mut io, &accepted).await.is_err() {
-            return;
-        }
-        info!(
-            setup_ms = started.elapsed().as_millis() as u64,
-            "Session started"
-        );
-        let m = &s.metrics;
-        m.session_setup.observe(started.elapsed().as_secs_f64());
-        let class_label = class.to_string();
-        m.sessions_started.with_label_values(&[class_label.as_str(), transport.as_str()]).inc();
-        let (level, dept) = desk_labels(&req.desk);
-        let active = m.sessions_active.with_label_values(&[level, class_label.as_str(), dept, transport.as_str()]);
-        active.inc();
-        update_capacity(&s);
         let live = Arc::new(LiveSession {
             desk: req.desk.clone(),
             device: device.clone(),
             cert: cert.clone(),
+            asker: admitted.asker.clone(),
+            started: started_unix,
+            max_duration: admitted.limits.max_duration_secs,
+            end_at: std::sync::atomic::AtomicI64::new(
+                admitted.limits.end_at.map_or(0, |e| i64::try_from(e).unwrap_or(i64::MAX)),
+            ),
             end: CancellationToken::new(),
             reason: Mutex::new(None),
+            labels: {
+                let (level, dept) = desk_labels(admitted.desk.as_ref());
+                SessionLabels { user: user.clone(), class: class.to_string(), level, dept, transport }
+            },
         });
         s.live
             .lock()
@@ -889,41 +1141,80 @@ async fn handle_terminal_stream(
             s: &s,
             id: session_id.clone(),
         };
-        // A revocation between the check above and this insert is caught here.
+        let m = &s.metrics;
+        let class_label = class.to_string();
+        let (level, dept) = desk_labels(admitted.desk.as_ref());
+        let active = m.sessions_active.with_label_values(&[level.as_str(), class_label.as_str(), dept.as_str(), transport.as_str()]);
+        active.inc();
+        update_capacity(&s);
+        let counters = Counters::default();
+        // A revocation or a policy change between the checks above and the
+        // insert into the live table is caught here.
         if let Err(reason) = check_cert(&s, &cert) {
             live.end(reason);
         }
-        let counters = Counters::default();
-        let result = tokio::select! {
-            r = splice_counted(&mut io, &mut agent, &counters) => Some(r),
-            _ = live.end.cancelled() => None,
-            _ = s.force.cancelled() => None,
+        let result = if live.end.is_cancelled() {
+            None
+        } else if write_message(&mut io, &accepted).await.is_err() {
+            Some(Err(std::io::Error::other("the laptop left before the session opened")))
+        } else {
+            info!(setup_ms = started.elapsed().as_millis() as u64, rule = ?admitted.rule, end_at = ?admitted.limits.end_at, "Session started");
+            m.session_setup.observe(started.elapsed().as_secs_f64());
+            m.sessions_started.with_label_values(&[class_label.as_str(), transport.as_str()]).inc();
+            let idle = admitted
+                .limits
+                .idle_timeout_secs
+                .filter(|s| *s > 0)
+                .map(|s| Duration::from_secs(u64::from(s)));
+            tokio::select! {
+                r = splice_counted(&mut io, &mut agent, &counters) => Some(r),
+                _ = live.end.cancelled() => None,
+                _ = s.force.cancelled() => None,
+                _ = idle_watch(&counters, idle, &live) => None,
+            }
         };
         let (up, down) = counters.get();
         let secs = started.elapsed().as_secs();
-        let end_reason = match result {
-            Some(Ok(_)) => {
+        let by_gateway = live.reason.lock().expect("reason lock").clone();
+        let end_reason: String = match (result, by_gateway) {
+            (Some(Ok(_)), _) => {
                 info!(bytes_up = up, bytes_down = down, secs, "Session ended");
-                "closed"
+                "closed".into()
             }
-            Some(Err(e)) => {
+            (Some(Err(e)), _) => {
                 info!(error = %e, bytes_up = up, bytes_down = down, secs, "Session ended by a peer");
-                "peer_error"
+                "peer_error".into()
             }
-            None => match *live.reason.lock().expect("reason lock") {
-                Some(reason) => {
-                    info!(reason = reason.code(), bytes_up = up, bytes_down = down, secs, "Session ended by the gateway");
-                    reason.code()
-                }
-                None => {
-                    info!(bytes_up = up, bytes_down = down, secs, "Session ended: gateway shutting down");
-                    Reason::ShuttingDown.code()
-                }
-            },
+            (None, Some(r)) => {
+                info!(reason = %r.code, bytes_up = up, bytes_down = down, secs, "Session ended by the gateway");
+                // Remember why first, then close the stream: the laptop asks why.
+                s.ended.lock().expect("ended lock").insert(session_id.clone(), device.clone(), r.clone());
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                r.code
+            }
+            (None, None) => {
+                info!(bytes_up = up, bytes_down = down, secs, "Session ended: gateway shutting down");
+                s.ended.lock().expect("ended lock").insert(session_id.clone(), device.clone(), Refusal::new(Reason::ShuttingDown));
+                Reason::ShuttingDown.code().into()
+            }
         };
+        if let (Some(store), Some(asker)) = (&s.store, &admitted.asker) {
+            let end = kakehashi_store::SessionEnd {
+                reason: end_reason.clone(),
+                bytes_up: up,
+                bytes_down: down,
+            };
+            let a = kakehashi_store::Audit::new(kakehashi_store::unix_now(), format!("user:{}", asker.user), "session.end")
+                .subject(&session_id)
+                .reason(&end_reason)
+                .detail(serde_json::json!({ "desk": req.desk, "device": device, "bytes_up": up, "bytes_down": down, "secs": secs }));
+            if let Err(e) = store.end_session(&session_id, &end, a).await {
+                warn!(error = %e, "Cannot record the session end");
+            }
+        }
         m.bytes.with_label_values(&["up"]).inc_by(up);
         m.bytes.with_label_values(&["down"]).inc_by(down);
-        m.sessions_ended.with_label_values(&[end_reason]).inc();
+        m.sessions_ended.with_label_values(&[denial_label_or(&end_reason)]).inc();
         active.dec();
         drop(permit);
         update_capacity(&s);
@@ -1312,15 +1603,36 @@ async fn record_filter_report(s: &Shared, desk: &str, r: FilterReport) {
     .await;
 }
 
-/// Confidentiality level and department labels of a desk, for metrics.
-/// Desks are not in a store yet: "unknown" until the policy work lands.
-fn desk_labels(_desk: &str) -> (&'static str, &'static str) {
-    ("unknown", "unknown")
+/// Confidentiality level and department labels of a desk, for metrics
+/// (bounded: three levels, the municipality's departments). A bare test
+/// relay knows neither: "unknown".
+fn desk_labels(d: Option<&crate::admission::DeskFacts>) -> (String, String) {
+    match d {
+        Some(d) => (d.level.to_string(), d.department.clone()),
+        None => ("unknown".into(), "unknown".into()),
+    }
 }
 
-/// A bounded label for a refusal code that came from an agent.
+/// A bounded label for a session end reason.
+fn denial_label_or(code: &str) -> &'static str {
+    match code {
+        "closed" => "closed",
+        "peer_error" => "peer_error",
+        c => Reason::from_code(c)
+            .map(Reason::code)
+            .or_else(|| {
+                kakehashi_policy::ReasonCode::ALL
+                    .iter()
+                    .find(|r| r.code() == c)
+                    .map(|r| r.code())
+            })
+            .unwrap_or("other"),
+    }
+}
+
+/// A bounded label for a refusal code (from the gateway, the policy or an agent).
 fn denial_label(code: &str) -> &'static str {
-    Reason::from_code(code).map(Reason::code).unwrap_or("other")
+    denial_label_or(code)
 }
 
 fn update_capacity(s: &Shared) {
@@ -1410,6 +1722,7 @@ async fn login_frame(
                 .await
             {
                 Ok(res) => {
+                    s.metrics.logins.inc();
                     let _ = write_message(&mut io, &res).await;
                     let _ = io.shutdown().await;
                 }
@@ -1457,3 +1770,382 @@ async fn audit_event(
         }
     }
 }
+
+/// What the policy allowed for one session.
+struct Admitted {
+    controls: kakehashi_proto::Controls,
+    limits: kakehashi_policy::Limits,
+    rule: Option<String>,
+    /// `None` on a bare test relay.
+    asker: Option<crate::admission::Asker>,
+    desk: Option<crate::admission::DeskFacts>,
+}
+
+/// Decide a session request: the live policy on the store's current facts.
+/// Fails closed: no store or no person means no session.
+async fn admit(
+    s: &Shared,
+    req: &SessionRequest,
+    device: &str,
+    class: kakehashi_pki::TerminalClass,
+    login: Option<&crate::login::LoggedIn>,
+) -> Result<Admitted, (Refusal, Option<String>)> {
+    use crate::admission::{Asker, Outcome, STEP_UP_WINDOW_SECS};
+    if s.cfg.relay_without_policy {
+        return Ok(Admitted {
+            controls: s.cfg.testing_controls.unwrap_or_default(),
+            limits: kakehashi_policy::Limits::default(),
+            rule: None,
+            asker: None,
+            desk: None,
+        });
+    }
+    let (Some(store), Some(holder)) = (&s.store, &s.policy) else {
+        return Err((Refusal::new(Reason::PolicyUnavailable), None));
+    };
+    let Some(login) = login else {
+        return Err((Refusal::new(Reason::LoginRequired), None));
+    };
+    let token = req
+        .token
+        .as_ref()
+        .map(|t| *kakehashi_store::Hash256::digest(t.expose()).as_bytes())
+        .ok_or((Refusal::new(Reason::LoginRequired), None))?;
+    let now = kakehashi_store::unix_now();
+    let fresh = now.saturating_sub(login.login_at) <= STEP_UP_WINDOW_SECS
+        && !s
+            .step_ups
+            .lock()
+            .expect("step-up lock")
+            .contains_key(&token);
+    let asker = Asker {
+        user: login.user.clone(),
+        login_at: login.login_at,
+        device: device.to_string(),
+        class: crate::admission::class_of(class),
+        desk: req.desk.clone(),
+        step_up: fresh,
+    };
+    let loaded = holder.get();
+    match crate::admission::decide(
+        store,
+        &asker,
+        &loaded.policy,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    {
+        Outcome::Allow {
+            rule,
+            controls,
+            limits,
+            desk,
+        } => {
+            if limits.step_up_required {
+                // One fresh login, one level-3 session.
+                let mut used = s.step_ups.lock().expect("step-up lock");
+                used.retain(|_, at| now.saturating_sub(*at) <= STEP_UP_WINDOW_SECS);
+                if used.insert(token, login.login_at).is_some() {
+                    let d = kakehashi_policy::ReasonCode::StepUpRequired;
+                    return Err((
+                        Refusal {
+                            code: d.code().into(),
+                            ja: d.ja().into(),
+                            en: d.en().into(),
+                            detail: Some(format!("rule {rule}")),
+                        },
+                        Some(rule),
+                    ));
+                }
+            }
+            Ok(Admitted {
+                controls,
+                limits,
+                rule: Some(rule),
+                asker: Some(asker),
+                desk: Some(desk),
+            })
+        }
+        Outcome::Deny { refusal, rule } => Err((refusal, rule)),
+    }
+}
+
+/// A laptop asks why one of its sessions ended.
+async fn answer_end_query(s: &Shared, mut io: BoxIo, f: &kakehashi_proto::Frame, device: &str) {
+    use kakehashi_proto::message::{SessionEndQuery, SessionEndReport};
+    let Ok(q) = SessionEndQuery::from_frame(f) else {
+        return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
+    };
+    // Only the laptop that held the session learns anything about it.
+    let reason = s
+        .ended
+        .lock()
+        .expect("ended lock")
+        .by_id
+        .get(&q.session_id)
+        .filter(|(d, _)| d == device)
+        .map(|(_, r)| r.clone());
+    let report = SessionEndReport {
+        session_id: q.session_id,
+        reason,
+    };
+    let _ = write_message(&mut io, &report).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), io.shutdown()).await;
+}
+
+/// After a crash, sessions recorded as started were never recorded as
+/// ended: close them now, so reports and the dashboard stay true.
+async fn close_orphaned_sessions(store: &kakehashi_store::Store) {
+    let open = match store.open_sessions().await {
+        Ok(v) => v,
+        Err(e) => return warn!(error = %e, "Cannot read open sessions"),
+    };
+    for rec in open {
+        let end = kakehashi_store::SessionEnd {
+            reason: "gateway_restart".into(),
+            bytes_up: 0,
+            bytes_down: 0,
+        };
+        let a = kakehashi_store::Audit::new(kakehashi_store::unix_now(), "gateway", "session.end")
+            .subject(&rec.id)
+            .reason("gateway_restart")
+            .detail(serde_json::json!({ "desk": rec.desk_id, "device": rec.device_id }));
+        if let Err(e) = store.end_session(&rec.id, &end, a).await {
+            warn!(session = %rec.id, error = %e, "Cannot close an orphaned session");
+        }
+    }
+}
+
+/// Audit actions that can change a live session's decision.
+fn affects_sessions(action: &str) -> bool {
+    ["policy.", "device.", "desk.", "plan.", "bcp.", "user."]
+        .iter()
+        .any(|p| action.starts_with(p))
+}
+
+/// Live re-evaluation. The audit log is the change feed: every change to
+/// users, devices, desks, plans, BCP declarations and the policy is written
+/// with its audit record in one transaction, by this gateway, another one
+/// of the cluster or the admin CLI. Every `[policy] watch_ms` the new
+/// records are read; if any can change a decision, every live session is
+/// re-decided, and those no longer allowed end with the reason. Sessions
+/// reaching their end time are re-decided as well (hours, plan window, BCP
+/// end, MFA age, maximum duration).
+async fn watch_changes(s: Arc<Shared>) {
+    let (Some(store), Some(holder)) = (&s.store, &s.policy) else {
+        return;
+    };
+    let mut seen = match store.audit_head().await {
+        Ok((seq, _)) => seq,
+        Err(e) => {
+            warn!(error = %e, "Cannot read the audit log head; live re-evaluation off");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(s.cfg.policy_watch);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A change not yet applied to the live sessions (kept across a failed pass).
+    let mut dirty = false;
+    loop {
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut changed = false;
+        let mut policy_changed = false;
+        loop {
+            let page = match store.audit_page(seen, 1000).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "Cannot read the audit log");
+                    break;
+                }
+            };
+            for r in &page {
+                seen = seen.max(r.seq);
+                if affects_sessions(&r.action) {
+                    changed = true;
+                    policy_changed |= r.action.starts_with("policy.");
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        if policy_changed {
+            match store.current_policy().await {
+                Ok(Some(doc)) => match crate::admission::parse_policy(&doc.text) {
+                    Ok(policy) => {
+                        if holder.replace(crate::admission::Loaded {
+                            policy,
+                            version: doc.version,
+                        }) {
+                            info!(version = doc.version, author = %doc.author, "New access policy in force");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(version = doc.version, error = %format!("{e:#}"), "Stored policy does not parse; keeping the one in force")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "Cannot read the policy"),
+            }
+        }
+        dirty |= changed;
+        let changed = dirty;
+        let now = kakehashi_store::unix_now();
+        let live: Vec<(String, Arc<LiveSession>)> = {
+            let live = s.live.lock().expect("live lock");
+            live.iter()
+                .filter(|(_, l)| l.asker.is_some())
+                .filter(|(_, l)| {
+                    let end = l.end_at.load(Ordering::Relaxed);
+                    changed || (end != 0 && end <= now)
+                })
+                .map(|(id, l)| (id.clone(), l.clone()))
+                .collect()
+        };
+        if live.is_empty() {
+            dirty = false;
+            continue;
+        }
+        let loaded = holder.get();
+        let started = Instant::now();
+        let at = time::OffsetDateTime::now_utc();
+        // One bulk read, then a pure decision per session.
+        let snapshot = match crate::admission::Snapshot::load(store, &loaded.policy, at).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "Cannot read the store to re-decide live sessions; retrying");
+                continue;
+            }
+        };
+        dirty = false;
+        let mut ended = 0usize;
+        for (id, l) in &live {
+            let Some(asker) = &l.asker else { continue };
+            let outcome = snapshot.decide(asker, &loaded.policy, at);
+            let refusal = match outcome {
+                crate::admission::Outcome::Deny { refusal, .. } => Some(refusal),
+                crate::admission::Outcome::Allow { limits, .. } => {
+                    let by_duration = l.max_duration.map(|d| {
+                        l.started
+                            .saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
+                    });
+                    let end = [
+                        limits.end_at.map(|e| i64::try_from(e).unwrap_or(i64::MAX)),
+                        by_duration,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                    match end {
+                        Some(e) if e <= kakehashi_store::unix_now() => {
+                            Some(Refusal::new(Reason::SessionTimeLimit))
+                        }
+                        e => {
+                            l.end_at.store(e.unwrap_or(0), Ordering::Relaxed);
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(r) = refusal {
+                info!(session = %id, desk = %l.desk, device = %l.device, reason = %r.code, "Ending a session the policy no longer allows");
+                l.end_with(r);
+                ended += 1;
+            }
+        }
+        debug!(
+            checked = live.len(),
+            ended,
+            ms = started.elapsed().as_millis() as u64,
+            "Live sessions re-decided"
+        );
+    }
+}
+
+/// Ends the session with `session_idle` when the laptop sends nothing for
+/// `idle` (the deciding rule's idle timeout); never returns without one.
+/// Input is what counts: a desk repainting its screen is not activity.
+async fn idle_watch(counters: &Counters, idle: Option<Duration>, live: &LiveSession) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let step = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut last = counters.get().0;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(step).await;
+        let now = counters.get().0;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= idle {
+            live.end(Reason::SessionIdle);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn live() -> LiveSession {
+        LiveSession {
+            desk: "D".into(),
+            device: "L".into(),
+            cert: Arc::new(rustls::pki_types::CertificateDer::from(vec![0u8])),
+            asker: None,
+            labels: SessionLabels {
+                user: None,
+                class: "home".into(),
+                level: "1".into(),
+                dept: "d".into(),
+                transport: Transport::Quic,
+            },
+            started: 0,
+            max_duration: None,
+            end_at: std::sync::atomic::AtomicI64::new(0),
+            end: CancellationToken::new(),
+            reason: Mutex::new(None),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_end_and_typing_keeps_them_open() {
+        let c = Counters::default();
+        let l = live();
+        // Input every 50 ms keeps a 300 ms idle timeout from firing…
+        let typing = async {
+            for _ in 0..12 {
+                c.a_to_b.fetch_add(10, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            _ = typing => {}
+            _ = idle_watch(&c, Some(Duration::from_millis(300)), &l) => panic!("ended while typing"),
+        }
+        assert!(!l.end.is_cancelled());
+        // …then silence ends it with session_idle, even with screen updates.
+        let screen = async {
+            loop {
+                c.b_to_a.fetch_add(1000, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            _ = screen => unreachable!(),
+            _ = idle_watch(&c, Some(Duration::from_millis(300)), &l) => {}
+        }
+        assert!(l.end.is_cancelled());
+        assert_eq!(l.reason.lock().unwrap().as_ref().unwrap().code, "session_idle");
+        // No idle timeout: never fires.
+        let r = tokio::time::timeout(Duration::from_millis(200), idle_watch(&c, None, &live())).await;
+        assert!(r.is_err());
+    }
+}
+

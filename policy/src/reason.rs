@@ -98,7 +98,7 @@ impl ReasonCode {
             ReasonCode::PlanOutsideWindow => "現在の時刻は承認された在宅勤務計画の時間外です。",
             ReasonCode::MfaRequired => "多要素認証によるログインが必要です。",
             ReasonCode::MfaTooOld => "ログインから時間が経過しています。もう一度ログインしてください。",
-            ReasonCode::StepUpRequired => "機密性レベル3のデスクPCへの接続には、接続ごとのセキュリティキー等による再認証が必要です。",
+            ReasonCode::StepUpRequired => "機密性レベル3のデスクPCへの接続には、接続ごとのセキュリティキー等による再認証が必要です。`kakehashi login` をもう一度実行し、5分以内に接続してください。",
         }
     }
 
@@ -119,7 +119,7 @@ impl ReasonCode {
             ReasonCode::PlanOutsideWindow => "The current time is outside the hours of your approved telework plan.",
             ReasonCode::MfaRequired => "A multi-factor login is required.",
             ReasonCode::MfaTooOld => "Your login is too old. Please log in again.",
-            ReasonCode::StepUpRequired => "Level-3 desks need a fresh security-key (WebAuthn) confirmation for each session.",
+            ReasonCode::StepUpRequired => "Level-3 desks need a fresh security-key (WebAuthn) confirmation for each session. Run `kakehashi login` again and connect within 5 minutes.",
         }
     }
 

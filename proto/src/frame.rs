@@ -34,6 +34,11 @@ pub enum FrameKind {
     Logout = 0x15,
     /// Gateway → terminal: the token is revoked. Empty payload.
     LoggedOut = 0x16,
+    /// Terminal → gateway: why did this session of mine end?
+    /// ([`crate::message::SessionEndQuery`]).
+    SessionEndQuery = 0x17,
+    /// Gateway → terminal: how the session ended ([`crate::message::SessionEndReport`]).
+    SessionEndReport = 0x18,
     /// Gateway → agent: a signed session ticket ([`crate::ticket`]).
     Ticket = 0x20,
     /// Agent → gateway: the ticket is valid and the desk is connected; raw bytes follow.
@@ -64,6 +69,8 @@ impl FrameKind {
             0x14 => Self::LoginResult,
             0x15 => Self::Logout,
             0x16 => Self::LoggedOut,
+            0x17 => Self::SessionEndQuery,
+            0x18 => Self::SessionEndReport,
             0x20 => Self::Ticket,
             0x21 => Self::TicketAccepted,
             0x22 => Self::FilterReport,
@@ -234,7 +241,7 @@ mod tests {
         }
 
         #[test]
-        fn encode_decode_round_trips(kind in prop::sample::select(vec![0x01u8,0x02,0x10,0x11,0x12,0x13,0x14,0x15,0x16,0x20,0x21,0x22,0x30,0x31,0x32,0x33]),
+        fn encode_decode_round_trips(kind in prop::sample::select(vec![0x01u8,0x02,0x10,0x11,0x12,0x13,0x14,0x15,0x16,0x17,0x18,0x20,0x21,0x22,0x30,0x31,0x32,0x33]),
                                      payload in proptest::collection::vec(any::<u8>(), 0..512)) {
             let kind = FrameKind::from_u8(kind).unwrap();
             let bytes = encode(kind, &payload).unwrap();

@@ -190,6 +190,41 @@ impl Message for SessionAccepted {
     }
 }
 
+/// Terminal → gateway, on a fresh stream after a session stream ended:
+/// did the gateway end it, and why? Only the laptop that held the session
+/// gets an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEndQuery {
+    /// The session id from [`SessionAccepted`].
+    pub session_id: String,
+}
+
+impl Message for SessionEndQuery {
+    const KIND: FrameKind = FrameKind::SessionEndQuery;
+    fn validate(&self) -> Result<(), String> {
+        check_id("session", &self.session_id)
+    }
+}
+
+/// Gateway → terminal: the answer to [`SessionEndQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEndReport {
+    /// The session asked about.
+    pub session_id: String,
+    /// Why the gateway ended it (policy change, device blocked, time limit,
+    /// operator…); `None` when it ended because a peer closed it, or the
+    /// gateway does not remember it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<crate::reason::Refusal>,
+}
+
+impl Message for SessionEndReport {
+    const KIND: FrameKind = FrameKind::SessionEndReport;
+    fn validate(&self) -> Result<(), String> {
+        check_id("session", &self.session_id)
+    }
+}
+
 /// Agent → gateway, first frame of a tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentHello {

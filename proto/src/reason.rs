@@ -67,6 +67,16 @@ pub enum Reason {
     /// security the desk agent cannot inspect (standard RDP security, an
     /// unknown protocol), so it was refused.
     RdpUninspectable,
+    /// The desk id is not registered at the gateway.
+    DeskUnknown,
+    /// The gateway cannot evaluate the access policy (no store configured).
+    PolicyUnavailable,
+    /// The session reached its maximum duration.
+    SessionTimeLimit,
+    /// An operator ended the session.
+    EndedByOperator,
+    /// The session had no input from the laptop for the idle timeout of its rule.
+    SessionIdle,
 }
 
 impl Reason {
@@ -99,6 +109,11 @@ impl Reason {
         Reason::LockedOut,
         Reason::GatewayUnreachable,
         Reason::RdpUninspectable,
+        Reason::DeskUnknown,
+        Reason::PolicyUnavailable,
+        Reason::SessionTimeLimit,
+        Reason::EndedByOperator,
+        Reason::SessionIdle,
     ];
 
     /// The stable code.
@@ -131,6 +146,11 @@ impl Reason {
             Reason::LockedOut => "locked_out",
             Reason::GatewayUnreachable => "gateway_unreachable",
             Reason::RdpUninspectable => "rdp_uninspectable",
+            Reason::DeskUnknown => "desk_unknown",
+            Reason::PolicyUnavailable => "policy_unavailable",
+            Reason::SessionTimeLimit => "session_time_limit",
+            Reason::EndedByOperator => "ended_by_operator",
+            Reason::SessionIdle => "session_idle",
         }
     }
 
@@ -164,6 +184,11 @@ impl Reason {
             Reason::LockedOut => "失敗が続いたため、一定時間ログインできません。しばらくしてから再度お試しください。",
             Reason::GatewayUnreachable => "ゲートウェイに接続できません。ネットワーク接続を確認してください。",
             Reason::RdpUninspectable => "この接続ではリモートデスクトップの通信内容を検査できないため、接続を拒否しました(標準RDPセキュリティは使用できません)。RDPクライアントのセキュリティ設定をTLSまたはNLAにしてください。",
+            Reason::DeskUnknown => "指定されたデスクPCはゲートウェイに登録されていません。デスクIDを確認してください。",
+            Reason::PolicyUnavailable => "アクセス制御ポリシーを評価できないため、接続を拒否しました。管理者に連絡してください。",
+            Reason::SessionTimeLimit => "接続時間の上限に達したため、セッションを終了しました。",
+            Reason::EndedByOperator => "運用担当者がセッションを終了しました。",
+            Reason::SessionIdle => "一定時間操作がなかったため、セッションを終了しました。",
         }
     }
 
@@ -197,6 +222,11 @@ impl Reason {
             Reason::LockedOut => "Too many failed attempts. Please wait and try again later.",
             Reason::GatewayUnreachable => "The gateway cannot be reached. Check the network connection.",
             Reason::RdpUninspectable => "The connection was refused because its remote desktop traffic cannot be inspected (standard RDP security is not allowed). Set the RDP client to TLS or NLA security.",
+            Reason::DeskUnknown => "The desk is not registered at the gateway. Check the desk id.",
+            Reason::PolicyUnavailable => "The access policy cannot be evaluated, so the connection was refused. Contact your administrator.",
+            Reason::SessionTimeLimit => "The session reached its time limit and was ended.",
+            Reason::EndedByOperator => "An operator ended the session.",
+            Reason::SessionIdle => "The session was ended after a period without input.",
         }
     }
 

@@ -65,7 +65,9 @@ port_free() { [ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
 pick_port() {
     local p i
     for i in $(seq 1 200); do
-        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        # Below Linux's ephemeral range (32768-60999): a port picked there can be
+        # taken by any outgoing connection of a parallel test before we bind it.
+        p=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))
         port_free "$p" && { echo "$p"; return 0; }
     done
     return 1

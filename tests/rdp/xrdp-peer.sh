@@ -45,7 +45,8 @@ cmd_install() {
 pick_port() {
     local p i
     for i in $(seq 1 200); do
-        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        # Below the ephemeral range (32768-60999), as in rdp-peers.sh.
+        p=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))
         [ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ] && { echo "$p"; return 0; }
     done
     return 1

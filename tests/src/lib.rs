@@ -301,8 +301,12 @@ pub struct GatewayOpts {
     pub terminal_max_connections: Option<usize>,
     /// `[identity]`/`[store]`/`[portal]` sections; default: no login required.
     pub identity: Option<String>,
-    /// Session controls for every ticket (`[testing] controls = …`, a TOML inline
-    /// table such as `{ clipboard = "both" }`); default: deny all.
+    /// Run with `--log-json` (logs and the `listening` lines as JSON).
+    pub log_json: bool,
+    /// Session controls for every ticket of a bare relay (no `identity`:
+    /// `[testing] controls = …`, a TOML inline table such as
+    /// `{ clipboard = "both" }`); default: deny all. With a store the policy
+    /// decides.
     pub controls: Option<String>,
 }
 
@@ -312,6 +316,8 @@ pub struct GatewayProc {
     pub proc: Proc,
     /// Its listeners.
     pub addrs: GatewayAddrs,
+    /// Its configuration file (for `kakehashi-gateway admin --config …`).
+    pub config: PathBuf,
 }
 
 /// Start a gateway for `pki`.
@@ -363,25 +369,37 @@ listen = "{admin}"
             .identity
             .clone()
             .unwrap_or_else(|| "[identity]\nrequire_login = false\n".into()),
-        testing = opts
-            .controls
-            .as_ref()
-            .map(|c| format!("[testing]\ncontrols = {c}\n"))
-            .unwrap_or_default(),
+        // No store: a bare relay (no users, desks or policy) for transport tests.
+        testing = match (&opts.identity, &opts.controls) {
+            (Some(_), _) => String::new(),
+            (None, Some(c)) => format!("[testing]\nrelay_without_policy = true\ncontrols = {c}\n"),
+            (None, None) => "[testing]\nrelay_without_policy = true\n".into(),
+        },
     );
     let n = unique();
     let path = pki.path().join(format!("gateway-{n}.toml"));
     std::fs::write(&path, cfg).unwrap();
+    let mut args = vec!["run", "--config", path.to_str().unwrap()];
+    if opts.log_json {
+        args.insert(0, "--log-json");
+    }
     let mut proc = Proc::spawn(
         &bin("kakehashi-gateway"),
-        &["run", "--config", path.to_str().unwrap()],
+        &args,
         pki.path().join(format!("gateway-{n}.log")),
         &[],
     );
+    let log_json = opts.log_json;
     let mut get = async |what: &str| -> SocketAddr {
-        proc.wait_line(&format!("listening {what} "), Duration::from_secs(20))
+        let prefix = if log_json {
+            format!(r#"{{"listening":"{what}","address":""#)
+        } else {
+            format!("listening {what} ")
+        };
+        proc.wait_line(&prefix, Duration::from_secs(20))
             .await
             .unwrap()
+            .trim_end_matches("\"}")
             .parse()
             .unwrap()
     };
@@ -392,6 +410,7 @@ listen = "{admin}"
     let admin = get("admin").await;
     GatewayProc {
         proc,
+        config: path,
         addrs: GatewayAddrs {
             terminal_quic,
             terminal_tcp,
@@ -705,10 +724,79 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A policy that allows every level from every terminal class at any hour
+/// with deny-all controls: for tests about logins and transport, not about
+/// the policy (those use the shipped default, `store_sections`).
+pub const OPEN_POLICY: &str = r#"version = 1
+timezone = "+09:00"
+[[rules]]
+id = "open"
+description = "tests: everything, always"
+levels = [1, 2, 3]
+classes = ["home", "mobile", "satellite"]
+effect = "allow"
+hours = "always"
+"#;
+
 /// `[store]` and `[identity]` sections that require logins, with the store
-/// in `db` (the test opens the same SQLite file to seed users and codes).
+/// in `db` (the test opens the same SQLite file to seed users and codes),
+/// and [`OPEN_POLICY`] (written next to `db`). Desks must still be
+/// registered with their owners ([`add_desk`]).
 pub fn login_sections(db: &Path) -> String {
-    format!("[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = true\nmax_failures = 3\nlockout_secs = 2\n", db.display())
+    let policy = db.with_extension("open-policy.toml");
+    std::fs::write(&policy, OPEN_POLICY).unwrap();
+    format!("{}file = \"{}\"\n", store_sections(db), policy.display())
+}
+
+/// `[store]` and `[identity]` sections that require logins; the gateway
+/// starts with the shipped default policy. Ends inside `[policy]`
+/// (`watch_ms = 100`), so a caller may append policy lines.
+pub fn store_sections(db: &Path) -> String {
+    format!("[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = true\nmax_failures = 3\nlockout_secs = 2\n[policy]\nwatch_ms = 100\n", db.display())
+}
+
+/// Add a staff user in department `somu` (if missing).
+pub async fn add_user(store: &kakehashi_store::Store, id: &str) {
+    use kakehashi_store::{Audit, NewUser, Role};
+    if store.get_user(id).await.unwrap().is_some() {
+        return;
+    }
+    let u = NewUser {
+        id: id.into(),
+        name: format!("Test {id}"),
+        department: "somu".into(),
+        roles: [Role::Staff].into_iter().collect(),
+    };
+    store
+        .add_user(
+            &u,
+            Audit::new(kakehashi_store::unix_now(), "test", "user.add"),
+        )
+        .await
+        .unwrap();
+}
+
+/// Register a desk (department `somu`, segment `lgwan`) owned by `owners`
+/// (added as users if missing).
+pub async fn add_desk(store: &kakehashi_store::Store, id: &str, level: u8, owners: &[&str]) {
+    use kakehashi_store::{Audit, Desk, Segment};
+    let d = Desk {
+        id: id.into(),
+        department: "somu".into(),
+        level,
+        segment: Segment::Lgwan,
+        owners: owners.iter().map(|o| o.to_string()).collect(),
+    };
+    for o in owners {
+        add_user(store, o).await;
+    }
+    store
+        .add_desk(
+            &d,
+            Audit::new(kakehashi_store::unix_now(), "test", "desk.add").subject(id),
+        )
+        .await
+        .unwrap();
 }
 
 /// A one-time login code and PKCE pair as the portal would create it.
@@ -753,4 +841,66 @@ pub async fn seed_login(store: &kakehashi_store::Store, user: &str) -> LoginSeed
         .await
         .unwrap();
     LoginSeed { code, verifier }
+}
+
+/// Log `user` in on laptop `dev` as `kakehashi login` would after WebAuthn:
+/// a seeded one-time code redeemed over the laptop's own mutual-TLS
+/// connection. Returns the token (bound to `dev`'s certificate).
+pub async fn redeem_login(
+    pki: &Pki,
+    dev: &CertFiles,
+    terminal_tcp: SocketAddr,
+    store: &kakehashi_store::Store,
+    user: &str,
+) -> String {
+    use kakehashi_proto::io::{read_frame, write_message};
+    use kakehashi_proto::message::{LoginResult, Message, RedeemLogin, Secret};
+    let seed = seed_login(store, user).await;
+    let mut s = raw_tls(pki, dev, terminal_tcp, kakehashi_proto::ALPN_TERMINAL)
+        .await
+        .unwrap();
+    let m = RedeemLogin {
+        code: Secret(seed.code),
+        code_verifier: Secret(seed.verifier),
+    };
+    write_message(&mut s, &m).await.unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
+        .await
+        .unwrap()
+        .unwrap();
+    LoginResult::from_frame(&f)
+        .unwrap_or_else(|e| {
+            panic!(
+                "login of {user} refused: {e} {:?}",
+                kakehashi_proto::Refusal::from_frame(&f)
+            )
+        })
+        .token
+        .expose()
+        .to_string()
+}
+
+/// A client config for `dev` with its own token file holding `token`.
+pub fn client_config_logged_in(
+    pki: &Pki,
+    dev: &CertFiles,
+    gw: &GatewayAddrs,
+    user: &str,
+    token: &str,
+) -> PathBuf {
+    let cfg = client_config(pki, dev, gw.terminal_tcp, gw.terminal_quic);
+    let token_file = cfg.with_extension("token.json");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[login]\ntoken_file = \"{}\"\n",
+        token_file.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let t = serde_json::json!({
+        "user": user,
+        "token": token,
+        "expires_at": kakehashi_transport::unix_now() + 3600,
+    });
+    std::fs::write(&token_file, serde_json::to_vec(&t).unwrap()).unwrap();
+    cfg
 }

@@ -3,11 +3,16 @@
 
 mod e2e {
     pub mod admin;
+    pub mod browser;
     pub mod certs;
     pub mod demo;
     pub mod login;
     pub mod malformed;
     pub mod metrics;
+    pub mod officer;
+    pub mod ops;
+    pub mod ops_dashboard;
+    pub mod policy;
     pub mod rdp;
     pub mod rdp_filter;
     pub mod relay;

@@ -313,6 +313,20 @@ impl Store {
             .await?))
     }
 
+    /// Every plan dated `date` (`YYYY-MM-DD`) or later, by user and date:
+    /// one query for the gateway's re-evaluation of all live sessions.
+    pub async fn plans_since(&self, date: &str) -> Result<Vec<Plan>> {
+        validate_date("plan date", date)?;
+        const SQL: &str =
+            "SELECT id, user_id, day, start_min, end_min, place, status, submitted_at, \
+             decided_by, decided_at FROM telework_plans WHERE day >= $1 \
+             ORDER BY user_id, day DESC, start_min, id";
+        Ok(read!(self, |p| sqlx::query_as(SQL)
+            .bind(date)
+            .fetch_all(p)
+            .await?))
+    }
+
     /// A user's approved plans for one date, by start time.
     pub async fn find_approved_plans(&self, user_id: &str, date: &str) -> Result<Vec<Plan>> {
         const SQL: &str =

@@ -83,6 +83,7 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
     )
     .await;
     let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    add_desk(&store, "DESK-L", 1, &["u-tanaka", "u-suzuki", "u-sato"]).await;
     let desk = echo_server().await;
     let _agent = start_agent(&mut pki, "DESK-L", &gw.addrs, desk, "quic");
     let a = pki.device("LAPTOP-A", TerminalClass::Home);

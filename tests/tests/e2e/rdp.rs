@@ -125,9 +125,30 @@ pub(crate) fn rdp_server_cert_named(pki: &mut Pki, name: &str) -> CertFiles {
     )
 }
 
-/// The shadow server with the given certificate and key.
+/// The shadow server with the given certificate and key. The port is picked
+/// free and then bound by the server: if a parallel test takes it in
+/// between, try again on another.
 pub(crate) async fn start_rdp_server_with(pki: &Pki, tls: &CertFiles) -> (Proc, SocketAddr) {
-    let dir = pki.path().join(format!("rdp-server-{}", tls.serial));
+    for attempt in 1..=3 {
+        match try_start_rdp_server(pki, tls, attempt).await {
+            Ok(s) => return s,
+            Err(e) if attempt < 3 && e.contains("Problem creating TCP listener") => {
+                eprintln!("RDP server port taken, retrying: {e}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    unreachable!()
+}
+
+async fn try_start_rdp_server(
+    pki: &Pki,
+    tls: &CertFiles,
+    attempt: u32,
+) -> Result<(Proc, SocketAddr), String> {
+    let dir = pki
+        .path()
+        .join(format!("rdp-server-{}-{attempt}", tls.serial));
     let mut server = Proc::spawn(
         &script(),
         &[
@@ -145,13 +166,14 @@ pub(crate) async fn start_rdp_server_with(pki: &Pki, tls: &CertFiles) -> (Proc, 
             "--password",
             PASSWORD,
         ],
-        pki.path().join(format!("rdp-server-{}.log", tls.serial)),
+        pki.path()
+            .join(format!("rdp-server-{}-{attempt}.log", tls.serial)),
         &[("WLOG_LEVEL", "DEBUG")],
     );
     let head = server
         .wait_line("RDP_PEERS_SERVER ", Duration::from_secs(20))
         .await
-        .unwrap();
+        .map_err(|e| format!("{e:#}"))?;
     let port: u16 = head
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("port="))
@@ -160,9 +182,11 @@ pub(crate) async fn start_rdp_server_with(pki: &Pki, tls: &CertFiles) -> (Proc, 
     let listening = format!("Listening on [127.0.0.1]:{port}");
     if let Err(e) = wait_lines(&server, &listening, 0, Duration::from_secs(20)).await {
         let xvfb = std::fs::read_to_string(dir.join("xvfb.log")).unwrap_or_default();
-        panic!("RDP server did not start: {e:#}\nxvfb.log:\n{xvfb}");
+        return Err(format!(
+            "RDP server did not start: {e:#}\nxvfb.log:\n{xvfb}"
+        ));
     }
-    (server, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    Ok((server, SocketAddr::from((Ipv4Addr::LOCALHOST, port))))
 }
 
 /// Run the client script against `listen`; returns its exit code and its

@@ -1,8 +1,8 @@
 //! The RDP channel filter with real peers: `xfreerdp` → `kakehashi connect` →
 //! gateway → agent with `[rdp]` (TLS terminated with the RDP server's own
 //! certificate and key, the server pinned to it) → `freerdp-shadow-cli` on
-//! Xvfb with NLA. Ticket controls come from the gateway's temporary
-//! `[testing] controls`.
+//! Xvfb with NLA. Ticket controls come from the bare-relay test knob
+//! `[testing] controls` (the policy engine has its own tests).
 //!
 //! Evidence (FreeRDP 2 at `WLOG_LEVEL=DEBUG`, see `rdp.rs` for the rest):
 //! - server stdout, per session past MCS connect: `… - Accepted channels:` then one
@@ -366,7 +366,7 @@ async fn rdp_filter_standard_security_passes_only_with_allow_all() {
                 controls: allow.then(|| ALLOW_ALL.to_string()),
                 identity: (!allow).then(|| {
                     format!(
-                        "[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = false\n",
+                        "[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = false\n[testing]\nrelay_without_policy = true\n",
                         db.display()
                     )
                 }),
