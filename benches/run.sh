@@ -10,7 +10,8 @@
 # the command of each row is appended to benches/RESULTS.md unless
 # --no-record. --quick: reduced sizes, under a minute of measuring on an
 # idle machine; its numbers are for smoke-testing, not for the record of a
-# target.
+# target. BENCH_P2_SIZES="5000" sets P2's sizes of a full run (largest
+# first); BENCH_NO_BUILD=1 skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -109,7 +110,7 @@ if [ $QUICK = 1 ]; then
   P1_FLOOR=(); SECS=0.3; RR=2000; HS_SECS=0.4; IDLE_SIZES=100; IDLE_SETTLE=0.3
   P5_SIZES=300; P5_SECS=3; P6_SIZES=210; P6_STORM_SECS=3; P6_SECS=2; P7_SIZES=300
 else
-  P1_FLOOR=("${FLOOR[@]}"); SECS=3; RR=5000; HS_SECS=3; IDLE_SIZES="20000 10000 5000"; IDLE_SETTLE=3
+  P1_FLOOR=("${FLOOR[@]}"); SECS=3; RR=5000; HS_SECS=3; IDLE_SIZES="${BENCH_P2_SIZES:-20000 10000 5000}"; IDLE_SETTLE=3
   P5_SIZES="20000 10000 5000 2000"; P5_SECS=60; P6_SIZES="15000 7500 3000"; P6_STORM_SECS=60; P6_SECS=20
   P7_SIZES="20000 10000 5000"
 fi
@@ -136,7 +137,8 @@ scaled() {
   done
   return 1
 }
-p2_args() { echo idle --sessions "$1" --settle $IDLE_SETTLE --pairs 5 --rathole "$RATHOLE" --rathole-p12 "$OUT/rathole.p12"; }
+P2_T=quic
+p2_args() { echo idle --transport $P2_T --sessions "$1" --settle $IDLE_SETTLE --pairs 5 --rathole "$RATHOLE" --rathole-p12 "$OUT/rathole.p12"; }
 p5_args() { echo sessions --sessions "$1" --duration $P5_SECS; }
 p6_args() { echo sessions --sessions "$1" --storm $(( $1 / 3 )) --storm-secs $P6_STORM_SECS --duration $P6_SECS; }
 p7_args() { echo sessions --sessions 0 --agents "$1" --duration 1 --restart; }
@@ -151,11 +153,14 @@ P1)
       "$(ratio $J)" "≥ 1.0×" "benches/run.sh --rows P1 → kakehashi-loadgen bulk --streams $s --secs $SECS --pairs 5"
   done ;;
 P2)
-  J=$(scaled P2 "$IDLE_SIZES" p2_args) || continue
-  row P2 "idle sessions, QUIC, N=$(fmt .sessions $J) (a laptop and an agent each)" \
-    "$(fmt '.median_incremental*10|floor/10' $J) KiB/session over live tunnels; $(fmt '.median_total*10|floor/10' $J) KiB with the agent's tunnel" \
-    "rathole $(fmt '.median_rathole*10|floor/10' $J) KiB/connection" \
-    "$(ratio $J)" "≤ 0.5× and ≤ 16 KiB" "benches/run.sh --rows P2 → kakehashi-loadgen $(p2_args "$(fmt .sessions $J)" | sed "s|$OUT|<run dir>|g; s|$ROOT/||g")" ;;
+  # Both transports, each paired with rathole (ABAB…) in its own loadgen run.
+  for P2_T in quic tcp; do
+    J=$(scaled P2-$P2_T "$IDLE_SIZES" p2_args) || continue
+    row P2 "idle sessions, $([ $P2_T = quic ] && echo QUIC || echo TLS/TCP), N=$(fmt .sessions $J) (a laptop and an agent each)" \
+      "$(fmt '.median_incremental*10|floor/10' $J) KiB/session over live tunnels; $(fmt '.median_total*10|floor/10' $J) KiB with the agent's tunnel" \
+      "rathole $(fmt '.median_rathole*10|floor/10' $J) KiB/connection" \
+      "$(ratio $J)" "≤ 0.5× and ≤ 16 KiB" "benches/run.sh --rows P2 → kakehashi-loadgen $(p2_args "$(fmt .sessions $J)" | sed "s|$OUT|<run dir>|g; s|$ROOT/||g")"
+  done ;;
 P3)
   run P3 handshakes --secs $HS_SECS --concurrency 32 --pairs 5 --baseline tls:127.0.0.1:$P_TLSACC || continue
   J=$OUT/P3.json

@@ -24,6 +24,9 @@ pub struct ConfigFile {
     /// Reconnect backoff.
     #[serde(default)]
     pub reconnect: ReconnectSection,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// The RDP channel filter; without this section sessions are passed through
     /// uninspected (and session controls are not enforced).
     pub rdp: Option<RdpSection>,
@@ -110,6 +113,25 @@ pub struct ReconnectSection {
     pub max_ms: u64,
 }
 
+/// `[limits]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Sessions one gateway may have open to this desk at once over a QUIC
+    /// tunnel (each session is a stream the gateway opens); a gateway at the
+    /// limit waits for a session to end. Costs the agent about 85 bytes per
+    /// allowed stream and gateway. A TCP tunnel has no such limit.
+    pub quic_session_streams: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            quic_session_streams: kakehashi_transport::quic::AGENT_SESSION_STREAMS,
+        }
+    }
+}
+
 impl Default for ReconnectSection {
     fn default() -> Self {
         Self {
@@ -157,6 +179,8 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Handshake timeout.
     pub handshake_timeout: Duration,
+    /// Concurrent session streams a gateway may open on a QUIC tunnel.
+    pub quic_session_streams: u32,
     /// The RDP filter's key material; `None`: sessions pass uninspected.
     pub rdp: Option<RdpConfig>,
 }
@@ -232,6 +256,9 @@ impl Config {
         if f.reconnect.initial_ms == 0 || f.reconnect.max_ms < f.reconnect.initial_ms {
             bail!("[reconnect] needs 0 < initial_ms <= max_ms");
         }
+        if f.limits.quic_session_streams == 0 {
+            bail!("[limits] quic_session_streams must be at least 1");
+        }
         let rdp = match f.rdp {
             Some(r) if r.enforce => {
                 let (cert, key) = (rel(r.server_cert), rel(r.server_key));
@@ -259,6 +286,7 @@ impl Config {
             backoff_initial: Duration::from_millis(f.reconnect.initial_ms),
             backoff_max: Duration::from_millis(f.reconnect.max_ms),
             handshake_timeout: Duration::from_secs(10),
+            quic_session_streams: f.limits.quic_session_streams,
             rdp,
         })
     }

@@ -195,7 +195,7 @@ impl Agent {
         let addr = resolve(&gw.quic).await?;
         let limits = QuicLimits {
             // The gateway opens one stream per session on this tunnel.
-            max_streams: 4096,
+            max_streams: self.cfg.quic_session_streams,
             ..QuicLimits::default()
         };
         let ep = kakehashi_transport::quic::client((*self.tls).clone(), limits, addr)?;

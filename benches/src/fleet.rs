@@ -25,7 +25,7 @@ use kakehashi_transport::dial::tls_connect;
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::tls::{self, TlsMaterial};
 use kakehashi_transport::{unix_now, BoxIo};
-use quinn::{TransportConfig, VarInt};
+use quinn::TransportConfig;
 use rand::Rng as _;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
@@ -48,18 +48,16 @@ pub enum Transport {
 }
 
 /// The QUIC transport settings of the real agent and client
-/// (`kakehashi_transport::quic::QuicLimits::default()`), with the stream
-/// limit the peer may open.
+/// (`kakehashi_transport::quic::QuicLimits`), with the stream limit the
+/// peer may open: [`kakehashi_transport::quic::AGENT_SESSION_STREAMS`] for an
+/// agent, 0 for a laptop.
 pub fn quic_transport(max_streams: u32) -> Arc<TransportConfig> {
-    let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .keep_alive_interval(Some(KEEPALIVE))
-        .max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("in range")))
-        .stream_receive_window(VarInt::from_u32(1024 * 1024))
-        .receive_window(VarInt::from_u32(8 * 1024 * 1024))
-        .send_window(8 * 1024 * 1024);
-    Arc::new(t)
+    kakehashi_transport::quic::QuicLimits {
+        max_streams,
+        keepalive: KEEPALIVE,
+        ..Default::default()
+    }
+    .transport()
 }
 
 /// A quinn client config for `tls`.
@@ -556,7 +554,8 @@ pub struct DeviceConfig {
 /// every new laptop connection is a full handshake, as for a fleet of
 /// distinct laptops arriving in the morning (the worst case).
 pub fn device_configs(pki: &crate::pki::BenchPki) -> anyhow::Result<Vec<DeviceConfig>> {
-    let t = quic_transport(256);
+    // The gateway opens no stream to a laptop.
+    let t = quic_transport(0);
     (0..crate::pki::DEVICE_POOL)
         .map(|i| {
             let mut cfg = tls::client_config(&pki.device(i)?, None, ALPN_TERMINAL)?;

@@ -18,6 +18,9 @@ pub mod splice;
 pub mod stream;
 pub mod tls;
 
+#[cfg(test)]
+mod test_certs;
+
 pub use stream::{BoxIo, SessionIo};
 
 /// Which transport a connection uses.

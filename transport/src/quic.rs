@@ -7,11 +7,42 @@ use std::time::Duration;
 use anyhow::Context as _;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{TransportConfig, VarInt};
+use tracing::debug;
+
+/// Concurrent streams the gateway lets one laptop open on its QUIC
+/// connection by default: a laptop runs a handful of sessions at once (one
+/// per desk) plus the short reachability probe; 14 are always available
+/// (see [`QuicLimits::max_streams`] for why, and for what a larger value costs).
+pub const TERMINAL_STREAMS: u32 = 16;
+
+/// Concurrent session streams an agent lets one gateway open on its tunnel
+/// by default. Every session to the desk is a stream the gateway opens on
+/// the agent's one connection, so this stays high; the cost is on the
+/// agent's side (one connection per gateway), not the gateway's.
+pub const AGENT_SESSION_STREAMS: u32 = 4096;
+
+/// `SO_RCVBUF` and `SO_SNDBUF` requested for every QUIC socket. One socket
+/// serves every connection of an endpoint, so a burst of handshakes (a login
+/// storm, agents reconnecting after a restart) lands in one kernel queue; the
+/// default (`net.core.rmem_default`, 208 KiB on most distributions) drops
+/// datagrams and costs a QUIC retransmission timeout each. The kernel grants
+/// at most `net.core.rmem_max` / `wmem_max` (see `deploy/sysctl`). This is
+/// kernel memory, used only while datagrams wait, and per socket: it does
+/// not grow with connections or sessions.
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
 
 /// Per-connection QUIC limits.
 #[derive(Debug, Clone, Copy)]
 pub struct QuicLimits {
-    /// Concurrent bidirectional streams the *peer* may open on this connection.
+    /// Concurrent bidirectional streams the *peer* may open on this
+    /// connection (unidirectional streams: none). quinn holds state for
+    /// every stream the peer may open from the handshake on, in use or not
+    /// (two hash-map entries, about 85 bytes per stream), so this is sized to
+    /// what the peer needs: 1,024 cost 86 KiB per idle connection. A peer at
+    /// the limit waits for one of its streams to close before opening another.
+    /// quinn hands the streams of closed ones back in steps of more than 1/8
+    /// of the limit, so a peer can count on `max_streams - max_streams / 8`
+    /// open at once (14 of 16), not always on all of them.
     pub max_streams: u32,
     /// Keepalive interval.
     pub keepalive: Duration,
@@ -19,14 +50,19 @@ pub struct QuicLimits {
     pub idle_timeout: Duration,
     /// Per-stream receive window: the most one session buffers unread.
     pub stream_window: u32,
-    /// Per-connection receive window.
+    /// Per-connection receive window (and send window): the most all
+    /// streams of the connection buffer together, whatever `max_streams` ×
+    /// `stream_window` comes to. Neither window is allocated up front.
     pub conn_window: u32,
 }
 
 impl Default for QuicLimits {
+    /// Limits of a connection whose peer opens no streams (the laptop's side:
+    /// the gateway never opens a stream to a laptop). Set `max_streams` where
+    /// the peer does open streams.
     fn default() -> Self {
         Self {
-            max_streams: 256,
+            max_streams: 0,
             keepalive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             stream_window: 1024 * 1024,
@@ -36,7 +72,8 @@ impl Default for QuicLimits {
 }
 
 impl QuicLimits {
-    fn transport(&self) -> Arc<TransportConfig> {
+    /// The quinn transport configuration for these limits.
+    pub fn transport(&self) -> Arc<TransportConfig> {
         let mut t = TransportConfig::default();
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -51,6 +88,53 @@ impl QuicLimits {
     }
 }
 
+/// A UDP socket bound to `addr` with [`UDP_BUFFER_BYTES`] requested for
+/// both buffers (dual-stack when `addr` is an IPv6 wildcard).
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        if let Err(e) = s.set_only_v6(false) {
+            debug!(error = %e, "Cannot make the UDP socket dual-stack");
+        }
+    }
+    // Failing to enlarge a buffer is not fatal: the socket still works with
+    // the kernel's default, and the sizes granted are logged below.
+    let _ = s.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(UDP_BUFFER_BYTES);
+    s.bind(&addr.into())?;
+    // Linux reports twice the size it set (the doubling covers its
+    // bookkeeping); halve it to compare with the request.
+    let set = |r: std::io::Result<usize>| {
+        let v = r.unwrap_or(0);
+        if cfg!(target_os = "linux") {
+            v / 2
+        } else {
+            v
+        }
+    };
+    debug!(
+        local = %s.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr),
+        requested = UDP_BUFFER_BYTES,
+        recv_granted = set(s.recv_buffer_size()),
+        send_granted = set(s.send_buffer_size()),
+        "QUIC socket buffers"
+    );
+    Ok(s.into())
+}
+
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        udp_socket(addr)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// A server endpoint bound to `addr`. Clients must finish the handshake
 /// within `handshake_timeout` (enforced by the caller's accept loop).
 pub fn server(
@@ -63,7 +147,7 @@ pub fn server(
     cfg.transport_config(limits.transport());
     // Laptops move between networks (Wi-Fi to tethering): keep their connection.
     cfg.migration(true);
-    quinn::Endpoint::server(cfg, addr).with_context(|| format!("cannot bind QUIC (UDP) {addr}"))
+    endpoint(addr, Some(cfg)).with_context(|| format!("cannot bind QUIC (UDP) {addr}"))
 }
 
 /// A client endpoint on an ephemeral local port.
@@ -80,7 +164,112 @@ pub fn client(
     } else {
         "0.0.0.0:0".parse()?
     };
-    let mut ep = quinn::Endpoint::client(local).context("cannot open a UDP socket")?;
+    let mut ep = endpoint(local, None).context("cannot open a UDP socket")?;
     ep.set_default_client_config(cfg);
     Ok(ep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_certs::TestCerts;
+
+    const ALPN: &[u8] = b"kakehashi-unit";
+
+    async fn pair(
+        server_streams: u32,
+    ) -> (
+        TestCerts,
+        quinn::Endpoint,
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::Connection,
+    ) {
+        let certs = TestCerts::new();
+        let limits = QuicLimits {
+            max_streams: server_streams,
+            ..QuicLimits::default()
+        };
+        let srv = server("127.0.0.1:0".parse().unwrap(), certs.server(ALPN), limits).unwrap();
+        let addr = srv.local_addr().unwrap();
+        let cli = client(certs.client(ALPN), QuicLimits::default(), addr).unwrap();
+        let (c, s) = tokio::join!(
+            crate::dial::quic_connect(&cli, addr, "localhost", Duration::from_secs(5)),
+            async { srv.accept().await.unwrap().await.unwrap() }
+        );
+        (certs, srv, cli, c.unwrap(), s)
+    }
+
+    #[tokio::test]
+    async fn peer_opens_at_most_max_streams_at_once() {
+        let (_certs, _srv, _cli, c, s) = pair(2).await;
+        // Each stream ends when the client ends its side.
+        let server = tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = s.accept_bi().await {
+                tokio::spawn(async move {
+                    let _ = recv.read_to_end(1024).await;
+                    let _ = send.finish();
+                });
+            }
+        });
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let (mut send, recv) = c.open_bi().await.unwrap();
+            send.write_all(b"h").await.unwrap();
+            open.push((send, recv));
+        }
+        // The third waits for credit.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), c.open_bi())
+                .await
+                .is_err(),
+            "a third stream opened past the limit of 2"
+        );
+        // Close one (both directions): the third opens.
+        let (mut send, mut recv) = open.pop().unwrap();
+        send.finish().unwrap();
+        recv.read_to_end(16).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), c.open_bi())
+            .await
+            .expect("a stream after one closed")
+            .unwrap();
+        c.close(0u32.into(), b"");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn laptop_side_grants_the_gateway_no_streams() {
+        let (_certs, _srv, _cli, _c, s) = pair(1).await;
+        // The default limits (the laptop's) let the peer open none: the
+        // gateway's side waits for credit that never comes.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), s.open_bi())
+                .await
+                .is_err(),
+            "the gateway opened a stream to the laptop"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn sockets_ask_for_large_buffers() {
+        let max = |f: &str| -> usize {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{f}"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let s = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let r = socket2::SockRef::from(&s);
+        // Linux doubles the value it grants, capped at the sysctl maximum.
+        assert_eq!(
+            r.recv_buffer_size().unwrap(),
+            2 * UDP_BUFFER_BYTES.min(max("rmem_max"))
+        );
+        assert_eq!(
+            r.send_buffer_size().unwrap(),
+            2 * UDP_BUFFER_BYTES.min(max("wmem_max"))
+        );
+    }
 }

@@ -449,7 +449,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         Transport::Quic => fleet::endpoints(n_agents.div_ceil(a.conns_per_socket))?,
         Transport::Tcp => Vec::new(),
     };
-    let qt = fleet::quic_transport(4096);
+    let qt = fleet::quic_transport(kakehashi_transport::quic::AGENT_SESSION_STREAMS);
     let gate = Arc::new(Semaphore::new(a.agent_concurrency.max(1)));
     let mut waits = Vec::with_capacity(n_agents);
     for (i, (desk, m)) in desks.iter().zip(certs.iter()).enumerate() {
@@ -792,7 +792,12 @@ impl Single {
         let agent = Agent::new(
             "BENCH-DESK".into(),
             &m,
-            ep.map(|e| (e, fleet::quic_transport(4096))),
+            ep.map(|e| {
+                (
+                    e,
+                    fleet::quic_transport(kakehashi_transport::quic::AGENT_SESSION_STREAMS),
+                )
+            }),
         )?;
         let target = Arc::new(Mutex::new(AgentTarget {
             quic: gw.addrs.agent_quic,

@@ -189,7 +189,17 @@ async fn bulk_64_mib_each_way_tcp() {
 
 async fn concurrent(transport: &str, n: usize) {
     let mut pki = Pki::new();
-    let gw = start_gateway(&pki, GatewayOpts::default()).await;
+    // One laptop with all `n` sessions live at once: far above a real
+    // laptop's default allowance of QUIC streams. Streams of ended sessions
+    // (probes) come back in steps of 1/8 of the limit: leave room for them.
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            limits: format!("terminal_quic_streams = {}\n", 2 * n + 64),
+            ..Default::default()
+        },
+    )
+    .await;
     let desk = echo_server().await;
     let _agent = start_agent(&mut pki, "DESK-MANY", &gw.addrs, desk, transport);
     let dev = pki.device("LAPTOP-MANY", TerminalClass::Satellite);
@@ -238,6 +248,47 @@ async fn two_hundred_concurrent_sessions_quic() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_concurrent_sessions_tcp() {
     concurrent("tcp", 200).await;
+}
+
+/// A laptop may have only a few QUIC streams open at once
+/// (`terminal_quic_streams`, 16 by default), and quinn hands the streams of
+/// ended sessions back in steps of 1/8 of the limit: with a dozen sessions
+/// live, sessions that come and go must still get a stream every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn ended_sessions_give_their_quic_stream_back() {
+    let mut pki = Pki::new();
+    let gw = start_gateway(&pki, GatewayOpts::default()).await;
+    let desk = echo_server().await;
+    let _agent = start_agent(&mut pki, "DESK-SEQ", &gw.addrs, desk, "quic");
+    let dev = pki.device("LAPTOP-SEQ", TerminalClass::Home);
+    let cfg = client_config(&pki, &dev, gw.addrs.terminal_tcp, gw.addrs.terminal_quic);
+    let client = start_client(&pki, &cfg, "DESK-SEQ", "quic").await.unwrap();
+    wait_echo(client.listen, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut live = Vec::new();
+    for _ in 0..12 {
+        let mut s = TcpStream::connect(client.listen).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
+            .await
+            .expect("one of the first 12 sessions did not open")
+            .unwrap();
+        live.push(s);
+    }
+    for i in 0..40 {
+        let msg = format!("session {i}");
+        let back = tokio::time::timeout(
+            Duration::from_secs(10),
+            roundtrip(client.listen, msg.as_bytes()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("session {i} (12 others live) did not get a stream"))
+        .unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    drop(live);
 }
 
 /// UDP to the gateway is black-holed: `auto` must fall back to TCP within 3 s.
