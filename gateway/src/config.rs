@@ -228,8 +228,9 @@ pub struct LimitsSection {
     pub shutdown_grace_secs: u64,
     /// Streams (sessions and reachability probes) one laptop may have open at
     /// once on its QUIC connection; a laptop over the limit waits for one of
-    /// its sessions to end. Each allowed stream costs the gateway about 85
-    /// bytes per laptop connection, used or not.
+    /// its sessions to end. Streams of ended sessions come back in steps of
+    /// 1/8 of the limit, so a laptop can count on 7/8 of it. Each allowed
+    /// stream costs the gateway about 85 bytes per laptop connection, used or not.
     pub terminal_quic_streams: u32,
 }
 

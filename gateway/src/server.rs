@@ -2142,10 +2142,13 @@ mod tests {
             _ = idle_watch(&c, Some(Duration::from_millis(300)), &l) => {}
         }
         assert!(l.end.is_cancelled());
-        assert_eq!(l.reason.lock().unwrap().as_ref().unwrap().code, "session_idle");
+        assert_eq!(
+            l.reason.lock().unwrap().as_ref().unwrap().code,
+            "session_idle"
+        );
         // No idle timeout: never fires.
-        let r = tokio::time::timeout(Duration::from_millis(200), idle_watch(&c, None, &live())).await;
+        let r =
+            tokio::time::timeout(Duration::from_millis(200), idle_watch(&c, None, &live())).await;
         assert!(r.is_err());
     }
 }
-
