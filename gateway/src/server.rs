@@ -979,9 +979,11 @@ async fn handle_terminal_stream(
                 }
             }
             FrameKind::RedeemLogin | FrameKind::Logout => {
-                return login_frame(&s, io, &f, &laptop(&device, class, &cert)).await;
+                return Box::pin(login_frame(&s, io, &f, &laptop(&device, class, &cert))).await;
             }
-            FrameKind::SessionEndQuery => return answer_end_query(&s, io, &f, &device).await,
+            FrameKind::SessionEndQuery => {
+                return Box::pin(answer_end_query(&s, io, &f, &device)).await
+            }
             _ => match SessionRequest::from_frame(&f) {
                 Ok(r) => break r,
                 Err(e) => {
@@ -1008,19 +1010,19 @@ async fn handle_terminal_stream(
     let this_laptop = laptop(&device, class, &cert);
     let login = match (&s.store, s.cfg.identity.require_login) {
         (Some(store), true) => {
-            match crate::login::check(store, &this_laptop, req.token.as_ref()).await {
+            match Box::pin(crate::login::check(store, &this_laptop, req.token.as_ref())).await {
                 Ok(who) => Some(who),
                 Err(reason) => {
                     info!(%device, desk = %req.desk, reason = reason.code(), "Session refused: login");
                     s.metrics.denials.with_label_values(&[reason.code()]).inc();
-                    audit_event(
+                    Box::pin(audit_event(
                         &s,
                         &format!("device:{device}"),
                         "session.denied",
                         &req.desk,
                         reason.code(),
                         serde_json::json!({ "device": device }),
-                    )
+                    ))
                     .await;
                     return refuse(&mut io, Refusal::new(reason)).await;
                 }
@@ -1037,19 +1039,19 @@ async fn handle_terminal_stream(
     let span = info_span!("session", session = %session_id, desk = %req.desk, %device, class = %class, %transport, user = ?user);
     async move {
         // The policy decides, on the store's current facts.
-        let admitted = match admit(&s, &req, &device, class, login.as_ref()).await {
+        let admitted = match Box::pin(admit(&s, &req, &device, class, login.as_ref())).await {
             Ok(a) => a,
             Err((refusal, rule)) => {
                 info!(reason = %refusal.code, rule = ?rule, "Session refused by the policy");
                 s.metrics.denials.with_label_values(&[denial_label(&refusal.code)]).inc();
-                audit_event(
+                Box::pin(audit_event(
                     &s,
                     &user.as_deref().map_or_else(|| format!("device:{device}"), |u| format!("user:{u}")),
                     "session.denied",
                     &req.desk,
                     &refusal.code,
                     serde_json::json!({ "device": device, "class": class.to_string(), "rule": rule, "policy_version": s.policy_version() }),
-                )
+                ))
                 .await;
                 return refuse(&mut io, refusal).await;
             }
@@ -1075,7 +1077,7 @@ async fn handle_terminal_stream(
             issued_at: unix_now(),
             expires_at: unix_now() + TICKET_LIFETIME_SECS,
         };
-        let mut agent = match open_to_agent(&s, &claims).await {
+        let mut agent = match Box::pin(open_to_agent(&s, &claims)).await {
             Ok(a) => a,
             Err(r) => {
                 info!(reason = %r.code, "Session refused");
@@ -1107,7 +1109,7 @@ async fn handle_terminal_stream(
                     "controls": controls, "end_at": admitted.limits.end_at,
                     "step_up": asker.step_up,
                 }));
-            if let Err(e) = store.start_session(&rec, a).await {
+            if let Err(e) = Box::pin(store.start_session(&rec, a)).await {
                 warn!(error = %e, "Cannot record the session start; refusing");
                 return refuse(&mut io, Refusal::new(Reason::Internal)).await;
             }
@@ -1208,7 +1210,7 @@ async fn handle_terminal_stream(
                 .subject(&session_id)
                 .reason(&end_reason)
                 .detail(serde_json::json!({ "desk": req.desk, "device": device, "bytes_up": up, "bytes_down": down, "secs": secs }));
-            if let Err(e) = store.end_session(&session_id, &end, a).await {
+            if let Err(e) = Box::pin(store.end_session(&session_id, &end, a)).await {
                 warn!(error = %e, "Cannot record the session end");
             }
         }
