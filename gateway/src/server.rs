@@ -1043,7 +1043,7 @@ async fn handle_terminal_stream(
             Ok(a) => a,
             Err((refusal, rule)) => {
                 info!(reason = %refusal.code, rule = ?rule, "Session refused by the policy");
-                s.metrics.denials.with_label_values(&[denial_label(&refusal.code)]).inc();
+                s.metrics.denials.with_label_values(&[reason_label(&refusal.code)]).inc();
                 Box::pin(audit_event(
                     &s,
                     &user.as_deref().map_or_else(|| format!("device:{device}"), |u| format!("user:{u}")),
@@ -1081,7 +1081,7 @@ async fn handle_terminal_stream(
             Ok(a) => a,
             Err(r) => {
                 info!(reason = %r.code, "Session refused");
-                s.metrics.denials.with_label_values(&[denial_label(&r.code)]).inc();
+                s.metrics.denials.with_label_values(&[reason_label(&r.code)]).inc();
                 return refuse(&mut io, r).await;
             }
         };
@@ -1216,7 +1216,7 @@ async fn handle_terminal_stream(
         }
         m.bytes.with_label_values(&["up"]).inc_by(up);
         m.bytes.with_label_values(&["down"]).inc_by(down);
-        m.sessions_ended.with_label_values(&[denial_label_or(&end_reason)]).inc();
+        m.sessions_ended.with_label_values(&[reason_label(&end_reason)]).inc();
         active.dec();
         drop(permit);
         update_capacity(&s);
@@ -1615,8 +1615,9 @@ fn desk_labels(d: Option<&crate::admission::DeskFacts>) -> (String, String) {
     }
 }
 
-/// A bounded label for a session end reason.
-fn denial_label_or(code: &str) -> &'static str {
+/// A bounded metrics label for a refusal or end reason code (from the
+/// gateway, the policy or an agent); anything else is "other".
+fn reason_label(code: &str) -> &'static str {
     match code {
         "closed" => "closed",
         "peer_error" => "peer_error",
@@ -1630,11 +1631,6 @@ fn denial_label_or(code: &str) -> &'static str {
             })
             .unwrap_or("other"),
     }
-}
-
-/// A bounded label for a refusal code (from the gateway, the policy or an agent).
-fn denial_label(code: &str) -> &'static str {
-    denial_label_or(code)
 }
 
 fn update_capacity(s: &Shared) {
@@ -1848,16 +1844,8 @@ async fn admit(
                 let mut used = s.step_ups.lock().expect("step-up lock");
                 used.retain(|_, at| now.saturating_sub(*at) <= STEP_UP_WINDOW_SECS);
                 if used.insert(token, login.login_at).is_some() {
-                    let d = kakehashi_policy::ReasonCode::StepUpRequired;
-                    return Err((
-                        Refusal {
-                            code: d.code().into(),
-                            ja: d.ja().into(),
-                            en: d.en().into(),
-                            detail: Some(format!("rule {rule}")),
-                        },
-                        Some(rule),
-                    ));
+                    let r = kakehashi_policy::ReasonCode::StepUpRequired.refusal(Some(&rule));
+                    return Err((r, Some(rule)));
                 }
             }
             Ok(Admitted {

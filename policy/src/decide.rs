@@ -110,18 +110,7 @@ impl Decision {
     pub fn refusal(&self) -> Option<kakehashi_proto::reason::Refusal> {
         match self {
             Decision::Allow { .. } => None,
-            Decision::Deny {
-                reason,
-                ja,
-                en,
-                rule,
-                ..
-            } => Some(kakehashi_proto::reason::Refusal {
-                code: reason.code().to_owned(),
-                ja: (*ja).to_owned(),
-                en: (*en).to_owned(),
-                detail: rule.as_ref().map(|r| format!("rule {r}")),
-            }),
+            Decision::Deny { reason, rule, .. } => Some(reason.refusal(rule.as_deref())),
         }
     }
 }

@@ -41,6 +41,17 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
+    /// The refusal the laptop gets: code, both sentences, and the deciding
+    /// rule (if any) as `rule <id>` in the detail.
+    pub fn refusal(self, rule: Option<&str>) -> kakehashi_proto::reason::Refusal {
+        kakehashi_proto::reason::Refusal {
+            code: self.code().to_owned(),
+            ja: self.ja().to_owned(),
+            en: self.en().to_owned(),
+            detail: rule.map(|r| format!("rule {r}")),
+        }
+    }
+
     /// Every reason code, in evaluation order.
     pub const ALL: &'static [ReasonCode] = &[
         ReasonCode::SegmentMynumber,

@@ -672,6 +672,32 @@ pub async fn raw_tls(
     .await
 }
 
+/// Send one message as laptop `dev` on a fresh TLS connection to the
+/// terminal listener at `terminal_tcp`; the stream (the session bytes follow
+/// an accepted session on it) and the answer frame.
+pub async fn ask_terminal<M: kakehashi_proto::message::Message>(
+    pki: &Pki,
+    dev: &CertFiles,
+    terminal_tcp: SocketAddr,
+    m: &M,
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    kakehashi_proto::Frame,
+) {
+    let mut s = raw_tls(pki, dev, terminal_tcp, kakehashi_proto::ALPN_TERMINAL)
+        .await
+        .unwrap();
+    kakehashi_proto::io::write_message(&mut s, m).await.unwrap();
+    let f = tokio::time::timeout(
+        Duration::from_secs(10),
+        kakehashi_proto::io::read_frame(&mut s),
+    )
+    .await
+    .expect("no answer from the gateway")
+    .unwrap();
+    (s, f)
+}
+
 /// Raw QUIC connection to a gateway listener.
 pub async fn raw_quic(
     pki: &Pki,
@@ -853,21 +879,13 @@ pub async fn redeem_login(
     store: &kakehashi_store::Store,
     user: &str,
 ) -> String {
-    use kakehashi_proto::io::{read_frame, write_message};
     use kakehashi_proto::message::{LoginResult, Message, RedeemLogin, Secret};
     let seed = seed_login(store, user).await;
-    let mut s = raw_tls(pki, dev, terminal_tcp, kakehashi_proto::ALPN_TERMINAL)
-        .await
-        .unwrap();
     let m = RedeemLogin {
         code: Secret(seed.code),
         code_verifier: Secret(seed.verifier),
     };
-    write_message(&mut s, &m).await.unwrap();
-    let f = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, f) = ask_terminal(pki, dev, terminal_tcp, &m).await;
     LoginResult::from_frame(&f)
         .unwrap_or_else(|e| {
             panic!(

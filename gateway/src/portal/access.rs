@@ -265,6 +265,25 @@ impl PortalState {
         Ok(v)
     }
 
+    /// The start of every form POST: a well-formed form from a visitor with
+    /// `need` whose CSRF token and origin check out; else the refusal page
+    /// for `path`.
+    pub(crate) async fn accept_form<F: CsrfForm>(
+        &self,
+        headers: &HeaderMap,
+        need: Need,
+        form: Result<axum::Form<F>, axum::extract::rejection::FormRejection>,
+        (lang, path, q): (Lang, &str, Option<&str>),
+    ) -> Result<(Visitor, F), Response> {
+        let Ok(axum::Form(f)) = form else {
+            return Err(Refused::BadRequest.page(lang, path, q));
+        };
+        match self.poster(headers, need, f.csrf()).await {
+            Ok(v) => Ok((v, f)),
+            Err(r) => Err(r.page(lang, path, q)),
+        }
+    }
+
     /// `Origin` is the portal's; without one (some browsers omit it on
     /// same-origin requests), `Sec-Fetch-Site` must say same-origin.
     fn same_origin(&self, headers: &HeaderMap) -> bool {
@@ -312,6 +331,24 @@ pub(crate) fn get_refused(
         page(lang, title, &switch_link(path, query, lang), &body),
     )
 }
+
+/// A posted form that carries the page's CSRF token (field `csrf`).
+pub(crate) trait CsrfForm {
+    /// The token as posted.
+    fn csrf(&self) -> &str;
+}
+
+/// `impl CsrfForm` for forms with a `csrf: String` field.
+macro_rules! csrf_forms {
+    ($($t:ty),+ $(,)?) => {
+        $(impl $crate::portal::access::CsrfForm for $t {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        })+
+    };
+}
+pub(crate) use csrf_forms;
 
 #[cfg(test)]
 mod tests {

@@ -835,12 +835,12 @@ pub(crate) async fn rules_save(
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let path = "/officer/rules";
-    let Ok(Form(f)) = form else {
-        return Refused::BadRequest.page(lang, path, q.as_deref());
-    };
-    let v = match s.poster(&headers, Need::Officer, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r.page(lang, path, q.as_deref()),
+    let (v, f) = match s
+        .accept_form(&headers, Need::Officer, form, (lang, path, q.as_deref()))
+        .await
+    {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     // Browsers send a textarea's line ends as CRLF.
     let text = f.text.replace("\r\n", "\n");
@@ -1103,12 +1103,12 @@ pub(crate) async fn desks_set(
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let path = "/officer/desks";
-    let Ok(Form(f)) = form else {
-        return Refused::BadRequest.page(lang, path, q.as_deref());
-    };
-    let v = match s.poster(&headers, Need::Officer, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r.page(lang, path, q.as_deref()),
+    let (v, f) = match s
+        .accept_form(&headers, Need::Officer, form, (lang, path, q.as_deref()))
+        .await
+    {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     let fail = |n: Notice, status: StatusCode| {
         let (s, v, q) = (s.clone(), v.clone(), q.clone());
@@ -1340,12 +1340,12 @@ async fn device_change(
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let path = "/officer/devices";
-    let Ok(Form(f)) = form else {
-        return Refused::BadRequest.page(lang, path, q.as_deref());
-    };
-    let v = match s.poster(&headers, Need::Officer, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r.page(lang, path, q.as_deref()),
+    let (v, f) = match s
+        .accept_form(&headers, Need::Officer, form, (lang, path, q.as_deref()))
+        .await
+    {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     let fail = |n: Notice, status: StatusCode| {
         let (s, v, q) = (s.clone(), v.clone(), q.clone());
@@ -1655,12 +1655,12 @@ pub(crate) async fn bcp_declare(
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let path = "/officer/bcp";
-    let Ok(Form(f)) = form else {
-        return Refused::BadRequest.page(lang, path, q.as_deref());
-    };
-    let v = match s.poster(&headers, Need::Officer, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r.page(lang, path, q.as_deref()),
+    let (v, f) = match s
+        .accept_form(&headers, Need::Officer, form, (lang, path, q.as_deref()))
+        .await
+    {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     let fail = |n: Notice, status: StatusCode| {
         let (s, v, q) = (s.clone(), v.clone(), q.clone());
@@ -1765,12 +1765,12 @@ pub(crate) async fn bcp_end(
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let path = "/officer/bcp";
-    let Ok(Form(f)) = form else {
-        return Refused::BadRequest.page(lang, path, q.as_deref());
-    };
-    let v = match s.poster(&headers, Need::Officer, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r.page(lang, path, q.as_deref()),
+    let (v, f) = match s
+        .accept_form(&headers, Need::Officer, form, (lang, path, q.as_deref()))
+        .await
+    {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     let fail = |n: Notice, status: StatusCode| {
         let (s, v, q) = (s.clone(), v.clone(), q.clone());
@@ -1945,3 +1945,5 @@ mod tests {
         assert!(local_instant("2026-01-15", "24:00", off).is_none());
     }
 }
+
+super::access::csrf_forms!(SaveForm, DeskForm, DeviceForm, DeclareForm, EndForm);

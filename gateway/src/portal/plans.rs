@@ -323,12 +323,17 @@ pub(crate) async fn submit(
     form: Result<Form<SubmitForm>, FormRejection>,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let Ok(Form(f)) = form else {
-        return Refused::BadRequest.page(lang, "/plans", q.as_deref());
-    };
-    let v = match s.poster(&headers, Need::PlanUser, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r.page(lang, "/plans", q.as_deref()),
+    let (v, f) = match s
+        .accept_form(
+            &headers,
+            Need::PlanUser,
+            form,
+            (lang, "/plans", q.as_deref()),
+        )
+        .await
+    {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     let fail = |n: Notice, status: StatusCode| {
         let (s, v, q) = (s.clone(), v.clone(), q.clone());
@@ -428,12 +433,12 @@ pub(crate) async fn decide(
     form: Result<Form<DecideForm>, FormRejection>,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let Ok(Form(f)) = form else {
-        return Refused::BadRequest.page(lang, "/plans", q.as_deref());
-    };
-    let v = match s.poster(&headers, Need::Chief, &f.csrf).await {
-        Ok(v) => v,
-        Err(r) => return r.page(lang, "/plans", q.as_deref()),
+    let (v, f) = match s
+        .accept_form(&headers, Need::Chief, form, (lang, "/plans", q.as_deref()))
+        .await
+    {
+        Ok(x) => x,
+        Err(page) => return page,
     };
     let fail = |n: Notice, status: StatusCode| {
         let (s, v, q) = (s.clone(), v.clone(), q.clone());
@@ -673,3 +678,5 @@ pub(crate) async fn attendance_csv(
     )
         .into_response()
 }
+
+super::access::csrf_forms!(SubmitForm, DecideForm);

@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use kakehashi_pki::TerminalClass;
-use kakehashi_proto::io::{read_frame, write_message};
 use kakehashi_proto::message::{LoginResult, Logout, Message, RedeemLogin, Secret, SessionRequest};
-use kakehashi_proto::{FrameKind, Refusal, ALPN_TERMINAL};
+use kakehashi_proto::{FrameKind, Refusal};
 use kakehashi_store::{Audit, DeviceStatus, Store};
 use kakehashi_tests::*;
 
@@ -19,14 +18,7 @@ async fn ask<M: Message>(
     gw: &GatewayProc,
     m: &M,
 ) -> kakehashi_proto::Frame {
-    let mut s = raw_tls(pki, dev, gw.addrs.terminal_tcp, ALPN_TERMINAL)
-        .await
-        .unwrap();
-    write_message(&mut s, m).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
-        .await
-        .unwrap()
-        .unwrap()
+    ask_terminal(pki, dev, gw.addrs.terminal_tcp, m).await.1
 }
 
 fn refusal(f: &kakehashi_proto::Frame) -> String {

@@ -519,19 +519,11 @@ async fn syslog_forwards_records_of_the_gateway_and_the_cli() {
         .unwrap();
     // A record the gateway writes: a session refused for want of a login.
     let dev = pki.device("LAPTOP-SYS", TerminalClass::Home);
-    let mut s = raw_tls(&pki, &dev, gw_proc.addrs.terminal_tcp, ALPN_TERMINAL)
-        .await
-        .unwrap();
-    write_message(
-        &mut s,
-        &SessionRequest {
-            desk: "DESK-SYS".into(),
-            token: None,
-        },
-    )
-    .await
-    .unwrap();
-    let f = read_frame(&mut s).await.unwrap();
+    let req = SessionRequest {
+        desk: "DESK-SYS".into(),
+        token: None,
+    };
+    let (_, f) = ask_terminal(&pki, &dev, gw_proc.addrs.terminal_tcp, &req).await;
     assert_eq!(Refusal::from_frame(&f).unwrap().code, "login_required");
     // A record the CLI writes while the gateway runs.
     let c = gw_proc.config.to_str().unwrap();
@@ -612,33 +604,20 @@ async fn json_logs_carry_spans_and_no_secrets() {
 
     // Log in: the one-time code and its PKCE verifier cross the wire.
     let seed = seed_login(&store, "u-log").await;
-    let mut s = raw_tls(&pki, &dev, gwp.addrs.terminal_tcp, ALPN_TERMINAL)
-        .await
-        .unwrap();
-    write_message(
-        &mut s,
-        &RedeemLogin {
-            code: Secret(seed.code.clone()),
-            code_verifier: Secret(seed.verifier.clone()),
-        },
-    )
-    .await
-    .unwrap();
-    let token = LoginResult::from_frame(&read_frame(&mut s).await.unwrap())
-        .unwrap()
-        .token;
+    let redeem = RedeemLogin {
+        code: Secret(seed.code.clone()),
+        code_verifier: Secret(seed.verifier.clone()),
+    };
+    let (_, f) = ask_terminal(&pki, &dev, gwp.addrs.terminal_tcp, &redeem).await;
+    let token = LoginResult::from_frame(&f).unwrap().token;
     // A session with the token (once the agent is online), through to the echo desk.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let session_id = loop {
-        let mut s = raw_tls(&pki, &dev, gwp.addrs.terminal_tcp, ALPN_TERMINAL)
-            .await
-            .unwrap();
         let req = SessionRequest {
             desk: "DESK-LOG".into(),
             token: Some(token.clone()),
         };
-        write_message(&mut s, &req).await.unwrap();
-        let f = read_frame(&mut s).await.unwrap();
+        let (mut s, f) = ask_terminal(&pki, &dev, gwp.addrs.terminal_tcp, &req).await;
         if f.kind == FrameKind::SessionAccepted {
             let a = kakehashi_proto::message::SessionAccepted::from_frame(&f).unwrap();
             s.write_all(b"ping").await.unwrap();

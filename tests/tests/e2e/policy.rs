@@ -9,9 +9,8 @@
 use std::time::{Duration, Instant};
 
 use kakehashi_pki::TerminalClass;
-use kakehashi_proto::io::{read_frame, write_message};
 use kakehashi_proto::message::{Message, Secret, SessionRequest};
-use kakehashi_proto::{FrameKind, Refusal, ALPN_TERMINAL};
+use kakehashi_proto::{FrameKind, Refusal};
 use kakehashi_store::Store;
 use kakehashi_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,18 +24,11 @@ async fn request(
     desk: &str,
     token: &str,
 ) -> Result<String, Refusal> {
-    let mut s = raw_tls(pki, dev, gw.addrs.terminal_tcp, ALPN_TERMINAL)
-        .await
-        .unwrap();
     let m = SessionRequest {
         desk: desk.into(),
         token: Some(Secret(token.into())),
     };
-    write_message(&mut s, &m).await.unwrap();
-    let f = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, f) = ask_terminal(pki, dev, gw.addrs.terminal_tcp, &m).await;
     match f.kind {
         FrameKind::SessionAccepted => Ok(kakehashi_proto::message::SessionAccepted::from_frame(&f)
             .unwrap()
