@@ -11,6 +11,9 @@
 //! the decrypted stream. Every blocked attempt is reported to the gateway on
 //! the tunnel's control stream ([`FilterReport`]). Without `[rdp]`, sessions
 //! pass through uninspected and a warning says the controls are not enforced.
+//!
+//! On Windows the agent also sets the RDP host's own redirection policy for
+//! each session and restores it afterwards ([`windows_policy`]).
 
 pub mod config;
 pub mod rdp;
@@ -72,6 +75,8 @@ pub struct Agent {
     verifier: TicketVerifier,
     replay: Mutex<ReplayGuard>,
     rdp: Option<rdp::RdpTls>,
+    /// The RDP host's redirection policy (Windows only; a no-op elsewhere).
+    desk_policy: windows_policy::DeskPolicy,
 }
 
 impl Agent {
@@ -109,6 +114,7 @@ impl Agent {
             rdp,
             tls,
             cfg: Arc::new(cfg),
+            desk_policy: windows_policy::DeskPolicy::for_this_desk(),
         }))
     }
 
@@ -377,6 +383,8 @@ impl Agent {
         };
         let span = info_span!("session", session = %claims.session_id, device = %claims.device, user = ?claims.user);
         async move {
+            // Before the RDP server sees the connection; undone when this drops.
+            let _desk_policy = self.desk_policy.session(claims.controls);
             let target = match tokio::time::timeout(
                 self.cfg.target_timeout,
                 TcpStream::connect(&self.cfg.target),
