@@ -80,6 +80,26 @@ struct QuicState {
     conn: Mutex<Option<quinn::Connection>>,
 }
 
+/// How long a new session waits for the gateway to allow another stream on
+/// the laptop's QUIC connection (the gateway caps streams per laptop and
+/// hands back those of ended sessions in batches).
+const STREAM_WAIT: Duration = Duration::from_secs(10);
+
+/// A new stream on `c`; `None` when the connection is lost, an error when
+/// the gateway's per-laptop stream limit is still reached after [`STREAM_WAIT`].
+async fn open_stream(
+    c: &quinn::Connection,
+) -> anyhow::Result<Option<(quinn::SendStream, quinn::RecvStream)>> {
+    match tokio::time::timeout(STREAM_WAIT, c.open_bi()).await {
+        Ok(Ok(bi)) => Ok(Some(bi)),
+        Ok(Err(_)) => Ok(None),
+        Err(_) => anyhow::bail!(
+            "このPCから同時に開けるセッション数の上限に達しています。ほかのセッションを閉じてから再度お試しください。 / \
+             This laptop has as many sessions open as the gateway allows; close one and try again."
+        ),
+    }
+}
+
 impl Dialer {
     /// Pick a transport by probing the gateway (a ping over a fresh
     /// connection, which also proves the gateway accepted our certificate).
@@ -163,16 +183,35 @@ impl Dialer {
     pub async fn open(&self) -> anyhow::Result<BoxIo> {
         match &self.quic {
             Some(q) => {
-                let mut guard = q.conn.lock().await;
-                if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
-                    if let Ok(bi) = c.open_bi().await {
+                // The lock is held only to read or replace the connection: a
+                // stream waiting for a free slot must not hold up the others.
+                let live = q
+                    .conn
+                    .lock()
+                    .await
+                    .as_ref()
+                    .filter(|c| c.close_reason().is_none())
+                    .cloned();
+                if let Some(c) = live {
+                    if let Some(bi) = open_stream(&c).await? {
                         return Ok(Box::new(QuicStream::new(bi)));
                     }
                 }
-                // Connection lost (gateway restarted?): dial again.
-                let c = quic_connect(&q.ep, q.addr, &self.cfg.server_name, HANDSHAKE).await?;
-                let bi = c.open_bi().await.context("cannot open a QUIC stream")?;
-                *guard = Some(c);
+                // Connection lost (gateway restarted?): dial again, once.
+                let mut guard = q.conn.lock().await;
+                let c = match guard.as_ref().filter(|c| c.close_reason().is_none()) {
+                    Some(c) => c.clone(), // another session dialled meanwhile
+                    None => {
+                        let c =
+                            quic_connect(&q.ep, q.addr, &self.cfg.server_name, HANDSHAKE).await?;
+                        *guard = Some(c.clone());
+                        c
+                    }
+                };
+                drop(guard);
+                let bi = open_stream(&c)
+                    .await?
+                    .context("cannot open a QUIC stream")?;
                 Ok(Box::new(QuicStream::new(bi)))
             }
             None => Ok(Box::new(

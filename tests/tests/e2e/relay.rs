@@ -291,6 +291,69 @@ async fn ended_sessions_give_their_quic_stream_back() {
     drop(live);
 }
 
+/// A laptop at the gateway's stream limit (`[limits] terminal_quic_streams`):
+/// one session too many is refused by the client with a clear sentence
+/// instead of hanging, the sessions already open keep working, and once they
+/// end a new one opens again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_beyond_the_stream_limit_fails_clearly() {
+    let mut pki = Pki::new();
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            limits: "terminal_quic_streams = 4\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let desk = echo_server().await;
+    let _agent = start_agent(&mut pki, "DESK-LIM", &gw.addrs, desk, "quic");
+    let dev = pki.device("LAPTOP-LIM", TerminalClass::Home);
+    let cfg = client_config(&pki, &dev, gw.addrs.terminal_tcp, gw.addrs.terminal_quic);
+    let client = start_client(&pki, &cfg, "DESK-LIM", "quic").await.unwrap();
+    wait_echo(client.listen, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // Open and hold sessions until one is refused.
+    let mut live = Vec::new();
+    loop {
+        assert!(
+            live.len() <= 4,
+            "more than 4 sessions on a 4-stream connection"
+        );
+        let mut s = TcpStream::connect(client.listen).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(30), s.read(&mut b)).await {
+            Ok(Ok(1)) => live.push(s),
+            Ok(_) => break,
+            Err(_) => panic!("a session beyond the limit hung for 30 s"),
+        }
+    }
+    assert!(!live.is_empty(), "no session opened at all");
+    super::rdp::wait_log_line(
+        &client.proc,
+        &["as many sessions open as the gateway allows"],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // The sessions already open still carry data.
+    for s in live.iter_mut() {
+        s.write_all(b"y").await.unwrap();
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&b, b"y");
+    }
+    drop(live);
+    wait_echo(client.listen, Duration::from_secs(20))
+        .await
+        .unwrap();
+}
+
 /// UDP to the gateway is black-holed: `auto` must fall back to TCP within 3 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_falls_back_to_tcp_when_udp_is_blocked() {
