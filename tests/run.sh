@@ -25,6 +25,10 @@ command -v Xvfb >/dev/null 2>&1 || pkgs+=(xvfb)
 command -v xrdp >/dev/null 2>&1 || pkgs+=(xrdp)
 command -v Xvnc >/dev/null 2>&1 || pkgs+=(tigervnc-standalone-server)
 command -v xclip >/dev/null 2>&1 || pkgs+=(xclip)
+# Drive redirection against xrdp: rdesktop announces drives to Debian 12's xrdp
+# (xfreerdp 2 does not), and xrdp-chansrv mounts them with FUSE.
+command -v rdesktop >/dev/null 2>&1 || pkgs+=(rdesktop)
+command -v fusermount3 >/dev/null 2>&1 || pkgs+=(fuse3)
 # The real-browser test (tests/tests/e2e/browser.rs): Debian's chromium,
 # driven by playwright-core under node.
 command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)

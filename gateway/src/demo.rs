@@ -176,7 +176,8 @@ max_ms = 5000
             .unwrap_or(""),
     );
     let client_toml = format!(
-        r#"# Written by `kakehashi-gateway demo`: the demo laptop ({DEMO_DEVICE}, class home).
+        r#"# Written by `kakehashi-gateway demo`: the demo laptop ({DEMO_DEVICE}, class satellite: a satellite office,
+# which the default policy lets reach level 2 at any hour).
 [gateway]
 address = "127.0.0.1:{term_port}"
 server_name = "localhost"
@@ -215,7 +216,7 @@ soft_authenticator = "passkey.cbor"
     let agent_task = tokio::spawn(agent.run(stop.clone()));
 
     // The demo user, enrolled through the portal with a software authenticator.
-    enroll_demo_user(&shared, &dir, portal_port, &ca.ca_cert_path()).await?;
+    let browser_code = enroll_demo_user(&shared, &dir, portal_port, &ca.ca_cert_path()).await?;
 
     // Wait until the agent's tunnel is registered before telling anyone to connect.
     let online = tokio::time::timeout(Duration::from_secs(15), async {
@@ -238,12 +239,14 @@ soft_authenticator = "passkey.cbor"
     println!("  desk          {DEMO_DESK}: agent online, local service = {service} on {desk_addr}");
     println!("  metrics       http://127.0.0.1:{admin_port}/metrics");
     println!(
-        "  laptop        {DEMO_DEVICE} (class home), certificate in {}",
+        "  laptop        {DEMO_DEVICE} (class satellite / サテライトオフィス), certificate in {}",
         device.cert_path.display()
     );
     println!();
     println!("  portal        http://localhost:{portal_port}/  (user {DEMO_USER}; its authenticator is {})", dir.join("passkey.cbor").display());
     println!("  dashboard     http://localhost:{portal_port}/ops  (運用ダッシュボード / ops dashboard; {DEMO_USER} has the operator role)");
+    println!("  browser       to sign in from a browser, first register its passkey or security key / ブラウザーで使うには先に登録:");
+    println!("                http://localhost:{portal_port}/enroll  user {DEMO_USER}, code {browser_code}  (valid {BROWSER_CODE_HOURS} h / {BROWSER_CODE_HOURS} 時間有効)");
     println!();
     println!("First log in (a real WebAuthn ceremony with the demo's software authenticator) / まずログイン:");
     println!(
@@ -291,12 +294,18 @@ soft_authenticator = "passkey.cbor"
 /// Demo user id.
 pub const DEMO_USER: &str = "demo-user";
 
+/// How long the demo's browser enrollment code stays valid.
+const BROWSER_CODE_HOURS: i64 = 8;
+
+/// Enrolls the demo user's software authenticator through the portal and
+/// returns a second one-time enrollment code, for a person to register their
+/// browser's own authenticator (the dashboard needs a sign-in in a browser).
 async fn enroll_demo_user(
     shared: &crate::server::Shared,
     dir: &Path,
     portal_port: u16,
     ca: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     use kakehashi_store::{Audit, NewUser, Role};
     let store = shared
         .store
@@ -349,7 +358,17 @@ async fn enroll_demo_user(
     )
     .await
     .context("cannot enroll the demo user's software authenticator")?;
-    Ok(())
+    let (browser_code, hash) = crate::portal::new_enrollment_code();
+    let now = kakehashi_store::unix_now();
+    store
+        .create_enrollment_code(
+            &hash,
+            DEMO_USER,
+            now + BROWSER_CODE_HOURS * 3600,
+            Audit::new(now, "demo", "user.enroll_code").subject(DEMO_USER),
+        )
+        .await?;
+    Ok(browser_code)
 }
 
 /// Refuse to write into a directory that holds something other than an earlier demo.

@@ -34,6 +34,8 @@
 //       waits for the page it leads to (after redirects)
 //   {"cmd": "screenshot", "path": FILE} → {ok, path}: the whole page, PNG
 //   {"cmd": "clear_cookies"} → {ok}: ends the portal session in the browser
+//   {"cmd": "cookie_header", "url": URL} → {ok, cookie}: the Cookie header the
+//       browser would send to URL (benches replay the portal session with it)
 //   {"cmd": "fetch_status", "path": PATH} → {ok, status}: a GET from the page
 //   {"cmd": "ops_mark"} → {ok, marker}: a value kept in the page's window (a
 //       reload would lose it)
@@ -208,6 +210,11 @@ async function main() {
     async clear_cookies() {
       await context.clearCookies();
       return {};
+    },
+
+    async cookie_header({ url }) {
+      const cookies = await context.cookies(url);
+      return { cookie: cookies.map((c) => `${c.name}=${c.value}`).join('; ') };
     },
 
     async enroll({ url, user, code }) {

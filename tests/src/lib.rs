@@ -7,6 +7,8 @@
 
 #![allow(missing_debug_implementations)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -921,4 +923,135 @@ pub fn client_config_logged_in(
     });
     std::fs::write(&token_file, serde_json::to_vec(&t).unwrap()).unwrap();
     cfg
+}
+
+/// `kakehashi-gateway ARGS…`: whether it succeeded, and its stdout and stderr.
+pub async fn gateway_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("kakehashi-gateway"))
+        .args(args)
+        .output()
+        .await
+        .expect("run kakehashi-gateway");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Declare BCP mode for every department of `gw`'s store for the next hour,
+/// as an officer would (`kakehashi-gateway bcp declare`). With the shipped
+/// default policy this waives the plan and the hours for levels 1–2 from
+/// home and mobile; admission reads it from the store at each request.
+pub async fn declare_bcp(gw: &GatewayProc, reason: &str) {
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let config = gw.config.to_str().unwrap();
+    let (ok, out) = gateway_cli(&[
+        "bcp", "declare", "--config", config, "--scope", "all", "--reason", reason, "--until",
+        &until,
+    ])
+    .await;
+    assert!(ok, "bcp declare failed: {out}");
+}
+
+/// Every record of `gw`'s audit log as `kakehashi-gateway audit export
+/// --format jsonl` writes it (`detail` is the JSON text that was hashed).
+pub async fn audit_export(gw: &GatewayProc) -> Vec<serde_json::Value> {
+    let out = Command::new(bin("kakehashi-gateway"))
+        .args([
+            "audit",
+            "export",
+            "--config",
+            gw.config.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ])
+        .output()
+        .await
+        .expect("run kakehashi-gateway audit export");
+    assert!(
+        out.status.success(),
+        "audit export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The `detail` of an exported audit record, parsed.
+pub fn audit_detail(record: &serde_json::Value) -> serde_json::Value {
+    record["detail"]
+        .as_str()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// `kakehashi-gateway demo --dir TMP/demo EXTRA…`, once it says it is running
+/// (its log is `TMP/demo.log`).
+pub async fn start_demo(tmp: &Path, extra: &[&str]) -> Proc {
+    let dir = tmp.join("demo");
+    let mut args = vec!["demo", "--dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut demo = Proc::spawn(&bin("kakehashi-gateway"), &args, tmp.join("demo.log"), &[]);
+    demo.wait_line("Kakehashi demo is running", Duration::from_secs(60))
+        .await
+        .unwrap();
+    demo
+}
+
+/// The admin listener of the demo's printed `metrics  http://ADDR/metrics` line.
+pub async fn demo_metrics_addr(demo: &mut Proc) -> SocketAddr {
+    let line = demo
+        .wait_line("  metrics       ", Duration::from_secs(5))
+        .await
+        .unwrap();
+    line.trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// Runs the `login` line the demo prints under "First log in", as printed;
+/// returns its standard output.
+pub async fn demo_login(demo: &mut Proc) -> String {
+    demo.wait_line("First log in", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let login = demo.wait_line("  ", Duration::from_secs(5)).await.unwrap();
+    assert!(login.ends_with(" login"), "{login}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&login)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs a printed `kakehashi … connect DESK --listen 127.0.0.1:PORT` line as
+/// printed, once it listens (killing the returned process stops the client).
+pub async fn run_printed_connect(line: &str, log: PathBuf) -> Proc {
+    let mut client = Proc::spawn(
+        Path::new("sh"),
+        &["-c", &format!("exec {line}")], // exec: killing the shell kills the client
+        log,
+        &[],
+    );
+    client
+        .wait_line("listening on 127.0.0.1:", Duration::from_secs(20))
+        .await
+        .unwrap();
+    client
 }

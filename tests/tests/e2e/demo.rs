@@ -8,24 +8,8 @@ use kakehashi_tests::*;
 async fn demo_works_as_printed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let mut demo = Proc::spawn(
-        &bin("kakehashi-gateway"),
-        &["demo", "--dir", dir.to_str().unwrap()],
-        tmp.path().join("demo.log"),
-        &[],
-    );
-    demo.wait_line("Kakehashi demo is running", Duration::from_secs(30))
-        .await
-        .unwrap();
-    let metrics = demo
-        .wait_line("  metrics       ", Duration::from_secs(5))
-        .await
-        .unwrap();
-    let metrics_addr: std::net::SocketAddr = metrics
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .unwrap();
+    let mut demo = start_demo(tmp.path(), &[]).await;
+    let metrics_addr = demo_metrics_addr(&mut demo).await;
     let (status, body) = http_get(metrics_addr, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     assert!(
@@ -33,24 +17,8 @@ async fn demo_works_as_printed() {
         "{body}"
     );
     // Log in as printed: a real WebAuthn ceremony with the demo's software authenticator.
-    demo.wait_line("First log in", Duration::from_secs(5))
-        .await
-        .unwrap();
-    let login = demo.wait_line("  ", Duration::from_secs(5)).await.unwrap();
-    assert!(login.ends_with(" login"), "{login}");
-    let out = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&login)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("logged in: demo-user"));
+    let out = demo_login(&mut demo).await;
+    assert!(out.contains("logged in: demo-user"), "{out}");
     demo.wait_line("Next, in another terminal", Duration::from_secs(5))
         .await
         .unwrap();
@@ -72,16 +40,7 @@ async fn demo_works_as_printed() {
         "{connect}"
     );
     let port = connect.rsplit(':').next().unwrap().trim().to_string();
-    let mut client = Proc::spawn(
-        std::path::Path::new("sh"),
-        &["-c", &format!("exec {connect}")], // exec: killing the shell kills the client
-        tmp.path().join("client.log"),
-        &[],
-    );
-    client
-        .wait_line("listening on 127.0.0.1:", Duration::from_secs(20))
-        .await
-        .unwrap();
+    let _client = run_printed_connect(&connect, tmp.path().join("client.log")).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(
         roundtrip(addr, "架け橋 demo".as_bytes()).await.unwrap(),

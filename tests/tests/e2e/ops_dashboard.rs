@@ -601,3 +601,98 @@ fn dashboard_exposition_labels_parse() {
     assert_eq!(m["denials_hour"], 1.0);
     assert_eq!(m["logins_total"], 4.0);
 }
+
+/// `kakehashi-gateway demo` as printed, seen from the dashboard: a person
+/// registers the browser's authenticator with the printed code, signs in
+/// at the printed dashboard URL, and the demo laptop's session appears
+/// live (and goes when it ends), in step with `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_session_shows_live_on_the_dashboard() {
+    let chromium = prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut demo = start_demo(tmp.path(), &[]).await;
+    let admin_addr = demo_metrics_addr(&mut demo).await;
+    let dashboard = demo
+        .wait_line("  dashboard     ", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let ops_url = dashboard.split_whitespace().next().unwrap().to_string();
+    assert!(ops_url.ends_with("/ops"), "{dashboard}");
+    demo.wait_line("  browser       ", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let enroll = demo
+        .wait_line("                http", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // "http://localhost:P/enroll  user demo-user, code CODE  (valid …)"
+    let enroll_url = format!("http{}", enroll.split_whitespace().next().unwrap());
+    let code = enroll
+        .split("code ")
+        .nth(1)
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no code in {enroll}"))
+        .to_string();
+    assert!(enroll.contains("user demo-user"), "{enroll}");
+
+    // The demo laptop logs in and holds a session open, as printed.
+    demo_login(&mut demo).await;
+    let connect = demo.wait_line("  ", Duration::from_secs(5)).await.unwrap();
+    assert!(
+        connect.contains(" connect demo-desk --listen "),
+        "{connect}"
+    );
+    let listen: SocketAddr = connect.rsplit(' ').next().unwrap().parse().unwrap();
+    let _client = run_printed_connect(&connect, tmp.path().join("client.log")).await;
+
+    // The browser: register with the printed code, sign in at the printed URL.
+    let mut browser = Browser::start(&chromium, tmp.path().join("browser.log"))
+        .await
+        .unwrap();
+    let e = browser
+        .ask(json!({ "cmd": "enroll", "url": enroll_url, "user": "demo-user", "code": code }))
+        .await
+        .unwrap();
+    assert!(
+        e["status"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("登録しました"),
+        "{e}"
+    );
+    let p = browser
+        .ask(json!({ "cmd": "portal_login", "url": ops_url, "user": "demo-user" }))
+        .await
+        .unwrap();
+    assert_eq!(p["status"], 200, "{p}");
+    assert_eq!(p["title"], "運用ダッシュボード", "{p}");
+    let nav0 = browser
+        .ask(json!({ "cmd": "ops_read", "after": 0 }))
+        .await
+        .unwrap()["navigations"]
+        .as_u64()
+        .unwrap();
+    let marker = browser.ask(json!({ "cmd": "ops_mark" })).await.unwrap()["marker"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    settle(&mut browser, admin_addr, 0.0, &marker, nav0).await;
+
+    let held = hold(listen).await;
+    let r = settle(&mut browser, admin_addr, 1.0, &marker, nav0).await;
+    let listed = r["sessions"].as_array().unwrap();
+    assert!(
+        listed.len() == 1
+            && listed[0]["desk"] == "demo-desk"
+            && listed[0]["device"] == "demo-laptop"
+            && listed[0]["user"] == "demo-user",
+        "{r}"
+    );
+    assert_eq!(r["metrics"]["class:satellite"], 1.0, "{r}");
+    assert_eq!(r["metrics"]["level:2"], 1.0, "{r}");
+
+    drop(held);
+    let r = settle(&mut browser, admin_addr, 0.0, &marker, nav0).await;
+    assert_eq!(r["sessions"].as_array().unwrap().len(), 0, "{r}");
+    demo.terminate();
+}

@@ -1,17 +1,27 @@
 //! The RDP channel filter with real peers: `xfreerdp` → `kakehashi connect` →
 //! gateway → agent with `[rdp]` (TLS terminated with the RDP server's own
 //! certificate and key, the server pinned to it) → `freerdp-shadow-cli` on
-//! Xvfb with NLA. Ticket controls come from the bare-relay test knob
-//! `[testing] controls` (the policy engine has its own tests).
+//! Xvfb with NLA, or xrdp (TLS) for the clipboard and device tests.
+//!
+//! Where the issue asks for the shipped policy, the gateway is store-backed
+//! ([`store_sections`]: the default policy of DESIGN.md §5) with a level-2 desk
+//! and a logged-in laptop whose certificate says home or satellite; home access
+//! at any hour needs BCP mode, declared with `kakehashi-gateway bcp declare`.
+//! Transport-level cases (allow-all, standard RDP security, a wrong key) use a
+//! bare relay whose controls come from the test knob `[testing] controls`.
 //!
 //! Evidence (FreeRDP 2 at `WLOG_LEVEL=DEBUG`, see `rdp.rs` for the rest):
-//! - server stdout, per session past MCS connect: `… - Accepted channels:` then one
-//!   line `… -  NAME` per channel the client's Connect Initial listed (the filter
-//!   renames denied ones to `kkhxNN`, so the server never serves them);
+//! - shadow server stdout, per session past MCS connect: `… - Accepted channels:` then
+//!   one line `… -  NAME` per channel the client's Connect Initial listed (the filter
+//!   renames denied ones to `kkhxNN`, so the server never serves them; filtered ones
+//!   such as a one-way `cliprdr` keep their name);
 //! - xfreerdp's own debug log (`rdp-xfreerdp-NAME.log`) shows which channel
 //!   plugins it loaded (`Loading Static Virtual Channel rdpdr` …), proving it asked;
-//! - gateway: `RDP blocked` lines with the session id and
-//!   `kakehashi_rdp_blocked_total{kind=…}` on `/metrics`;
+//! - xrdp: the desk's X clipboard (xclip), the FUSE mount of redirected drives and the
+//!   `Detected remote …` lines of xrdp-chansrv's log (see `tests/rdp/xrdp-peer.sh`);
+//! - gateway: `RDP blocked` lines with the session id,
+//!   `kakehashi_rdp_blocked_total{kind=…}` on `/metrics`, and with a store the
+//!   `rdp.blocked` records of `kakehashi-gateway audit export`;
 //! - agent: `Session refused by the RDP filter` with `reason="rdp_uninspectable"`, or
 //!   `the RDP server's certificate is not the one in [rdp] server_cert`.
 
@@ -19,6 +29,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kakehashi_pki::TerminalClass;
+use kakehashi_store::Store;
 use kakehashi_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -129,17 +140,92 @@ fn xfreerdp_log(pki: &Pki, name: &str) -> String {
     std::fs::read_to_string(pki.path().join(format!("rdp-xfreerdp-{name}.log"))).unwrap_or_default()
 }
 
-/// (a) Home-like, everything denied: the client asks for drives, printers, clipboard,
-/// USB and sound; NLA completes and the desktop comes up, the server never serves
-/// rdpdr, cliprdr or rdpsnd, and the gateway hears of every blocked channel. Over
-/// QUIC and over TCP (the two control-stream paths of the reports).
+/// A store-backed gateway (the shipped default policy) whose store is `db`,
+/// and that store opened for seeding.
+async fn policy_gateway(pki: &Pki, db: &std::path::Path) -> (GatewayProc, Store) {
+    let gw = start_gateway(
+        pki,
+        GatewayOpts {
+            identity: Some(store_sections(db)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    (gw, store)
+}
+
+/// The ids of the sessions `gw` started for `desk`, from its audit export, with the
+/// rule and controls the policy chose.
+fn started_sessions(audit: &[serde_json::Value], desk: &str) -> Vec<(String, serde_json::Value)> {
+    audit
+        .iter()
+        .filter(|r| r["action"] == "session.start")
+        .filter_map(|r| {
+            let d = audit_detail(r);
+            (d["desk"] == desk).then(|| (r["subject"].as_str().unwrap().to_string(), d))
+        })
+        .collect()
+}
+
+/// The exported `rdp.blocked` records of `session` as (reason, detail).
+fn blocked_records(audit: &[serde_json::Value], session: &str) -> Vec<(String, serde_json::Value)> {
+    audit
+        .iter()
+        .filter(|r| r["action"] == "rdp.blocked" && r["subject"] == session)
+        .map(|r| (r["reason"].as_str().unwrap().to_string(), audit_detail(r)))
+        .collect()
+}
+
+/// Poll `gw`'s audit export until `want` holds for it (reports reach the store a
+/// little after the log line); returns the export.
+async fn audit_until(
+    gw: &GatewayProc,
+    within: Duration,
+    want: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let audit = audit_export(gw).await;
+        if want(&audit) {
+            return audit;
+        }
+        if start.elapsed() > within {
+            panic!(
+                "the audit log never showed what was expected within {within:?}:\n{}",
+                audit
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// (a) Everything denied, as the shipped default policy decides for level 2 from
+/// home (with BCP mode declared, so the test runs at any hour): the client asks for
+/// drives, printers, clipboard, USB and sound; NLA completes and the desktop comes
+/// up; the server never serves rdpdr (so it never sees a drive or printer announce)
+/// nor rdpsnd; cliprdr is served but filtered (clipboard `to-remote`); no USB channel
+/// is ever opened: the client loads its URBDRC plugin, but neither side logs a URBDRC
+/// channel (the shadow server opens only the graphics pipeline; the agent's refusal of
+/// a server's URBDRC create request is covered by the rdpfilter unit tests); the
+/// blocked channels are in the gateway's log, metrics and audit log with the session
+/// id. Over QUIC and over TCP (the two control-stream paths of the reports).
 #[tokio::test(flavor = "multi_thread")]
 async fn rdp_filter_denies_everything_with_nla_intact() {
     install_peers().await;
     let mut pki = Pki::new();
     let rdp_cert = rdp_server_cert(&mut pki);
     let (server, rdp_addr) = start_rdp_server_with(&pki, &rdp_cert).await;
-    let gw = start_gateway(&pki, GatewayOpts::default()).await;
+    let db = pki.path().join("deny.db");
+    let (gw, store) = policy_gateway(&pki, &db).await;
+    for desk in ["DESK-F-Q", "DESK-F-T"] {
+        add_desk(&store, desk, 2, &["u-home-f"]).await;
+    }
+    declare_bcp(&gw, "大雪").await;
     let agent_q = start_agent_rdp(&mut pki, "DESK-F-Q", &gw.addrs, rdp_addr, "quic", &rdp_cert);
     let agent_t = start_agent_rdp(&mut pki, "DESK-F-T", &gw.addrs, rdp_addr, "tcp", &rdp_cert);
     for desk in ["DESK-F-Q", "DESK-F-T"] {
@@ -148,37 +234,41 @@ async fn rdp_filter_denies_everything_with_nla_intact() {
             .unwrap();
     }
     let dev = pki.device("LAPTOP-F", TerminalClass::Home);
-    let cfg = client_config(&pki, &dev, gw.addrs.terminal_tcp, gw.addrs.terminal_quic);
+    let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-home-f").await;
+    let cfg = client_config_logged_in(&pki, &dev, &gw.addrs, "u-home-f", &token);
     let via_quic = start_client(&pki, &cfg, "DESK-F-Q", "quic").await.unwrap();
     let via_tcp = start_client(&pki, &cfg, "DESK-F-T", "tcp").await.unwrap();
 
-    for (name, client, agent) in [
-        ("deny-quic", &via_quic, &agent_q),
-        ("deny-tcp", &via_tcp, &agent_t),
+    for (name, desk, client, agent) in [
+        ("deny-quic", "DESK-F-Q", &via_quic, &agent_q),
+        ("deny-tcp", "DESK-F-T", &via_tcp, &agent_t),
     ] {
         let before = accepted_channels(&server).len();
-        let blocked: std::collections::HashMap<&str, usize> =
-            ["what=rdpdr", "what=cliprdr", "what=rdpsnd"]
-                .into_iter()
-                .map(|w| (w, log_lines(&gw.proc, &["RDP blocked", w])))
-                .collect();
+        let blocked: std::collections::HashMap<&str, usize> = ["what=rdpdr", "what=rdpsnd"]
+            .into_iter()
+            .map(|w| (w, log_lines(&gw.proc, &["RDP blocked", w])))
+            .collect();
         let (code, out) = rdp_client_with(&pki, name, client.listen, PASSWORD, EVERYTHING).await;
         assert_eq!(
             code, 0,
             "{name}: no working desktop through the filter:\n{out}"
         );
         let channels = next_channels(&server, before).await;
-        for denied in ["rdpdr", "cliprdr", "rdpsnd"] {
+        for denied in ["rdpdr", "rdpsnd"] {
             assert!(
                 !channels.iter().any(|c| c.eq_ignore_ascii_case(denied)),
                 "{name}: the server accepted {denied}: {channels:?}"
             );
         }
         assert!(
-            channels.iter().any(|c| c.starts_with("kkhx")),
-            "{name}: no renamed channel in {channels:?}"
+            channels.iter().any(|c| c == "cliprdr"),
+            "{name}: cliprdr (to-remote: filtered, not denied) was not served: {channels:?}"
         );
-        // The client did ask for them.
+        assert!(
+            channels.iter().filter(|c| c.starts_with("kkhx")).count() >= 2,
+            "{name}: rdpdr and rdpsnd were not renamed: {channels:?}"
+        );
+        // The client did ask for everything.
         let xlog = xfreerdp_log(&pki, name);
         for asked in [
             "loading channelEx rdpdr",
@@ -198,6 +288,25 @@ async fn rdp_filter_denies_everything_with_nla_intact() {
                     .join("\n")
             );
         }
+        // No USB channel on either side: the server never logs one, and the client
+        // never got one opened (a server asking would have been refused by the agent).
+        let slog = server.stdout.lock().unwrap().join("\n") + &server.log_text();
+        assert!(
+            !slog.to_ascii_lowercase().contains("urbdrc"),
+            "{name}: the server mentions URBDRC"
+        );
+        // (FreeRDP logs `process_create_request: ChannelId=N ChannelName=NAME` for
+        // every dynamic channel the server opens.)
+        assert!(
+            !xlog
+                .lines()
+                .any(|l| l.contains("ChannelName=URBDRC") || l.contains("listener URBDRC")),
+            "{name}: a URBDRC channel was opened to the client:\n{}",
+            xlog.lines()
+                .filter(|l| l.contains("process_create_request"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         wait_plain(
             agent,
             &["Session started", "filter=true"],
@@ -206,7 +315,7 @@ async fn rdp_filter_denies_everything_with_nla_intact() {
         )
         .await;
         // Reported to the gateway, with the session id.
-        for what in ["what=rdpdr", "what=cliprdr", "what=rdpsnd"] {
+        for what in ["what=rdpdr", "what=rdpsnd"] {
             wait_plain(
                 &gw.proc,
                 &[
@@ -220,10 +329,36 @@ async fn rdp_filter_denies_everything_with_nla_intact() {
             )
             .await;
         }
+        // And in the audit log: the policy's decision, then the blocked channels of
+        // that very session.
+        let audit = audit_until(&gw, Duration::from_secs(10), |audit| {
+            started_sessions(audit, desk).iter().any(|(id, _)| {
+                let b = blocked_records(audit, id);
+                ["rdpdr", "rdpsnd"].iter().all(|w| {
+                    b.iter()
+                        .any(|(reason, d)| reason == "static_channel" && d["what"] == *w)
+                })
+            })
+        })
+        .await;
+        for (id, start) in started_sessions(&audit, desk) {
+            assert_eq!(start["rule"], "l2-home", "{name}: {start}");
+            assert_eq!(
+                start["controls"]["clipboard"], "to-remote",
+                "{name}: {start}"
+            );
+            for (reason, d) in blocked_records(&audit, &id) {
+                assert_eq!(d["desk"], desk, "{name}: {d}");
+                assert_ne!(
+                    d["what"], "cliprdr",
+                    "{name}: cliprdr blocked as a channel: {reason} {d}"
+                );
+            }
+        }
     }
     let m = metrics(&gw).await;
     assert!(
-        metric(&m, r#"kakehashi_rdp_blocked_total{kind="static_channel"}"#) >= 6.0,
+        metric(&m, r#"kakehashi_rdp_blocked_total{kind="static_channel"}"#) >= 4.0,
         "{m}"
     );
 }
@@ -410,11 +545,20 @@ async fn rdp_filter_standard_security_passes_only_with_allow_all() {
             let store = kakehashi_store::Store::open(db.to_str().unwrap())
                 .await
                 .unwrap();
-            let audit = store.audit_between(0, i64::MAX).await.unwrap();
-            let rec = audit
-                .iter()
-                .find(|r| r.action == "rdp.blocked")
-                .unwrap_or_else(|| panic!("no rdp.blocked audit record: {audit:?}"));
+            // The gateway logs the block, then writes its audit record.
+            let start = std::time::Instant::now();
+            let (audit, at) = loop {
+                let audit = store.audit_between(0, i64::MAX).await.unwrap();
+                if let Some(at) = audit.iter().position(|r| r.action == "rdp.blocked") {
+                    break (audit, at);
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no rdp.blocked audit record: {audit:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let rec = &audit[at];
             assert_eq!(rec.reason, "rdp_uninspectable");
             assert_eq!(rec.actor, format!("agent:{desk}"));
             assert!(rec.subject.starts_with("s-"), "{rec:?}");
@@ -638,13 +782,85 @@ where
     false
 }
 
-/// (e) Clipboard direction against a peer that serves a clipboard: xrdp (Xvnc backend,
-/// TLS security; its chansrv syncs the RDP clipboard with the desk's X clipboard),
-/// through the filter. `both`: text set with xclip on either display arrives on the
-/// other (so the test can see clipboard traffic). `to-remote`: laptop → desk arrives,
-/// desk → laptop never does, and the gateway hears of the refused clipboard data.
+/// `xrdp-peer.sh ARGS…`: success and stdout.
+async fn xrdp_peer(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(xrdp_script())
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// xrdp-chansrv's log lines (all of the desk user's sessions) containing `needle`.
+async fn chansrv_lines(needle: &str) -> Vec<String> {
+    let (_, log) = xrdp_peer(&["chansrv-log", "--user", XRDP_USER]).await;
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `file` of the client drive `name` as the desk user reads it through
+/// xrdp-chansrv's FUSE mount (`~/thinclient_drives/NAME`), if it can.
+async fn drive_read(name: &str, file: &str) -> Option<String> {
+    let (ok, out) = xrdp_peer(&[
+        "drive-read",
+        "--user",
+        XRDP_USER,
+        "--name",
+        name,
+        "--file",
+        file,
+    ])
+    .await;
+    ok.then_some(out)
+}
+
+/// One pass of [`rdp_filter_enforces_clipboard_and_devices_with_xrdp`].
+struct XrdpPass {
+    /// What the pass is.
+    label: &'static str,
+    /// `None`: a bare relay with [`ALLOW_ALL`] controls; `Some`: the shipped default
+    /// policy for a laptop of this class and a level-2 desk.
+    class: Option<TerminalClass>,
+    /// Declare BCP mode (home access at any hour).
+    bcp: bool,
+    /// Desk → laptop clipboard allowed.
+    desk_to_laptop: bool,
+    /// The redirected drive reaches the desk.
+    drive: bool,
+    /// rdpdr is served (its device announce reaches xrdp-chansrv).
+    rdpdr_served: bool,
+}
+
+/// (e) Clipboard direction and device redirection against a peer that serves both:
+/// xrdp (Xvnc backend, TLS security; its xrdp-chansrv syncs the RDP clipboard with the
+/// desk's X clipboard and mounts client drives with FUSE), through the filter, one
+/// gateway per pass and one xrdp session for all of them:
+///
+/// 1. bare relay, allow-all controls: text set with xclip on either display arrives on
+///    the other, and the laptop's drive appears on the desk — a file's content is read
+///    through `~kkrdp/thinclient_drives/NAME` and chansrv logs `Detected remote drive
+///    'NAME'` and `Detected remote printer` (so the test can see both);
+/// 2. default policy, home laptop, level-2 desk, BCP mode: laptop → desk arrives, desk
+///    → laptop never does, rdpdr is not served (no drive, chansrv detects no device),
+///    and the audit log has `rdp.blocked` records for `clipboard_data` and `rdpdr`;
+/// 3. default policy, satellite laptop, level-2 desk: clipboard both ways; rdpdr is
+///    served (chansrv detects the printer of the same announce) but the drive never
+///    reaches the desk, and the audit log has an `rdp.blocked` record of kind `device`
+///    for `drive NAME`.
+///
+/// The clipboard is exercised with xfreerdp (`+clipboard`), the devices with rdesktop
+/// (`-r disk:NAME=DIR -r printer:…`) reconnecting to the same xrdp session: FreeRDP 2.11
+/// never announces drives or printers to Debian 12's xrdp 0.9.21 (xrdp sends the rdpdr
+/// User Logged On PDU before its capabilities; xrdp issues #2834/#2971), and rdesktop's
+/// desk → laptop clipboard does not work with that xrdp.
 #[tokio::test(flavor = "multi_thread")]
-async fn rdp_filter_enforces_clipboard_direction_with_xrdp() {
+async fn rdp_filter_enforces_clipboard_and_devices_with_xrdp() {
     install_peers().await;
     let out = tokio::process::Command::new(xrdp_script())
         .arg("install")
@@ -652,6 +868,11 @@ async fn rdp_filter_enforces_clipboard_direction_with_xrdp() {
         .await
         .unwrap();
     assert!(out.status.success(), "xrdp-peer.sh install failed: {out:?}");
+    assert!(
+        std::path::Path::new("/dev/fuse").exists(),
+        "xrdp-chansrv mounts redirected drives with FUSE: this test needs /dev/fuse \
+         (in a container: --device /dev/fuse --cap-add SYS_ADMIN)"
+    );
     let mut pki = Pki::new();
     let cert = rdp_server_cert_named(&mut pki, "xrdp-desk");
     let dir = pki.path().join("xrdp");
@@ -691,32 +912,76 @@ async fn rdp_filter_enforces_clipboard_direction_with_xrdp() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    for (n, (controls, desk_to_laptop)) in [
-        (r#"{ clipboard = "both" }"#, true),
-        (r#"{ clipboard = "to-remote" }"#, false),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let gw = start_gateway(
-            &pki,
-            GatewayOpts {
-                controls: Some(controls.into()),
-                ..Default::default()
-            },
-        )
-        .await;
+    let passes = [
+        XrdpPass {
+            label: "bare relay, allow all",
+            class: None,
+            bcp: false,
+            desk_to_laptop: true,
+            drive: true,
+            rdpdr_served: true,
+        },
+        XrdpPass {
+            label: "default policy, home, level 2, BCP",
+            class: Some(TerminalClass::Home),
+            bcp: true,
+            desk_to_laptop: false,
+            drive: false,
+            rdpdr_served: false,
+        },
+        XrdpPass {
+            label: "default policy, satellite, level 2",
+            class: Some(TerminalClass::Satellite),
+            bcp: false,
+            desk_to_laptop: true,
+            drive: false,
+            rdpdr_served: true,
+        },
+    ];
+    let run = std::process::id();
+    for (n, pass) in passes.iter().enumerate() {
+        let label = pass.label;
         let desk = format!("DESK-X{n}");
+        let user = format!("u-xrdp-{n}");
+        let dev = pki.device(
+            &format!("LAPTOP-X{n}"),
+            pass.class.unwrap_or(TerminalClass::Home),
+        );
+        let (gw, cfg) = match pass.class {
+            None => {
+                let gw = start_gateway(
+                    &pki,
+                    GatewayOpts {
+                        controls: Some(ALLOW_ALL.into()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                let cfg = client_config(&pki, &dev, gw.addrs.terminal_tcp, gw.addrs.terminal_quic);
+                (gw, cfg)
+            }
+            Some(_) => {
+                let db = pki.path().join(format!("xrdp-{n}.db"));
+                let (gw, store) = policy_gateway(&pki, &db).await;
+                add_desk(&store, &desk, 2, &[&user]).await;
+                if pass.bcp {
+                    declare_bcp(&gw, "大雪").await;
+                }
+                let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, &user).await;
+                let cfg = client_config_logged_in(&pki, &dev, &gw.addrs, &user, &token);
+                (gw, cfg)
+            }
+        };
         let agent = start_agent_rdp(&mut pki, &desk, &gw.addrs, xrdp_addr, "quic", &cert);
         wait_log_line(&gw.proc, &["Agent online", &desk], Duration::from_secs(20))
             .await
             .unwrap();
-        let dev = pki.device(&format!("LAPTOP-X{n}"), TerminalClass::Home);
-        let cfg = client_config(&pki, &dev, gw.addrs.terminal_tcp, gw.addrs.terminal_quic);
         let client = start_client(&pki, &cfg, &desk, "quic").await.unwrap();
+        let port = client.listen.port().to_string();
+
+        // Clipboard, with xfreerdp.
         let tmp = pki.path().join(format!("tmp-x{n}"));
         std::fs::create_dir_all(&tmp).unwrap();
-        let port = client.listen.port().to_string();
         let mut rdp = Proc::spawn(
             &super::rdp::script(),
             &[
@@ -730,9 +995,9 @@ async fn rdp_filter_enforces_clipboard_direction_with_xrdp() {
                 "--password",
                 XRDP_PASSWORD,
                 "--seconds",
-                "25",
+                "90",
                 "--timeout",
-                "30",
+                "60",
                 "--",
                 "/sec:tls",
                 "+clipboard",
@@ -744,45 +1009,50 @@ async fn rdp_filter_enforces_clipboard_direction_with_xrdp() {
             .wait_line("RDP_PEERS_CLIENT display=", Duration::from_secs(20))
             .await
             .unwrap();
-        rdp.wait_line("RDP_PEERS_CLIENT active", Duration::from_secs(40))
+        rdp.wait_line("RDP_PEERS_CLIENT active", Duration::from_secs(70))
             .await
             .unwrap();
+        let filtered = if pass.class.is_none() {
+            "filter=false"
+        } else {
+            "filter=true"
+        };
         wait_plain(
             &agent,
-            &["Session started", "filter=true"],
+            &["Session started", filtered],
             0,
             Duration::from_secs(5),
         )
         .await;
 
-        // Laptop → desk: allowed in both cases.
-        let up = format!("laptop-to-desk-{n}-{}", std::process::id());
+        // Laptop → desk: allowed in every pass.
+        let up = format!("laptop-to-desk-{n}-{run}");
         assert!(
             arrives(
                 || laptop_clipboard(&display, Some(&up)),
                 || desk_clipboard(None),
                 &up,
-                Duration::from_secs(15)
+                Duration::from_secs(20)
             )
             .await,
-            "{controls}: laptop clipboard did not reach the desk\nagent:\n{}\nclient:\n{}",
+            "{label}: laptop clipboard did not reach the desk\nagent:\n{}\nclient:\n{}",
             plain(&agent.log_text()),
             rdp.stdout.lock().unwrap().join("\n")
         );
         // Desk → laptop: only with `both`.
-        let down = format!("desk-to-laptop-{n}-{}", std::process::id());
+        let down = format!("desk-to-laptop-{n}-{run}");
         let got = arrives(
             || desk_clipboard(Some(&down)),
             || laptop_clipboard(&display, None),
             &down,
-            Duration::from_secs(12),
+            Duration::from_secs(if pass.desk_to_laptop { 20 } else { 12 }),
         )
         .await;
         assert_eq!(
-            got, desk_to_laptop,
-            "{controls}: desk to laptop arrived = {got}"
+            got, pass.desk_to_laptop,
+            "{label}: desk to laptop arrived = {got}"
         );
-        if !desk_to_laptop {
+        if !pass.desk_to_laptop {
             wait_plain(
                 &gw.proc,
                 &[
@@ -796,8 +1066,208 @@ async fn rdp_filter_enforces_clipboard_direction_with_xrdp() {
             .await;
         }
         rdp.kill().await;
+        wait_plain(&agent, &["Session ended"], 0, Duration::from_secs(20)).await;
+
+        // Devices, with rdesktop on the same xrdp session.
+        let drive = format!("KK{:04X}{n}", run & 0xffff);
+        let drive_dir = pki.path().join(format!("drive-x{n}"));
+        std::fs::create_dir_all(&drive_dir).unwrap();
+        let secret = format!("drive content {n} {run} {:016x}", rand::random::<u64>());
+        std::fs::write(drive_dir.join("proof.txt"), &secret).unwrap();
+        let printers_before = chansrv_lines("Detected remote printer").await.len();
+        let rdpdr_blocks_before = log_lines(&gw.proc, &["RDP blocked", "what=rdpdr"]);
+        let disk = format!("disk:{drive}={}", drive_dir.display());
+        let mut rd = Proc::spawn(
+            &xrdp_script(),
+            &[
+                "rdesktop",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--user",
+                XRDP_USER,
+                "--password",
+                XRDP_PASSWORD,
+                "--timeout",
+                "60",
+                "--",
+                "-r",
+                &disk,
+                "-r",
+                "printer:KKPRN",
+                "-r",
+                "clipboard:off",
+            ],
+            pki.path().join(format!("rdesktop-x{n}.log")),
+            &[("TMPDIR", tmp.to_str().unwrap())],
+        );
+        rd.wait_line("XRDP_PEER_RDESKTOP connected", Duration::from_secs(70))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{label}: rdesktop did not connect: {e:#}\n{}",
+                    rd.stdout.lock().unwrap().join("\n")
+                )
+            });
+        let detected = format!("Detected remote drive '{drive}'");
+        if pass.drive {
+            // The drive works end to end: the desk reads the laptop's file.
+            let start = std::time::Instant::now();
+            loop {
+                if drive_read(&drive, "proof.txt").await.as_deref() == Some(secret.as_str()) {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{label}: the drive never appeared on the desk; chansrv:\n{}\nrdesktop:\n{}",
+                    chansrv_lines("").await.join("\n"),
+                    rd.stdout.lock().unwrap().join("\n")
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            // chansrv logged the announce: the drive, and the printer the
+            // satellite pass relies on to see that rdpdr is served.
+            assert!(!chansrv_lines(&detected).await.is_empty(), "{label}");
+            assert!(
+                chansrv_lines("Detected remote printer").await.len() > printers_before,
+                "{label}: {}",
+                chansrv_lines("").await.join("\n")
+            );
+        } else if pass.rdpdr_served {
+            // The announce reached chansrv (its printer did), without the drive.
+            let start = std::time::Instant::now();
+            while chansrv_lines("Detected remote printer").await.len() <= printers_before {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{label}: the device announce never reached the desk; chansrv:\n{}",
+                    chansrv_lines("").await.join("\n")
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let what = format!("what=drive {drive}");
+            wait_plain(
+                &gw.proc,
+                &["RDP blocked", "kind=\"device\"", &what],
+                0,
+                Duration::from_secs(10),
+            )
+            .await;
+        } else {
+            // rdpdr renamed: the server never serves it, so nothing is announced.
+            wait_plain(
+                &gw.proc,
+                &[
+                    "RDP blocked",
+                    "what=rdpdr",
+                    "direction=\"client_to_server\"",
+                ],
+                rdpdr_blocks_before,
+                Duration::from_secs(10),
+            )
+            .await;
+            // In the allow pass the drive is detected within a second of connecting.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert_eq!(
+                chansrv_lines("Detected remote printer").await.len(),
+                printers_before,
+                "{label}: rdpdr was served"
+            );
+        }
+        if !pass.drive {
+            assert!(
+                chansrv_lines(&detected).await.is_empty(),
+                "{label}: the desk saw the drive announced"
+            );
+            assert_eq!(
+                drive_read(&drive, "proof.txt").await,
+                None,
+                "{label}: the drive is readable on the desk"
+            );
+        }
+        rd.kill().await;
+        wait_plain(&agent, &["Session ended"], 1, Duration::from_secs(20)).await;
+
+        // The audit log: the policy's decision, and what was blocked.
+        match pass.class {
+            None => assert_eq!(
+                log_lines(&gw.proc, &["RDP blocked"]),
+                0,
+                "{label}: {}",
+                plain(&gw.proc.log_text())
+            ),
+            Some(class) => {
+                let rule = if class == TerminalClass::Home {
+                    "l2-home"
+                } else {
+                    "l2-satellite"
+                };
+                let device_what = format!("drive {drive}");
+                // Whether a session of the desk has an rdp.blocked record for `reason`
+                // and `what` (clipboard data: in the desk → laptop direction).
+                let blocked = |audit: &[serde_json::Value], reason: &str, what: &str| {
+                    started_sessions(audit, &desk).iter().any(|(id, _)| {
+                        blocked_records(audit, id).iter().any(|(r, d)| {
+                            r == reason
+                                && if reason == "clipboard_data" {
+                                    d["direction"] == "server_to_client"
+                                } else {
+                                    d["what"] == what
+                                }
+                        })
+                    })
+                };
+                let mut expected = Vec::new();
+                if !pass.desk_to_laptop {
+                    expected.push(("clipboard_data", ""));
+                }
+                if pass.rdpdr_served {
+                    expected.push(("device", device_what.as_str()));
+                } else {
+                    expected.push(("static_channel", "rdpdr"));
+                }
+                let audit = audit_until(&gw, Duration::from_secs(10), |audit| {
+                    expected.iter().all(|(r, w)| blocked(audit, r, w))
+                })
+                .await;
+                if pass.desk_to_laptop {
+                    assert!(
+                        !blocked(&audit, "clipboard_data", ""),
+                        "{label}: clipboard data was blocked"
+                    );
+                }
+                if pass.rdpdr_served {
+                    assert!(
+                        !blocked(&audit, "static_channel", "rdpdr"),
+                        "{label}: rdpdr was blocked"
+                    );
+                }
+                let sessions = started_sessions(&audit, &desk);
+                assert!(sessions.len() >= 2, "{label}: {sessions:?}");
+                for (id, start) in &sessions {
+                    assert_eq!(start["rule"], rule, "{label}: {start}");
+                    let clipboard = if pass.desk_to_laptop {
+                        "both"
+                    } else {
+                        "to-remote"
+                    };
+                    assert_eq!(
+                        start["controls"]["clipboard"], clipboard,
+                        "{label}: {start}"
+                    );
+                    assert_eq!(start["controls"]["drive"], false, "{label}: {start}");
+                    for (_, d) in blocked_records(&audit, id) {
+                        assert_eq!(d["desk"], desk.as_str(), "{label}: {d}");
+                        assert_ne!(d["what"], "cliprdr", "{label}: {d}");
+                    }
+                }
+            }
+        }
     }
+    // SIGTERM and wait: the script stops xrdp, sesman and the session (a kill on
+    // drop alone would leave the session behind until the next server starts).
     xrdp.terminate();
+    let _ = xrdp.wait_exit(Duration::from_secs(10)).await;
 }
 
 /// `kakehashi-gateway demo --rdp` as printed: log in, then the printed
@@ -807,27 +1277,8 @@ async fn rdp_filter_enforces_clipboard_direction_with_xrdp() {
 async fn demo_rdp_opens_a_desktop_as_printed() {
     install_peers().await;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("demo");
-    let mut demo = Proc::spawn(
-        &bin("kakehashi-gateway"),
-        &["demo", "--rdp", "--dir", dir.to_str().unwrap()],
-        tmp.path().join("demo.log"),
-        &[],
-    );
-    demo.wait_line("Kakehashi demo is running", Duration::from_secs(60))
-        .await
-        .unwrap();
-    demo.wait_line("First log in", Duration::from_secs(5))
-        .await
-        .unwrap();
-    let login = demo.wait_line("  ", Duration::from_secs(5)).await.unwrap();
-    let out = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&login)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let mut demo = start_demo(tmp.path(), &["--rdp"]).await;
+    demo_login(&mut demo).await;
     demo.wait_line("Open it in xfreerdp", Duration::from_secs(5))
         .await
         .unwrap();
