@@ -1383,7 +1383,8 @@ async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String
         write_message(&mut ctl, &welcome).await?;
         anyhow::Ok((ctl, h))
     };
-    let (ctl, hello) = match tokio::time::timeout(s.cfg.handshake_timeout, hello).await {
+    // Boxed, so the tunnel's task does not keep room for the handshake.
+    let (ctl, hello) = match tokio::time::timeout(s.cfg.handshake_timeout, Box::pin(hello)).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             warn!(desk, error = %format!("{e:#}"), "Agent hello failed");
@@ -1531,7 +1532,9 @@ async fn read_agent_control<R: tokio::io::AsyncRead + Unpin>(
             Ok(f) if f.kind == FrameKind::FilterReport => {
                 *last_seen.lock().expect("last_seen lock") = Instant::now();
                 match FilterReport::from_frame(&f) {
-                    Ok(r) => record_filter_report(&s, &desk, r).await,
+                    // Boxed: the report's audit write is a large future, and
+                    // this task lives as long as the agent's tunnel.
+                    Ok(r) => Box::pin(record_filter_report(&s, &desk, r)).await,
                     Err(e) => {
                         warn!(desk, error = %e, "Bad filter report from agent");
                         return;
