@@ -38,21 +38,6 @@ async fn request(
     }
 }
 
-/// `kakehashi-gateway ARGS…`: success and output.
-async fn cli(args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(bin("kakehashi-gateway"))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// A session through a real `kakehashi connect`: the local TCP stream after
 /// one echo round trip.
 async fn open_session(client: &ClientProc) -> TcpStream {
@@ -235,7 +220,7 @@ async fn blocking_a_device_ends_its_session_within_a_second() {
     let mut s = open_session(&client).await;
     let id = newest_session(&store, "DESK-B2").await;
 
-    let (ok, out) = cli(&[
+    let (ok, out) = gateway_cli(&[
         "admin",
         "--config",
         gw.config.to_str().unwrap(),
@@ -285,7 +270,8 @@ async fn tightening_the_policy_or_a_desk_ends_only_the_sessions_no_longer_allowe
     let id2 = newest_session(&store, "DESK-T2").await;
 
     // The officer exports the policy, denies level 2 from satellite offices, imports it.
-    let (ok, current) = cli(&["policy", "export", "--config", gw.config.to_str().unwrap()]).await;
+    let (ok, current) =
+        gateway_cli(&["policy", "export", "--config", gw.config.to_str().unwrap()]).await;
     assert!(ok, "{current}");
     let marker = "id = \"l2-satellite\"";
     let at = current.find(marker).expect("l2-satellite rule");
@@ -297,9 +283,9 @@ async fn tightening_the_policy_or_a_desk_ends_only_the_sessions_no_longer_allowe
     );
     let file = pki.path().join("tightened.toml");
     std::fs::write(&file, &tightened).unwrap();
-    let (ok, out) = cli(&["policy", "check", file.to_str().unwrap()]).await;
+    let (ok, out) = gateway_cli(&["policy", "check", file.to_str().unwrap()]).await;
     assert!(ok, "{out}");
-    let (ok, out) = cli(&[
+    let (ok, out) = gateway_cli(&[
         "policy",
         "import",
         "--config",
@@ -323,7 +309,7 @@ async fn tightening_the_policy_or_a_desk_ends_only_the_sessions_no_longer_allowe
     assert_eq!(r.code, "level_not_permitted");
 
     // The desk moves into the My Number segment: never reachable remotely.
-    let (ok, out) = cli(&[
+    let (ok, out) = gateway_cli(&[
         "admin",
         "--config",
         gw.config.to_str().unwrap(),
@@ -378,7 +364,7 @@ async fn bcp_mode_opens_home_access_and_its_end_closes_it() {
 
     // Snow day: BCP for everyone until tomorrow.
     let until = rfc3339_in(3600);
-    let (ok, out) = cli(&[
+    let (ok, out) = gateway_cli(&[
         "bcp", "declare", "--config", &cfg_path, "--scope", "all", "--reason", "大雪", "--until",
         &until,
     ])
@@ -390,7 +376,7 @@ async fn bcp_mode_opens_home_access_and_its_end_closes_it() {
     let id = newest_session(&store, "DESK-H2").await;
 
     // The officer ends BCP mode: the session it allowed ends.
-    let (ok, out) = cli(&["bcp", "end", "--config", &cfg_path]).await;
+    let (ok, out) = gateway_cli(&["bcp", "end", "--config", &cfg_path]).await;
     assert!(ok, "{out}");
     ended_within(&mut s, Duration::from_secs(1)).await;
     let reason = end_reason(&store, &id).await;
@@ -401,7 +387,7 @@ async fn bcp_mode_opens_home_access_and_its_end_closes_it() {
     assert_eq!(reason, before, "the same rule as before BCP decides");
 
     // A short declaration runs out on its own: its session ends at that time.
-    let (ok, out) = cli(&[
+    let (ok, out) = gateway_cli(&[
         "bcp",
         "declare",
         "--config",
@@ -419,6 +405,6 @@ async fn bcp_mode_opens_home_access_and_its_end_closes_it() {
     let id = newest_session(&store, "DESK-H2").await;
     ended_within(&mut s, Duration::from_secs(6)).await;
     assert_eq!(end_reason(&store, &id).await, before);
-    let (ok, out) = cli(&["bcp", "list", "--config", &cfg_path]).await;
+    let (ok, out) = gateway_cli(&["bcp", "list", "--config", &cfg_path]).await;
     assert!(ok && out.contains("訓練") && out.contains("大雪"), "{out}");
 }
