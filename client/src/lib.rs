@@ -85,14 +85,14 @@ struct QuicState {
 /// hands back those of ended sessions in batches).
 const STREAM_WAIT: Duration = Duration::from_secs(10);
 
-/// A new stream on `c`; `None` when the connection is lost, an error when
-/// the gateway's per-laptop stream limit is still reached after [`STREAM_WAIT`].
+/// A new stream on `c`; the inner error when the connection is lost or
+/// refused (its close reason says why), the outer one when the gateway's
+/// per-laptop stream limit is still reached after [`STREAM_WAIT`].
 async fn open_stream(
     c: &quinn::Connection,
-) -> anyhow::Result<Option<(quinn::SendStream, quinn::RecvStream)>> {
+) -> anyhow::Result<Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>> {
     match tokio::time::timeout(STREAM_WAIT, c.open_bi()).await {
-        Ok(Ok(bi)) => Ok(Some(bi)),
-        Ok(Err(_)) => Ok(None),
+        Ok(r) => Ok(r),
         Err(_) => anyhow::bail!(
             "このPCから同時に開けるセッション数の上限に達しています。ほかのセッションを閉じてから再度お試しください。 / \
              This laptop has as many sessions open as the gateway allows; close one and try again."
@@ -193,7 +193,7 @@ impl Dialer {
                     .filter(|c| c.close_reason().is_none())
                     .cloned();
                 if let Some(c) = live {
-                    if let Some(bi) = open_stream(&c).await? {
+                    if let Ok(bi) = open_stream(&c).await? {
                         return Ok(Box::new(QuicStream::new(bi)));
                     }
                 }
