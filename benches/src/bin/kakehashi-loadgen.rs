@@ -612,6 +612,9 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     if a.restart {
         let t_stop = Instant::now();
         let up_before = ctx.agents_up.load(Ordering::Relaxed);
+        // Counted from the stop: agents start coming back while the new
+        // gateway is still announcing itself ready.
+        let welcomes0 = ctx.welcomes.load(Ordering::Relaxed);
         match a.restart_signal {
             StopSignal::Term => gw.proc.terminate(),
             StopSignal::Kill => gw.proc.kill().await,
@@ -626,7 +629,6 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         gw = start_with_retry(&env.pki.files, &o2, &env.work).await?;
         pid.store(gw.proc.pid(), Ordering::Relaxed);
         let ready_us = now_us();
-        let welcomes0 = ctx.welcomes.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(90);
         let mut every_back = false;
         while Instant::now() < deadline {
