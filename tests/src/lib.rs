@@ -1055,3 +1055,31 @@ pub async fn run_printed_connect(line: &str, log: PathBuf) -> Proc {
         .unwrap();
     client
 }
+
+/// A gateway configuration for the admin CLIs (never run as a gateway): the
+/// test CA's gateway certificate and [`login_sections`] with the store in `db`.
+pub fn cli_config(pki: &Pki, db: &Path) -> PathBuf {
+    let g = pki.gateway_cert();
+    let cfg = format!(
+        r#"name = "cli-test"
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+ticket_key = "{ticket}"
+[terminals]
+tcp = "127.0.0.1:0"
+[agents]
+tcp = "127.0.0.1:0"
+{login}
+"#,
+        ca = pki.ca.ca_cert_path().display(),
+        cert = g.cert.display(),
+        key = g.key.display(),
+        ticket = pki.ca.ticket_key_path().display(),
+        login = login_sections(db),
+    );
+    let p = pki.path().join("gw-cli.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}

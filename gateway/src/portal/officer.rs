@@ -217,6 +217,25 @@ pub(super) fn who_line(lang: Lang, v: &Visitor) -> String {
     )
 }
 
+/// The top of an officer page: who is signed in, the menu with `path` as the
+/// current tab, the notice of the last action, and the page's lead paragraph.
+fn officer_head(
+    lang: Lang,
+    v: &Visitor,
+    path: &str,
+    notice: Option<&Notice>,
+    lead: &str,
+) -> String {
+    let mut out = String::from(r#"<div class="officer-wide">"#);
+    out.push_str(&who_line(lang, v));
+    out.push_str(&nav(lang, path));
+    if let Some(n) = notice {
+        out.push_str(&n.html());
+    }
+    let _ = write!(out, r#"<p class="lead">{lead}</p>"#);
+    out
+}
+
 /// The officer pages' tabs.
 fn nav(lang: Lang, current: &str) -> String {
     let tabs = [
@@ -556,19 +575,15 @@ async fn rules_body(
             .as_ref()
             .map_or_else(|| pol::default_policy_toml().to_owned(), |d| d.text.clone())
     });
-    let mut out = String::from(r#"<div class="officer-wide">"#);
-    out.push_str(&who_line(lang, v));
-    out.push_str(&nav(lang, "/officer/rules"));
-    if let Some(n) = &notice {
-        out.push_str(&n.html());
-    }
-    let _ = write!(
-        out,
-        r#"<p class="lead">{}</p>"#,
+    let mut out = officer_head(
+        lang,
+        v,
+        "/officer/rules",
+        notice.as_ref(),
         lang.t(
             "接続の可否を決めるルールを TOML で編集します。右側で仮定の接続を設定すると、編集中の内容での判定がその場で表示されます。保存すると検証のうえ新しいバージョンとして適用され、監査ログに記録されます。",
             "Edit the rules that decide every connection, as TOML. Set a hypothetical connection on the right to see how the text being edited decides it. Saving validates the text, puts it in force as a new version and records it in the audit log."
-        )
+        ),
     );
     match &current {
         Some(d) => {
@@ -993,19 +1008,15 @@ async fn desks_page(
         Ok(d) => d,
         Err(e) => return Refused::from(e).page(lang, "/officer/desks", q),
     };
-    let mut out = String::from(r#"<div class="officer-wide">"#);
-    out.push_str(&who_line(lang, v));
-    out.push_str(&nav(lang, "/officer/desks"));
-    if let Some(n) = &notice {
-        out.push_str(&n.html());
-    }
-    let _ = write!(
-        out,
-        r#"<p class="lead">{}</p>"#,
+    let mut out = officer_head(
+        lang,
+        v,
+        "/officer/desks",
+        notice.as_ref(),
         lang.t(
             "接続先のデスクPCごとの機密性レベルとネットワークです。変更すると、接続中のセッションも1秒以内に再判定されます。個人番号利用事務系のデスクには、どのルールでも接続できません。",
             "Each desk PC's confidentiality level and network segment. A change re-decides live sessions within a second. Desks in the My Number segment are never reachable, whatever the rules."
-        )
+        ),
     );
     if desks.is_empty() {
         let _ = write!(
@@ -1205,19 +1216,15 @@ async fn devices_page(
         Ok(d) => d,
         Err(e) => return Refused::from(e).page(lang, "/officer/devices", q),
     };
-    let mut out = String::from(r#"<div class="officer-wide">"#);
-    out.push_str(&who_line(lang, v));
-    out.push_str(&nav(lang, "/officer/devices"));
-    if let Some(n) = &notice {
-        out.push_str(&n.html());
-    }
-    let _ = write!(
-        out,
-        r#"<p class="lead">{}</p>"#,
+    let mut out = officer_head(
+        lang,
+        v,
+        "/officer/devices",
+        notice.as_ref(),
         lang.t(
             "貸与端末の一覧です。利用停止にすると、その端末のログインはすべて失効し、接続中のセッションは1秒以内に終了します。紛失・盗難のときは、証明書の失効（kakehashi-pki revoke）も行ってください。",
             "The loaned devices. Blocking one revokes all its logins and ends its live sessions within a second. For a lost or stolen device, also revoke its certificate (kakehashi-pki revoke)."
-        )
+        ),
     );
     if list.is_empty() {
         let _ = write!(
@@ -1490,19 +1497,15 @@ async fn bcp_page(
         Err(e) => return Refused::from(e).page(lang, "/officer/bcp", q),
     };
     let depts: BTreeSet<&str> = users.iter().map(|u| u.department.as_str()).collect();
-    let mut out = String::from(r#"<div class="officer-wide">"#);
-    out.push_str(&who_line(lang, v));
-    out.push_str(&nav(lang, "/officer/bcp"));
-    if let Some(n) = &notice {
-        out.push_str(&n.html());
-    }
-    let _ = write!(
-        out,
-        r#"<p class="lead">{}</p>"#,
+    let mut out = officer_head(
+        lang,
+        v,
+        "/officer/bcp",
+        notice.as_ref(),
         lang.t(
             "大雪・感染症・災害などで出勤が難しいときに宣言します。ポリシーの bcp_default_relax に書かれた内容（既定: レベル1・2の在宅・モバイルで、計画の承認と勤務時間の制限を不要にする）だけを緩和し、期限が来ると自動的に終わります。レベル3の在宅と個人番号利用事務系は緩和されません。",
             "Declare it when people cannot come in (snow, pandemic, disaster). It relaxes only what the policy's bcp_default_relax says (by default: no approved plan and no hour window for levels 1 and 2 from home and mobile) and ends by itself at its expiry. Level 3 from home and the My Number segment are never relaxed."
-        )
+        ),
     );
     // In force.
     let active: Vec<&Bcp> = all.iter().filter(|b| b.is_active(now)).collect();

@@ -1,36 +1,9 @@
 //! The admin CLI on the gateway's store, and `audit verify` on an honest
 //! and on a tampered log.
 
-use std::path::Path;
 use std::time::Duration;
 
 use kakehashi_tests::*;
-
-fn gateway_config(pki: &Pki, db: &Path) -> std::path::PathBuf {
-    let g = pki.gateway_cert();
-    let cfg = format!(
-        r#"name = "admin-test"
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-ticket_key = "{ticket}"
-[terminals]
-tcp = "127.0.0.1:0"
-[agents]
-tcp = "127.0.0.1:0"
-{login}
-"#,
-        ca = pki.ca.ca_cert_path().display(),
-        cert = g.cert.display(),
-        key = g.key.display(),
-        ticket = pki.ca.ticket_key_path().display(),
-        login = login_sections(db),
-    );
-    let p = pki.path().join("gw-admin.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
 
 async fn gw(args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(bin("kakehashi-gateway"))
@@ -51,7 +24,7 @@ async fn gw(args: &[&str]) -> (bool, String) {
 async fn admin_cli_and_audit_verify() {
     let pki = Pki::new();
     let db = pki.path().join("kakehashi.db");
-    let cfg = gateway_config(&pki, &db);
+    let cfg = cli_config(&pki, &db);
     let c = cfg.to_str().unwrap();
 
     let (ok, out) = gw(&[

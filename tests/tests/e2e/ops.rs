@@ -15,33 +15,6 @@ use kakehashi_store::{Audit, DeviceClass, NewUser, Role, SessionEnd, SessionStar
 use kakehashi_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A gateway configuration for the CLI (never run), with its store in `db`.
-fn cli_config(pki: &Pki, db: &Path) -> PathBuf {
-    let g = pki.gateway_cert();
-    let cfg = format!(
-        r#"name = "ops-test"
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-ticket_key = "{ticket}"
-[terminals]
-tcp = "127.0.0.1:0"
-[agents]
-tcp = "127.0.0.1:0"
-{login}
-"#,
-        ca = pki.ca.ca_cert_path().display(),
-        cert = g.cert.display(),
-        key = g.key.display(),
-        ticket = pki.ca.ticket_key_path().display(),
-        login = login_sections(db),
-    );
-    let p = pki.path().join("gw-ops.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
-
 /// Run `kakehashi-gateway ARGS`; (success, stdout, stderr).
 async fn gw(args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(bin("kakehashi-gateway"))
