@@ -32,6 +32,13 @@ done
 # 20,000 sessions over TCP hold ~60,000 descriptors on each side.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "file descriptors: $(ulimit -n)" >&2
+# The gateway's QUIC sockets ask for 8 MiB buffers; the kernel grants at most
+# rmem_max/wmem_max. Raised as deploy/sysctl/90-kakehashi-gateway.conf does.
+for k in net.core.rmem_max net.core.wmem_max; do
+  if [ "$(sysctl -n $k 2>/dev/null || echo 0)" -lt 8388608 ]; then
+    sysctl -q -w $k=8388608 2>/dev/null || echo "cannot raise $k (not root?): QUIC rows may drop packets" >&2
+  fi
+done
 
 # ---- baselines, installed by the script itself --------------------------
 APT_UPDATED=0
@@ -186,7 +193,7 @@ P6)
 P7)
   J=$(scaled P7 "$P7_SIZES" p7_args) || continue
   row P7 "reconnect storm: gateway restart (SIGTERM) with $(fmt .agents_up $J) agents" \
-    "all back: $(fmt .restart.all_back $J), $(fmt '.restart.all_back_after_ready_secs*10|floor/10' $J) s after the new gateway was ready ($(fmt '.restart.all_back_after_stop_secs*10|floor/10' $J) s after the stop)" \
+    "all back: $(fmt .restart.all_back $J), $(fmt '(.restart.all_back_after_ready_secs // -1)*10|floor/10' $J) s after the new gateway served its first agent ($(fmt '(.restart.all_back_after_stop_secs // -1)*10|floor/10' $J) s after the stop; serving $(fmt '.restart.new_gateway_serving_after_stop_secs*10|floor/10' $J) s after the stop; peak $(fmt '(.restart.returns_per_sec // [0])|max' $J) returns/s)" \
     "— (absolute target)" "—" "all back within 15 s, jittered backoff" "benches/run.sh --rows P7 → kakehashi-loadgen $(p7_args "$(fmt .agents $J)")" ;;
 esac; done
 

@@ -21,7 +21,7 @@ use kakehashi_proto::message::{
 use kakehashi_proto::{
     frame, FrameKind, Refusal, ReplayGuard, TicketVerifier, ALPN_AGENT, ALPN_TERMINAL,
 };
-use kakehashi_transport::dial::tls_connect;
+use kakehashi_transport::dial::{quic_handshake, tls_connect};
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::tls::{self, TlsMaterial};
 use kakehashi_transport::{unix_now, BoxIo};
@@ -138,6 +138,9 @@ pub struct Ctx {
     pub welcomes: AtomicU64,
     /// `traffic::now_us()` of the latest welcome.
     pub last_welcome_us: AtomicU64,
+    /// When the first agent was welcomed since this was last set to
+    /// `u64::MAX` (P7: when the new gateway was serving).
+    pub first_welcome_us: AtomicU64,
     /// Tickets accepted by the simulated agents.
     pub tickets_ok: AtomicU64,
     /// Sessions open on the laptop side.
@@ -160,6 +163,7 @@ impl Ctx {
             agents_up: AtomicUsize::new(0),
             welcomes: AtomicU64::new(0),
             last_welcome_us: AtomicU64::new(0),
+            first_welcome_us: AtomicU64::new(u64::MAX),
             tickets_ok: AtomicU64::new(0),
             sessions_up: AtomicUsize::new(0),
             flow: Flow::default(),
@@ -254,8 +258,9 @@ impl Agent {
     fn welcomed(&self, ctx: &Ctx, up: &mut Option<tokio::sync::oneshot::Sender<()>>) {
         ctx.agents_up.fetch_add(1, Ordering::Relaxed);
         ctx.welcomes.fetch_add(1, Ordering::Relaxed);
-        ctx.last_welcome_us
-            .fetch_max(traffic::now_us(), Ordering::Relaxed);
+        let now = traffic::now_us();
+        ctx.last_welcome_us.fetch_max(now, Ordering::Relaxed);
+        ctx.first_welcome_us.fetch_min(now, Ordering::Relaxed);
         if let Some(tx) = up.take() {
             let _ = tx.send(());
         }
@@ -270,12 +275,12 @@ impl Agent {
     ) -> Result<(), String> {
         match &self.quic {
             Some((ep, cfg)) => {
+                // As the real agent dials: a gateway that does not answer
+                // at all is given up after QUIC_FIRST_ANSWER.
                 let conn = match ep.connect_with(cfg.clone(), t.quic, "localhost") {
-                    Ok(c) => match tokio::time::timeout(TIMEOUT, c).await {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(_)) => return Err("agent:quic_handshake".into()),
-                        Err(_) => return Err("agent:quic_timeout".into()),
-                    },
+                    Ok(c) => quic_handshake(c, t.quic, TIMEOUT)
+                        .await
+                        .map_err(|e| quic_error_kind("agent", &e))?,
                     Err(_) => return Err("agent:quic_connect".into()),
                 };
                 let hello = async {
@@ -463,11 +468,9 @@ impl Laptop {
                     }
                 }
                 let c = match ep.connect_with(cfg.clone(), self.addr, "localhost") {
-                    Ok(c) => match tokio::time::timeout(TIMEOUT, c).await {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(_)) => return Err("setup:quic_handshake".into()),
-                        Err(_) => return Err("setup:quic_timeout".into()),
-                    },
+                    Ok(c) => quic_handshake(c, self.addr, TIMEOUT)
+                        .await
+                        .map_err(|e| quic_error_kind("setup", &e))?,
                     Err(_) => return Err("setup:quic_connect".into()),
                 };
                 let bi = c
@@ -566,4 +569,13 @@ pub fn device_configs(pki: &crate::pki::BenchPki) -> anyhow::Result<Vec<DeviceCo
             })
         })
         .collect()
+}
+
+/// Error kind of a failed QUIC dial: no answer (timeout) or a handshake error.
+fn quic_error_kind(side: &str, e: &anyhow::Error) -> String {
+    if e.to_string().starts_with("no QUIC answer") {
+        format!("{side}:quic_timeout")
+    } else {
+        format!("{side}:quic_handshake")
+    }
 }

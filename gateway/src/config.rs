@@ -191,6 +191,10 @@ pub struct TlsSection {
     pub crl: Option<PathBuf>,
     /// Ed25519 key that signs session tickets.
     pub ticket_key: PathBuf,
+    /// File of TLS session-resumption keys, written by the gateway (default:
+    /// `tls-resumption.keys` beside `ticket_key`). Peers resume their TLS
+    /// sessions across a restart instead of doing full handshakes.
+    pub resumption_keys: Option<PathBuf>,
 }
 
 /// A listener pair.
@@ -263,6 +267,8 @@ pub struct Config {
     pub crl: Option<PathBuf>,
     /// Ticket signing key.
     pub ticket_key: PathBuf,
+    /// TLS resumption key file, and whether it was set explicitly.
+    pub resumption_keys: (PathBuf, bool),
     /// Terminal QUIC address.
     pub terminal_quic: Option<SocketAddr>,
     /// Terminal TCP address.
@@ -471,6 +477,16 @@ impl Config {
             cert: rel(f.tls.cert),
             key: rel(f.tls.key),
             crl: f.tls.crl.map(rel),
+            resumption_keys: match f.tls.resumption_keys {
+                Some(p) => (rel(p), true),
+                None => (
+                    rel(f.tls.ticket_key.clone())
+                        .parent()
+                        .map(|d| d.join("tls-resumption.keys"))
+                        .unwrap_or_else(|| PathBuf::from("tls-resumption.keys")),
+                    false,
+                ),
+            },
             ticket_key: rel(f.tls.ticket_key),
             terminal_quic: f.terminals.quic,
             terminal_tcp: f.terminals.tcp,

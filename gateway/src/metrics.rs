@@ -40,6 +40,8 @@ pub struct Metrics {
     pub rdp_blocked: IntCounterVec,
     /// Audit records not forwarded to syslog (queue full, or too large for UDP).
     pub syslog_dropped: IntCounter,
+    /// TLS session tickets presented by peers, by result (`resumed`, `refused`).
+    pub tls_tickets: IntCounterVec,
 }
 
 impl Metrics {
@@ -108,6 +110,10 @@ impl Metrics {
             syslog_dropped: reg!(IntCounter::new(
                 "kakehashi_syslog_dropped_total",
                 "Audit records not forwarded to syslog (queue full while the server was away, or too large for UDP); they stay in the store"
+            )),
+            tls_tickets: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_tls_tickets_total", "TLS session tickets presented by agents and laptops: resumed (no full handshake) or refused (key rotated out or from another gateway: full handshake)"),
+                &["result"]
             )),
             registry,
         }

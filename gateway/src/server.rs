@@ -385,8 +385,17 @@ impl Gateway {
                 cfg.ticket_key.display()
             )
         })?;
-        let term_tls = tls::server_config(&m, verifier.clone(), ALPN_TERMINAL)?;
-        let agent_tls = tls::server_config(&m, verifier.clone(), ALPN_AGENT)?;
+        let metrics = Metrics::new();
+        let tickets = resumption_tickets(&cfg, &metrics)?;
+        let term_tls =
+            tls::server_config_with_tickets(&m, verifier.clone(), ALPN_TERMINAL, tickets.clone())?;
+        let mut agent_tls =
+            tls::server_config_with_tickets(&m, verifier.clone(), ALPN_AGENT, tickets)?;
+        // An agent spends one ticket on every attempt, including those that
+        // find no gateway (a QUIC ClientHello leaves at once), and keeps up to
+        // 8; four per connection still leave it one after a restart of a few
+        // seconds.
+        agent_tls.send_tls13_tickets = 4;
         let quic_limits = |max_streams| QuicLimits {
             max_streams,
             keepalive: cfg.keepalive,
@@ -489,7 +498,6 @@ impl Gateway {
             }
             (_, true) => None,
         };
-        let metrics = Metrics::new();
         metrics.sessions_max.set(cfg.max_sessions as i64);
         for (name, der) in [("gateway", &m.chain[0]), ("ca", &m.ca[0])] {
             if let Some(t) = not_after(der) {
@@ -817,6 +825,32 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
         );
     }
     drain(conns, &s).await;
+}
+
+/// TLS session-ticket keys from `[tls] resumption_keys`, so agents and
+/// laptops resume after a restart. A key file that exists but is unusable
+/// (readable by others, not a key file) stops the start; one that cannot be
+/// created at the default place only costs resumption across restarts.
+fn resumption_tickets(
+    cfg: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<dyn rustls::server::ProducesTickets>> {
+    use kakehashi_transport::resumption::PersistentTicketer;
+    let (path, explicit) = &cfg.resumption_keys;
+    let t = match PersistentTicketer::open(path) {
+        Ok(t) => t,
+        Err(e) if !explicit && !path.exists() => {
+            warn!(path = %path.display(), error = %format!("{e:#}"), "Cannot keep TLS resumption keys on disk; after a restart every peer does a full handshake (set [tls] resumption_keys to a writable file)");
+            PersistentTicketer::in_memory()?
+        }
+        Err(e) => return Err(e.context("[tls] resumption_keys")),
+    };
+    let counter = metrics.tls_tickets.clone();
+    Ok(Arc::new(t.observe(move |opened| {
+        counter
+            .with_label_values(&[if opened { "resumed" } else { "refused" }])
+            .inc()
+    })))
 }
 
 /// Who the peer is, re-checked against the current CRL and validity dates:

@@ -35,6 +35,12 @@ pub use identity::{
     identity_from_der, normalize_serial, serial_hex, validate_id, Identity, TerminalClass,
     DESK_URI_PREFIX, DEVICE_URI_PREFIX, MAX_ID_LEN, TERMINAL_CLASS_OID, USER_URI_PREFIX,
 };
+/// Writes a secret (mode 0600 from the start) atomically: temporary file,
+/// sync, rename. For key material other crates keep on disk.
+pub fn write_secret_file(path: &std::path::Path, contents: &[u8]) -> Result<(), PkiError> {
+    fsutil::write_atomic(path, contents, fsutil::Access::Secret)
+}
+
 pub use ticket::{
     format_ticket_public_key, load_ticket_public_key, load_ticket_signing_key,
     parse_ticket_public_key, TICKET_PUBLIC_PREFIX,

@@ -55,6 +55,22 @@ pub async fn quic_connect(
     let connecting = ep
         .connect(addr, name)
         .with_context(|| format!("cannot start QUIC to {addr}"))?;
+    quic_handshake(connecting, addr, timeout).await
+}
+
+/// The handshake of a QUIC connection already started (by [`quic_connect`],
+/// or with a per-connection config), within `timeout`.
+///
+/// There is deliberately no shorter wait for the server's first answer: a
+/// gateway busy with a reconnect storm answers late, and dialers that gave
+/// up early and retried left it working on handshakes nobody waited for
+/// (measured: 130,000 abandoned attempts and a minute to recover with 20,000
+/// agents, benches/RESULTS.md P7).
+pub async fn quic_handshake(
+    connecting: quinn::Connecting,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<quinn::Connection> {
     match tokio::time::timeout(timeout, connecting).await {
         Ok(r) => r.with_context(|| format!("QUIC handshake with {addr} failed")),
         Err(_) => Err(anyhow!(

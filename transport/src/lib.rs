@@ -5,6 +5,8 @@
 //!
 //! - [`tls`]: loading PEM files, building rustls configs, a client
 //!   verifier whose CRL reloads when the file changes.
+//! - [`resumption`]: TLS session-ticket keys kept on disk, so peers resume
+//!   after a restart.
 //! - [`quic`]: quinn endpoints with bounded windows, keepalives, idle timeouts.
 //! - [`stream`]: one boxed byte-stream type for a session on either transport.
 //! - [`splice`]: the bidirectional copy between two streams, holding a buffer
@@ -14,6 +16,7 @@
 pub mod dial;
 pub mod explain;
 pub mod quic;
+pub mod resumption;
 pub mod splice;
 pub mod stream;
 pub mod tls;

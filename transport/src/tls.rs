@@ -275,6 +275,19 @@ pub fn server_config(
     verifier: Arc<dyn ClientCertVerifier>,
     alpn: &[u8],
 ) -> anyhow::Result<rustls::ServerConfig> {
+    let tickets = Arc::new(crate::resumption::PersistentTicketer::in_memory()?);
+    server_config_with_tickets(m, verifier, alpn, tickets)
+}
+
+/// [`server_config`] with the given ticket keys: a
+/// [`PersistentTicketer`](crate::resumption::PersistentTicketer) on a file
+/// lets peers resume across a restart of the server.
+pub fn server_config_with_tickets(
+    m: &TlsMaterial,
+    verifier: Arc<dyn ClientCertVerifier>,
+    alpn: &[u8],
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
+) -> anyhow::Result<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 unavailable")?
@@ -291,7 +304,7 @@ pub fn server_config(
     // cache entry per ticket (about 1.1 KiB each, two per handshake: the
     // entry holds the client's certificate) kept for every client connected
     // or gone, in caches that would be full and evicting at 16,000 clients.
-    cfg.ticketer = rustls::crypto::ring::Ticketer::new().context("cannot create a ticket key")?;
+    cfg.ticketer = tickets;
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(cfg)
 }

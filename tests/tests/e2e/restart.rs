@@ -57,5 +57,18 @@ async fn agent_restart_and_gateway_restart() {
                     gw2.proc.log_text()
                 )
             });
+        // The agent came back with an abbreviated handshake: the new gateway
+        // opened a ticket the old one issued (keys kept on disk, 0600).
+        let (_, text) = http_get(gw2.addrs.admin, "/metrics").await.unwrap();
+        let resumed = metric(&text, "kakehashi_tls_tickets_total{result=\"resumed\"}");
+        assert!(resumed >= 1.0, "{transport}: no resumed handshake\n{text}");
+        let keys = pki
+            .ca
+            .ticket_key_path()
+            .with_file_name("tls-resumption.keys");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&keys).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", keys.display());
     }
 }
