@@ -115,16 +115,20 @@ impl PersistentTicketer {
     /// Keys only in memory: tickets do not survive a restart.
     pub fn in_memory() -> anyhow::Result<Self> {
         let rng = SystemRandom::new();
-        let current = Key::generate(&rng, now_secs())?;
-        Ok(Self {
-            path: None,
-            keys: RwLock::new(Keys {
-                current,
-                previous: None,
-            }),
+        let keys = Keys {
+            current: Key::generate(&rng, now_secs())?,
+            previous: None,
+        };
+        Ok(Self::with_keys(None, keys, rng))
+    }
+
+    fn with_keys(path: Option<PathBuf>, keys: Keys, rng: SystemRandom) -> Self {
+        Self {
+            path,
+            keys: RwLock::new(keys),
             rng,
             observer: None,
-        })
+        }
     }
 
     /// Call `f` for every ticket a peer presents, with whether it opened
@@ -136,34 +140,38 @@ impl PersistentTicketer {
 
     fn open_at(path: &Path, now: u64) -> anyhow::Result<Self> {
         let rng = SystemRandom::new();
-        let keys = match std::fs::read(path) {
+        let (keys, fresh) = match std::fs::read(path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
                 check_private(path)?;
-                decode(&bytes).with_context(|| {
+                let keys = decode(&bytes).with_context(|| {
                     format!(
                         "{} is not a TLS resumption key file (delete it to start afresh)",
                         path.display()
                     )
-                })?
+                })?;
+                (keys, false)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Keys {
-                current: Key::generate(&rng, now)?,
-                previous: None,
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let current = Key::generate(&rng, now)?;
+                (
+                    Keys {
+                        current,
+                        previous: None,
+                    },
+                    true,
+                )
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let t = Self {
-            path: Some(path.to_owned()),
-            keys: RwLock::new(keys),
-            rng,
-            observer: None,
-        };
+        let t = Self::with_keys(Some(path.to_owned()), keys, rng);
         {
             let mut k = t.keys.write().unwrap_or_else(|e| e.into_inner());
-            t.rotate_if_due(&mut k, now)?;
+            // Written only when new or rotated: an unchanged file is left alone.
+            if t.rotate_if_due(&mut k, now)? || fresh {
+                t.save(&k)?;
+            }
         }
-        t.save(&t.keys.read().unwrap_or_else(|e| e.into_inner()))?;
         Ok(t)
     }
 
