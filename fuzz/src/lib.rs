@@ -341,6 +341,37 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         [&[1u8][..], &[0x5a; 96][..]].concat(),
     ));
 
+    // resumption: even byte 0 = a key file (header, entries of created u64
+    // BE, 16-byte name, 32-byte key); odd = a presented ticket, then sealed.
+    let entry = |created: u64, fill: u8| {
+        let mut e = created.to_be_bytes().to_vec();
+        e.extend_from_slice(&[fill; 48]);
+        e
+    };
+    let keyfile = |entries: &[Vec<u8>]| {
+        let mut v = vec![0u8];
+        v.extend_from_slice(b"KKHTKT1\n");
+        for e in entries {
+            v.extend_from_slice(e);
+        }
+        v
+    };
+    out.push((
+        "resumption",
+        "keyfile_one.bin".into(),
+        keyfile(&[entry(NOW, 7)]),
+    ));
+    out.push((
+        "resumption",
+        "keyfile_two.bin".into(),
+        keyfile(&[entry(NOW, 7), entry(NOW - 21_600, 9)]),
+    ));
+    out.push((
+        "resumption",
+        "ticket.bin".into(),
+        [&[1u8][..], &[1u8; 16][..], &[0x33; 12][..], &[0xa5; 180][..]].concat(),
+    ));
+
     // frame_stream: 4 chunk-size bytes, 1 failure byte, then a stream.
     let stream = |chunks: [u8; 4], fail: u8, parts: &[usize]| {
         let mut v = chunks.to_vec();

@@ -301,6 +301,56 @@ impl PersistentTicketer {
     }
 }
 
+/// Entry point for the fuzz target `resumption`: the two decoders of this
+/// module, on bytes an attacker (a presented ticket) or a damaged disk (the
+/// key file) controls.
+///
+/// - Byte 0 even: the rest is a key file. It must decode only when it has
+///   the header and one or two whole entries, then encode back to exactly
+///   the same bytes, and its keys must open what they seal.
+/// - Byte 0 odd: the rest is a ticket presented to a ticketer with fixed
+///   keys: it never opens (forging needs the key). Then the rest is sealed
+///   as a ticket's plaintext (up to the size limit); the ticket opens to it,
+///   and with byte 1 selecting a flipped byte or a truncation, never opens.
+pub fn fuzz_feed(data: &[u8]) {
+    let Some((&select, rest)) = data.split_first() else {
+        return;
+    };
+    if select & 1 == 0 {
+        if let Ok(keys) = decode(rest) {
+            assert_eq!(encode(&keys).as_slice(), rest, "key file round trip");
+            let t = PersistentTicketer::with_keys(None, keys, SystemRandom::new());
+            let sealed = t.encrypt(b"state").expect("seal");
+            assert_eq!(t.decrypt(&sealed).as_deref(), Some(&b"state"[..]));
+        } else {
+            let whole =
+                rest.len() > MAGIC.len() && (rest.len() - MAGIC.len()).is_multiple_of(ENTRY_LEN);
+            assert!(
+                !rest.starts_with(MAGIC) || !whole || rest.len() > MAGIC.len() + 2 * ENTRY_LEN,
+                "a well-formed key file was refused"
+            );
+        }
+        return;
+    }
+    let now = now_secs();
+    let keys = Keys {
+        current: Key::new(now, [1; NAME_LEN], [2; KEY_LEN]),
+        previous: Some(Key::new(now, [3; NAME_LEN], [4; KEY_LEN])),
+    };
+    let t = PersistentTicketer::with_keys(None, keys, SystemRandom::new());
+    assert!(t.decrypt(rest).is_none(), "a forged ticket opened");
+    let plain = &rest[..rest.len().min(MAX_TICKET - NAME_LEN - NONCE_LEN - 16)];
+    let mut sealed = t.encrypt(plain).expect("seal");
+    assert_eq!(t.decrypt(&sealed).as_deref(), Some(plain));
+    let at = usize::from(rest.first().copied().unwrap_or(0)) % sealed.len();
+    if rest.len().is_multiple_of(2) {
+        sealed[at] ^= 0x80;
+    } else {
+        sealed.truncate(at);
+    }
+    assert!(t.decrypt(&sealed).is_none(), "a damaged ticket opened");
+}
+
 #[cfg(unix)]
 fn check_private(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -444,5 +494,36 @@ mod tests {
             "{e:#}"
         );
         assert_eq!(std::fs::read(&q).unwrap(), b"not keys");
+    }
+
+    /// The fuzz target's checks hold on the shapes of its seeds, so a
+    /// crash the fuzzer reports is a finding, not a wrong assertion.
+    #[test]
+    fn fuzz_entry_holds_on_its_seed_shapes() {
+        let entry = |fill: u8| {
+            [
+                &now_secs().to_be_bytes()[..],
+                &[fill; NAME_LEN + KEY_LEN][..],
+            ]
+            .concat()
+        };
+        let file = |n: usize| {
+            let mut v = vec![0u8];
+            v.extend_from_slice(MAGIC);
+            for i in 0..n {
+                v.extend_from_slice(&entry(i as u8 + 1));
+            }
+            v
+        };
+        for n in 0..=3 {
+            fuzz_feed(&file(n));
+            let mut short = file(n);
+            short.pop();
+            fuzz_feed(&short);
+        }
+        fuzz_feed(&[1]);
+        fuzz_feed(&[1, 5, 6]);
+        fuzz_feed(&[&[1u8][..], &[1; NAME_LEN][..], &[9; 200][..]].concat());
+        fuzz_feed(&vec![3u8; MAX_TICKET + 10]);
     }
 }
