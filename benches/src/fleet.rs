@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use kakehashi_proto::io::{read_frame, write_message, write_raw};
 use kakehashi_proto::message::{
-    AgentHello, AgentWelcome, DataChannelHello, Message, OpenDataChannel, SessionAccepted,
+    AgentHello, AgentWelcome, DataChannelHello, Message, OpenDataChannel, Secret, SessionAccepted,
     SessionRequest,
 };
 use kakehashi_proto::{
@@ -430,6 +430,7 @@ impl Agent {
 /// sessions are streams on it) or one TLS connection per session.
 pub struct Laptop {
     tls: Arc<rustls::ClientConfig>,
+    token: Option<Secret>,
     quic: Option<(
         quinn::Endpoint,
         quinn::ClientConfig,
@@ -453,6 +454,7 @@ impl Laptop {
     pub fn new(cfg: &DeviceConfig, addr: SocketAddr, ep: Option<quinn::Endpoint>) -> Arc<Self> {
         Arc::new(Self {
             tls: cfg.tls.clone(),
+            token: cfg.token.clone(),
             quic: ep.map(|ep| (ep, cfg.quic.clone(), AsyncMutex::new(None))),
             addr,
         })
@@ -505,7 +507,7 @@ impl Laptop {
             let mut io = self.stream().await?;
             let req = SessionRequest {
                 desk: desk.to_string(),
-                token: None,
+                token: self.token.clone(),
             };
             let f = req.to_frame().map_err(|_| "setup:encode".to_string())?;
             write_raw(&mut io, &f)
@@ -551,6 +553,8 @@ pub struct DeviceConfig {
     pub tls: Arc<rustls::ClientConfig>,
     /// QUIC.
     pub quic: quinn::ClientConfig,
+    /// The login token bound to this device (admission through a store).
+    pub token: Option<Secret>,
 }
 
 /// Client configs for the pooled device certificates. Resumption is off:
@@ -566,6 +570,7 @@ pub fn device_configs(pki: &crate::pki::BenchPki) -> anyhow::Result<Vec<DeviceCo
             Ok(DeviceConfig {
                 quic: quic_client(cfg.clone(), t.clone())?,
                 tls: Arc::new(cfg),
+                token: None,
             })
         })
         .collect()

@@ -35,6 +35,9 @@ pub struct GatewayOpts {
     pub log: String,
     /// Fixed addresses (a restart); ephemeral when `None`.
     pub addrs: Option<Addrs>,
+    /// A seeded SQLite store (see [`crate::seed`]): logins required and
+    /// every session admitted by the policy. `None`: a bare relay.
+    pub store: Option<PathBuf>,
 }
 
 /// A running gateway.
@@ -56,11 +59,20 @@ impl std::fmt::Debug for Gateway {
 }
 
 /// The configuration file text. Production defaults for timeouts and
-/// keepalives; logins off (`[identity] require_login = false`): the bench
-/// measures the relay, and tokens would need a store.
+/// keepalives. Without a store, logins off and no policy (a bare relay:
+/// the bench measures the relay); with one, the production admission path.
 pub fn config_text(pki: &PkiFiles, o: &GatewayOpts) -> String {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let a = o.addrs;
+    let admission = match &o.store {
+        Some(db) => format!(
+            "[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = true\n",
+            db.display()
+        ),
+        None => {
+            "[identity]\nrequire_login = false\n[testing]\nrelay_without_policy = true\n".into()
+        }
+    };
     format!(
         r#"name = "bench-gateway"
 [tls]
@@ -82,11 +94,7 @@ max_sessions = {maxs}
 shutdown_grace_secs = 1
 [admin]
 listen = "{admin}"
-[identity]
-require_login = false
-[testing]
-relay_without_policy = true
-"#,
+{admission}"#,
         ca = pki.ca.display(),
         cert = pki.gateway_cert.display(),
         key = pki.gateway_key.display(),

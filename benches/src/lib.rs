@@ -9,5 +9,6 @@ pub mod fleet;
 pub mod gateway;
 pub mod pki;
 pub mod procstat;
+pub mod seed;
 pub mod stats;
 pub mod traffic;

@@ -69,6 +69,10 @@ impl Sampler {
         tokio::spawn(async move {
             let mut last: Option<(u32, Instant, f64)> = None;
             let mut tick = tokio::time::interval(every);
+            // After a stall (a saturated machine), no burst of late ticks:
+            // /proc counts CPU in 10 ms ticks, and a 1 ms interval holding
+            // one of them would read as 1,000 %.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -76,6 +80,10 @@ impl Sampler {
                 }
                 let p = pid.load(std::sync::atomic::Ordering::Relaxed);
                 let now = Instant::now();
+                // Intervals shorter than half the period: too coarse to read.
+                if last.is_some_and(|(lp, lt, _)| lp == p && now.duration_since(lt) < every / 2) {
+                    continue;
+                }
                 let Some(cpu) = cpu_secs(p) else { continue };
                 let pct = match last {
                     Some((lp, lt, lc)) if lp == p => {
@@ -148,4 +156,16 @@ pub fn phase_use(s: &[Sample]) -> PhaseUse {
         rss_max_kib: s.iter().map(|x| x.rss_kib).max().unwrap_or(0),
         samples: s.len(),
     }
+}
+
+/// This process's soft limit on open files (`/proc/self/limits`); 1024 if unreadable.
+pub fn fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(1024)
 }

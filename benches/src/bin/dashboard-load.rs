@@ -329,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(DeviceConfig {
                 quic: fleet::quic_client(cfg.clone(), fleet::quic_transport(0))?,
                 tls: Arc::new(cfg),
+                token: None,
             })
         })
         .collect::<anyhow::Result<_>>()?;

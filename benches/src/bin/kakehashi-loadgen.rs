@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use kakehashi_benches::fleet::{self, Agent, AgentTarget, Ctx, Laptop, Transport}
 use kakehashi_benches::gateway::{self, Gateway, GatewayOpts};
 use kakehashi_benches::pki::BenchPki;
 use kakehashi_benches::procstat::{self, phase_use, Sampler};
-use kakehashi_benches::stats::{median, summary, Hist};
+use kakehashi_benches::stats::{median, summary, Errors, Hist};
 use kakehashi_benches::traffic::{self, now_us, DeskMode, Profile};
 use kakehashi_proto::{frame, FrameKind};
 use serde_json::{json, Value};
@@ -118,6 +118,20 @@ struct SessionsArgs {
     /// Agents' reconnect delay cap, ms.
     #[arg(long, default_value_t = 30_000)]
     backoff_max_ms: u64,
+    /// Admit every session through a seeded SQLite store (login token
+    /// checked, the default policy on a snow day with BCP declared, the
+    /// session's start and end written) instead of the bare relay.
+    #[arg(long)]
+    store: bool,
+    /// After the gateway's run, the same paced sessions through a baseline
+    /// relay (`tls:HOST:PORT`, e.g. HAProxy) to the load generator's desk at
+    /// `--backend-tls`, then straight to that desk (no relay: the floor of
+    /// this machine and load generator). Skipped when descriptors are short.
+    #[arg(long, requires = "backend_tls")]
+    baseline: Option<String>,
+    /// Where the load generator serves the desk behind `--baseline`.
+    #[arg(long)]
+    backend_tls: Option<SocketAddr>,
     #[command(flatten)]
     profile: ProfileArgs,
 }
@@ -375,12 +389,32 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         certs.len(),
         t.elapsed().as_secs_f64()
     );
+    // Admission through a store: laptop `i` must be the pooled device whose
+    // user owns desk `i % n_agents`, and carries that device's login token.
+    let (db, tokens) = if a.store {
+        if a.laptops.is_some() {
+            bail!("--store gives every session its own laptop; drop --laptops");
+        }
+        let t = Instant::now();
+        let db = env.work.join(format!("bench-{}.db", std::process::id()));
+        let tokens = kakehashi_benches::seed::seed(&db, &env.pki, &desks).await?;
+        eprintln!(
+            "store seeded with {} desks in {:.1}s ({})",
+            desks.len(),
+            t.elapsed().as_secs_f64(),
+            db.display()
+        );
+        (Some(db), tokens)
+    } else {
+        (None, Vec::new())
+    };
 
     let opts = GatewayOpts {
         max_sessions: total + 100,
         max_connections: max_conns(a, n_agents, total),
         log: env.log.clone(),
         addrs: None,
+        store: db,
     };
     let mut gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
     let pid = Arc::new(AtomicU32::new(gw.proc.pid()));
@@ -475,7 +509,10 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     let rss_agents = procstat::rss_kib(gw.proc.pid());
 
     // Laptops and the initial sessions.
-    let devices = fleet::device_configs(&env.pki)?;
+    let mut devices = fleet::device_configs(&env.pki)?;
+    for (d, t) in devices.iter_mut().zip(tokens) {
+        d.token = Some(t);
+    }
     let (laddr, leps) = match a.transport {
         Transport::Quic => (
             gw.addrs.terminal_quic,
@@ -485,8 +522,13 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     };
     let laptops: Vec<Arc<Laptop>> = (0..n_laptops)
         .map(|i| {
+            let device = if a.store {
+                kakehashi_benches::seed::laptop_for_desk(i % n_agents)
+            } else {
+                i % devices.len()
+            };
             Laptop::new(
-                &devices[i % devices.len()],
+                &devices[device],
                 laddr,
                 (!leps.is_empty()).then(|| leps[i % leps.len()].clone()),
             )
@@ -711,12 +753,19 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
             .map(|(k, v)| v - errors_before_steady.get(k).copied().unwrap_or(0))
             .sum()
     };
+    let baseline_out = match (&a.baseline, a.backend_tls) {
+        (Some(relay), Some(desk)) => {
+            Box::pin(paced_baselines(env, relay, desk, opened, a, profile)).await?
+        }
+        _ => Value::Null,
+    };
     let per = |d: u64, n: usize| if n == 0 { 0.0 } else { d as f64 / n as f64 };
     let steady = phase_use(&sampler.between(steady_from, steady_to));
     let p99 = summary(&fig.rtt[PHASE_STEADY as usize].snapshot());
     Ok(json!({
         "bench": "sessions",
         "transport": a.transport,
+        "admission": if a.store { "store" } else { "none (bare relay)" },
         "agents": n_agents,
         "agents_up": agents_ok,
         "agents_connect_secs": agents_secs,
@@ -748,11 +797,126 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         "errors_excluding_restart": steady_errors,
         "storm": storm_out,
         "restart": restart_out,
+        "baseline": baseline_out,
         "targets": {
             "p5_cpu_machine_pct_le_70": steady.cpu_mean_machine_pct <= 70.0,
             "p5_p99_le_1ms": p99.p99_us <= 1000,
         },
     }))
+}
+
+/// The paced sessions of a `sessions` run, through `relay` and then straight
+/// to the desk at `desk` (TLS over TCP both): `n` sessions opened at the
+/// run's ramp, then up to 30 s of steady traffic each.
+async fn paced_baselines(
+    env: &Env,
+    relay: &str,
+    desk: SocketAddr,
+    n: usize,
+    a: &SessionsArgs,
+    profile: Profile,
+) -> anyhow::Result<Value> {
+    // Each session holds a descriptor at each end in this process, and the
+    // relay two more (a laptop's and a desk's).
+    let limit = procstat::fd_limit();
+    if 2 * n + 1000 > limit {
+        return Ok(
+            json!({ "skipped": format!("{n} TCP sessions need ~{} descriptors here; the limit is {limit}", 2 * n + 1000) }),
+        );
+    }
+    let stop = CancellationToken::new();
+    let desks = PairArgs {
+        pairs: 1,
+        baseline: None,
+        floor: None,
+        backend_tls: Some(desk),
+        backend_plain: None,
+    };
+    start_backends(env, &desks, DeskMode::Rdp, &stop).await?;
+    let secs = a.duration.min(30.0);
+    eprintln!("baseline: {n} paced sessions through {relay} for {secs:.0}s");
+    let through = paced_over(parse_dial(relay, env)?, n, a.ramp, secs, profile).await;
+    eprintln!("baseline: {n} paced sessions straight to the desk for {secs:.0}s");
+    let direct = paced_over(
+        parse_dial(&format!("tls:{desk}"), env)?,
+        n,
+        a.ramp,
+        secs,
+        profile,
+    )
+    .await;
+    stop.cancel();
+    Ok(
+        json!({ "relay": relay, "sessions": n, "secs": secs, "through_relay": through, "direct": direct }),
+    )
+}
+
+/// `n` paced sessions over `dial`, opened at `ramp` per second, then `secs`
+/// of steady traffic; round trips of the steady phase only.
+async fn paced_over(dial: Dial, n: usize, ramp: f64, secs: f64, profile: Profile) -> Value {
+    let stop = CancellationToken::new();
+    let flow = Arc::new(traffic::Flow::default());
+    let steady = Arc::new(AtomicBool::new(false));
+    let hist = Arc::new(Hist::default());
+    let errors = Arc::new(Errors::default());
+    let opened = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    pace(n, ramp, |i| {
+        let (dial, stop, flow, steady, hist, errors, opened, gate) = (
+            dial.clone(),
+            stop.clone(),
+            flow.clone(),
+            steady.clone(),
+            hist.clone(),
+            errors.clone(),
+            opened.clone(),
+            gate.clone(),
+        );
+        let kbps = profile.rate_of(i);
+        tasks.spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let Ok(Ok(io)) = tokio::time::timeout(Duration::from_secs(20), dial.open()).await
+            else {
+                errors.add("setup:baseline");
+                return;
+            };
+            drop(permit);
+            opened.fetch_add(1, Ordering::Relaxed);
+            let record = |us| {
+                if steady.load(Ordering::Relaxed) {
+                    hist.record_us(us);
+                }
+            };
+            let end = traffic::drive_rdp(io, kbps, profile, stop, &flow, record).await;
+            if let Some(k) = end.error_kind() {
+                errors.add(k);
+            }
+        });
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while opened.load(Ordering::Relaxed) + (errors.total() as usize) < n
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    steady.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    steady.store(false, Ordering::Relaxed);
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+    json!({
+        "sessions_opened": opened.load(Ordering::Relaxed),
+        "rtt_steady": summary(&hist.snapshot()),
+        "errors": errors.snapshot(),
+        "errors_total": errors.total(),
+    })
 }
 
 /// Start the gateway again on the same ports (the old sockets may linger briefly).
@@ -805,6 +969,7 @@ impl Single {
             max_connections: 5000,
             log: env.log.clone(),
             addrs: None,
+            store: None,
         };
         let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
         let ctx = Ctx::new(
@@ -1130,6 +1295,7 @@ async fn handshakes(env: &Env, a: &HsArgs) -> anyhow::Result<Value> {
         max_connections: 25_000,
         log: env.log.clone(),
         addrs: None,
+        store: None,
     };
     let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
     let cfgs: Vec<_> = fleet::device_configs(&env.pki)?
@@ -1194,6 +1360,9 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         conns_per_socket: 64,
         backoff_initial_ms: 500,
         backoff_max_ms: 30_000,
+        store: false,
+        baseline: None,
+        backend_tls: None,
         profile: ProfileArgs {
             hz: 0.0,
             kbps: 0.0,
