@@ -11,8 +11,8 @@
 # --no-record. --quick: reduced sizes, under a minute of measuring on an
 # idle machine; its numbers are for smoke-testing, not for the record of a
 # target. BENCH_P2_SIZES="5000" sets P2's sizes of a full run (largest
-# first; BENCH_P5_SIZES and BENCH_P6_SIZES likewise); BENCH_NO_BUILD=1
-# skips the build.
+# first; BENCH_P5_SIZES, BENCH_P5_TCP_SIZES and BENCH_P6_SIZES likewise,
+# a blank " " skips that ladder); BENCH_NO_BUILD=1 skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
