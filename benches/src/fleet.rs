@@ -275,8 +275,7 @@ impl Agent {
     ) -> Result<(), String> {
         match &self.quic {
             Some((ep, cfg)) => {
-                // As the real agent dials: a gateway that does not answer
-                // at all is given up after QUIC_FIRST_ANSWER.
+                // As the real agent dials (`dial::quic_handshake`).
                 let conn = match ep.connect_with(cfg.clone(), t.quic, "localhost") {
                     Ok(c) => quic_handshake(c, t.quic, TIMEOUT)
                         .await
@@ -576,11 +575,12 @@ pub fn device_configs(pki: &crate::pki::BenchPki) -> anyhow::Result<Vec<DeviceCo
         .collect()
 }
 
-/// Error kind of a failed QUIC dial: no answer (timeout) or a handshake error.
+/// Error kind of a failed QUIC dial: a handshake error (quinn's, in the
+/// error chain) or no answer within the timeout.
 fn quic_error_kind(side: &str, e: &anyhow::Error) -> String {
-    if e.to_string().starts_with("no QUIC answer") {
-        format!("{side}:quic_timeout")
-    } else {
+    if e.downcast_ref::<quinn::ConnectionError>().is_some() {
         format!("{side}:quic_handshake")
+    } else {
+        format!("{side}:quic_timeout")
     }
 }
