@@ -60,6 +60,20 @@ pub fn quic_transport(max_streams: u32) -> Arc<TransportConfig> {
     .transport()
 }
 
+/// Session streams a simulated agent lets the gateway open: twice the
+/// sessions a desk carries in this run, at least 16. The real agent allows
+/// [`kakehashi_transport::quic::AGENT_SESSION_STREAMS`] (4,096); quinn sets up
+/// every allowed stream when a connection starts, which costs a desk PC a
+/// fraction of a millisecond per dial but cost the load generator, dialling
+/// for 20,000 agents on the gateway's own two cores, most of its CPU in a
+/// reconnect storm. The gateway's side of a tunnel does not depend on it.
+pub fn agent_streams(sessions: usize, agents: usize) -> u32 {
+    let per_desk = sessions.div_ceil(agents.max(1));
+    u32::try_from(per_desk.saturating_mul(2).max(16))
+        .unwrap_or(u32::MAX)
+        .min(kakehashi_transport::quic::AGENT_SESSION_STREAMS)
+}
+
 /// A quinn client config for `tls`.
 pub fn quic_client(
     tls: rustls::ClientConfig,
@@ -582,5 +596,26 @@ fn quic_error_kind(side: &str, e: &anyhow::Error) -> String {
         format!("{side}:quic_handshake")
     } else {
         format!("{side}:quic_timeout")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_agents_allow_the_streams_their_sessions_need() {
+        // P7: tunnels without sessions; P5: one session per desk.
+        assert_eq!(agent_streams(0, 20_000), 16);
+        assert_eq!(agent_streams(20_000, 20_000), 16);
+        // P6: 15,000 live + 5,000 storm sessions over 15,000 desks.
+        assert_eq!(agent_streams(20_000, 15_000), 16);
+        // Many sessions to few desks: twice as many streams, up to the real agent's.
+        assert_eq!(agent_streams(100, 4), 50);
+        assert_eq!(
+            agent_streams(1_000_000, 1),
+            kakehashi_transport::quic::AGENT_SESSION_STREAMS
+        );
+        assert_eq!(agent_streams(5, 0), 16);
     }
 }

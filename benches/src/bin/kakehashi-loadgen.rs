@@ -106,6 +106,10 @@ struct SessionsArgs {
     /// How the gateway is stopped for the restart.
     #[arg(long, value_enum, default_value = "term")]
     restart_signal: StopSignal,
+    /// Session streams each simulated agent allows the gateway (default:
+    /// twice the sessions per desk, at least 16; the real agent allows 4,096).
+    #[arg(long)]
+    agent_streams: Option<u32>,
     /// Seconds to let idle sessions settle before reading RSS.
     #[arg(long, default_value_t = 3.0)]
     settle: f64,
@@ -483,7 +487,10 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         Transport::Quic => fleet::endpoints(n_agents.div_ceil(a.conns_per_socket))?,
         Transport::Tcp => Vec::new(),
     };
-    let qt = fleet::quic_transport(kakehashi_transport::quic::AGENT_SESSION_STREAMS);
+    let qt = fleet::quic_transport(
+        a.agent_streams
+            .unwrap_or_else(|| fleet::agent_streams(total, n_agents)),
+    );
     let gate = Arc::new(Semaphore::new(a.agent_concurrency.max(1)));
     let mut waits = Vec::with_capacity(n_agents);
     for (i, (desk, m)) in desks.iter().zip(certs.iter()).enumerate() {
@@ -1356,6 +1363,7 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         storm_secs: 1.0,
         restart: false,
         restart_signal: StopSignal::Term,
+        agent_streams: None,
         settle: a.settle,
         conns_per_socket: 64,
         backoff_initial_ms: 500,
