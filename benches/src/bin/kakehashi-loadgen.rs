@@ -108,7 +108,7 @@ struct SessionsArgs {
     restart_signal: StopSignal,
     /// Session streams each simulated agent allows the gateway (default:
     /// twice the sessions per desk, at least 16; the real agent allows 4,096).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     agent_streams: Option<u32>,
     /// Seconds to let idle sessions settle before reading RSS.
     #[arg(long, default_value_t = 3.0)]
