@@ -121,6 +121,12 @@ async fn officer_edits_rules_with_live_preview_and_chief_approves_a_plan_in_chro
             .await
             .unwrap();
     }
+    // The page shows a preview of its defaults (a home terminal, today)
+    // before the inputs above reach it: wait for the one they ask for.
+    browser
+        .ask(json!({ "cmd": "wait", "selector": "#preview-rule:text-is(\"l2-satellite\")" }))
+        .await
+        .unwrap();
     let before = browser
         .ask(json!({ "cmd": "wait", "selector": "#preview-decision[data-allow=\"true\"]" }))
         .await
