@@ -24,6 +24,16 @@ pub fn user_of(i: usize) -> String {
     format!("bench-user-{:02}", i % DEVICE_POOL)
 }
 
+/// The device id of pooled laptop `i` in the store.
+pub fn device_of(i: usize) -> String {
+    format!("BENCH-LAPTOP-{:02}", i % DEVICE_POOL)
+}
+
+/// The department of pooled laptop `i`'s user, and of the desks they own.
+fn dept_of(i: usize) -> String {
+    format!("bench-dept-{:02}", i % 8)
+}
+
 /// The pooled laptop a session to desk number `k` must come from.
 pub fn laptop_for_desk(k: usize) -> usize {
     k % DEVICE_POOL
@@ -41,13 +51,13 @@ pub async fn seed(path: &Path, pki: &BenchPki, desks: &[String]) -> anyhow::Resu
     let mut tokens = Vec::with_capacity(DEVICE_POOL);
     for i in 0..DEVICE_POOL {
         let user = user_of(i);
-        let device = format!("BENCH-LAPTOP-{i:02}");
+        let device = device_of(i);
         store
             .add_user(
                 &NewUser {
                     id: user.clone(),
                     name: user.clone(),
-                    department: format!("bench-dept-{:02}", i % 8),
+                    department: dept_of(i),
                     roles: [Role::Staff].into(),
                 },
                 a("user.add"),
@@ -87,7 +97,7 @@ pub async fn seed(path: &Path, pki: &BenchPki, desks: &[String]) -> anyhow::Resu
             .add_desk(
                 &Desk {
                     id: id.clone(),
-                    department: format!("bench-dept-{:02}", laptop_for_desk(k) % 8),
+                    department: dept_of(laptop_for_desk(k)),
                     // Levels 1 and 2: what home may reach under BCP.
                     level: (k % 2 + 1) as u8,
                     segment: Segment::Lgwan,
@@ -138,22 +148,26 @@ mod tests {
             .unwrap();
         let policy = kakehashi_policy::Policy::default();
         let now = time::OffsetDateTime::now_utc();
-        let laptop = |i: usize| Laptop {
-            device: format!("BENCH-LAPTOP-{i:02}"),
-            class: kakehashi_pki::TerminalClass::Home,
-            serial: kakehashi_pki::serial_hex(&pki.device(i).unwrap().chain[0]).unwrap(),
-            peer: String::new(),
-        };
+        // Each pooled laptop as the gateway sees it (certificates read once).
+        let laptops: Vec<Laptop> = (0..DEVICE_POOL)
+            .map(|i| Laptop {
+                device: device_of(i),
+                class: kakehashi_pki::TerminalClass::Home,
+                serial: kakehashi_pki::serial_hex(&pki.device(i).unwrap().chain[0]).unwrap(),
+                peer: String::new(),
+            })
+            .collect();
+        let laptop = |i: usize| &laptops[i];
         for (k, desk) in desks.iter().enumerate() {
             let i = laptop_for_desk(k);
-            let who = login::check(&store, &laptop(i), Some(&tokens[i]))
+            let who = login::check(&store, laptop(i), Some(&tokens[i]))
                 .await
                 .unwrap();
             assert_eq!(who.user, user_of(i));
             let asker = |desk: &str| Asker {
                 user: who.user.clone(),
                 login_at: who.login_at,
-                device: laptop(i).device,
+                device: laptop(i).device.clone(),
                 class: kakehashi_policy::TerminalClass::Home,
                 desk: desk.to_string(),
                 step_up: false,
@@ -174,7 +188,7 @@ mod tests {
             );
         }
         // A token is bound to its laptop.
-        assert!(login::check(&store, &laptop(1), Some(&tokens[0]))
+        assert!(login::check(&store, laptop(1), Some(&tokens[0]))
             .await
             .is_err());
     }
