@@ -19,13 +19,13 @@ use kakehashi_proto::{frame, FrameKind, Reason, Refusal, TicketSigner, ALPN_AGEN
 use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::splice::{splice_counted, Counters};
 use kakehashi_transport::stream::QuicStream;
-use kakehashi_transport::tls::{self, ReloadingClientVerifier, TlsFiles};
+use kakehashi_transport::tls::{self, PeerCertFacts, ReloadingClientVerifier, TlsFiles};
+use kakehashi_transport::tls_stream;
 use kakehashi_transport::{random_hex, tune_tcp, unix_now, BoxIo, Transport};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -66,8 +66,8 @@ struct AgentEntry {
     replaced: CancellationToken,
 }
 
-/// A peer's end-entity certificate (DER), kept to re-check it later.
-type PeerCert = Arc<rustls::pki_types::CertificateDer<'static>>;
+/// What is kept of a peer's end-entity certificate to re-check it later.
+type PeerCert = Arc<PeerCertFacts>;
 
 /// A session in progress, so something outside it (a revocation, later a
 /// policy change or an operator) can end it.
@@ -344,9 +344,9 @@ pub struct Gateway {
     shared: Arc<Shared>,
     addrs: BoundAddrs,
     terminal_quic: Option<quinn::Endpoint>,
-    terminal_tcp: Option<(TcpListener, TlsAcceptor)>,
+    terminal_tcp: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     agent_quic: Option<quinn::Endpoint>,
-    agent_tcp: Option<(TcpListener, TlsAcceptor)>,
+    agent_tcp: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     admin: Option<TcpListener>,
     portal: Option<(
         TcpListener,
@@ -409,7 +409,7 @@ impl Gateway {
                     .await
                     .with_context(|| format!("cannot bind terminal TCP {a}"))?;
                 addrs.terminal_tcp = Some(l.local_addr()?);
-                Some((l, TlsAcceptor::from(Arc::new(term_tls.clone()))))
+                Some((l, Arc::new(term_tls.clone())))
             }
             None => None,
         };
@@ -433,7 +433,7 @@ impl Gateway {
                     .await
                     .with_context(|| format!("cannot bind agent TCP {a}"))?;
                 addrs.agent_tcp = Some(l.local_addr()?);
-                Some((l, TlsAcceptor::from(Arc::new(agent_tls.clone()))))
+                Some((l, Arc::new(agent_tls.clone())))
             }
             None => None,
         };
@@ -665,7 +665,7 @@ impl Role {
 async fn tcp_accept_loop(
     s: Arc<Shared>,
     l: TcpListener,
-    acc: TlsAcceptor,
+    tls_config: Arc<rustls::ServerConfig>,
     cap: Arc<Semaphore>,
     role: Role,
 ) {
@@ -691,33 +691,19 @@ async fn tcp_accept_loop(
         };
         tune_tcp(&tcp, s.cfg.keepalive);
         let s = s.clone();
-        let acc = acc.clone();
+        let tls_config = tls_config.clone();
         let span = info_span!("conn", role = role.as_str(), transport = "tcp", %peer);
         conns.spawn(
             async move {
                 let _permit = permit;
-                let tls = match tokio::time::timeout(s.cfg.handshake_timeout, acc.accept(tcp)).await
-                {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "TLS handshake refused");
-                        s.metrics
-                            .auth_failures
-                            .with_label_values(&[handshake_failure(&e)])
-                            .inc();
-                        return;
-                    }
-                    Err(_) => {
-                        warn!("TLS handshake timed out");
-                        s.metrics
-                            .auth_failures
-                            .with_label_values(&["handshake_timeout"])
-                            .inc();
-                        return;
-                    }
+                // Boxed, as are the handlers below: a task's future is
+                // allocated at the size of its largest state for the whole
+                // life of the connection, and the handshake's state is not
+                // needed after it.
+                let Some((mut io, ident)) = Box::pin(tcp_handshake(&s, tls_config, tcp)).await
+                else {
+                    return;
                 };
-                let ident = peer_identity(&s, tls::tcp_peer_cert(&tls));
-                let mut io: BoxIo = Box::new(tls);
                 match (role, ident) {
                     (_, Err(reason)) => {
                         warn!(
@@ -728,17 +714,17 @@ async fn tcp_accept_loop(
                             .auth_failures
                             .with_label_values(&[reason.code()])
                             .inc();
-                        refuse(&mut io, Refusal::new(reason)).await;
+                        Box::pin(refuse(&mut io, Refusal::new(reason))).await;
                     }
                     (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
-                        handle_terminal_stream(s, io, id, cert, Transport::Tcp).await;
+                        Box::pin(handle_terminal_stream(s, io, id, cert, Transport::Tcp)).await;
                     }
                     (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
-                        handle_agent_tcp(s, io, desk, cert).await
+                        Box::pin(handle_agent_tcp(s, io, desk, cert)).await
                     }
                     (_, Ok((other, _))) => {
                         warn!(identity = ?other, "Certificate of the wrong kind for this listener");
-                        refuse(&mut io, Refusal::new(Reason::WrongCertificateKind)).await;
+                        Box::pin(refuse(&mut io, Refusal::new(Reason::WrongCertificateKind))).await;
                     }
                 }
             }
@@ -746,6 +732,38 @@ async fn tcp_accept_loop(
         );
     }
     drain(conns, &s).await;
+}
+
+/// The TLS handshake of a TCP connection, and who the peer is. `None` when
+/// the handshake failed (logged and counted here).
+async fn tcp_handshake(
+    s: &Shared,
+    tls_config: Arc<rustls::ServerConfig>,
+    tcp: tokio::net::TcpStream,
+) -> Option<(BoxIo, Result<(Identity, PeerCert), Reason>)> {
+    // Holds no buffer while the connection is idle (tls_stream).
+    let accept = tls_stream::accept(tls_config, tcp);
+    let tls = match tokio::time::timeout(s.cfg.handshake_timeout, accept).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            warn!(error = %e, "TLS handshake refused");
+            s.metrics
+                .auth_failures
+                .with_label_values(&[handshake_failure(&e)])
+                .inc();
+            return None;
+        }
+        Err(_) => {
+            warn!("TLS handshake timed out");
+            s.metrics
+                .auth_failures
+                .with_label_values(&["handshake_timeout"])
+                .inc();
+            return None;
+        }
+    };
+    let ident = peer_identity(s, tls.peer_cert());
+    Some((Box::new(tls), ident))
 }
 
 async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphore>, role: Role) {
@@ -859,20 +877,23 @@ fn peer_identity(
     s: &Shared,
     cert: Option<rustls::pki_types::CertificateDer<'static>>,
 ) -> Result<(Identity, PeerCert), Reason> {
-    let cert = cert.ok_or(Reason::CertRejected)?;
+    let der = cert.ok_or(Reason::CertRejected)?;
+    let cert = PeerCertFacts::from_der(&der).map_err(|_| Reason::CertRejected)?;
     check_cert(s, &cert)?;
-    let id = kakehashi_pki::identity_from_der(&cert).map_err(|_| Reason::WrongCertificateKind)?;
+    let id = kakehashi_pki::identity_from_der(&der).map_err(|_| Reason::WrongCertificateKind)?;
     Ok((id, Arc::new(cert)))
 }
 
 /// Check a certificate against the current CRL and its validity dates.
-fn check_cert(s: &Shared, der: &[u8]) -> Result<(), Reason> {
+fn check_cert(s: &Shared, cert: &PeerCertFacts) -> Result<(), Reason> {
     use kakehashi_transport::tls::PeerCertProblem;
-    s.verifier.check_peer(der, unix_now()).map_err(|p| match p {
-        PeerCertProblem::Revoked => Reason::CertRevoked,
-        PeerCertProblem::Expired => Reason::CertExpired,
-        PeerCertProblem::Unreadable => Reason::CertRejected,
-    })
+    s.verifier
+        .check_facts(cert, unix_now())
+        .map_err(|p| match p {
+            PeerCertProblem::Revoked => Reason::CertRevoked,
+            PeerCertProblem::Expired => Reason::CertExpired,
+            PeerCertProblem::Unreadable => Reason::CertRejected,
+        })
 }
 
 /// Reload the CRL when its file changes, then drop the tunnels of agents
@@ -1727,7 +1748,7 @@ fn laptop(
     crate::login::Laptop {
         device: device.to_string(),
         class,
-        serial: kakehashi_pki::serial_hex(cert).unwrap_or_default(),
+        serial: kakehashi_pki::hex_serial_bytes(&cert.serial),
         peer: String::new(),
     }
 }
@@ -2124,7 +2145,11 @@ mod tests {
         LiveSession {
             desk: "D".into(),
             device: "L".into(),
-            cert: Arc::new(rustls::pki_types::CertificateDer::from(vec![0u8])),
+            cert: Arc::new(PeerCertFacts {
+                serial: Box::new([1]),
+                not_before: 0,
+                not_after: i64::MAX,
+            }),
             asker: None,
             labels: SessionLabels {
                 user: None,

@@ -167,7 +167,7 @@ fn parse_cert(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_
 }
 
 /// Lowercase hex of a serial's bytes, without leading zero bytes (at least one byte).
-pub(crate) fn hex_serial_bytes(raw: &[u8]) -> String {
+pub fn hex_serial_bytes(raw: &[u8]) -> String {
     let skip = raw
         .iter()
         .take_while(|b| **b == 0)

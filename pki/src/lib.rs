@@ -32,8 +32,9 @@ pub use ca::{
 };
 pub use error::PkiError;
 pub use identity::{
-    identity_from_der, normalize_serial, serial_hex, validate_id, Identity, TerminalClass,
-    DESK_URI_PREFIX, DEVICE_URI_PREFIX, MAX_ID_LEN, TERMINAL_CLASS_OID, USER_URI_PREFIX,
+    hex_serial_bytes, identity_from_der, normalize_serial, serial_hex, validate_id, Identity,
+    TerminalClass, DESK_URI_PREFIX, DEVICE_URI_PREFIX, MAX_ID_LEN, TERMINAL_CLASS_OID,
+    USER_URI_PREFIX,
 };
 /// Writes a secret (mode 0600 from the start) atomically: temporary file,
 /// sync, rename. For key material other crates keep on disk.

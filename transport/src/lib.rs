@@ -1,7 +1,7 @@
 //! The transport shared by the Kakehashi gateway, agent and laptop client:
-//! QUIC (quinn) as the primary transport and TLS 1.3 over TCP
-//! (tokio-rustls) as the fallback, both with mutual TLS against the private
-//! CA and ring as the only crypto provider.
+//! QUIC (quinn) as the primary transport and TLS 1.3 over TCP (rustls;
+//! tokio-rustls on the client side) as the fallback, both with mutual TLS
+//! against the private CA and ring as the only crypto provider.
 //!
 //! - [`tls`]: loading PEM files, building rustls configs, a client
 //!   verifier whose CRL reloads when the file changes.
@@ -11,6 +11,8 @@
 //! - [`stream`]: one boxed byte-stream type for a session on either transport.
 //! - [`splice`]: the bidirectional copy between two streams, holding a buffer
 //!   only while bytes are in flight, so idle sessions cost no buffer memory.
+//! - [`tls_stream`]: the server side of TLS over TCP, holding no buffer
+//!   while a connection is idle.
 //! - [`explain`]: turns handshake failures into reason codes a person can act on.
 
 pub mod dial;
@@ -20,6 +22,7 @@ pub mod resumption;
 pub mod splice;
 pub mod stream;
 pub mod tls;
+pub mod tls_stream;
 
 #[cfg(test)]
 mod test_certs;

@@ -152,6 +152,34 @@ pub enum PeerCertProblem {
     Unreadable,
 }
 
+/// What a server keeps of a peer's end-entity certificate to check it again
+/// while the connection lasts (a CRL that changes, a certificate that
+/// expires): its serial number and validity dates. The whole certificate
+/// would be another kilobyte per connection, next to rustls's own copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertFacts {
+    /// The serial number as encoded in the certificate.
+    pub serial: Box<[u8]>,
+    /// Start of validity, Unix seconds.
+    pub not_before: i64,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+}
+
+impl PeerCertFacts {
+    /// Read them from a DER certificate.
+    pub fn from_der(der: &[u8]) -> Result<Self, PeerCertProblem> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|_| PeerCertProblem::Unreadable)?;
+        let v = cert.validity();
+        Ok(Self {
+            serial: cert.raw_serial().into(),
+            not_before: v.not_before.timestamp(),
+            not_after: v.not_after.timestamp(),
+        })
+    }
+}
+
 impl ReloadingClientVerifier {
     /// Verify against `ca`, with the CRL at `crl` when given.
     pub fn new(ca: &[CertificateDer<'static>], crl: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
@@ -178,19 +206,21 @@ impl ReloadingClientVerifier {
     /// client-certificate verification, so without this a laptop revoked
     /// after its last full handshake could keep opening sessions.
     pub fn check_peer(&self, der: &[u8], now: u64) -> Result<(), PeerCertProblem> {
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|_| PeerCertProblem::Unreadable)?;
+        self.check_facts(&PeerCertFacts::from_der(der)?, now)
+    }
+
+    /// [`check_peer`](Self::check_peer) on what was kept of the certificate.
+    pub fn check_facts(&self, cert: &PeerCertFacts, now: u64) -> Result<(), PeerCertProblem> {
         if self
             .revoked
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(cert.raw_serial())
+            .contains(&cert.serial[..])
         {
             return Err(PeerCertProblem::Revoked);
         }
-        let v = cert.validity();
         let now = now as i64;
-        if now < v.not_before.timestamp() || now > v.not_after.timestamp() {
+        if now < cert.not_before || now > cert.not_after {
             return Err(PeerCertProblem::Expired);
         }
         Ok(())
@@ -338,17 +368,6 @@ pub fn client_config(
 pub fn server_name(host: &str) -> anyhow::Result<rustls::pki_types::ServerName<'static>> {
     rustls::pki_types::ServerName::try_from(host.to_string())
         .with_context(|| format!("invalid server name {host:?}"))
-}
-
-/// The end-entity certificate a TLS-over-TCP peer presented.
-pub fn tcp_peer_cert<IO>(
-    s: &tokio_rustls::server::TlsStream<IO>,
-) -> Option<CertificateDer<'static>> {
-    s.get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.clone().into_owned())
 }
 
 /// The end-entity certificate a QUIC peer presented.
