@@ -49,27 +49,50 @@ const MAX_PLAIN: usize = 16 * 1024;
 const POOL_MAX: usize = 64;
 
 thread_local! {
-    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Receive buffers: empty, with `BUF` of capacity (reads fill the spare
+    /// capacity, so they need no zeroing).
+    static IN_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Send buffers: `BUF` initialised bytes (rustls encrypts into a slice,
+    /// and zeroing 17 KiB per record would cost more than the copy).
+    static OUT_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-fn take_buf() -> Vec<u8> {
-    POOL.with(|p| p.borrow_mut().pop())
+fn take_in() -> Vec<u8> {
+    IN_POOL
+        .with(|p| p.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(BUF))
 }
 
-/// Return `v`'s allocation to the pool (or free it), leaving `v` unallocated.
-fn release(v: &mut Vec<u8>) {
-    let mut b = std::mem::take(v);
-    if b.capacity() != BUF {
-        return;
-    }
-    b.clear();
-    POOL.with(|p| {
+fn take_out() -> Vec<u8> {
+    OUT_POOL
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; BUF])
+}
+
+fn put_back(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>, b: Vec<u8>) {
+    pool.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < POOL_MAX {
             p.push(b);
         }
     });
+}
+
+/// Return a receive buffer to the pool (or free it), leaving `v` unallocated.
+fn release_in(v: &mut Vec<u8>) {
+    let mut b = std::mem::take(v);
+    if b.capacity() == BUF {
+        b.clear();
+        put_back(&IN_POOL, b);
+    }
+}
+
+/// Return a send buffer to the pool (or free it), leaving `v` unallocated.
+fn release_out(v: &mut Vec<u8>) {
+    let b = std::mem::take(v);
+    if b.capacity() == BUF && b.len() == BUF {
+        put_back(&OUT_POOL, b);
+    }
 }
 
 fn invalid(e: rustls::Error) -> io::Error {
@@ -104,9 +127,11 @@ pub struct ServerTlsStream {
     /// Received TLS bytes not yet processed (a partial record at most, after
     /// the handshake). Unallocated while empty and idle.
     inbuf: Vec<u8>,
-    /// TLS bytes waiting for the socket, from `out_pos` on.
+    /// TLS bytes waiting for the socket: `out[out_pos..out_end]`.
+    /// Unallocated once the socket has taken them.
     out: Vec<u8>,
     out_pos: usize,
+    out_end: usize,
     /// Plaintext decrypted but not yet read, from `plain_pos` on.
     plain: Vec<u8>,
     plain_pos: usize,
@@ -119,7 +144,7 @@ impl std::fmt::Debug for ServerTlsStream {
         f.debug_struct("ServerTlsStream")
             .field("tcp", &self.tcp)
             .field("received", &self.inbuf.len())
-            .field("to_send", &(self.out.len() - self.out_pos))
+            .field("to_send", &(self.out_end - self.out_pos))
             .field("plaintext", &(self.plain.len() - self.plain_pos))
             .field("peer_closed", &self.peer_closed)
             .field("write_closed", &self.write_closed)
@@ -137,6 +162,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Ser
         inbuf: Vec::new(),
         out: Vec::new(),
         out_pos: 0,
+        out_end: 0,
         plain: Vec::new(),
         plain_pos: 0,
         peer_closed: false,
@@ -144,7 +170,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Ser
     };
     poll_fn(|cx| s.poll_handshake(cx)).await?;
     if s.inbuf.is_empty() {
-        release(&mut s.inbuf);
+        release_in(&mut s.inbuf);
     }
     Ok(s)
 }
@@ -236,7 +262,9 @@ impl ServerTlsStream {
                         put_plain(dst, &mut self.plain, rec.payload);
                     }
                 }
-                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut self.out)?,
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode(&mut e, &mut self.out, &mut self.out_end)?
+                }
                 // The encoded bytes are queued in `out`, in order, ahead of
                 // anything encrypted later: as far as rustls is concerned
                 // they are sent.
@@ -250,9 +278,11 @@ impl ServerTlsStream {
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
                     let n = match want {
                         Want::Read => 0,
-                        Want::Write(data) => encrypt(&mut w, data, &mut self.out)?,
+                        Want::Write(data) => {
+                            encrypt(&mut w, data, &mut self.out, &mut self.out_end)?
+                        }
                         Want::Close => {
-                            close_notify(&mut w, &mut self.out)?;
+                            close_notify(&mut w, &mut self.out, &mut self.out_end)?;
                             0
                         }
                     };
@@ -277,7 +307,7 @@ impl ServerTlsStream {
     fn queue_alert(&mut self) {
         let status = self.conn.process_tls_records(&mut []);
         if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
-            let _ = encode(&mut e, &mut self.out);
+            let _ = encode(&mut e, &mut self.out, &mut self.out_end);
         }
     }
 
@@ -288,7 +318,7 @@ impl ServerTlsStream {
         loop {
             if self.inbuf.capacity() == 0 {
                 ready!(self.tcp.poll_read_ready(cx))?;
-                self.inbuf = take_buf();
+                self.inbuf = take_in();
             }
             let cap = self.inbuf.capacity();
             if self.inbuf.len() == cap {
@@ -304,7 +334,7 @@ impl ServerTlsStream {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.inbuf.is_empty() {
-                        release(&mut self.inbuf);
+                        release_in(&mut self.inbuf);
                     }
                     ready!(self.tcp.poll_read_ready(cx))?;
                 }
@@ -315,16 +345,18 @@ impl ServerTlsStream {
 
     /// Write the queued TLS bytes to the socket; frees the queue once empty.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.out.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_pos..]))?;
+        while self.out_pos < self.out_end {
+            let pending = &self.out[self.out_pos..self.out_end];
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, pending))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.out_pos += n;
         }
         if self.out.capacity() != 0 {
-            release(&mut self.out);
+            release_out(&mut self.out);
             self.out_pos = 0;
+            self.out_end = 0;
         }
         Poll::Ready(Ok(()))
     }
@@ -343,69 +375,64 @@ fn put_plain(dst: &mut Option<&mut ReadBuf<'_>>, plain: &mut Vec<u8>, mut bytes:
     plain.extend_from_slice(bytes);
 }
 
-/// Append to `out` what `f` writes into a slice of the size it asks for.
+/// Append to `out[..*end]` what `f` writes into the slice after it, growing
+/// `out` when `f` asks for more room.
 fn append<E>(
     out: &mut Vec<u8>,
+    end: &mut usize,
     mut f: impl FnMut(&mut [u8]) -> Result<usize, E>,
     too_small: impl Fn(&E) -> Option<usize>,
 ) -> Result<usize, E> {
-    if out.capacity() == 0 {
-        *out = take_buf();
+    if out.is_empty() {
+        *out = take_out();
     }
-    let start = out.len();
-    let mut room = out.capacity() - start;
     loop {
-        out.resize(start + room, 0);
-        match f(&mut out[start..]) {
+        let room = out.len() - *end;
+        match f(&mut out[*end..]) {
             Ok(n) => {
-                out.truncate(start + n);
+                *end += n;
                 return Ok(n);
             }
             Err(e) => match too_small(&e) {
-                Some(required) if required > room => room = required,
-                _ => {
-                    out.truncate(start);
-                    return Err(e);
-                }
+                Some(required) if required > room => out.resize(*end + required, 0),
+                _ => return Err(e),
             },
         }
     }
 }
 
-fn encode(
-    e: &mut EncodeTlsData<'_, rustls::server::ServerConnectionData>,
-    out: &mut Vec<u8>,
-) -> io::Result<()> {
-    append(
-        out,
-        |b| e.encode(b),
-        |e| match e {
-            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
-                Some(*required_size)
-            }
-            _ => None,
-        },
-    )
-    .map(|_| ())
-    .map_err(|e| io::Error::other(e.to_string()))
+type Server = rustls::server::ServerConnectionData;
+
+fn encode(e: &mut EncodeTlsData<'_, Server>, out: &mut Vec<u8>, end: &mut usize) -> io::Result<()> {
+    let too_small = |e: &EncodeError| match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    };
+    append(out, end, |b| e.encode(b), too_small)
+        .map(|_| ())
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 fn encrypt(
-    w: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    w: &mut WriteTraffic<'_, Server>,
     data: &[u8],
     out: &mut Vec<u8>,
+    end: &mut usize,
 ) -> io::Result<usize> {
     let data = &data[..data.len().min(MAX_PLAIN)];
-    append(out, |b| w.encrypt(data, b), too_small_encrypt)
+    append(out, end, |b| w.encrypt(data, b), too_small_encrypt)
         .map(|_| data.len())
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
 fn close_notify(
-    w: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    w: &mut WriteTraffic<'_, Server>,
     out: &mut Vec<u8>,
+    end: &mut usize,
 ) -> io::Result<()> {
-    append(out, |b| w.queue_close_notify(b), too_small_encrypt)
+    append(out, end, |b| w.queue_close_notify(b), too_small_encrypt)
         .map(|_| ())
         .map_err(|e| io::Error::other(e.to_string()))
 }
