@@ -714,7 +714,7 @@ async fn tcp_accept_loop(
                             .auth_failures
                             .with_label_values(&[reason.code()])
                             .inc();
-                        Box::pin(refuse(&mut io, Refusal::new(reason))).await;
+                        refuse(&mut io, Refusal::new(reason)).await;
                     }
                     (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
                         Box::pin(handle_terminal_stream(s, io, id, cert, Transport::Tcp)).await;
@@ -724,7 +724,7 @@ async fn tcp_accept_loop(
                     }
                     (_, Ok((other, _))) => {
                         warn!(identity = ?other, "Certificate of the wrong kind for this listener");
-                        Box::pin(refuse(&mut io, Refusal::new(Reason::WrongCertificateKind))).await;
+                        refuse(&mut io, Refusal::new(Reason::WrongCertificateKind)).await;
                     }
                 }
             }
@@ -956,12 +956,20 @@ async fn drain(mut conns: JoinSet<()>, s: &Shared) {
     }
 }
 
-async fn refuse(io: &mut BoxIo, r: Refusal) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = write_message(io, &r).await;
-        let _ = io.shutdown().await;
+/// Send a refusal and close. Boxed: it is awaited in many places of
+/// long-lived futures, which would otherwise each keep room for it for the
+/// whole life of a session.
+fn refuse(
+    io: &mut BoxIo,
+    r: Refusal,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = write_message(io, &r).await;
+            let _ = io.shutdown().await;
+        })
+        .await;
     })
-    .await;
 }
 
 async fn serve_terminal_quic(
@@ -1132,7 +1140,7 @@ async fn handle_terminal_stream(
             issued_at: unix_now(),
             expires_at: unix_now() + TICKET_LIFETIME_SECS,
         };
-        let mut agent = match Box::pin(open_to_agent(&s, &claims)).await {
+        let mut agent = match Box::pin(open_to_agent(&s, claims)).await {
             Ok(a) => a,
             Err(r) => {
                 info!(reason = %r.code, "Session refused");
@@ -1282,7 +1290,7 @@ async fn handle_terminal_stream(
 
 /// Open a stream to the desk's agent, hand it the signed ticket and wait for
 /// its answer. On success the stream is ready to splice.
-async fn open_to_agent(s: &Arc<Shared>, claims: &TicketClaims) -> Result<BoxIo, Refusal> {
+async fn open_to_agent(s: &Arc<Shared>, claims: TicketClaims) -> Result<BoxIo, Refusal> {
     let link = {
         let agents = s.agents.lock().expect("agents lock");
         agents.get(&claims.desk).map(|e| e.link.clone())
@@ -1323,7 +1331,7 @@ async fn open_to_agent(s: &Arc<Shared>, claims: &TicketClaims) -> Result<BoxIo, 
                 io
             }
         };
-        let ticket = s.signer.sign(claims).map_err(|e| {
+        let ticket = s.signer.sign(&claims).map_err(|e| {
             warn!(error = %e, "Cannot sign the ticket");
             Refusal::new(Reason::Internal)
         })?;
