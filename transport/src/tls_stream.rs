@@ -40,6 +40,10 @@ use tokio::net::TcpStream;
 /// A pooled buffer: one TLS 1.3 record (5-byte header, 2^14 bytes of
 /// plaintext, up to 256 bytes of expansion) with room to spare.
 const BUF: usize = 17 * 1024;
+/// First receive buffer of a handshake. Grows when a message needs more, so
+/// a peer that trickles a partial ClientHello holds no more than rustls's
+/// own buffer would.
+const HANDSHAKE_BUF: usize = 4 * 1024;
 /// Largest receive buffer. Records of a handshake message stay in it until
 /// the whole message is there, and rustls accepts messages up to 64 KiB.
 pub const MAX_RECEIVE: usize = 72 * 1024;
@@ -318,7 +322,11 @@ impl ServerTlsStream {
         loop {
             if self.inbuf.capacity() == 0 {
                 ready!(self.tcp.poll_read_ready(cx))?;
-                self.inbuf = take_in();
+                self.inbuf = if self.conn.is_handshaking() {
+                    Vec::with_capacity(HANDSHAKE_BUF)
+                } else {
+                    take_in()
+                };
             }
             let cap = self.inbuf.capacity();
             if self.inbuf.len() == cap {
@@ -768,13 +776,14 @@ mod tests {
             .await
             .expect_err("oversized record");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        // A ClientHello that never ends: the peer closes half way.
+        // A ClientHello that never ends: the peer closes half way, after
+        // more than the first handshake buffer holds (it grows, in steps).
         let mut raw = TcpStream::connect(addr).await.unwrap();
         let (tcp, _) = l.accept().await.unwrap();
         raw.write_all(&[22, 3, 1, 0x40, 0x00, 1, 0, 0x3f, 0xfc])
             .await
             .unwrap();
-        raw.write_all(&[0u8; 1000]).await.unwrap();
+        raw.write_all(&[0u8; 3 * HANDSHAKE_BUF]).await.unwrap();
         raw.shutdown().await.unwrap();
         let e = accept(server, tcp).await.expect_err("cut handshake");
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
