@@ -762,7 +762,7 @@ async fn tcp_handshake(
             return None;
         }
     };
-    let ident = peer_identity(s, tls.peer_cert());
+    let ident = peer_identity(s, tls.peer_cert().map(|c| c.as_ref()));
     Some((Box::new(tls), ident))
 }
 
@@ -812,7 +812,10 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
                         return;
                     }
                 };
-                match (role, peer_identity(&s, tls::quic_peer_cert(&conn))) {
+                match (
+                    role,
+                    peer_identity(&s, tls::quic_peer_cert(&conn).as_deref()),
+                ) {
                     (_, Err(reason)) => {
                         warn!(
                             reason = reason.code(),
@@ -873,14 +876,11 @@ fn resumption_tickets(
 
 /// Who the peer is, re-checked against the current CRL and validity dates:
 /// a resumed TLS session skipped the handshake's certificate verification.
-fn peer_identity(
-    s: &Shared,
-    cert: Option<rustls::pki_types::CertificateDer<'static>>,
-) -> Result<(Identity, PeerCert), Reason> {
-    let der = cert.ok_or(Reason::CertRejected)?;
-    let cert = PeerCertFacts::from_der(&der).map_err(|_| Reason::CertRejected)?;
+fn peer_identity(s: &Shared, der: Option<&[u8]>) -> Result<(Identity, PeerCert), Reason> {
+    let der = der.ok_or(Reason::CertRejected)?;
+    let cert = PeerCertFacts::from_der(der).map_err(|_| Reason::CertRejected)?;
     check_cert(s, &cert)?;
-    let id = kakehashi_pki::identity_from_der(&der).map_err(|_| Reason::WrongCertificateKind)?;
+    let id = kakehashi_pki::identity_from_der(der).map_err(|_| Reason::WrongCertificateKind)?;
     Ok((id, Arc::new(cert)))
 }
 
@@ -888,7 +888,7 @@ fn peer_identity(
 fn check_cert(s: &Shared, cert: &PeerCertFacts) -> Result<(), Reason> {
     use kakehashi_transport::tls::PeerCertProblem;
     s.verifier
-        .check_facts(cert, unix_now())
+        .check_peer(cert, unix_now())
         .map_err(|p| match p {
             PeerCertProblem::Revoked => Reason::CertRevoked,
             PeerCertProblem::Expired => Reason::CertExpired,

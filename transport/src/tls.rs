@@ -205,12 +205,7 @@ impl ReloadingClientVerifier {
     /// *current* CRL and its validity dates. A resumed TLS 1.3 session skips
     /// client-certificate verification, so without this a laptop revoked
     /// after its last full handshake could keep opening sessions.
-    pub fn check_peer(&self, der: &[u8], now: u64) -> Result<(), PeerCertProblem> {
-        self.check_facts(&PeerCertFacts::from_der(der)?, now)
-    }
-
-    /// [`check_peer`](Self::check_peer) on what was kept of the certificate.
-    pub fn check_facts(&self, cert: &PeerCertFacts, now: u64) -> Result<(), PeerCertProblem> {
+    pub fn check_peer(&self, cert: &PeerCertFacts, now: u64) -> Result<(), PeerCertProblem> {
         if self
             .revoked
             .read()

@@ -181,11 +181,8 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Ser
 
 impl ServerTlsStream {
     /// The end-entity certificate the client presented.
-    pub fn peer_cert(&self) -> Option<CertificateDer<'static>> {
-        self.conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.clone().into_owned())
+    pub fn peer_cert(&self) -> Option<&CertificateDer<'static>> {
+        self.conn.peer_certificates().and_then(|c| c.first())
     }
 
     /// Whether the handshake was a full one or resumed a session.
@@ -196,11 +193,6 @@ impl ServerTlsStream {
     /// The negotiated ALPN protocol.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
-    }
-
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
     }
 
     /// Bytes of buffers this connection holds now (zero when idle).
