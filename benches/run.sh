@@ -9,10 +9,12 @@
 # Results (JSON per row) go to target/bench-results/<stamp>/; a table with
 # the command of each row is appended to benches/RESULTS.md unless
 # --no-record. --quick: reduced sizes, under a minute of measuring on an
-# idle machine; its numbers are for smoke-testing, not for the record of a
-# target. BENCH_P2_SIZES="5000" sets P2's sizes of a full run (largest
-# first; BENCH_P5_SIZES, BENCH_P5_TCP_SIZES and BENCH_P6_SIZES likewise,
-# a blank " " skips that ladder); BENCH_NO_BUILD=1 skips the build.
+# idle machine (each row prints how long it took); its numbers are for
+# smoke-testing, not for the record of a target.
+#
+# BENCH_P2_SIZES="5000" sets P2's sizes of a full run (largest first;
+# BENCH_P5_SIZES, BENCH_P5_TCP_SIZES, BENCH_P6_SIZES and BENCH_P6_TCP_SIZES
+# likewise, a blank " " skips that ladder); BENCH_NO_BUILD=1 skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -115,15 +117,23 @@ COMMON=(--pki-dir "$PKI" --work-dir "$OUT/work")
 PAIRS=(--pairs 5 --baseline tls:127.0.0.1:$P_HAP --backend-tls 127.0.0.1:$P_BTLS)
 FLOOR=(--floor plain:127.0.0.1:$P_SOCAT --backend-plain 127.0.0.1:$P_BPLAIN)
 if [ $QUICK = 1 ]; then
-  P1_FLOOR=(); SECS=0.3; RR=2000; HS_SECS=0.4; IDLE_SIZES=100; IDLE_SETTLE=0.3
-  P5_SIZES=300; P5_TCP_SIZES=300; P5_SECS=3; P6_SIZES=210; P6_STORM_SECS=3; P6_SECS=2; P7_SIZES=300
+  # Under a minute of measuring: fewer P2 pairs (each starts a gateway and
+  # rathole), a short settle before paced sessions start, and P5/P6 over
+  # QUIC only (the laptops' transport; a full run adds TLS/TCP).
+  P1_FLOOR=(); SECS=0.3; RR=2000; HS_SECS=0.4; IDLE_SIZES=100; IDLE_SETTLE=0.3; IDLE_PAIRS=2
+  SESS_SETTLE=(--settle 0.3)
+  P5_SIZES=200; P5_TCP_SIZES=" "; P5_SECS=1; P6_SIZES=150; P6_TCP_SIZES=" "; P6_STORM_SECS=2; P6_SECS=1; P7_SIZES=300
 else
-  P1_FLOOR=("${FLOOR[@]}"); SECS=3; RR=5000; HS_SECS=3; IDLE_SIZES="${BENCH_P2_SIZES:-20000 10000 5000}"; IDLE_SETTLE=3
+  P1_FLOOR=("${FLOOR[@]}"); SECS=3; RR=5000; HS_SECS=3; IDLE_SIZES="${BENCH_P2_SIZES:-20000 10000 5000}"; IDLE_SETTLE=3; IDLE_PAIRS=5
+  SESS_SETTLE=()
   P5_SIZES="${BENCH_P5_SIZES:-20000 5000 2000 1000 500}"; P5_SECS=60
   # Over TCP a session holds three descriptors on each side (laptop, agent,
   # data channel): 20,000 do not fit under this machine's limit of 20,000.
   P5_TCP_SIZES="${BENCH_P5_TCP_SIZES:-5000 2000 1000 500}"
   P6_SIZES="${BENCH_P6_SIZES:-15000 3000 1500 600 300}"; P6_STORM_SECS=60; P6_SECS=20
+  # 15,000 live + 5,000 new over TCP need ~60,000 descriptors per side; the
+  # largest that fits under 20,000 is 4,500 + 1,500.
+  P6_TCP_SIZES="${BENCH_P6_TCP_SIZES:-4500 3000 2250 1500 600}"
   P7_SIZES="20000 10000 5000"
 fi
 
@@ -134,9 +144,10 @@ fmt() { jq -r "$1" "$2"; }
 # Median ratio of a row, or n/a when no pair could be measured above the noise.
 ratio() { jq -r 'if .median_ratio == null then "n/a" else (.median_ratio*100|floor/100|tostring) + "×" end' "$1"; }
 run() { # name, loadgen args… ; JSON to $OUT/name.json, progress to name.log
-  local name=$1; shift
+  local name=$1 t0=$SECONDS; shift
   echo "== $name: kakehashi-loadgen $*" >&2
   "$LG" "${COMMON[@]}" --json "$OUT/$name.json" "$@" >/dev/null 2>"$OUT/$name.log" || { tail -5 "$OUT/$name.log" >&2; return 1; }
+  echo "   $name took $(( SECONDS - t0 )) s" >&2
 }
 # The largest size that runs: a full run steps down when the machine cannot
 # hold a size (descriptors, memory, time-outs); the row says which ran.
@@ -150,16 +161,18 @@ scaled() {
   return 1
 }
 # The largest size that runs and, stepping further down, the largest that
-# meets the row's zero-error bar (P5, P6). Prints the JSON of the largest
-# that ran, then (if different) of the largest without errors.
+# meets the row's bar: every session open and no errors, and the jq test
+# BAR if given (P6: its set-up and live-session targets). Prints the JSON of
+# the largest that ran, then (if different) of the largest that met the bar.
+# scaled_clean NAME "SIZES" ARGS-FUNCTION [BAR]
 scaled_clean() {
-  local name=$1 sizes=$2 fn=$3 n first=""
+  local name=$1 sizes=$2 fn=$3 bar=${4:-true} n first=""
   for n in $sizes; do
     # shellcheck disable=SC2046
     run "$name-$n" $($fn "$n") || continue
     local j=$OUT/$name-$n.json
     [ -n "$first" ] || { first=$j; echo "$j"; }
-    if [ "$(fmt '.errors_total' "$j")" = 0 ] && [ "$(fmt '.sessions_opened == .sessions' "$j")" = true ]; then
+    if [ "$(fmt ".errors_total == 0 and .sessions_opened == .sessions and ($bar)" "$j")" = true ]; then
       [ "$j" = "$first" ] || echo "$j"
       return 0
     fi
@@ -167,15 +180,16 @@ scaled_clean() {
   [ -n "$first" ]
 }
 P2_T=quic
-p2_args() { echo idle --transport $P2_T --sessions "$1" --settle $IDLE_SETTLE --pairs 5 --rathole "$RATHOLE" --rathole-p12 "$OUT/rathole.p12"; }
+p2_args() { echo idle --transport $P2_T --sessions "$1" --settle $IDLE_SETTLE --pairs $IDLE_PAIRS --rathole "$RATHOLE" --rathole-p12 "$OUT/rathole.p12"; }
 # P5 and P6 run the gateway as deployed: every session admitted through a
 # SQLite store (login token, the default policy, BCP declared for a snow day).
 # P5 then runs the same paced sessions through HAProxy and straight to the
 # desk (TLS over TCP), where descriptors allow: the floor of this machine.
 P5_T=quic
-p5_args() { echo sessions --transport $P5_T --store --sessions "$1" --duration $P5_SECS --baseline tls:127.0.0.1:$P_HAP --backend-tls 127.0.0.1:$P_BTLS; }
-p6_args() { echo sessions --store --sessions "$1" --storm $(( $1 / 3 )) --storm-secs $P6_STORM_SECS --duration $P6_SECS; }
-p7_args() { echo sessions --sessions 0 --agents "$1" --duration 1 --restart; }
+p5_args() { echo sessions --transport $P5_T --store --sessions "$1" --duration $P5_SECS ${SESS_SETTLE[@]+"${SESS_SETTLE[@]}"} --baseline tls:127.0.0.1:$P_HAP --backend-tls 127.0.0.1:$P_BTLS; }
+P6_T=quic
+p6_args() { echo sessions --transport $P6_T --store --sessions "$1" --storm $(( $1 / 3 )) --storm-secs $P6_STORM_SECS --duration $P6_SECS ${SESS_SETTLE[@]+"${SESS_SETTLE[@]}"}; }
+p7_args() { echo sessions --sessions 0 --agents "$1" --duration 1 ${SESS_SETTLE[@]+"${SESS_SETTLE[@]}"} --restart; }
 
 for R in $ROWS; do case $R in
 P1)
@@ -219,11 +233,16 @@ P5)
   done
   done ;;
 P6)
-  JS=$(scaled_clean P6 "$P6_SIZES" p6_args) || continue
+  # Both transports, as P5: TLS/TCP carries more paced traffic per core
+  # here, so a larger storm runs within the machine.
+  for P6_T in quic tcp; do
+  if [ $P6_T = quic ]; then SIZES=$P6_SIZES; else SIZES=$P6_TCP_SIZES; fi
+  JS=$(scaled_clean P6-$P6_T "$SIZES" p6_args '.storm.setup.p99_us <= 200000 and .storm.live_p99_ratio <= 2') || continue
   for J in $JS; do
-  row P6 "login storm: $(fmt .storm.sessions $J) new over $(fmt .storm.secs $J) s onto $(fmt .sessions_opened $J) live, admission through SQLite" \
+  row P6 "login storm, $([ $P6_T = quic ] && echo QUIC || echo TLS/TCP): $(fmt .storm.sessions $J) new over $(fmt .storm.secs $J) s onto $(fmt .sessions_opened $J) live, admission through SQLite" \
     "setup p99 $(fmt '.storm.setup.p99_us/1000|floor' $J) ms, errors $(fmt .errors_total $J), live p99 $(fmt '.storm.live_p99_ratio*100|floor/100' $J)× ($(fmt .storm.live_rtt_before.p99_us $J) → $(fmt .storm.live_rtt_during.p99_us $J) µs)" \
     "— (absolute target)" "—" "setup p99 ≤ 200 ms, 0 errors, live p99 ≤ 2×" "benches/run.sh --rows P6 → kakehashi-loadgen $(p6_args "$(fmt .sessions $J)")"
+  done
   done ;;
 P7)
   J=$(scaled P7 "$P7_SIZES" p7_args) || continue
