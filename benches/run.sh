@@ -162,8 +162,9 @@ scaled() {
 }
 # The largest size that runs and, stepping further down, the largest that
 # meets the row's bar: every session open and no errors, and the jq test
-# BAR if given (P6: its set-up and live-session targets). Prints the JSON of
-# the largest that ran, then (if different) of the largest that met the bar.
+# BAR if given (P6: its set-up and live-session targets; a figure missing
+# from the JSON fails it). Prints the JSON of the largest that ran, then (if
+# different) of the largest that met the bar.
 # scaled_clean NAME "SIZES" ARGS-FUNCTION [BAR]
 scaled_clean() {
   local name=$1 sizes=$2 fn=$3 bar=${4:-true} n first=""
@@ -237,7 +238,7 @@ P6)
   # here, so a larger storm runs within the machine.
   for P6_T in quic tcp; do
   if [ $P6_T = quic ]; then SIZES=$P6_SIZES; else SIZES=$P6_TCP_SIZES; fi
-  JS=$(scaled_clean P6-$P6_T "$SIZES" p6_args '.storm.setup.p99_us <= 200000 and .storm.live_p99_ratio <= 2') || continue
+  JS=$(scaled_clean P6-$P6_T "$SIZES" p6_args '(.storm.setup.p99_us // 1e18) <= 200000 and (.storm.live_p99_ratio // 1e18) <= 2') || continue
   for J in $JS; do
   row P6 "login storm, $([ $P6_T = quic ] && echo QUIC || echo TLS/TCP): $(fmt .storm.sessions $J) new over $(fmt .storm.secs $J) s onto $(fmt .sessions_opened $J) live, admission through SQLite" \
     "setup p99 $(fmt '.storm.setup.p99_us/1000|floor' $J) ms, errors $(fmt .errors_total $J), live p99 $(fmt '.storm.live_p99_ratio*100|floor/100' $J)× ($(fmt .storm.live_rtt_before.p99_us $J) → $(fmt .storm.live_rtt_during.p99_us $J) µs)" \
