@@ -17,6 +17,7 @@
 
 pub mod dial;
 pub mod explain;
+mod pool;
 pub mod quic;
 pub mod resumption;
 pub mod splice;

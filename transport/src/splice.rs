@@ -14,27 +14,21 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::pool;
+
 /// Size of one copy buffer.
 pub const BUF_SIZE: usize = 16 * 1024;
-/// Buffers kept per thread for reuse.
-const POOL_MAX: usize = 64;
 
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
 fn take_buf() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+    pool::take(&POOL, || vec![0u8; BUF_SIZE].into_boxed_slice())
 }
 
 fn give_buf(b: Box<[u8]>) {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < POOL_MAX {
-            p.push(b);
-        }
-    });
+    pool::give(&POOL, b);
 }
 
 /// Bytes copied so far each way, readable while the splice runs and after

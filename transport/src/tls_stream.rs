@@ -37,6 +37,8 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::pool;
+
 /// A pooled buffer: one TLS 1.3 record (5-byte header, 2^14 bytes of
 /// plaintext, up to 256 bytes of expansion) with room to spare.
 const BUF: usize = 17 * 1024;
@@ -49,8 +51,6 @@ const HANDSHAKE_BUF: usize = 4 * 1024;
 pub const MAX_RECEIVE: usize = 72 * 1024;
 /// Plaintext encrypted per write: one full record.
 const MAX_PLAIN: usize = 16 * 1024;
-/// Buffers kept per thread for reuse.
-const POOL_MAX: usize = 64;
 
 thread_local! {
     /// Receive buffers: empty, with `BUF` of capacity (reads fill the spare
@@ -62,24 +62,11 @@ thread_local! {
 }
 
 fn take_in() -> Vec<u8> {
-    IN_POOL
-        .with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(BUF))
+    pool::take(&IN_POOL, || Vec::with_capacity(BUF))
 }
 
 fn take_out() -> Vec<u8> {
-    OUT_POOL
-        .with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; BUF])
-}
-
-fn put_back(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>, b: Vec<u8>) {
-    pool.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < POOL_MAX {
-            p.push(b);
-        }
-    });
+    pool::take(&OUT_POOL, || vec![0; BUF])
 }
 
 /// Return a receive buffer to the pool (or free it), leaving `v` unallocated.
@@ -87,7 +74,7 @@ fn release_in(v: &mut Vec<u8>) {
     let mut b = std::mem::take(v);
     if b.capacity() == BUF {
         b.clear();
-        put_back(&IN_POOL, b);
+        pool::give(&IN_POOL, b);
     }
 }
 
@@ -95,7 +82,7 @@ fn release_in(v: &mut Vec<u8>) {
 fn release_out(v: &mut Vec<u8>) {
     let b = std::mem::take(v);
     if b.capacity() == BUF && b.len() == BUF {
-        put_back(&OUT_POOL, b);
+        pool::give(&OUT_POOL, b);
     }
 }
 
