@@ -58,7 +58,7 @@ pub fn login_url(
     redirect_uri: &str,
     state: &str,
     challenge: &str,
-    device: Option<&str>,
+    device: &str,
 ) -> anyhow::Result<url::Url> {
     let mut u =
         url::Url::parse(portal).with_context(|| format!("portal URL {portal:?} is not valid"))?;
@@ -69,10 +69,8 @@ pub fn login_url(
         q.append_pair("redirect_uri", redirect_uri)
             .append_pair("state", state)
             .append_pair("code_challenge", challenge)
-            .append_pair("code_challenge_method", "S256");
-        if let Some(d) = device {
-            q.append_pair("device", d);
-        }
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("device", device);
     }
     Ok(u)
 }
@@ -179,13 +177,16 @@ fn parse_callback(head: &str, state: &str) -> anyhow::Result<Option<String>> {
             .find(|(n, _)| n == k)
             .map(|(_, v)| v.into_owned())
     };
-    if let Some(err) = get("error") {
-        bail!("portal: login failed ({err})");
-    }
+    // The state first: any local process can request this URL, and only
+    // the portal knows the state, so an `error` without it must not abort
+    // the login that is waiting.
     let got_state = get("state").unwrap_or_default();
     use subtle::ConstantTimeEq as _;
     if !bool::from(got_state.as_bytes().ct_eq(state.as_bytes())) {
         bail!("state mismatch");
+    }
+    if let Some(err) = get("error") {
+        bail!("portal: login failed ({err})");
     }
     let code = get("code")
         .filter(|c| !c.is_empty() && c.len() <= 256)
@@ -258,7 +259,14 @@ pub async fn run(cfg: crate::Config, no_browser: bool) -> anyhow::Result<()> {
         .portal
         .clone()
         .ok_or_else(|| anyhow!("the configuration has no [login] portal = \"https://…\" (ask IT for an updated client.toml)"))?;
-    let device = device_id(&cfg.cert);
+    // The portal binds the one-time code to this laptop: without the device
+    // id of its certificate there is nothing to bind it to.
+    let device = device_id(&cfg.cert).ok_or_else(|| {
+        anyhow!(
+            "cannot read this laptop's device id from its certificate {} (is it a Kakehashi device certificate?)",
+            cfg.cert.display()
+        )
+    })?;
     let pkce = Pkce::new();
     let state = random_b64(16);
     let cb = Callback::bind().await?;
@@ -267,7 +275,7 @@ pub async fn run(cfg: crate::Config, no_browser: bool) -> anyhow::Result<()> {
         &cb.redirect_uri,
         &state,
         &pkce.challenge,
-        device.as_deref(),
+        &device,
     )?;
     let code = match cfg.soft_authenticator.clone() {
         Some(file) => {
@@ -277,6 +285,7 @@ pub async fn run(cfg: crate::Config, no_browser: bool) -> anyhow::Result<()> {
         }
         None => {
             println!("login url: {url}");
+            println!("この端末 / this laptop: {device} (ログイン画面に同じ番号が表示されていることを確かめてください / check the login page shows the same)");
             println!("ブラウザでログインしてください (セキュリティキーまたは Windows Hello) / Log in in your browser (security key or Windows Hello).");
             if !no_browser && !open_browser(url.as_str()) {
                 println!("ブラウザを開けませんでした。上の URL を開いてください / Could not open a browser: open the URL above.");
@@ -347,6 +356,15 @@ mod tests {
                 .to_string()
                 .starts_with("portal:")
         );
+        // An error without the right state is someone else's request: it
+        // does not end the login (not a `portal:` error).
+        for forged in [
+            "GET /callback?error=denied HTTP/1.1\r\n\r\n",
+            "GET /callback?error=denied&state=S2 HTTP/1.1\r\n\r\n",
+        ] {
+            let e = parse_callback(forged, "S1").unwrap_err().to_string();
+            assert!(!e.starts_with("portal:"), "{forged}: {e}");
+        }
     }
 
     #[tokio::test]
@@ -359,6 +377,7 @@ mod tests {
             .trim_end_matches("/callback")
             .to_string();
         for (target, expect) in [
+            ("/callback?error=access_denied", "400"),
             ("/callback?code=x&state=wrong", "400"),
             ("/callback?code=c0de&state=st", "200"),
         ] {
@@ -380,7 +399,7 @@ mod tests {
             "http://127.0.0.1:5/callback",
             "st",
             "ch",
-            Some("LAPTOP-1"),
+            "LAPTOP-1",
         )
         .unwrap();
         assert_eq!(u.path(), "/login");

@@ -68,6 +68,19 @@ pub enum UserCmd {
         #[arg(long)]
         id: String,
     },
+    /// Lift a portal lockout: clears every failure counter of the user (at
+    /// every address), e.g. after checking with the person that the failed
+    /// attempts were theirs. Audited.
+    Unlock {
+        /// User id.
+        #[arg(long)]
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List the portal lockouts in force (per user and address, and per user).
+    Locks,
     /// List users.
     List,
 }
@@ -115,7 +128,7 @@ pub(crate) async fn open(cfg: &Config) -> anyhow::Result<Store> {
         .context("the configuration has no [store]")?;
     Store::open(url)
         .await
-        .with_context(|| format!("cannot open the store {url}"))
+        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(&url)))
 }
 
 /// Run an `admin` command.
@@ -235,6 +248,29 @@ pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
                     d.cert_serial.as_deref().unwrap_or("-")
                 );
             }
+        AdminCmd::User(UserCmd::Unlock { id, reason }) => {
+            if store.get_user(&id).await?.is_none() {
+                anyhow::bail!("no user {id:?}");
+            }
+            let n = store
+                .unlock_user(
+                    &id,
+                    Audit::new(now, &who, "user.unlock")
+                        .subject(&id)
+                        .reason(&reason),
+                )
+                .await?;
+            println!("unlocked user {id}: {n} failure counter(s) cleared");
+        }
+        AdminCmd::User(UserCmd::Locks) => {
+            let locks = store.active_lockouts(now).await?;
+            if locks.is_empty() {
+                println!("no lockouts in force");
+            }
+            for (key, until) in locks {
+                println!("{key:<48} locked until {} ({}s)", utc(until), until - now);
+            }
+        }
         }
         AdminCmd::Device(DeviceCmd::Block { id, status, reason }) => {
             let st: DeviceStatus = status.parse().context("status must be blocked or lost")?;

@@ -184,6 +184,47 @@ pub struct TlsSection {
     /// CA certificate that issued agent and device certificates.
     pub ca: PathBuf,
     /// The gateway's certificate.
+    /// Most open portal connections in total (over it, new ones are closed at once).
+    #[serde(default = "default_portal_max_connections")]
+    pub max_connections: usize,
+    /// Most open portal connections from one source address. Staff behind an
+    /// office NAT or the LGWAN exit share one address: a browser holds up
+    /// to six connections, so keep this above 6 × the staff behind one address.
+    #[serde(default = "default_portal_max_per_source")]
+    pub max_connections_per_source: usize,
+    /// Seconds a client gets to send a request's headers (a connection that
+    /// sends half a request and stops is closed after this).
+    #[serde(default = "default_portal_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open with nothing sent either way.
+    #[serde(default = "default_portal_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// API calls (`/api/…`) per second allowed from one source address,
+    /// sustained; ten seconds' worth may come at once. Over it the answer is
+    /// `rate_limited` (429) and the refusals are audited as one record per
+    /// minute and address.
+    #[serde(default = "default_portal_api_rate")]
+    pub api_rate_per_source: u32,
+}
+
+fn default_portal_max_connections() -> usize {
+    16_384
+}
+
+fn default_portal_max_per_source() -> usize {
+    1024
+}
+
+fn default_portal_header_timeout() -> u64 {
+    10
+}
+
+fn default_portal_idle_timeout() -> u64 {
+    60
+}
+
+fn default_portal_api_rate() -> u32 {
+    50
     pub cert: PathBuf,
     /// The gateway's private key.
     pub key: PathBuf,
@@ -376,6 +417,23 @@ impl Config {
             || f.terminals.max_connections == 0
             || f.agents.max_connections == 0
         {
+    /// Connection caps, time-outs and the API rate per source.
+    pub limits: PortalLimits,
+}
+
+/// The portal's defences against an anonymous flood before login.
+#[derive(Debug, Clone, Copy)]
+pub struct PortalLimits {
+    /// Most open connections in total.
+    pub max_connections: usize,
+    /// Most open connections from one source address.
+    pub max_connections_per_source: usize,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time a connection may stay silent both ways.
+    pub idle_timeout: Duration,
+    /// Sustained API calls per second per source address (burst: 10 s worth).
+    pub api_rate_per_source: u32,
             bail!("connection, session and stream limits must be at least 1");
         }
         if l.handshake_timeout_secs == 0
@@ -477,11 +535,28 @@ impl Config {
             cert: rel(f.tls.cert),
             key: rel(f.tls.key),
             crl: f.tls.crl.map(rel),
+                if p.max_connections == 0
+                    || p.max_connections_per_source == 0
+                    || p.header_timeout_secs == 0
+                    || p.idle_timeout_secs == 0
+                    || p.api_rate_per_source == 0
+                {
+                    bail!("[portal] max_connections, max_connections_per_source, header_timeout_secs, idle_timeout_secs and api_rate_per_source must be at least 1");
+                }
             resumption_keys: match f.tls.resumption_keys {
                 Some(p) => (rel(p), true),
                 None => (
                     rel(f.tls.ticket_key.clone())
                         .parent()
+                    limits: PortalLimits {
+                        max_connections: p.max_connections,
+                        max_connections_per_source: p
+                            .max_connections_per_source
+                            .min(p.max_connections),
+                        header_timeout: Duration::from_secs(p.header_timeout_secs),
+                        idle_timeout: Duration::from_secs(p.idle_timeout_secs),
+                        api_rate_per_source: p.api_rate_per_source,
+                    },
                         .map(|d| d.join("tls-resumption.keys"))
                         .unwrap_or_else(|| PathBuf::from("tls-resumption.keys")),
                     false,

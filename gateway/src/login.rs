@@ -112,6 +112,25 @@ pub async fn redeem(
         audit(store, denied(Reason::LoginCodeInvalid, Some(&code.user_id))).await;
         return Err(Reason::LoginCodeInvalid);
     }
+    // The code is bound to the laptop whose `kakehashi login` asked for it:
+    // a code phished with a link naming another laptop is spent here and
+    // gives this laptop nothing.
+    if code.device_id.as_deref() != Some(laptop.device.as_str()) {
+        warn!(
+            user = %code.user_id,
+            device = %laptop.device,
+            code_device = ?code.device_id,
+            "Login code redeemed by a laptop it was not issued for; refused"
+        );
+        let a = denied(Reason::LoginCodeOtherDevice, Some(&code.user_id)).detail(json!({
+            "device": laptop.device,
+            "peer": laptop.peer,
+            "code_device": code.device_id,
+            "result": "denied",
+        }));
+        audit(store, a).await;
+        return Err(Reason::LoginCodeOtherDevice);
+    }
     match store.get_user(&code.user_id).await {
         Ok(Some(u)) if !u.disabled => {}
         Ok(_) => {
@@ -148,6 +167,15 @@ pub async fn redeem(
     if device.status != DeviceStatus::Active {
         audit(store, denied(Reason::DeviceBlocked, Some(&code.user_id))).await;
         return Err(Reason::DeviceBlocked);
+    }
+    // Allowed (the person authenticated on this very laptop), but a laptop
+    // loaned to someone else is worth an officer's look.
+    if let Some(loaned) = device.loaned_to.as_deref().filter(|l| *l != code.user_id) {
+        warn!(user = %code.user_id, device = %laptop.device, loaned_to = loaned, "Login on a laptop loaned to someone else");
+        let a = Audit::new(now, "gateway", "login.device_not_loaned")
+            .subject(&code.user_id)
+            .detail(json!({ "device": laptop.device, "loaned_to": loaned, "peer": laptop.peer }));
+        audit(store, a).await;
     }
     let token = new_token();
     let expires_at = token_expiry(now, lifetime, utc_offset_secs);

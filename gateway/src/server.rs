@@ -460,7 +460,7 @@ impl Gateway {
             Some(url) => Some(
                 kakehashi_store::Store::open(url)
                     .await
-                    .with_context(|| format!("cannot open the store {url}"))?,
+                    .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(&url)))?,
             ),
             None => None,
         };

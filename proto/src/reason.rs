@@ -59,6 +59,9 @@ pub enum Reason {
     DeviceBlocked,
     /// The one-time login code is unknown, used, expired or its PKCE verifier does not match.
     LoginCodeInvalid,
+    /// The one-time login code was issued for another laptop: only the laptop
+    /// whose `kakehashi login` asked for it may redeem it (a phished link).
+    LoginCodeOtherDevice,
     /// Too many failed attempts; locked out for a while.
     LockedOut,
     /// The gateway could not be reached on any transport.
@@ -110,6 +113,7 @@ impl Reason {
         Reason::GatewayUnreachable,
         Reason::RdpUninspectable,
         Reason::DeskUnknown,
+        Reason::LoginCodeOtherDevice,
         Reason::PolicyUnavailable,
         Reason::SessionTimeLimit,
         Reason::EndedByOperator,
@@ -148,6 +152,7 @@ impl Reason {
             Reason::RdpUninspectable => "rdp_uninspectable",
             Reason::DeskUnknown => "desk_unknown",
             Reason::PolicyUnavailable => "policy_unavailable",
+            Reason::LoginCodeOtherDevice => "login_code_other_device",
             Reason::SessionTimeLimit => "session_time_limit",
             Reason::EndedByOperator => "ended_by_operator",
             Reason::SessionIdle => "session_idle",
@@ -187,6 +192,7 @@ impl Reason {
             Reason::DeskUnknown => "指定されたデスクPCはゲートウェイに登録されていません。デスクIDを確認してください。",
             Reason::PolicyUnavailable => "アクセス制御ポリシーを評価できないため、接続を拒否しました。管理者に連絡してください。",
             Reason::SessionTimeLimit => "接続時間の上限に達したため、セッションを終了しました。",
+            Reason::LoginCodeOtherDevice => "このログインコードは別の端末のために発行されたものです。この端末で `kakehashi login` を実行してください。身に覚えのないログイン画面を開いた場合は情報セキュリティ担当に連絡してください。",
             Reason::EndedByOperator => "運用担当者がセッションを終了しました。",
             Reason::SessionIdle => "一定時間操作がなかったため、セッションを終了しました。",
         }
@@ -226,6 +232,7 @@ impl Reason {
             Reason::PolicyUnavailable => "The access policy cannot be evaluated, so the connection was refused. Contact your administrator.",
             Reason::SessionTimeLimit => "The session reached its time limit and was ended.",
             Reason::EndedByOperator => "An operator ended the session.",
+            Reason::LoginCodeOtherDevice => "This login code was issued for another laptop. Run `kakehashi login` on this laptop. If you opened a login page you did not expect, tell your security officer.",
             Reason::SessionIdle => "The session was ended after a period without input.",
         }
     }

@@ -835,8 +835,9 @@ pub struct LoginSeed {
     pub verifier: String,
 }
 
-/// Seed a user (if missing) and a login code for them, as the portal does after WebAuthn.
-pub async fn seed_login(store: &kakehashi_store::Store, user: &str) -> LoginSeed {
+/// Seed a user (if missing) and a login code for them on laptop `device`, as
+/// the portal does after WebAuthn (only that laptop's certificate redeems it).
+pub async fn seed_login(store: &kakehashi_store::Store, user: &str, device: &str) -> LoginSeed {
     use base64::Engine as _;
     use kakehashi_store::{Audit, Hash256, NewLoginCode, NewUser, Role};
     let now = kakehashi_store::unix_now();
@@ -865,6 +866,15 @@ pub async fn seed_login(store: &kakehashi_store::Store, user: &str) -> LoginSeed
         expires_at: now + 120,
     };
     store
+/// The device id in a laptop certificate (as `kakehashi login` reads it).
+pub fn device_id(dev: &CertFiles) -> String {
+    let certs = kakehashi_transport::tls::load_certs(&dev.cert).expect("device certificate");
+    match kakehashi_pki::identity_from_der(&certs[0]).expect("a Kakehashi certificate") {
+        kakehashi_pki::Identity::Device { id, .. } => id,
+        other => panic!("not a device certificate: {other:?}"),
+    }
+}
+
         .create_login_code(&c, Audit::new(now, "test", "login.code"))
         .await
         .unwrap();
@@ -882,7 +892,8 @@ pub async fn redeem_login(
     user: &str,
 ) -> String {
     use kakehashi_proto::message::{LoginResult, Message, RedeemLogin, Secret};
-    let seed = seed_login(store, user).await;
+    let device = device_id(dev);
+    let seed = seed_login(store, user, &device).await;
     let m = RedeemLogin {
         code: Secret(seed.code),
         code_verifier: Secret(seed.verifier),
@@ -900,6 +911,7 @@ pub async fn redeem_login(
         .to_string()
 }
 
+        device_id: device.into(),
 /// A client config for `dev` with its own token file holding `token`.
 pub fn client_config_logged_in(
     pki: &Pki,

@@ -15,6 +15,7 @@ mod e2e {
     pub mod policy;
     pub mod rdp;
     pub mod rdp_filter;
+    pub mod portal_flood;
     pub mod relay;
     pub mod restart;
     pub mod tickets;

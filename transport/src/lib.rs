@@ -14,9 +14,11 @@
 //! - [`tls_stream`]: the server side of TLS over TCP, holding no buffer
 //!   while a connection is idle.
 //! - [`explain`]: turns handshake failures into reason codes a person can act on.
+//! - [`limit`]: connection caps per source address and in total, taken after accept.
 
 pub mod dial;
 pub mod explain;
+pub mod limit;
 mod pool;
 pub mod quic;
 pub mod resumption;

@@ -209,12 +209,12 @@ fn csrf_message(session_id: &str) -> Vec<u8> {
 }
 
 /// The CSRF token of a portal session.
-fn csrf_token(session_id: &str) -> String {
+pub(super) fn csrf_token(session_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(hmac::sign(csrf_key(), &csrf_message(session_id)).as_ref())
 }
 
 /// Whether `presented` is the session's token (constant-time comparison).
-fn csrf_matches(session_id: &str, presented: &str) -> bool {
+pub(super) fn csrf_matches(session_id: &str, presented: &str) -> bool {
     let Ok(tag) = URL_SAFE_NO_PAD.decode(presented.trim()) else {
         return false;
     };

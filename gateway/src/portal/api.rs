@@ -80,16 +80,22 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T> {
     })
 }
 
-fn user_key(user: &str) -> String {
+/// The per-user counter: a short lock (backoff) only after failures from
+/// several addresses, so no one address can lock a person out for long.
+pub(crate) fn user_key(user: &str) -> String {
     format!("user:{user}")
 }
 
-fn source_key(ip: IpAddr) -> String {
-    format!("source:{ip}")
+/// The counter of one user at one address: the full lock. Staff behind one
+/// NAT do not share it (it names the user), and an attacker elsewhere locks
+/// only their own address out of that user.
+pub(crate) fn pair_key(user: &str, ip: IpAddr) -> String {
+    format!("pair:{user}@{ip}")
 }
 
-fn enroll_key(ip: IpAddr) -> String {
-    format!("enroll:{ip}")
+/// The lockout keys of `user` at `ip`: `[pair, user]`.
+fn lock_keys(user: &str, ip: IpAddr) -> [String; 2] {
+    [pair_key(user, ip), user_key(user)]
 }
 
 /// A credential id as written to the audit log and shown on `/me`.
@@ -118,12 +124,13 @@ impl PortalState {
         let now = self.now();
         for key in keys {
             if let Some(until) = self.store().is_locked(key, now).await? {
-                info!(user = subject, source = %ip, "Refused while locked out");
-                self.audit(
+                debug!(user = subject, source = %ip, "Refused while locked out");
+                self.audit_refusal(
                     Audit::new(now, "portal", action)
                         .subject(subject)
                         .reason(Reason::LockedOut.code())
                         .detail(json!({ "source": ip.to_string(), "key": key })),
+                    ip,
                 )
                 .await;
                 return Err(Denial::locked(until - now));
@@ -139,13 +146,51 @@ impl PortalState {
         }
     }
 
-    /// Counts one failure against each key (the audit record is written in
-    /// the same transaction) and answers `reason`, or `locked_out` when this
-    /// failure locked a key (a cloned credential keeps its own reason).
-    async fn fail(&self, keys: &[String], audit: Audit, reason: Reason) -> Denial {
+    /// Audits a refusal that anyone can cause before login: the first of a
+    /// kind (action, reason) from an address in a minute is written in
+    /// full, the rest of that minute as one `audit.suppressed` summary
+    /// (count and up to 20 subjects), so a flood cannot fill the log.
+    pub(crate) async fn audit_refusal(&self, audit: Audit, ip: IpAddr) {
+        let key = format!("{}|{}|{}", audit.action, audit.reason, ip);
+        match self
+            .inner
+            .audit_throttle
+            .admit(&key, &audit.subject, audit.at)
+        {
+            super::throttle::Admit::Suppress => {}
+            super::throttle::Admit::Write { flushed } => {
+                if let Some(s) = flushed {
+                    self.audit(suppressed_record(&s)).await;
+                }
+                self.audit(audit).await;
+            }
+        }
+    }
+
+    /// Writes the summaries of finished throttle windows (all of them when
+    /// `all`, at shutdown).
+    pub(crate) async fn flush_audit_throttle(&self, all: bool) {
+        for s in self.inner.audit_throttle.take_finished(self.now(), all) {
+            self.audit(suppressed_record(&s)).await;
+        }
+    }
+
+    /// Counts one failure against the `[pair, user]` keys (the audit record
+    /// is written in the same transaction) and answers `reason`, or
+    /// `locked_out` when this failure locked a key (a cloned credential
+    /// keeps its own reason). The pair key takes the configured rule; the
+    /// user key a backoff: four times the failures (so from several
+    /// addresses) for at most a minute.
+    async fn fail(&self, keys: &[String; 2], audit: Audit, reason: Reason) -> Denial {
         let now = audit.at;
         let rule: LockoutRule = self.inner.rule;
-        let pairs: Vec<(&str, LockoutRule)> = keys.iter().map(|k| (k.as_str(), rule)).collect();
+        let backoff = LockoutRule {
+            max_failures: rule.max_failures.saturating_mul(4),
+            window_secs: rule.window_secs,
+            lockout_secs: rule.lockout_secs.min(60),
+        };
+        let pairs: Vec<(&str, LockoutRule)> =
+            vec![(keys[0].as_str(), rule), (keys[1].as_str(), backoff)];
         match self.store().record_failures(&pairs, audit).await {
             Ok(states) => {
                 let until = states
@@ -185,16 +230,17 @@ impl PortalState {
         let now = self.now();
         let Some(Ceremony::Login { user, state }) = self.inner.ceremonies.take(ceremony, now)
         else {
-            info!(source = %ip, "Login finish without a live ceremony");
-            self.audit(
+            debug!(source = %ip, "Login finish without a live ceremony");
+            self.audit_refusal(
                 Audit::new(now, "portal", "login.failed")
                     .reason(Reason::CeremonyExpired.code())
                     .detail(json!({ "source": ip.to_string(), "purpose": purpose })),
+                ip,
             )
             .await;
             return Err(Reason::CeremonyExpired.into());
         };
-        let keys = [user_key(&user), source_key(ip)];
+        let keys = lock_keys(&user, ip);
         self.check_locks(&keys, "login.failed", &user, ip).await?;
         let failed = |reason: Reason, extra: Value| {
             Audit::new(now, "portal", "login.failed")
@@ -207,6 +253,19 @@ impl PortalState {
                     "detail": extra,
                 }))
         };
+        // Only an assertion that presents one of this user's registered
+        // credentials counts towards a lockout: anyone can send garbage for
+        // any user id, and that must not lock the person out.
+        let presented = self.store().get_credential(credential.raw_id.as_slice()).await?;
+        if !presented.as_ref().is_some_and(|c| c.user_id == user) {
+            info!(user, source = %ip, "Assertion with a credential that is not the user's");
+            self.audit_refusal(
+                failed(Reason::AssertionInvalid, json!("not a credential of this user")),
+                ip,
+            )
+            .await;
+            return Err(Reason::AssertionInvalid.into());
+        }
         let result = match self
             .inner
             .webauthn
@@ -261,7 +320,8 @@ impl PortalState {
         match self.store().get_user(&user).await? {
             Some(u) if !u.disabled => {}
             _ => {
-                self.audit(failed(Reason::UserDisabled, Value::Null)).await;
+                self.audit_refusal(failed(Reason::UserDisabled, Value::Null), ip)
+                    .await;
                 return Err(Reason::UserDisabled.into());
             }
         }
@@ -313,6 +373,12 @@ impl PortalState {
             }
             Err(e) => return Err(e.into()),
         }
+        // A success clears this user's counters at this address (not other
+        // addresses': an attack elsewhere keeps its own lock).
+        let clear: Vec<&str> = keys.iter().map(String::as_str).collect();
+        if let Err(e) = self.store().clear_failures(&clear, now).await {
+            warn!(user, error = %format!("{e:#}"), "Cannot clear the lockout counters after a login");
+        }
         info!(user, source = %ip, purpose, device, "Security key login");
         Ok(user)
     }
@@ -334,7 +400,7 @@ impl PortalState {
     }
 
     /// A signature counter that went backwards: refuse, count, audit, alert.
-    async fn cloned(&self, keys: &[String], user: &str, ip: IpAddr, audit: Audit) -> Denial {
+    async fn cloned(&self, keys: &[String; 2], user: &str, ip: IpAddr, audit: Audit) -> Denial {
         error!(
             user,
             source = %ip,
@@ -343,6 +409,33 @@ impl PortalState {
         );
         self.fail(keys, audit, Reason::CredentialCloned).await
     }
+}
+
+/// The ceremony map's quotas for a start by `user` from `ip`: a flood for
+/// one user or from one address evicts its own oldest ceremonies.
+fn ceremony_quotas(user: &str, ip: IpAddr) -> [(String, usize); 2] {
+    [
+        (user_key(user), super::CEREMONIES_PER_USER),
+        (format!("source:{ip}"), super::CEREMONIES_PER_SOURCE),
+    ]
+}
+
+/// The audit record summarising refusals the throttle counted.
+fn suppressed_record(s: &super::throttle::Suppressed) -> Audit {
+    let mut parts = s.key.splitn(3, '|');
+    let action = parts.next().unwrap_or("");
+    let reason = parts.next().unwrap_or("");
+    let source = parts.next().unwrap_or("");
+    Audit::new(s.to, "portal", "audit.suppressed")
+        .reason(reason)
+        .detail(json!({
+            "action": action,
+            "source": source,
+            "count": s.count,
+            "from": s.from,
+            "to": s.to,
+            "subjects": s.subjects,
+        }))
 }
 
 /// `POST /api/enroll/start {user, code}`
@@ -354,7 +447,7 @@ pub(crate) async fn enroll_start(
     let req = body(b)?;
     valid_user_id(&req.user)?;
     let now = s.now();
-    let keys = [user_key(&req.user), enroll_key(ip)];
+    let keys = lock_keys(&req.user, ip);
     s.check_locks(&keys, "enroll.failed", &req.user, ip).await?;
     let failed = |reason: Reason| {
         Audit::new(now, "portal", "enroll.failed")
@@ -369,13 +462,15 @@ pub(crate) async fn enroll_start(
     let user = match s.store().get_user(&req.user).await? {
         Some(u) => u,
         None => {
-            // No user-keyed counter for ids that do not exist.
+            // No counter for ids that do not exist (a mistyped id must not
+            // lock anyone out); the API rate per address bounds guessing.
             let r = Reason::EnrollCodeInvalid;
-            return Err(s.fail(&keys[1..], failed(r), r).await);
+            s.audit_refusal(failed(r), ip).await;
+            return Err(r.into());
         }
     };
     if user.disabled {
-        s.audit(failed(Reason::UserDisabled)).await;
+        s.audit_refusal(failed(Reason::UserDisabled), ip).await;
         return Err(Reason::UserDisabled.into());
     }
     // Looked up, not spent: the code is spent with the credential's insert
@@ -421,19 +516,16 @@ pub(crate) async fn enroll_start(
             (o, RegState::Attested(st))
         }
     };
-    let ceremony = s
-        .inner
-        .ceremonies
-        .insert(
-            now,
-            now + CEREMONY_SECS,
-            Ceremony::Enroll {
-                user: user.id.clone(),
-                code_hash,
-                state,
-            },
-        )
-        .map_err(|_| Denial::from(Reason::Busy))?;
+    let ceremony = s.inner.ceremonies.insert_with_quotas(
+        now,
+        now + CEREMONY_SECS,
+        Ceremony::Enroll {
+            user: user.id.clone(),
+            code_hash,
+            state,
+        },
+        &ceremony_quotas(&user.id, ip),
+    );
     info!(user = %user.id, source = %ip, "Enrollment started");
     Ok(Json(json!({ "ceremony": ceremony, "options": options })))
 }
@@ -477,15 +569,16 @@ pub(crate) async fn enroll_finish(
         state,
     }) = s.inner.ceremonies.take(&req.ceremony, now)
     else {
-        s.audit(
+        s.audit_refusal(
             Audit::new(now, "portal", "enroll.failed")
                 .reason(Reason::CeremonyExpired.code())
                 .detail(json!({ "source": ip.to_string() })),
+            ip,
         )
         .await;
         return Err(Reason::CeremonyExpired.into());
     };
-    let keys = [user_key(&user), enroll_key(ip)];
+    let keys = lock_keys(&user, ip);
     s.check_locks(&keys, "enroll.failed", &user, ip).await?;
     let failed = |reason: Reason, extra: Value| {
         Audit::new(now, "portal", "enroll.failed")
@@ -580,7 +673,7 @@ pub(crate) async fn login_start(
     let req = body(b)?;
     valid_user_id(&req.user)?;
     let now = s.now();
-    let keys = [user_key(&req.user), source_key(ip)];
+    let keys = lock_keys(&req.user, ip);
     s.check_locks(&keys, "login.failed", &req.user, ip).await?;
     let failed = |reason: Reason| {
         Audit::new(now, "portal", "login.failed")
@@ -591,12 +684,15 @@ pub(crate) async fn login_start(
     let user = match s.store().get_user(&req.user).await? {
         Some(u) => u,
         None => {
+            // A mistyped id counts against no one (staff behind one NAT
+            // share an address); the API rate per address bounds probing.
             let r = Reason::LoginUnavailable;
-            return Err(s.fail(&keys[1..], failed(r), r).await);
+            s.audit_refusal(failed(r), ip).await;
+            return Err(r.into());
         }
     };
     if user.disabled {
-        s.audit(failed(Reason::UserDisabled)).await;
+        s.audit_refusal(failed(Reason::UserDisabled), ip).await;
         return Err(Reason::UserDisabled.into());
     }
     let attested_only = s.inner.attestation.is_some();
@@ -619,7 +715,7 @@ pub(crate) async fn login_start(
         } else {
             Reason::LoginUnavailable
         };
-        s.audit(failed(r)).await;
+        s.audit_refusal(failed(r), ip).await;
         return Err(r.into());
     }
     let (options, state) = s
@@ -627,18 +723,15 @@ pub(crate) async fn login_start(
         .webauthn
         .start_passkey_authentication(&passkeys)
         .map_err(webauthn_internal)?;
-    let ceremony = s
-        .inner
-        .ceremonies
-        .insert(
-            now,
-            now + CEREMONY_SECS,
-            Ceremony::Login {
-                user: user.id.clone(),
-                state,
-            },
-        )
-        .map_err(|_| Denial::from(Reason::Busy))?;
+    let ceremony = s.inner.ceremonies.insert_with_quotas(
+        now,
+        now + CEREMONY_SECS,
+        Ceremony::Login {
+            user: user.id.clone(),
+            state,
+        },
+        &ceremony_quotas(&user.id, ip),
+    );
     debug!(user = %user.id, source = %ip, "Login started");
     Ok(Json(json!({ "ceremony": ceremony, "options": options })))
 }
@@ -661,19 +754,20 @@ pub(crate) async fn login_finish(
     let login = match params.check() {
         Ok(l) => l,
         Err(r) => {
-            info!(source = %ip, reason = r.code(), "Login request refused");
-            s.audit(
+            debug!(source = %ip, reason = r.code(), "Login request refused");
+            s.audit_refusal(
                 Audit::new(now, "portal", "login.failed")
                     .reason(r.code())
                     .detail(json!({ "source": ip.to_string() })),
+                ip,
             )
             .await;
             return Err(r.into());
         }
     };
-    let device = login.device.as_deref();
+    let device = login.device.as_str();
     let user = s
-        .authenticate(ip, &req.ceremony, &req.credential, "loopback", device)
+        .authenticate(ip, &req.ceremony, &req.credential, "loopback", Some(device))
         .await?;
     let code = random_b64url::<32>();
     let expires_at = now + LOGIN_CODE_SECS;
@@ -683,6 +777,7 @@ pub(crate) async fn login_finish(
                 code_hash: login_code_hash(&code),
                 user_id: user.clone(),
                 pkce_challenge: login.code_challenge.clone(),
+                device_id: device.to_owned(),
                 expires_at,
             },
             Audit::new(now, user.as_str(), "login.code")

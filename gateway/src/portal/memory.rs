@@ -1,14 +1,40 @@
 //! Short-lived server-side state kept in memory: WebAuthn ceremonies in
 //! progress and portal sessions. Each entry has an expiry; the map has a
 //! cap, so a flood of ceremony starts cannot grow it without bound.
+//!
+//! Entries may also carry quota keys (e.g. `user:ID`, `source:IP`) with a
+//! limit each: a new entry over a key's limit evicts that key's *oldest*
+//! entry, and a full map evicts the oldest entry of the largest group, so
+//! a flood for one user or from one address only ever displaces itself and
+//! never answers everyone else `busy`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 /// Entries by random id, each with an expiry (unix seconds).
 pub(crate) struct TtlMap<T> {
-    entries: Mutex<HashMap<String, (i64, T)>>,
+    entries: Mutex<Entries<T>>,
     cap: usize,
+}
+
+struct Entries<T> {
+    by_id: HashMap<String, (i64, T)>,
+    /// Ids in insertion order per quota key; ids no longer in `by_id` are
+    /// dropped lazily.
+    groups: HashMap<String, VecDeque<String>>,
+}
+
+impl<T> std::ops::Deref for Entries<T> {
+    type Target = HashMap<String, (i64, T)>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_id
+    }
+}
+
+impl<T> std::ops::DerefMut for Entries<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.by_id
+    }
 }
 
 /// The map is at its cap even after dropping expired entries.
@@ -18,12 +44,15 @@ pub(crate) struct Full;
 impl<T> TtlMap<T> {
     pub(crate) fn new(cap: usize) -> Self {
         TtlMap {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                by_id: HashMap::new(),
+                groups: HashMap::new(),
+            }),
             cap,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, T)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<T>> {
         // A panic while holding the lock leaves a consistent map (every
         // operation is a single insert or remove), so poisoning is ignored.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
@@ -43,6 +72,77 @@ impl<T> TtlMap<T> {
         Ok(id)
     }
 
+    /// Stores `value` under a new random id until `expires`, counted against
+    /// each `(key, limit)` quota: over a key's limit that key's oldest entry
+    /// goes; with the whole map full (after dropping expired entries) the
+    /// oldest entry of the largest group goes. Never refuses.
+    pub(crate) fn insert_with_quotas(
+        &self,
+        now: i64,
+        expires: i64,
+        value: T,
+        quotas: &[(String, usize)],
+    ) -> String {
+        let id = super::random_b64url::<32>();
+        let mut e = self.lock();
+        let e = &mut *e;
+        for (key, limit) in quotas {
+            let q = e.groups.entry(key.clone()).or_default();
+            q.retain(|i| e.by_id.get(i).is_some_and(|(exp, _)| *exp > now));
+            while q.len() >= (*limit).max(1) {
+                if let Some(old) = q.pop_front() {
+                    e.by_id.remove(&old);
+                }
+            }
+        }
+        if e.by_id.len() >= self.cap {
+            e.by_id.retain(|_, (exp, _)| *exp > now);
+            let by_id = &e.by_id;
+            e.groups.retain(|_, q| {
+                q.retain(|i| by_id.contains_key(i));
+                !q.is_empty()
+            });
+            if e.by_id.len() >= self.cap {
+                let largest = e
+                    .groups
+                    .iter_mut()
+                    .max_by_key(|(_, q)| q.len())
+                    .and_then(|(_, q)| q.pop_front());
+                match largest {
+                    Some(old) => {
+                        e.by_id.remove(&old);
+                    }
+                    None => {
+                        // Entries without quota keys only: drop the one
+                        // that expires first.
+                        if let Some(k) = e
+                            .by_id
+                            .iter()
+                            .min_by_key(|(_, (exp, _))| *exp)
+                            .map(|(k, _)| k.clone())
+                        {
+                            e.by_id.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+        for (key, _) in quotas {
+            e.groups.entry(key.clone()).or_default().push_back(id.clone());
+        }
+        // Groups whose entries are all gone are forgotten now and then, so
+        // the index stays as small as the map.
+        if e.groups.len() > 2 * self.cap.max(1024) {
+            let by_id = &e.by_id;
+            e.groups.retain(|_, q| {
+                q.retain(|i| by_id.contains_key(i));
+                !q.is_empty()
+            });
+        }
+        e.by_id.insert(id.clone(), (expires, value));
+        id
+    }
+
     /// Removes and returns the entry if it has not expired (one use only).
     pub(crate) fn take(&self, id: &str, now: i64) -> Option<T> {
         let (exp, value) = self.lock().remove(id)?;
@@ -58,6 +158,12 @@ impl<T> TtlMap<T> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Whether the entry is held and not expired.
+    #[cfg(test)]
+    pub(crate) fn contains(&self, id: &str, now: i64) -> bool {
+        self.lock().get(id).is_some_and(|(exp, _)| *exp > now)
     }
 }
 
@@ -95,5 +201,41 @@ mod tests {
         assert_eq!(m.take(&c, 150), None, "one use");
         assert_eq!(m.get(&b, 200), None, "expired");
         assert_eq!(m.len(), 0);
+    }
+
+    fn q(user: &str, ip: &str) -> [(String, usize); 2] {
+        [(format!("user:{user}"), 3), (format!("source:{ip}"), 5)]
+    }
+
+    #[test]
+    fn a_flood_for_one_user_or_from_one_address_displaces_only_itself() {
+        let m = TtlMap::new(8);
+        let victim = m.insert_with_quotas(100, 400, "victim", &q("v", "10.0.0.9"));
+        // 10,000 starts for one user from one address: that user keeps
+        // only its 3 newest, the victim is untouched.
+        let mut last = Vec::new();
+        for i in 0..10_000 {
+            last.push(m.insert_with_quotas(100, 400, "flood", &q("u", "10.0.0.1")));
+            if last.len() > 3 {
+                assert!(!m.contains(&last[i - 3], 100), "oldest of the key evicted");
+            }
+        }
+        assert!(m.contains(&victim, 100));
+        assert_eq!(m.len(), 4);
+        // Many users from one address: that address keeps its 5 newest.
+        for i in 0..1000 {
+            m.insert_with_quotas(100, 400, "flood", &q(&format!("x{i}"), "10.0.0.2"));
+        }
+        assert!(m.contains(&victim, 100));
+        assert!(m.len() <= 8);
+        // Many addresses filling the whole map: the largest group gives way,
+        // and a new one always gets in.
+        for i in 0..50 {
+            m.insert_with_quotas(100, 400, "flood", &q(&format!("y{i}"), &format!("10.1.0.{i}")));
+        }
+        let late = m.insert_with_quotas(100, 400, "late", &q("w", "10.0.0.10"));
+        assert!(m.contains(&late, 100));
+        assert!(m.len() <= 8);
+        assert_eq!(m.take(&late, 100), Some("late"));
     }
 }

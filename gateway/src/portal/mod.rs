@@ -14,7 +14,7 @@
 //! | `POST /me/logout` | ends the portal session |
 //! | `GET /plans`, `POST /plans`, `POST /plans/decide` | telework plans: staff submit, their section chief decides ([`plans`]) |
 //! | `GET /plans/attendance.csv?month=YYYY-MM&lang=ja&bom=1` | the attendance report of a chief's own department, audited ([`plans`]) |
-//! | `GET /officer/…` and its forms | rules with a live what-if preview, desks, devices, BCP; role `officer` only ([`officer`]) |
+//! | `GET /officer/…` and its forms | rules with a live what-if preview, desks, devices and lockouts (`POST /officer/users/unlock`), BCP; role `officer` only ([`officer`]) |
 //! | `GET /ops`, `GET /ops/events`, `POST /ops/sessions/end` | the live ops dashboard (server-sent events) and ending a session; role `operator` only ([`dashboard`]) |
 //!
 //! While a BCP declaration is in force every page carries a banner saying
@@ -76,10 +76,13 @@ mod pages;
 mod plans;
 mod reason;
 mod redirect;
+mod serve;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 pub use reason::{Denial, Reason};
+pub use serve::serve;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -87,29 +90,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use kakehashi_store::{Hash256, LockoutRule, Store};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 use webauthn_rs::prelude::{
     AttestationCaList, AttestedPasskeyRegistration, PasskeyAuthentication, PasskeyRegistration,
     Webauthn, WebauthnBuilder,
 };
 
-use crate::config::Config;
+use crate::config::{Config, PortalLimits};
 
 /// How long a WebAuthn ceremony may take (also the browser's timeout).
 const CEREMONY_SECS: i64 = 300;
@@ -119,14 +117,17 @@ const SESSION_SECS: i64 = 1800;
 const LOGIN_CODE_SECS: i64 = 120;
 /// Most ceremonies in progress at once.
 const MAX_CEREMONIES: usize = 10_000;
+/// Most ceremonies in progress for one user (a new one evicts the oldest):
+/// a person retrying in several tabs, not a flood.
+const CEREMONIES_PER_USER: usize = 8;
+/// Most ceremonies in progress from one source address (a new one evicts
+/// that address's oldest): an office NAT's morning, not a flood.
+const CEREMONIES_PER_SOURCE: usize = 1000;
 /// Most portal sessions at once.
 const MAX_SESSIONS: usize = 10_000;
-/// Most TLS handshakes in progress at once.
-const MAX_HANDSHAKES: usize = 256;
-/// Time allowed for a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time open connections get to finish after shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The audit throttle's window: one record in full per kind of refusal and
+/// address, the rest as one summary.
+const AUDIT_WINDOW_SECS: i64 = 60;
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -173,6 +174,14 @@ struct Inner {
     utc_offset_secs: i32,
     ceremonies: memory::TtlMap<Ceremony>,
     sessions: memory::TtlMap<Session>,
+    /// Connection caps and time-outs ([`serve`]).
+    limits: PortalLimits,
+    /// Time open connections get after shutdown (the gateway's grace).
+    grace: Duration,
+    /// API calls per source address.
+    api_rate: throttle::RateLimiter,
+    /// Refusals before login: one record per kind, address and minute.
+    audit_throttle: throttle::AuditThrottle,
     /// Added to the wall clock (tests move time forward).
     clock_offset: AtomicI64,
     /// The ops dashboard's view of the gateway ([`dashboard`]).
@@ -231,6 +240,13 @@ impl PortalState {
                 utc_offset_secs: id.utc_offset_secs,
                 ceremonies: memory::TtlMap::new(MAX_CEREMONIES),
                 sessions: memory::TtlMap::new(MAX_SESSIONS),
+                limits: portal.limits,
+                grace: cfg.shutdown_grace,
+                api_rate: throttle::RateLimiter::new(
+                    portal.limits.api_rate_per_source,
+                    portal.limits.api_rate_per_source.saturating_mul(10),
+                ),
+                audit_throttle: throttle::AuditThrottle::new(AUDIT_WINDOW_SECS),
                 clock_offset: AtomicI64::new(0),
                 ops: dashboard::Ops::default(),
             }),
@@ -358,12 +374,6 @@ fn user_handle(user: &str) -> webauthn_rs::prelude::Uuid {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
-impl Connected<IncomingStream<'_, PortalListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, PortalListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
 /// The client's IP address (IPv4-mapped IPv6 folded to IPv4), from
 /// [`serve`]'s connection info (or a plain `axum::serve` with
 /// `ConnectInfo<SocketAddr>`); unspecified without either (in-process tests),
@@ -413,6 +423,34 @@ async fn guard(
     let mut resp = next.run(req).await;
     security_headers(&state, &mut resp);
     resp
+}
+
+/// Refuses API calls over the per-address rate before any work is done:
+/// `rate_limited` (429 with `Retry-After`), audited through the throttle.
+async fn api_rate(
+    axum::extract::State(state): axum::extract::State<PortalState>,
+    Peer(ip): Peer,
+    req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    if req.uri().path().starts_with("/api/") {
+        if let Err(wait) = state.inner.api_rate.check(ip) {
+            let wait = i64::try_from(wait).unwrap_or(i64::MAX);
+            state
+                .audit_refusal(
+                    kakehashi_store::Audit::new(state.now(), "portal", "portal.request")
+                        .reason(Reason::RateLimited.code())
+                        .detail(serde_json::json!({
+                            "source": ip.to_string(),
+                            "path": req.uri().path(),
+                        })),
+                    ip,
+                )
+                .await;
+            return Denial::rate_limited(wait).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 fn security_headers(state: &PortalState, resp: &mut Response) {
@@ -473,6 +511,7 @@ pub fn router(state: PortalState) -> Router {
         .route("/officer/devices", get(officer::devices))
         .route("/officer/devices/block", post(officer::devices_block))
         .route("/officer/devices/unblock", post(officer::devices_unblock))
+        .route("/officer/users/unlock", post(officer::users_unlock))
         .route("/officer/bcp", get(officer::bcp))
         .route("/officer/bcp/declare", post(officer::bcp_declare))
         .route("/officer/bcp/end", post(officer::bcp_end))
@@ -495,6 +534,7 @@ pub fn router(state: PortalState) -> Router {
             officer::bcp_banner,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), api_rate))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -512,122 +552,4 @@ pub fn tls_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         .context("portal certificate and key do not match")?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
-}
-
-/// A connection handed from the accept loop to the HTTP server.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// Connections that finished their (TLS) handshake, in order of completion.
-pub(crate) struct PortalListener {
-    rx: mpsc::Receiver<(Box<dyn Io>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for PortalListener {
-    type Io = Box<dyn Io>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept loop stopped (shutdown): no more connections.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// Serves the portal on `listener` until `stop`: HTTPS with `tls`, or plain
-/// HTTP when `tls` is `None` (`insecure_http`, loopback only). After `stop`,
-/// open connections get a short grace period.
-pub async fn serve(
-    state: PortalState,
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    stop: CancellationToken,
-) {
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(error = %e, "Portal listener has no address");
-            return;
-        }
-    };
-    info!(addr = %local, tls = tls.is_some(), "Portal listening");
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let accept = tokio::spawn(accept_loop(listener, acceptor, tx, stop.clone()));
-    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
-    let server = axum::serve(PortalListener { rx, local }, app)
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-    tokio::select! {
-        r = async { server.await } => {
-            if let Err(e) = r {
-                warn!(error = %e, "Portal server failed");
-            }
-        }
-        _ = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            info!("Portal connections cut after the shutdown grace period");
-        }
-    }
-    accept.abort();
-    info!("Portal stopped");
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    tx: mpsc::Sender<(Box<dyn Io>, SocketAddr)>,
-    stop: CancellationToken,
-) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            p = handshakes.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "Portal accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        match &tls {
-            None => {
-                drop(permit);
-                if tx.send((Box::new(tcp), peer)).await.is_err() {
-                    return;
-                }
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => {
-                            let _ = tx.send((Box::new(s), peer)).await;
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "Portal TLS handshake failed"),
-                        Err(_) => debug!(%peer, "Portal TLS handshake timed out"),
-                    }
-                });
-            }
-        }
-    }
 }

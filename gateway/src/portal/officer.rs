@@ -205,7 +205,7 @@ pub(super) fn who_line(lang: Lang, v: &Visitor) -> String {
     let roles: Vec<&str> = v.user.roles.iter().map(|r| r.as_str()).collect();
     format!(
         r#"<div class="who-line"><span>{} <strong>{}</strong> {} <span class="muted">({} · {} · {})</span></span>
-<form method="post" action="/me/logout{}" class="inline"><button type="submit" class="secondary small">{}</button></form></div>"#,
+<form method="post" action="/me/logout{}" class="inline">{}<button type="submit" class="secondary small">{}</button></form></div>"#,
         lang.t("ログイン中:", "Signed in:"),
         esc(&v.user.name),
         lang.t("さん", ""),
@@ -213,6 +213,7 @@ pub(super) fn who_line(lang: Lang, v: &Visitor) -> String {
         esc(&v.user.department),
         esc(&roles.join(", ")),
         lang.query(),
+        csrf_input(v),
         lang.t("ログアウト", "Sign out"),
     )
 }
@@ -970,6 +971,13 @@ fn done_notice(lang: Lang, q: Option<&str>) -> Option<Notice> {
             ),
             lang.t("件を失効させました。", "")
         ),
+        "user.unlock" => format!(
+            "{id} {}",
+            lang.t(
+                "のロックを解除しました。",
+                "is unlocked."
+            )
+        ),
         "device.unblock" => format!(
             "{id} {}",
             lang.t(
@@ -1337,6 +1345,7 @@ pub(crate) async fn devices_unblock(
     device_change(s, ip, q, headers, form, false).await
 }
 
+    locks_section(s, v, lang, &mut out).await;
 async fn device_change(
     s: PortalState,
     ip: std::net::IpAddr,
@@ -1344,6 +1353,121 @@ async fn device_change(
     headers: HeaderMap,
     form: Result<Form<DeviceForm>, FormRejection>,
     block: bool,
+/// The portal lockouts in force, each with an unlock form (on the devices page).
+async fn locks_section(s: &PortalState, v: &Visitor, lang: Lang, out: &mut String) {
+    let now = s.now();
+    let locks = match s.store().active_lockouts(now).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "Cannot list lockouts");
+            return;
+        }
+    };
+    let _ = write!(
+        out,
+        r#"<h2>{}</h2><p class="muted">{}</p>"#,
+        lang.t("ロック中の利用者", "Locked-out users"),
+        lang.t(
+            "ログインの失敗が続いてロックされている利用者と接続元です。本人の失敗と確かめたうえで解除してください（解除は監査ログに残ります）。",
+            "Users (and the addresses) locked after repeated failed sign-ins. Unlock after checking with the person that the failures were theirs (the unlock is audited)."
+        ),
+    );
+    if locks.is_empty() {
+        let _ = write!(
+            out,
+            r#"<p class="muted" id="no-locks">{}</p>"#,
+            lang.t("ロック中の利用者はいません。", "No one is locked out.")
+        );
+        return;
+    }
+    let _ = write!(
+        out,
+        r#"<table id="locks"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
+        lang.t("利用者", "User"),
+        lang.t("接続元", "From"),
+        lang.t("解除まで", "Lock ends in"),
+        lang.t("操作", "Action"),
+    );
+    let action = link("/officer/users/unlock", lang, &[]);
+    for (key, until) in &locks {
+        let (user, from) = match key.split_once(':') {
+            Some(("pair", rest)) => match rest.rsplit_once('@') {
+                Some((u, ip)) => (u, ip),
+                None => continue,
+            },
+            Some(("user", u)) => (u, lang.t("全体（複数の接続元）", "everywhere (several addresses)")),
+            _ => continue,
+        };
+        let _ = write!(
+            out,
+            r#"<tr data-lock-user="{uid}"><td>{uid}</td><td>{from}</td><td>{mins} {min_l}</td><td><form method="post" action="{action}" class="row-form">{csrf}<input type="hidden" name="id" value="{uid}">
+<input name="reason" type="text" required maxlength="{MAX_REASON_CHARS}" aria-label="{reason_l}" placeholder="{reason_l}">
+<button type="submit" class="small">{submit}</button></form></td></tr>"#,
+            uid = esc(user),
+            from = esc(from),
+            mins = (until - now + 59) / 60,
+            min_l = lang.t("分", "min"),
+            csrf = csrf_input(v),
+            reason_l = lang.t("理由（必須）", "Reason (required)"),
+            submit = lang.t("ロック解除", "Unlock"),
+        );
+    }
+    out.push_str("</tbody></table>");
+}
+
+/// `POST /officer/users/unlock` form.
+#[derive(Debug, Deserialize)]
+pub(crate) struct UnlockForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /officer/users/unlock`: as `admin user unlock` (`user.unlock`):
+/// clears every failure counter of the user.
+pub(crate) async fn users_unlock(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    form: Result<Form<UnlockForm>, FormRejection>,
+) -> Response {
+    let lang = Lang::from_query(q.as_deref());
+    let path = "/officer/devices";
+    let (v, f) = match s
+        .accept_form(&headers, Need::Officer, form, (lang, path, q.as_deref()))
+        .await
+    {
+        Ok(x) => x,
+        Err(page) => return page,
+    };
+    let reason = match check_reason(lang, &f.reason, true) {
+        Ok(r) => r,
+        Err(n) => {
+            return devices_page(&s, &v, lang, q.as_deref(), Some(n), StatusCode::BAD_REQUEST)
+                .await
+        }
+    };
+    let id = f.id.trim().to_owned();
+    let a = Audit::new(s.now(), v.actor(), "user.unlock")
+        .subject(&id)
+        .reason(&reason)
+        .detail(json!({ "via": "portal", "source": ip.to_string() }));
+    match s.store().unlock_user(&id, a).await {
+        Ok(n) => {
+            info!(user = %v.user.id, unlocked = %id, counters = n, "User unlocked from the portal");
+            see_other(&link(path, lang, &[("done", "user.unlock"), ("id", &id)]))
+        }
+        Err(e) => {
+            let (st, n) = write_failed(lang, e);
+            devices_page(&s, &v, lang, q.as_deref(), Some(n), st).await
+        }
+    }
+}
+
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let path = "/officer/devices";
@@ -1949,4 +2073,11 @@ mod tests {
     }
 }
 
-super::access::csrf_forms!(SaveForm, DeskForm, DeviceForm, DeclareForm, EndForm);
+super::access::csrf_forms!(
+    SaveForm,
+    DeskForm,
+    DeviceForm,
+    UnlockForm,
+    DeclareForm,
+    EndForm
+);

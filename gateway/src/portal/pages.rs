@@ -332,17 +332,23 @@ pub(crate) async fn login(RawQuery(q): RawQuery) -> Response {
         attr("redirect-uri", req.redirect.as_str()),
         attr("state", &req.state),
         attr("code-challenge", &req.code_challenge),
-        attr("device", req.device.as_deref().unwrap_or("")),
+        attr("device", &req.device),
     ]
     .concat();
-    let device = match &req.device {
-        Some(d) => format!(
-            r#"<p class="device">{}: <strong>{}</strong></p>"#,
-            lang.t("ログインする端末", "Signing in on device"),
-            esc(d)
+    // The laptop this login is for, in words the person checks against the
+    // asset label on the laptop in front of them: a phishing link names the
+    // victim's laptop, and the code it yields works only on that laptop.
+    let device = format!(
+        r#"<p class="device">{before}<strong>{id}</strong>{after}</p>
+<p class="hint">{check}</p>"#,
+        before = lang.t("このログインはノートPC「", "This sign-in is for the laptop “"),
+        id = esc(&req.device),
+        after = lang.t("」のためのものです。", "”."),
+        check = lang.t(
+            "お使いのノートPCの管理番号（シールの番号）と同じか確かめてください。違う場合は操作せずにこのページを閉じ、情報セキュリティ担当に連絡してください。",
+            "Check that this is the asset number on the label of the laptop you are using. If it is not, close this page without doing anything and tell your security officer."
         ),
-        None => String::new(),
-    };
+    );
     let body = format!(
         r#"<p class="lead">{lead}</p>
 {device}
@@ -498,7 +504,11 @@ pub(crate) async fn me(
         );
         return html(StatusCode::OK, page(lang, title, &switch, &body));
     };
-    match me_body(&s, lang, &user).await {
+    let csrf = s
+        .session_id(&headers)
+        .map(|id| super::access::csrf_token(&id))
+        .unwrap_or_default();
+    match me_body(&s, lang, &user, &csrf).await {
         Ok(body) => html(StatusCode::OK, page(lang, title, &switch, &body)),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "Cannot render /me");
@@ -507,7 +517,13 @@ pub(crate) async fn me(
     }
 }
 
-async fn me_body(s: &PortalState, lang: Lang, user_id: &str) -> kakehashi_store::Result<String> {
+async fn me_body(
+    s: &PortalState,
+    lang: Lang,
+    user_id: &str,
+    csrf: &str,
+) -> kakehashi_store::Result<String> {
+    let csrf = format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(csrf));
     let store = s.store();
     let now = s.now();
     let user = store.get_user(user_id).await?;
@@ -519,7 +535,7 @@ async fn me_body(s: &PortalState, lang: Lang, user_id: &str) -> kakehashi_store:
     if let Some(u) = &user {
         out.push_str(&format!(
             r#"<div class="card who"><p><strong>{}</strong> {} <span class="muted">({} · {})</span></p>
-<form method="post" action="/me/logout{lq}" class="inline"><button type="submit" class="secondary">{}</button></form></div>"#,
+<form method="post" action="/me/logout{lq}" class="inline">{csrf}<button type="submit" class="secondary">{}</button></form></div>"#,
             esc(&u.name),
             lang.t("さん", ""),
             esc(&u.id),
@@ -581,7 +597,7 @@ async fn me_body(s: &PortalState, lang: Lang, user_id: &str) -> kakehashi_store:
             };
             let action = if live {
                 format!(
-                    r#"<form method="post" action="/me/revoke{lq}" class="inline"><input type="hidden" name="token" value="{}"><button type="submit" class="danger">{}</button></form>"#,
+                    r#"<form method="post" action="/me/revoke{lq}" class="inline">{csrf}<input type="hidden" name="token" value="{}"><button type="submit" class="danger">{}</button></form>"#,
                     t.token_hash.to_hex(),
                     lang.t("この端末をサインアウト", "Sign out this device"),
                 )
@@ -643,7 +659,24 @@ async fn me_body(s: &PortalState, lang: Lang, user_id: &str) -> kakehashi_store:
 /// The form of `POST /me/revoke`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
     token: String,
+}
+
+/// The form of `POST /me/logout`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+impl PortalState {
+    /// Whether `presented` is the CSRF token of the request's portal session.
+    fn csrf_ok(&self, headers: &HeaderMap, presented: &str) -> bool {
+        self.session_id(headers)
+            .is_some_and(|id| super::access::csrf_matches(&id, presented))
+    }
 }
 
 /// `?lang=` on form posts.
@@ -677,6 +710,10 @@ pub(crate) async fn revoke(
     let Ok(Form(form)) = form else {
         return error_page(lang, "/me", q, Reason::BadRequest);
     };
+    if !s.csrf_ok(&headers, &form.csrf) {
+        tracing::info!(user, "Sign-out of a device refused: CSRF token");
+        return error_page(lang, "/me", q, Reason::OriginMismatch);
+    }
     let Ok(hash) = Hash256::from_hex(&form.token) else {
         return error_page(lang, "/me", q, Reason::BadRequest);
     };
@@ -715,7 +752,15 @@ pub(crate) async fn logout(
     Peer(ip): Peer,
     Query(lp): Query<LangParam>,
     headers: HeaderMap,
+    form: Result<Form<LogoutForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    if s.session_id(&headers).is_some() && !s.csrf_ok(&headers, &csrf) {
+        let lang = lp.lang();
+        let q = (lang == Lang::En).then_some("lang=en");
+        tracing::info!("Portal sign-out refused: CSRF token");
+        return error_page(lang, "/me", q, Reason::OriginMismatch);
+    }
     if let Some(id) = s.session_id(&headers) {
         if let Some(sess) = s.inner.sessions.get(&id, s.now()) {
             s.audit(

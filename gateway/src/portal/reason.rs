@@ -50,6 +50,8 @@ pub enum Reason {
     NotFound,
     /// Too many ceremonies or sessions in progress.
     Busy,
+    /// Too many requests from this address in a short time.
+    RateLimited,
     /// Something failed inside the gateway (details in its log).
     Internal,
 }
@@ -78,6 +80,7 @@ impl Reason {
             Reason::SessionRequired => "session_required",
             Reason::NotFound => "not_found",
             Reason::Busy => "busy",
+            Reason::RateLimited => "rate_limited",
             Reason::Internal => "internal",
         }
     }
@@ -103,6 +106,7 @@ impl Reason {
             }
             Reason::LockedOut => StatusCode::TOO_MANY_REQUESTS,
             Reason::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -130,6 +134,7 @@ impl Reason {
             Reason::SessionRequired => "ログインしてください。",
             Reason::NotFound => "見つかりません。",
             Reason::Busy => "混み合っています。しばらくしてからやり直してください。",
+            Reason::RateLimited => "このネットワークからの要求が短時間に多すぎます。少し待ってからやり直してください。",
             Reason::Internal => "内部エラーが発生しました。時間をおいてやり直し、解決しない場合は担当者に連絡してください。",
         }
     }
@@ -157,6 +162,7 @@ impl Reason {
             Reason::SessionRequired => "Please sign in.",
             Reason::NotFound => "Not found.",
             Reason::Busy => "The portal is busy. Please try again shortly.",
+            Reason::RateLimited => "Too many requests from this network in a short time. Wait a moment and try again.",
             Reason::Internal => "An internal error occurred. Try again later; if it persists, contact the officer.",
         }
     }
@@ -178,6 +184,14 @@ impl Denial {
     pub fn locked(secs: i64) -> Self {
         Denial {
             reason: Reason::LockedOut,
+            retry_after: Some(secs.max(1)),
+        }
+    }
+
+    /// Over the rate for `secs` seconds.
+    pub fn rate_limited(secs: i64) -> Self {
+        Denial {
+            reason: Reason::RateLimited,
             retry_after: Some(secs.max(1)),
         }
     }

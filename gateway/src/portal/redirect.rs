@@ -28,9 +28,11 @@ pub(crate) struct LoginRequest {
     pub state: String,
     /// base64url(SHA-256(verifier)), 43 characters.
     pub code_challenge: String,
-    /// The device the client says it runs on (a hint for logs and the
-    /// audit; the binding comes from the certificate that redeems the code).
-    pub device: Option<String>,
+    /// The laptop the client runs on (the device id of its certificate):
+    /// the one-time code is issued for it, and only that laptop's
+    /// certificate can redeem it. The page names it so the person can check
+    /// it against the label on their laptop.
+    pub device: String,
 }
 
 const MAX_REDIRECT: usize = 512;
@@ -87,14 +89,10 @@ impl LoginParams {
         if state.len() < 8 || state.len() > MAX_STATE || !unreserved(state) {
             return Err(Reason::LoginRequestInvalid);
         }
-        let device = match self.device.as_deref() {
-            None | Some("") => None,
-            Some(d) => {
-                kakehashi_store::validate_id("device", d)
-                    .map_err(|_| Reason::LoginRequestInvalid)?;
-                Some(d.to_owned())
-            }
-        };
+        // Mandatory: a code is bound to the laptop that asked for it.
+        let device = self.device.as_deref().unwrap_or("");
+        kakehashi_store::validate_id("device", device).map_err(|_| Reason::LoginRequestInvalid)?;
+        let device = device.to_owned();
         Ok(LoginRequest {
             redirect,
             state: state.to_owned(),
@@ -172,7 +170,7 @@ mod tests {
     #[test]
     fn parameters() {
         let req = params("http://127.0.0.1:50000/cb").check().unwrap();
-        assert_eq!(req.device.as_deref(), Some("PC-0001"));
+        assert_eq!(req.device, "PC-0001");
         assert_eq!(
             req.redirect_with("abc"),
             "http://127.0.0.1:50000/cb?code=abc&state=st4te-xyz_123"
@@ -193,7 +191,11 @@ mod tests {
         p.device = Some("../etc".into());
         assert_eq!(p.check(), Err(Reason::LoginRequestInvalid));
         let mut p = params("http://127.0.0.1:50000/cb");
+        // Without a device there is nothing to bind the code to: refused.
         p.device = None;
-        assert_eq!(p.check().unwrap().device, None);
+        assert_eq!(p.check(), Err(Reason::LoginRequestInvalid));
+        let mut p = params("http://127.0.0.1:50000/cb");
+        p.device = Some(String::new());
+        assert_eq!(p.check(), Err(Reason::LoginRequestInvalid));
     }
 }

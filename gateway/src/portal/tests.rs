@@ -16,6 +16,8 @@ use kakehashi_store::{
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_authenticator_rs::softtoken::SoftToken;
@@ -320,6 +322,7 @@ async fn enroll_then_login_gives_a_one_time_pkce_code() {
         .await
         .unwrap();
     assert_eq!(c.user_id, USER);
+    assert_eq!(c.device_id.as_deref(), Some("PC-0001"), "bound to the laptop that asked");
     assert!(c.pkce_matches(VERIFIER));
     assert!(!c.pkce_matches("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj"));
     assert!(c.expires_at - c.created <= LOGIN_CODE_SECS);
@@ -703,13 +706,29 @@ async fn attested_key_from_a_listed_ca_enrolls_and_unattested_keys_cannot_log_in
 }
 
 #[tokio::test]
-async fn lockout_after_failures_survives_restart_and_ends() {
+async fn lockout_is_per_user_and_address_survives_restart_and_ends() {
     let h = Harness::new().await;
     let code = h.code(USER, 3600).await;
     let mut key = SoftPasskey::new(true);
     assert_eq!(enroll(&h, &mut key, &code).await.status, StatusCode::OK);
     let wrong = Url::parse("https://portal.example.test:8443").unwrap();
 
+    // Garbage assertions (no credential of this user) from an attacker's
+    // address count against no one, however many.
+    let attacker = [198, 51, 100, 66];
+    for _ in 0..10 {
+        let (ceremony, _) = login_start(&h.app, USER, attacker).await;
+        let bogus = json!({
+            "id": "AAAA", "rawId": "AAAA", "type": "public-key", "extensions": {},
+            "response": {"authenticatorData": "AAAA", "clientDataJSON": "AAAA", "signature": "AAAA"}
+        });
+        let a = post(&h.app, "/api/login/finish", finish_body(&ceremony, &bogus), attacker).await;
+        assert_refused(&a, StatusCode::UNAUTHORIZED, "assertion_invalid");
+    }
+    assert!(h.store.active_lockouts(unix_now()).await.unwrap().is_empty());
+
+    // Failures that present the user's real key (here: at the wrong
+    // origin) lock the user *at that address*.
     for i in 0..3 {
         let a = login_on(&h.app, &mut key, &wrong, IP_A).await;
         if i < 2 {
@@ -719,8 +738,7 @@ async fn lockout_after_failures_survives_restart_and_ends() {
             assert!(a.headers.contains_key(header::RETRY_AFTER));
         }
     }
-    // Locked for this user from anywhere, and for that address.
-    let a = post(&h.app, "/api/login/start", json!({ "user": USER }), IP_B).await;
+    let a = post(&h.app, "/api/login/start", json!({ "user": USER }), IP_A).await;
     assert_refused(&a, StatusCode::TOO_MANY_REQUESTS, "locked_out");
     assert!(a.json["retry_after"]
         .as_i64()
@@ -728,12 +746,39 @@ async fn lockout_after_failures_survives_restart_and_ends() {
 
     // A restarted gateway reads the same counters.
     let (state, app) = h.restarted();
-    let a = post(&app, "/api/login/start", json!({ "user": USER }), IP_B).await;
+    let a = post(&app, "/api/login/start", json!({ "user": USER }), IP_A).await;
     assert_refused(&a, StatusCode::TOO_MANY_REQUESTS, "locked_out");
 
-    state.advance_clock(61);
+    // The person at their own address is not locked out.
     let a = login_on(&app, &mut key, &h.origin, IP_B).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+
+    // An officer's unlock lifts the lock at once (audited).
+    let n = h
+        .store
+        .unlock_user(USER, Audit::new(unix_now(), "officer", "user.unlock").subject(USER))
+        .await
+        .unwrap();
+    assert!(n >= 1);
+    let a = login_on(&app, &mut key, &h.origin, IP_A).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+
+    // Locked again from IP_A; the lock ends by itself after lockout_secs.
+    for _ in 0..3 {
+        login_on(&app, &mut key, &wrong, IP_A).await;
+    }
+    let a = post(&app, "/api/login/start", json!({ "user": USER }), IP_A).await;
+    assert_refused(&a, StatusCode::TOO_MANY_REQUESTS, "locked_out");
+    state.advance_clock(61);
+    let a = login_on(&app, &mut key, &h.origin, IP_A).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    // And a success clears the counter at that address.
+    assert!(h
+        .store
+        .active_lockouts(unix_now() + 61)
+        .await
+        .unwrap()
+        .is_empty());
     let log = h.audit().await;
     assert!(log
         .iter()
@@ -741,12 +786,13 @@ async fn lockout_after_failures_survives_restart_and_ends() {
 }
 
 #[tokio::test]
-async fn bad_enrollment_codes_lock_the_user_and_the_source() {
+async fn bad_enrollment_codes_lock_only_that_user_at_that_address() {
     let h = Harness::new().await;
     h.add_user("sato").await;
     let good = h.code("sato", 3600).await;
-    // Three bad guesses from one address, for ids that do not even exist.
-    for (i, user) in ["ghost1", "ghost2", "ghost3"].iter().enumerate() {
+    // Mistyped ids that do not exist count against no one: the same
+    // answer as a wrong code, and the address is not locked.
+    for user in ["ghost1", "ghost2", "ghost3", "ghost4"] {
         let a = post(
             &h.app,
             "/api/enroll/start",
@@ -754,50 +800,40 @@ async fn bad_enrollment_codes_lock_the_user_and_the_source() {
             IP_A,
         )
         .await;
-        if i < 2 {
-            // Unknown user or unknown code: the same answer.
-            assert_refused(&a, StatusCode::FORBIDDEN, "enroll_code_invalid");
-        } else {
-            assert_refused(&a, StatusCode::TOO_MANY_REQUESTS, "locked_out");
-        }
+        assert_refused(&a, StatusCode::FORBIDDEN, "enroll_code_invalid");
     }
-    // That address is locked even with a good code; another is not.
-    let a = post(
-        &h.app,
-        "/api/enroll/start",
-        json!({ "user": "sato", "code": good }),
-        IP_A,
-    )
-    .await;
-    assert_refused(&a, StatusCode::TOO_MANY_REQUESTS, "locked_out");
     let a = enroll_on(
         &h.app,
         &mut SoftPasskey::new(true),
         &h.origin,
         "sato",
         &good,
-        IP_B,
+        IP_A,
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 
-    // Malformed codes against one user from several addresses lock the user.
-    for (i, ip) in [[198, 51, 100, 1], [198, 51, 100, 2], [198, 51, 100, 3]]
-        .iter()
-        .enumerate()
-    {
+    // Bad codes for one user from several addresses: one each, no lock.
+    for ip in [[198, 51, 100, 1], [198, 51, 100, 2], [198, 51, 100, 3]] {
         let a = post(
             &h.app,
             "/api/enroll/start",
             json!({ "user": USER, "code": "nope" }),
-            *ip,
+            ip,
         )
         .await;
-        let want = if i < 2 {
-            "enroll_code_invalid"
-        } else {
-            "locked_out"
-        };
+        assert_eq!(a.json["error"], "enroll_code_invalid", "{}", a.text);
+    }
+    // Three from one address lock that user at that address only.
+    for i in 0..3 {
+        let a = post(
+            &h.app,
+            "/api/enroll/start",
+            json!({ "user": USER, "code": "nope" }),
+            [203, 0, 113, 9],
+        )
+        .await;
+        let want = if i < 2 { "enroll_code_invalid" } else { "locked_out" };
         assert_eq!(a.json["error"], want, "{}", a.text);
     }
     let code = h.code(USER, 3600).await;
@@ -809,6 +845,14 @@ async fn bad_enrollment_codes_lock_the_user_and_the_source() {
     )
     .await;
     assert_refused(&a, StatusCode::TOO_MANY_REQUESTS, "locked_out");
+    let a = post(
+        &h.app,
+        "/api/enroll/start",
+        json!({ "user": USER, "code": code }),
+        IP_B,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     h.state.advance_clock(61);
     let a = post(
         &h.app,
@@ -1007,8 +1051,17 @@ async fn me_page_lists_devices_and_signs_a_device_out() {
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.text.contains("PC-0001") && a.text.contains("山田 太郎"));
     assert!(a.text.contains(&token_hash.to_hex()));
+    // Every form on the page carries the session's CSRF token.
+    let csrf = a
+        .text
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(a.text.matches(r#"name="csrf""#).count(), 2, "logout and revoke");
 
-    let revoke = |origin: Option<&str>, cookie: Option<&str>| {
+    let revoke_with = |origin: Option<&str>, cookie: Option<&str>, csrf: &str| {
         let mut r = Request::builder()
             .method(Method::POST)
             .uri("/me/revoke")
@@ -1019,9 +1072,13 @@ async fn me_page_lists_devices_and_signs_a_device_out() {
         if let Some(c) = cookie {
             r = r.header(header::COOKIE, c);
         }
-        r.body(Body::from(format!("token={}", token_hash.to_hex())))
-            .unwrap()
+        r.body(Body::from(format!(
+            "csrf={csrf}&token={}",
+            token_hash.to_hex()
+        )))
+        .unwrap()
     };
+    let revoke = |origin: Option<&str>, cookie: Option<&str>| revoke_with(origin, cookie, &csrf);
     let a = send(
         &h.app,
         revoke(Some("https://evil.example"), Some(&cookie)),
@@ -1031,6 +1088,11 @@ async fn me_page_lists_devices_and_signs_a_device_out() {
     assert_refused(&a, StatusCode::FORBIDDEN, "origin_mismatch");
     let a = send(&h.app, revoke(Some(ORIGIN), None), IP_A).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // A forged form (right origin and cookie, no or a wrong token): refused.
+    for forged in ["", "AAAA"] {
+        let a = send(&h.app, revoke_with(Some(ORIGIN), Some(&cookie), forged), IP_A).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{forged:?}: {}", a.text);
+    }
     assert!(h
         .store
         .get_login_token(&token_hash)
@@ -1056,14 +1118,19 @@ async fn me_page_lists_devices_and_signs_a_device_out() {
         .iter()
         .any(|r| r.action == "token.revoke" && r.subject == "PC-0001" && r.actor == USER));
 
-    // Signing out of the portal ends the session.
-    let out = Request::builder()
-        .method(Method::POST)
-        .uri("/me/logout")
-        .header(header::COOKIE, &cookie)
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(send(&h.app, out, IP_A).await.status, StatusCode::SEE_OTHER);
+    // Signing out of the portal ends the session; a forged sign-out does not.
+    let out = |csrf: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/me/logout")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}")))
+            .unwrap()
+    };
+    assert_eq!(send(&h.app, out("nope"), IP_A).await.status, StatusCode::FORBIDDEN);
+    assert!(get(&h.app, "/me", Some(&cookie)).await.text.contains("PC-0001"));
+    assert_eq!(send(&h.app, out(&csrf), IP_A).await.status, StatusCode::SEE_OTHER);
     let a = get(&h.app, "/me", Some(&cookie)).await;
     assert!(a.text.contains("data-mode=\"portal\""));
 }

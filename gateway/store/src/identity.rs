@@ -204,6 +204,8 @@ pub struct NewLoginCode {
     pub user_id: String,
     /// The client's PKCE challenge: base64url(SHA-256(verifier)), no padding (S256).
     pub pkce_challenge: String,
+    /// The laptop that asked for the login: only its certificate may redeem it.
+    pub device_id: String,
     /// End of validity.
     pub expires_at: i64,
 }
@@ -218,6 +220,9 @@ pub struct LoginCode {
     pub user_id: String,
     /// The PKCE S256 challenge.
     pub pkce_challenge: String,
+    /// The laptop the code was issued for (`None` only for codes stored
+    /// before codes were bound to a device: such a code is refused).
+    pub device_id: Option<String>,
     /// When issued.
     pub created: i64,
     /// End of validity.
@@ -778,9 +783,10 @@ impl Store {
         if c.expires_at <= audit.at {
             return Err(Error::invalid("expires_at", "already in the past"));
         }
+        validate_id("device", &c.device_id)?;
         const SQL: &str = "INSERT INTO login_codes \
-             (code_hash, user_id, pkce_challenge, created, expires_at, used_at) \
-             VALUES ($1, $2, $3, $4, $5, NULL)";
+             (code_hash, user_id, pkce_challenge, created, expires_at, used_at, device_id) \
+             VALUES ($1, $2, $3, $4, $5, NULL, $6)";
         write_tx!(self, audit, |tx| {
             sqlx::query(SQL)
                 .bind(&c.code_hash.0[..])
@@ -788,6 +794,7 @@ impl Store {
                 .bind(&c.pkce_challenge)
                 .bind(audit.at)
                 .bind(c.expires_at)
+                .bind(&c.device_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(on_write("login code"))?;
@@ -802,7 +809,7 @@ impl Store {
             "SELECT user_id, expires_at, used_at FROM login_codes WHERE code_hash = $1";
         const USE: &str = "UPDATE login_codes SET used_at = $2 \
              WHERE code_hash = $1 AND used_at IS NULL \
-             RETURNING code_hash, user_id, pkce_challenge, created, expires_at, used_at";
+             RETURNING code_hash, user_id, pkce_challenge, device_id, created, expires_at, used_at";
         let (code, _) = write_tx!(self, audit, |tx| {
             let state: Option<CodeState> = sqlx::query_as(GET)
                 .bind(&code_hash.0[..])
@@ -888,6 +895,70 @@ impl Store {
         Ok(until.flatten().filter(|&u| u > now))
     }
 
+    /// Counters that are locked at `now`, soonest end first: `(key, until)`.
+    pub async fn active_lockouts(&self, now: i64) -> Result<Vec<(String, i64)>> {
+        const SQL: &str = "SELECT counter_key, locked_until FROM lockouts \
+             WHERE locked_until > $1 ORDER BY locked_until, counter_key LIMIT 1000";
+        let rows: Vec<(String, i64)> = read!(self, |p| sqlx::query_as(SQL)
+            .bind(now)
+            .fetch_all(p)
+            .await?);
+        Ok(rows)
+    }
+
+    /// Clears every failure counter of `user` (`user:ID` and every
+    /// `pair:ID@SOURCE`), locked or not, in the transaction that writes
+    /// `audit` (an officer's unlock). Returns how many counters went.
+    pub async fn unlock_user(&self, user: &str, audit: Audit) -> Result<u64> {
+        validate_id("user id", user)?;
+        let pair_prefix = format!("pair:{user}@");
+        let prefix_len = i64::try_from(pair_prefix.len()).unwrap_or(i64::MAX);
+        const SQL: &str = "DELETE FROM lockouts WHERE counter_key = $1 \
+             OR substr(counter_key, 1, $2) = $3";
+        let (n, _) = write_tx!(self, audit, |tx| {
+            sqlx::query(SQL)
+                .bind(format!("user:{user}"))
+                .bind(prefix_len)
+                .bind(&pair_prefix)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Deletes counters that hold nothing any more at `now`: no lock in
+    /// force and a window that started before `window_start_before`. Keeps
+    /// the table as small as the current attacks. Returns how many went.
+    pub async fn prune_lockouts(&self, now: i64, window_start_before: i64) -> Result<u64> {
+        const SQL: &str = "DELETE FROM lockouts \
+             WHERE (locked_until IS NULL OR locked_until <= $1) AND window_start < $2";
+        let n = read!(self, |p| sqlx::query(SQL)
+            .bind(now)
+            .bind(window_start_before)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(n)
+    }
+
+    /// Clears the counters of `keys` that are not locked at `now` — after a
+    /// success, which is audited on its own. A lock in force stays: only an
+    /// officer's unlock ([`Store::unlock_user`]) lifts it early.
+    pub async fn clear_failures(&self, keys: &[&str], now: i64) -> Result<()> {
+        const SQL: &str = "DELETE FROM lockouts WHERE counter_key = $1 \
+             AND (locked_until IS NULL OR locked_until <= $2)";
+        for key in keys {
+            read!(self, |p| sqlx::query(SQL)
+                .bind(*key)
+                .bind(now)
+                .execute(p)
+                .await?
+                .rows_affected());
+        }
+        Ok(())
+    }
+
     /// Clears the counters of `keys` (after a success, or an officer's unlock).
     pub async fn reset_lockouts(&self, keys: &[&str], audit: Audit) -> Result<()> {
         const SQL: &str = "DELETE FROM lockouts WHERE counter_key = $1";
@@ -941,6 +1012,7 @@ mod tests {
             code_hash: Hash256::ZERO,
             user_id: "u".into(),
             pkce_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+            device_id: Some("PC-1".into()),
             created: 0,
             expires_at: 1,
             used_at: None,

@@ -236,6 +236,49 @@ impl Store {
             Target::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
+/// The store URL as it may be shown: a PostgreSQL password (in the user
+/// info or a `password=` parameter) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let auth_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..auth_end].rfind('@').map(|i| rest + i) {
+            if let Some(colon) = out[rest..at].find(':').map(|i| rest + i) {
+                out.replace_range(colon + 1..at, "***");
+            }
+        }
+    }
+    while let Some(i) = out.find("password=") {
+        let start = i + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |j| start + j);
+        if &out[start..end] == "***" {
+            break;
+        }
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+/// Creates a missing database file readable by its owner only (0600):
+/// it holds the audit log, credentials and token hashes, and SQLite gives
+/// its `-wal` and `-shm` files the same mode. An existing file is left as
+/// it is.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
                 }
                 let options = SqliteConnectOptions::new()
                     .filename(&path)
@@ -245,6 +288,7 @@ impl Store {
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(30));
                 let pool = SqlitePoolOptions::new()
+                create_private(&path)?;
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
@@ -310,6 +354,31 @@ mod tests {
         assert_eq!(
             parse_url("sqlite://demo/store.db").unwrap(),
             Target::Sqlite("demo/store.db".into())
+    fn store_urls_are_shown_without_passwords() {
+        assert_eq!(
+            redact_url("postgres://kakehashi:s3cret@db.example:5432/kh"),
+            "postgres://kakehashi:***@db.example:5432/kh"
+        );
+        assert_eq!(
+            redact_url("postgres://db/kh?user=k&password=s3cret&sslmode=require"),
+            "postgres://db/kh?user=k&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("sqlite:///var/lib/kakehashi/kh.db"), "sqlite:///var/lib/kakehashi/kh.db");
+        assert_eq!(redact_url("postgres://k@db/kh"), "postgres://k@db/kh");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_sqlite_file_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let _s = Store::open(&format!("sqlite://{}", db.display())).await.unwrap();
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+    }
+
+    #[test]
         );
         assert_eq!(
             parse_url("sqlite:store.db").unwrap(),

@@ -138,7 +138,7 @@ async fn chromium_enrolls_logs_in_and_connects() {
     let pkce = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
     let no_uv_url = format!(
         "{portal}/login?redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&state=st-{n}\
-         &code_challenge={pkce}&code_challenge_method=S256",
+         &code_challenge={pkce}&code_challenge_method=S256&device={DEVICE}",
         n = rand::random::<u32>()
     );
     let r = browser

@@ -88,7 +88,7 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
     );
 
     // Redeem on A → a token.
-    let seed = seed_login(&store, "u-tanaka").await;
+    let seed = seed_login(&store, "u-tanaka", "LAPTOP-A").await;
     let f = redeem(&pki, &a, &gw, &seed).await;
     assert_eq!(f.kind, FrameKind::LoginResult);
     let res = LoginResult::from_frame(&f).unwrap();
@@ -104,11 +104,36 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
         "login_code_invalid"
     );
     // A code with the wrong PKCE verifier: refused (and spent).
-    let mut bad = seed_login(&store, "u-tanaka").await;
+    let mut bad = seed_login(&store, "u-tanaka", "LAPTOP-A").await;
     bad.verifier = format!("{}x", bad.verifier);
     assert_eq!(
         refusal(&redeem(&pki, &a, &gw, &bad).await),
         "login_code_invalid"
+    );
+
+    // A phished code: issued for laptop A (the link named A), redeemed by
+    // laptop B. Refused, spent (A cannot use it afterwards either), and B is
+    // not recorded as anyone's laptop.
+    let phished = seed_login(&store, "u-tanaka", "LAPTOP-A").await;
+    assert_eq!(
+        refusal(&redeem(&pki, &b, &gw, &phished).await),
+        "login_code_other_device"
+    );
+    assert_eq!(
+        refusal(&redeem(&pki, &a, &gw, &phished).await),
+        "login_code_invalid",
+        "a refused code is spent"
+    );
+    assert!(
+        store.get_device("LAPTOP-B").await.unwrap().is_none(),
+        "the phishing laptop is not registered to the victim"
+    );
+    let refused = store.audit_between(0, i64::MAX).await.unwrap();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.action == "login.redeem" && r.reason == "login_code_other_device"),
+        "the refusal is audited"
     );
 
     // A's token works from A…
@@ -137,7 +162,7 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
     );
 
     // A token of laptop B, then B is blocked by an officer: refused at once.
-    let seed_b = seed_login(&store, "u-suzuki").await;
+    let seed_b = seed_login(&store, "u-suzuki", "LAPTOP-B").await;
     let res_b = LoginResult::from_frame(&redeem(&pki, &b, &gw, &seed_b).await).unwrap();
     assert_eq!(
         session(&pki, &b, &gw, Some(&res_b.token)).await.kind,
@@ -157,7 +182,7 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
     );
 
     // Logout revokes: the token stops working.
-    let seed_a2 = seed_login(&store, "u-tanaka").await;
+    let seed_a2 = seed_login(&store, "u-tanaka", "LAPTOP-A").await;
     let res_a2 = LoginResult::from_frame(&redeem(&pki, &a2, &gw, &seed_a2).await).unwrap();
     assert_eq!(
         ask(
@@ -178,7 +203,7 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
     );
 
     // A disabled user's token stops working.
-    let seed_c = seed_login(&store, "u-sato").await;
+    let seed_c = seed_login(&store, "u-sato", "LAPTOP-C").await;
     let c = pki.device("LAPTOP-C", TerminalClass::Mobile);
     let res_c = LoginResult::from_frame(&redeem(&pki, &c, &gw, &seed_c).await).unwrap();
     store

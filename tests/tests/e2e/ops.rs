@@ -528,7 +528,7 @@ async fn syslog_forwards_records_of_the_gateway_and_the_cli() {
     assert_eq!(fields[4], gw_proc.proc.pid().to_string(), "PROCID");
     assert_eq!(fields[5], "user.add", "MSGID");
     assert!(
-        m.contains("actor=\"admin:officer-yamada\" subject=\"u-syslog\""),
+        m.contains(&format!("actor=\"{}\" subject=\"u-syslog\"", cli_actor())),
         "{m}"
     );
     // The message is the record as `audit export` writes it: verifiable.
@@ -576,7 +576,7 @@ async fn json_logs_carry_spans_and_no_secrets() {
     let dev = pki.device("LAPTOP-LOG", TerminalClass::Home);
 
     // Log in: the one-time code and its PKCE verifier cross the wire.
-    let seed = seed_login(&store, "u-log").await;
+    let seed = seed_login(&store, "u-log", "LAPTOP-LOG").await;
     let redeem = RedeemLogin {
         code: Secret(seed.code.clone()),
         code_verifier: Secret(seed.verifier.clone()),

@@ -759,6 +759,7 @@ pub async fn login_codes(db: &Db) {
     store
         .create_login_code(&c, audit(T0, "login.code"))
         .await
+        device_id: "PC-1".into(),
         .unwrap();
     assert!(matches!(
         store
@@ -783,6 +784,7 @@ pub async fn login_codes(db: &Db) {
     assert!(!got.pkce_matches("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"));
     assert!(matches!(
         store
+    assert_eq!(got.device_id.as_deref(), Some("PC-1"));
             .consume_login_code(&c.code_hash, audit(T0 + 6, "login.code.redeem"))
             .await,
         Err(Error::AlreadyUsed { .. })
