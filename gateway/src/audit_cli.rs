@@ -529,6 +529,127 @@ pub fn verify_files_cmd(files: &[PathBuf], last_hash: Option<&str>) -> anyhow::R
     Ok(true)
 }
 
+fn utc_time(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// The trusted checkpoint public keys: the files given, else the gateway's
+/// own key file (or its `.pub` beside it); with a note when there is none.
+fn checkpoint_keys(cfg: &Config, key_files: &[PathBuf]) -> anyhow::Result<Vec<[u8; 32]>> {
+    use crate::checkpoint::{load_public_key, public_path};
+    if !key_files.is_empty() {
+        return key_files.iter().map(|f| load_public_key(f)).collect();
+    }
+    let key = &cfg.checkpoints.key;
+    let public = public_path(key);
+    if key.exists() {
+        Ok(vec![load_public_key(key)?])
+    } else if public.exists() {
+        Ok(vec![load_public_key(&public)?])
+    } else {
+        println!(
+            "note: no checkpoint key at {} (nor {}): checkpoints cannot be checked; give the public key with --checkpoint-key",
+            key.display(),
+            public.display()
+        );
+        Ok(Vec::new())
+    }
+}
+
+/// Run `audit verify --config`: walk the chain and check it against the
+/// signed checkpoints (the checkpoint file and the checkpoint records) with
+/// public keys from outside the database; prints the verdict, which span is
+/// anchored and which is not, and returns whether the log is intact.
+pub async fn verify_store_cmd(
+    cfg: &Config,
+    key_files: &[PathBuf],
+    checkpoint_file: Option<&Path>,
+) -> anyhow::Result<bool> {
+    use kakehashi_store::AnchorProblem;
+    let keys = checkpoint_keys(cfg, key_files)?;
+    let log = checkpoint_file.unwrap_or(&cfg.checkpoints.log);
+    let external = if checkpoint_file.is_some() || log.exists() {
+        crate::checkpoint::read_log(log)?
+    } else {
+        println!(
+            "note: no checkpoint file at {}: only the checkpoints recorded in the database are checked",
+            log.display()
+        );
+        Vec::new()
+    };
+    let store = open_store(cfg).await?;
+    let r = store.verify_audit_anchored(&external, &keys).await?;
+    let head = r.chain.head_seq;
+    if let Some(p) = &r.problem {
+        match p {
+            AnchorProblem::BadSignature { seq, source } => println!(
+                "署名が正しくないチェックポイント / AUDIT CHECKPOINT FORGED: the checkpoint for seq {seq} ({source}) is not validly signed by the checkpoint key"
+            ),
+            AnchorProblem::Mismatch {
+                seq,
+                since,
+                checkpoint,
+            } => println!(
+                "監査ログが書き換えられています / AUDIT LOG REWRITTEN: the chain at seq {seq} does not match the checkpoint signed at {} by {}; records {since}–{seq} were changed and re-chained",
+                utc_time(checkpoint.at),
+                checkpoint.gateway
+            ),
+            AnchorProblem::Missing { seq, head_seq } => println!(
+                "監査ログの末尾が削除されています / AUDIT LOG TRUNCATED: a checkpoint signed seq {seq} but the chain ends at seq {head_seq}; records {}–{seq} were deleted",
+                head_seq + 1
+            ),
+            other => println!("AUDIT LOG BROKEN: {other:?}"),
+        }
+        return Ok(false);
+    }
+    if let Some(b) = &r.chain.first_broken {
+        println!(
+            "AUDIT LOG BROKEN at record {}: {} ({} records checked)",
+            b.seq,
+            b.kind.as_str(),
+            r.chain.records
+        );
+        return Ok(false);
+    }
+    println!(
+        "監査ログは改ざんされていません / audit log intact: {} records, chain verified",
+        r.chain.records
+    );
+    match &r.anchored {
+        Some(c) => {
+            println!(
+                "anchored up to {} by the checkpoint signed at {} by {} ({} checkpoint(s) checked)",
+                c.seq,
+                utc_time(c.at),
+                c.gateway,
+                r.checked
+            );
+            if c.seq < head {
+                println!(
+                    "unanchored: records {}–{head} come after the last checkpoint",
+                    c.seq + 1
+                );
+            } else {
+                println!("every record is anchored");
+            }
+        }
+        None if head > 0 => println!(
+            "unanchored: records 1–{head}; no checkpoint signed by the checkpoint key (a database writer could rewrite them undetected)"
+        ),
+        None => {}
+    }
+    if r.unknown_key > 0 {
+        println!(
+            "note: {} checkpoint(s) signed by another key were not checked (another gateway's? give its public key with --checkpoint-key)",
+            r.unknown_key
+        );
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,6 +138,22 @@ pub struct AuditSection {
     /// that they are dropped from forwarding (never from the store) and counted.
     #[serde(default = "default_syslog_queue")]
     pub syslog_queue: usize,
+    /// The Ed25519 key that signs audit checkpoints (default:
+    /// `audit-checkpoint.key` beside `ticket_key`); created, mode 0600, on
+    /// first start. Never in the database.
+    #[serde(default)]
+    pub checkpoint_key: Option<PathBuf>,
+    /// The checkpoint file, appended (default: `audit-checkpoints.jsonl`
+    /// beside `checkpoint_key`).
+    #[serde(default)]
+    pub checkpoint_log: Option<PathBuf>,
+    /// Seconds between checkpoints when the chain head has moved (default 60).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_secs: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    60
 }
 
 fn default_syslog_facility() -> String {
@@ -355,6 +371,9 @@ pub struct Config {
     pub testing_controls: Option<kakehashi_proto::Controls>,
     /// `[audit] syslog`: forward audit records to a syslog server.
     pub syslog: Option<crate::syslog::SyslogConfig>,
+    /// `[audit] checkpoint_*`: where and how often the chain head is signed
+    /// (used when there is a `[store]`).
+    pub checkpoints: crate::checkpoint::CheckpointConfig,
 }
 
 /// Validated `[identity]`.
@@ -512,11 +531,34 @@ pub struct PortalLimits {
                 })
             }
         };
+        let checkpoints = {
+            let a = f.audit.as_ref();
+            let key = match a.and_then(|a| a.checkpoint_key.clone()) {
+                Some(k) => rel(k),
+                None => rel(f.tls.ticket_key.clone()).with_file_name(crate::checkpoint::KEY_FILE),
+            };
+            let log = match a.and_then(|a| a.checkpoint_log.clone()) {
+                Some(l) => rel(l),
+                None => key.with_file_name(crate::checkpoint::LOG_FILE),
+            };
+            let secs = a.map_or(default_checkpoint_interval(), |a| {
+                a.checkpoint_interval_secs
+            });
+            if !(1..=86_400).contains(&secs) {
+                bail!("[audit] checkpoint_interval_secs must be between 1 and 86400");
+            }
+            crate::checkpoint::CheckpointConfig {
+                key,
+                log,
+                interval: Duration::from_secs(secs),
+            }
+        };
         let syslog = match f.audit {
             Some(AuditSection {
                 syslog: Some(url),
                 syslog_facility,
                 syslog_queue,
+                ..
             }) => {
                 if f.store.is_none() {
                     bail!("[audit] syslog needs a [store] (the records it forwards)");
@@ -585,6 +627,7 @@ pub struct PortalLimits {
             relay_without_policy: f.testing.as_ref().is_some_and(|t| t.relay_without_policy),
             testing_controls: f.testing.and_then(|t| t.controls),
             syslog,
+            checkpoints,
         })
     }
 }
@@ -601,6 +644,11 @@ mod tests {
         let c = Config::from_file(f, Path::new("/etc/kakehashi")).expect("and validates");
         assert!(c.store_url.is_some() && c.portal.is_some() && c.admin.is_some());
         assert!(c.identity.require_login && !c.relay_without_policy);
+        assert_eq!(
+            c.checkpoints.key,
+            Path::new("/var/lib/kakehashi/audit-checkpoint.key")
+        );
+        assert_eq!(c.checkpoints.interval, Duration::from_secs(60));
         assert_eq!(
             c.policy_file.as_deref(),
             Some(Path::new("/etc/kakehashi/policy.toml"))

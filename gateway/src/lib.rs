@@ -15,6 +15,7 @@ pub mod admin;
 pub mod admin_cli;
 pub mod admission;
 pub mod audit_cli;
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod demo_rdp;

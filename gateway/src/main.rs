@@ -86,6 +86,15 @@ enum AuditCmd {
         /// With --file: the hash the last record must have (printed by `audit export`).
         #[arg(long, requires = "file")]
         last_hash: Option<String>,
+        /// With --config: the checkpoint public key (`audit-checkpoint.pub`) to
+        /// check the signed checkpoints with, instead of the gateway's key
+        /// file; repeat for several gateways.
+        #[arg(long, requires = "config")]
+        checkpoint_key: Vec<PathBuf>,
+        /// With --config: the checkpoint file to check against, instead of
+        /// the configured one (e.g. a copy kept off the host).
+        #[arg(long, requires = "config")]
+        checkpoints: Option<PathBuf>,
     },
     /// Write the audit log (or a time window of it) as JSON lines or CSV.
     Export(kakehashi_gateway::audit_cli::ExportArgs),
@@ -162,11 +171,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd:
                 AuditCmd::Verify {
                     config: Some(config),
+                    checkpoint_key,
+                    checkpoints,
                     ..
                 },
         } => {
             let cfg = kakehashi_gateway::Config::load(&config)?;
-            if kakehashi_gateway::admin_cli::verify(&cfg).await? {
+            if kakehashi_gateway::audit_cli::verify_store_cmd(
+                &cfg,
+                &checkpoint_key,
+                checkpoints.as_deref(),
+            )
+            .await?
+            {
                 Ok(())
             } else {
                 anyhow::bail!("the audit log has been tampered with (see above)")
@@ -178,6 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     config: None,
                     file,
                     last_hash,
+                    ..
                 },
         } => {
             if kakehashi_gateway::audit_cli::verify_files_cmd(&file, last_hash.as_deref())? {

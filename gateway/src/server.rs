@@ -353,6 +353,8 @@ pub struct Gateway {
         crate::portal::PortalState,
         Option<Arc<rustls::ServerConfig>>,
     )>,
+    /// Signs the audit chain head (with a `[store]`).
+    checkpointer: Option<Arc<crate::checkpoint::Checkpointer>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -464,6 +466,15 @@ impl Gateway {
             ),
             None => None,
         };
+        // The audit checkpoint key is loaded (or created) before anything serves.
+        let checkpointer = match &store {
+            Some(store) => Some(Arc::new(crate::checkpoint::Checkpointer::new(
+                cfg.checkpoints.clone(),
+                &cfg.name,
+                store.clone(),
+            )?)),
+            None => None,
+        };
         let portal = match (&cfg.portal, &store) {
             (Some(p), Some(store)) => {
                 let l = TcpListener::bind(p.listen)
@@ -525,6 +536,7 @@ impl Gateway {
             shared,
             addrs,
             admin,
+            checkpointer,
             portal,
             terminal_quic,
             terminal_tcp,
@@ -551,19 +563,26 @@ impl Gateway {
         let term_cap = Arc::new(Semaphore::new(s.cfg.terminal_max_connections));
         let agent_cap = Arc::new(Semaphore::new(s.cfg.agent_max_connections));
         tasks.spawn(watch_crl(s.clone()));
+        // Syslog forwarding outlives the other tasks: it stops after the
+        // final audit checkpoint, so the log server gets that one too.
+        let audit_stop = CancellationToken::new();
+        let mut syslog_task = None;
+        if let Some(cp) = &self.checkpointer {
+            tasks.spawn(cp.clone().run(s.shutdown.clone()));
+        }
         if let (Some(sc), Some(store)) = (&s.cfg.syslog, &s.store) {
             // From the head as it is before anything is served; stops after the grace period.
             let after = store.audit_head().await.ok().map(|(seq, _)| seq);
             let origin =
                 crate::syslog::Origin::this_process(&s.cfg.name, s.cfg.identity.utc_offset_secs);
-            tasks.spawn(crate::syslog::run(
+            syslog_task = Some(tokio::spawn(crate::syslog::run(
                 store.clone(),
                 sc.clone(),
                 origin,
                 after,
                 s.metrics.syslog_dropped.clone(),
-                s.force.clone(),
-            ));
+                audit_stop.clone(),
+            )));
         }
         if s.policy.is_some() {
             tasks.spawn(watch_changes(s.clone()));
@@ -636,6 +655,18 @@ impl Gateway {
         })
         .await;
         tasks.abort_all();
+        if let Some(cp) = &self.checkpointer {
+            match cp.checkpoint("shutdown").await {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "Cannot sign the audit checkpoint on shutdown")
+                }
+            }
+        }
+        audit_stop.cancel();
+        if let Some(t) = syslog_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
         for ep in [&self.terminal_quic, &self.agent_quic]
             .into_iter()
             .flatten()

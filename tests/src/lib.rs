@@ -1095,3 +1095,23 @@ tcp = "127.0.0.1:0"
     std::fs::write(&p, cfg).unwrap();
     p
 }
+
+/// The actor the gateway's CLI records for this test process: its real
+/// uid's user name (`id -un`), whatever `$USER` says; as root under sudo,
+/// with the sudoing user.
+pub fn cli_actor() -> String {
+    let id = |arg: &str| {
+        let out = std::process::Command::new("id")
+            .arg(arg)
+            .output()
+            .expect("run id");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let name = id("-un");
+    match std::env::var("SUDO_USER") {
+        Ok(s) if id("-ru") == "0" && !s.is_empty() && s != "root" => {
+            format!("admin:{name}(sudo:{s})")
+        }
+        _ => format!("admin:{name}"),
+    }
+}

@@ -3,6 +3,7 @@
 
 mod e2e {
     pub mod admin;
+    pub mod audit_anchor;
     pub mod browser;
     pub mod certs;
     pub mod demo;

@@ -6,8 +6,13 @@
 //! would), remembers the channel id, and drops anything either side later sends on it until
 //! the server closes it. Data PDUs need only their header (command, channel id), so the
 //! graphics pipeline and other allowed channels stream through.
+//!
+//! The client speaks only on channels the server opened: its Create Responses, data and
+//! Close PDUs pass for an id whose server Create Request the filter allowed (until the
+//! channel is closed) and are dropped otherwise, so a client cannot race ahead of a
+//! refusal or answer for a channel the server never named.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ironrdp_core::{decode, encode_vec};
 use ironrdp_dvc::pdu::{CreateResponsePdu, CreationStatus, DrdynvcClientPdu, DrdynvcServerPdu};
@@ -29,12 +34,17 @@ const CMD_SOFT_SYNC_RESPONSE: u8 = 0x09;
 
 /// Refused channel ids remembered at once.
 const MAX_REFUSED: usize = 1024;
+/// Allowed (open) channel ids remembered at once.
+const MAX_OPEN: usize = 1024;
 
 #[derive(Debug)]
 pub(crate) struct DvcFilter {
     policy: Policy,
     /// Refused channel id → name.
     refused: HashMap<u32, String>,
+    /// Channel ids the server opened with an allowed Create Request, until the client's
+    /// Close (its own, or its answer to the server's).
+    open: HashSet<u32>,
 }
 
 impl DvcFilter {
@@ -42,6 +52,7 @@ impl DvcFilter {
         Self {
             policy,
             refused: HashMap::new(),
+            open: HashSet::new(),
         }
     }
 
@@ -89,10 +100,14 @@ impl DvcFilter {
                 let mut id = [0u8; 4];
                 id[..id_len].copy_from_slice(raw);
                 let id = u32::from_le_bytes(id);
+                if dir == Direction::ClientToServer {
+                    return Ok(self.client_pdu(id, cmd));
+                }
                 if !self.refused.contains_key(&id) {
+                    // A server Close leaves the id open for the client's Close answer.
                     return Ok(Verdict::Forward);
                 }
-                if dir == Direction::ServerToClient && cmd == CMD_CLOSE {
+                if cmd == CMD_CLOSE {
                     self.refused.remove(&id);
                 }
                 Ok(Verdict::drop_silently())
@@ -101,6 +116,17 @@ impl DvcFilter {
                 "drdynvc: unexpected command {cmd:#x} ({dir})"
             ))),
         }
+    }
+
+    /// A client PDU on channel `id`: passed only on a channel the server opened.
+    fn client_pdu(&mut self, id: u32, cmd: u8) -> Verdict {
+        if !self.open.contains(&id) {
+            return Verdict::drop_silently();
+        }
+        if cmd == CMD_CLOSE {
+            self.open.remove(&id);
+        }
+        Verdict::Forward
     }
 
     fn create_request(&mut self, msg: &[u8]) -> Result<Verdict> {
@@ -114,9 +140,19 @@ impl DvcFilter {
         let id = req.channel_id();
         let name = req.channel_name().to_owned();
         if self.policy.dynamic_channel_allowed(&name) {
+            if self.open.len() >= MAX_OPEN && !self.open.contains(&id) {
+                return Err(FilterError::TooLarge {
+                    what: "open dynamic channels",
+                    size: self.open.len(),
+                    limit: MAX_OPEN,
+                });
+            }
             self.refused.remove(&id);
+            self.open.insert(id);
             return Ok(Verdict::Forward);
         }
+        // A refused id is not open, whatever it was before.
+        self.open.remove(&id);
         if self.refused.len() >= MAX_REFUSED && !self.refused.contains_key(&id) {
             return Err(FilterError::TooLarge {
                 what: "refused dynamic channels",

@@ -32,6 +32,20 @@ pub enum FilterError {
         /// The configured limit.
         limit: usize,
     },
+    /// Holding what the session needs would take the filter over a memory budget: the
+    /// session's ([`Limits::max_held`](crate::Limits)) or the one its agent shares among
+    /// all sessions ([`SharedBudget`](crate::SharedBudget)).
+    #[error(
+        "rdp filter memory budget of the {scope} exceeded: {held} bytes held, limit {limit} bytes"
+    )]
+    OverBudget {
+        /// Which budget.
+        scope: BudgetScope,
+        /// Bytes held (by the session, or by all sessions sharing the budget).
+        held: usize,
+        /// The budget.
+        limit: usize,
+    },
     /// The caller used the filter out of order (bytes while TLS is being set up, or
     /// `tls_established` outside the TLS step).
     #[error("filter used out of order: {0}")]
@@ -43,11 +57,13 @@ pub enum FilterError {
 
 impl FilterError {
     /// Stable reason code for the refusal: `rdp_uninspectable` when the stream could not be
-    /// inspected (including oversized messages the filter would have had to buffer),
-    /// `protocol_error` otherwise.
+    /// inspected (including oversized messages and anything else the filter would have had
+    /// to hold beyond its budget), `protocol_error` otherwise.
     pub fn reason_code(&self) -> &'static str {
         match self {
-            FilterError::Uninspectable { .. } | FilterError::TooLarge { .. } => "rdp_uninspectable",
+            FilterError::Uninspectable { .. }
+            | FilterError::TooLarge { .. }
+            | FilterError::OverBudget { .. } => "rdp_uninspectable",
             FilterError::Protocol(_) | FilterError::WrongPhase(_) | FilterError::Closed => {
                 "protocol_error"
             }
@@ -71,6 +87,32 @@ impl FilterError {
             detail: detail.into(),
             reply_to_client: None,
         }
+    }
+}
+
+/// Which memory budget a session went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BudgetScope {
+    /// The session's own, [`Limits::max_held`](crate::Limits).
+    Session,
+    /// The one shared by every session of the agent, [`SharedBudget`](crate::SharedBudget).
+    Agent,
+}
+
+impl BudgetScope {
+    /// Stable lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetScope::Session => "session",
+            BudgetScope::Agent => "agent",
+        }
+    }
+}
+
+impl std::fmt::Display for BudgetScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

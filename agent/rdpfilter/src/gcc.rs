@@ -139,6 +139,17 @@ pub(crate) fn rewrite_connect_initial(
         return Err(proto("gcc: channel list parsed two ways disagrees"));
     }
 
+    // One entry per name: the filter keeps one parser per channel, and a list naming
+    // `rdpdr` 31 times would give the client 31 buffers to fill (#16). Servers match
+    // names without regard to case, and so does the policy.
+    for (i, name) in channels.iter().enumerate() {
+        if channels[..i].iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return Err(proto(format!(
+                "gcc: the client lists static channel {name:?} twice"
+            )));
+        }
+    }
+
     let mut out = Vec::with_capacity(channels.len());
     for (i, name) in channels.into_iter().enumerate() {
         let action = policy.static_channel(&name);

@@ -7,8 +7,10 @@
 //! way and the events to count and audit. Input may arrive split anywhere: the filter
 //! buffers at most one incomplete PDU per direction (plus, per filtered channel, one
 //! undecided channel message up to [`Limits::max_reassembly`]) and only ever emits whole
-//! PDUs, so its output does not depend on how the input was split. Every error is final
-//! ("fail closed"): the agent ends the session and the filter refuses all later input.
+//! PDUs, so its output does not depend on how the input was split. All it holds together
+//! stays within the session's budget, [`Limits::max_held`], and within a [`SharedBudget`]
+//! the agent may share among all its sessions. Every error is final ("fail closed"): the
+//! agent ends the session and the filter refuses all later input.
 //!
 //! # Using it
 //!
@@ -68,6 +70,19 @@
 //!    for that channel. A compressed chunk on a filtered channel, data on an unknown
 //!    channel id or an encrypted fast-path PDU end the session.
 //!
+//! # A hostile client
+//!
+//! The laptop is not trusted to be well-formed. A channel list naming one channel twice is
+//! refused (each name gets one parser and one buffer). Only messages the filter must read
+//! whole are reassembled, up to [`Limits::max_reassembly`] (64 KiB, far above real device
+//! announces); a message declaring more is refused at its first chunk, before anything is
+//! held. Everything held, frames included, is charged to the session's budget after every
+//! PDU, and to the agent's [`SharedBudget`] when there is one; over either the session
+//! ends with [`FilterError::OverBudget`]. A client `rdpdr` message must be exactly one PDU
+//! whose length the filter checks (I/O responses against the server's request), so no
+//! Device List Announce hides behind a harmless PDU; and client `drdynvc` PDUs pass only
+//! for channel ids the server opened with a Create Request the filter allowed.
+//!
 //! # What is filtered where
 //!
 //! | control | static channel | inside the stream |
@@ -105,13 +120,15 @@ mod x224;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use ironrdp_core::decode;
 use ironrdp_pdu::mcs::McsMessage;
 use ironrdp_pdu::x224::X224;
 use kakehashi_proto::Controls;
 
-pub use crate::error::FilterError;
+pub use crate::error::{BudgetScope, FilterError};
 pub use crate::event::{BlockedKind, ChannelAction, ChannelInfo, DeviceKind, Direction, Event};
 pub use ironrdp_pdu::nego::SecurityProtocol;
 
@@ -123,18 +140,33 @@ use crate::svc::{Handler, StaticChannel};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Largest virtual channel message the filter reassembles before deciding about it
-    /// (only messages it must rewrite are reassembled whole). Default 16 MiB.
+    /// Largest virtual channel message the filter reassembles before deciding about it.
+    /// Only messages it must read whole are reassembled: `rdpdr` Device List Announces
+    /// ([MS-RDPEFS] 2.2.2.9: 20 bytes a device plus its DeviceData, which is empty for a
+    /// port or a smartcard, a name for a drive, names and cached configuration for a
+    /// printer; real clients send a few KiB), `rdpdr` capability responses (under 100
+    /// bytes) and `drdynvc` Create Requests (a channel name). A message that declares more
+    /// is refused at its first chunk, before anything is held. Default 64 KiB: ten printers
+    /// with 3 KiB of cached configuration each fit twice over.
     pub max_reassembly: usize,
     /// Largest CredSSP TSRequest. Default 1 MiB.
     pub max_credssp_message: usize,
+    /// The session's memory budget: everything the filter holds at once (the incomplete
+    /// PDU of each direction, every channel's undecided message with its frames, replies
+    /// queued behind a message in flight), checked after every PDU. Over it the session
+    /// ends with [`FilterError::OverBudget`]. Default 2 MiB: one CredSSP message of
+    /// [`max_credssp_message`](Self::max_credssp_message), or, once channels are up, two
+    /// incomplete TPKTs (64 KiB each) and an undecided message of
+    /// [`max_reassembly`](Self::max_reassembly) per channel direction with its frames.
+    pub max_held: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_reassembly: 16 << 20,
+            max_reassembly: 64 << 10,
             max_credssp_message: 1 << 20,
+            max_held: 2 << 20,
         }
     }
 }
@@ -146,6 +178,42 @@ impl Limits {
             max_reassembly,
             ..Self::default()
         }
+    }
+
+    /// These limits with the given session budget.
+    pub fn with_max_held(self, max_held: usize) -> Self {
+        Self { max_held, ..self }
+    }
+}
+
+/// A memory budget shared by the filters of many sessions (one per agent, so a few hostile
+/// sessions together cannot exhaust the desk PC). Each filter given it charges what it
+/// holds after every PDU and gives the bytes back as it shrinks, fails or is dropped; the
+/// session whose charge takes the total over the limit ends with
+/// [`FilterError::OverBudget`] ([`BudgetScope::Agent`]).
+#[derive(Debug)]
+pub struct SharedBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl SharedBudget {
+    /// A budget of `limit` bytes, nothing charged yet.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes charged by all filters now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
     }
 }
 
@@ -223,6 +291,15 @@ pub struct Filter {
     user_id: Option<u16>,
     /// Last MCS initiator seen per direction (for injected PDUs).
     initiators: [Option<u16>; 2],
+    /// The agent's budget across sessions, if any, and the bytes charged to it.
+    shared: Option<Arc<SharedBudget>>,
+    charged: usize,
+}
+
+impl Drop for Filter {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl Filter {
@@ -254,7 +331,21 @@ impl Filter {
             message_channel: None,
             user_id: None,
             initiators: [None; 2],
+            shared: None,
+            charged: 0,
         }
+    }
+
+    /// A filter enforcing `controls` with the given limits whose buffers are also charged
+    /// to `shared`, a budget of all the agent's sessions.
+    pub fn with_shared_budget(
+        controls: Controls,
+        limits: Limits,
+        shared: Arc<SharedBudget>,
+    ) -> Self {
+        let mut filter = Self::with_limits(controls, limits);
+        filter.shared = Some(shared);
+        filter
     }
 
     /// Where the session stands.
@@ -326,9 +417,57 @@ impl Filter {
                 self.phase = Phase::Failed;
                 self.bufs = Default::default();
                 self.channels.clear();
+                self.release();
                 Err(e)
             }
         }
+    }
+
+    /// Charges `held` bytes (all the filter holds now) to the session's budget and the
+    /// agent's: an error when either is exceeded.
+    fn charge(&mut self, held: usize) -> Result<()> {
+        if held > self.limits.max_held {
+            return Err(FilterError::OverBudget {
+                scope: BudgetScope::Session,
+                held,
+                limit: self.limits.max_held,
+            });
+        }
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        if held > self.charged {
+            let add = held - self.charged;
+            let total = shared.used.fetch_add(add, Ordering::Relaxed) + add;
+            self.charged = held;
+            if total > shared.limit {
+                return Err(FilterError::OverBudget {
+                    scope: BudgetScope::Agent,
+                    held: total,
+                    limit: shared.limit,
+                });
+            }
+        } else if held < self.charged {
+            shared
+                .used
+                .fetch_sub(self.charged - held, Ordering::Relaxed);
+            self.charged = held;
+        }
+        Ok(())
+    }
+
+    /// Gives back everything charged to the agent's budget.
+    fn release(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.used.fetch_sub(self.charged, Ordering::Relaxed);
+        }
+        self.charged = 0;
+    }
+
+    /// Bytes held by the channels and by the incomplete PDU *not* travelling in `dir`.
+    fn held_besides(&self, dir: Direction) -> usize {
+        let held: usize = self.channels.iter().map(StaticChannel::held).sum();
+        held + self.bufs[dir.reverse().index()].len()
     }
 
     /// What may come next from `dir`, or `None` if nothing may.
@@ -369,12 +508,20 @@ impl Filter {
                         break Err(e);
                     }
                     pos += len;
+                    // After every PDU: what the channels hold now plus the input not yet
+                    // handled.
+                    let held = self.held_besides(dir) + (buf.len() - pos);
+                    if let Err(e) = self.charge(held) {
+                        break Err(e);
+                    }
                 }
             }
         };
         buf.drain(..pos);
         self.bufs[d] = buf;
-        result
+        result?;
+        let held = self.held_besides(dir) + self.bufs[d].len();
+        self.charge(held)
     }
 
     fn handle(
@@ -680,10 +827,7 @@ pub fn fuzz_feed(data: &[u8]) {
         if let Phase::NeedTls { .. } = filter.phase() {
             filter.tls_established().expect("tls step");
         }
-        // One incomplete PDU per direction, one undecided message per channel direction.
-        let limits = Limits::default();
-        let bound = 2 * (limits.max_credssp_message + 0x1_0000)
-            + filter.channels.len() * 2 * (2 * limits.max_reassembly + 0x1_0000);
-        assert!(filter.buffered() <= bound);
+        // Everything held stays within the session's budget.
+        assert!(filter.buffered() <= Limits::default().max_held);
     }
 }

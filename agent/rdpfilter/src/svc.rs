@@ -5,8 +5,11 @@
 //!
 //! A handler usually decides from the first bytes of a message (a clipboard header, a DVC
 //! header), so large messages in allowed directions stream through without being buffered;
-//! only messages the handler must rewrite (an rdpdr device announce, a DVC create request)
-//! are reassembled, up to [`Limits::max_reassembly`](crate::Limits).
+//! only messages the handler must read whole (an rdpdr device announce or capability
+//! response, a DVC create request) are reassembled, up to
+//! [`Limits::max_reassembly`](crate::Limits): a message still undecided that declares more
+//! is refused at once. What the channels hold counts toward the session's budget
+//! ([`StaticChannel::held`]).
 
 use ironrdp_svc::{
     client_encode_svc_messages, server_encode_svc_messages, ChannelFlags, SvcMessage,
@@ -263,13 +266,6 @@ impl StaticChannel {
             } => {
                 let mut seen = buf.len();
                 let complete = advance(&mut seen, *total)?;
-                if seen > ctx.limits.max_reassembly {
-                    return Err(FilterError::TooLarge {
-                        what: "virtual channel message",
-                        size: *total,
-                        limit: ctx.limits.max_reassembly,
-                    });
-                }
                 frames.extend_from_slice(frame);
                 buf.extend_from_slice(chunk);
                 let total = *total;
@@ -278,6 +274,16 @@ impl StaticChannel {
                     .as_mut()
                     .ok_or_else(|| proto("filtered channel without a handler"))?;
                 let verdict = handler.decide(dir, buf, total, complete)?;
+                // Undecided and declared larger than the filter may reassemble: it could
+                // only be decided after holding too much, so refuse it now, from its first
+                // chunk, rather than hold a part of it.
+                if matches!(verdict, Verdict::NeedMore) && total > ctx.limits.max_reassembly {
+                    return Err(FilterError::TooLarge {
+                        what: "virtual channel message",
+                        size: total,
+                        limit: ctx.limits.max_reassembly,
+                    });
+                }
                 self.apply(dir, verdict, complete, ctx, out)
             }
         }

@@ -898,6 +898,11 @@ fn usb_allowed_lets_urbdrc_through() {
 #[test]
 fn injected_reply_waits_for_a_message_in_flight() {
     let mut s = Session::active(Controls::default());
+    let graphics = dvc_server(DrdynvcServerPdu::Create(CreateRequestPdu::new(
+        9,
+        "Microsoft::Windows::RDS::Graphics".into(),
+    )));
+    assert_eq!(s.server(&graphics).to_client, graphics);
     // The client is halfway through a two-chunk drdynvc message on an allowed id.
     let long = {
         let mut payload = encode_vec(&DrdynvcClientPdu::Data(dvc_data(9, vec![5; 1580]))).unwrap();
@@ -1291,4 +1296,409 @@ fn clipboard_file_contents_to_local_is_blocked_from_the_client() {
         ClipboardPdu::FileContentsResponse(r) if r.stream_id() == 7 && r.data().is_empty()
     ));
     assert_eq!(blocked(&out), [(BlockedKind::FileContents, C2S)]);
+}
+
+// ---------------------------------------------------------------- a hostile laptop (#16 item 8)
+
+const CHANNEL_FLAG_FIRST: u32 = 0x1;
+const CHANNEL_FLAG_LAST: u32 = 0x2;
+
+/// One chunk of a channel message from the client: the Send Data Request carrying the
+/// channel PDU header (declared message length, flags) and `data`.
+fn client_chunk(channel: u16, total: u32, flags: u32, data: &[u8]) -> Vec<u8> {
+    let mut user = Vec::with_capacity(8 + data.len());
+    user.extend_from_slice(&total.to_le_bytes());
+    user.extend_from_slice(&flags.to_le_bytes());
+    user.extend_from_slice(data);
+    encode_vec(&X224(SendDataRequest {
+        initiator_id: USER_ID,
+        channel_id: channel,
+        user_data: Cow::Owned(user),
+    }))
+    .unwrap()
+}
+
+#[test]
+fn duplicate_static_channel_names_are_refused() {
+    for names in [
+        &["rdpdr", "rdpdr"][..],
+        &["cliprdr", "rdpdr", "drdynvc", "RDPDR"],
+        &["custom", "rail", "custom"],
+    ] {
+        let mut f = to_connecting(controls(|c| c.smartcard = true));
+        let err = f
+            .client_bytes(&build::connect_initial(names))
+            .expect_err("a channel listed twice");
+        assert_eq!(err.reason_code(), "protocol_error", "{names:?}");
+        assert!(err.to_string().contains("twice"), "{err}");
+        assert_eq!(f.phase(), Phase::Failed);
+        assert_eq!(f.buffered(), 0);
+    }
+    // 31 distinct names (the most CS_NET carries) still pass.
+    let names: Vec<String> = (0..31).map(|i| format!("ch{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut f = to_connecting(controls(|c| c.smartcard = true));
+    f.client_bytes(&build::connect_initial(&names)).unwrap();
+}
+
+#[test]
+fn unfinished_oversized_announce_is_refused_at_its_first_chunk() {
+    let mut s = Session::active(controls(|c| c.smartcard = true));
+    let head = announce(&[device(0x08, 2, "C:", &[0x41; 1580])]);
+    let first = client_chunk(id_of("rdpdr"), 16 << 20, CHANNEL_FLAG_FIRST, &head[..1600]);
+    let err = s.f.client_bytes(&first).expect_err("a 16 MiB announce");
+    assert!(
+        err.to_string().contains("exceeds the limit"),
+        "{err}: refused for its size"
+    );
+    assert_eq!(err.reason_code(), "rdp_uninspectable");
+    assert_eq!(s.f.buffered(), 0);
+}
+
+#[test]
+fn announce_of_a_real_size_still_passes() {
+    // Ten printers with 3,000 bytes of cached configuration each and a drive: about
+    // 30 KiB, far more than real clients send, within the default limits.
+    let mut s = Session::active(controls(|c| c.smartcard = true));
+    let mut devices: Vec<Vec<u8>> = (0..10)
+        .map(|i| device(0x04, 10 + i, &format!("PRN{i}"), &[0u8; 3000]))
+        .collect();
+    devices.push(device(0x20, 1, "SCARD", &[]));
+    let out = s.client(&msg(C2S, "rdpdr", announce(&devices)));
+    assert_eq!(announced_ids(&messages(&out.to_server)[0].1), [1]);
+}
+
+#[test]
+fn the_session_budget_bounds_what_the_filter_holds() {
+    let mut s = Session::active(controls(|c| c.smartcard = true));
+    let rdpdr = id_of("rdpdr");
+    // The first four bytes of an announce leave the message undecided; each empty chunk
+    // after them adds a frame the filter must hold until the message is decided.
+    s.client(&client_chunk(
+        rdpdr,
+        100,
+        CHANNEL_FLAG_FIRST,
+        &[0x72, 0x44, 0x41, 0x44],
+    ));
+    let empty = client_chunk(rdpdr, 100, 0, &[]);
+    let mut peak = 0;
+    let mut ended = None;
+    for _ in 0..400_000 {
+        match s.f.client_bytes(&empty) {
+            Ok(_) => peak = peak.max(s.f.buffered()),
+            Err(e) => {
+                ended = Some(e);
+                break;
+            }
+        }
+    }
+    let err = ended.expect("the session ends over its budget");
+    assert!(err.to_string().contains("budget"), "{err}");
+    assert!(
+        matches!(
+            err,
+            FilterError::OverBudget {
+                scope: BudgetScope::Session,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.reason_code(), "rdp_uninspectable");
+    assert!(peak <= 2 << 20, "held {peak} bytes");
+    assert_eq!(s.f.buffered(), 0);
+    assert_eq!(s.f.phase(), Phase::Failed);
+}
+
+/// Holds about `n` bytes in `f` (an undecided announce padded with empty chunks).
+fn hold(f: &mut Filter, n: usize) -> std::result::Result<(), FilterError> {
+    let rdpdr = id_of("rdpdr");
+    f.client_bytes(&client_chunk(
+        rdpdr,
+        100,
+        CHANNEL_FLAG_FIRST,
+        &[0x72, 0x44, 0x41, 0x44],
+    ))?;
+    let empty = client_chunk(rdpdr, 100, 0, &[]);
+    while f.buffered() < n {
+        f.client_bytes(&empty)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_agent_budget_is_shared_by_its_sessions() {
+    let shared = SharedBudget::new(300_000);
+    let session = || {
+        let mut f = Filter::with_shared_budget(
+            controls(|c| c.smartcard = true),
+            Limits::default(),
+            shared.clone(),
+        );
+        build::prelude(&mut f).unwrap();
+        f
+    };
+    let mut a = session();
+    let mut b = session();
+    hold(&mut a, 200_000).unwrap();
+    assert_eq!(shared.used(), a.buffered());
+    // B, within its own session budget, takes the agent over its budget: B ends.
+    let err = hold(&mut b, 200_000).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FilterError::OverBudget {
+                scope: BudgetScope::Agent,
+                limit: 300_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.reason_code(), "rdp_uninspectable");
+    assert_eq!(b.phase(), Phase::Failed);
+    assert_eq!(shared.used(), a.buffered(), "b gave its bytes back");
+    // A goes on; once its message is decided and when it is dropped, its bytes come back.
+    let rest = client_chunk(id_of("rdpdr"), 100, CHANNEL_FLAG_LAST, &[0u8; 96]);
+    a.client_bytes(&rest).unwrap();
+    assert_eq!(a.buffered(), 0);
+    assert_eq!(shared.used(), 0);
+    hold(&mut a, 1000).unwrap();
+    assert!(shared.used() > 0);
+    drop(a);
+    assert_eq!(shared.used(), 0);
+}
+
+/// A Client Announce Reply ([MS-RDPEFS] 2.2.2.3): 12 bytes.
+fn client_id_confirm() -> Vec<u8> {
+    vec![0x72, 0x44, 0x43, 0x43, 1, 0, 12, 0, 7, 0, 0, 0]
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn rdpdr_message_with_an_announce_after_a_harmless_pdu_is_decided() {
+    let drive = announce(&[device(0x08, 2, "C:", &utf16z("C on laptop"))]);
+    // After a Client Announce Reply, and after a Client Name Request.
+    let mut name = vec![0x72, 0x44, 0x4e, 0x43, 1, 0, 0, 0, 0, 0, 0, 0];
+    let computer = utf16z("LAPTOP");
+    name.extend_from_slice(&(computer.len() as u32).to_le_bytes());
+    name.extend_from_slice(&computer);
+    for first in [client_id_confirm(), name] {
+        let mut s = Session::active(controls(|c| c.smartcard = true));
+        // Each alone passes.
+        let alone = msg(C2S, "rdpdr", first.clone());
+        assert_eq!(s.client(&alone).to_server, alone);
+        let two = [first, drive.clone()].concat();
+        match s.f.client_bytes(&msg(C2S, "rdpdr", two)) {
+            Err(e) => assert_eq!(e.reason_code(), "protocol_error"),
+            Ok(out) => assert!(
+                !contains(&out.to_server, &drive[8..28]),
+                "the drive announce reached the server"
+            ),
+        }
+    }
+}
+
+/// A Device I/O Request from the server ([MS-RDPEFS] 2.2.1.4).
+fn io_request(device: u32, completion: u32, major: u32, rest: &[u8]) -> Vec<u8> {
+    [
+        &[0x72u8, 0x44, 0x52, 0x49][..],
+        &device.to_le_bytes(),
+        &0u32.to_le_bytes(), // FileId
+        &completion.to_le_bytes(),
+        &major.to_le_bytes(),
+        &0u32.to_le_bytes(), // MinorFunction
+        rest,
+    ]
+    .concat()
+}
+
+/// A Device I/O Response from the client ([MS-RDPEFS] 2.2.1.5).
+fn io_response(device: u32, completion: u32, rest: &[u8]) -> Vec<u8> {
+    [
+        &[0x72u8, 0x44, 0x43, 0x49][..],
+        &device.to_le_bytes(),
+        &completion.to_le_bytes(),
+        &0u32.to_le_bytes(), // IoStatus
+        rest,
+    ]
+    .concat()
+}
+
+#[test]
+fn rdpdr_io_response_with_an_announce_after_it_is_refused() {
+    let drive = announce(&[device(0x08, 2, "C:", &utf16z("C on laptop"))]);
+    let mut s = Session::active(controls(|c| {
+        c.smartcard = true;
+        c.drive = true;
+        c.printer = false;
+    }));
+    // The smartcard's device: a create (FileId, Information) and a read (Length, data).
+    for (completion, major) in [(5u32, 0u32), (6, 3)] {
+        let req = msg(S2C, "rdpdr", io_request(1, completion, major, &[0; 32]));
+        assert_eq!(s.server(&req).to_client, req);
+    }
+    let create_ok = msg(C2S, "rdpdr", io_response(1, 5, &[9, 0, 0, 0, 1]));
+    assert_eq!(s.client(&create_ok).to_server, create_ok);
+    let read_ok = msg(
+        C2S,
+        "rdpdr",
+        io_response(1, 6, &[&8u32.to_le_bytes()[..], &[3; 8]].concat()),
+    );
+    assert_eq!(s.client(&read_ok).to_server, read_ok);
+
+    // The same create response with an announce after it.
+    let req = msg(S2C, "rdpdr", io_request(1, 7, 0, &[0; 32]));
+    s.server(&req);
+    let two = io_response(1, 7, &[&[9u8, 0, 0, 0, 1][..], &drive].concat());
+    match s.f.client_bytes(&msg(C2S, "rdpdr", two)) {
+        Err(e) => assert_eq!(e.reason_code(), "protocol_error"),
+        Ok(out) => assert!(!contains(&out.to_server, &drive[8..28])),
+    }
+}
+
+#[test]
+fn rdpdr_io_response_to_no_request_is_dropped() {
+    let mut s = Session::active(controls(|c| {
+        c.smartcard = true;
+        c.drive = true;
+    }));
+    let unasked = msg(C2S, "rdpdr", io_response(1, 42, &[0; 4]));
+    assert!(s.client(&unasked).to_server.is_empty());
+}
+
+#[test]
+fn client_dvc_pdus_for_ids_the_server_did_not_open_are_dropped() {
+    let mut s = Session::active(Controls::default());
+    let id = 40u32;
+    let unopened = [
+        DrdynvcClientPdu::Create(ironrdp_dvc::pdu::CreateResponsePdu::new(
+            id,
+            CreationStatus::OK,
+        )),
+        DrdynvcClientPdu::Data(dvc_data(id, vec![1; 10])),
+        DrdynvcClientPdu::Data(DrdynvcDataPdu::DataFirst(
+            ironrdp_dvc::pdu::DataFirstPdu::new(id, 20, vec![1; 10]),
+        )),
+        DrdynvcClientPdu::Close(ClosePdu::new(id)),
+    ]
+    .map(dvc_client);
+    for bytes in &unopened {
+        let out = s.client(bytes);
+        assert!(out.to_server.is_empty(), "{bytes:?} reached the server");
+    }
+    // Once the server opens the id with an allowed name, the client's PDUs pass.
+    let create = dvc_server(DrdynvcServerPdu::Create(CreateRequestPdu::new(
+        id,
+        "Microsoft::Windows::RDS::Graphics".into(),
+    )));
+    assert_eq!(s.server(&create).to_client, create);
+    for bytes in &unopened[..3] {
+        assert_eq!(&s.client(bytes).to_server, bytes);
+    }
+    // The server closes it; the client's close answer passes, then the id is shut again.
+    let close = dvc_server(DrdynvcServerPdu::Close(ClosePdu::new(id)));
+    assert_eq!(s.server(&close).to_client, close);
+    let answer = dvc_client(DrdynvcClientPdu::Close(ClosePdu::new(id)));
+    assert_eq!(s.client(&answer).to_server, answer);
+    let late = dvc_client(DrdynvcClientPdu::Data(dvc_data(id, vec![1; 10])));
+    assert!(s.client(&late).to_server.is_empty());
+}
+
+/// Feeds `f` (after the connect exchange with `names`) an unfinished `total`-byte Device
+/// List Announce on every channel named `rdpdr`, in 16 KiB reads as the agent reads.
+/// Returns the most bytes it held, and the error that ended the session, if one did.
+fn unfinished_announces(names: &[&str], total: u32) -> (usize, Option<FilterError>) {
+    const CHUNK: usize = 1600;
+    const READ: usize = 16 * 1024;
+    let mut f = to_connecting(controls(|c| c.smartcard = true));
+    if let Err(e) = f.client_bytes(&build::connect_initial(names)) {
+        return (0, Some(e));
+    }
+    // (No Attach User Confirm: the canned user id may be among 31 channel ids.)
+    f.server_bytes(&build::connect_response(names.len()))
+        .unwrap();
+    let body = vec![0x41u8; CHUNK];
+    let mut head = announce(&[device(0x08, 2, "C:", &[0x41; CHUNK])]);
+    head.truncate(CHUNK);
+    let mut peak = 0usize;
+    let mut pending = Vec::with_capacity(READ + 2 * CHUNK);
+    for (i, _) in names.iter().enumerate().filter(|(_, n)| **n == "rdpdr") {
+        let id = FIRST_CHANNEL_ID + i as u16;
+        let mut sent = 0usize;
+        while sent + CHUNK < total as usize {
+            let (flags, data) = if sent == 0 {
+                (CHANNEL_FLAG_FIRST, &head)
+            } else {
+                (0, &body)
+            };
+            pending.extend_from_slice(&client_chunk(id, total, flags, data));
+            sent += CHUNK;
+            if pending.len() >= READ || sent + CHUNK >= total as usize {
+                for read in pending.chunks(READ) {
+                    if let Err(e) = f.client_bytes(read) {
+                        return (peak, Some(e));
+                    }
+                    peak = peak.max(f.buffered());
+                }
+                pending.clear();
+            }
+        }
+    }
+    (peak, None)
+}
+
+/// Feeds `f` one undecided announce followed by `n` empty chunks; returns the most bytes
+/// held and the error that ended the session, if one did.
+fn empty_chunks(n: usize) -> (usize, Option<FilterError>) {
+    let mut s = Session::active(controls(|c| c.smartcard = true));
+    let rdpdr = id_of("rdpdr");
+    s.client(&client_chunk(
+        rdpdr,
+        100,
+        CHANNEL_FLAG_FIRST,
+        &[0x72, 0x44, 0x41, 0x44],
+    ));
+    let empty = client_chunk(rdpdr, 100, 0, &[]);
+    let reads: Vec<u8> = empty.repeat(16 * 1024 / empty.len());
+    let mut peak = 0;
+    for _ in 0..n / (16 * 1024 / empty.len()) {
+        if let Err(e) = s.f.client_bytes(&reads) {
+            return (peak, Some(e));
+        }
+        peak = peak.max(s.f.buffered());
+    }
+    (peak, None)
+}
+
+/// The attack of #16 item 8 and its variants: prints the most bytes the filter held. Run:
+/// `cargo test -p kakehashi-rdpfilter --lib -- --ignored --nocapture measure_held_bytes`.
+#[test]
+#[ignore = "a measurement: prints the bytes the filter holds under each attack"]
+fn measure_held_bytes() {
+    let print = |attack: &str, (peak, err): (usize, Option<FilterError>)| {
+        println!(
+            "{attack}: peak held {peak} bytes ({:.2} MiB); {}",
+            peak as f64 / f64::from(1 << 20),
+            err.map_or("the session goes on".to_string(), |e| format!(
+                "session ended: {e} [{}]",
+                e.reason_code()
+            ))
+        );
+    };
+    print(
+        "rdpdr listed 31 times, a 16 MiB announce left unfinished on each",
+        unfinished_announces(&["rdpdr"; 31], 16 << 20),
+    );
+    print(
+        "rdpdr listed once, a 16 MiB announce left unfinished",
+        unfinished_announces(CHANNELS, 16 << 20),
+    );
+    print(
+        "rdpdr listed once, an undecided announce and 1,000,000 empty chunks",
+        empty_chunks(1_000_000),
+    );
 }

@@ -1,5 +1,6 @@
 //! The hash-chained, append-only audit log (encoding in the crate docs).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::error::{Error, Result};
@@ -278,6 +279,17 @@ impl Store {
 
     /// Walks the whole chain and reports the first break, if any.
     pub async fn verify_audit(&self) -> Result<VerifyReport> {
+        Ok(self.verify_audit_at(&BTreeSet::new()).await?.0)
+    }
+
+    /// [`Store::verify_audit`], also returning the hash of each record in
+    /// `seqs` that verified (those before the first break), to check
+    /// checkpoints against.
+    pub async fn verify_audit_at(
+        &self,
+        seqs: &BTreeSet<i64>,
+    ) -> Result<(VerifyReport, BTreeMap<i64, Hash256>)> {
+        let mut hashes = BTreeMap::new();
         let (head_seq, head_hash) = self.audit_head().await?;
         let mut prev = (0i64, Hash256::ZERO);
         let mut records = 0u64;
@@ -293,7 +305,10 @@ impl Store {
             }
             for r in page {
                 if let Some(b) = self.check_link(&r, prev, (head_seq, head_hash)).await? {
-                    return Ok(report(records, Some(b)));
+                    return Ok((report(records, Some(b)), hashes));
+                }
+                if seqs.contains(&r.seq) {
+                    hashes.insert(r.seq, r.hash);
                 }
                 records += 1;
                 prev = (r.seq, r.hash);
@@ -312,7 +327,11 @@ impl Store {
         } else {
             None
         };
-        Ok(report(records, tail))
+        if tail.is_some() {
+            // The last records are not what the head says: none of them anchors.
+            hashes.retain(|&seq, _| seq < prev.0);
+        }
+        Ok((report(records, tail), hashes))
     }
 
     async fn check_link(

@@ -84,8 +84,10 @@
 //! records), `reordered` (the record's hash is right for another position),
 //! `edited` (the hash does not match the content), `bad link` (`prev_hash`
 //! is not the previous record's hash). Someone able to rewrite the whole
-//! table and recompute every hash is not detected by the chain alone;
-//! forwarding records (syslog) or noting the head hash elsewhere anchors it.
+//! table and recompute every hash is not detected by the chain alone: the
+//! gateway signs checkpoints of the chain head with a key kept outside the
+//! database, and [`Store::verify_audit_anchored`] checks the chain against
+//! them (see [`Checkpoint`]).
 
 mod error;
 mod types;
@@ -161,12 +163,16 @@ macro_rules! write_tx {
 }
 
 mod audit;
+mod checkpoint;
 mod identity;
 mod inventory;
 mod planning;
 mod sessions;
 
 pub use audit::{Audit, AuditRecord, BreakKind, BrokenLink, VerifyReport};
+pub use checkpoint::{
+    key_id, AnchorProblem, AnchorReport, Checkpoint, CheckpointSource, CHECKPOINT_ACTION,
+};
 pub use identity::{
     Credential, LockState, LockoutRule, LoginCode, LoginToken, NewCredential, NewLoginCode,
     NewLoginToken, NewUser, User,
@@ -228,14 +234,6 @@ fn parse_url(url: &str) -> Result<Target<'_>> {
     Ok(Target::Sqlite(PathBuf::from(path)))
 }
 
-impl Store {
-    /// Opens (creating if needed) the database at `url` and applies the
-    /// migrations. See the crate docs for the URL forms.
-    pub async fn open(url: &str) -> Result<Store> {
-        let pool = match parse_url(url)? {
-            Target::Sqlite(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
 /// The store URL as it may be shown: a PostgreSQL password (in the user
 /// info or a `password=` parameter) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
@@ -279,7 +277,16 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies the
+    /// migrations. See the crate docs for the URL forms.
+    pub async fn open(url: &str) -> Result<Store> {
+        let pool = match parse_url(url)? {
+            Target::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
                 }
+                create_private(&path)?;
                 let options = SqliteConnectOptions::new()
                     .filename(&path)
                     .create_if_missing(true)
@@ -288,7 +295,6 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(30));
                 let pool = SqlitePoolOptions::new()
-                create_private(&path)?;
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
@@ -346,14 +352,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_forms() {
-        assert_eq!(
-            parse_url("sqlite:///var/lib/k/store.db").unwrap(),
-            Target::Sqlite("/var/lib/k/store.db".into())
-        );
-        assert_eq!(
-            parse_url("sqlite://demo/store.db").unwrap(),
-            Target::Sqlite("demo/store.db".into())
     fn store_urls_are_shown_without_passwords() {
         assert_eq!(
             redact_url("postgres://kakehashi:s3cret@db.example:5432/kh"),
@@ -379,6 +377,14 @@ mod tests {
     }
 
     #[test]
+    fn url_forms() {
+        assert_eq!(
+            parse_url("sqlite:///var/lib/k/store.db").unwrap(),
+            Target::Sqlite("/var/lib/k/store.db".into())
+        );
+        assert_eq!(
+            parse_url("sqlite://demo/store.db").unwrap(),
+            Target::Sqlite("demo/store.db".into())
         );
         assert_eq!(
             parse_url("sqlite:store.db").unwrap(),

@@ -150,7 +150,8 @@ async fn admin_cli_and_audit_verify() {
             .iter()
             .find(|r| r.action == action)
             .unwrap_or_else(|| panic!("no {action} in {log:?}"));
-        assert_eq!(r.actor, "admin:officer-yamada", "{action}");
+        // The real uid's user, not $USER (set to officer-yamada above).
+        assert_eq!(r.actor, cli_actor(), "{action}");
     }
     assert!(log
         .iter()

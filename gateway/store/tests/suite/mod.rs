@@ -7,6 +7,7 @@ use kakehashi_store::{
     LockState, LockoutRule, NewCredential, NewLoginCode, NewLoginToken, NewUser, PlanSpec,
     PlanStatus, Role, Segment, SessionEnd, SessionStart, Store,
 };
+use kakehashi_store::{AnchorProblem, Checkpoint, CheckpointSource, CHECKPOINT_ACTION};
 use serde_json::json;
 
 use crate::support::{audit, Db};
@@ -1429,4 +1430,162 @@ pub async fn reopen_keeps_data(db: &Db) {
     let r = store.verify_audit().await.unwrap();
     assert!(r.is_intact());
     assert_eq!(r.records, 6);
+}
+
+/// A fresh Ed25519 key, as the gateway keeps beside its ticket key.
+fn checkpoint_key() -> (ring::signature::Ed25519KeyPair, [u8; 32]) {
+    use ring::signature::KeyPair as _;
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let k = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let public: [u8; 32] = k.public_key().as_ref().try_into().unwrap();
+    (k, public)
+}
+
+async fn sign_head(store: &Store, key: &ring::signature::Ed25519KeyPair) -> Checkpoint {
+    let (seq, hash) = store.audit_head().await.unwrap();
+    Checkpoint::sign(seq, hash, T0 + 100, "gw1", key)
+}
+
+/// What an intruder with the database does after dropping the guards: edit
+/// record `seq`'s reason and recompute every hash from there, and the head.
+async fn rechain_after_edit(db: &Db, store: &Store, seq: i64) {
+    let all = store.audit_page(0, 10_000).await.unwrap();
+    let blob = |h: &Hash256| match db.kind {
+        crate::support::Kind::Sqlite => format!("X'{}'", h.to_hex()),
+        crate::support::Kind::Postgres => format!("'\\x{}'", h.to_hex()),
+    };
+    let mut sql = String::new();
+    let mut prev = all[seq as usize - 2].hash;
+    for r in &all[seq as usize - 1..] {
+        let mut r = r.clone();
+        if r.seq == seq {
+            r.reason = "nothing happened".into();
+        }
+        r.prev_hash = prev;
+        r.hash = r.compute_hash();
+        prev = r.hash;
+        sql.push_str(&format!(
+            "UPDATE audit SET reason = '{}', prev_hash = {}, hash = {} WHERE seq = {};",
+            r.reason,
+            blob(&r.prev_hash),
+            blob(&r.hash),
+            r.seq
+        ));
+    }
+    sql.push_str(&format!(
+        "UPDATE audit_head SET hash = {} WHERE id = 1;",
+        blob(&prev)
+    ));
+    db.drop_audit_guards().await;
+    db.exec_raw(&sql).await;
+}
+
+/// Signed checkpoints anchor the chain: a re-chained edit, a forged
+/// checkpoint and a cut tail are caught; only the trusted key counts.
+pub async fn audit_checkpoints_anchor_the_chain(db: &Db) {
+    let store = db.open().await;
+    let (key, public) = checkpoint_key();
+    fill_log(&store, 2).await;
+    let early = sign_head(&store, &key).await;
+    fill_log(&store, 6).await;
+    let cp = sign_head(&store, &key).await;
+    assert_eq!((early.seq, cp.seq), (2, 8));
+    // One copy in the chain itself (checked with the outside key), one outside.
+    store
+        .append_audit(
+            audit(T0 + 100, CHECKPOINT_ACTION)
+                .subject("8")
+                .detail(cp.to_json()),
+        )
+        .await
+        .unwrap();
+    fill_log(&store, 2).await;
+    let ext = vec![(1, early.clone()), (2, cp.clone())];
+
+    let r = store.verify_audit_anchored(&ext, &[public]).await.unwrap();
+    assert!(r.is_intact(), "{r:?}");
+    assert_eq!(r.anchored.as_ref().map(|c| c.seq), Some(8));
+    assert_eq!((r.checked, r.unknown_key, r.chain.head_seq), (2, 0, 11));
+    // The record copy alone anchors as far, with the key from outside.
+    let r = store.verify_audit_anchored(&[], &[public]).await.unwrap();
+    assert_eq!(r.anchored.map(|c| c.seq), Some(8));
+    // Without the key nothing is anchored.
+    let (_, other) = checkpoint_key();
+    let r = store.verify_audit_anchored(&ext, &[other]).await.unwrap();
+    assert!(r.is_intact() && r.anchored.is_none(), "{r:?}");
+    assert_eq!(r.unknown_key, 2);
+
+    // A forged checkpoint: another hash under the trusted key's id.
+    let mut forged = cp.clone();
+    forged.hash = Hash256([9; 32]);
+    let r = store
+        .verify_audit_anchored(&[(1, forged)], &[public])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.problem,
+        Some(AnchorProblem::BadSignature {
+            seq: 8,
+            source: CheckpointSource::External(1)
+        })
+    );
+    assert!(!r.is_intact());
+
+    // Edit record 4 and re-chain: the chain alone looks intact…
+    rechain_after_edit(db, &store, 4).await;
+    assert!(store.verify_audit().await.unwrap().is_intact());
+    let edited = store.audit_page(3, 1).await.unwrap().remove(0);
+    assert_eq!(edited.reason, "nothing happened");
+    // …but not against the checkpoints: records 3–8 were rewritten.
+    let r = store.verify_audit_anchored(&ext, &[public]).await.unwrap();
+    match &r.problem {
+        Some(AnchorProblem::Mismatch { seq, since, .. }) => assert_eq!((*seq, *since), (8, 3)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.anchored.map(|c| c.seq), Some(2));
+    // The copy in the table (re-chained along with the rest) still carries
+    // the old signed hash.
+    let r = store.verify_audit_anchored(&[], &[public]).await.unwrap();
+    assert!(
+        matches!(
+            r.problem,
+            Some(AnchorProblem::Mismatch {
+                seq: 8,
+                since: 1,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+/// Records cut off the end past a checkpoint are caught.
+pub async fn audit_checkpoint_catches_cut_tail(db: &Db) {
+    let store = db.open().await;
+    let (key, public) = checkpoint_key();
+    fill_log(&store, 8).await;
+    let cp = sign_head(&store, &key).await;
+    let six = store.audit_page(5, 1).await.unwrap().remove(0);
+    db.drop_audit_guards().await;
+    let blob = match db.kind {
+        crate::support::Kind::Sqlite => format!("X'{}'", six.hash.to_hex()),
+        crate::support::Kind::Postgres => format!("'\\x{}'", six.hash.to_hex()),
+    };
+    db.exec_raw(&format!(
+        "DELETE FROM audit WHERE seq > 6; UPDATE audit_head SET seq = 6, hash = {blob} WHERE id = 1;"
+    ))
+    .await;
+    assert!(store.verify_audit().await.unwrap().is_intact());
+    let r = store
+        .verify_audit_anchored(&[(1, cp)], &[public])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.problem,
+        Some(AnchorProblem::Missing {
+            seq: 8,
+            head_seq: 6
+        })
+    );
 }
