@@ -12,6 +12,12 @@
 //! on its own and a peer that does not read cannot stall the other direction
 //! (no cross-direction deadlock). Buffers are bounded by [`HIGH_WATER`] plus
 //! one filter output (itself bounded by the filter's reassembly limit).
+//!
+//! What the filter itself holds is bounded per session by its
+//! [`Limits::max_held`] (2 MiB) and across all of the agent's sessions by
+//! [`AGENT_FILTER_BUDGET`]: a laptop that makes its filter hold more (e.g.
+//! leaving device announces unfinished) ends its own session, logged with
+//! `reason="rdp_uninspectable"` and reported to the gateway like any refusal.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +26,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use kakehashi_proto::message::FilterReport;
 use kakehashi_proto::Controls;
-use kakehashi_rdpfilter::{BlockedKind, Event, Filter, FilterError, Output, Phase};
+use kakehashi_rdpfilter::{
+    BlockedKind, Event, Filter, FilterError, Limits, Output, Phase, SharedBudget,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -40,6 +48,10 @@ pub const HIGH_WATER: usize = 256 * 1024;
 /// Distinct blocked (kind, what, direction) tuples reported per session; more are
 /// only counted in the agent's log.
 const MAX_DISTINCT_REPORTS: usize = 64;
+/// Bytes the RDP filters of all the agent's sessions may hold together: 32
+/// sessions at their full budget ([`Limits::max_held`], 2 MiB), far more than a
+/// desk PC's one user needs at once. Past it, the session that asks for more ends.
+pub const AGENT_FILTER_BUDGET: usize = 64 << 20;
 
 /// Checks that `key` belongs to the first certificate of `chain`.
 pub fn check_key_pair(
@@ -55,11 +67,13 @@ pub fn check_key_pair(
     Ok(())
 }
 
-/// The two TLS legs of a filtered session, built once from `[rdp]`.
+/// What every filtered session of the agent uses, built once from `[rdp]`: the
+/// two TLS legs and the filters' shared memory budget ([`AGENT_FILTER_BUDGET`]).
 #[derive(Clone)]
 pub struct RdpTls {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
+    budget: Arc<SharedBudget>,
 }
 
 impl std::fmt::Debug for RdpTls {
@@ -100,7 +114,13 @@ impl RdpTls {
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
+            budget: SharedBudget::new(AGENT_FILTER_BUDGET),
         })
+    }
+
+    /// Bytes the filters of all sessions hold now.
+    pub fn filter_held(&self) -> usize {
+        self.budget.used()
     }
 }
 
@@ -333,7 +353,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client = client;
-    let mut filter = Filter::new(controls);
+    let mut filter = Filter::with_shared_budget(controls, Limits::default(), tls.budget.clone());
     let mut buf = vec![0u8; READ_CHUNK];
     let mut capture = capture::Capture::start(controls);
 
@@ -775,6 +795,94 @@ mod tests {
             key: Arc::new(key),
         });
         assert!(tls.is_ok());
+    }
+
+    /// A Send Data Request from the client (PER-encoded MCS, [T.125]) on `channel`
+    /// carrying a channel PDU header (message length, flags) and `data`.
+    fn send_data(channel: u16, total: u32, flags: u32, data: &[u8]) -> Vec<u8> {
+        let mut user = total.to_le_bytes().to_vec();
+        user.extend_from_slice(&flags.to_le_bytes());
+        user.extend_from_slice(data);
+        let mut mcs = vec![0x64];
+        mcs.extend_from_slice(&(1012u16 - 1001).to_be_bytes()); // initiator
+        mcs.extend_from_slice(&channel.to_be_bytes());
+        mcs.push(0x70); // high priority, begin and end of segmentation
+        assert!(user.len() < 0x80);
+        mcs.push(user.len() as u8);
+        mcs.extend_from_slice(&user);
+        let len = (4 + 3 + mcs.len()) as u16;
+        let mut frame = vec![3, 0];
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&[2, 0xf0, 0x80]);
+        frame.extend_from_slice(&mcs);
+        frame
+    }
+
+    /// A laptop that makes the filter hold more than a session may (an undecided rdpdr
+    /// announce followed by empty chunks the filter must keep) ends its own session: the
+    /// filter refuses it over budget, the refusal is reported to the gateway, and the
+    /// agent's shared budget gets every byte back.
+    #[tokio::test]
+    async fn a_session_over_the_filter_budget_ends_and_is_reported() {
+        use kakehashi_rdpfilter::{canned, BudgetScope, SecurityProtocol};
+        let budget = SharedBudget::new(AGENT_FILTER_BUDGET);
+        let controls = Controls {
+            smartcard: true,
+            ..Controls::default()
+        };
+        let mut filter = Filter::with_shared_budget(controls, Limits::default(), budget.clone());
+        filter
+            .client_bytes(&canned::connection_request(SecurityProtocol::SSL))
+            .unwrap();
+        filter
+            .server_bytes(&canned::connection_confirm(SecurityProtocol::SSL))
+            .unwrap();
+        filter.tls_established().unwrap();
+        filter
+            .client_bytes(&canned::connect_initial(&["rdpdr"]))
+            .unwrap();
+        filter.server_bytes(&canned::connect_response(1)).unwrap();
+        assert_eq!(filter.phase(), Phase::Active);
+
+        let (agent_client, mut laptop) = tokio::io::duplex(64 * 1024);
+        let (agent_server, _desk) = tokio::io::duplex(64 * 1024);
+        let rdpdr = 1004;
+        let attack = tokio::spawn(async move {
+            let first = send_data(rdpdr, 100, 1, &[0x72, 0x44, 0x41, 0x44]);
+            let empty = send_data(rdpdr, 100, 0, &[]).repeat(500);
+            laptop.write_all(&first).await?;
+            for _ in 0..1000 {
+                laptop.write_all(&empty).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut reporter = Reporter::new("s-1".into(), Some(tx));
+        let ended = pump(
+            agent_client,
+            agent_server,
+            &mut filter,
+            &mut reporter,
+            &mut capture::Capture::default(),
+        )
+        .await;
+        match ended {
+            Ended::Refused(
+                ref e @ FilterError::OverBudget {
+                    scope: BudgetScope::Session,
+                    ..
+                },
+            ) => assert_eq!(e.reason_code(), "rdp_uninspectable"),
+            other => panic!("{other:?}"),
+        }
+        let report = rx.try_recv().unwrap();
+        assert_eq!(
+            (report.kind.as_str(), report.what.as_str()),
+            ("session_refused", "rdp_uninspectable")
+        );
+        assert_eq!(budget.used(), 0);
+        drop(filter);
+        let _ = attack.await;
     }
 
     #[test]
