@@ -27,8 +27,8 @@ pub struct ConfigFile {
     /// Limits.
     #[serde(default)]
     pub limits: LimitsSection,
-    /// The RDP channel filter; without this section sessions are passed through
-    /// uninspected (and session controls are not enforced).
+    /// The RDP channel filter. Required: a file without it does not load (see
+    /// [`NO_RDP_SECTION`]); pass-through is `[rdp] enforce = false`, said explicitly.
     pub rdp: Option<RdpSection>,
 }
 
@@ -38,14 +38,21 @@ pub struct ConfigFile {
 pub struct RdpSection {
     /// The certificate the local RDP server presents (PEM), the same file: the
     /// agent presents it to RDP clients and accepts only it from the server.
-    pub server_cert: PathBuf,
-    /// The RDP server's private key (PEM).
-    pub server_key: PathBuf,
-    /// Enforce the ticket's session controls (default true). `false` passes
-    /// sessions through uninspected, as without the section.
+    /// Required when `enforce` is true.
+    pub server_cert: Option<PathBuf>,
+    /// The RDP server's private key (PEM). Required when `enforce` is true.
+    pub server_key: Option<PathBuf>,
+    /// Enforce the ticket's session controls (default true). `false` is the
+    /// pass-through switch: sessions go through uninspected, the agent tells
+    /// the gateway it does not enforce, and the gateway refuses every session
+    /// whose controls restrict anything (`desk_not_enforcing`) unless an
+    /// officer registered the desk as a non-RDP service.
     #[serde(default = "default_true")]
     pub enforce: bool,
 }
+
+/// Why a configuration without `[rdp]` does not load.
+pub const NO_RDP_SECTION: &str = "no [rdp] section: without it the agent would pass sessions through without enforcing their controls (clipboard, drives, printers, USB). Add [rdp] with server_cert and server_key (the local RDP server's certificate and key) to enforce them; for a desk that is not an RDP server, set [rdp] enforce = false explicitly (pass-through: the gateway then admits only sessions that restrict nothing, or to a desk an officer registered as non-RDP with `kakehashi-gateway admin desk set --service other`)";
 
 fn default_true() -> bool {
     true
@@ -181,7 +188,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Concurrent session streams a gateway may open on a QUIC tunnel.
     pub quic_session_streams: u32,
-    /// The RDP filter's key material; `None`: sessions pass uninspected.
+    /// The RDP filter's key material; `None`: sessions pass uninspected
+    /// (`[rdp] enforce = false`), and the gateway is told so.
     pub rdp: Option<RdpConfig>,
 }
 
@@ -260,8 +268,12 @@ impl Config {
             bail!("[limits] quic_session_streams must be at least 1");
         }
         let rdp = match f.rdp {
+            None => bail!(NO_RDP_SECTION),
             Some(r) if r.enforce => {
-                let (cert, key) = (rel(r.server_cert), rel(r.server_key));
+                let (Some(cert), Some(key)) = (r.server_cert, r.server_key) else {
+                    bail!("[rdp] needs server_cert and server_key (the local RDP server's certificate and key) to enforce session controls; for a desk that is not an RDP server set enforce = false explicitly");
+                };
+                let (cert, key) = (rel(cert), rel(key));
                 let chain = kakehashi_transport::tls::load_certs(&cert)?;
                 let key = kakehashi_transport::tls::load_key(&key)?;
                 // Fail at start, not at the first session, when the pair does not match.
@@ -272,7 +284,7 @@ impl Config {
                     key: Arc::new(key),
                 })
             }
-            _ => None,
+            Some(_) => None,
         };
         Ok(Self {
             ca: rel(f.tls.ca),
@@ -294,12 +306,43 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use super::*;
 
     #[test]
     fn host_part() {
         assert_eq!(host_of("gw.example.lg.jp:8443"), "gw.example.lg.jp");
         assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
         assert_eq!(host_of("[::1]:443"), "::1");
+    }
+
+    /// A parsed file with `rdp` appended; the other sections are never reached
+    /// by the `[rdp]` checks that fail, so their paths need not exist.
+    fn parse(rdp: &str) -> ConfigFile {
+        toml::from_str(&format!(
+            "[tls]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\n\
+             [tickets]\npublic_keys = []\n[[gateways]]\naddress = \"gw:8443\"\n\
+             [target]\naddress = \"127.0.0.1:3389\"\n{rdp}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn rdp_section_is_required_unless_pass_through_is_explicit() {
+        // Loading stops at the first problem: give it a real ticket key.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = kakehashi_pki::CaDir::init(&dir.path().join("pki"), &Default::default()).unwrap();
+        let key = ca.ticket_public_path();
+        let with_key = |rdp: &str| {
+            let mut f = parse(rdp);
+            f.tickets.public_keys = vec![key.clone()];
+            Config::from_file(f, dir.path())
+        };
+        let e = format!("{:#}", with_key("").unwrap_err());
+        assert!(e.contains("no [rdp] section"), "{e}");
+        assert!(e.contains("enforce = false"), "{e}");
+        let e = format!("{:#}", with_key("[rdp]\n").unwrap_err());
+        assert!(e.contains("server_cert and server_key"), "{e}");
+        let c = with_key("[rdp]\nenforce = false\n").unwrap();
+        assert!(c.rdp.is_none());
     }
 }

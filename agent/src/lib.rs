@@ -9,8 +9,11 @@
 //! client's TLS with the RDP server's own certificate and key, connects to the
 //! server pinned to that certificate, and enforces the ticket's controls in
 //! the decrypted stream. Every blocked attempt is reported to the gateway on
-//! the tunnel's control stream ([`FilterReport`]). Without `[rdp]`, sessions
-//! pass through uninspected and a warning says the controls are not enforced.
+//! the tunnel's control stream ([`FilterReport`]). `[rdp]` is required; with
+//! `enforce = false` (the explicit pass-through switch, for a desk that is not
+//! an RDP server) sessions pass through uninspected, and the agent's hello
+//! tells the gateway it does not enforce, so the gateway refuses sessions whose
+//! controls restrict anything unless the desk is registered as non-RDP.
 //!
 //! On Windows the agent also sets the RDP host's own redirection policy for
 //! each session and restores it afterwards ([`windows_policy`]).
@@ -104,7 +107,7 @@ impl Agent {
         if rdp.is_none() {
             warn!(
                 desk = %desk,
-                "RDP filter off (no [rdp] section, or enforce = false): sessions pass through uninspected and session controls are NOT enforced"
+                "RDP filter off ([rdp] enforce = false): sessions pass through uninspected; the gateway is told, and admits only sessions that restrict nothing or to a desk registered as non-RDP"
             );
         }
         Ok(Arc::new(Self {
@@ -121,6 +124,15 @@ impl Agent {
     /// The desk this agent serves.
     pub fn desk(&self) -> &str {
         &self.desk
+    }
+
+    /// The hello that opens every tunnel: says whether this agent enforces
+    /// session controls (its RDP filter is on).
+    fn hello(&self) -> AgentHello {
+        AgentHello {
+            software: software(),
+            enforces: self.rdp.is_some(),
+        }
     }
 
     /// Keep a tunnel to every gateway until `stop` is cancelled.
@@ -208,13 +220,7 @@ impl Agent {
         let conn = quic_connect(&ep, addr, &gw.server_name, timeout).await?;
         let hello = async {
             let mut ctl = QuicStream::new(conn.open_bi().await?);
-            write_message(
-                &mut ctl,
-                &AgentHello {
-                    software: software(),
-                },
-            )
-            .await?;
+            write_message(&mut ctl, &self.hello()).await?;
             let f = read_frame(&mut ctl).await?;
             if f.kind == FrameKind::Refused {
                 let r = Refusal::from_frame(&f)?;
@@ -260,13 +266,7 @@ impl Agent {
             keepalive,
         )
         .await?;
-        write_message(
-            &mut ctl,
-            &AgentHello {
-                software: software(),
-            },
-        )
-        .await?;
+        write_message(&mut ctl, &self.hello()).await?;
         let f = tokio::time::timeout(self.cfg.handshake_timeout, read_frame(&mut ctl))
             .await
             .map_err(|_| anyhow!("gateway did not welcome the tunnel in time"))??;
@@ -413,7 +413,8 @@ impl Agent {
                 Some(_) => None,
                 None => {
                     if controls.is_restrictive() {
-                        warn!(?controls, "Session controls NOT enforced: the agent's RDP filter is off ([rdp])");
+                        // The gateway admits this only for a desk registered as non-RDP.
+                        warn!(?controls, "Session controls NOT enforced: the agent's RDP filter is off ([rdp] enforce = false)");
                     }
                     None
                 }

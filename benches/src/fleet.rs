@@ -302,6 +302,8 @@ impl Agent {
                         &mut ctl,
                         &AgentHello {
                             software: "kakehashi-loadgen".into(),
+                            // A simulated desk echoes; it filters nothing.
+                            enforces: false,
                         },
                     )
                     .await?;
@@ -339,6 +341,8 @@ impl Agent {
                         &mut ctl,
                         &AgentHello {
                             software: "kakehashi-loadgen".into(),
+                            // A simulated desk echoes; it filters nothing.
+                            enforces: false,
                         },
                     )
                     .await?;

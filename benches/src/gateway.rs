@@ -70,7 +70,8 @@ pub fn config_text(pki: &PkiFiles, o: &GatewayOpts) -> String {
             db.display()
         ),
         None => {
-            "[identity]\nrequire_login = false\n[testing]\nrelay_without_policy = true\n".into()
+            // The simulated desks echo: every desk counts as non-RDP.
+            "[identity]\nrequire_login = false\n[testing]\nrelay_without_policy = true\nnon_rdp_desks = true\n".into()
         }
     };
     format!(

@@ -101,6 +101,8 @@ pub async fn seed(path: &Path, pki: &BenchPki, desks: &[String]) -> anyhow::Resu
                     // Levels 1 and 2: what home may reach under BCP.
                     level: (k % 2 + 1) as u8,
                     segment: Segment::Lgwan,
+                    // The simulated desks echo; they are not RDP servers.
+                    service: kakehashi_store::DeskService::Other,
                     owners: [user_of(laptop_for_desk(k))].into(),
                 },
                 a("desk.add"),

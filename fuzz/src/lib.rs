@@ -224,6 +224,7 @@ pub fn sample_frames() -> Vec<(&'static str, Vec<u8>)> {
             "agent_hello",
             msg(&AgentHello {
                 software: "kakehashi-agent/0.1.0".into(),
+                enforces: true,
             }),
         ),
         (

@@ -186,6 +186,9 @@ pub struct DeskFacts {
     pub level: u8,
     /// Department.
     pub department: String,
+    /// What it serves: an RDP desk needs an agent that enforces restricting
+    /// controls; a non-RDP one is admitted without.
+    pub service: kakehashi_store::DeskService,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Refusal {
@@ -350,6 +353,7 @@ fn build(
     let facts = DeskFacts {
         level: desk.level,
         department: desk.department.clone(),
+        service: desk.service,
     };
     Ok((req, facts))
 }
@@ -580,6 +584,7 @@ mod tests {
                         } else {
                             kakehashi_store::Segment::Lgwan
                         },
+                        service: kakehashi_store::DeskService::Rdp,
                         owners: [id.clone()].into(),
                     },
                     a(),

@@ -77,6 +77,12 @@ pub struct TestingSection {
     /// Controls put into every ticket of a bare relay instead of deny-all, e.g.
     /// `controls = { clipboard = "to-remote", drive = true }` (unset fields deny).
     pub controls: Option<kakehashi_proto::Controls>,
+    /// A bare relay has no desk registry: `true` treats every desk as
+    /// registered non-RDP, so sessions reach agents that do not enforce
+    /// controls (transport tests against echo desks). Unset, a bare relay
+    /// refuses a restricting session to such an agent (`desk_not_enforcing`).
+    #[serde(default)]
+    pub non_rdp_desks: bool,
 }
 
 /// `[store]`
@@ -369,6 +375,9 @@ pub struct Config {
     /// Tests only (`[testing] controls`): controls for every ticket of a bare
     /// relay; `None` = deny all.
     pub testing_controls: Option<kakehashi_proto::Controls>,
+    /// Tests only (`[testing] non_rdp_desks`): a bare relay counts every desk
+    /// as a non-RDP service.
+    pub testing_non_rdp_desks: bool,
     /// `[audit] syslog`: forward audit records to a syslog server.
     pub syslog: Option<crate::syslog::SyslogConfig>,
     /// `[audit] checkpoint_*`: where and how often the chain head is signed
@@ -494,6 +503,9 @@ pub struct PortalLimits {
         if let Some(t) = &f.testing {
             if t.relay_without_policy && identity.require_login {
                 bail!("[testing] relay_without_policy needs [identity] require_login = false");
+            }
+            if t.non_rdp_desks && !t.relay_without_policy {
+                bail!("[testing] non_rdp_desks applies only with relay_without_policy = true; with a [store] each desk's service is registered (`admin desk set --service other`)");
             }
             if t.controls.is_some() && !t.relay_without_policy {
                 bail!("[testing] controls apply only with relay_without_policy = true; with a [store] the policy decides the controls");
@@ -625,6 +637,7 @@ pub struct PortalLimits {
             policy_file: f.policy.file.map(rel),
             policy_watch: Duration::from_millis(f.policy.watch_ms),
             relay_without_policy: f.testing.as_ref().is_some_and(|t| t.relay_without_policy),
+            testing_non_rdp_desks: f.testing.as_ref().is_some_and(|t| t.non_rdp_desks),
             testing_controls: f.testing.and_then(|t| t.controls),
             syslog,
             checkpoints,
@@ -664,5 +677,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("require_login = false"), "{e}");
+    }
+
+    #[test]
+    fn non_rdp_desks_only_on_a_bare_relay() {
+        let base = include_str!("../../deploy/gateway.example.toml");
+        let text = format!("{base}\n[testing]\nnon_rdp_desks = true\n");
+        let f: ConfigFile = toml::from_str(&text).unwrap();
+        let e = Config::from_file(f, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("non_rdp_desks"), "{e}");
+        let c = Config::from_file(toml::from_str(base).unwrap(), Path::new("/")).unwrap();
+        assert!(!c.testing_non_rdp_desks);
     }
 }

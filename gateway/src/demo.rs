@@ -21,6 +21,15 @@ pub const DEMO_DESK: &str = "demo-desk";
 /// Device id of the demo laptop.
 pub const DEMO_DEVICE: &str = "demo-laptop";
 const MARKER: &str = ".kakehashi-demo";
+/// The echo desk's agent filters nothing: an explicit pass-through, for a desk
+/// the demo registers as a non-RDP service.
+const ECHO_PASS_THROUGH: &str = "
+# The demo desk is an echo service, not an RDP server: nothing to filter. The
+# gateway knows it as a non-RDP desk (`admin desk set --service other`), so its
+# sessions are admitted without enforcement and audited so.
+[rdp]
+enforce = false
+";
 
 /// Run the demo until Ctrl-C; with `rdp`, the desk is a real RDP server
 /// ([`crate::demo_rdp`]) instead of an echo service.
@@ -172,8 +181,7 @@ max_ms = 5000
         ticket_pub = rel(&ca.ticket_public_path()).display(),
         rdp_section = rdp_desk
             .as_ref()
-            .map(|d| d.agent_section.as_str())
-            .unwrap_or(""),
+            .map_or(ECHO_PASS_THROUGH, |d| d.agent_section.as_str()),
     );
     let client_toml = format!(
         r#"# Written by `kakehashi-gateway demo`: the demo laptop ({DEMO_DEVICE}, class satellite: a satellite office,
@@ -216,7 +224,15 @@ soft_authenticator = "passkey.cbor"
     let agent_task = tokio::spawn(agent.run(stop.clone()));
 
     // The demo user, enrolled through the portal with a software authenticator.
-    let browser_code = enroll_demo_user(&shared, &dir, portal_port, &ca.ca_cert_path()).await?;
+    // The echo desk is registered as a non-RDP service: its agent passes
+    // sessions through, and they are audited as not enforced. With --rdp the
+    // desk is an RDP desk whose agent filters every session.
+    let service = match rdp {
+        true => kakehashi_store::DeskService::Rdp,
+        false => kakehashi_store::DeskService::Other,
+    };
+    let browser_code =
+        enroll_demo_user(&shared, &dir, portal_port, &ca.ca_cert_path(), service).await?;
 
     // Wait until the agent's tunnel is registered before telling anyone to connect.
     let online = tokio::time::timeout(Duration::from_secs(15), async {
@@ -305,6 +321,7 @@ async fn enroll_demo_user(
     dir: &Path,
     portal_port: u16,
     ca: &Path,
+    service: kakehashi_store::DeskService,
 ) -> anyhow::Result<String> {
     use kakehashi_store::{Audit, NewUser, Role};
     let store = shared
@@ -341,6 +358,7 @@ async fn enroll_demo_user(
         department: "somu".into(),
         level: 2,
         segment: kakehashi_store::Segment::Lgwan,
+        service,
         owners: [DEMO_USER.to_string()].into(),
     };
     store

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use kakehashi_policy as pol;
-use kakehashi_store::{Audit, BcpScope, BcpSpec, Desk, PlanSpec, PlanStatus, Segment, Store};
+use kakehashi_store::{
+    Audit, BcpScope, BcpSpec, Desk, DeskService, PlanSpec, PlanStatus, Segment, Store,
+};
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -33,6 +35,12 @@ pub enum DeskCmd {
         /// Network segment: lgwan, internet or mynumber.
         #[arg(long, default_value = "lgwan")]
         segment: String,
+        /// What the desk serves: `rdp` (a desk PC's RDP server; its agent must
+        /// enforce session controls, or sessions that restrict anything are
+        /// refused with desk_not_enforcing) or `other` (a service that is not
+        /// RDP: sessions are admitted without enforcement and audited so).
+        #[arg(long, default_value = "rdp")]
+        service: String,
         /// Department (所属).
         #[arg(long)]
         dept: String,
@@ -54,6 +62,9 @@ pub enum DeskCmd {
         /// New segment.
         #[arg(long)]
         segment: Option<String>,
+        /// New service: `rdp` or `other` (not RDP; controls are not enforced).
+        #[arg(long)]
+        service: Option<String>,
         /// New department.
         #[arg(long)]
         dept: Option<String>,
@@ -274,6 +285,12 @@ fn local(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
+fn check_service(service: &str) -> anyhow::Result<DeskService> {
+    service
+        .parse::<DeskService>()
+        .map_err(|e| anyhow::anyhow!("{e} (rdp, or other for a service that is not RDP)"))
+}
+
 fn check_desk_fields(level: u8, segment: &str) -> anyhow::Result<Segment> {
     if !(1..=3).contains(&level) {
         bail!("level must be 1, 2 or 3 (機密性レベル)");
@@ -293,11 +310,13 @@ pub async fn desk(cfg: &Config, cmd: DeskCmd) -> anyhow::Result<()> {
             id,
             level,
             segment,
+            service,
             dept,
             owners,
             reason,
         } => {
             let segment = check_desk_fields(level, &segment)?;
+            let service = check_service(&service)?;
             for o in &owners {
                 if store.get_user(o).await?.is_none() {
                     bail!("owner {o:?} is not a user (add them with `admin user add` first)");
@@ -308,6 +327,7 @@ pub async fn desk(cfg: &Config, cmd: DeskCmd) -> anyhow::Result<()> {
                 department: dept,
                 level,
                 segment,
+                service,
                 owners: owners.into_iter().collect(),
             };
             let a = Audit::new(now, &who, "desk.add")
@@ -316,8 +336,9 @@ pub async fn desk(cfg: &Config, cmd: DeskCmd) -> anyhow::Result<()> {
                 .detail(json!(d));
             store.add_desk(&d, a).await?;
             println!(
-                "desk {id} added: level {level}, {}, {}, owners {:?}",
+                "desk {id} added: level {level}, {}, service {}, {}, owners {:?}",
                 d.segment.as_str(),
+                d.service.as_str(),
                 d.department,
                 d.owners
             );
@@ -326,6 +347,7 @@ pub async fn desk(cfg: &Config, cmd: DeskCmd) -> anyhow::Result<()> {
             id,
             level,
             segment,
+            service,
             dept,
             owners,
             reason,
@@ -340,6 +362,9 @@ pub async fn desk(cfg: &Config, cmd: DeskCmd) -> anyhow::Result<()> {
             }
             let seg = segment.unwrap_or_else(|| d.segment.as_str().to_string());
             d.segment = check_desk_fields(d.level, &seg)?;
+            if let Some(service) = service {
+                d.service = check_service(&service)?;
+            }
             if let Some(dept) = dept {
                 d.department = dept;
             }
@@ -356,21 +381,22 @@ pub async fn desk(cfg: &Config, cmd: DeskCmd) -> anyhow::Result<()> {
                 .reason(&reason)
                 .detail(json!({ "before": before, "after": d }));
             store.set_desk(&d, a).await?;
-            println!("desk {id} changed: level {}, {}, {}, owners {:?}; live sessions are re-decided within a second",
-                d.level, d.segment.as_str(), d.department, d.owners);
+            println!("desk {id} changed: level {}, {}, service {}, {}, owners {:?}; live sessions are re-decided within a second",
+                d.level, d.segment.as_str(), d.service.as_str(), d.department, d.owners);
         }
         DeskCmd::List => {
             println!(
-                "{:<20} {:<5} {:<9} {:<16} owners",
-                "id", "level", "segment", "dept"
+                "{:<20} {:<5} {:<9} {:<7} {:<16} owners",
+                "id", "level", "segment", "service", "dept"
             );
             for d in store.list_desks().await? {
                 let owners: Vec<&str> = d.owners.iter().map(String::as_str).collect();
                 println!(
-                    "{:<20} {:<5} {:<9} {:<16} {}",
+                    "{:<20} {:<5} {:<9} {:<7} {:<16} {}",
                     d.id,
                     d.level,
                     d.segment.as_str(),
+                    d.service.as_str(),
                     d.department,
                     owners.join(",")
                 );

@@ -62,6 +62,9 @@ struct AgentEntry {
     cert: PeerCert,
     link: AgentLink,
     transport: Transport,
+    /// The agent said in its hello that it enforces session controls (its
+    /// RDP filter is on); an agent that did not say does not.
+    enforces: bool,
     /// Cancelled when a newer tunnel for the same desk replaces this one.
     replaced: CancellationToken,
 }
@@ -88,6 +91,9 @@ struct LiveSession {
     reason: Mutex<Option<Refusal>>,
     /// What the ops dashboard shows of it (the metrics labels and the user).
     labels: SessionLabels,
+    /// The desk's agent enforces controls: a re-decision that makes the desk
+    /// an RDP desk with restricting controls ends the session otherwise.
+    agent_enforces: bool,
 }
 
 /// A live session's user and metrics labels, for the ops dashboard.
@@ -371,7 +377,7 @@ impl Gateway {
     pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
         let cfg = Arc::new(cfg);
         if cfg.relay_without_policy {
-            warn!(controls = ?cfg.testing_controls, "[testing] relay_without_policy: no policy; any valid device certificate reaches any online desk (tests only)");
+            warn!(controls = ?cfg.testing_controls, non_rdp_desks = cfg.testing_non_rdp_desks, "[testing] relay_without_policy: no policy; any valid device certificate reaches any online desk (tests only)");
         }
         let files = TlsFiles {
             ca: cfg.ca.clone(),
@@ -1171,13 +1177,42 @@ async fn handle_terminal_stream(
             issued_at: unix_now(),
             expires_at: unix_now() + TICKET_LIFETIME_SECS,
         };
-        let mut agent = match Box::pin(open_to_agent(&s, claims)).await {
+        // Controls that restrict anything need an agent that enforces them,
+        // except on a desk an officer registered as a non-RDP service.
+        let non_rdp = admitted.desk.as_ref().map_or(s.cfg.testing_non_rdp_desks, |d| {
+            d.service == kakehashi_store::DeskService::Other
+        });
+        let must_enforce = controls.is_restrictive() && !non_rdp;
+        let (mut agent, agent_enforces) = match Box::pin(open_to_agent(&s, claims, must_enforce)).await {
             Ok(a) => a,
             Err(r) => {
                 info!(reason = %r.code, "Session refused");
                 s.metrics.denials.with_label_values(&[reason_label(&r.code)]).inc();
+                if r.code == Reason::DeskNotEnforcing.code() {
+                    Box::pin(audit_event(
+                        &s,
+                        &user.as_deref().map_or_else(|| format!("device:{device}"), |u| format!("user:{u}")),
+                        "session.denied",
+                        &req.desk,
+                        &r.code,
+                        serde_json::json!({
+                            "device": device, "class": class.to_string(), "rule": admitted.rule,
+                            "policy_version": s.policy_version(), "controls": controls,
+                            "desk_service": "rdp", "agent_enforces": false,
+                        }),
+                    ))
+                    .await;
+                }
                 return refuse(&mut io, r).await;
             }
+        };
+        // What is actually enforced, for the audit record.
+        let (enforced, enforcement) = if non_rdp {
+            (false, NOT_ENFORCED_NON_RDP)
+        } else if agent_enforces {
+            (true, "enforced by the desk agent's RDP filter")
+        } else {
+            (false, "nothing to enforce: the controls allow everything")
         };
         // Record the start before the laptop hears of it: a session the
         // store cannot record does not happen.
@@ -1202,6 +1237,7 @@ async fn handle_terminal_stream(
                     "rule": admitted.rule, "policy_version": s.policy_version(),
                     "controls": controls, "end_at": admitted.limits.end_at,
                     "step_up": asker.step_up,
+                    "enforced": enforced, "enforcement": enforcement,
                 }));
             if let Err(e) = Box::pin(store.start_session(&rec, a)).await {
                 warn!(error = %e, "Cannot record the session start; refusing");
@@ -1228,6 +1264,7 @@ async fn handle_terminal_stream(
                 let (level, dept) = desk_labels(admitted.desk.as_ref());
                 SessionLabels { user: user.clone(), class: class.to_string(), level, dept, transport }
             },
+            agent_enforces,
         });
         s.live
             .lock()
@@ -1319,16 +1356,35 @@ async fn handle_terminal_stream(
     .await
 }
 
+/// The audit log's words for a session to a desk registered as non-RDP.
+pub const NOT_ENFORCED_NON_RDP: &str = "controls not enforced: non-RDP desk";
+
 /// Open a stream to the desk's agent, hand it the signed ticket and wait for
-/// its answer. On success the stream is ready to splice.
-async fn open_to_agent(s: &Arc<Shared>, claims: TicketClaims) -> Result<BoxIo, Refusal> {
+/// its answer. On success the stream is ready to splice, with whether the
+/// agent enforces controls. With `must_enforce`, an agent that does not is
+/// refused (`desk_not_enforcing`) before it is sent anything.
+async fn open_to_agent(
+    s: &Arc<Shared>,
+    claims: TicketClaims,
+    must_enforce: bool,
+) -> Result<(BoxIo, bool), Refusal> {
     let link = {
         let agents = s.agents.lock().expect("agents lock");
-        agents.get(&claims.desk).map(|e| e.link.clone())
+        agents
+            .get(&claims.desk)
+            .map(|e| (e.link.clone(), e.enforces))
     };
-    let Some(link) = link else {
+    let Some((link, enforces)) = link else {
         return Err(Refusal::new(Reason::DeskOffline));
     };
+    if must_enforce && !enforces {
+        warn!(
+            desk = %claims.desk,
+            controls = ?claims.controls,
+            "Session refused: the controls restrict something, the desk's agent does not enforce them ([rdp] enforce = false, or an older agent) and the desk is not registered as non-RDP"
+        );
+        return Err(Refusal::new(Reason::DeskNotEnforcing));
+    }
     let timeout = s.cfg.session_setup_timeout;
     let setup = async {
         let mut io: BoxIo = match link {
@@ -1376,7 +1432,7 @@ async fn open_to_agent(s: &Arc<Shared>, claims: TicketClaims) -> Result<BoxIo, R
             Refusal::new(Reason::DeskOffline)
         })?;
         match reply.kind {
-            FrameKind::TicketAccepted => Ok(io),
+            FrameKind::TicketAccepted => Ok((io, enforces)),
             FrameKind::Refused => {
                 let r = Refusal::from_frame(&reply)
                     .unwrap_or_else(|_| Refusal::new(Reason::ProtocolError));
@@ -1420,6 +1476,7 @@ fn register(
     cert: PeerCert,
     link: AgentLink,
     transport: Transport,
+    enforces: bool,
 ) -> (u64, CancellationToken) {
     let generation = s.generation.fetch_add(1, Ordering::Relaxed);
     let replaced = CancellationToken::new();
@@ -1430,6 +1487,7 @@ fn register(
             cert,
             link,
             transport,
+            enforces,
             replaced: replaced.clone(),
         },
     );
@@ -1441,7 +1499,7 @@ fn register(
         info!(desk, old_transport = %old.transport, "Newer tunnel replaces the previous one");
         old.replaced.cancel();
     }
-    info!(desk, %transport, "Agent online");
+    info!(desk, %transport, enforces, "Agent online");
     s.metrics
         .agents_online
         .with_label_values(&[transport.as_str()])
@@ -1497,13 +1555,14 @@ async fn handle_agent_quic(s: Arc<Shared>, conn: quinn::Connection, desk: String
             return;
         }
     };
-    debug!(desk, software = %hello.software, "Agent hello");
+    debug!(desk, software = %hello.software, enforces = hello.enforces, "Agent hello");
     let (generation, replaced) = register(
         &s,
         &desk,
         cert,
         AgentLink::Quic(conn.clone()),
         Transport::Quic,
+        hello.enforces,
     );
     // The control stream carries the agent's filter reports.
     let reader = tokio::spawn(read_agent_control(
@@ -1556,9 +1615,10 @@ async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String, cert: Pee
             }
         }
         FrameKind::AgentHello => {
-            if AgentHello::from_frame(&first).is_err() {
+            let Ok(hello) = AgentHello::from_frame(&first) else {
                 return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
-            }
+            };
+            debug!(desk, software = %hello.software, enforces = hello.enforces, "Agent hello");
             let welcome = AgentWelcome {
                 gateway: s.cfg.name.clone(),
                 ping_interval_secs: s.cfg.keepalive.as_secs() as u32,
@@ -1567,13 +1627,19 @@ async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String, cert: Pee
             if write_message(&mut io, &welcome).await.is_err() {
                 return;
             }
-            serve_agent_control(s, io, desk, cert).await;
+            serve_agent_control(s, io, desk, cert, hello.enforces).await;
         }
         _ => refuse(&mut io, Refusal::new(Reason::ProtocolError)).await,
     }
 }
 
-async fn serve_agent_control(s: Arc<Shared>, io: BoxIo, desk: String, cert: PeerCert) {
+async fn serve_agent_control(
+    s: Arc<Shared>,
+    io: BoxIo,
+    desk: String,
+    cert: PeerCert,
+    enforces: bool,
+) {
     let (rd, mut wr) = tokio::io::split(io);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     let (generation, replaced) = register(
@@ -1582,6 +1648,7 @@ async fn serve_agent_control(s: Arc<Shared>, io: BoxIo, desk: String, cert: Peer
         cert,
         AgentLink::Tcp { control: tx },
         Transport::Tcp,
+        enforces,
     );
     let last_seen = Arc::new(Mutex::new(Instant::now()));
     let mut reader = tokio::spawn(read_agent_control(
@@ -2114,6 +2181,14 @@ async fn watch_changes(s: Arc<Shared>) {
             let outcome = snapshot.decide(asker, &loaded.policy, at);
             let refusal = match outcome {
                 crate::admission::Outcome::Deny { refusal, .. } => Some(refusal),
+                // Registered as an RDP desk since, with controls its agent does not enforce.
+                crate::admission::Outcome::Allow { controls, desk, .. }
+                    if controls.is_restrictive()
+                        && desk.service != kakehashi_store::DeskService::Other
+                        && !l.agent_enforces =>
+                {
+                    Some(Refusal::new(Reason::DeskNotEnforcing))
+                }
                 crate::admission::Outcome::Allow { limits, .. } => {
                     let by_duration = l.max_duration.map(|d| {
                         l.started
@@ -2202,6 +2277,7 @@ mod tests {
             end_at: std::sync::atomic::AtomicI64::new(0),
             end: CancellationToken::new(),
             reason: Mutex::new(None),
+            agent_enforces: false,
         }
     }
 

@@ -230,6 +230,14 @@ impl Message for SessionEndReport {
 pub struct AgentHello {
     /// Agent software version, for the operator.
     pub software: String,
+    /// The agent enforces session controls: its RDP channel filter is on
+    /// (`[rdp]` with `enforce = true`). `false` when it passes sessions through
+    /// uninspected (`[rdp] enforce = false`); an older agent that does not say
+    /// is taken as not enforcing (fail closed). The gateway refuses a session
+    /// whose controls restrict anything to a desk whose agent does not
+    /// enforce, unless the desk is registered as a non-RDP service.
+    #[serde(default)]
+    pub enforces: bool,
 }
 
 impl Message for AgentHello {
@@ -510,6 +518,47 @@ mod tests {
         let w: AgentWelcome =
             serde_json::from_str(r#"{"gateway":"g","ping_interval_secs":10}"#).unwrap();
         assert!(!w.filter_reports);
+    }
+
+    #[test]
+    fn agent_hello_says_whether_it_enforces_and_silence_is_no() {
+        for enforces in [true, false] {
+            let h = AgentHello {
+                software: "kakehashi-agent/1.0".into(),
+                enforces,
+            };
+            let (f, _) = frame::decode(&h.to_frame().unwrap()).unwrap().unwrap();
+            assert_eq!(f.kind, FrameKind::AgentHello);
+            assert_eq!(AgentHello::from_frame(&f).unwrap(), h);
+        }
+        // An older agent's hello has no `enforces`: it is taken as not enforcing.
+        let f = Frame {
+            kind: FrameKind::AgentHello,
+            payload: br#"{"software":"kakehashi-agent/0.9"}"#.to_vec(),
+        };
+        assert!(!AgentHello::from_frame(&f).unwrap().enforces);
+        // Only a JSON boolean counts as an answer.
+        for bad in [
+            r#"{"software":"a","enforces":"true"}"#,
+            r#"{"software":"a","enforces":1}"#,
+            r#"{"software":"a","enforces":null}"#,
+        ] {
+            let f = Frame {
+                kind: FrameKind::AgentHello,
+                payload: bad.as_bytes().to_vec(),
+            };
+            assert!(AgentHello::from_frame(&f).is_err(), "{bad}");
+        }
+        // The size limit on the software version still holds.
+        let long = AgentHello {
+            software: "x".repeat(129),
+            enforces: true,
+        };
+        let f = Frame {
+            kind: FrameKind::AgentHello,
+            payload: serde_json::to_vec(&long).unwrap(),
+        };
+        assert!(AgentHello::from_frame(&f).is_err());
     }
 
     #[test]

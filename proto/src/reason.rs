@@ -80,6 +80,10 @@ pub enum Reason {
     EndedByOperator,
     /// The session had no input from the laptop for the idle timeout of its rule.
     SessionIdle,
+    /// The session's controls restrict something, but the desk's agent does not
+    /// enforce controls (its RDP filter is off) and the desk is not registered
+    /// as a non-RDP service, so it was refused.
+    DeskNotEnforcing,
 }
 
 impl Reason {
@@ -118,6 +122,7 @@ impl Reason {
         Reason::SessionTimeLimit,
         Reason::EndedByOperator,
         Reason::SessionIdle,
+        Reason::DeskNotEnforcing,
     ];
 
     /// The stable code.
@@ -156,6 +161,7 @@ impl Reason {
             Reason::SessionTimeLimit => "session_time_limit",
             Reason::EndedByOperator => "ended_by_operator",
             Reason::SessionIdle => "session_idle",
+            Reason::DeskNotEnforcing => "desk_not_enforcing",
         }
     }
 
@@ -195,6 +201,7 @@ impl Reason {
             Reason::LoginCodeOtherDevice => "このログインコードは別の端末のために発行されたものです。この端末で `kakehashi login` を実行してください。身に覚えのないログイン画面を開いた場合は情報セキュリティ担当に連絡してください。",
             Reason::EndedByOperator => "運用担当者がセッションを終了しました。",
             Reason::SessionIdle => "一定時間操作がなかったため、セッションを終了しました。",
+            Reason::DeskNotEnforcing => "デスクPCのエージェントが利用制限（クリップボード・ドライブ・プリンター等）を強制していないため、接続を拒否しました。情報システム担当に連絡してください。",
         }
     }
 
@@ -234,6 +241,7 @@ impl Reason {
             Reason::EndedByOperator => "An operator ended the session.",
             Reason::LoginCodeOtherDevice => "This login code was issued for another laptop. Run `kakehashi login` on this laptop. If you opened a login page you did not expect, tell your security officer.",
             Reason::SessionIdle => "The session was ended after a period without input.",
+            Reason::DeskNotEnforcing => "The connection was refused because the desk PC's agent does not enforce the session's restrictions (clipboard, drives, printers and so on). Please contact IT.",
         }
     }
 

@@ -374,8 +374,12 @@ listen = "{admin}"
         // No store: a bare relay (no users, desks or policy) for transport tests.
         testing = match (&opts.identity, &opts.controls) {
             (Some(_), _) => String::new(),
-            (None, Some(c)) => format!("[testing]\nrelay_without_policy = true\ncontrols = {c}\n"),
-            (None, None) => "[testing]\nrelay_without_policy = true\n".into(),
+            // No desk registry either: every desk counts as non-RDP, so the
+            // pass-through agents of transport tests are reached.
+            (None, Some(c)) => format!(
+                "[testing]\nrelay_without_policy = true\nnon_rdp_desks = true\ncontrols = {c}\n"
+            ),
+            (None, None) => "[testing]\nrelay_without_policy = true\nnon_rdp_desks = true\n".into(),
         },
     );
     let n = unique();
@@ -441,7 +445,13 @@ pub fn start_agent(
     start_agent_with(pki, &files, gw, target, transport)
 }
 
-/// Start an agent with given certificate files.
+/// The agent's explicit pass-through switch: no RDP filter, and the gateway is
+/// told the agent does not enforce controls. For the tests' echo desks, which
+/// are registered as non-RDP ([`add_desk`]; a bare relay counts every desk so).
+pub const PASS_THROUGH: &str = "[rdp]\nenforce = false\n";
+
+/// Start an agent with given certificate files, passing sessions through
+/// ([`PASS_THROUGH`]).
 pub fn start_agent_with(
     pki: &Pki,
     files: &CertFiles,
@@ -449,7 +459,7 @@ pub fn start_agent_with(
     target: SocketAddr,
     transport: &str,
 ) -> Proc {
-    start_agent_extra(pki, files, gw, target, transport, "")
+    start_agent_extra(pki, files, gw, target, transport, PASS_THROUGH)
 }
 
 /// Start an agent for `desk` whose RDP filter holds the RDP server's `rdp`
@@ -471,7 +481,8 @@ pub fn start_agent_rdp(
     start_agent_extra(pki, &files, gw, target, transport, &extra)
 }
 
-/// Start an agent with extra configuration sections appended.
+/// Start an agent with extra configuration sections appended (an agent needs
+/// an `[rdp]` section: [`PASS_THROUGH`] or the RDP server's key pair).
 pub fn start_agent_extra(
     pki: &Pki,
     files: &CertFiles,
@@ -805,14 +816,41 @@ pub async fn add_user(store: &kakehashi_store::Store, id: &str) {
 }
 
 /// Register a desk (department `somu`, segment `lgwan`) owned by `owners`
-/// (added as users if missing).
+/// (added as users if missing), as a non-RDP service: the tests' echo desks,
+/// whose agents pass sessions through ([`PASS_THROUGH`]). An RDP desk is
+/// [`add_rdp_desk`].
 pub async fn add_desk(store: &kakehashi_store::Store, id: &str, level: u8, owners: &[&str]) {
+    add_desk_serving(
+        store,
+        id,
+        level,
+        owners,
+        kakehashi_store::DeskService::Other,
+    )
+    .await
+}
+
+/// Register an RDP desk (department `somu`, segment `lgwan`) owned by
+/// `owners`: its agent must enforce restricting controls.
+pub async fn add_rdp_desk(store: &kakehashi_store::Store, id: &str, level: u8, owners: &[&str]) {
+    add_desk_serving(store, id, level, owners, kakehashi_store::DeskService::Rdp).await
+}
+
+/// Register a desk serving `service` (department `somu`, segment `lgwan`).
+pub async fn add_desk_serving(
+    store: &kakehashi_store::Store,
+    id: &str,
+    level: u8,
+    owners: &[&str],
+    service: kakehashi_store::DeskService,
+) {
     use kakehashi_store::{Audit, Desk, Segment};
     let d = Desk {
         id: id.into(),
         department: "somu".into(),
         level,
         segment: Segment::Lgwan,
+        service,
         owners: owners.iter().map(|o| o.to_string()).collect(),
     };
     for o in owners {
@@ -825,6 +863,15 @@ pub async fn add_desk(store: &kakehashi_store::Store, id: &str, level: u8, owner
         )
         .await
         .unwrap();
+}
+
+/// The device id in a laptop certificate (as `kakehashi login` reads it).
+pub fn device_id(dev: &CertFiles) -> String {
+    let certs = kakehashi_transport::tls::load_certs(&dev.cert).expect("device certificate");
+    match kakehashi_pki::identity_from_der(&certs[0]).expect("a Kakehashi certificate") {
+        kakehashi_pki::Identity::Device { id, .. } => id,
+        other => panic!("not a device certificate: {other:?}"),
+    }
 }
 
 /// A one-time login code and PKCE pair as the portal would create it.
@@ -863,18 +910,10 @@ pub async fn seed_login(store: &kakehashi_store::Store, user: &str, device: &str
         code_hash: Hash256::digest(&code),
         user_id: user.into(),
         pkce_challenge: challenge,
+        device_id: device.into(),
         expires_at: now + 120,
     };
     store
-/// The device id in a laptop certificate (as `kakehashi login` reads it).
-pub fn device_id(dev: &CertFiles) -> String {
-    let certs = kakehashi_transport::tls::load_certs(&dev.cert).expect("device certificate");
-    match kakehashi_pki::identity_from_der(&certs[0]).expect("a Kakehashi certificate") {
-        kakehashi_pki::Identity::Device { id, .. } => id,
-        other => panic!("not a device certificate: {other:?}"),
-    }
-}
-
         .create_login_code(&c, Audit::new(now, "test", "login.code"))
         .await
         .unwrap();
@@ -911,7 +950,6 @@ pub async fn redeem_login(
         .to_string()
 }
 
-        device_id: device.into(),
 /// A client config for `dev` with its own token file holding `token`.
 pub fn client_config_logged_in(
     pki: &Pki,

@@ -7,6 +7,7 @@ mod e2e {
     pub mod browser;
     pub mod certs;
     pub mod demo;
+    pub mod enforcement;
     pub mod login;
     pub mod malformed;
     pub mod metrics;

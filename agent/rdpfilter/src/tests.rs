@@ -1502,6 +1502,45 @@ fn rdpdr_message_with_an_announce_after_a_harmless_pdu_is_decided() {
     }
 }
 
+#[test]
+fn rdpdr_client_pdus_as_ironrdp_encodes_them_pass_whole() {
+    use ironrdp_rdpdr::pdu::efs::{
+        CapabilityMessage, ClientDeviceListRemove, ClientNameRequest, ClientNameRequestUnicodeFlag,
+        CoreCapability,
+    };
+    let drive = announce(&[device(0x08, 2, "C:", &utf16z("C on laptop"))]);
+    let pdus = [
+        RdpdrPdu::ClientNameRequest(ClientNameRequest::new(
+            "LAPTOP-01".into(),
+            ClientNameRequestUnicodeFlag::Unicode,
+        )),
+        RdpdrPdu::ClientNameRequest(ClientNameRequest::new(
+            "LAPTOP-01".into(),
+            ClientNameRequestUnicodeFlag::Ascii,
+        )),
+        RdpdrPdu::CoreCapability(CoreCapability::new_response(vec![
+            CapabilityMessage::new_general(0),
+            CapabilityMessage::new_printer(),
+            CapabilityMessage::new_port(),
+            CapabilityMessage::new_drive(),
+            CapabilityMessage::new_smartcard(),
+        ])),
+        RdpdrPdu::ClientDeviceListRemove(ClientDeviceListRemove {
+            device_list: vec![2, 3],
+        }),
+    ];
+    for pdu in pdus {
+        let bytes = encode_vec(&pdu).unwrap();
+        let mut s = Session::active(controls(|c| c.smartcard = true));
+        let whole = msg(C2S, "rdpdr", bytes.clone());
+        assert_eq!(s.client(&whole).to_server, whole, "{pdu:?}");
+        // The same PDU with a Device List Announce behind it is refused.
+        let two = msg(C2S, "rdpdr", [bytes, drive.clone()].concat());
+        let err = s.f.client_bytes(&two).expect_err("two pdus in one message");
+        assert_eq!(err.reason_code(), "protocol_error", "{pdu:?}");
+    }
+}
+
 /// A Device I/O Request from the server ([MS-RDPEFS] 2.2.1.4).
 fn io_request(device: u32, completion: u32, major: u32, rest: &[u8]) -> Vec<u8> {
     [

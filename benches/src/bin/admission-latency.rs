@@ -95,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
                     department: dept,
                     level: (i % 3 + 1) as u8,
                     segment: Segment::Lgwan,
+                    service: kakehashi_store::DeskService::Rdp,
                     owners: [id.clone()].into(),
                 },
                 a(),

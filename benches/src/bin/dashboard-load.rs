@@ -238,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
     // A bare relay with a store (for the operator) and the portal.
     let sections = format!(
         "[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = false\n\
-         [testing]\nrelay_without_policy = true\n",
+         [testing]\nrelay_without_policy = true\nnon_rdp_desks = true\n",
         db.display()
     );
     let pg = start_portal_gateway_with(

@@ -17,7 +17,7 @@
 //! | `GET /officer/rules[?version=N]` | the policy in force (or version N) in the editor, the what-if preview, the history |
 //! | `POST /officer/rules/preview` | JSON `{csrf, text, level, class, segment, date, time, plan, bcp, dept, mfa_age}` → diagnostics and the decision |
 //! | `POST /officer/rules` | form `csrf, base_version, text, reason` → a new version in force |
-//! | `GET /officer/desks`, `POST /officer/desks` | list; form `csrf, id, level, segment, reason` |
+//! | `GET /officer/desks`, `POST /officer/desks` | list; form `csrf, id, level, segment, service, reason` |
 //! | `GET /officer/devices`, `POST /officer/devices/block`, `POST /officer/devices/unblock` | list; form `csrf, id, [status], reason` |
 //! | `GET /officer/bcp`, `POST /officer/bcp/declare`, `POST /officer/bcp/end` | form `csrf, scope, dept, reason, until_date, until_time`; form `csrf, id, reason` |
 
@@ -32,7 +32,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use kakehashi_policy as pol;
-use kakehashi_store::{Audit, Bcp, BcpScope, BcpSpec, DeviceStatus, Segment};
+use kakehashi_store::{Audit, Bcp, BcpScope, BcpSpec, DeskService, DeviceStatus, Segment};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -1022,8 +1022,8 @@ async fn desks_page(
         "/officer/desks",
         notice.as_ref(),
         lang.t(
-            "接続先のデスクPCごとの機密性レベルとネットワークです。変更すると、接続中のセッションも1秒以内に再判定されます。個人番号利用事務系のデスクには、どのルールでも接続できません。",
-            "Each desk PC's confidentiality level and network segment. A change re-decides live sessions within a second. Desks in the My Number segment are never reachable, whatever the rules."
+            "接続先のデスクPCごとの機密性レベルとネットワークです。変更すると、接続中のセッションも1秒以内に再判定されます。個人番号利用事務系のデスクには、どのルールでも接続できません。種別「RDP以外」のデスクへの接続では利用制限が強制されず、監査ログにそのように記録されます。",
+            "Each desk PC's confidentiality level and network segment. A change re-decides live sessions within a second. Desks in the My Number segment are never reachable, whatever the rules. Sessions to a desk of service \"not RDP\" are admitted without enforcing their controls, and audited so."
         ),
     );
     if desks.is_empty() {
@@ -1038,10 +1038,11 @@ async fn desks_page(
     } else {
         let _ = write!(
             out,
-            r#"<table id="desks"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
+            r#"<table id="desks"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
             lang.t("デスク", "Desk"),
             lang.t("レベル", "Level"),
             lang.t("ネットワーク", "Segment"),
+            lang.t("種別", "Service"),
             lang.t("所属", "Department"),
             lang.t("利用者", "Owners"),
             lang.t("変更", "Change"),
@@ -1051,15 +1052,18 @@ async fn desks_page(
             let fid = format!("desk-{}", d.id);
             let _ = write!(
                 out,
-                r#"<tr data-desk="{id}"><td>{id}</td><td class="level-{lv}">{lv}</td><td>{seg}</td><td>{dept}</td><td>{owners}</td><td>
+                r#"<tr data-desk="{id}" data-service="{service}"><td>{id}</td><td class="level-{lv}">{lv}</td><td>{seg}</td><td>{service_name}</td><td>{dept}</td><td>{owners}</td><td>
 <form method="post" action="{action}" class="row-form">{csrf}<input type="hidden" name="id" value="{id}">
 <select name="level" aria-label="{level_l}">{levels}</select>
 <select name="segment" aria-label="{seg_l}">{segs}</select>
+<select name="service" aria-label="{service_l}">{services}</select>
 <input name="reason" type="text" required maxlength="{MAX_REASON_CHARS}" aria-label="{reason_l}" placeholder="{reason_l}" id="{fid}-reason">
 <button type="submit" class="small">{submit}</button></form></td></tr>"#,
                 id = esc(&d.id),
                 lv = d.level,
                 seg = segment_name(lang, d.segment),
+                service = d.service.as_str(),
+                service_name = service_name(lang, d.service),
                 dept = esc(&d.department),
                 owners = esc(&owners.join(", ")),
                 action = link("/officer/desks", lang, &[]),
@@ -1075,6 +1079,14 @@ async fn desks_page(
                     ],
                     d.segment.as_str()
                 ),
+                service_l = lang.t("種別", "Service"),
+                services = options(
+                    &[
+                        ("rdp", service_name(lang, DeskService::Rdp)),
+                        ("other", service_name(lang, DeskService::Other)),
+                    ],
+                    d.service.as_str()
+                ),
                 reason_l = lang.t("理由（必須）", "Reason (required)"),
                 submit = lang.t("変更", "Change"),
             );
@@ -1086,6 +1098,16 @@ async fn desks_page(
         status,
         page(lang, title, &switch_link("/officer/desks", q, lang), &out),
     )
+}
+
+fn service_name(lang: Lang, s: DeskService) -> &'static str {
+    match s {
+        DeskService::Rdp => lang.t("RDP（利用制限を強制）", "RDP (controls enforced)"),
+        _ => lang.t(
+            "RDP以外（制限は強制されない）",
+            "not RDP (controls not enforced)",
+        ),
+    }
 }
 
 fn segment_name(lang: Lang, s: Segment) -> &'static str {
@@ -1108,11 +1130,14 @@ pub(crate) struct DeskForm {
     level: String,
     #[serde(default)]
     segment: String,
+    /// `rdp` or `other`; absent: unchanged.
+    #[serde(default)]
+    service: String,
     #[serde(default)]
     reason: String,
 }
 
-/// `POST /officer/desks`: change a desk's level and segment (`desk.set`).
+/// `POST /officer/desks`: change a desk's level, segment and service (`desk.set`).
 pub(crate) async fn desks_set(
     State(s): State<PortalState>,
     Peer(ip): Peer,
@@ -1161,6 +1186,22 @@ pub(crate) async fn desks_set(
         );
         return fail(n, StatusCode::BAD_REQUEST).await;
     };
+    let service = match f.service.trim() {
+        "" => None,
+        v => match v.parse::<DeskService>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                let n = Notice::Error(
+                    lang.t(
+                        "種別は rdp、other のいずれかです。",
+                        "The service must be rdp or other.",
+                    )
+                    .into(),
+                );
+                return fail(n, StatusCode::BAD_REQUEST).await;
+            }
+        },
+    };
     let mut d = match s.store().get_desk(f.id.trim()).await {
         Ok(Some(d)) => d,
         Ok(None) => {
@@ -1169,20 +1210,22 @@ pub(crate) async fn desks_set(
         }
         Err(e) => return Refused::from(e).page(lang, path, q.as_deref()),
     };
-    if d.level == level && d.segment == segment {
+    let service = service.unwrap_or(d.service);
+    if d.level == level && d.segment == segment && d.service == service {
         let n = Notice::Error(lang.t("変更がありません。", "Nothing to change.").into());
         return fail(n, StatusCode::OK).await;
     }
     let before = json!(d);
     d.level = level;
     d.segment = segment;
+    d.service = service;
     let audit = Audit::new(s.now(), v.actor(), "desk.set")
         .subject(&d.id)
         .reason(&reason)
         .detail(json!({ "before": before, "after": d, "via": "portal", "source": ip.to_string() }));
     match s.store().set_desk(&d, audit).await {
         Ok(()) => {
-            info!(user = %v.user.id, desk = %d.id, level, segment = %segment, "Desk changed from the portal");
+            info!(user = %v.user.id, desk = %d.id, level, segment = %segment, service = %service, "Desk changed from the portal");
             see_other(&link(path, lang, &[("done", "desk.set"), ("id", &d.id)]))
         }
         Err(e) => {

@@ -421,6 +421,7 @@ async fn desks_devices_and_bcp_change_like_the_cli() {
                 department: "総務課".into(),
                 level: 2,
                 segment: Segment::Lgwan,
+                service: kakehashi_store::DeskService::Rdp,
                 owners: ["yamada".to_string()].into(),
             },
             Audit::new(now, "cli:test", "desk.add").subject("DESK-1"),
@@ -491,6 +492,35 @@ async fn desks_devices_and_bcp_change_like_the_cli() {
         "{}",
         a.text
     );
+    // Registered as a non-RDP service (its sessions are not enforced); the
+    // level stays, and an unknown service is refused.
+    for (service, status) in [
+        ("vnc", StatusCode::BAD_REQUEST),
+        ("other", StatusCode::SEE_OTHER),
+    ] {
+        let a = h
+            .post(
+                "/officer/desks",
+                &officer,
+                &[
+                    ("csrf", &csrf),
+                    ("id", "DESK-1"),
+                    ("level", "3"),
+                    ("segment", "lgwan"),
+                    ("service", service),
+                    ("reason", "エコーサービス"),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, status, "{service}: {}", a.text);
+    }
+    let d = h.store.get_desk("DESK-1").await.unwrap().unwrap();
+    assert_eq!(
+        (d.level, d.service),
+        (3, kakehashi_store::DeskService::Other)
+    );
+    let a = h.get("/officer/desks", Some(&officer)).await;
+    assert!(a.text.contains(r#"data-service="other""#), "{}", a.text);
 
     // Block, then unblock, the laptop.
     let a = h

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::audit::Audit;
 use crate::error::{on_write, Error, Result};
-use crate::types::{int, validate_id, validate_text, DeviceClass, DeviceStatus, Segment};
+use crate::types::{
+    int, validate_id, validate_text, DeskService, DeviceClass, DeviceStatus, Segment,
+};
 use crate::Store;
 
 /// A device to register or update (from its certificate and the loan record).
@@ -50,6 +52,9 @@ pub struct Desk {
     pub level: u8,
     /// Network segment.
     pub segment: Segment,
+    /// What it serves: an RDP server (whose agent must enforce session
+    /// controls) or another service registered as non-RDP.
+    pub service: DeskService,
     /// The users who may connect to it.
     pub owners: BTreeSet<String>,
 }
@@ -60,6 +65,7 @@ struct DeskRow {
     department: String,
     level: i64,
     segment: String,
+    service: String,
 }
 
 impl DeskRow {
@@ -72,6 +78,10 @@ impl DeskRow {
                 .segment
                 .parse()
                 .map_err(|e: Error| Error::corrupt("desk segment", e.to_string()))?,
+            service: self
+                .service
+                .parse()
+                .map_err(|e: Error| Error::corrupt("desk service", e.to_string()))?,
             owners,
         })
     }
@@ -173,8 +183,8 @@ impl Store {
     /// Adds a desk with its owners.
     pub async fn add_desk(&self, desk: &Desk, audit: Audit) -> Result<()> {
         validate_desk(desk)?;
-        const SQL: &str = "INSERT INTO desks (id, department, level, segment, created) \
-             VALUES ($1, $2, $3, $4, $5)";
+        const SQL: &str = "INSERT INTO desks (id, department, level, segment, service, created) \
+             VALUES ($1, $2, $3, $4, $5, $6)";
         const OWNER: &str = "INSERT INTO desk_owners (desk_id, user_id) VALUES ($1, $2)";
         write_tx!(self, audit, |tx| {
             sqlx::query(SQL)
@@ -182,6 +192,7 @@ impl Store {
                 .bind(&desk.department)
                 .bind(i64::from(desk.level))
                 .bind(desk.segment.as_str())
+                .bind(desk.service.as_str())
                 .bind(audit.at)
                 .execute(&mut *tx)
                 .await
@@ -198,11 +209,11 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces an existing desk's department, level, segment and owners.
+    /// Replaces an existing desk's department, level, segment, service and owners.
     pub async fn set_desk(&self, desk: &Desk, audit: Audit) -> Result<()> {
         validate_desk(desk)?;
-        const SQL: &str =
-            "UPDATE desks SET department = $2, level = $3, segment = $4 WHERE id = $1";
+        const SQL: &str = "UPDATE desks SET department = $2, level = $3, segment = $4, \
+             service = $5 WHERE id = $1";
         const CLEAR: &str = "DELETE FROM desk_owners WHERE desk_id = $1";
         const OWNER: &str = "INSERT INTO desk_owners (desk_id, user_id) VALUES ($1, $2)";
         write_tx!(self, audit, |tx| {
@@ -211,6 +222,7 @@ impl Store {
                 .bind(&desk.department)
                 .bind(i64::from(desk.level))
                 .bind(desk.segment.as_str())
+                .bind(desk.service.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(on_write("desk"))?
@@ -233,7 +245,7 @@ impl Store {
 
     /// The desk with `id`.
     pub async fn get_desk(&self, id: &str) -> Result<Option<Desk>> {
-        const SQL: &str = "SELECT id, department, level, segment FROM desks WHERE id = $1";
+        const SQL: &str = "SELECT id, department, level, segment, service FROM desks WHERE id = $1";
         const OWNERS: &str = "SELECT user_id FROM desk_owners WHERE desk_id = $1";
         let row: Option<DeskRow> = read!(self, |p| sqlx::query_as(SQL)
             .bind(id)
@@ -249,7 +261,7 @@ impl Store {
 
     /// Every desk, by id.
     pub async fn list_desks(&self) -> Result<Vec<Desk>> {
-        const SQL: &str = "SELECT id, department, level, segment FROM desks ORDER BY id";
+        const SQL: &str = "SELECT id, department, level, segment, service FROM desks ORDER BY id";
         const OWNERS: &str = "SELECT desk_id, user_id FROM desk_owners";
         let rows: Vec<DeskRow> = read!(self, |p| sqlx::query_as(SQL).fetch_all(p).await?);
         let pairs: Vec<(String, String)> =
@@ -259,7 +271,7 @@ impl Store {
 
     /// The desks a user owns, by id.
     pub async fn desks_owned_by(&self, user_id: &str) -> Result<Vec<Desk>> {
-        const SQL: &str = "SELECT id, department, level, segment FROM desks \
+        const SQL: &str = "SELECT id, department, level, segment, service FROM desks \
              WHERE id IN (SELECT desk_id FROM desk_owners WHERE user_id = $1) ORDER BY id";
         const OWNERS: &str = "SELECT desk_id, user_id FROM desk_owners \
              WHERE desk_id IN (SELECT desk_id FROM desk_owners WHERE user_id = $1)";

@@ -93,7 +93,9 @@ mod error;
 mod types;
 
 pub use error::{Error, Result};
-pub use types::{validate_id, DeviceClass, DeviceStatus, Hash256, PlanStatus, Role, Segment};
+pub use types::{
+    validate_id, DeskService, DeviceClass, DeviceStatus, Hash256, PlanStatus, Role, Segment,
+};
 
 use std::path::PathBuf;
 use std::str::FromStr;

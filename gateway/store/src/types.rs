@@ -168,6 +168,20 @@ text_enum!(
 );
 
 text_enum!(
+    /// What a desk serves, which decides whether its agent must enforce
+    /// session controls.
+    DeskService, "desk service" {
+        /// A desk PC's RDP server (the default): a session whose controls
+        /// restrict anything needs an agent that enforces them.
+        Rdp = "rdp",
+        /// A service that is not RDP, registered so by an officer (the demo's
+        /// echo desk): sessions are admitted without enforcement, and audited
+        /// as "controls not enforced: non-RDP desk".
+        Other = "other",
+    }
+);
+
+text_enum!(
     /// Where a telework plan is in its approval.
     PlanStatus, "plan status" {
         /// Waiting for the section chief.

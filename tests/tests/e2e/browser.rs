@@ -54,6 +54,8 @@ async fn chromium_enrolls_logs_in_and_connects() {
                 department: "総務課".into(),
                 level: 2,
                 segment: Segment::Lgwan,
+                // An echo service, not RDP: its agent passes sessions through.
+                service: kakehashi_store::DeskService::Other,
                 owners: [USER.to_string()].into(),
             },
             Audit::new(kakehashi_store::unix_now(), "test", "desk.add").subject(DESK),

@@ -66,6 +66,28 @@ async fn demo_works_as_printed() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "こんにちは\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("transport: quic"));
 
+    // The echo desk is registered as non-RDP and its agent passes through: the
+    // sessions are audited as not enforced, never as enforced.
+    let store = kakehashi_store::Store::open(dir.join("kakehashi.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let starts: Vec<_> = store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "session.start")
+        .collect();
+    assert!(starts.len() >= 2, "{starts:?}");
+    for r in &starts {
+        let d = r.detail_json().unwrap();
+        assert_eq!(d["enforced"], false, "{d}");
+        assert_eq!(
+            d["enforcement"], "controls not enforced: non-RDP desk",
+            "{d}"
+        );
+    }
+
     // The client config it wrote is a normal file a person can reuse.
     assert!(
         dir.join("client.toml").exists()

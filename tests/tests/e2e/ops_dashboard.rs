@@ -271,6 +271,8 @@ async fn dashboard_in_chromium_matches_metrics_and_ends_a_session() {
                     department: s.dept.into(),
                     level: s.level,
                     segment: Segment::Lgwan,
+                    // An echo service, not RDP: its agent passes sessions through.
+                    service: kakehashi_store::DeskService::Other,
                     owners: [s.user.to_string()].into(),
                 },
                 Audit::new(kakehashi_store::unix_now(), "test", "desk.add").subject(s.desk),

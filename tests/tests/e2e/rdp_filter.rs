@@ -223,7 +223,7 @@ async fn rdp_filter_denies_everything_with_nla_intact() {
     let db = pki.path().join("deny.db");
     let (gw, store) = policy_gateway(&pki, &db).await;
     for desk in ["DESK-F-Q", "DESK-F-T"] {
-        add_desk(&store, desk, 2, &["u-home-f"]).await;
+        add_rdp_desk(&store, desk, 2, &["u-home-f"]).await;
     }
     declare_bcp(&gw, "大雪").await;
     let agent_q = start_agent_rdp(&mut pki, "DESK-F-Q", &gw.addrs, rdp_addr, "quic", &rdp_cert);
@@ -347,6 +347,8 @@ async fn rdp_filter_denies_everything_with_nla_intact() {
                 start["controls"]["clipboard"], "to-remote",
                 "{name}: {start}"
             );
+            // The record says the controls were enforced, by the agent's filter.
+            assert_eq!(start["enforced"], true, "{name}: {start}");
             for (reason, d) in blocked_records(&audit, &id) {
                 assert_eq!(d["desk"], desk, "{name}: {d}");
                 assert_ne!(
@@ -963,7 +965,7 @@ async fn rdp_filter_enforces_clipboard_and_devices_with_xrdp() {
             Some(_) => {
                 let db = pki.path().join(format!("xrdp-{n}.db"));
                 let (gw, store) = policy_gateway(&pki, &db).await;
-                add_desk(&store, &desk, 2, &[&user]).await;
+                add_rdp_desk(&store, &desk, 2, &[&user]).await;
                 if pass.bcp {
                     declare_bcp(&gw, "大雪").await;
                 }

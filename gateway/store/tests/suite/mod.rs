@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use kakehashi_store::{
-    BcpScope, BcpSpec, BreakKind, Desk, DeviceClass, DeviceSpec, DeviceStatus, Error, Hash256,
-    LockState, LockoutRule, NewCredential, NewLoginCode, NewLoginToken, NewUser, PlanSpec,
+    BcpScope, BcpSpec, BreakKind, Desk, DeskService, DeviceClass, DeviceSpec, DeviceStatus, Error,
+    Hash256, LockState, LockoutRule, NewCredential, NewLoginCode, NewLoginToken, NewUser, PlanSpec,
     PlanStatus, Role, Segment, SessionEnd, SessionStart, Store,
 };
 use kakehashi_store::{AnchorProblem, Checkpoint, CheckpointSource, CHECKPOINT_ACTION};
@@ -409,6 +409,7 @@ pub async fn desks(db: &Db) {
         department: "総務課".into(),
         level: 2,
         segment: Segment::Lgwan,
+        service: DeskService::Rdp,
         owners: ["u1".to_string()].into(),
     };
     store.add_desk(&desk, audit(T0, "desk.add")).await.unwrap();
@@ -445,6 +446,8 @@ pub async fn desks(db: &Db) {
     let changed = Desk {
         level: 3,
         segment: Segment::Internet,
+        // An officer registers it as a non-RDP service.
+        service: DeskService::Other,
         owners: ["u1".to_string(), "u2".to_string()].into(),
         ..desk.clone()
     };
@@ -458,6 +461,7 @@ pub async fn desks(db: &Db) {
         department: "税務課".into(),
         level: 1,
         segment: Segment::Mynumber,
+        service: DeskService::Rdp,
         owners: ["u2".to_string()].into(),
     };
     store.add_desk(&other, audit(T0, "desk.add")).await.unwrap();
