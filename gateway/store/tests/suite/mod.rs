@@ -759,12 +759,12 @@ pub async fn login_codes(db: &Db) {
         code_hash: Hash256::digest("code-1"),
         user_id: "u1".into(),
         pkce_challenge: challenge.into(),
+        device_id: "PC-1".into(),
         expires_at: T0 + 60,
     };
     store
         .create_login_code(&c, audit(T0, "login.code"))
         .await
-        device_id: "PC-1".into(),
         .unwrap();
     assert!(matches!(
         store
@@ -784,12 +784,12 @@ pub async fn login_codes(db: &Db) {
         .await
         .unwrap();
     assert_eq!(got.user_id, "u1");
+    assert_eq!(got.device_id.as_deref(), Some("PC-1"));
     assert_eq!(got.used_at, Some(T0 + 5));
     assert!(got.pkce_matches(verifier));
     assert!(!got.pkce_matches("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"));
     assert!(matches!(
         store
-    assert_eq!(got.device_id.as_deref(), Some("PC-1"));
             .consume_login_code(&c.code_hash, audit(T0 + 6, "login.code.redeem"))
             .await,
         Err(Error::AlreadyUsed { .. })
