@@ -248,6 +248,29 @@ pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
                 .await?;
             println!("enabled user {id}");
         }
+        AdminCmd::User(UserCmd::Unlock { id, reason }) => {
+            if store.get_user(&id).await?.is_none() {
+                anyhow::bail!("no user {id:?}");
+            }
+            let n = store
+                .unlock_user(
+                    &id,
+                    Audit::new(now, &who, "user.unlock")
+                        .subject(&id)
+                        .reason(&reason),
+                )
+                .await?;
+            println!("unlocked user {id}: {n} failure counter(s) cleared");
+        }
+        AdminCmd::User(UserCmd::Locks) => {
+            let locks = store.active_lockouts(now).await?;
+            if locks.is_empty() {
+                println!("no lockouts in force");
+            }
+            for (key, until) in locks {
+                println!("{key:<48} locked until {} ({}s)", utc(until), until - now);
+            }
+        }
         AdminCmd::User(UserCmd::List) => {
             println!(
                 "{:<16} {:<20} {:<12} {:<24} status",
@@ -280,29 +303,6 @@ pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
                     d.cert_serial.as_deref().unwrap_or("-")
                 );
             }
-        AdminCmd::User(UserCmd::Unlock { id, reason }) => {
-            if store.get_user(&id).await?.is_none() {
-                anyhow::bail!("no user {id:?}");
-            }
-            let n = store
-                .unlock_user(
-                    &id,
-                    Audit::new(now, &who, "user.unlock")
-                        .subject(&id)
-                        .reason(&reason),
-                )
-                .await?;
-            println!("unlocked user {id}: {n} failure counter(s) cleared");
-        }
-        AdminCmd::User(UserCmd::Locks) => {
-            let locks = store.active_lockouts(now).await?;
-            if locks.is_empty() {
-                println!("no lockouts in force");
-            }
-            for (key, until) in locks {
-                println!("{key:<48} locked until {} ({}s)", utc(until), until - now);
-            }
-        }
         }
         AdminCmd::Device(DeviceCmd::Block { id, status, reason }) => {
             let st: DeviceStatus = status.parse().context("status must be blocked or lost")?;

@@ -184,28 +184,6 @@ pub struct PortalSection {
     /// browsers treat `http://localhost` as a secure context for WebAuthn.
     #[serde(default)]
     pub insecure_http: bool,
-}
-
-/// `[admin]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSection {
-    /// Address of the admin listener; keep it on loopback or an operations network.
-    #[serde(default = "default_admin_listen")]
-    pub listen: SocketAddr,
-}
-
-fn default_admin_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9090))
-}
-
-/// `[tls]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// CA certificate that issued agent and device certificates.
-    pub ca: PathBuf,
-    /// The gateway's certificate.
     /// Most open portal connections in total (over it, new ones are closed at once).
     #[serde(default = "default_portal_max_connections")]
     pub max_connections: usize,
@@ -247,6 +225,28 @@ fn default_portal_idle_timeout() -> u64 {
 
 fn default_portal_api_rate() -> u32 {
     50
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of the admin listener; keep it on loopback or an operations network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// CA certificate that issued agent and device certificates.
+    pub ca: PathBuf,
+    /// The gateway's certificate.
     pub cert: PathBuf,
     /// The gateway's private key.
     pub key: PathBuf,
@@ -271,10 +271,29 @@ pub struct ListenerSection {
     /// Most connections at once on this listener pair.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most handshakes in progress from one source address; more are closed
+    /// at once, so stalled handshakes from one address cannot take the
+    /// places of authenticated peers. Laptops behind one NAT share an
+    /// address, but a handshake takes milliseconds.
+    #[serde(default = "default_handshakes_per_source")]
+    pub handshakes_per_source: usize,
+    /// With more QUIC handshakes than this in progress, a peer whose address
+    /// is not yet validated must first answer a Retry (one round trip, no
+    /// crypto work on our side) — spoofed sources never do.
+    #[serde(default = "default_quic_retry_above")]
+    pub quic_retry_above: usize,
 }
 
 fn default_max_connections() -> usize {
     25_000
+}
+
+fn default_handshakes_per_source() -> usize {
+    256
+}
+
+fn default_quic_retry_above() -> usize {
+    64
 }
 
 /// `[limits]`
@@ -338,12 +357,20 @@ pub struct Config {
     pub terminal_tcp: Option<SocketAddr>,
     /// Terminal connection cap.
     pub terminal_max_connections: usize,
+    /// Terminal handshakes in progress per source address.
+    pub terminal_handshakes_per_source: usize,
+    /// Terminal QUIC handshakes in progress above which unvalidated peers get a Retry.
+    pub terminal_quic_retry_above: usize,
     /// Agent QUIC address.
     pub agent_quic: Option<SocketAddr>,
     /// Agent TCP address.
     pub agent_tcp: Option<SocketAddr>,
     /// Agent connection cap.
     pub agent_max_connections: usize,
+    /// Agent handshakes in progress per source address.
+    pub agent_handshakes_per_source: usize,
+    /// Agent QUIC handshakes in progress above which unvalidated peers get a Retry.
+    pub agent_quic_retry_above: usize,
     /// Session cap.
     pub max_sessions: usize,
     /// Concurrent QUIC streams per laptop connection.
@@ -417,6 +444,23 @@ pub struct Portal {
     pub origin: url::Url,
     /// Plain HTTP (loopback only).
     pub insecure_http: bool,
+    /// Connection caps, time-outs and the API rate per source.
+    pub limits: PortalLimits,
+}
+
+/// The portal's defences against an anonymous flood before login.
+#[derive(Debug, Clone, Copy)]
+pub struct PortalLimits {
+    /// Most open connections in total.
+    pub max_connections: usize,
+    /// Most open connections from one source address.
+    pub max_connections_per_source: usize,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time a connection may stay silent both ways.
+    pub idle_timeout: Duration,
+    /// Sustained API calls per second per source address (burst: 10 s worth).
+    pub api_rate_per_source: u32,
 }
 
 impl Config {
@@ -445,23 +489,6 @@ impl Config {
             || f.terminals.max_connections == 0
             || f.agents.max_connections == 0
         {
-    /// Connection caps, time-outs and the API rate per source.
-    pub limits: PortalLimits,
-}
-
-/// The portal's defences against an anonymous flood before login.
-#[derive(Debug, Clone, Copy)]
-pub struct PortalLimits {
-    /// Most open connections in total.
-    pub max_connections: usize,
-    /// Most open connections from one source address.
-    pub max_connections_per_source: usize,
-    /// Time to send a request's headers.
-    pub header_timeout: Duration,
-    /// Time a connection may stay silent both ways.
-    pub idle_timeout: Duration,
-    /// Sustained API calls per second per source address (burst: 10 s worth).
-    pub api_rate_per_source: u32,
             bail!("connection, session and stream limits must be at least 1");
         }
         if l.handshake_timeout_secs == 0
@@ -535,11 +562,28 @@ pub struct PortalLimits {
                 if f.store.is_none() {
                     bail!("[portal] needs a [store]");
                 }
+                if p.max_connections == 0
+                    || p.max_connections_per_source == 0
+                    || p.header_timeout_secs == 0
+                    || p.idle_timeout_secs == 0
+                    || p.api_rate_per_source == 0
+                {
+                    bail!("[portal] max_connections, max_connections_per_source, header_timeout_secs, idle_timeout_secs and api_rate_per_source must be at least 1");
+                }
                 Some(Portal {
                     listen: p.listen,
                     rp_id: p.rp_id,
                     origin,
                     insecure_http: p.insecure_http,
+                    limits: PortalLimits {
+                        max_connections: p.max_connections,
+                        max_connections_per_source: p
+                            .max_connections_per_source
+                            .min(p.max_connections),
+                        header_timeout: Duration::from_secs(p.header_timeout_secs),
+                        idle_timeout: Duration::from_secs(p.idle_timeout_secs),
+                        api_rate_per_source: p.api_rate_per_source,
+                    },
                 })
             }
         };
@@ -589,28 +633,11 @@ pub struct PortalLimits {
             cert: rel(f.tls.cert),
             key: rel(f.tls.key),
             crl: f.tls.crl.map(rel),
-                if p.max_connections == 0
-                    || p.max_connections_per_source == 0
-                    || p.header_timeout_secs == 0
-                    || p.idle_timeout_secs == 0
-                    || p.api_rate_per_source == 0
-                {
-                    bail!("[portal] max_connections, max_connections_per_source, header_timeout_secs, idle_timeout_secs and api_rate_per_source must be at least 1");
-                }
             resumption_keys: match f.tls.resumption_keys {
                 Some(p) => (rel(p), true),
                 None => (
                     rel(f.tls.ticket_key.clone())
                         .parent()
-                    limits: PortalLimits {
-                        max_connections: p.max_connections,
-                        max_connections_per_source: p
-                            .max_connections_per_source
-                            .min(p.max_connections),
-                        header_timeout: Duration::from_secs(p.header_timeout_secs),
-                        idle_timeout: Duration::from_secs(p.idle_timeout_secs),
-                        api_rate_per_source: p.api_rate_per_source,
-                    },
                         .map(|d| d.join("tls-resumption.keys"))
                         .unwrap_or_else(|| PathBuf::from("tls-resumption.keys")),
                     false,
@@ -620,9 +647,13 @@ pub struct PortalLimits {
             terminal_quic: f.terminals.quic,
             terminal_tcp: f.terminals.tcp,
             terminal_max_connections: f.terminals.max_connections,
+            terminal_handshakes_per_source: f.terminals.handshakes_per_source.max(1),
+            terminal_quic_retry_above: f.terminals.quic_retry_above,
             agent_quic: f.agents.quic,
             agent_tcp: f.agents.tcp,
             agent_max_connections: f.agents.max_connections,
+            agent_handshakes_per_source: f.agents.handshakes_per_source.max(1),
+            agent_quic_retry_above: f.agents.quic_retry_above,
             max_sessions: l.max_sessions,
             terminal_quic_streams: l.terminal_quic_streams,
             handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),

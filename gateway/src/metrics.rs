@@ -42,6 +42,10 @@ pub struct Metrics {
     pub syslog_dropped: IntCounter,
     /// TLS session tickets presented by peers, by result (`resumed`, `refused`).
     pub tls_tickets: IntCounterVec,
+    /// Connections turned away before their handshake by the per-source
+    /// limit, or sent a QUIC Retry first, by listener role and kind
+    /// (`per_source`, `quic_retry`).
+    pub handshakes_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -114,6 +118,10 @@ impl Metrics {
             tls_tickets: reg!(IntCounterVec::new(
                 Opts::new("kakehashi_tls_tickets_total", "TLS session tickets presented by agents and laptops: resumed (no full handshake) or refused (key rotated out or from another gateway: full handshake)"),
                 &["result"]
+            )),
+            handshakes_limited: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_handshakes_limited_total", "Connections closed before their handshake because their source address already had handshakes_per_source in progress (per_source), or asked to prove their address with a QUIC Retry while many handshakes were in progress (quic_retry)"),
+                &["role", "kind"]
             )),
             registry,
         }

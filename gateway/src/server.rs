@@ -699,6 +699,35 @@ impl Role {
     }
 }
 
+impl Shared {
+    /// The per-source cap on handshakes in progress for a listener role.
+    fn handshake_limits(&self, role: Role) -> kakehashi_transport::limit::SourceLimits {
+        let per_source = match role {
+            Role::Terminal => self.cfg.terminal_handshakes_per_source,
+            Role::Agent => self.cfg.agent_handshakes_per_source,
+        };
+        // Exported at 0 from the start, so panels and alerts work at once.
+        for kind in ["per_source", "quic_retry"] {
+            self.metrics
+                .handshakes_limited
+                .with_label_values(&[role.as_str(), kind]);
+        }
+        // The total is the listener's connection cap, taken separately.
+        kakehashi_transport::limit::SourceLimits::new(usize::MAX, per_source)
+    }
+
+    /// Counts a connection turned away (or sent a Retry) before its
+    /// handshake; logs the per-source refusals at debug level only, as a
+    /// flood would otherwise fill the log (the counter shows it).
+    fn handshake_limited(&self, role: Role, kind: &str, peer: std::net::SocketAddr) {
+        self.metrics
+            .handshakes_limited
+            .with_label_values(&[role.as_str(), kind])
+            .inc();
+        debug!(role = role.as_str(), %peer, kind, "Connection limited before its handshake");
+    }
+}
+
 async fn tcp_accept_loop(
     s: Arc<Shared>,
     l: TcpListener,
@@ -707,6 +736,7 @@ async fn tcp_accept_loop(
     role: Role,
 ) {
     let mut conns = JoinSet::new();
+    let handshaking = s.handshake_limits(role);
     loop {
         let (tcp, peer) = tokio::select! {
             biased;
@@ -726,6 +756,11 @@ async fn tcp_accept_loop(
             drop(tcp);
             continue;
         };
+        let Ok(handshake_slot) = handshaking.try_acquire(peer.ip()) else {
+            s.handshake_limited(role, "per_source", peer);
+            drop(tcp);
+            continue;
+        };
         tune_tcp(&tcp, s.cfg.keepalive);
         let s = s.clone();
         let tls_config = tls_config.clone();
@@ -737,8 +772,9 @@ async fn tcp_accept_loop(
                 // allocated at the size of its largest state for the whole
                 // life of the connection, and the handshake's state is not
                 // needed after it.
-                let Some((mut io, ident)) = Box::pin(tcp_handshake(&s, tls_config, tcp)).await
-                else {
+                let handshake = Box::pin(tcp_handshake(&s, tls_config, tcp)).await;
+                drop(handshake_slot);
+                let Some((mut io, ident)) = handshake else {
                     return;
                 };
                 match (role, ident) {
@@ -805,6 +841,11 @@ async fn tcp_handshake(
 
 async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphore>, role: Role) {
     let mut conns = JoinSet::new();
+    let handshaking = s.handshake_limits(role);
+    let retry_above = match role {
+        Role::Terminal => s.cfg.terminal_quic_retry_above,
+        Role::Agent => s.cfg.agent_quic_retry_above,
+    };
     loop {
         let incoming = tokio::select! {
             biased;
@@ -813,8 +854,24 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
             i = ep.accept() => match i { Some(i) => i, None => break },
         };
         let peer = incoming.remote_address();
+        // Under load, a peer must show it receives at its address before
+        // any crypto work (and before it counts against an address, which
+        // an unvalidated packet could forge).
+        if !incoming.remote_address_validated()
+            && handshaking.open() >= retry_above
+            && incoming.may_retry()
+        {
+            s.handshake_limited(role, "quic_retry", peer);
+            let _ = incoming.retry();
+            continue;
+        }
         let Ok(permit) = cap.clone().try_acquire_owned() else {
             warn!(role = role.as_str(), %peer, "Connection cap reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let Ok(handshake_slot) = handshaking.try_acquire(peer.ip()) else {
+            s.handshake_limited(role, "per_source", peer);
             incoming.refuse();
             continue;
         };
@@ -830,7 +887,9 @@ async fn quic_accept_loop(s: Arc<Shared>, ep: quinn::Endpoint, cap: Arc<Semaphor
                         return;
                     }
                 };
-                let conn = match tokio::time::timeout(s.cfg.handshake_timeout, conn).await {
+                let conn = tokio::time::timeout(s.cfg.handshake_timeout, conn).await;
+                drop(handshake_slot);
+                let conn = match conn {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
                         warn!(error = %e, "QUIC handshake refused");

@@ -301,6 +301,8 @@ pub struct GatewayOpts {
     pub limits: String,
     /// Terminal connection cap.
     pub terminal_max_connections: Option<usize>,
+    /// Extra `[terminals]` lines (e.g. `handshakes_per_source = 10`).
+    pub terminals_extra: String,
     /// `[identity]`/`[store]`/`[portal]` sections; default: no login required.
     pub identity: Option<String>,
     /// Run with `--log-json` (logs and the `listening` lines as JSON).
@@ -339,6 +341,7 @@ ticket_key = "{ticket}"
 quic = "{tq}"
 tcp = "{tt}"
 max_connections = {tmax}
+{terminals_extra}
 [agents]
 quic = "{aq}"
 tcp = "{at}"
@@ -365,6 +368,7 @@ listen = "{admin}"
         at = a.map_or(any, |a| a.agent_tcp),
         max = opts.max_sessions.unwrap_or(10_000),
         tmax = opts.terminal_max_connections.unwrap_or(10_000),
+        terminals_extra = opts.terminals_extra,
         extra = opts.limits,
         admin = a.map_or(any, |a| a.admin),
         identity = opts

@@ -15,10 +15,11 @@ mod e2e {
     pub mod ops;
     pub mod ops_dashboard;
     pub mod policy;
+    pub mod portal_flood;
     pub mod rdp;
     pub mod rdp_filter;
-    pub mod portal_flood;
     pub mod relay;
+    pub mod relay_flood;
     pub mod restart;
     pub mod tickets;
 }

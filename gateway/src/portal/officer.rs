@@ -1345,6 +1345,7 @@ async fn devices_page(
         }
         out.push_str("</tbody></table>");
     }
+    locks_section(s, v, lang, &mut out).await;
     out.push_str("</div>");
     html(
         status,
@@ -1352,50 +1353,6 @@ async fn devices_page(
     )
 }
 
-/// `POST /officer/devices/block|unblock` form.
-#[derive(Debug, Deserialize)]
-pub(crate) struct DeviceForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    status: String,
-    #[serde(default)]
-    reason: String,
-}
-
-/// `POST /officer/devices/block`: as `admin device block` (`device.block`,
-/// then every login token of the device revoked).
-pub(crate) async fn devices_block(
-    State(s): State<PortalState>,
-    Peer(ip): Peer,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    form: Result<Form<DeviceForm>, FormRejection>,
-) -> Response {
-    device_change(s, ip, q, headers, form, true).await
-}
-
-/// `POST /officer/devices/unblock`: as `admin device unblock`.
-pub(crate) async fn devices_unblock(
-    State(s): State<PortalState>,
-    Peer(ip): Peer,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    form: Result<Form<DeviceForm>, FormRejection>,
-) -> Response {
-    device_change(s, ip, q, headers, form, false).await
-}
-
-    locks_section(s, v, lang, &mut out).await;
-async fn device_change(
-    s: PortalState,
-    ip: std::net::IpAddr,
-    q: Option<String>,
-    headers: HeaderMap,
-    form: Result<Form<DeviceForm>, FormRejection>,
-    block: bool,
 /// The portal lockouts in force, each with an unlock form (on the devices page).
 async fn locks_section(s: &PortalState, v: &Visitor, lang: Lang, out: &mut String) {
     let now = s.now();
@@ -1511,6 +1468,49 @@ pub(crate) async fn users_unlock(
     }
 }
 
+/// `POST /officer/devices/block|unblock` form.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeviceForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /officer/devices/block`: as `admin device block` (`device.block`,
+/// then every login token of the device revoked).
+pub(crate) async fn devices_block(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    form: Result<Form<DeviceForm>, FormRejection>,
+) -> Response {
+    device_change(s, ip, q, headers, form, true).await
+}
+
+/// `POST /officer/devices/unblock`: as `admin device unblock`.
+pub(crate) async fn devices_unblock(
+    State(s): State<PortalState>,
+    Peer(ip): Peer,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    form: Result<Form<DeviceForm>, FormRejection>,
+) -> Response {
+    device_change(s, ip, q, headers, form, false).await
+}
+
+async fn device_change(
+    s: PortalState,
+    ip: std::net::IpAddr,
+    q: Option<String>,
+    headers: HeaderMap,
+    form: Result<Form<DeviceForm>, FormRejection>,
+    block: bool,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let path = "/officer/devices";
