@@ -18,6 +18,7 @@ mod e2e {
     pub mod portal_flood;
     pub mod rdp;
     pub mod rdp_filter;
+    pub mod rdp_hostile;
     pub mod relay;
     pub mod relay_flood;
     pub mod restart;
