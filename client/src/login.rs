@@ -270,13 +270,7 @@ pub async fn run(cfg: crate::Config, no_browser: bool) -> anyhow::Result<()> {
     let pkce = Pkce::new();
     let state = random_b64(16);
     let cb = Callback::bind().await?;
-    let url = login_url(
-        &portal,
-        &cb.redirect_uri,
-        &state,
-        &pkce.challenge,
-        &device,
-    )?;
+    let url = login_url(&portal, &cb.redirect_uri, &state, &pkce.challenge, &device)?;
     let code = match cfg.soft_authenticator.clone() {
         Some(file) => {
             let waiter = tokio::spawn(cb.wait_owned(state.clone(), Duration::from_secs(60)));

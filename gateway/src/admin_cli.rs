@@ -160,7 +160,7 @@ pub(crate) async fn open(cfg: &Config) -> anyhow::Result<Store> {
         .context("the configuration has no [store]")?;
     Store::open(url)
         .await
-        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(&url)))
+        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(url)))
 }
 
 /// Run an `admin` command.

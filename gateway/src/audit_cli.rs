@@ -46,7 +46,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
         .context("the configuration has no [store]")?;
     Store::open(url)
         .await
-        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(&url)))
+        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(url)))
 }
 
 /// A buffered writer on `path`, or on standard output.

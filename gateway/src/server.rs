@@ -465,11 +465,9 @@ impl Gateway {
             None => None,
         };
         let store = match &cfg.store_url {
-            Some(url) => Some(
-                kakehashi_store::Store::open(url)
-                    .await
-                    .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(&url)))?,
-            ),
+            Some(url) => Some(kakehashi_store::Store::open(url).await.with_context(|| {
+                format!("cannot open the store {}", kakehashi_store::redact_url(url))
+            })?),
             None => None,
         };
         // The audit checkpoint key is loaded (or created) before anything serves.

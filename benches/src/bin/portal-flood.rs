@@ -125,7 +125,8 @@ origin = "https://localhost:{port}"
         pki.path().join("gateway.log"),
         &[],
     );
-    gw.wait_line("listening portal ", Duration::from_secs(30)).await?;
+    gw.wait_line("listening portal ", Duration::from_secs(30))
+        .await?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let roots = kakehashi_transport::tls::roots(&kakehashi_transport::tls::load_certs(
         &pki.ca.ca_cert_path(),
@@ -157,8 +158,7 @@ origin = "https://localhost:{port}"
         else {
             continue;
         };
-        if s
-            .write_all(b"GET /enroll HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        if s.write_all(b"GET /enroll HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
             .await
             .is_ok()
         {
@@ -249,7 +249,9 @@ origin = "https://localhost:{port}"
             .args(args)
             .output()
     };
-    admin(&["user", "add", "--id", "u-flood", "--name", "Flood", "--dept", "somu"])?;
+    admin(&[
+        "user", "add", "--id", "u-flood", "--name", "Flood", "--dept", "somu",
+    ])?;
     let out = admin(&["user", "enroll-code", "--id", "u-flood"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     let code = text

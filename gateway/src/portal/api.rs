@@ -256,11 +256,17 @@ impl PortalState {
         // Only an assertion that presents one of this user's registered
         // credentials counts towards a lockout: anyone can send garbage for
         // any user id, and that must not lock the person out.
-        let presented = self.store().get_credential(credential.raw_id.as_slice()).await?;
+        let presented = self
+            .store()
+            .get_credential(credential.raw_id.as_slice())
+            .await?;
         if !presented.as_ref().is_some_and(|c| c.user_id == user) {
             info!(user, source = %ip, "Assertion with a credential that is not the user's");
             self.audit_refusal(
-                failed(Reason::AssertionInvalid, json!("not a credential of this user")),
+                failed(
+                    Reason::AssertionInvalid,
+                    json!("not a credential of this user"),
+                ),
                 ip,
             )
             .await;

@@ -128,7 +128,10 @@ impl<T> TtlMap<T> {
             }
         }
         for (key, _) in quotas {
-            e.groups.entry(key.clone()).or_default().push_back(id.clone());
+            e.groups
+                .entry(key.clone())
+                .or_default()
+                .push_back(id.clone());
         }
         // Groups whose entries are all gone are forgotten now and then, so
         // the index stays as small as the map.
@@ -231,7 +234,12 @@ mod tests {
         // Many addresses filling the whole map: the largest group gives way,
         // and a new one always gets in.
         for i in 0..50 {
-            m.insert_with_quotas(100, 400, "flood", &q(&format!("y{i}"), &format!("10.1.0.{i}")));
+            m.insert_with_quotas(
+                100,
+                400,
+                "flood",
+                &q(&format!("y{i}"), &format!("10.1.0.{i}")),
+            );
         }
         let late = m.insert_with_quotas(100, 400, "late", &q("w", "10.0.0.10"));
         assert!(m.contains(&late, 100));

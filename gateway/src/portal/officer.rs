@@ -973,10 +973,7 @@ fn done_notice(lang: Lang, q: Option<&str>) -> Option<Notice> {
         ),
         "user.unlock" => format!(
             "{id} {}",
-            lang.t(
-                "のロックを解除しました。",
-                "is unlocked."
-            )
+            lang.t("のロックを解除しました。", "is unlocked.")
         ),
         "device.unblock" => format!(
             "{id} {}",
@@ -1395,7 +1392,10 @@ async fn locks_section(s: &PortalState, v: &Visitor, lang: Lang, out: &mut Strin
                 Some((u, ip)) => (u, ip),
                 None => continue,
             },
-            Some(("user", u)) => (u, lang.t("全体（複数の接続元）", "everywhere (several addresses)")),
+            Some(("user", u)) => (
+                u,
+                lang.t("全体（複数の接続元）", "everywhere (several addresses)"),
+            ),
             _ => continue,
         };
         let _ = write!(
@@ -1447,8 +1447,7 @@ pub(crate) async fn users_unlock(
     let reason = match check_reason(lang, &f.reason, true) {
         Ok(r) => r,
         Err(n) => {
-            return devices_page(&s, &v, lang, q.as_deref(), Some(n), StatusCode::BAD_REQUEST)
-                .await
+            return devices_page(&s, &v, lang, q.as_deref(), Some(n), StatusCode::BAD_REQUEST).await
         }
     };
     let id = f.id.trim().to_owned();

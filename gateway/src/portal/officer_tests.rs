@@ -1088,3 +1088,102 @@ async fn attendance_report_is_refused_to_others_and_for_other_departments() {
     assert_eq!(log.len(), 1, "{log:#?}");
     assert_eq!(log[0].actor, "user:chief-somu");
 }
+
+#[tokio::test]
+async fn officers_see_lockouts_and_unlock_on_the_devices_page() {
+    let h = H::new().await;
+    h.user("off-1", "joho", &[Role::Officer]).await;
+    h.user("staff-1", "somu", &[Role::Staff]).await;
+    h.user("u-locked", "somu", &[Role::Staff]).await;
+    let now = h.state.now();
+    let rule = kakehashi_store::LockoutRule {
+        max_failures: 1,
+        window_secs: 60,
+        lockout_secs: 900,
+    };
+    h.store
+        .record_failures(
+            &[("pair:u-locked@192.0.2.9", rule), ("user:u-locked", rule)],
+            Audit::new(now, "portal", "login.failed").subject("u-locked"),
+        )
+        .await
+        .unwrap();
+    let officer = h.sign_in("off-1");
+    let page = h.get("/officer/devices", Some(&officer)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.text.contains(r#"data-lock-user="u-locked""#),
+        "{}",
+        page.text
+    );
+    assert!(page.text.contains("192.0.2.9"));
+    let csrf = page.csrf();
+
+    // Staff cannot unlock, and a forged form (no or a wrong token, or from
+    // another origin) changes nothing.
+    let staff = h.sign_in("staff-1");
+    let a = h
+        .post(
+            "/officer/users/unlock",
+            &staff,
+            &[("csrf", &csrf), ("id", "u-locked"), ("reason", "x")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    for forged in ["", "AAAA"] {
+        let a = h
+            .post(
+                "/officer/users/unlock",
+                &officer,
+                &[("csrf", forged), ("id", "u-locked"), ("reason", "x")],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{forged:?}: {}", a.text);
+    }
+    let a = h
+        .post_from(
+            "/officer/users/unlock",
+            &officer,
+            Some("https://evil.example"),
+            &[("csrf", &csrf), ("id", "u-locked"), ("reason", "x")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    assert_eq!(h.store.active_lockouts(now).await.unwrap().len(), 2);
+
+    // A reason is required; with one the locks go, audited.
+    let a = h
+        .post(
+            "/officer/users/unlock",
+            &officer,
+            &[("csrf", &csrf), ("id", "u-locked"), ("reason", "")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    let a = h
+        .post(
+            "/officer/users/unlock",
+            &officer,
+            &[
+                ("csrf", &csrf),
+                ("id", "u-locked"),
+                ("reason", "本人に確認済み"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text);
+    assert!(h.store.active_lockouts(now).await.unwrap().is_empty());
+    let rec = h
+        .audit()
+        .await
+        .into_iter()
+        .find(|r| r.action == "user.unlock")
+        .expect("the unlock is audited");
+    assert_eq!(
+        (rec.actor.as_str(), rec.subject.as_str()),
+        ("user:off-1", "u-locked")
+    );
+    assert_eq!(rec.reason, "本人に確認済み");
+    let page = h.get(a.location(), Some(&officer)).await;
+    assert!(page.text.contains("id=\"no-locks\""), "{}", page.text);
+}

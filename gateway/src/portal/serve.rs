@@ -142,7 +142,11 @@ async fn maintenance(state: PortalState, stop: CancellationToken) {
         state.flush_audit_throttle(false).await;
         let now = state.now();
         // A counter whose window and lock are both over counts nothing.
-        let keep = state.inner.rule.window_secs.max(state.inner.rule.lockout_secs);
+        let keep = state
+            .inner
+            .rule
+            .window_secs
+            .max(state.inner.rule.lockout_secs);
         match state.store().prune_lockouts(now, now - keep).await {
             Ok(0) => {}
             Ok(n) => debug!(pruned = n, "Old lockout counters pruned"),

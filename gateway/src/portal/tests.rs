@@ -322,7 +322,11 @@ async fn enroll_then_login_gives_a_one_time_pkce_code() {
         .await
         .unwrap();
     assert_eq!(c.user_id, USER);
-    assert_eq!(c.device_id.as_deref(), Some("PC-0001"), "bound to the laptop that asked");
+    assert_eq!(
+        c.device_id.as_deref(),
+        Some("PC-0001"),
+        "bound to the laptop that asked"
+    );
     assert!(c.pkce_matches(VERIFIER));
     assert!(!c.pkce_matches("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj"));
     assert!(c.expires_at - c.created <= LOGIN_CODE_SECS);
@@ -722,10 +726,21 @@ async fn lockout_is_per_user_and_address_survives_restart_and_ends() {
             "id": "AAAA", "rawId": "AAAA", "type": "public-key", "extensions": {},
             "response": {"authenticatorData": "AAAA", "clientDataJSON": "AAAA", "signature": "AAAA"}
         });
-        let a = post(&h.app, "/api/login/finish", finish_body(&ceremony, &bogus), attacker).await;
+        let a = post(
+            &h.app,
+            "/api/login/finish",
+            finish_body(&ceremony, &bogus),
+            attacker,
+        )
+        .await;
         assert_refused(&a, StatusCode::UNAUTHORIZED, "assertion_invalid");
     }
-    assert!(h.store.active_lockouts(unix_now()).await.unwrap().is_empty());
+    assert!(h
+        .store
+        .active_lockouts(unix_now())
+        .await
+        .unwrap()
+        .is_empty());
 
     // Failures that present the user's real key (here: at the wrong
     // origin) lock the user *at that address*.
@@ -756,7 +771,10 @@ async fn lockout_is_per_user_and_address_survives_restart_and_ends() {
     // An officer's unlock lifts the lock at once (audited).
     let n = h
         .store
-        .unlock_user(USER, Audit::new(unix_now(), "officer", "user.unlock").subject(USER))
+        .unlock_user(
+            USER,
+            Audit::new(unix_now(), "officer", "user.unlock").subject(USER),
+        )
         .await
         .unwrap();
     assert!(n >= 1);
@@ -833,7 +851,11 @@ async fn bad_enrollment_codes_lock_only_that_user_at_that_address() {
             [203, 0, 113, 9],
         )
         .await;
-        let want = if i < 2 { "enroll_code_invalid" } else { "locked_out" };
+        let want = if i < 2 {
+            "enroll_code_invalid"
+        } else {
+            "locked_out"
+        };
         assert_eq!(a.json["error"], want, "{}", a.text);
     }
     let code = h.code(USER, 3600).await;
@@ -1059,7 +1081,11 @@ async fn me_page_lists_devices_and_signs_a_device_out() {
         .and_then(|t| t.split('"').next())
         .unwrap()
         .to_owned();
-    assert_eq!(a.text.matches(r#"name="csrf""#).count(), 2, "logout and revoke");
+    assert_eq!(
+        a.text.matches(r#"name="csrf""#).count(),
+        2,
+        "logout and revoke"
+    );
 
     let revoke_with = |origin: Option<&str>, cookie: Option<&str>, csrf: &str| {
         let mut r = Request::builder()
@@ -1090,7 +1116,12 @@ async fn me_page_lists_devices_and_signs_a_device_out() {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     // A forged form (right origin and cookie, no or a wrong token): refused.
     for forged in ["", "AAAA"] {
-        let a = send(&h.app, revoke_with(Some(ORIGIN), Some(&cookie), forged), IP_A).await;
+        let a = send(
+            &h.app,
+            revoke_with(Some(ORIGIN), Some(&cookie), forged),
+            IP_A,
+        )
+        .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{forged:?}: {}", a.text);
     }
     assert!(h
@@ -1128,9 +1159,18 @@ async fn me_page_lists_devices_and_signs_a_device_out() {
             .body(Body::from(format!("csrf={csrf}")))
             .unwrap()
     };
-    assert_eq!(send(&h.app, out("nope"), IP_A).await.status, StatusCode::FORBIDDEN);
-    assert!(get(&h.app, "/me", Some(&cookie)).await.text.contains("PC-0001"));
-    assert_eq!(send(&h.app, out(&csrf), IP_A).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        send(&h.app, out("nope"), IP_A).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert!(get(&h.app, "/me", Some(&cookie))
+        .await
+        .text
+        .contains("PC-0001"));
+    assert_eq!(
+        send(&h.app, out(&csrf), IP_A).await.status,
+        StatusCode::SEE_OTHER
+    );
     let a = get(&h.app, "/me", Some(&cookie)).await;
     assert!(a.text.contains("data-mode=\"portal\""));
 }

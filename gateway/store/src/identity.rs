@@ -899,10 +899,8 @@ impl Store {
     pub async fn active_lockouts(&self, now: i64) -> Result<Vec<(String, i64)>> {
         const SQL: &str = "SELECT counter_key, locked_until FROM lockouts \
              WHERE locked_until > $1 ORDER BY locked_until, counter_key LIMIT 1000";
-        let rows: Vec<(String, i64)> = read!(self, |p| sqlx::query_as(SQL)
-            .bind(now)
-            .fetch_all(p)
-            .await?);
+        let rows: Vec<(String, i64)> =
+            read!(self, |p| sqlx::query_as(SQL).bind(now).fetch_all(p).await?);
         Ok(rows)
     }
 

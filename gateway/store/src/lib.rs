@@ -363,7 +363,10 @@ mod tests {
             redact_url("postgres://db/kh?user=k&password=s3cret&sslmode=require"),
             "postgres://db/kh?user=k&password=***&sslmode=require"
         );
-        assert_eq!(redact_url("sqlite:///var/lib/kakehashi/kh.db"), "sqlite:///var/lib/kakehashi/kh.db");
+        assert_eq!(
+            redact_url("sqlite:///var/lib/kakehashi/kh.db"),
+            "sqlite:///var/lib/kakehashi/kh.db"
+        );
         assert_eq!(redact_url("postgres://k@db/kh"), "postgres://k@db/kh");
     }
 
@@ -373,7 +376,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("k.db");
-        let _s = Store::open(&format!("sqlite://{}", db.display())).await.unwrap();
+        let _s = Store::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
         let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{mode:o}");
     }

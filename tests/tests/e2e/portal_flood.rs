@@ -23,7 +23,12 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStrea
 }
 
 /// A gateway whose portal listens on `port` with `portal_extra` keys.
-async fn portal_gateway(pki: &Pki, db: &std::path::Path, https: bool, extra: &str) -> (GatewayProc, SocketAddr, String) {
+async fn portal_gateway(
+    pki: &Pki,
+    db: &std::path::Path,
+    https: bool,
+    extra: &str,
+) -> (GatewayProc, SocketAddr, String) {
     let port = free_port();
     let origin = if https {
         format!("https://localhost:{port}")
@@ -222,7 +227,13 @@ impl Conn {
 
 /// Sends `n` posts of `body` to `path` from `from` over 4 connections;
 /// returns how many answers had each status.
-async fn flood(from: [u8; 4], to: SocketAddr, path: &str, body: &str, n: usize) -> Vec<(u16, usize)> {
+async fn flood(
+    from: [u8; 4],
+    to: SocketAddr,
+    path: &str,
+    body: &str,
+    n: usize,
+) -> Vec<(u16, usize)> {
     let mut tasks = Vec::new();
     for i in 0..4 {
         let (path, body) = (path.to_owned(), body.to_owned());
@@ -252,7 +263,20 @@ async fn one_address_cannot_take_logins_from_everyone_or_fill_the_audit_log() {
     let (mut gw, addr, portal) =
         portal_gateway(&pki, &db, false, "api_rate_per_source = 5000\n").await;
     const USER: &str = "u-flood";
-    admin(&gw.config, &["user", "add", "--id", USER, "--name", "Flood Test", "--dept", "somu"]).await;
+    admin(
+        &gw.config,
+        &[
+            "user",
+            "add",
+            "--id",
+            USER,
+            "--name",
+            "Flood Test",
+            "--dept",
+            "somu",
+        ],
+    )
+    .await;
     let out = admin(&gw.config, &["user", "enroll-code", "--id", USER]).await;
     let code = out
         .lines()
@@ -301,7 +325,9 @@ async fn one_address_cannot_take_logins_from_everyone_or_fill_the_audit_log() {
     assert_eq!(got, vec![(410, 2_000)], "{got:?}");
     gw.proc.terminate();
     let _ = gw.proc.wait_exit(Duration::from_secs(20)).await;
-    let store = kakehashi_store::Store::open(db.to_str().unwrap()).await.unwrap();
+    let store = kakehashi_store::Store::open(db.to_str().unwrap())
+        .await
+        .unwrap();
     let log = store.audit_between(0, i64::MAX).await.unwrap();
     let from_flood: Vec<_> = log
         .iter()
@@ -316,7 +342,11 @@ async fn one_address_cannot_take_logins_from_everyone_or_fill_the_audit_log() {
         .iter()
         .find(|r| r.action == "audit.suppressed")
         .expect("a summary of the refusals that were counted");
-    assert!(summary.detail.contains("\"count\":1999"), "{}", summary.detail);
+    assert!(
+        summary.detail.contains("\"count\":1999"),
+        "{}",
+        summary.detail
+    );
     assert!(store.verify_audit().await.unwrap().is_intact());
 }
 
@@ -338,6 +368,85 @@ async fn api_calls_over_the_rate_of_one_address_are_refused_without_slowing_othe
         .post("/api/login/start", body)
         .await;
     assert_eq!(status, 429);
-    assert!(text.contains("rate_limited") && text.contains("retry_after"), "{text}");
+    assert!(
+        text.contains("rate_limited") && text.contains("retry_after"),
+        "{text}"
+    );
     gw.proc.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn officers_list_and_lift_lockouts_with_the_cli() {
+    let pki = Pki::new();
+    let db = pki.path().join("locks.db");
+    let cfg = kakehashi_tests::cli_config(&pki, &db);
+    let c = cfg.to_str().unwrap();
+    let run = |args: Vec<&str>| {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let out = tokio::process::Command::new(bin("kakehashi-gateway"))
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        }
+    };
+    let (ok, out) = run(vec![
+        "admin", "--config", c, "user", "add", "--id", "u-lock", "--name", "Lock", "--dept", "somu",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let store = kakehashi_store::Store::open(db.to_str().unwrap())
+        .await
+        .unwrap();
+    let rule = kakehashi_store::LockoutRule {
+        max_failures: 1,
+        window_secs: 60,
+        lockout_secs: 900,
+    };
+    store
+        .record_failures(
+            &[("pair:u-lock@198.51.100.7", rule)],
+            kakehashi_store::Audit::new(kakehashi_store::unix_now(), "portal", "login.failed"),
+        )
+        .await
+        .unwrap();
+    let (ok, out) = run(vec!["admin", "--config", c, "user", "locks"]).await;
+    assert!(ok && out.contains("pair:u-lock@198.51.100.7"), "{out}");
+    let (ok, out) = run(vec![
+        "admin", "--config", c, "user", "unlock", "--id", "nobody",
+    ])
+    .await;
+    assert!(!ok && out.contains("no user"), "{out}");
+    let (ok, out) = run(vec![
+        "admin",
+        "--config",
+        c,
+        "user",
+        "unlock",
+        "--id",
+        "u-lock",
+        "--reason",
+        "confirmed by phone",
+    ])
+    .await;
+    assert!(ok && out.contains("1 failure counter"), "{out}");
+    let (ok, out) = run(vec!["admin", "--config", c, "user", "locks"]).await;
+    assert!(ok && out.contains("no lockouts in force"), "{out}");
+    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let rec = log
+        .iter()
+        .find(|r| r.action == "user.unlock")
+        .expect("audited");
+    assert_eq!(rec.subject, "u-lock");
+    assert_eq!(rec.reason, "confirmed by phone");
+    assert!(rec.actor.starts_with("admin:"), "{}", rec.actor);
 }

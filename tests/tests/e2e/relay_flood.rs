@@ -44,7 +44,11 @@ async fn stalled_handshakes_from_one_address_leave_room_for_laptops() {
     // handshake time-out and the laptop below was refused.
     let mut silent = Vec::new();
     for _ in 0..60 {
-        silent.push(connect_from([127, 0, 0, 2], gw.addrs.terminal_tcp).await.unwrap());
+        silent.push(
+            connect_from([127, 0, 0, 2], gw.addrs.terminal_tcp)
+                .await
+                .unwrap(),
+        );
     }
     let mut closed = 0;
     for s in &mut silent {
@@ -75,6 +79,9 @@ async fn stalled_handshakes_from_one_address_leave_room_for_laptops() {
         r#"kakehashi_handshakes_limited_total{kind="quic_retry",role="terminal"}"#,
     );
     assert_eq!(per_source, 50.0, "{metrics}");
-    assert!(retries >= 1.0, "the QUIC laptop answered a Retry: {retries}");
+    assert!(
+        retries >= 1.0,
+        "the QUIC laptop answered a Retry: {retries}"
+    );
     drop(silent);
 }

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeSet;
 
+use kakehashi_store::{AnchorProblem, Checkpoint, CheckpointSource, CHECKPOINT_ACTION};
 use kakehashi_store::{
     BcpScope, BcpSpec, BreakKind, Desk, DeskService, DeviceClass, DeviceSpec, DeviceStatus, Error,
     Hash256, LockState, LockoutRule, NewCredential, NewLoginCode, NewLoginToken, NewUser, PlanSpec,
     PlanStatus, Role, Segment, SessionEnd, SessionStart, Store,
 };
-use kakehashi_store::{AnchorProblem, Checkpoint, CheckpointSource, CHECKPOINT_ACTION};
 use serde_json::json;
 
 use crate::support::{audit, Db};
