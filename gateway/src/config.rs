@@ -135,7 +135,8 @@ impl Default for IdentitySection {
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
     /// Forward every audit record to a syslog server (RFC 5424):
-    /// `udp://HOST:PORT` or `tcp://HOST:PORT` (octet-counted, RFC 6587). Needs `[store]`.
+    /// `udp://HOST:PORT`, `tcp://HOST:PORT` (octet-counted, RFC 6587) or
+    /// `tls://HOST:PORT` (RFC 5425, needs `syslog_ca`). Needs `[store]`.
     pub syslog: Option<String>,
     /// Syslog facility name (`authpriv`, `auth`, `local0` … `local7`, …).
     #[serde(default = "default_syslog_facility")]
@@ -144,6 +145,11 @@ pub struct AuditSection {
     /// that they are dropped from forwarding (never from the store) and counted.
     #[serde(default = "default_syslog_queue")]
     pub syslog_queue: usize,
+    /// For `tls://` (RFC 5425): the CA certificate(s) (PEM) that issued the
+    /// log server's certificate. The gateway offers its own certificate
+    /// when the server asks for one.
+    #[serde(default)]
+    pub syslog_ca: Option<PathBuf>,
     /// The Ed25519 key that signs audit checkpoints (default:
     /// `audit-checkpoint.key` beside `ticket_key`); created, mode 0600, on
     /// first start. Never in the database.
@@ -614,16 +620,25 @@ impl Config {
                 syslog: Some(url),
                 syslog_facility,
                 syslog_queue,
+                syslog_ca,
                 ..
             }) => {
                 if f.store.is_none() {
                     bail!("[audit] syslog needs a [store] (the records it forwards)");
                 }
-                Some(crate::syslog::SyslogConfig::new(
-                    &url,
-                    &syslog_facility,
-                    syslog_queue,
-                )?)
+                let sc = crate::syslog::SyslogConfig::new(&url, &syslog_facility, syslog_queue)?;
+                match (&sc.target, syslog_ca) {
+                    (crate::syslog::SyslogTarget::Tls(_), Some(ca)) => Some(sc.with_tls(
+                        &rel(ca),
+                        &rel(f.tls.cert.clone()),
+                        &rel(f.tls.key.clone()),
+                    )?),
+                    (crate::syslog::SyslogTarget::Tls(_), None) => {
+                        bail!("[audit] syslog = \"tls://…\" needs syslog_ca (the CA certificate that issued the log server's certificate)")
+                    }
+                    (_, Some(_)) => bail!("[audit] syslog_ca is for tls:// only"),
+                    (_, None) => Some(sc),
+                }
             }
             _ => None,
         };

@@ -1,6 +1,8 @@
 //! Forwarding of audit records to a central syslog server: RFC 5424
-//! messages over UDP (RFC 5426, one record per datagram) or TCP (RFC 6587
-//! octet counting).
+//! messages over UDP (RFC 5426, one record per datagram), TCP (RFC 6587
+//! octet counting) or TLS (RFC 5425: the same octet counting inside TLS,
+//! the server checked against `[audit] syslog_ca`, the gateway's own
+//! certificate offered for mutual authentication).
 //!
 //! A background task tails the audit table by `seq`, so every committed
 //! record is forwarded — the gateway's own and those the admin CLI writes
@@ -23,7 +25,9 @@
 //! forwarding on one of them only, or every record arrives once per gateway.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -58,12 +62,14 @@ pub enum SyslogTarget {
     Udp(String),
     /// `tcp://HOST:PORT`
     Tcp(String),
+    /// `tls://HOST:PORT` (RFC 5425; the usual port is 6514)
+    Tls(String),
 }
 
 impl SyslogTarget {
     fn addr(&self) -> &str {
         match self {
-            SyslogTarget::Udp(a) | SyslogTarget::Tcp(a) => a,
+            SyslogTarget::Udp(a) | SyslogTarget::Tcp(a) | SyslogTarget::Tls(a) => a,
         }
     }
 }
@@ -73,6 +79,7 @@ impl std::fmt::Display for SyslogTarget {
         match self {
             SyslogTarget::Udp(a) => write!(f, "udp://{a}"),
             SyslogTarget::Tcp(a) => write!(f, "tcp://{a}"),
+            SyslogTarget::Tls(a) => write!(f, "tls://{a}"),
         }
     }
 }
@@ -81,7 +88,7 @@ impl FromStr for SyslogTarget {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
         let (scheme, rest) = s.split_once("://").with_context(|| {
-            format!("[audit] syslog {s:?}: expected udp://HOST:PORT or tcp://HOST:PORT")
+            format!("[audit] syslog {s:?}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT")
         })?;
         let rest = rest.trim_end_matches('/');
         let port_ok = rest
@@ -93,7 +100,8 @@ impl FromStr for SyslogTarget {
         match scheme {
             "udp" => Ok(SyslogTarget::Udp(rest.into())),
             "tcp" => Ok(SyslogTarget::Tcp(rest.into())),
-            other => bail!("[audit] syslog {s:?}: unknown scheme {other:?} (udp or tcp; TLS is not supported yet)"),
+            "tls" => Ok(SyslogTarget::Tls(rest.into())),
+            other => bail!("[audit] syslog {s:?}: unknown scheme {other:?} (udp, tcp or tls)"),
         }
     }
 }
@@ -109,6 +117,8 @@ pub struct SyslogConfig {
     pub queue: usize,
     /// How often the audit table is polled for new records.
     pub poll: Duration,
+    /// For `tls://`: the client configuration (see [`SyslogConfig::with_tls`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl SyslogConfig {
@@ -125,7 +135,30 @@ impl SyslogConfig {
             facility,
             queue,
             poll: Duration::from_millis(500),
+            tls: None,
         })
+    }
+
+    /// For a `tls://` target: trust the CA certificates in `ca` (PEM) for
+    /// the log server, and offer `cert`/`key` (the gateway's own) when the
+    /// server asks for a client certificate. Without it a `tls://` target
+    /// is refused.
+    pub fn with_tls(mut self, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        use kakehashi_transport::tls::{load_certs, load_key, provider};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs(ca).with_context(|| format!("[audit] syslog_ca {}", ca.display()))? {
+            roots
+                .add(c)
+                .with_context(|| format!("[audit] syslog_ca {}", ca.display()))?;
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS unavailable")?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .context("the gateway's certificate and key do not match")?;
+        self.tls = Some(Arc::new(cfg));
+        Ok(self)
     }
 }
 
@@ -250,7 +283,13 @@ pub async fn run(
         },
     };
     let (tx, rx) = mpsc::channel(cfg.queue);
-    let sender = send_loop(cfg.target.clone(), rx, dropped.clone(), stop.clone());
+    let sender = send_loop(
+        cfg.target.clone(),
+        cfg.tls.clone(),
+        rx,
+        dropped.clone(),
+        stop.clone(),
+    );
     let tailer = tail_loop(store, &cfg, &origin, after, tx, dropped, stop);
     tokio::join!(sender, tailer);
 }
@@ -325,9 +364,13 @@ async fn tail_loop(
 enum Conn {
     Udp(UdpSocket),
     Tcp(TcpStream, Instant),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, Instant),
 }
 
-async fn connect(target: &SyslogTarget) -> anyhow::Result<Conn> {
+async fn connect(
+    target: &SyslogTarget,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Conn> {
     let addr: SocketAddr = tokio::net::lookup_host(target.addr())
         .await
         .with_context(|| format!("cannot resolve {}", target.addr()))?
@@ -350,17 +393,58 @@ async fn connect(target: &SyslogTarget) -> anyhow::Result<Conn> {
                 .context("connect timed out")??;
             Ok(Conn::Tcp(s, Instant::now()))
         }
+        SyslogTarget::Tls(hostport) => {
+            let tls = tls.context("tls:// needs [audit] syslog_ca")?;
+            let host = hostport
+                .rsplit_once(':')
+                .map_or(hostport.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = kakehashi_transport::tls::server_name(host)?;
+            let s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .context("connect timed out")??;
+            let s = tokio::time::timeout(
+                IO_TIMEOUT,
+                tokio_rustls::TlsConnector::from(tls.clone()).connect(name, s),
+            )
+            .await
+            .context("TLS handshake timed out")?
+            .context("TLS handshake with the syslog server failed")?;
+            Ok(Conn::Tls(Box::new(s), Instant::now()))
+        }
     }
 }
 
 /// Whether the server has closed the TCP connection (a syslog server never
 /// sends, so anything readable means end of stream or an error).
+/// Whatever was received is discarded: bytes left unread when the socket
+/// closes would make the kernel reset the connection, and the server could
+/// lose the last messages.
 fn peer_closed(s: &TcpStream) -> bool {
-    let mut b = [0u8; 64];
-    match s.try_read(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    let mut b = [0u8; 1024];
+    loop {
+        match s.try_read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+/// Ends a connection in order (TLS close_notify, then FIN), so the server
+/// keeps every message sent.
+async fn close(conn: Conn) {
+    match conn {
+        Conn::Udp(_) => {}
+        Conn::Tcp(mut s, _) => {
+            peer_closed(&s);
+            let _ = tokio::time::timeout(IO_TIMEOUT, s.shutdown()).await;
+        }
+        Conn::Tls(mut s, _) => {
+            peer_closed(s.get_ref().0);
+            let _ = tokio::time::timeout(IO_TIMEOUT, s.shutdown()).await;
+        }
     }
 }
 
@@ -395,14 +479,35 @@ async fn send_one(conn: &mut Conn, msg: &[u8]) -> Sent {
             if peer_closed(s) {
                 return Sent::Retry(anyhow::anyhow!("the server closed the connection"));
             }
-            let mut frame = format!("{} ", msg.len()).into_bytes();
-            frame.extend_from_slice(msg);
-            match tokio::time::timeout(IO_TIMEOUT, s.write_all(&frame)).await {
-                Ok(Ok(())) => Sent::Ok,
-                Ok(Err(e)) => Sent::Retry(e.into()),
-                Err(_) => Sent::Retry(anyhow::anyhow!("write timed out")),
+            write_frame(s, msg).await
+        }
+        Conn::Tls(s, _) => {
+            // The server sends nothing after the handshake but session
+            // tickets and its close; the TLS layer is never read, so only
+            // the end of the TCP stream is looked for underneath.
+            if peer_closed(s.get_ref().0) {
+                return Sent::Retry(anyhow::anyhow!("the server closed the connection"));
+            }
+            match write_frame(s.as_mut(), msg).await {
+                Sent::Ok => match tokio::time::timeout(IO_TIMEOUT, s.flush()).await {
+                    Ok(Ok(())) => Sent::Ok,
+                    Ok(Err(e)) => Sent::Retry(e.into()),
+                    Err(_) => Sent::Retry(anyhow::anyhow!("write timed out")),
+                },
+                other => other,
             }
         }
+    }
+}
+
+/// One octet-counted frame (RFC 6587 §3.4.1, RFC 5425 §4.3).
+async fn write_frame(s: &mut (impl tokio::io::AsyncWrite + Unpin), msg: &[u8]) -> Sent {
+    let mut frame = format!("{} ", msg.len()).into_bytes();
+    frame.extend_from_slice(msg);
+    match tokio::time::timeout(IO_TIMEOUT, s.write_all(&frame)).await {
+        Ok(Ok(())) => Sent::Ok,
+        Ok(Err(e)) => Sent::Retry(e.into()),
+        Err(_) => Sent::Retry(anyhow::anyhow!("write timed out")),
     }
 }
 
@@ -423,6 +528,7 @@ fn jittered(backoff: Duration) -> Duration {
 /// or, once `stop` is cancelled, when the server cannot be reached.
 async fn send_loop(
     target: SyslogTarget,
+    tls: Option<Arc<rustls::ClientConfig>>,
     mut rx: mpsc::Receiver<(i64, Vec<u8>)>,
     dropped: IntCounter,
     stop: CancellationToken,
@@ -435,11 +541,16 @@ async fn send_loop(
             Some(m) => m,
             None => match rx.recv().await {
                 Some(m) => m,
-                None => return,
+                None => {
+                    if let Some(c) = conn.take() {
+                        close(c).await;
+                    }
+                    return;
+                }
             },
         };
         let failure = match &mut conn {
-            None => match connect(&target).await {
+            None => match connect(&target, tls.as_ref()).await {
                 Ok(c) => {
                     debug!(%target, "Syslog connection up");
                     conn = Some(c);
@@ -450,12 +561,13 @@ async fn send_loop(
             },
             Some(c) => match send_one(c, &msg).await {
                 Sent::Ok => {
-                    if let Conn::Tcp(_, since) = c {
-                        if since.elapsed() >= STABLE_AFTER {
-                            backoff = BACKOFF_INITIAL;
+                    match c {
+                        Conn::Tcp(_, since) | Conn::Tls(_, since) => {
+                            if since.elapsed() >= STABLE_AFTER {
+                                backoff = BACKOFF_INITIAL;
+                            }
                         }
-                    } else {
-                        backoff = BACKOFF_INITIAL;
+                        Conn::Udp(_) => backoff = BACKOFF_INITIAL,
                     }
                     continue;
                 }
@@ -465,7 +577,7 @@ async fn send_loop(
                     continue;
                 }
                 Sent::Retry(e) => {
-                    if let Some(Conn::Tcp(_, since)) = &conn {
+                    if let Some(Conn::Tcp(_, since) | Conn::Tls(_, since)) = &conn {
                         if since.elapsed() >= STABLE_AFTER {
                             backoff = BACKOFF_INITIAL;
                         }
@@ -549,9 +661,15 @@ mod tests {
             SyslogTarget::Tcp("logs.example.lg.jp:6514".into())
         );
         assert!("tcp://[::1]:514".parse::<SyslogTarget>().is_ok());
+        assert_eq!(
+            "tls://logs.example.lg.jp:6514"
+                .parse::<SyslogTarget>()
+                .unwrap(),
+            SyslogTarget::Tls("logs.example.lg.jp:6514".into())
+        );
         for bad in [
             "127.0.0.1:514",
-            "tls://h:6514",
+            "tls://h",
             "udp://h",
             "udp://:514",
             "udp://h:0",
@@ -710,6 +828,107 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(dropped.get(), 0);
+    }
+
+    /// RFC 5425: octet-counted frames inside TLS, the server checked
+    /// against `syslog_ca`; a server whose certificate is from another CA
+    /// gets nothing.
+    #[tokio::test]
+    async fn forwards_over_tls_to_a_server_from_the_configured_ca() {
+        use kakehashi_pki::{CaDir, InitOptions, IssueRequest, Subject};
+        let dir = tempfile::tempdir().unwrap();
+        let issue = |name: &str| {
+            let mut ca = CaDir::init(&dir.path().join(name), &InitOptions::default()).unwrap();
+            let i = ca
+                .issue(&IssueRequest::new(Subject::Gateway {
+                    name: "localhost".into(),
+                    ips: vec!["127.0.0.1".parse().unwrap()],
+                }))
+                .unwrap();
+            (ca.ca_cert_path(), i.cert_path, i.key_path)
+        };
+        let (ca, cert, key) = issue("ca");
+        let (_, other_cert, other_key) = issue("other");
+        let server = |cert: &Path, key: &Path| {
+            use kakehashi_transport::tls::{load_certs, load_key, provider};
+            let cfg = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(load_certs(cert).unwrap(), load_key(key).unwrap())
+                .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        };
+        for (trusted, server_cert, server_key) in
+            [(true, &cert, &key), (false, &other_cert, &other_key)]
+        {
+            let (_d, store) = store().await;
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("tls://localhost:{}", l.local_addr().unwrap().port());
+            let c = cfg(&url, 100).with_tls(&ca, &cert, &key).unwrap();
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(run(
+                store.clone(),
+                c,
+                origin(),
+                Some(0),
+                IntCounter::new("d", "d").unwrap(),
+                stop.clone(),
+            ));
+            store.append_audit(rec(1)).await.unwrap();
+            store.append_audit(rec(2)).await.unwrap();
+            let (tcp, _) = tokio::time::timeout(Duration::from_secs(5), l.accept())
+                .await
+                .unwrap()
+                .unwrap();
+            let accepted = server(server_cert, server_key).accept(tcp).await;
+            if trusted {
+                let (r, _w) = tokio::io::split(accepted.unwrap());
+                let mut r = BufReader::new(r);
+                let got = tokio::time::timeout(Duration::from_secs(5), tls_frames(&mut r, 2))
+                    .await
+                    .unwrap();
+                assert!(got[0].contains("seq=\"1\"") && got[1].contains("seq=\"2\""));
+            } else {
+                // The client refuses the certificate: the handshake fails.
+                assert!(accepted.is_err());
+            }
+            stop.cancel();
+            if trusted {
+                tokio::time::timeout(Duration::from_secs(5), task)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            } else {
+                // Still retrying the handshake (up to its 10 s time-out).
+                task.abort();
+            }
+        }
+        assert!(SyslogConfig::new("tls://localhost:6514", "authpriv", 1)
+            .unwrap()
+            .tls
+            .is_none());
+    }
+
+    /// Reads octet-counted frames from a TLS stream until `n` are read.
+    async fn tls_frames(
+        s: &mut BufReader<impl tokio::io::AsyncRead + Unpin>,
+        n: usize,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let mut len = Vec::new();
+            s.read_until(b' ', &mut len).await.unwrap();
+            assert!(!len.is_empty(), "closed after {} frames", out.len());
+            let len: usize = std::str::from_utf8(&len[..len.len() - 1])
+                .unwrap()
+                .parse()
+                .unwrap();
+            let mut m = vec![0u8; len];
+            s.read_exact(&mut m).await.unwrap();
+            out.push(String::from_utf8(m).unwrap());
+        }
+        out
     }
 
     #[tokio::test]

@@ -221,3 +221,140 @@ async fn signed_checkpoints_catch_a_rechained_rewrite() {
     let (ok, out) = gw(&["audit", "verify", "--config", &c]).await;
     assert!(!ok && out.contains("AUDIT LOG REWRITTEN"), "{out}");
 }
+
+/// Reads octet-counted syslog frames (RFC 5425) until one contains all of `needles`.
+async fn frame_with(
+    r: &mut tokio::io::BufReader<impl tokio::io::AsyncRead + Unpin>,
+    needles: &[&str],
+) -> String {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    loop {
+        let mut len = Vec::new();
+        r.read_until(b' ', &mut len).await.unwrap();
+        assert!(!len.is_empty(), "the gateway closed the syslog connection");
+        let len: usize = std::str::from_utf8(&len[..len.len() - 1])
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut m = vec![0u8; len];
+        r.read_exact(&mut m).await.unwrap();
+        let m = String::from_utf8(m).unwrap();
+        if needles.iter().all(|n| m.contains(n)) {
+            return m;
+        }
+    }
+}
+
+/// Each checkpoint, the shutdown one included, reaches the log server as a
+/// syslog message over TLS (RFC 5425), its server checked against `syslog_ca`.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_reach_the_log_server_over_tls() {
+    use kakehashi_transport::tls::{load_certs, load_key, provider};
+    let pki = Pki::new();
+    let db = pki.path().join("kakehashi.db");
+    // The log server: a certificate for localhost from the CA given as syslog_ca.
+    let g = pki.gateway_cert();
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(load_certs(&g.cert).unwrap(), load_key(&g.key).unwrap())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut gwp = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(format!(
+                "{}[audit]\nsyslog = \"tls://localhost:{}\"\nsyslog_ca = \"{}\"\ncheckpoint_interval_secs = 3600\n",
+                login_sections(&db),
+                l.local_addr().unwrap().port(),
+                pki.ca.ca_cert_path().display()
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    gwp.proc
+        .wait_log("Audit checkpoint signed", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (ok, out) = gw(&[
+        "admin",
+        "--config",
+        gwp.config.to_str().unwrap(),
+        "user",
+        "add",
+        "--id",
+        "u-tls",
+        "--name",
+        "転送 花子",
+        "--dept",
+        "somu",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), l.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let tls = acceptor.accept(tcp).await.unwrap();
+    let mut r = tokio::io::BufReader::new(tls);
+    let m = tokio::time::timeout(
+        Duration::from_secs(10),
+        frame_with(&mut r, &["action=\"user.add\"", "u-tls"]),
+    )
+    .await
+    .unwrap();
+    assert!(m.contains(&format!("actor=\"{}\"", cli_actor())), "{m}");
+    // On shutdown the gateway signs the head (after the user.add) and the
+    // checkpoint goes out before forwarding stops.
+    gwp.proc.terminate();
+    let m = tokio::time::timeout(
+        Duration::from_secs(20),
+        frame_with(
+            &mut r,
+            &["action=\"audit.checkpoint\"", "reason=\"shutdown\""],
+        ),
+    )
+    .await
+    .expect("the shutdown checkpoint over syslog");
+    let json = m.split_once("] \u{feff}").unwrap().1;
+    let rec: serde_json::Value = serde_json::from_str(json).unwrap();
+    let cp: serde_json::Value = serde_json::from_str(rec["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        cp["seq"].as_i64().unwrap(),
+        rec["seq"].as_i64().unwrap() - 1
+    );
+    assert_eq!(cp["gateway"], "test-gateway");
+    assert_eq!(cp["sig"].as_str().unwrap().len(), 128);
+    assert!(gwp
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .success());
+    // The copy from the log server checks out with the public key alone.
+    let copy = pki.path().join("from-syslog.jsonl");
+    std::fs::write(&copy, format!("{cp}\n")).unwrap();
+    let key = pki
+        .ca
+        .ticket_key_path()
+        .with_file_name("audit-checkpoint.pub");
+    std::fs::remove_file(key.with_file_name("audit-checkpoints.jsonl")).unwrap();
+    let (ok, out) = gw(&[
+        "audit",
+        "verify",
+        "--config",
+        gwp.config.to_str().unwrap(),
+        "--checkpoint-key",
+        key.to_str().unwrap(),
+        "--checkpoints",
+        copy.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        ok && out.contains(&format!("anchored up to {} ", cp["seq"])),
+        "{out}"
+    );
+}
