@@ -260,7 +260,7 @@ impl PortalState {
             .store()
             .get_credential(credential.raw_id.as_slice())
             .await?;
-        if !presented.as_ref().is_some_and(|c| c.user_id == user) {
+        if presented.as_ref().is_none_or(|c| c.user_id != user) {
             info!(user, source = %ip, "Assertion with a credential that is not the user's");
             self.audit_refusal(
                 failed(
