@@ -346,27 +346,6 @@ pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `audit verify`: walk the hash chain and report the first broken link.
-pub async fn verify(cfg: &Config) -> anyhow::Result<bool> {
-    let store = open(cfg).await?;
-    let r = store.verify_audit().await?;
-    match &r.first_broken {
-        None => {
-            println!("audit log intact: {} records, chain verified", r.records);
-            Ok(true)
-        }
-        Some(b) => {
-            println!(
-                "AUDIT LOG BROKEN at record {}: {} ({} records checked)",
-                b.seq,
-                b.kind.as_str(),
-                r.records
-            );
-            Ok(false)
-        }
-    }
-}
-
 fn utc(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))

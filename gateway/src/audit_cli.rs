@@ -546,7 +546,15 @@ fn checkpoint_keys(cfg: &Config, key_files: &[PathBuf]) -> anyhow::Result<Vec<[u
     let key = &cfg.checkpoints.key;
     let public = public_path(key);
     if key.exists() {
-        Ok(vec![load_public_key(key)?])
+        match load_public_key(key) {
+            Ok(k) => Ok(vec![k]),
+            // E.g. not readable by this user: the public half beside it will do.
+            Err(e) if public.exists() => {
+                println!("note: {e:#}; checking with {} instead", public.display());
+                Ok(vec![load_public_key(&public)?])
+            }
+            Err(e) => Err(e),
+        }
     } else if public.exists() {
         Ok(vec![load_public_key(&public)?])
     } else {

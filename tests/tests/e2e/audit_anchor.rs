@@ -173,6 +173,17 @@ async fn signed_checkpoints_catch_a_rechained_rewrite() {
         "{out}"
     );
 
+    // A key file others can read is refused; verify falls back to the .pub beside it.
+    let perm = |m| std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(m));
+    perm(0o640).unwrap();
+    let (ok, out) = gw(&["audit", "verify", "--config", &c]).await;
+    perm(0o600).unwrap();
+    assert!(
+        ok && out.contains("readable by group or others")
+            && out.contains(&format!("anchored up to {cp_seq} ")),
+        "{out}"
+    );
+
     // A forged checkpoint: another head hash under the same key id.
     let mut forged = last.clone();
     forged["hash"] = Hash256([7; 32]).to_hex().into();
