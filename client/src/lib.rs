@@ -114,6 +114,7 @@ impl Dialer {
             key: cfg.key.clone(),
             crl: cfg.crl.clone(),
         };
+        tls::check_key_file(&cfg.key).map_err(SessionError::Other)?;
         let m = files.load().map_err(SessionError::Other)?;
         let tls = Arc::new(
             tls::client_config(&m, cfg.crl.as_deref(), ALPN_TERMINAL)

@@ -385,6 +385,8 @@ impl Gateway {
             key: cfg.key.clone(),
             crl: cfg.crl.clone(),
         };
+        tls::check_key_file(&cfg.key)?;
+        tls::check_key_file(&cfg.ticket_key)?;
         let m = files.load()?;
         let verifier = ReloadingClientVerifier::new(&m.ca, cfg.crl.clone())?;
         let key = kakehashi_pki::load_ticket_signing_key(&cfg.ticket_key).with_context(|| {
@@ -1136,6 +1138,17 @@ async fn handle_terminal_stream(
                 }
             }
             FrameKind::RedeemLogin | FrameKind::Logout => {
+                // As for sessions: the CRL may have changed since this
+                // connection's handshake (a long-lived QUIC connection, a
+                // resumed TLS session); a revoked laptop gets no token.
+                if let Err(reason) = check_cert(&s, &cert) {
+                    warn!(%device, reason = reason.code(), "Login refused: certificate no longer valid");
+                    s.metrics
+                        .auth_failures
+                        .with_label_values(&[reason.code()])
+                        .inc();
+                    return refuse(&mut io, Refusal::new(reason)).await;
+                }
                 return Box::pin(login_frame(&s, io, &f, &laptop(&device, class, &cert))).await;
             }
             FrameKind::SessionEndQuery => {

@@ -252,3 +252,67 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
     assert!(!gw.proc.log_text().contains(res.token.expose()));
     assert!(store.verify_audit().await.unwrap().is_intact());
 }
+
+/// A laptop revoked while its QUIC connection stays open gets no token and
+/// cannot log out on that connection either: the login frames re-check the
+/// certificate against the current CRL, as session requests do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_laptop_cannot_redeem_a_code_on_its_open_connection() {
+    let mut pki = Pki::new();
+    let db = pki.path().join("revoked.db");
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(login_sections(&db)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    let dev = pki.device("LAPTOP-R", TerminalClass::Home);
+    let (_ep, conn) = raw_quic(
+        &pki,
+        &dev,
+        gw.addrs.terminal_quic,
+        kakehashi_proto::ALPN_TERMINAL,
+    )
+    .await
+    .unwrap();
+    let ask = |m: Vec<u8>| {
+        let conn = conn.clone();
+        async move {
+            let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+            tx.write_all(&m).await.unwrap();
+            let _ = tx.finish();
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                kakehashi_proto::io::read_frame(&mut rx),
+            )
+            .await
+            .expect("an answer")
+            .unwrap()
+        }
+    };
+    pki.revoke(&dev.serial);
+    gw.proc
+        .wait_log("CRL reloaded", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let seed = seed_login(&store, "u-revoked", "LAPTOP-R").await;
+    let redeem = RedeemLogin {
+        code: Secret(seed.code),
+        code_verifier: Secret(seed.verifier),
+    };
+    let f = ask(redeem.to_frame().unwrap()).await;
+    assert_eq!(refusal(&f), "certificate_revoked");
+    let bye = Logout {
+        token: Secret("khs1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
+    };
+    let f = ask(bye.to_frame().unwrap()).await;
+    assert_eq!(refusal(&f), "certificate_revoked");
+    assert!(store
+        .login_tokens_for_user("u-revoked")
+        .await
+        .unwrap()
+        .is_empty());
+}
