@@ -60,6 +60,9 @@ const SAMPLE: Duration = Duration::from_secs(5);
 const HISTORY_POINTS: usize = 24 * 60;
 /// How often an open event stream re-checks its visitor.
 const RECHECK: Duration = Duration::from_secs(10);
+/// Most event streams open at once, and per operator (a few tabs each).
+const MAX_FEEDS: usize = 64;
+const MAX_FEEDS_PER_USER: usize = 4;
 
 const SCRIPT: &str = include_str!("assets/ops.js");
 const STYLE: &str = include_str!("assets/ops.css");
@@ -257,6 +260,66 @@ pub(super) struct Ops {
     gateway: OnceLock<Arc<Shared>>,
     history: Mutex<History>,
     bcp: Mutex<Vec<BcpView>>,
+    /// Open event streams per operator.
+    feeds: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// The last snapshot per language and filter, shared by every stream
+    /// that shows the same view: the live table is scanned at most once a
+    /// second per distinct view, however many pages are open.
+    snapshots: Mutex<BTreeMap<(bool, String), (Instant, Arc<String>)>>,
+}
+
+/// One open event stream's place; dropping it frees the place.
+struct FeedSlot {
+    feeds: Arc<Mutex<BTreeMap<String, usize>>>,
+    user: String,
+}
+
+impl Ops {
+    /// A place for one more stream of `user`, unless the caps are reached.
+    fn open_feed(&self, user: &str) -> Option<FeedSlot> {
+        let mut f = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = f.values().sum();
+        let mine = f.get(user).copied().unwrap_or(0);
+        if total >= MAX_FEEDS || mine >= MAX_FEEDS_PER_USER {
+            return None;
+        }
+        *f.entry(user.to_owned()).or_insert(0) += 1;
+        Some(FeedSlot {
+            feeds: self.feeds.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        let mut f = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = f.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                f.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// The snapshot for `lang` and `filter`, computed at most once per
+/// [`PUSH`] and shared by every stream showing that view.
+fn shared_snapshot(s: &PortalState, g: &Shared, lang: Lang, filter: &str) -> Arc<String> {
+    let key = (lang == Lang::En, filter.to_owned());
+    let mut cache = s.ops().snapshots.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, snap)) = cache.get(&key) {
+        if at.elapsed() < PUSH {
+            return snap.clone();
+        }
+    }
+    let snap = Arc::new(snapshot(s, g, lang, filter).to_string());
+    // Views nobody asked for in a while are dropped; at most MAX_FEEDS are live.
+    cache.retain(|_, (at, _)| at.elapsed() < PUSH * 5);
+    if cache.len() < MAX_FEEDS * 2 {
+        cache.insert(key, (Instant::now(), snap.clone()));
+    }
+    snap
 }
 
 impl PortalState {
@@ -515,9 +578,21 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    if let Err(r) = s.visitor(&headers, Need::Operator).await {
-        return r.json();
-    }
+    let v = match s.visitor(&headers, Need::Operator).await {
+        Ok(v) => v,
+        Err(r) => return r.json(),
+    };
+    let Some(slot) = s.ops().open_feed(&v.user.id) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({
+                "error": "too_many_streams",
+                "message_ja": "開いているダッシュボードが多すぎます。使っていないタブを閉じてください。",
+                "message_en": "Too many dashboards are open. Close the tabs you are not using.",
+            })),
+        )
+            .into_response();
+    };
     let Some(g) = s.ops().gateway.get().cloned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -547,6 +622,7 @@ pub(crate) async fn events(
         checked: Instant::now(),
         pending: VecDeque::new(),
         done: false,
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         let e = st.next().await?;
@@ -572,6 +648,8 @@ struct Feed {
     checked: Instant,
     pending: VecDeque<Event>,
     done: bool,
+    /// Held while the stream is open.
+    _slot: FeedSlot,
 }
 
 impl Feed {
@@ -606,11 +684,11 @@ impl Feed {
                 self.pending
                     .push_back(Event::default().event("history").data(h.to_string()));
             }
-            let snap = snapshot(&self.s, &self.g, self.lang, &self.filter).to_string();
-            if snap != self.last {
+            let snap = shared_snapshot(&self.s, &self.g, self.lang, &self.filter);
+            if *snap != self.last {
                 self.pending
-                    .push_back(Event::default().event("snapshot").data(&snap));
-                self.last = snap;
+                    .push_back(Event::default().event("snapshot").data(snap.as_str()));
+                self.last = snap.to_string();
             }
         }
     }
@@ -751,6 +829,26 @@ pub(crate) async fn style() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_streams_are_capped_per_operator_and_in_total() {
+        let ops = Ops::default();
+        let mine: Vec<_> = (0..MAX_FEEDS_PER_USER)
+            .map(|_| ops.open_feed("op-1").expect("a place"))
+            .collect();
+        assert!(ops.open_feed("op-1").is_none(), "per operator");
+        let others: Vec<_> = (0..MAX_FEEDS - MAX_FEEDS_PER_USER)
+            .map(|i| ops.open_feed(&format!("op-{}", i + 2)).expect("a place"))
+            .collect();
+        assert!(ops.open_feed("op-999").is_none(), "in total");
+        drop(mine);
+        assert!(
+            ops.open_feed("op-1").is_some(),
+            "closing a stream frees its place"
+        );
+        drop(others);
+        assert!(ops.feeds.lock().unwrap().is_empty());
+    }
 
     fn counts(total: i64, logins: u64, denials: &[(&str, u64)]) -> Counts {
         Counts {
