@@ -1304,3 +1304,31 @@ async fn serve_over_tls_and_plain_http() {
         .unwrap()
         .unwrap();
 }
+
+/// Chromium refuses a ceremony without user verification on its own side;
+/// the server must refuse such an assertion too (a modified browser or a
+/// script sends what it likes).
+#[tokio::test]
+async fn an_assertion_without_user_verification_is_refused_by_the_server() {
+    let h = Harness::new().await;
+    let code = h.code(USER, 3600).await;
+    let mut key = SoftPasskey::new(true);
+    assert_eq!(enroll(&h, &mut key, &code).await.status, StatusCode::OK);
+    let (ceremony, options) = login_start(&h.app, USER, IP_A).await;
+    // The authenticator is told verification is not needed, so its
+    // assertion carries no UV flag; the server asked for it.
+    let mut o = serde_json::to_value(&options).unwrap();
+    assert_eq!(o["publicKey"]["userVerification"], "required");
+    o["publicKey"]["userVerification"] = json!("discouraged");
+    let options: RequestChallengeResponse = serde_json::from_value(o).unwrap();
+    let cred = key.do_authentication(h.origin.clone(), options).unwrap();
+    let a = post(
+        &h.app,
+        "/api/login/finish",
+        finish_body(&ceremony, &cred),
+        IP_A,
+    )
+    .await;
+    assert_refused(&a, StatusCode::UNAUTHORIZED, "assertion_invalid");
+    assert!(a.json.get("redirect").is_none());
+}

@@ -147,7 +147,11 @@ async fn chromium_enrolls_logs_in_and_connects() {
         .ask(json!({ "cmd": "login_refused", "url": no_uv_url, "user": USER, "uv": false }))
         .await
         .unwrap();
-    assert!(r["status"].as_str().unwrap().contains("本人確認"), "{r}");
+    // The page's error for a refused ceremony (not its in-progress prompt).
+    assert!(
+        r["status"].as_str().unwrap().contains("取り消されたか"),
+        "{r}"
+    );
     assert_eq!(store.login_tokens_for_user(USER).await.unwrap().len(), 1);
     browser.quit().await;
 

@@ -152,7 +152,10 @@ async fn level_3_only_from_a_satellite_office_with_a_fresh_login() {
     let t = redeem_login(&pki, &home, gw.addrs.terminal_tcp, &store, "u-sato").await;
     let r = request(&pki, &home, &gw, "DESK-L3", &t).await.unwrap_err();
     assert_eq!(r.code, "level_not_permitted", "{r:?}");
-    assert!(r.ja.contains("機密性") || !r.ja.is_empty(), "{r:?}");
+    assert!(
+        r.ja.contains("機密性レベル") && r.en.contains("confidentiality"),
+        "{r:?}"
+    );
     assert_eq!(r.detail.as_deref(), Some("rule l3-home-mobile"));
 
     // From a satellite office, right after a login (the step-up): allowed once.
