@@ -19,6 +19,7 @@ mod e2e {
     pub mod rdp;
     pub mod rdp_filter;
     pub mod rdp_hostile;
+    pub mod refusals;
     pub mod relay;
     pub mod relay_flood;
     pub mod restart;

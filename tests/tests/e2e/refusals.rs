@@ -1,0 +1,281 @@
+//! Refusals end to end through the real binaries, each with its stable
+//! reason code (issue 16 item 10): a gateway whose certificate is not from
+//! our CA, a laptop certificate posing as a desk, a gateway without a store,
+//! an expired login token, a full gateway, a gateway shutting down, and a
+//! desk whose RDP server is not there.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kakehashi_pki::TerminalClass;
+use kakehashi_proto::message::{Message, Secret, SessionRequest};
+use kakehashi_proto::{FrameKind, Refusal};
+use kakehashi_store::{Audit, Hash256, NewLoginToken, Store};
+use kakehashi_tests::*;
+
+fn request(desk: &str, token: Option<&str>) -> SessionRequest {
+    SessionRequest {
+        desk: desk.into(),
+        token: token.map(|t| Secret(t.into())),
+    }
+}
+
+/// The refusal code of a session request from `dev` over TLS/TCP.
+async fn refused(pki: &Pki, dev: &CertFiles, gw: &GatewayProc, m: &SessionRequest) -> String {
+    let (_s, f) = ask_terminal(pki, dev, gw.addrs.terminal_tcp, m).await;
+    assert_eq!(f.kind, FrameKind::Refused, "not refused: {:?}", f.kind);
+    Refusal::from_frame(&f).unwrap().code
+}
+
+/// Waits until the desk's agent has its tunnel up.
+async fn wait_online(agent: &Proc) {
+    agent
+        .wait_log("Tunnel up", Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_laptop_and_an_agent_refuse_a_gateway_not_from_our_ca() {
+    let mut ours = Pki::new();
+    let theirs = Pki::new();
+    // A gateway with a certificate from another CA, on the addresses our
+    // laptop and agent are configured with.
+    let gw = start_gateway(&theirs, GatewayOpts::default()).await;
+    let dev = ours.device("LAPTOP-U", TerminalClass::Home);
+    let cfg = client_config(&ours, &dev, gw.addrs.terminal_tcp, gw.addrs.terminal_quic);
+    for transport in ["tcp", "quic"] {
+        let mut p = Proc::spawn(
+            &bin("kakehashi"),
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "connect",
+                "DESK-U",
+                "--transport",
+                transport,
+            ],
+            ours.path().join(format!("untrusted-{transport}.log")),
+            &[],
+        );
+        let status = p.wait_exit(Duration::from_secs(20)).await.unwrap();
+        assert!(!status.success());
+        let log = p.log_text();
+        assert!(log.contains("gateway_untrusted"), "{transport}: {log}");
+    }
+    let echo = echo_server().await;
+    let agent = start_agent(&mut ours, "DESK-U", &gw.addrs, echo, "tcp");
+    agent
+        .wait_log("gateway_untrusted", Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
+    assert!(!gw.proc.log_text().contains("Agent registered"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_laptop_certificate_cannot_pose_as_a_desk() {
+    let mut pki = Pki::new();
+    let gw = start_gateway(&pki, GatewayOpts::default()).await;
+    let laptop = pki.device("LAPTOP-AS-DESK", TerminalClass::Home);
+    let echo = echo_server().await;
+    let agent = start_agent_with(&pki, &laptop, &gw.addrs, echo, "tcp");
+    // The agent itself stops at start: a device certificate is not a desk's.
+    let mut agent = agent;
+    let status = agent.wait_exit(Duration::from_secs(20)).await;
+    let log = agent.log_text();
+    assert!(
+        status.is_ok_and(|s| !s.success()) && log.contains("not an agent certificate"),
+        "{log}"
+    );
+    // And on the wire, the gateway refuses it on the agent listener.
+    let (mut s, f) = {
+        let mut s = raw_tls(
+            &pki,
+            &laptop,
+            gw.addrs.agent_tcp,
+            kakehashi_proto::ALPN_AGENT,
+        )
+        .await
+        .unwrap();
+        let f = tokio::time::timeout(
+            Duration::from_secs(10),
+            kakehashi_proto::io::read_frame(&mut s),
+        )
+        .await
+        .expect("an answer")
+        .unwrap();
+        (s, f)
+    };
+    let _ = &mut s;
+    assert_eq!(f.kind, FrameKind::Refused);
+    assert_eq!(
+        Refusal::from_frame(&f).unwrap().code,
+        "wrong_certificate_kind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_without_a_store_refuses_every_session() {
+    let mut pki = Pki::new();
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            // No [store], no [testing] relay: nothing to decide with.
+            identity: Some("[identity]\nrequire_login = false\n".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let echo = echo_server().await;
+    let agent = start_agent(&mut pki, "DESK-N", &gw.addrs, echo, "tcp");
+    let dev = pki.device("LAPTOP-N", TerminalClass::Satellite);
+    wait_online(&agent).await;
+    assert_eq!(
+        refused(&pki, &dev, &gw, &request("DESK-N", None)).await,
+        "policy_unavailable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_login_token_is_refused() {
+    let mut pki = Pki::new();
+    let db = pki.path().join("expired.db");
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(login_sections(&db)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    add_desk(&store, "DESK-E", 1, &["u-exp"]).await;
+    let dev = pki.device("LAPTOP-E", TerminalClass::Satellite);
+    let now = kakehashi_store::unix_now();
+    store
+        .upsert_device(
+            &kakehashi_store::DeviceSpec {
+                id: "LAPTOP-E".into(),
+                class: kakehashi_store::DeviceClass::Satellite,
+                loaned_to: Some("u-exp".into()),
+                cert_serial: Some(dev.serial.clone()),
+            },
+            Audit::new(now - 200, "test", "device.register").subject("LAPTOP-E"),
+        )
+        .await
+        .unwrap();
+    let token = "khs1.expired-token-for-the-test-0000000000000000";
+    store
+        .create_login_token(
+            &NewLoginToken {
+                token_hash: Hash256::digest(token),
+                user_id: "u-exp".into(),
+                device_id: "LAPTOP-E".into(),
+                cert_serial: dev.serial.clone(),
+                expires_at: now - 10,
+            },
+            Audit::new(now - 100, "test", "login").subject("u-exp"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&pki, &dev, &gw, &request("DESK-E", Some(token))).await,
+        "token_expired"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_gateway_refuses_the_next_session() {
+    let mut pki = Pki::new();
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            max_sessions: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let echo = echo_server().await;
+    let agent = start_agent(&mut pki, "DESK-F", &gw.addrs, echo, "tcp");
+    let dev = pki.device("LAPTOP-F", TerminalClass::Home);
+    wait_online(&agent).await;
+    // One live session (its stream held open), then the next.
+    let (held, f) = ask_terminal(&pki, &dev, gw.addrs.terminal_tcp, &request("DESK-F", None)).await;
+    assert_eq!(f.kind, FrameKind::SessionAccepted);
+    assert_eq!(
+        refused(&pki, &dev, &gw, &request("DESK-F", None)).await,
+        "capacity_full"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_shutting_down_refuses_new_sessions_on_open_connections() {
+    let mut pki = Pki::new();
+    let gw = start_gateway(&pki, GatewayOpts::default()).await;
+    let echo = echo_server().await;
+    let agent = start_agent(&mut pki, "DESK-S", &gw.addrs, echo, "quic");
+    let dev = pki.device("LAPTOP-S", TerminalClass::Home);
+    wait_online(&agent).await;
+    let (_ep, conn) = raw_quic(
+        &pki,
+        &dev,
+        gw.addrs.terminal_quic,
+        kakehashi_proto::ALPN_TERMINAL,
+    )
+    .await
+    .unwrap();
+    // A live session keeps the gateway in its grace period.
+    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+    tx.write_all(&request("DESK-S", None).to_frame().unwrap())
+        .await
+        .unwrap();
+    let f = kakehashi_proto::io::read_frame(&mut rx).await.unwrap();
+    assert_eq!(f.kind, FrameKind::SessionAccepted);
+    gw.proc.terminate();
+    gw.proc
+        .wait_log("Shutting down", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (mut tx2, mut rx2) = conn.open_bi().await.unwrap();
+    tx2.write_all(&request("DESK-S", None).to_frame().unwrap())
+        .await
+        .unwrap();
+    let f = tokio::time::timeout(
+        Duration::from_secs(10),
+        kakehashi_proto::io::read_frame(&mut rx2),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    assert_eq!(f.kind, FrameKind::Refused);
+    assert_eq!(Refusal::from_frame(&f).unwrap().code, "shutting_down");
+    drop((tx, rx));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_desk_whose_server_is_not_there_is_target_unreachable() {
+    let mut pki = Pki::new();
+    let gw = start_gateway(&pki, GatewayOpts::default()).await;
+    // A port that was free a moment ago: nothing listens there.
+    let nothing: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let agent = start_agent(&mut pki, "DESK-T", &gw.addrs, nothing, "tcp");
+    let dev = pki.device("LAPTOP-T", TerminalClass::Home);
+    wait_online(&agent).await;
+    // The refusal may come in place of the acceptance or as the session's end.
+    let (mut s, f) =
+        ask_terminal(&pki, &dev, gw.addrs.terminal_tcp, &request("DESK-T", None)).await;
+    let code = if f.kind == FrameKind::Refused {
+        Refusal::from_frame(&f).unwrap().code
+    } else {
+        let _ = &mut s;
+        panic!(
+            "accepted a session to a desk whose server is not there: {:?}",
+            f.kind
+        );
+    };
+    assert_eq!(code, "target_unreachable");
+}
