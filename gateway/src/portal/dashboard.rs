@@ -265,8 +265,11 @@ pub(super) struct Ops {
     /// The last snapshot per language and filter, shared by every stream
     /// that shows the same view: the live table is scanned at most once a
     /// second per distinct view, however many pages are open.
-    snapshots: Mutex<BTreeMap<(bool, String), (Instant, Arc<String>)>>,
+    snapshots: Mutex<BTreeMap<ViewKey, (Instant, Arc<String>)>>,
 }
+
+/// A dashboard view: English or not, and the session filter.
+type ViewKey = (bool, String);
 
 /// One open event stream's place; dropping it frees the place.
 struct FeedSlot {
