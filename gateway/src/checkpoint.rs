@@ -24,12 +24,12 @@
 //! file and at the log server are what make deleting the records useless.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use kakehashi_store::{Audit, Checkpoint, Store, CHECKPOINT_ACTION};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use tokio_util::sync::CancellationToken;
@@ -56,26 +56,9 @@ pub fn public_path(key: &Path) -> PathBuf {
     key.with_extension("pub")
 }
 
-/// Refuses a secret file that group or others may read.
-fn check_private(path: &Path) -> anyhow::Result<()> {
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is readable by group or others (mode {:o}); it must be 0600 (chmod 600 {})",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        );
-    }
-    Ok(())
-}
-
 /// Loads the checkpoint signing key (refusing one others can read).
 pub fn load_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
-    check_private(path)?;
+    kakehashi_transport::tls::check_key_file(path)?;
     kakehashi_pki::load_ticket_signing_key(path)
         .with_context(|| format!("cannot load the audit checkpoint key {}", path.display()))
 }
@@ -242,6 +225,8 @@ impl Checkpointer {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

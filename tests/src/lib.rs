@@ -736,6 +736,29 @@ pub async fn raw_quic(
     Ok((ep, c))
 }
 
+/// A TCP connection to `to` from the loopback address `from`
+/// (127.0.0.0/8 is all local: each address is its own source, for tests of
+/// per-address limits).
+pub async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(SocketAddr::from((from, 0)))?;
+    s.connect(to).await
+}
+
+/// Whether the peer closes `s` within `within` (end of stream or an error;
+/// bytes it sends first are read past).
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> bool {
+    let mut b = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;

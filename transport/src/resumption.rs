@@ -143,7 +143,7 @@ impl PersistentTicketer {
         let (keys, fresh) = match std::fs::read(path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
-                check_private(path)?;
+                crate::tls::check_key_file(path).context("the TLS resumption key file")?;
                 let keys = decode(&bytes).with_context(|| {
                     format!(
                         "{} is not a TLS resumption key file (delete it to start afresh)",
@@ -349,29 +349,6 @@ pub fn fuzz_feed(data: &[u8]) {
         sealed.truncate(at);
     }
     assert!(t.decrypt(&sealed).is_none(), "a damaged ticket opened");
-}
-
-#[cfg(unix)]
-fn check_private(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} can be read by other users (mode {:o}); it holds TLS resumption keys — run: chmod 600 {}",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_private(_path: &Path) -> anyhow::Result<()> {
-    Ok(())
 }
 
 const ENTRY_LEN: usize = 8 + NAME_LEN + KEY_LEN;

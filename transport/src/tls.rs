@@ -51,8 +51,9 @@ pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 }
 
 /// Refuses a private-key file that group or others may read: the gateway's,
-/// an agent's or a laptop's own key, and the gateway's ticket key, must be
-/// readable by their owner only (the CA writes them 0600). On other systems
+/// an agent's or a laptop's own key, the gateway's ticket key, its TLS
+/// resumption keys and its audit checkpoint key must be readable by their
+/// owner only (the CA writes them 0600). On other systems
 /// than Unix the file's ACL is the administrator's to set; nothing is checked.
 pub fn check_key_file(path: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
@@ -64,7 +65,7 @@ pub fn check_key_file(path: &Path) -> anyhow::Result<()> {
             .mode();
         if mode & 0o077 != 0 {
             anyhow::bail!(
-                "private key {} is readable by others (mode {:03o}); a private key must be readable by its owner only: run `chmod 600 {}`",
+                "{} is readable by group or others (mode {:03o}); a private key must be readable by its owner only: run `chmod 600 {}`",
                 path.display(),
                 mode & 0o777,
                 path.display()

@@ -17,16 +17,16 @@
 //!     --gateway target/release/kakehashi-gateway
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use kakehashi_tests::{Pki, Proc};
+use kakehashi_tests::browser::free_port;
+use kakehashi_tests::{connect_from, Pki, Proc};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -48,19 +48,6 @@ struct Args {
     /// Ceremony starts for one user.
     #[arg(long, default_value_t = 10_000)]
     starts: usize,
-}
-
-async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpSocket::new_v4()?;
-    s.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(from)), 0))?;
-    s.connect(to).await
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }
 
 async fn status_of<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str) -> anyhow::Result<u16> {

@@ -24,19 +24,6 @@ struct Entries<T> {
     groups: HashMap<String, VecDeque<String>>,
 }
 
-impl<T> std::ops::Deref for Entries<T> {
-    type Target = HashMap<String, (i64, T)>;
-    fn deref(&self) -> &Self::Target {
-        &self.by_id
-    }
-}
-
-impl<T> std::ops::DerefMut for Entries<T> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.by_id
-    }
-}
-
 /// The map is at its cap even after dropping expired entries.
 #[derive(Debug)]
 pub(crate) struct Full;
@@ -61,7 +48,8 @@ impl<T> TtlMap<T> {
     /// Stores `value` under a new random id until `expires` and returns the id.
     pub(crate) fn insert(&self, now: i64, expires: i64, value: T) -> Result<String, Full> {
         let id = super::random_b64url::<32>();
-        let mut map = self.lock();
+        let mut e = self.lock();
+        let map = &mut e.by_id;
         if map.len() >= self.cap {
             map.retain(|_, (exp, _)| *exp > now);
             if map.len() >= self.cap {
@@ -148,32 +136,33 @@ impl<T> TtlMap<T> {
 
     /// Removes and returns the entry if it has not expired (one use only).
     pub(crate) fn take(&self, id: &str, now: i64) -> Option<T> {
-        let (exp, value) = self.lock().remove(id)?;
+        let (exp, value) = self.lock().by_id.remove(id)?;
         (exp > now).then_some(value)
     }
 
     /// Removes the entry.
     pub(crate) fn remove(&self, id: &str) {
-        self.lock().remove(id);
+        self.lock().by_id.remove(id);
     }
 
     /// How many entries are held (expired ones included until purged).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     /// Whether the entry is held and not expired.
     #[cfg(test)]
     pub(crate) fn contains(&self, id: &str, now: i64) -> bool {
-        self.lock().get(id).is_some_and(|(exp, _)| *exp > now)
+        self.lock().by_id.get(id).is_some_and(|(exp, _)| *exp > now)
     }
 }
 
 impl<T: Clone> TtlMap<T> {
     /// A copy of the entry if it has not expired; an expired one is dropped.
     pub(crate) fn get(&self, id: &str, now: i64) -> Option<T> {
-        let mut map = self.lock();
+        let mut e = self.lock();
+        let map = &mut e.by_id;
         match map.get(id) {
             Some((exp, v)) if *exp > now => Some(v.clone()),
             Some(_) => {

@@ -182,7 +182,7 @@ async fn connection<T>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(MAX_HEAD.max(8192));
+        .max_buf_size(MAX_HEAD);
     let conn = http.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle_ms = u64::try_from(limits.idle_timeout.as_millis()).unwrap_or(u64::MAX);

@@ -3,24 +3,17 @@
 //! connections, a per-address connection cap, 10,000 ceremony starts for
 //! one user, a flood of bogus finishes, and the per-address API rate.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kakehashi_tests::browser::{admin, free_port};
 use kakehashi_tests::{
-    bin, client_config, login_sections, start_gateway, GatewayOpts, GatewayProc, Pki,
+    bin, client_config, closed_within, connect_from, login_sections, start_gateway, GatewayOpts,
+    GatewayProc, Pki,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// A TCP connection to `to` from the loopback address `from`
-/// (127.0.0.0/8 is all local: each address is its own "source").
-async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpSocket::new_v4()?;
-    s.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(from)), 0))?;
-    s.connect(to).await
-}
+use tokio::net::TcpStream;
 
 /// A gateway whose portal listens on `port` with `portal_extra` keys.
 async fn portal_gateway(
@@ -79,19 +72,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str) -> any
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("no answer"))?
         .parse()?)
-}
-
-/// Whether the server closes `s` within `within` (EOF or error on read).
-async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> bool {
-    let mut b = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {

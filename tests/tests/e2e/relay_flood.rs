@@ -3,28 +3,10 @@
 //! cannot take the connection cap from authenticated laptops; with many
 //! handshakes in progress QUIC peers prove their address with a Retry first.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use kakehashi_pki::TerminalClass;
 use kakehashi_tests::*;
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
-
-async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpSocket::new_v4()?;
-    s.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(from)), 0))?;
-    s.connect(to).await
-}
-
-/// Whether the gateway closes `s` within `within`.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut b = [0u8; 64];
-    matches!(
-        tokio::time::timeout(within, s.read(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_handshakes_from_one_address_leave_room_for_laptops() {
