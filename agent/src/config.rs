@@ -70,6 +70,15 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// CRL to check gateway certificates against.
     pub crl: Option<PathBuf>,
+    /// Hours a CRL past its `nextUpdate` is still trusted; after them the
+    /// agent connects to no gateway (`crl_stale`) until the current CRL is
+    /// installed.
+    #[serde(default = "default_crl_grace_hours")]
+    pub crl_grace_hours: u64,
+}
+
+fn default_crl_grace_hours() -> u64 {
+    kakehashi_transport::crl::DEFAULT_GRACE.as_secs() / 3600
 }
 
 /// `[tickets]`
@@ -172,6 +181,8 @@ pub struct Config {
     pub key: PathBuf,
     /// CRL.
     pub crl: Option<PathBuf>,
+    /// How long a CRL past its `nextUpdate` is still trusted.
+    pub crl_grace: Duration,
     /// Ticket public keys.
     pub ticket_keys: Vec<[u8; 32]>,
     /// Gateways.
@@ -291,6 +302,7 @@ impl Config {
             cert: rel(f.tls.cert),
             key: rel(f.tls.key),
             crl: f.tls.crl.map(rel),
+            crl_grace: Duration::from_secs(f.tls.crl_grace_hours.saturating_mul(3600)),
             ticket_keys,
             gateways,
             target: f.target.address,

@@ -74,7 +74,7 @@ type Reports = Option<mpsc::Sender<FilterReport>>;
 pub struct Agent {
     desk: String,
     cfg: Arc<Config>,
-    tls: Arc<rustls::ClientConfig>,
+    tls: tls::ClientTls,
     verifier: TicketVerifier,
     replay: Mutex<ReplayGuard>,
     rdp: Option<rdp::RdpTls>,
@@ -103,7 +103,7 @@ impl Agent {
                 other.kind()
             ),
         };
-        let tls = Arc::new(tls::client_config(&m, cfg.crl.as_deref(), ALPN_AGENT)?);
+        let tls = tls::ClientTls::new(m, cfg.crl.clone(), ALPN_AGENT, cfg.crl_grace)?;
         let rdp = cfg.rdp.as_ref().map(rdp::RdpTls::new).transpose()?;
         if rdp.is_none() {
             warn!(
@@ -217,7 +217,7 @@ impl Agent {
             max_streams: self.cfg.quic_session_streams,
             ..QuicLimits::default()
         };
-        let ep = kakehashi_transport::quic::client((*self.tls).clone(), limits, addr)?;
+        let ep = kakehashi_transport::quic::client((*self.tls.config()?).clone(), limits, addr)?;
         let conn = quic_connect(&ep, addr, &gw.server_name, timeout).await?;
         let hello = async {
             let mut ctl = QuicStream::new(conn.open_bi().await?);
@@ -262,7 +262,7 @@ impl Agent {
         let mut ctl = tls_connect(
             &gw.tcp,
             &gw.server_name,
-            self.tls.clone(),
+            self.tls.config()?,
             self.cfg.handshake_timeout,
             keepalive,
         )
@@ -315,10 +315,17 @@ impl Agent {
                     let reports = reports.clone();
                     tokio::spawn(
                         async move {
+                            let config = match me.tls.config() {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    warn!(error = %format!("{e:#}"), "Data channel not opened");
+                                    return;
+                                }
+                            };
                             match tls_connect(
                                 &gw.tcp,
                                 &gw.server_name,
-                                me.tls.clone(),
+                                config,
                                 me.cfg.handshake_timeout,
                                 keepalive,
                             )

@@ -116,10 +116,8 @@ impl Dialer {
         };
         tls::check_key_file(&cfg.key).map_err(SessionError::Other)?;
         let m = files.load().map_err(SessionError::Other)?;
-        let tls = Arc::new(
-            tls::client_config(&m, cfg.crl.as_deref(), ALPN_TERMINAL)
-                .map_err(SessionError::Other)?,
-        );
+        // A stale CRL is a refusal with its reason (`crl_stale`).
+        let tls = Arc::new(tls::client_config(&m, cfg.crl.as_deref(), ALPN_TERMINAL)?);
         let mut d = Self {
             cfg,
             tls,

@@ -95,7 +95,7 @@ pub enum DeviceCmd {
         /// Device id.
         #[arg(long)]
         id: String,
-        /// `blocked` or `lost`.
+        /// `blocked`, `lost` or `revoked` (each refused with its own reason code).
         #[arg(long, default_value = "blocked")]
         status: String,
         /// Why (kept in the audit log).
@@ -305,7 +305,9 @@ pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
             }
         }
         AdminCmd::Device(DeviceCmd::Block { id, status, reason }) => {
-            let st: DeviceStatus = status.parse().context("status must be blocked or lost")?;
+            let st: DeviceStatus = status
+                .parse()
+                .context("status must be blocked, lost or revoked")?;
             if st == DeviceStatus::Active {
                 bail!("use `admin device unblock` to make a device active");
             }

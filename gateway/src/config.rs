@@ -83,6 +83,10 @@ pub struct TestingSection {
     /// refuses a restricting session to such an agent (`desk_not_enforcing`).
     #[serde(default)]
     pub non_rdp_desks: bool,
+    /// A policy minute (`max_duration_mins`, `idle_timeout_mins`) lasts this
+    /// many seconds instead of 60, so session time limits and idle timeouts
+    /// can be tested end to end in seconds.
+    pub policy_minute_secs: Option<u64>,
 }
 
 /// `[store]`
@@ -246,6 +250,10 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 
+fn default_crl_grace_hours() -> u64 {
+    kakehashi_transport::crl::DEFAULT_GRACE.as_secs() / 3600
+}
+
 /// `[tls]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +266,11 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// CRL; reloaded when the file changes.
     pub crl: Option<PathBuf>,
+    /// Hours a CRL past its `nextUpdate` is still trusted; after them every
+    /// laptop and agent is refused with `crl_stale` until the current CRL
+    /// is installed (default 72).
+    #[serde(default = "default_crl_grace_hours")]
+    pub crl_grace_hours: u64,
     /// Ed25519 key that signs session tickets.
     pub ticket_key: PathBuf,
     /// File of TLS session-resumption keys, written by the gateway (default:
@@ -353,6 +366,8 @@ pub struct Config {
     pub key: PathBuf,
     /// CRL file.
     pub crl: Option<PathBuf>,
+    /// How long a CRL past its `nextUpdate` is still trusted.
+    pub crl_grace: Duration,
     /// Ticket signing key.
     pub ticket_key: PathBuf,
     /// TLS resumption key file, and whether it was set explicitly.
@@ -411,6 +426,8 @@ pub struct Config {
     /// Tests only (`[testing] non_rdp_desks`): a bare relay counts every desk
     /// as a non-RDP service.
     pub testing_non_rdp_desks: bool,
+    /// Tests only (`[testing] policy_minute_secs`): seconds per policy minute.
+    pub testing_minute_secs: Option<u64>,
     /// `[audit] syslog`: forward audit records to a syslog server.
     pub syslog: Option<crate::syslog::SyslogConfig>,
     /// `[audit] checkpoint_*`: where and how often the chain head is signed
@@ -540,6 +557,9 @@ impl Config {
             if t.non_rdp_desks && !t.relay_without_policy {
                 bail!("[testing] non_rdp_desks applies only with relay_without_policy = true; with a [store] each desk's service is registered (`admin desk set --service other`)");
             }
+            if t.policy_minute_secs.is_some_and(|m| !(1..=60).contains(&m)) {
+                bail!("[testing] policy_minute_secs must be between 1 and 60");
+            }
             if t.controls.is_some() && !t.relay_without_policy {
                 bail!("[testing] controls apply only with relay_without_policy = true; with a [store] the policy decides the controls");
             }
@@ -648,6 +668,7 @@ impl Config {
             cert: rel(f.tls.cert),
             key: rel(f.tls.key),
             crl: f.tls.crl.map(rel),
+            crl_grace: Duration::from_secs(f.tls.crl_grace_hours.saturating_mul(3600)),
             resumption_keys: match f.tls.resumption_keys {
                 Some(p) => (rel(p), true),
                 None => (
@@ -684,6 +705,7 @@ impl Config {
             policy_watch: Duration::from_millis(f.policy.watch_ms),
             relay_without_policy: f.testing.as_ref().is_some_and(|t| t.relay_without_policy),
             testing_non_rdp_desks: f.testing.as_ref().is_some_and(|t| t.non_rdp_desks),
+            testing_minute_secs: f.testing.as_ref().and_then(|t| t.policy_minute_secs),
             testing_controls: f.testing.and_then(|t| t.controls),
             syslog,
             checkpoints,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use kakehashi_proto::message::{LoginResult, Logout, RedeemLogin, Secret};
-use kakehashi_proto::Reason;
+use kakehashi_proto::{Reason, Refusal};
 use kakehashi_store::{
     Audit, DeviceSpec, DeviceStatus, Error as StoreError, Hash256, NewLoginToken, Store,
 };
@@ -57,6 +57,17 @@ fn new_token() -> String {
     )
 }
 
+/// The refusal for a laptop an officer blocked, or marked lost or revoked,
+/// with the policy's reason code for that status; `None` when it is active.
+fn device_refusal(status: DeviceStatus) -> Option<Refusal> {
+    let status = status.as_str().parse::<kakehashi_policy::DeviceStatus>();
+    match status {
+        Ok(s) => kakehashi_policy::device_reason(s).map(|r| r.refusal(None)),
+        // A status the policy does not know: refuse, never admit.
+        Err(_) => Some(Refusal::new(Reason::DeviceBlocked)),
+    }
+}
+
 fn store_failure(e: &StoreError) -> Reason {
     warn!(error = %e, "Store error during login handling");
     Reason::Internal
@@ -77,13 +88,13 @@ pub async fn redeem(
     req: &RedeemLogin,
     lifetime: Duration,
     utc_offset_secs: i32,
-) -> Result<LoginResult, Reason> {
+) -> Result<LoginResult, Refusal> {
     let now = kakehashi_store::unix_now();
     let code_hash = Hash256::digest(req.code.expose());
-    let denied = |reason: Reason, user: Option<&str>| {
+    let denied = |reason: &str, user: Option<&str>| {
         Audit::new(now, format!("device:{}", laptop.device), "login.redeem")
             .subject(user.unwrap_or("-"))
-            .reason(reason.code())
+            .reason(reason)
             .detail(json!({ "device": laptop.device, "peer": laptop.peer, "result": "denied" }))
     };
     let code = match store
@@ -103,14 +114,18 @@ pub async fn redeem(
             | StoreError::AlreadyUsed { .. }
             | StoreError::Expired { .. },
         ) => {
-            audit(store, denied(Reason::LoginCodeInvalid, None)).await;
-            return Err(Reason::LoginCodeInvalid);
+            audit(store, denied(Reason::LoginCodeInvalid.code(), None)).await;
+            return Err(Refusal::new(Reason::LoginCodeInvalid));
         }
-        Err(e) => return Err(store_failure(&e)),
+        Err(e) => return Err(Refusal::new(store_failure(&e))),
     };
     if !code.pkce_matches(req.code_verifier.expose()) {
-        audit(store, denied(Reason::LoginCodeInvalid, Some(&code.user_id))).await;
-        return Err(Reason::LoginCodeInvalid);
+        audit(
+            store,
+            denied(Reason::LoginCodeInvalid.code(), Some(&code.user_id)),
+        )
+        .await;
+        return Err(Refusal::new(Reason::LoginCodeInvalid));
     }
     // The code is bound to the laptop whose `kakehashi login` asked for it:
     // a code phished with a link naming another laptop is spent here and
@@ -122,22 +137,26 @@ pub async fn redeem(
             code_device = ?code.device_id,
             "Login code redeemed by a laptop it was not issued for; refused"
         );
-        let a = denied(Reason::LoginCodeOtherDevice, Some(&code.user_id)).detail(json!({
+        let a = denied(Reason::LoginCodeOtherDevice.code(), Some(&code.user_id)).detail(json!({
             "device": laptop.device,
             "peer": laptop.peer,
             "code_device": code.device_id,
             "result": "denied",
         }));
         audit(store, a).await;
-        return Err(Reason::LoginCodeOtherDevice);
+        return Err(Refusal::new(Reason::LoginCodeOtherDevice));
     }
     match store.get_user(&code.user_id).await {
         Ok(Some(u)) if !u.disabled => {}
         Ok(_) => {
-            audit(store, denied(Reason::UserDisabled, Some(&code.user_id))).await;
-            return Err(Reason::UserDisabled);
+            audit(
+                store,
+                denied(Reason::UserDisabled.code(), Some(&code.user_id)),
+            )
+            .await;
+            return Err(Refusal::new(Reason::UserDisabled));
         }
-        Err(e) => return Err(store_failure(&e)),
+        Err(e) => return Err(Refusal::new(store_failure(&e))),
     }
     // The device is known from its certificate; register it on first sight
     // (status active), and refuse one that an officer blocked.
@@ -150,7 +169,7 @@ pub async fn redeem(
                     .class
                     .as_str()
                     .parse()
-                    .map_err(|e| store_failure(&e))?,
+                    .map_err(|e| Refusal::new(store_failure(&e)))?,
                 loaned_to: Some(code.user_id.clone()),
                 cert_serial: Some(laptop.serial.clone()),
             };
@@ -160,13 +179,13 @@ pub async fn redeem(
             store
                 .upsert_device(&spec, a)
                 .await
-                .map_err(|e| store_failure(&e))?
+                .map_err(|e| Refusal::new(store_failure(&e)))?
         }
-        Err(e) => return Err(store_failure(&e)),
+        Err(e) => return Err(Refusal::new(store_failure(&e))),
     };
-    if device.status != DeviceStatus::Active {
-        audit(store, denied(Reason::DeviceBlocked, Some(&code.user_id))).await;
-        return Err(Reason::DeviceBlocked);
+    if let Some(why) = device_refusal(device.status) {
+        audit(store, denied(&why.code, Some(&code.user_id))).await;
+        return Err(why);
     }
     // Allowed (the person authenticated on this very laptop), but a laptop
     // loaned to someone else is worth an officer's look.
@@ -192,7 +211,7 @@ pub async fn redeem(
     store
         .create_login_token(&t, a)
         .await
-        .map_err(|e| store_failure(&e))?;
+        .map_err(|e| Refusal::new(store_failure(&e)))?;
     info!(user = %code.user_id, device = %laptop.device, expires_at, "Login token issued");
     Ok(LoginResult {
         token: Secret(token),
@@ -225,7 +244,9 @@ pub async fn logout(store: &Store, laptop: &Laptop, req: &Logout) -> Result<(), 
 }
 
 /// Check the token of a session request: present, valid, bound to this
-/// laptop's device *and* certificate, the user enabled, the device active.
+/// laptop's device *and* certificate, the user enabled. Whether the device
+/// may be used is the policy's to decide next (`device_blocked`,
+/// `device_lost`, `device_revoked`).
 pub async fn check(
     store: &Store,
     laptop: &Laptop,
@@ -251,11 +272,8 @@ pub async fn check(
         Ok(_) => return Err(Reason::UserDisabled),
         Err(e) => return Err(store_failure(&e)),
     }
-    match store.get_device(&laptop.device).await {
-        Ok(Some(d)) if d.status == DeviceStatus::Active => {}
-        Ok(_) => return Err(Reason::DeviceBlocked),
-        Err(e) => return Err(store_failure(&e)),
-    }
+    // The device's status (blocked, lost, revoked) is the policy's first
+    // check after the segment, with its own reason code (`device_lost`…).
     Ok(LoggedIn {
         user: t.user_id,
         login_at: t.issued_at,

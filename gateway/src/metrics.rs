@@ -36,6 +36,10 @@ pub struct Metrics {
     pub capacity_used: Gauge,
     /// Certificate expiry (unix seconds), by certificate (`gateway`, `ca`).
     pub cert_expiry: GaugeVec,
+    /// The CRL in force: `nextUpdate` as Unix time (0 without one).
+    pub crl_next_update: IntGauge,
+    /// Seconds since the CRL in force was issued (`thisUpdate`).
+    pub crl_age: IntGauge,
     /// Blocked RDP channel attempts reported by agents, by kind.
     pub rdp_blocked: IntCounterVec,
     /// Audit records not forwarded to syslog (queue full, or too large for UDP).
@@ -107,6 +111,8 @@ impl Metrics {
                 Opts::new("kakehashi_certificate_expiry_timestamp_seconds", "Certificate notAfter as unix time"),
                 &["cert"]
             )),
+            crl_next_update: reg!(IntGauge::new("kakehashi_crl_next_update_timestamp_seconds", "nextUpdate of the CRL in force as unix time; after it and [tls] crl_grace_hours every peer is refused with crl_stale")),
+            crl_age: reg!(IntGauge::new("kakehashi_crl_age_seconds", "Seconds since the CRL in force was issued (thisUpdate)")),
             rdp_blocked: reg!(IntCounterVec::new(
                 Opts::new("kakehashi_rdp_blocked_total", "Blocked RDP channel attempts reported by agents, by kind"),
                 &["kind"]

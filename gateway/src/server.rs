@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -379,6 +379,9 @@ impl Gateway {
         if cfg.relay_without_policy {
             warn!(controls = ?cfg.testing_controls, non_rdp_desks = cfg.testing_non_rdp_desks, "[testing] relay_without_policy: no policy; any valid device certificate reaches any online desk (tests only)");
         }
+        if let Some(minute) = cfg.testing_minute_secs {
+            warn!(minute_secs = minute, "[testing] policy_minute_secs: session time limits and idle timeouts run {minute} seconds per minute (tests only)");
+        }
         let files = TlsFiles {
             ca: cfg.ca.clone(),
             cert: cfg.cert.clone(),
@@ -388,7 +391,7 @@ impl Gateway {
         tls::check_key_file(&cfg.key)?;
         tls::check_key_file(&cfg.ticket_key)?;
         let m = files.load()?;
-        let verifier = ReloadingClientVerifier::new(&m.ca, cfg.crl.clone())?;
+        let verifier = ReloadingClientVerifier::with_grace(&m.ca, cfg.crl.clone(), cfg.crl_grace)?;
         let key = kakehashi_pki::load_ticket_signing_key(&cfg.ticket_key).with_context(|| {
             format!(
                 "cannot load ticket signing key {}",
@@ -989,7 +992,36 @@ fn check_cert(s: &Shared, cert: &PeerCertFacts) -> Result<(), Reason> {
             PeerCertProblem::Revoked => Reason::CertRevoked,
             PeerCertProblem::Expired => Reason::CertExpired,
             PeerCertProblem::Unreadable => Reason::CertRejected,
+            PeerCertProblem::CrlStale => Reason::CrlStale,
         })
+}
+
+/// Export the CRL's dates, and say in the log when it enters its grace
+/// period and when it goes stale (once each, and again after a reload).
+fn crl_freshness(s: &Shared, warned: &mut u8) {
+    let Some(d) = s.verifier.crl_dates() else {
+        return;
+    };
+    let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+    s.metrics.crl_next_update.set(d.next_update.unwrap_or(0));
+    s.metrics
+        .crl_age
+        .set(now.saturating_sub(d.this_update).max(0));
+    let level = match d.next_update {
+        Some(_) if s.verifier.crl_fresh(unix_now()).is_err() => 2,
+        Some(next) if now > next => 1,
+        _ => 0,
+    };
+    if level > *warned {
+        let next = d.next_update.unwrap_or(0);
+        let grace_h = s.cfg.crl_grace.as_secs() / 3600;
+        if level == 2 {
+            error!(next_update = next, grace_hours = grace_h, reason = Reason::CrlStale.code(), "The CRL is past nextUpdate and its grace period: every laptop and agent is refused until the CA's current CRL (kakehashi-pki crl) is installed");
+        } else {
+            warn!(next_update = next, grace_hours = grace_h, "The CRL is past nextUpdate: install the CA's current CRL (kakehashi-pki crl) before the grace period ends");
+        }
+    }
+    *warned = level;
 }
 
 /// Reload the CRL when its file changes, then drop the tunnels of agents
@@ -997,15 +1029,19 @@ fn check_cert(s: &Shared, cert: &PeerCertFacts) -> Result<(), Reason> {
 /// session request.
 async fn watch_crl(s: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut warned = 0;
     loop {
         tokio::select! {
             _ = s.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        crl_freshness(&s, &mut warned);
         match s.verifier.reload_if_changed() {
             Ok(false) => {}
             Ok(true) => {
                 info!("CRL reloaded");
+                warned = 0;
+                crl_freshness(&s, &mut warned);
                 let live: Vec<Arc<LiveSession>> = s
                     .live
                     .lock()
@@ -1210,7 +1246,12 @@ async fn handle_terminal_stream(
     async move {
         // The policy decides, on the store's current facts.
         let admitted = match Box::pin(admit(&s, &req, &device, class, login.as_ref())).await {
-            Ok(a) => a,
+            Ok(mut a) => {
+                if let Some(minute) = s.cfg.testing_minute_secs {
+                    a.limits = shorter_minutes(a.limits, minute, unix_now());
+                }
+                a
+            }
             Err((refusal, rule)) => {
                 info!(reason = %refusal.code, rule = ?rule, "Session refused by the policy");
                 s.metrics.denials.with_label_values(&[reason_label(&refusal.code)]).inc();
@@ -1958,12 +1999,12 @@ async fn login_frame(
                     let _ = write_message(&mut io, &res).await;
                     let _ = io.shutdown().await;
                 }
-                Err(reason) => {
+                Err(refusal) => {
                     s.metrics
                         .auth_failures
-                        .with_label_values(&[reason.code()])
+                        .with_label_values(&[reason_label(&refusal.code)])
                         .inc();
-                    refuse(&mut io, Refusal::new(reason)).await
+                    refuse(&mut io, refusal).await
                 }
             }
         }
@@ -2295,6 +2336,24 @@ async fn watch_changes(s: Arc<Shared>) {
             "Live sessions re-decided"
         );
     }
+}
+
+/// `[testing] policy_minute_secs`: the rule's maximum duration and idle
+/// timeout with `minute` seconds per minute, and the end time they give.
+fn shorter_minutes(
+    mut l: kakehashi_policy::Limits,
+    minute: u64,
+    now: u64,
+) -> kakehashi_policy::Limits {
+    l.max_duration_secs = l.max_duration_secs.map(|d| d / 60 * minute);
+    l.idle_timeout_secs = l
+        .idle_timeout_secs
+        .map(|i| u32::try_from(u64::from(i) / 60 * minute).unwrap_or(u32::MAX));
+    if let Some(d) = l.max_duration_secs {
+        let by_duration = now.saturating_add(d);
+        l.end_at = Some(l.end_at.map_or(by_duration, |e| e.min(by_duration)));
+    }
+    l
 }
 
 /// Ends the session with `session_idle` when the laptop sends nothing for

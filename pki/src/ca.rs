@@ -680,7 +680,13 @@ impl CaDir {
     /// revoked certificate; increments the CRL number. `thisUpdate` is now,
     /// `nextUpdate` seven days later.
     pub fn write_crl(&mut self) -> Result<PathBuf, PkiError> {
-        let now = now_utc();
+        self.write_crl_issued_at(now_utc())
+    }
+
+    /// [`CaDir::write_crl`] as if issued at `now`: `nextUpdate` is seven
+    /// days after it. A date in the past gives a stale CRL, which tests use
+    /// to check that peers refuse it.
+    pub fn write_crl_issued_at(&mut self, now: OffsetDateTime) -> Result<PathBuf, PkiError> {
         let number = self.index.crl_number + 1;
         let revoked_certs = self
             .index

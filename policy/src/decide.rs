@@ -176,6 +176,18 @@ impl fmt::Display for Explanation {
     }
 }
 
+/// Why a device in `status` may not be used: `None` for an active one. The
+/// login check uses it too, so a lost laptop hears `device_lost` wherever it
+/// is refused.
+pub fn device_reason(status: DeviceStatus) -> Option<ReasonCode> {
+    match status {
+        DeviceStatus::Active => None,
+        DeviceStatus::Blocked => Some(ReasonCode::DeviceBlocked),
+        DeviceStatus::Lost => Some(ReasonCode::DeviceLost),
+        DeviceStatus::Revoked => Some(ReasonCode::DeviceRevoked),
+    }
+}
+
 /// Decide a request. Pure: no clock, no I/O; `now` is passed in.
 ///
 /// Order: the My Number segment; the device status; the first rule matching
@@ -356,12 +368,7 @@ fn evaluate<T: Tracer>(req: &Request, policy: &Policy, now: OffsetDateTime, t: &
     });
 
     // 2. The device.
-    let device_reason = match req.device.status {
-        DeviceStatus::Active => None,
-        DeviceStatus::Blocked => Some(ReasonCode::DeviceBlocked),
-        DeviceStatus::Lost => Some(ReasonCode::DeviceLost),
-        DeviceStatus::Revoked => Some(ReasonCode::DeviceRevoked),
-    };
+    let device_reason = device_reason(req.device.status);
     check(t, "device", device_reason.is_none(), || {
         format!("device {} is {}", req.device.id, req.device.status)
     });

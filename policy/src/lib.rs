@@ -75,7 +75,7 @@ mod reason;
 mod rules;
 
 pub use cli::{check_cli, explain_cli, what_if_request, ExplainArgs, PlanArg};
-pub use decide::{decide, explain, Decision, Explanation, Limits, Step, StepKind};
+pub use decide::{decide, device_reason, explain, Decision, Explanation, Limits, Step, StepKind};
 pub use default::default_policy_toml;
 pub use file::{check, Diagnostic, PolicyError, Severity, FORMAT_VERSION, MAX_MINUTES};
 pub use model::{

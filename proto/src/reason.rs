@@ -84,6 +84,10 @@ pub enum Reason {
     /// enforce controls (its RDP filter is off) and the desk is not registered
     /// as a non-RDP service, so it was refused.
     DeskNotEnforcing,
+    /// A certificate revocation list in force is past its `nextUpdate` and
+    /// the grace period: revocations since may be missing, so the connection
+    /// fails closed until the CA's current CRL is installed.
+    CrlStale,
 }
 
 impl Reason {
@@ -123,6 +127,7 @@ impl Reason {
         Reason::EndedByOperator,
         Reason::SessionIdle,
         Reason::DeskNotEnforcing,
+        Reason::CrlStale,
     ];
 
     /// The stable code.
@@ -162,6 +167,7 @@ impl Reason {
             Reason::EndedByOperator => "ended_by_operator",
             Reason::SessionIdle => "session_idle",
             Reason::DeskNotEnforcing => "desk_not_enforcing",
+            Reason::CrlStale => "crl_stale",
         }
     }
 
@@ -202,6 +208,7 @@ impl Reason {
             Reason::EndedByOperator => "運用担当者がセッションを終了しました。",
             Reason::SessionIdle => "一定時間操作がなかったため、セッションを終了しました。",
             Reason::DeskNotEnforcing => "デスクPCのエージェントが利用制限（クリップボード・ドライブ・プリンター等）を強制していないため、接続を拒否しました。情報システム担当に連絡してください。",
+            Reason::CrlStale => "証明書失効リスト(CRL)の有効期限が切れているため、接続を拒否しました。情報システム担当に連絡してください。",
         }
     }
 
@@ -242,6 +249,7 @@ impl Reason {
             Reason::EndedByOperator => "An operator ended the session.",
             Reason::SessionIdle => "The session was ended after a period without input.",
             Reason::DeskNotEnforcing => "The connection was refused because the desk PC's agent does not enforce the session's restrictions (clipboard, drives, printers and so on). Please contact IT.",
+            Reason::CrlStale => "The connection was refused because the certificate revocation list (CRL) has expired. Please contact IT.",
         }
     }
 

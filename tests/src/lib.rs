@@ -500,6 +500,7 @@ pub fn start_agent_extra(
 ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
+crl = "{crl}"
 [tickets]
 public_keys = ["{pubkey}"]
 [[gateways]]
@@ -517,6 +518,7 @@ max_ms = 1000
         ca = pki.ca.ca_cert_path().display(),
         cert = files.cert.display(),
         key = files.key.display(),
+        crl = pki.ca.crl_path().display(),
         pubkey = pki.ca.ticket_public_path().display(),
         tcp = gw.agent_tcp,
         quic = gw.agent_quic,

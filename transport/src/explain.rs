@@ -58,6 +58,9 @@ pub fn quic_reason(e: &quinn::ConnectionError) -> Option<Reason> {
 /// Walk an error chain and explain the first TLS failure in it.
 pub fn chain_reason(e: &anyhow::Error) -> Option<Reason> {
     e.chain().find_map(|c| {
+        if c.is::<crate::crl::CrlStale>() {
+            return Some(Reason::CrlStale);
+        }
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             return io_reason(io);
         }

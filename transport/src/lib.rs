@@ -16,6 +16,7 @@
 //! - [`explain`]: turns handshake failures into reason codes a person can act on.
 //! - [`limit`]: connection caps per source address and in total, taken after accept.
 
+pub mod crl;
 pub mod dial;
 pub mod explain;
 pub mod limit;

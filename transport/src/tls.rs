@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -14,6 +14,8 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+use crate::crl::{self, CrlDates, CrlFile};
 
 /// The one crypto provider: ring, with TLS13_AES_128_GCM_SHA256 first.
 ///
@@ -131,11 +133,11 @@ impl TlsFiles {
 
 fn build_client_verifier(
     roots: &Arc<RootCertStore>,
-    crl: Option<&Path>,
+    crl: Option<&CrlFile>,
 ) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
     let mut b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
     if let Some(crl) = crl {
-        b = b.with_crls(load_crls(crl)?);
+        b = b.with_crls(crl.ders.clone());
     }
     b.build()
         .context("cannot build client certificate verifier")
@@ -147,24 +149,14 @@ fn build_client_verifier(
 pub struct ReloadingClientVerifier {
     roots: Arc<RootCertStore>,
     crl: Option<PathBuf>,
+    grace: Duration,
     hints: Vec<DistinguishedName>,
     inner: RwLock<Arc<dyn ClientCertVerifier>>,
     loaded_mtime: RwLock<Option<SystemTime>>,
     /// Serials in the current CRL, for [`ReloadingClientVerifier::check_peer`].
     revoked: RwLock<HashSet<Vec<u8>>>,
-}
-
-/// Serial numbers listed in the CRLs of a PEM file.
-fn revoked_serials(path: &Path) -> anyhow::Result<HashSet<Vec<u8>>> {
-    let mut out = HashSet::new();
-    for der in load_crls(path)? {
-        let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
-            .map_err(|e| anyhow::anyhow!("cannot parse CRL {}: {e}", path.display()))?;
-        for r in crl.iter_revoked_certificates() {
-            out.insert(r.raw_serial().to_vec());
-        }
-    }
-    Ok(out)
+    /// The current CRL's dates, for the staleness check and the metrics.
+    dates: RwLock<Option<CrlDates>>,
 }
 
 /// Why a peer certificate that passed (or skipped, on resumption) the
@@ -177,6 +169,9 @@ pub enum PeerCertProblem {
     Expired,
     /// Not parseable.
     Unreadable,
+    /// The CRL in force is past its `nextUpdate` and the grace period:
+    /// nothing can be admitted until the current CRL is installed.
+    CrlStale,
 }
 
 /// What a server keeps of a peer's end-entity certificate to check it again
@@ -208,30 +203,63 @@ impl PeerCertFacts {
 }
 
 impl ReloadingClientVerifier {
-    /// Verify against `ca`, with the CRL at `crl` when given.
+    /// Verify against `ca`, with the CRL at `crl` when given, trusted for
+    /// [`crl::DEFAULT_GRACE`] past its `nextUpdate`.
     pub fn new(ca: &[CertificateDer<'static>], crl: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+        Self::with_grace(ca, crl, crl::DEFAULT_GRACE)
+    }
+
+    /// [`ReloadingClientVerifier::new`] with the CRL trusted for `grace`
+    /// past its `nextUpdate` (`[tls] crl_grace_hours`). A stale CRL does
+    /// not stop the gateway from starting (its portal and metrics must work
+    /// for the fix); [`ReloadingClientVerifier::check_peer`] refuses peers.
+    pub fn with_grace(
+        ca: &[CertificateDer<'static>],
+        crl: Option<PathBuf>,
+        grace: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
         let roots = roots(ca)?;
         let mtime = crl.as_deref().and_then(mtime);
-        let inner = build_client_verifier(&roots, crl.as_deref())?;
+        let file = crl.as_deref().map(CrlFile::read).transpose()?;
+        let inner = build_client_verifier(&roots, file.as_ref())?;
         let hints = inner.root_hint_subjects().to_vec();
-        let revoked = match crl.as_deref() {
-            Some(p) => revoked_serials(p)?,
-            None => HashSet::new(),
+        let (revoked, dates) = match file {
+            Some(f) => (f.revoked, Some(f.dates)),
+            None => (HashSet::new(), None),
         };
         Ok(Arc::new(Self {
             roots,
             crl,
+            grace,
             hints,
             inner: RwLock::new(inner),
             loaded_mtime: RwLock::new(mtime),
             revoked: RwLock::new(revoked),
+            dates: RwLock::new(dates),
         }))
+    }
+
+    /// The dates of the CRL in force, if there is one.
+    pub fn crl_dates(&self) -> Option<CrlDates> {
+        *self.dates.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the CRL in force is stale at `now` (Unix seconds), as an
+    /// error naming the file.
+    pub fn crl_fresh(&self, now: u64) -> Result<(), crl::CrlStale> {
+        match (self.crl_dates(), &self.crl) {
+            (Some(d), Some(path)) => {
+                d.check(path, i64::try_from(now).unwrap_or(i64::MAX), self.grace)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Check a peer's end-entity certificate after the handshake against the
     /// *current* CRL and its validity dates. A resumed TLS 1.3 session skips
     /// client-certificate verification, so without this a laptop revoked
-    /// after its last full handshake could keep opening sessions.
+    /// after its last full handshake could keep opening sessions. A stale
+    /// CRL refuses every peer: revocations since may be missing.
     pub fn check_peer(&self, cert: &PeerCertFacts, now: u64) -> Result<(), PeerCertProblem> {
         if self
             .revoked
@@ -241,7 +269,10 @@ impl ReloadingClientVerifier {
         {
             return Err(PeerCertProblem::Revoked);
         }
-        let now = now as i64;
+        if self.crl_fresh(now).is_err() {
+            return Err(PeerCertProblem::CrlStale);
+        }
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
         if now < cert.not_before || now > cert.not_after {
             return Err(PeerCertProblem::Expired);
         }
@@ -262,10 +293,11 @@ impl ReloadingClientVerifier {
         if now == *self.loaded_mtime.read().unwrap_or_else(|e| e.into_inner()) {
             return Ok(false);
         }
-        let v = build_client_verifier(&self.roots, Some(path))?;
-        let revoked = revoked_serials(path)?;
+        let file = CrlFile::read(path)?;
+        let v = build_client_verifier(&self.roots, Some(&file))?;
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = v;
-        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = file.revoked;
+        *self.dates.write().unwrap_or_else(|e| e.into_inner()) = Some(file.dates);
         *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = now;
         Ok(true)
     }
@@ -362,16 +394,37 @@ pub fn server_config_with_tickets(
 }
 
 /// Client config: TLS 1.3, the server checked against our CA only (and the
-/// CRL, when given), our certificate presented.
+/// CRL, when given), our certificate presented. A CRL past its `nextUpdate`
+/// and [`crl::DEFAULT_GRACE`] is refused with [`crl::CrlStale`].
 pub fn client_config(
     m: &TlsMaterial,
     crl: Option<&Path>,
     alpn: &[u8],
 ) -> anyhow::Result<rustls::ClientConfig> {
+    let file = match crl {
+        Some(path) => {
+            let f = CrlFile::read(path)?;
+            f.dates.check(path, unix_secs(), crl::DEFAULT_GRACE)?;
+            Some(f)
+        }
+        None => None,
+    };
+    client_config_with(m, file.as_ref(), alpn)
+}
+
+fn unix_secs() -> i64 {
+    i64::try_from(crate::unix_now()).unwrap_or(i64::MAX)
+}
+
+fn client_config_with(
+    m: &TlsMaterial,
+    crl: Option<&CrlFile>,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ClientConfig> {
     let roots = roots(&m.ca)?;
     let mut vb = WebPkiServerVerifier::builder_with_provider(roots, provider());
     if let Some(crl) = crl {
-        vb = vb.with_crls(load_crls(crl)?);
+        vb = vb.with_crls(crl.ders.clone());
     }
     let verifier = vb
         .build()
@@ -384,6 +437,84 @@ pub fn client_config(
         .context("certificate and key do not match")?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(cfg)
+}
+
+/// A client configuration for a long-running peer (the agent): the CRL is
+/// read again when its file changes, and a CRL past its `nextUpdate` and
+/// the grace period refuses every new connection ([`crl::CrlStale`]) until
+/// the current one is installed.
+#[derive(Debug)]
+pub struct ClientTls {
+    material: TlsMaterial,
+    crl: Option<PathBuf>,
+    alpn: Vec<u8>,
+    grace: Duration,
+    state: RwLock<ClientTlsState>,
+}
+
+#[derive(Debug)]
+struct ClientTlsState {
+    mtime: Option<SystemTime>,
+    dates: Option<CrlDates>,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl ClientTls {
+    /// Build from our material and the CRL file, if any. Fails on an
+    /// unreadable CRL; a stale one fails later, at [`ClientTls::config`],
+    /// so the peer keeps retrying and picks up the renewed file.
+    pub fn new(
+        material: TlsMaterial,
+        crl: Option<PathBuf>,
+        alpn: &[u8],
+        grace: Duration,
+    ) -> anyhow::Result<Self> {
+        let file = crl.as_deref().map(CrlFile::read).transpose()?;
+        let config = Arc::new(client_config_with(&material, file.as_ref(), alpn)?);
+        Ok(Self {
+            state: RwLock::new(ClientTlsState {
+                mtime: crl.as_deref().and_then(mtime),
+                dates: file.map(|f| f.dates),
+                config,
+            }),
+            material,
+            crl,
+            alpn: alpn.to_vec(),
+            grace,
+        })
+    }
+
+    /// The configuration for the next connection. The CRL is re-read when
+    /// its file changed; a file that fails to load leaves the previous CRL
+    /// in force (the error is logged).
+    pub fn config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        if let Some(path) = &self.crl {
+            let now = mtime(path);
+            let changed = now != self.state.read().unwrap_or_else(|e| e.into_inner()).mtime;
+            if changed {
+                match CrlFile::read(path).and_then(|f| {
+                    Ok((client_config_with(&self.material, Some(&f), &self.alpn)?, f))
+                }) {
+                    Ok((config, f)) => {
+                        tracing::info!(crl = %path.display(), "CRL reloaded");
+                        *self.state.write().unwrap_or_else(|e| e.into_inner()) = ClientTlsState {
+                            mtime: now,
+                            dates: Some(f.dates),
+                            config: Arc::new(config),
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "CRL reload failed; keeping the previous CRL");
+                    }
+                }
+            }
+        }
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if let (Some(d), Some(path)) = (st.dates, &self.crl) {
+            d.check(path, unix_secs(), self.grace)?;
+        }
+        Ok(st.config.clone())
+    }
 }
 
 /// Server name for TLS from a host string (DNS name or IP address).

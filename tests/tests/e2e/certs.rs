@@ -299,3 +299,130 @@ async fn revoked_agent_cannot_register() {
     assert!(w.gw.proc.log_text().contains("handshake refused"));
     still_serves(&w).await;
 }
+
+/// The gateway's `kakehashi_crl_next_update_timestamp_seconds` once it equals `want`.
+async fn wait_crl_metric(w: &World, want: i64) {
+    let line = format!("kakehashi_crl_next_update_timestamp_seconds {want}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = http_get(w.gw.addrs.admin, "/metrics").await.unwrap();
+        if text.lines().any(|l| l == line) {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("kakehashi_crl_age_seconds ")),
+                "{text}"
+            );
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{line}` in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue the CRL as if `days_ago` days ago; returns its `nextUpdate`.
+fn crl_issued_days_ago(w: &mut World, days_ago: i64) -> i64 {
+    let at = time::OffsetDateTime::now_utc() - time::Duration::days(days_ago);
+    let path = w.pki.ca.write_crl_issued_at(at).unwrap();
+    kakehashi_transport::crl::CrlFile::read(&path)
+        .unwrap()
+        .dates
+        .next_update
+        .expect("our CA writes nextUpdate")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_crl_fails_closed_after_its_grace_and_a_current_one_reopens() {
+    let mut w = world().await;
+    let dev = w.pki.device("LAPTOP-CRL", TerminalClass::Home);
+    // The gateway alone checks the CRL here: the laptop's config names none.
+    let cfg = client_config(
+        &w.pki,
+        &dev,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+
+    // A day past nextUpdate (issued 8 days ago, valid 7): inside the 72 h
+    // grace, still served, and the gateway warns.
+    let next = crl_issued_days_ago(&mut w, 8);
+    wait_crl_metric(&w, next).await;
+    w.gw.proc
+        .wait_log("The CRL is past nextUpdate", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let c = start_client(&w.pki, &cfg, "DESK-C", "tcp").await.unwrap();
+    wait_echo(c.listen, Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    // Four days past: stale. New sessions and agents are refused with the reason.
+    let next = crl_issued_days_ago(&mut w, 11);
+    wait_crl_metric(&w, next).await;
+    w.gw.proc
+        .wait_log("crl_stale", Duration::from_secs(5))
+        .await
+        .unwrap();
+    for transport in ["tcp", "quic"] {
+        let err = connect_fails(&w.pki, &cfg, transport).await;
+        assert!(err.contains("crl_stale"), "{transport}: {err}");
+        assert!(err.contains("失効リスト"), "Japanese sentence first: {err}");
+    }
+    // The running laptop's next session too.
+    assert!(refused(w.good.listen).await);
+    // An agent holding the stale CRL dials no gateway, and says why.
+    let desk = echo_server().await;
+    let agent = start_agent(&mut w.pki, "DESK-STALE", &w.gw.addrs, desk, "tcp");
+    agent
+        .wait_log("crl_stale", Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A laptop holding the stale CRL refuses on its own side, before any traffic.
+    let with_crl = client_config(
+        &w.pki,
+        &dev,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&with_crl)
+            .unwrap();
+        writeln!(f, "crl = \"{}\"", w.pki.ca.crl_path().display()).unwrap();
+    }
+    let err = connect_fails(&w.pki, &with_crl, "tcp").await;
+    assert!(err.contains("crl_stale"), "{err}");
+
+    // The CA's current CRL: served again without a restart, the agent too.
+    let next = crl_issued_days_ago(&mut w, 0);
+    wait_crl_metric(&w, next).await;
+    still_serves(&w).await;
+    let c = start_client(&w.pki, &cfg, "DESK-STALE", "tcp")
+        .await
+        .unwrap();
+    wait_echo(c.listen, Duration::from_secs(20)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_certificate_presented_by_a_laptop_is_rejected() {
+    // Our CA issued it, it is current and not revoked, but it is for server
+    // authentication only: the gateway refuses it in the handshake, and the
+    // laptop says so with `certificate_rejected`, not a raw TLS alert.
+    let w = world().await;
+    let server = w.pki.gateway_cert();
+    let cfg = client_config(
+        &w.pki,
+        &server,
+        w.gw.addrs.terminal_tcp,
+        w.gw.addrs.terminal_quic,
+    );
+    for transport in ["tcp", "quic"] {
+        let err = connect_fails(&w.pki, &cfg, transport).await;
+        assert!(err.contains("certificate_rejected"), "{transport}: {err}");
+        assert!(err.contains("受け付けませんでした"), "{transport}: {err}");
+    }
+    still_serves(&w).await;
+}
