@@ -181,6 +181,31 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
         "device_blocked"
     );
 
+    // A laptop reported lost, or marked revoked, hears its own reason — at a
+    // session with the token it had, and at its next login.
+    for (status, code, id) in [
+        (DeviceStatus::Lost, "device_lost", "LAPTOP-D"),
+        (DeviceStatus::Revoked, "device_revoked", "LAPTOP-E"),
+    ] {
+        let d = pki.device(id, TerminalClass::Home);
+        let seed = seed_login(&store, "u-suzuki", id).await;
+        let res = LoginResult::from_frame(&redeem(&pki, &d, &gw, &seed).await).unwrap();
+        store
+            .set_device_status(
+                id,
+                status,
+                Audit::new(kakehashi_store::unix_now(), "officer", "device.block"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            refusal(&session(&pki, &d, &gw, Some(&res.token)).await),
+            code
+        );
+        let seed = seed_login(&store, "u-suzuki", id).await;
+        assert_eq!(refusal(&redeem(&pki, &d, &gw, &seed).await), code);
+    }
+
     // Logout revokes: the token stops working.
     let seed_a2 = seed_login(&store, "u-tanaka", "LAPTOP-A").await;
     let res_a2 = LoginResult::from_frame(&redeem(&pki, &a2, &gw, &seed_a2).await).unwrap();
@@ -231,6 +256,8 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
         ("session.denied", "login_required"),
         ("session.denied", "token_other_device"),
         ("session.denied", "device_blocked"),
+        ("session.denied", "device_lost"),
+        ("login.redeem", "device_revoked"),
         ("session.denied", "token_revoked"),
         ("session.denied", "user_disabled"),
         ("logout", ""),

@@ -111,12 +111,17 @@ struct Setup {
 }
 
 async fn setup(desks: &[(&str, u8, &str)]) -> Setup {
+    setup_with(desks, "").await
+}
+
+/// [`setup`] with extra gateway configuration after the store sections.
+async fn setup_with(desks: &[(&str, u8, &str)], extra: &str) -> Setup {
     let mut pki = Pki::new();
     let db = pki.path().join("kakehashi.db");
     let gw = start_gateway(
         &pki,
         GatewayOpts {
-            identity: Some(store_sections(&db)),
+            identity: Some(format!("{}{extra}", store_sections(&db))),
             ..Default::default()
         },
     )
@@ -410,4 +415,92 @@ async fn bcp_mode_opens_home_access_and_its_end_closes_it() {
     assert_eq!(end_reason(&store, &id).await, before);
     let (ok, out) = gateway_cli(&["bcp", "list", "--config", &cfg_path]).await;
     assert!(ok && out.contains("訓練") && out.contains("大雪"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rules_time_limit_and_idle_timeout_end_sessions_with_their_reasons() {
+    // One policy minute lasts a second here ([testing] policy_minute_secs),
+    // so "4 minutes at most, 2 minutes idle" plays out in seconds.
+    let Setup {
+        mut pki,
+        gw,
+        store,
+        _agents,
+    } = setup_with(
+        &[("DESK-TL", 1, "u-mori")],
+        "[testing]\npolicy_minute_secs = 1\n",
+    )
+    .await;
+    let (ok, current) =
+        gateway_cli(&["policy", "export", "--config", gw.config.to_str().unwrap()]).await;
+    assert!(ok, "{current}");
+    let marker = "id = \"l1-satellite\"\n";
+    assert!(current.contains(marker), "{current}");
+    let limited = current.replacen(
+        marker,
+        &format!("{marker}max_duration_mins = 4\nidle_timeout_mins = 2\n"),
+        1,
+    );
+    let file = pki.path().join("limited.toml");
+    std::fs::write(&file, &limited).unwrap();
+    let (ok, out) = gateway_cli(&[
+        "policy",
+        "import",
+        "--config",
+        gw.config.to_str().unwrap(),
+        file.to_str().unwrap(),
+        "--reason",
+        "short sessions",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    gw.proc
+        .wait_log("New access policy in force", Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let dev = pki.device("LAPTOP-MORI", TerminalClass::Satellite);
+    let t = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-mori").await;
+    let cfg = client_config_logged_in(&pki, &dev, &gw.addrs, "u-mori", &t);
+    let client = start_client(&pki, &cfg, "DESK-TL", "quic").await.unwrap();
+
+    // Typing keeps the idle timeout away, but not the time limit.
+    let mut busy = open_session(&client).await;
+    let busy_id = newest_session(&store, "DESK-TL").await;
+    let typing = async {
+        loop {
+            if busy.write_all(b"k").await.is_err() {
+                return;
+            }
+            let mut b = [0u8; 1];
+            match busy.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), typing)
+        .await
+        .expect("the time limit did not end the session");
+    // The reason tells the two timers apart: typing kept the idle one away.
+    assert_eq!(end_reason(&store, &busy_id).await, "session_time_limit");
+    client
+        .proc
+        .wait_log("session_time_limit", Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // A session nobody types into ends after the idle timeout.
+    let mut quiet = open_session(&client).await;
+    let quiet_id = newest_session(&store, "DESK-TL").await;
+    assert_ne!(quiet_id, busy_id);
+    ended_within(&mut quiet, Duration::from_secs(10)).await;
+    drop(quiet);
+    assert_eq!(end_reason(&store, &quiet_id).await, "session_idle");
+    client
+        .proc
+        .wait_log("session_idle", Duration::from_secs(5))
+        .await
+        .unwrap();
 }

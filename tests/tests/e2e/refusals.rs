@@ -279,3 +279,43 @@ async fn a_desk_whose_server_is_not_there_is_target_unreachable() {
     };
     assert_eq!(code, "target_unreachable");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_laptop_or_agent_is_refused_with_timeout() {
+    // Both finish the TLS handshake, then say nothing: the gateway answers
+    // `timeout` after its handshake time-out (5 s in tests) and closes.
+    let mut pki = Pki::new();
+    let gw = start_gateway(&pki, GatewayOpts::default()).await;
+    let dev = pki.device("LAPTOP-SILENT", TerminalClass::Home);
+    let agent = pki.agent("DESK-SILENT");
+    let mut laptop = raw_tls(
+        &pki,
+        &dev,
+        gw.addrs.terminal_tcp,
+        kakehashi_proto::ALPN_TERMINAL,
+    )
+    .await
+    .unwrap();
+    let mut desk = raw_tls(
+        &pki,
+        &agent,
+        gw.addrs.agent_tcp,
+        kakehashi_proto::ALPN_AGENT,
+    )
+    .await
+    .unwrap();
+    for (who, s) in [("laptop", &mut laptop), ("agent", &mut desk)] {
+        let f = tokio::time::timeout(Duration::from_secs(20), kakehashi_proto::io::read_frame(s))
+            .await
+            .unwrap_or_else(|_| panic!("{who}: no answer"))
+            .unwrap();
+        assert_eq!(f.kind, FrameKind::Refused, "{who}");
+        let r = Refusal::from_frame(&f).unwrap();
+        assert_eq!(r.code, "timeout", "{who}");
+        assert!(r.ja.contains("時間内"), "{who}: {}", r.ja);
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "{who}: still open"
+        );
+    }
+}
