@@ -3,8 +3,8 @@
 //! The decoder never reads past the end of a frame, so the bytes that follow
 //! the last control frame on a stream (the session itself) stay untouched.
 
-use crate::PROTOCOL_VERSION;
-
+/// Version byte at the start of every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 6;
 /// Largest payload a frame may carry. Control messages are small; anything

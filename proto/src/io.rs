@@ -38,7 +38,7 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Fram
         }
         got += n;
         // Reject a bad version byte without waiting for the rest.
-        if header[0] != crate::PROTOCOL_VERSION {
+        if header[0] != crate::frame::PROTOCOL_VERSION {
             return Err(FrameError::Version(header[0]).into());
         }
     }

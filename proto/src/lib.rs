@@ -16,7 +16,7 @@ pub mod message;
 pub mod reason;
 pub mod ticket;
 
-pub use frame::{Frame, FrameError, FrameKind};
+pub use frame::{Frame, FrameError, FrameKind, PROTOCOL_VERSION};
 pub use message::{Clipboard, Controls, Limits};
 pub use reason::{Reason, Refusal};
 pub use ticket::{ReplayGuard, TicketClaims, TicketError, TicketSigner, TicketVerifier};
@@ -25,5 +25,3 @@ pub use ticket::{ReplayGuard, TicketClaims, TicketError, TicketSigner, TicketVer
 pub const ALPN_TERMINAL: &[u8] = b"kakehashi-terminal/1";
 /// ALPN protocol id spoken by desk agents to the gateway.
 pub const ALPN_AGENT: &[u8] = b"kakehashi-agent/1";
-/// Version byte at the start of every frame.
-pub const PROTOCOL_VERSION: u8 = 1;

@@ -6,6 +6,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::frame::{self, Frame, FrameError, FrameKind};
+use crate::reason::Refusal;
 
 /// Longest desk, device, user or session id accepted on the wire.
 pub const MAX_ID_LEN: usize = 64;
@@ -215,7 +216,7 @@ pub struct SessionEndReport {
     /// operator…); `None` when it ended because a peer closed it, or the
     /// gateway does not remember it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<crate::reason::Refusal>,
+    pub reason: Option<Refusal>,
 }
 
 impl Message for SessionEndReport {
@@ -413,6 +414,22 @@ pub struct Limits {
     pub end_at: Option<u64>,
     /// Seconds of inactivity after which the session ends.
     pub idle_timeout_secs: Option<u32>,
+}
+
+/// A refusal travels in its own frame kind, so either side can end a
+/// stream with a reason code.
+impl Message for Refusal {
+    const KIND: FrameKind = FrameKind::Refused;
+    fn validate(&self) -> Result<(), String> {
+        if self.code.is_empty()
+            || self.code.len() > 64
+            || self.ja.len() > 1024
+            || self.en.len() > 1024
+        {
+            return Err("refusal fields out of bounds".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::FrameKind;
-use crate::message::Message;
-
 /// Why a session was refused or ended. The code strings are stable: log
 /// searches, alert rules and other programs rely on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -307,20 +304,6 @@ impl Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "[{}] {} / {}", self.code, self.ja, self.en)
-    }
-}
-
-impl Message for Refusal {
-    const KIND: FrameKind = FrameKind::Refused;
-    fn validate(&self) -> Result<(), String> {
-        if self.code.is_empty()
-            || self.code.len() > 64
-            || self.ja.len() > 1024
-            || self.en.len() > 1024
-        {
-            return Err("refusal fields out of bounds".into());
-        }
-        Ok(())
     }
 }
 
