@@ -10,11 +10,9 @@ use time::{Duration, OffsetDateTime};
 
 use crate::decide::{explain, Decision};
 use crate::file::{check, PolicyError, Severity};
-use crate::model::{
-    BcpCtx, BcpScope, DeskCtx, DeviceCtx, DeviceStatus, Level, PlanCtx, Request, Role, Segment,
-    TerminalClass, UserCtx,
-};
+use crate::model::{BcpCtx, BcpScope, DeskCtx, DeviceCtx, PlanCtx, Request, UserCtx};
 use crate::rules::{Controls, Policy};
+use crate::vocab::{DeviceStatus, Level, Role, Segment, TerminalClass};
 
 /// `--plan approved|none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

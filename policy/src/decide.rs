@@ -5,9 +5,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, Time};
 
-use crate::model::{BcpScope, DeviceStatus, Request, Segment};
+use crate::model::{BcpScope, Request};
 use crate::reason::ReasonCode;
 use crate::rules::{Controls, DeskAccess, Effect, Hours, Policy, Rule};
+use crate::vocab::{DeviceStatus, Level, Segment, TerminalClass};
 
 /// Time limits of an allowed session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -306,17 +307,15 @@ fn bcp_waivers<T: Tracer>(req: &Request, policy: &Policy, now_unix: i64, t: &mut
                 req.desk.department
             ))
         } else if !d.relax.covers(level, class) {
-            Some(
-                if level == crate::model::Level::L3 && class == crate::model::TerminalClass::Home {
-                    "BCP never relaxes level 3 from home".to_owned()
-                } else {
-                    format!(
-                        "covers levels {} × classes {}, not level {level} × {class}",
-                        list(&d.relax.levels),
-                        list(&d.relax.classes)
-                    )
-                },
-            )
+            Some(if level == Level::L3 && class == TerminalClass::Home {
+                "BCP never relaxes level 3 from home".to_owned()
+            } else {
+                format!(
+                    "covers levels {} × classes {}, not level {level} × {class}",
+                    list(&d.relax.levels),
+                    list(&d.relax.classes)
+                )
+            })
         } else if !d.relax.plan && !d.relax.hours {
             Some("relaxes nothing".to_owned())
         } else {

@@ -2,8 +2,8 @@
 
 use time::UtcOffset;
 
-use crate::model::{Level, TerminalClass};
 use crate::rules::{BcpRelax, Clipboard, Controls, Effect, Hours, Policy, Rule, WorkHours};
+use crate::vocab::{Level, TerminalClass};
 
 const DEFAULT_TOML: &str = include_str!("default_policy.toml");
 

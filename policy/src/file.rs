@@ -7,8 +7,8 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
-use crate::model::Level;
 use crate::rules::{format_timezone, parse_timezone, BcpRelax, Effect, Policy, WorkHours};
+use crate::vocab::{Level, TerminalClass};
 
 /// The only policy file format version so far.
 pub const FORMAT_VERSION: i64 = 1;
@@ -180,7 +180,7 @@ fn problems(p: &Policy) -> Vec<Problem> {
             "relaxes nothing: levels and classes must both be listed",
         ));
     }
-    if b.levels.contains(&Level::L3) && b.classes.contains(&crate::model::TerminalClass::Home) {
+    if b.levels.contains(&Level::L3) && b.classes.contains(&TerminalClass::Home) {
         out.push(warn(
             "bcp_default_relax.levels".into(),
             "bcp never relaxes level 3 from home; that combination is ignored",

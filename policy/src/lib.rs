@@ -73,20 +73,19 @@ mod file;
 mod model;
 mod reason;
 mod rules;
+mod vocab;
 
 pub use cli::{check_cli, explain_cli, what_if_request, ExplainArgs, PlanArg};
 pub use decide::{decide, device_reason, explain, Decision, Explanation, Limits, Step, StepKind};
 pub use default::default_policy_toml;
 pub use file::{check, Diagnostic, PolicyError, Severity, FORMAT_VERSION, MAX_MINUTES};
-pub use model::{
-    BcpCtx, BcpScope, DeskCtx, DeviceCtx, DeviceStatus, Level, PlanCtx, Request, Role, Segment,
-    TerminalClass, UserCtx,
-};
+pub use model::{BcpCtx, BcpScope, DeskCtx, DeviceCtx, PlanCtx, Request, UserCtx};
 pub use reason::ReasonCode;
 pub use rules::{
     format_timezone, parse_timezone, BcpRelax, Clipboard, Controls, Day, DeskAccess, Effect, Hours,
     Policy, Rule, TimeOfDay, WorkHours,
 };
+pub use vocab::{DeviceStatus, Level, Role, Segment, TerminalClass};
 
 #[cfg(test)]
 mod props;

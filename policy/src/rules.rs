@@ -8,7 +8,7 @@ use time::{UtcOffset, Weekday};
 
 pub use kakehashi_proto::{Clipboard, Controls};
 
-use crate::model::{Level, TerminalClass};
+use crate::vocab::{Level, TerminalClass};
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use super::*;
 use crate::model::*;
 use crate::rules::*;
+use crate::vocab::*;
 
 /// Thursday 2026-01-15, local time `hm` (+09:00).
 fn thu(hm: &str) -> OffsetDateTime {
