@@ -288,7 +288,7 @@ impl Config {
                 let chain = kakehashi_transport::tls::load_certs(&cert)?;
                 let key = kakehashi_transport::tls::load_key(&key)?;
                 // Fail at start, not at the first session, when the pair does not match.
-                crate::rdp::check_key_pair(&chain, &key)
+                kakehashi_transport::tls::check_key_pair(&chain, &key)
                     .with_context(|| format!("[rdp] server_key does not fit {}", cert.display()))?;
                 Some(RdpConfig {
                     chain,

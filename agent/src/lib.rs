@@ -91,7 +91,7 @@ impl Agent {
             key: cfg.key.clone(),
             crl: cfg.crl.clone(),
         };
-        kakehashi_transport::tls::check_key_file(&cfg.key)?;
+        kakehashi_transport::keyfile::check_key_file(&cfg.key)?;
         let m = files.load()?;
         let desk = match kakehashi_pki::identity_from_der(&m.chain[0])
             .context("cannot read the agent certificate")?

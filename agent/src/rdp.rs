@@ -31,8 +31,7 @@ use kakehashi_rdpfilter::{
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -52,20 +51,6 @@ const MAX_DISTINCT_REPORTS: usize = 64;
 /// sessions at their full budget ([`Limits::max_held`], 2 MiB), far more than a
 /// desk PC's one user needs at once. Past it, the session that asks for more ends.
 pub const AGENT_FILTER_BUDGET: usize = 64 << 20;
-
-/// Checks that `key` belongs to the first certificate of `chain`.
-pub fn check_key_pair(
-    chain: &[CertificateDer<'static>],
-    key: &PrivateKeyDer<'static>,
-) -> anyhow::Result<()> {
-    let provider = kakehashi_transport::tls::provider();
-    let certified = CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &provider)
-        .context("cannot load the RDP server key")?;
-    certified
-        .keys_match()
-        .context("the key is not the certificate's")?;
-    Ok(())
-}
 
 /// What every filtered session of the agent uses, built once from `[rdp]`: the
 /// two TLS legs and the filters' shared memory budget ([`AGENT_FILTER_BUDGET`]).
@@ -788,8 +773,9 @@ mod tests {
         };
         let (chain, key) = issue("rdp-a");
         let (_, other_key) = issue("rdp-b");
-        check_key_pair(&chain, &key).unwrap();
-        assert!(check_key_pair(&chain, &other_key).is_err());
+        // The check the agent's config runs at start, with the leg it guards.
+        kakehashi_transport::tls::check_key_pair(&chain, &key).unwrap();
+        assert!(kakehashi_transport::tls::check_key_pair(&chain, &other_key).is_err());
         let tls = RdpTls::new(&RdpConfig {
             chain,
             key: Arc::new(key),

@@ -21,7 +21,7 @@ use kakehashi_transport::dial::{quic_connect, resolve, tls_connect};
 use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::tls::{self, TlsFiles};
-use kakehashi_transport::{explain, BoxIo, Transport, TransportChoice};
+use kakehashi_transport::{explain, keyfile, BoxIo, Transport, TransportChoice};
 use tokio::sync::Mutex;
 
 pub use config::Config;
@@ -114,7 +114,7 @@ impl Dialer {
             key: cfg.key.clone(),
             crl: cfg.crl.clone(),
         };
-        tls::check_key_file(&cfg.key).map_err(SessionError::Other)?;
+        keyfile::check_key_file(&cfg.key).map_err(SessionError::Other)?;
         let m = files.load().map_err(SessionError::Other)?;
         // A stale CRL is a refusal with its reason (`crl_stale`).
         let tls = Arc::new(tls::client_config(&m, cfg.crl.as_deref(), ALPN_TERMINAL)?);

@@ -5,6 +5,7 @@
 //!
 //! - [`tls`]: loading PEM files, building rustls configs, a client
 //!   verifier whose CRL reloads when the file changes.
+//! - [`keyfile`]: refusing private-key files that others may read.
 //! - [`resumption`]: TLS session-ticket keys kept on disk, so peers resume
 //!   after a restart.
 //! - [`quic`]: quinn endpoints with bounded windows, keepalives, idle timeouts.
@@ -19,6 +20,7 @@
 pub mod crl;
 pub mod dial;
 pub mod explain;
+pub mod keyfile;
 pub mod limit;
 mod pool;
 pub mod quic;

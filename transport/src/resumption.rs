@@ -143,7 +143,7 @@ impl PersistentTicketer {
         let (keys, fresh) = match std::fs::read(path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
-                crate::tls::check_key_file(path).context("the TLS resumption key file")?;
+                crate::keyfile::check_key_file(path).context("the TLS resumption key file")?;
                 let keys = decode(&bytes).with_context(|| {
                     format!(
                         "{} is not a TLS resumption key file (delete it to start afresh)",
