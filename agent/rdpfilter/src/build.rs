@@ -20,9 +20,11 @@ use ironrdp_pdu::x224::{X224Data, X224};
 use ironrdp_svc::{client_encode_svc_messages, server_encode_svc_messages, SvcMessage};
 use kakehashi_proto::{Clipboard, Controls};
 
+use crate::error::FilterError;
 #[cfg(test)]
-use crate::Direction;
-use crate::{Filter, FilterError, SecurityProtocol};
+use crate::event::Direction;
+use crate::filter::{Filter, Phase};
+use ironrdp_pdu::nego::SecurityProtocol;
 
 /// MCS ids used by the canned sessions.
 pub(crate) const IO_CHANNEL: u16 = 1003;
@@ -178,7 +180,7 @@ pub(crate) fn prelude(filter: &mut Filter) -> Result<(), FilterError> {
         SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX,
     ))?;
     filter.server_bytes(&connection_confirm(SecurityProtocol::HYBRID_EX))?;
-    if filter.phase() == crate::Phase::PassThrough {
+    if filter.phase() == Phase::PassThrough {
         return Ok(());
     }
     filter.tls_established()?;

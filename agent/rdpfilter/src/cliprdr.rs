@@ -12,7 +12,7 @@ use ironrdp_core::encode_vec;
 
 use crate::error::{proto, Result};
 use crate::event::{BlockedKind, Direction, Event};
-use crate::svc::Verdict;
+use crate::verdict::Verdict;
 use crate::wire::{u16le_at, u32le_at};
 
 const CB_FORMAT_DATA_RESPONSE: u16 = 0x0005;

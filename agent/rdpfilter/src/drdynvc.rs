@@ -20,7 +20,7 @@ use ironrdp_dvc::pdu::{CreateResponsePdu, CreationStatus, DrdynvcClientPdu, Drdy
 use crate::error::{proto, FilterError, Result};
 use crate::event::{BlockedKind, Direction, Event};
 use crate::policy::Policy;
-use crate::svc::Verdict;
+use crate::verdict::Verdict;
 
 const CMD_CREATE: u8 = 0x01;
 const CMD_DATA_FIRST: u8 = 0x02;

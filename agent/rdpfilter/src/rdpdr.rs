@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{proto, FilterError, Result};
 use crate::event::{BlockedKind, DeviceKind, Direction, Event};
 use crate::policy::Policy;
-use crate::svc::Verdict;
+use crate::verdict::Verdict;
 use crate::wire::{ansi_name, u16le_at, u32le_at, Cur};
 
 const RDPDR_CTYP_CORE: u16 = 0x4472;

@@ -7,7 +7,7 @@
 //! header), so large messages in allowed directions stream through without being buffered;
 //! only messages the handler must read whole (an rdpdr device announce or capability
 //! response, a DVC create request) are reassembled, up to
-//! [`Limits::max_reassembly`](crate::Limits): a message still undecided that declares more
+//! [`Limits::max_reassembly`]: a message still undecided that declares more
 //! is refused at once. What the channels hold counts toward the session's budget
 //! ([`StaticChannel::held`]).
 
@@ -19,45 +19,16 @@ use crate::cliprdr::ClipFilter;
 use crate::drdynvc::DvcFilter;
 use crate::error::{proto, FilterError, Result};
 use crate::event::{BlockedKind, ChannelAction, ChannelInfo, Direction, Event};
+use crate::limits::Limits;
+use crate::output::Output;
 use crate::rdpdr::RdpdrFilter;
+use crate::verdict::Verdict;
 use crate::wire::Cur;
-use crate::{Limits, Output};
 
 const CHANNEL_FLAG_FIRST: u32 = 0x0000_0001;
 const CHANNEL_FLAG_LAST: u32 = 0x0000_0002;
 const CHANNEL_FLAG_SHOW_PROTOCOL: u32 = 0x0000_0010;
 const CHANNEL_PACKET_COMPRESSED: u32 = 0x0020_0000;
-
-/// A handler's decision about one channel message.
-#[derive(Debug)]
-pub(crate) enum Verdict {
-    /// Not enough of the message yet (never returned for a complete message).
-    NeedMore,
-    /// Forward the message unchanged.
-    Forward,
-    /// Drop the message; optionally send `replacement` in its place, `inject` back to the
-    /// sender on the same channel, and report `events`.
-    Drop {
-        replacement: Option<Vec<u8>>,
-        inject: Option<Vec<u8>>,
-        events: Vec<Event>,
-    },
-    /// Send `payload` instead of the (complete) message.
-    Replace {
-        payload: Vec<u8>,
-        events: Vec<Event>,
-    },
-}
-
-impl Verdict {
-    pub(crate) fn drop_silently() -> Self {
-        Verdict::Drop {
-            replacement: None,
-            inject: None,
-            events: Vec::new(),
-        }
-    }
-}
 
 /// The parser of a filtered channel.
 #[derive(Debug)]
