@@ -66,7 +66,6 @@
 //! assert_eq!(policy, Policy::default());
 //! ```
 
-mod cli;
 mod decide;
 mod default;
 mod file;
@@ -74,8 +73,8 @@ mod model;
 mod reason;
 mod rules;
 mod vocab;
+mod what_if;
 
-pub use cli::{check_cli, explain_cli, what_if_request, ExplainArgs, PlanArg};
 pub use decide::{decide, device_reason, explain, Decision, Explanation, Limits, Step, StepKind};
 pub use default::default_policy_toml;
 pub use file::{check, Diagnostic, PolicyError, Severity, FORMAT_VERSION, MAX_MINUTES};
@@ -86,6 +85,7 @@ pub use rules::{
     Policy, Rule, TimeOfDay, WorkHours,
 };
 pub use vocab::{DeviceStatus, Level, Role, Segment, TerminalClass};
+pub use what_if::{check_cli, explain_cli, what_if_request, ExplainArgs, PlanArg};
 
 #[cfg(test)]
 mod props;

@@ -1,6 +1,8 @@
-//! Offline helpers for `kakehashi-gateway policy explain` and `policy check`:
-//! no database, no clock; the gateway binary parses the arguments and prints
-//! the result.
+//! What-if questions about a policy, answered offline: how would this request
+//! be decided at this instant ([`what_if_request`], [`explain_cli`]), and is this
+//! policy file sound ([`check_cli`]). No database and no clock: the gateway's
+//! `policy explain` / `policy check` commands and the officer portal's what-if
+//! page pass everything in and print the result.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
