@@ -32,13 +32,13 @@ use kakehashi_proto::message::{
     AgentHello, AgentWelcome, DataChannelHello, FilterReport, Message, OpenDataChannel,
 };
 use kakehashi_proto::{frame, FrameKind, Reason, Refusal, ReplayGuard, TicketVerifier, ALPN_AGENT};
+use kakehashi_transport::backoff::Reconnect;
 use kakehashi_transport::dial::{quic_connect, resolve, tls_connect};
 use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::splice::splice;
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::tls::{self, TlsFiles};
 use kakehashi_transport::{explain, unix_now, BoxIo, TransportChoice};
-use rand::Rng as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -147,7 +147,7 @@ impl Agent {
     }
 
     async fn gateway_loop(self: Arc<Self>, gw: GatewayTarget, stop: CancellationToken) {
-        let mut backoff = self.cfg.backoff_initial;
+        let mut backoff = Reconnect::new(self.cfg.backoff_initial, self.cfg.backoff_max);
         loop {
             let started = Instant::now();
             let result = tokio::select! {
@@ -167,20 +167,16 @@ impl Agent {
                 }
             }
             if started.elapsed() > STABLE_AFTER {
-                backoff = self.cfg.backoff_initial;
+                backoff.reset();
             }
-            // Full jitter in [backoff/2, backoff] spreads a reconnect storm.
-            let ms = backoff.as_millis() as u64;
-            let delay = Duration::from_millis(rand::rng().random_range(ms / 2..=ms));
-            debug!(
-                delay_ms = delay.as_millis() as u64,
-                "Reconnecting after backoff"
-            );
+            // Jittered (transport::backoff), so a reconnect storm spreads out.
+            let delay = backoff.next_delay();
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            debug!(delay_ms, "Reconnecting after backoff");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.cancelled() => return,
             }
-            backoff = (backoff * 2).min(self.cfg.backoff_max);
         }
     }
 

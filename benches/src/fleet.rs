@@ -21,12 +21,12 @@ use kakehashi_proto::message::{
 use kakehashi_proto::{
     frame, FrameKind, Refusal, ReplayGuard, TicketVerifier, ALPN_AGENT, ALPN_TERMINAL,
 };
+use kakehashi_transport::backoff::Reconnect;
 use kakehashi_transport::dial::{quic_handshake, tls_connect};
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::tls::{self, TlsMaterial};
 use kakehashi_transport::{unix_now, BoxIo};
 use quinn::TransportConfig;
-use rand::Rng as _;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
@@ -242,7 +242,7 @@ impl Agent {
         up: Option<tokio::sync::oneshot::Sender<()>>,
     ) {
         let mut up = up;
-        let mut backoff = ctx.backoff_initial;
+        let mut backoff = Reconnect::new(ctx.backoff_initial, ctx.backoff_max);
         loop {
             let t = *target.lock().expect("target");
             let started = Instant::now();
@@ -257,15 +257,13 @@ impl Agent {
                 ctx.errors.add(kind);
             }
             if started.elapsed() > Duration::from_secs(30) {
-                backoff = ctx.backoff_initial;
+                backoff.reset();
             }
-            let ms = backoff.as_millis() as u64;
-            let delay = Duration::from_millis(rand::rng().random_range(ms / 2..=ms));
+            let delay = backoff.next_delay();
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            backoff = (backoff * 2).min(ctx.backoff_max);
         }
     }
 

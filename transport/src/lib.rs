@@ -14,9 +14,11 @@
 //!   only while bytes are in flight, so idle sessions cost no buffer memory.
 //! - [`tls_stream`]: the server side of TLS over TCP, holding no buffer
 //!   while a connection is idle.
+//! - [`backoff`]: the one capped, jittered reconnect backoff (backon).
 //! - [`explain`]: turns handshake failures into reason codes a person can act on.
 //! - [`limit`]: connection caps per source address and in total, taken after accept.
 
+pub mod backoff;
 pub mod crl;
 pub mod dial;
 pub mod explain;
