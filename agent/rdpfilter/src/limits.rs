@@ -18,7 +18,7 @@ pub struct Limits {
     /// The session's memory budget: everything the filter holds at once (the incomplete
     /// PDU of each direction, every channel's undecided message with its frames, replies
     /// queued behind a message in flight), checked after every PDU. Over it the session
-    /// ends with [`FilterError::OverBudget`]. Default 2 MiB: one CredSSP message of
+    /// ends with [`FilterError::OverBudget`](crate::FilterError::OverBudget). Default 2 MiB: one CredSSP message of
     /// [`max_credssp_message`](Self::max_credssp_message), or, once channels are up, two
     /// incomplete TPKTs (64 KiB each) and an undecided message of
     /// [`max_reassembly`](Self::max_reassembly) per channel direction with its frames.
