@@ -72,15 +72,18 @@ pub(crate) fn read_tlv(data: &[u8], pos: usize) -> Result<Tlv, PkiError> {
 
 /// Encodes a DER length.
 fn encode_len(len: usize, out: &mut Vec<u8>) {
-    if len < 0x80 {
+    match u8::try_from(len) {
         // Short form: the length fits in seven bits.
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        let significant = &bytes[skip..];
-        out.push(0x80 | significant.len() as u8);
-        out.extend_from_slice(significant);
+        Ok(short @ 0..0x80) => out.push(short),
+        _ => {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            let significant = &bytes[skip..];
+            // At most size_of::<usize>() (8) bytes, far below 0x80.
+            let count = u8::try_from(significant.len()).unwrap_or(0x7f);
+            out.push(0x80 | count);
+            out.extend_from_slice(significant);
+        }
     }
 }
 

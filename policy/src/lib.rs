@@ -66,6 +66,10 @@
 //! assert_eq!(policy, Policy::default());
 //! ```
 
+// Library hygiene (issue #17): every public item documented and reachable,
+// no silent narrowing `as` casts. Per crate, not workspace-wide: the gateway is not ready.
+#![warn(unreachable_pub, missing_docs, clippy::cast_possible_truncation)]
+
 mod decide;
 mod default;
 mod file;

@@ -295,6 +295,8 @@ proptest! {
             let start = now.unix_timestamp();
             let end = limits.end_at.map_or(start + 2 * 86_400, |e| e as i64);
             prop_assert!(end > start, "end_at {end} not after now {start}");
+            // A fraction of the window, rounded down: truncation is the point.
+            #[allow(clippy::cast_possible_truncation, reason = "floor of a fraction of an i64 span")]
             let later = start + ((end - start - 1) as f64 * frac) as i64;
             let mut r2 = r.clone();
             r2.mfa_age_secs = r.mfa_age_secs.map(|a| a + (later - start) as u64);

@@ -177,13 +177,14 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
 
 /// Encode a frame. Fails only when the payload is over the limit.
 pub fn encode(kind: FrameKind, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
-    if payload.len() > MAX_PAYLOAD {
-        return Err(FrameError::TooLarge(payload.len()));
-    }
+    let len = match u32::try_from(payload.len()) {
+        Ok(len) if payload.len() <= MAX_PAYLOAD => len,
+        _ => return Err(FrameError::TooLarge(payload.len())),
+    };
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.push(PROTOCOL_VERSION);
     out.push(kind as u8);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(payload);
     Ok(out)
 }
@@ -217,7 +218,7 @@ mod tests {
             decode(&[1, 0x77, 0, 0, 0, 0]),
             Err(FrameError::UnknownKind(0x77))
         );
-        let too_big = (MAX_PAYLOAD as u32 + 1).to_be_bytes();
+        let too_big = (u32::try_from(MAX_PAYLOAD).unwrap() + 1).to_be_bytes();
         let h = [1, 0x10, too_big[0], too_big[1], too_big[2], too_big[3]];
         assert_eq!(decode(&h), Err(FrameError::TooLarge(MAX_PAYLOAD + 1)));
         assert_eq!(

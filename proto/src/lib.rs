@@ -10,6 +10,10 @@
 //! The format is described in `docs/protocol.md`. Everything here is pure:
 //! decoders take bytes and return values or errors, clocks are passed in.
 
+// Library hygiene (issue #17): every public item documented and reachable,
+// no silent narrowing `as` casts. Per crate, not workspace-wide: the gateway is not ready.
+#![warn(unreachable_pub, missing_docs, clippy::cast_possible_truncation)]
+
 pub mod frame;
 pub mod io;
 pub mod message;

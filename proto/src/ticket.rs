@@ -137,18 +137,21 @@ impl TicketSigner {
     /// [`MAX_TICKET_LEN`] (which no verifier would accept).
     pub fn sign(&self, claims: &TicketClaims) -> Result<Vec<u8>, TicketError> {
         let body = serde_json::to_vec(claims).map_err(|e| TicketError::Malformed(e.to_string()))?;
-        if 2 + body.len() + SIG_LEN > MAX_TICKET_LEN {
-            return Err(TicketError::Malformed(format!(
-                "{} bytes of claims is over the limit",
-                body.len()
-            )));
-        }
+        let body_len = match u16::try_from(body.len()) {
+            Ok(n) if 2 + body.len() + SIG_LEN <= MAX_TICKET_LEN => n,
+            _ => {
+                return Err(TicketError::Malformed(format!(
+                    "{} bytes of claims is over the limit",
+                    body.len()
+                )))
+            }
+        };
         let mut msg = Vec::with_capacity(CONTEXT.len() + body.len());
         msg.extend_from_slice(CONTEXT);
         msg.extend_from_slice(&body);
         let sig = self.key.sign(&msg);
         let mut out = Vec::with_capacity(2 + body.len() + SIG_LEN);
-        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(&body_len.to_be_bytes());
         out.extend_from_slice(&body);
         out.extend_from_slice(sig.as_ref());
         Ok(out)

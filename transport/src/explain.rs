@@ -40,7 +40,10 @@ pub fn io_reason(e: &std::io::Error) -> Option<Reason> {
 pub fn quic_reason(e: &quinn::ConnectionError) -> Option<Reason> {
     use quinn::ConnectionError as C;
     // QUIC carries TLS alerts as CRYPTO_ERROR 0x100 + alert (RFC 9001 §4.8).
-    let crypto = |code: u64| (0x100..0x200).contains(&code).then(|| (code - 0x100) as u8);
+    let crypto = |code: u64| {
+        code.checked_sub(0x100)
+            .and_then(|alert| u8::try_from(alert).ok())
+    };
     match e {
         // Raised locally: we refused the gateway's certificate.
         C::TransportError(t) => crypto(u64::from(t.code)).map(|_| Reason::GatewayUntrusted),

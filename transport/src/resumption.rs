@@ -487,8 +487,8 @@ mod tests {
         let file = |n: usize| {
             let mut v = vec![0u8];
             v.extend_from_slice(MAGIC);
-            for i in 0..n {
-                v.extend_from_slice(&entry(i as u8 + 1));
+            for i in 1..=n {
+                v.extend_from_slice(&entry(u8::try_from(i).unwrap()));
             }
             v
         };

@@ -190,7 +190,7 @@ mod tests {
         let (mut client, mut relay_a) = tokio::io::duplex(1024);
         let (mut relay_b, mut server) = tokio::io::duplex(1024);
         let relay = tokio::spawn(async move { splice(&mut relay_a, &mut relay_b).await });
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7).to_le_bytes()[0]).collect();
         let send = data.clone();
         let writer = tokio::spawn(async move {
             client.write_all(&send).await.unwrap();

@@ -5,7 +5,7 @@ use kakehashi_pki::{CaDir, InitOptions, IssueRequest, Issued, Subject, TerminalC
 use crate::tls::{self, ReloadingClientVerifier, TlsFiles, TlsMaterial};
 
 /// A fresh CA with a gateway certificate for `localhost` and one device.
-pub struct TestCerts {
+pub(crate) struct TestCerts {
     _dir: tempfile::TempDir,
     /// The gateway's material.
     pub gateway: TlsMaterial,
@@ -14,7 +14,7 @@ pub struct TestCerts {
 }
 
 impl TestCerts {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ca = CaDir::init(dir.path(), &InitOptions::default()).expect("CA");
         let gw = ca
@@ -49,13 +49,13 @@ impl TestCerts {
     }
 
     /// The gateway's server config for `alpn`.
-    pub fn server(&self, alpn: &[u8]) -> rustls::ServerConfig {
+    pub(crate) fn server(&self, alpn: &[u8]) -> rustls::ServerConfig {
         let v = ReloadingClientVerifier::new(&self.gateway.ca, None).expect("verifier");
         tls::server_config(&self.gateway, v, alpn).expect("server config")
     }
 
     /// The device's client config for `alpn`.
-    pub fn client(&self, alpn: &[u8]) -> rustls::ClientConfig {
+    pub(crate) fn client(&self, alpn: &[u8]) -> rustls::ClientConfig {
         tls::client_config(&self.device, None, alpn).expect("client config")
     }
 }

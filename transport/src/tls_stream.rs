@@ -570,7 +570,8 @@ mod tests {
     }
 
     fn pattern(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 31 + i / 7) as u8).collect()
+        // The low byte of a sequence that does not repeat every 256 bytes.
+        (0..n).map(|i| (i * 31 + i / 7).to_le_bytes()[0]).collect()
     }
 
     /// Read until `buf` is full or a read waits for 50 ms.

@@ -38,6 +38,7 @@ pub(crate) const FIRST_CHANNEL_ID: u16 = 1004;
 pub(crate) const FUZZ_CHANNELS: &[&str] =
     &["rdpdr", "rdpsnd", "cliprdr", "drdynvc", "rail", "custom"];
 
+/// The client's X.224 Connection Request asking for `protocol`.
 pub fn connection_request(protocol: SecurityProtocol) -> Vec<u8> {
     encode_vec(&X224(ConnectionRequest {
         nego_data: Some(NegoRequestData::cookie("user".into())),
@@ -48,6 +49,7 @@ pub fn connection_request(protocol: SecurityProtocol) -> Vec<u8> {
     .expect("connection request encodes")
 }
 
+/// The server's X.224 Connection Confirm selecting `protocol`.
 pub fn connection_confirm(protocol: SecurityProtocol) -> Vec<u8> {
     encode_vec(&X224(ConnectionConfirm::Response {
         flags: ResponseFlags::EXTENDED_CLIENT_DATA_SUPPORTED,
@@ -63,6 +65,7 @@ fn x224_data(data: Vec<u8>) -> Vec<u8> {
     .expect("x.224 data encodes")
 }
 
+/// The client's MCS Connect Initial requesting the static `channels`.
 pub fn connect_initial(channels: &[&str]) -> Vec<u8> {
     let core = ClientCoreData {
         version: RdpVersion::V5_PLUS,
@@ -112,8 +115,10 @@ pub fn connect_initial(channels: &[&str]) -> Vec<u8> {
     x224_data(encode_vec(&ci).expect("connect initial encodes"))
 }
 
+/// The server's MCS Connect Response granting `channels` ids from
+/// `FIRST_CHANNEL_ID` (1004) on.
 pub fn connect_response(channels: usize) -> Vec<u8> {
-    let ids = (0..channels).map(|i| FIRST_CHANNEL_ID + i as u16).collect();
+    let ids = (FIRST_CHANNEL_ID..).take(channels).collect();
     let blocks = ServerGccBlocks {
         core: ServerCoreData {
             version: RdpVersion::V10_7,
@@ -136,6 +141,7 @@ pub fn connect_response(channels: usize) -> Vec<u8> {
     x224_data(encode_vec(&rsp).expect("connect response encodes"))
 }
 
+/// The server's MCS Attach User Confirm (user id 1012).
 pub fn attach_user_confirm() -> Vec<u8> {
     encode_vec(&X224(AttachUserConfirm {
         result: 0,

@@ -31,7 +31,7 @@ const S2C: Direction = Direction::ServerToClient;
 const CHANNELS: &[&str] = &["rdpdr", "rdpsnd", "cliprdr", "drdynvc", "rail", "custom"];
 
 fn id_of(name: &str) -> u16 {
-    FIRST_CHANNEL_ID + CHANNELS.iter().position(|n| *n == name).unwrap() as u16
+    FIRST_CHANNEL_ID + u16::try_from(CHANNELS.iter().position(|n| *n == name).unwrap()).unwrap()
 }
 
 fn controls(f: impl FnOnce(&mut Controls)) -> Controls {
@@ -239,7 +239,7 @@ fn negotiation_then_tls_then_credssp() {
     assert_eq!(f.phase(), Phase::CredSsp);
     // TSRequests pass unchanged, whatever their size and however they are split.
     let mut big = vec![0x30, 0x82, 0x10, 0x00];
-    big.extend((0..0x1000).map(|i| i as u8));
+    big.extend((0..=u8::MAX).cycle().take(0x1000));
     let mut got = Vec::new();
     for piece in big.chunks(7) {
         got.extend(f.client_bytes(piece).unwrap().to_server);
@@ -463,7 +463,7 @@ fn denied_channel_pdus_are_dropped_and_reported_once() {
 fn allowed_channel_pdus_pass_untouched() {
     let mut s = Session::active(Controls::default());
     for dir in [C2S, S2C] {
-        let bytes = msg(dir, "rail", (0..4000).map(|i| i as u8).collect());
+        let bytes = msg(dir, "rail", (0..=u8::MAX).cycle().take(4000).collect());
         let out = s.send(dir, &bytes);
         assert_eq!(*out.clone().sink(dir), bytes);
     }
@@ -481,7 +481,7 @@ fn send_data_with_trailing_bytes_or_segmentation_is_refused() {
     let mut s = Session::active(Controls::default());
     let mut bytes = msg(C2S, "rail", vec![1, 2, 3]);
     bytes.push(0xaa);
-    let len = bytes.len() as u16;
+    let len = u16::try_from(bytes.len()).unwrap();
     bytes[2..4].copy_from_slice(&len.to_be_bytes());
     assert!(s.f.client_bytes(&bytes).is_err());
     let mut s = Session::active(Controls::default());
@@ -643,14 +643,14 @@ fn device(kind: u32, id: u32, dos: &str, data: &[u8]) -> Vec<u8> {
     let mut name = [0u8; 8];
     name[..dos.len()].copy_from_slice(dos.as_bytes());
     d.extend_from_slice(&name);
-    d.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    d.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
     d.extend_from_slice(data);
     d
 }
 
 fn announce(devices: &[Vec<u8>]) -> Vec<u8> {
     let mut m = vec![0x72, 0x44, 0x41, 0x44]; // RDPDR_CTYP_CORE, PAKID_CORE_DEVICELIST_ANNOUNCE
-    m.extend_from_slice(&(devices.len() as u32).to_le_bytes());
+    m.extend_from_slice(&u32::try_from(devices.len()).unwrap().to_le_bytes());
     for d in devices {
         m.extend_from_slice(d);
     }
@@ -1164,7 +1164,7 @@ proptest! {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                cuts.push((state % (b.len() as u64 + 1)) as usize);
+                cuts.push(usize::try_from(state % (b.len() as u64 + 1)).unwrap());
             }
             cuts
         });
@@ -1229,7 +1229,7 @@ fn fuzz_entry_reaches_the_channel_parsers() {
     )));
     let mut data = vec![0x05];
     for piece in create.chunks(0x7f) {
-        data.push(0x80 | piece.len() as u8);
+        data.push(0x80 | u8::try_from(piece.len()).unwrap());
         data.extend_from_slice(piece);
     }
     fuzz_feed(&data);
@@ -1484,7 +1484,7 @@ fn rdpdr_message_with_an_announce_after_a_harmless_pdu_is_decided() {
     // After a Client Announce Reply, and after a Client Name Request.
     let mut name = vec![0x72, 0x44, 0x4e, 0x43, 1, 0, 0, 0, 0, 0, 0, 0];
     let computer = utf16z("LAPTOP");
-    name.extend_from_slice(&(computer.len() as u32).to_le_bytes());
+    name.extend_from_slice(&u32::try_from(computer.len()).unwrap().to_le_bytes());
     name.extend_from_slice(&computer);
     for first in [client_id_confirm(), name] {
         let mut s = Session::active(controls(|c| c.smartcard = true));
@@ -1666,7 +1666,7 @@ fn unfinished_announces(names: &[&str], total: u32) -> (usize, Option<FilterErro
     let mut peak = 0usize;
     let mut pending = Vec::with_capacity(READ + 2 * CHUNK);
     for (i, _) in names.iter().enumerate().filter(|(_, n)| **n == "rdpdr") {
-        let id = FIRST_CHANNEL_ID + i as u16;
+        let id = FIRST_CHANNEL_ID + u16::try_from(i).unwrap();
         let mut sent = 0usize;
         while sent + CHUNK < total as usize {
             let (flags, data) = if sent == 0 {

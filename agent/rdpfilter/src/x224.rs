@@ -157,8 +157,8 @@ mod tests {
         let mut raw = vec![0x03, 0, 0, 0, 0, 0xe0, 0, 0, 0, 0, 0];
         raw.extend_from_slice(b"Cookie: mstshash=bob\r\n");
         let len = raw.len();
-        raw[3] = len as u8;
-        raw[4] = (len - 5) as u8;
+        raw[3] = u8::try_from(len).unwrap();
+        raw[4] = u8::try_from(len - 5).unwrap();
         let req = parse_request(&raw).unwrap();
         assert!(req.protocol.is_empty() && req.neg_req_offset.is_none());
     }
