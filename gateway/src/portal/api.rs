@@ -228,8 +228,22 @@ impl PortalState {
         device: Option<&str>,
     ) -> Result<String> {
         let now = self.now();
-        let Some(Ceremony::Login { user, state }) = self.inner.ceremonies.take(ceremony, now)
-        else {
+        let taken = self.inner.ceremonies.take(ceremony, now);
+        if let Some(Ceremony::Decoy { user, why }) = &taken {
+            // Refused as a key that is not the user's would be, without a
+            // lockout count (nobody's credential was presented).
+            info!(user, source = %ip, why, "Assertion for a login that cannot succeed");
+            self.audit_refusal(
+                Audit::new(now, "portal", "login.failed")
+                    .subject(user)
+                    .reason(Reason::LoginUnavailable.code())
+                    .detail(json!({ "source": ip.to_string(), "purpose": purpose, "device": device, "detail": why })),
+                ip,
+            )
+            .await;
+            return Err(Reason::AssertionInvalid.into());
+        }
+        let Some(Ceremony::Login { user, state }) = taken else {
             debug!(source = %ip, "Login finish without a live ceremony");
             self.audit_refusal(
                 Audit::new(now, "portal", "login.failed")
@@ -311,6 +325,13 @@ impl PortalState {
         // webauthn-rs compares with the counter at the ceremony's start; the
         // stored counter may have moved on since (the genuine key used in
         // between), so compare again with the latest.
+        if self.inner.attestation.is_some() && !stored.attested {
+            // Registered before attested keys were required: its holder is
+            // told to enroll an approved key.
+            self.audit_refusal(failed(Reason::AttestationRequired, Value::Null), ip)
+                .await;
+            return Err(Reason::AttestationRequired.into());
+        }
         let counter = result.counter();
         if (counter > 0 || stored.counter > 0) && counter <= stored.counter {
             let audit = failed(
@@ -465,8 +486,23 @@ pub(crate) async fn enroll_start(
         let r = Reason::EnrollCodeInvalid;
         return Err(s.fail(&keys, failed(r), r).await);
     };
-    let user = match s.store().get_user(&req.user).await? {
-        Some(u) => u,
+    // The code is checked before anything about the user is told: without
+    // the user's valid code, an unknown, disabled or enrolled id all get
+    // `enroll_code_invalid`. Looked up, not spent: the code is spent with the
+    // credential's insert in `enroll_finish`, so a ceremony that fails does
+    // not burn it.
+    let user = s.store().get_user(&req.user).await?;
+    let owner = match s.store().enrollment_code_user(&code_hash, now).await {
+        Ok(owner) => Some(owner),
+        Err(kakehashi_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(s.code_refused(e, failed).await),
+    };
+    let user = match user {
+        Some(u) if owner.as_deref() == Some(u.id.as_str()) => u,
+        Some(_) => {
+            let r = Reason::EnrollCodeInvalid;
+            return Err(s.fail(&keys, failed(r), r).await);
+        }
         None => {
             // No counter for ids that do not exist (a mistyped id must not
             // lock anyone out); the API rate per address bounds guessing.
@@ -478,16 +514,6 @@ pub(crate) async fn enroll_start(
     if user.disabled {
         s.audit_refusal(failed(Reason::UserDisabled), ip).await;
         return Err(Reason::UserDisabled.into());
-    }
-    // Looked up, not spent: the code is spent with the credential's insert
-    // in `enroll_finish`, so a ceremony that fails does not burn it.
-    match s.store().enrollment_code_user(&code_hash, now).await {
-        Ok(owner) if owner == user.id => {}
-        Ok(_) | Err(kakehashi_store::Error::NotFound { .. }) => {
-            let r = Reason::EnrollCodeInvalid;
-            return Err(s.fail(&keys, failed(r), r).await);
-        }
-        Err(e) => return Err(s.code_refused(e, failed).await),
     }
     let exclude: Vec<_> = s
         .store()
@@ -534,6 +560,44 @@ pub(crate) async fn enroll_start(
     );
     info!(user = %user.id, source = %ip, "Enrollment started");
     Ok(Json(json!({ "ceremony": ceremony, "options": options })))
+}
+
+/// Login options for a user id that cannot log in, shaped like a real
+/// login's: the same settings, and one or two credential ids of a usual
+/// length derived from the id with a key kept in memory, so asking twice
+/// gives the same answer, as it does for a real user.
+fn decoy_options(s: &PortalState, user: &str) -> Result<Value> {
+    use ring::hmac;
+    static KEY: std::sync::OnceLock<hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .expect("system random source")
+    });
+    let tag = |part: &str| hmac::sign(key, format!("decoy\0{user}\0{part}").as_bytes());
+    let seed = tag("shape");
+    let seed = seed.as_ref();
+    let count = 1 + usize::from(seed[0] % 4 == 0);
+    let allow: Vec<Value> = (0..count)
+        .map(|i| {
+            let len = [16, 32, 48, 64][usize::from(seed[1 + i] % 4)];
+            let mut id = Vec::with_capacity(64);
+            for half in 0..2 {
+                id.extend_from_slice(tag(&format!("id{i}.{half}")).as_ref());
+            }
+            id.truncate(len);
+            json!({ "type": "public-key", "id": URL_SAFE_NO_PAD.encode(id) })
+        })
+        .collect();
+    // As webauthn-rs builds a passkey login's options (a test compares the two).
+    Ok(json!({
+        "publicKey": {
+            "challenge": random_b64url::<32>(),
+            "timeout": CEREMONY_SECS * 1000,
+            "rpId": s.inner.rp_id,
+            "allowCredentials": allow,
+            "userVerification": "required",
+        }
+    }))
 }
 
 /// Maps a registration error to a reason.
@@ -681,54 +745,58 @@ pub(crate) async fn login_start(
     let now = s.now();
     let keys = lock_keys(&req.user, ip);
     s.check_locks(&keys, "login.failed", &req.user, ip).await?;
-    let failed = |reason: Reason| {
-        Audit::new(now, "portal", "login.failed")
-            .subject(&req.user)
-            .reason(reason.code())
-            .detail(json!({ "source": ip.to_string() }))
+    // Whether the id exists, is disabled or has a security key is not told
+    // here: an unknown or unenrolled id gets decoy options shaped like a real
+    // login's (the finish then fails as a wrong key would, and the audit log
+    // keeps the real reason); a disabled user or a key no longer accepted
+    // (attested-only) is told after a valid assertion, to its holder only.
+    let user = s.store().get_user(&req.user).await?;
+    let creds = match &user {
+        Some(u) => s.store().credentials_for_user(&u.id).await?,
+        None => Vec::new(),
     };
-    let user = match s.store().get_user(&req.user).await? {
-        Some(u) => u,
-        None => {
-            // A mistyped id counts against no one (staff behind one NAT
-            // share an address); the API rate per address bounds probing.
-            let r = Reason::LoginUnavailable;
-            s.audit_refusal(failed(r), ip).await;
-            return Err(r.into());
-        }
-    };
-    if user.disabled {
-        s.audit_refusal(failed(Reason::UserDisabled), ip).await;
-        return Err(Reason::UserDisabled.into());
-    }
-    let attested_only = s.inner.attestation.is_some();
-    let creds = s.store().credentials_for_user(&user.id).await?;
-    let any = !creds.is_empty();
     let passkeys: Vec<Passkey> = creds
         .into_iter()
-        .filter(|c| c.attested || !attested_only)
         .filter_map(|c| match serde_json::from_str::<Passkey>(&c.passkey) {
             Ok(p) => Some(p),
             Err(e) => {
-                error!(user = %user.id, error = %e, "Stored passkey does not parse; skipped");
+                error!(user = %req.user, error = %e, "Stored passkey does not parse; skipped");
                 None
             }
         })
         .collect();
-    if passkeys.is_empty() {
-        let r = if any && attested_only {
-            Reason::AttestationRequired
-        } else {
-            Reason::LoginUnavailable
-        };
-        s.audit_refusal(failed(r), ip).await;
-        return Err(r.into());
-    }
-    let (options, state) = s
+    let user = match user {
+        Some(u) if !passkeys.is_empty() => u,
+        other => {
+            let why = if other.is_none() {
+                "no such user"
+            } else {
+                "no security key"
+            };
+            let options = decoy_options(&s, &req.user)?;
+            let ceremony = s.inner.ceremonies.insert_with_quotas(
+                now,
+                now + CEREMONY_SECS,
+                Ceremony::Decoy {
+                    user: req.user.clone(),
+                    why,
+                },
+                &ceremony_quotas(&req.user, ip),
+            );
+            debug!(user = %req.user, source = %ip, why, "Login started with decoy options");
+            return Ok(Json(json!({ "ceremony": ceremony, "options": options })));
+        }
+    };
+    let (mut options, state) = s
         .inner
         .webauthn
         .start_passkey_authentication(&passkeys)
         .map_err(webauthn_internal)?;
+    // Transports are hints the browser does without (a security key still
+    // works), and the decoys could not match every authenticator's.
+    for c in &mut options.public_key.allow_credentials {
+        c.transports = None;
+    }
     let ceremony = s.inner.ceremonies.insert_with_quotas(
         now,
         now + CEREMONY_SECS,

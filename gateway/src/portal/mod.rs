@@ -142,6 +142,11 @@ enum Ceremony {
         user: String,
         state: PasskeyAuthentication,
     },
+    /// Options that look like a real login's, for a user id that cannot log
+    /// in (unknown, or no security key): `login/start` answers alike for
+    /// every id, and the finish fails as a wrong key would. `why` is kept
+    /// for the audit log only.
+    Decoy { user: String, why: &'static str },
 }
 
 enum RegState {
@@ -164,6 +169,8 @@ pub struct PortalState {
 struct Inner {
     store: Store,
     webauthn: Webauthn,
+    /// The WebAuthn relying party id, for decoy login options.
+    rp_id: String,
     /// `Some` when only attested authenticators from these CAs may enroll.
     attestation: Option<AttestationCaList>,
     /// The origin as browsers send it in `Origin` (`https://host[:port]`).
@@ -233,6 +240,7 @@ impl PortalState {
             inner: Arc::new(Inner {
                 store,
                 webauthn,
+                rp_id: portal.rp_id.clone(),
                 attestation,
                 origin: portal.origin.origin().ascii_serialization(),
                 secure: !portal.insecure_http,

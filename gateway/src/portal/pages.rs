@@ -164,8 +164,8 @@ fn script_messages(lang: Lang) -> String {
         ),
         m(
             "cancelled",
-            "本人確認が取り消されたか、時間切れになりました。もう一度お試しください。",
-            "The verification was cancelled or timed out. Please try again.",
+            "本人確認が取り消されたか、時間切れになったか、この利用者IDに登録されたセキュリティキーではありませんでした。利用者IDを確かめ、登録したキーでもう一度お試しください。",
+            "The verification was cancelled or timed out, or the key is not one enrolled for this user ID. Check the user ID and try again with your enrolled key.",
         ),
         m(
             "unsupported",

@@ -695,18 +695,127 @@ async fn attested_key_from_a_listed_ca_enrolls_and_unattested_keys_cannot_log_in
     let plain = PortalState::new(&h.cfg, h.store.clone()).unwrap();
     let plain_app = router(plain);
     let code = h.code("sato", 3600).await;
-    let a = enroll_on(
-        &plain_app,
-        &mut SoftPasskey::new(true),
-        &h.origin,
-        "sato",
-        &code,
+    let mut plain_key = SoftPasskey::new(true);
+    let a = enroll_on(&plain_app, &mut plain_key, &h.origin, "sato", &code, IP_A).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    // The start tells nobody; the holder of the key learns why after using it.
+    let (ceremony, options) = login_start(&h.app, "sato", IP_A).await;
+    let cred = plain_key
+        .do_authentication(h.origin.clone(), options)
+        .unwrap();
+    let a = post(
+        &h.app,
+        "/api/login/finish",
+        finish_body(&ceremony, &cred),
         IP_A,
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-    let a = post(&h.app, "/api/login/start", json!({ "user": "sato" }), IP_A).await;
     assert_refused(&a, StatusCode::FORBIDDEN, "attestation_required");
+}
+
+#[tokio::test]
+async fn login_start_answers_alike_for_unknown_unenrolled_disabled_and_enrolled_ids() {
+    let h = Harness::new().await;
+    let mut key = SoftPasskey::new(true);
+    let code = h.code(USER, 3600).await;
+    assert_eq!(enroll(&h, &mut key, &code).await.status, StatusCode::OK);
+    h.add_user("not-enrolled").await;
+    h.add_user("disabled").await;
+    let mut other = SoftPasskey::new(true);
+    let code = h.code("disabled", 3600).await;
+    let a = enroll_on(&h.app, &mut other, &h.origin, "disabled", &code, IP_A).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    h.store
+        .set_user_disabled(
+            "disabled",
+            true,
+            Audit::new(unix_now(), "test", "user.disable"),
+        )
+        .await
+        .unwrap();
+
+    // Every id gets 200 and options of one shape: same keys, settings and
+    // credential entry fields; only the challenge and the ids differ.
+    let shape = |v: &Value| {
+        let mut v = v.clone();
+        let pk = v["publicKey"].as_object_mut().unwrap();
+        assert_eq!(
+            pk["challenge"].as_str().unwrap().len(),
+            43,
+            "32-byte challenge"
+        );
+        pk.remove("challenge");
+        let creds = pk.remove("allowCredentials").unwrap();
+        let creds = creds.as_array().unwrap();
+        assert!(!creds.is_empty());
+        let fields: Vec<Vec<String>> = creds
+            .iter()
+            .map(|c| {
+                let c = c.as_object().unwrap();
+                assert_eq!(c["type"], "public-key");
+                c.keys().cloned().collect()
+            })
+            .collect();
+        (v, fields[0].clone())
+    };
+    let start = |user: &'static str| {
+        let app = h.app.clone();
+        async move {
+            let a = post(&app, "/api/login/start", json!({ "user": user }), IP_A).await;
+            assert_eq!(a.status, StatusCode::OK, "{user}: {}", a.text);
+            a.json
+        }
+    };
+    let real = start(USER).await;
+    let (real_shape, real_fields) = shape(&real["options"]);
+    for user in ["no-such-user", "not-enrolled", "disabled"] {
+        let j = start(user).await;
+        let (s, fields) = shape(&j["options"]);
+        assert_eq!(s, real_shape, "{user}");
+        assert_eq!(fields, real_fields, "{user}");
+        // The same id twice: the same credential ids, as for a real user.
+        let again = start(user).await;
+        assert_eq!(
+            j["options"]["publicKey"]["allowCredentials"],
+            again["options"]["publicKey"]["allowCredentials"],
+            "{user}"
+        );
+    }
+    // A decoy's finish fails like a wrong key (no lockout count); the audit
+    // log keeps why.
+    let (ceremony, _) = login_start(&h.app, "no-such-user", IP_A).await;
+    let (real_ceremony, options) = login_start(&h.app, USER, IP_A).await;
+    let cred = key.do_authentication(h.origin.clone(), options).unwrap();
+    let a = post(
+        &h.app,
+        "/api/login/finish",
+        finish_body(&ceremony, &cred),
+        IP_A,
+    )
+    .await;
+    assert_refused(&a, StatusCode::UNAUTHORIZED, "assertion_invalid");
+    let log = h.audit().await;
+    assert!(
+        log.iter().any(|r| r.action == "login.failed"
+            && r.subject == "no-such-user"
+            && r.reason == "login_unavailable"),
+        "{log:?}"
+    );
+    // The disabled user, with their own key, is told after the assertion.
+    let (ceremony, options) = login_start(&h.app, "disabled", IP_A).await;
+    let cred = other.do_authentication(h.origin.clone(), options).unwrap();
+    let a = post(
+        &h.app,
+        "/api/login/finish",
+        finish_body(&ceremony, &cred),
+        IP_A,
+    )
+    .await;
+    assert_refused(&a, StatusCode::FORBIDDEN, "user_disabled");
+    // The enrolled user still logs in.
+    drop(real_ceremony);
+    let a = login(&h, &mut key).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 }
 
 #[tokio::test]
@@ -924,6 +1033,7 @@ async fn login_request_is_checked_strictly() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 
+    // An unknown id is not told apart from a real one (decoy options).
     let a = post(
         &h.app,
         "/api/login/start",
@@ -931,7 +1041,7 @@ async fn login_request_is_checked_strictly() {
         IP_A,
     )
     .await;
-    assert_refused(&a, StatusCode::NOT_FOUND, "login_unavailable");
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let a = post(&h.app, "/api/login/start", json!({ "user": "a b" }), IP_A).await;
     assert_refused(&a, StatusCode::BAD_REQUEST, "bad_request");
     let a = post(
