@@ -286,7 +286,7 @@ impl PortalState {
 
     /// `Origin` is the portal's; without one (some browsers omit it on
     /// same-origin requests), `Sec-Fetch-Site` must say same-origin.
-    fn same_origin(&self, headers: &HeaderMap) -> bool {
+    pub(super) fn same_origin(&self, headers: &HeaderMap) -> bool {
         match headers.get(header::ORIGIN) {
             Some(o) => o.as_bytes() == self.inner.origin.as_bytes(),
             None => headers

@@ -1200,3 +1200,155 @@ async fn officers_see_lockouts_and_unlock_on_the_devices_page() {
     let page = h.get(a.location(), Some(&officer)).await;
     assert!(page.text.contains("id=\"no-locks\""), "{}", page.text);
 }
+
+/// A form action: its path, a visitor allowed to post it, one who is not
+/// (none: any signed-in visitor may), and the form's other fields.
+type Action<'a> = (&'a str, &'a str, Option<&'a str>, &'a [(&'a str, &'a str)]);
+
+#[tokio::test]
+async fn every_staff_action_checks_role_csrf_and_origin() {
+    // Every state-changing POST of the portal, for a visitor of the wrong
+    // role, with a forged CSRF token, from another origin, without an
+    // origin, and signed out: refused, and nothing is changed or audited.
+    let h = H::new().await;
+    h.user("officer1", "情報政策課", &[Role::Officer]).await;
+    h.user("operator1", "情報政策課", &[Role::Operator]).await;
+    h.user("chief1", "総務課", &[Role::Chief]).await;
+    h.user("staff1", "総務課", &[Role::Staff]).await;
+    let cookie = |user: &str| h.sign_in(user);
+    let token = |cookie: &str| access::csrf_token(cookie.split_once('=').unwrap().1);
+    let officer = cookie("officer1");
+    let operator = cookie("operator1");
+    let chief = cookie("chief1");
+    let staff = cookie("staff1");
+    let actions: &[Action] = &[
+        (
+            "/officer/rules",
+            &officer,
+            Some(&staff),
+            &[("text", "x"), ("reason", "r"), ("base", "1")],
+        ),
+        (
+            "/officer/desks",
+            &officer,
+            Some(&operator),
+            &[("id", "PC-1"), ("level", "2"), ("reason", "r")],
+        ),
+        (
+            "/officer/devices/block",
+            &officer,
+            Some(&chief),
+            &[("id", "PC-1"), ("reason", "r")],
+        ),
+        (
+            "/officer/devices/unblock",
+            &officer,
+            Some(&staff),
+            &[("id", "PC-1"), ("reason", "r")],
+        ),
+        (
+            "/officer/users/unlock",
+            &officer,
+            Some(&operator),
+            &[("user", "staff1"), ("reason", "r")],
+        ),
+        (
+            "/officer/bcp/declare",
+            &officer,
+            Some(&chief),
+            &[("reason", "大雪"), ("hours", "8")],
+        ),
+        (
+            "/officer/bcp/end",
+            &officer,
+            Some(&staff),
+            &[("id", "1"), ("reason", "r")],
+        ),
+        (
+            "/ops/sessions/end",
+            &operator,
+            Some(&officer),
+            &[("id", "s-1"), ("reason", "r")],
+        ),
+        (
+            "/plans/decide",
+            &chief,
+            Some(&staff),
+            &[("id", "1"), ("decision", "approve"), ("reason", "r")],
+        ),
+        (
+            "/plans",
+            &staff,
+            Some(&officer),
+            &[
+                ("date", "2026-12-08"),
+                ("start", "09:00"),
+                ("end", "17:00"),
+                ("place", "自宅"),
+            ],
+        ),
+        ("/me/revoke", &staff, None, &[("token", "abc")]),
+        ("/me/logout", &staff, None, &[]),
+    ];
+    let before = h.audit().await.len();
+    for &(path, allowed, denied, fields) in actions {
+        let with = |csrf: String| {
+            let mut f: Vec<(&str, String)> = vec![("csrf", csrf)];
+            f.extend(fields.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            f
+        };
+        if let Some(denied) = denied {
+            let a = post_form(&h, path, denied, Some(ORIGIN), &with(token(denied))).await;
+            assert_eq!(
+                a.status,
+                StatusCode::FORBIDDEN,
+                "{path} wrong role: {}",
+                a.text
+            );
+            assert!(a.text.contains("role_required"), "{path}: {}", a.text);
+        }
+        for (what, origin, csrf) in [
+            (
+                "forged token",
+                Some(ORIGIN),
+                "eW91LWhhdmUtYmVlbi1waHdu".to_owned(),
+            ),
+            ("no token", Some(ORIGIN), String::new()),
+            (
+                "another origin",
+                Some("https://evil.example"),
+                token(allowed),
+            ),
+            ("no origin", None, token(allowed)),
+        ] {
+            let a = post_form(&h, path, allowed, origin, &with(csrf)).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{path} {what}: {}", a.text);
+            assert!(
+                a.text.contains("csrf_invalid") || a.text.contains("origin_mismatch"),
+                "{path} {what}: {}",
+                a.text
+            );
+        }
+        let a = post_form(&h, path, "", Some(ORIGIN), &with("x".into())).await;
+        assert_ne!(a.status, StatusCode::OK, "{path} signed out: {}", a.text);
+        assert!(!a.status.is_server_error(), "{path} signed out: {}", a.text);
+    }
+    let after = h.audit().await;
+    assert_eq!(
+        after.len(),
+        before,
+        "refused actions wrote: {:?}",
+        &after[before..]
+    );
+}
+
+async fn post_form(
+    h: &H,
+    path: &str,
+    cookie: &str,
+    origin: Option<&str>,
+    form: &[(&str, String)],
+) -> Answer {
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    h.post_from(path, cookie, origin, &form).await
+}

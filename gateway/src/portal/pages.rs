@@ -674,8 +674,12 @@ pub(crate) struct LogoutForm {
 impl PortalState {
     /// Whether `presented` is the CSRF token of the request's portal session.
     fn csrf_ok(&self, headers: &HeaderMap, presented: &str) -> bool {
-        self.session_id(headers)
-            .is_some_and(|id| super::access::csrf_matches(&id, presented))
+        // As the staff forms: the portal's origin (or, without an `Origin`
+        // header, `Sec-Fetch-Site: same-origin`) and the session's token.
+        self.same_origin(headers)
+            && self
+                .session_id(headers)
+                .is_some_and(|id| super::access::csrf_matches(&id, presented))
     }
 }
 

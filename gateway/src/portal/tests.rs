@@ -1264,6 +1264,7 @@ async fn me_page_lists_devices_and_signs_a_device_out() {
         Request::builder()
             .method(Method::POST)
             .uri("/me/logout")
+            .header(header::ORIGIN, ORIGIN)
             .header(header::COOKIE, &cookie)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Body::from(format!("csrf={csrf}")))
