@@ -1024,9 +1024,10 @@ fn crl_freshness(s: &Shared, warned: &mut u8) {
     *warned = level;
 }
 
-/// Reload the CRL when its file changes, then drop the tunnels of agents
-/// whose certificates it now revokes. Laptops are re-checked on every
-/// session request.
+/// Reload the CRL when its file changes, then end the sessions and drop the
+/// tunnels of agents whose certificates it now revokes; the same when the
+/// CRL goes stale (past `nextUpdate` and the grace: everyone). Laptops are
+/// re-checked on every session request.
 async fn watch_crl(s: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut warned = 0;
@@ -1035,49 +1036,59 @@ async fn watch_crl(s: Arc<Shared>) {
             _ = s.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let was = warned;
         crl_freshness(&s, &mut warned);
+        if warned == 2 && was < 2 {
+            recheck_peers(&s);
+        }
         match s.verifier.reload_if_changed() {
             Ok(false) => {}
             Ok(true) => {
                 info!("CRL reloaded");
                 warned = 0;
                 crl_freshness(&s, &mut warned);
-                let live: Vec<Arc<LiveSession>> = s
-                    .live
-                    .lock()
-                    .expect("live lock")
-                    .values()
-                    .cloned()
-                    .collect();
-                for l in live {
-                    if let Err(reason) = check_cert(&s, &l.cert) {
-                        warn!(device = %l.device, desk = %l.desk, reason = reason.code(), "Ending the session of a revoked certificate");
-                        l.end(reason);
-                    }
-                }
-                let mut agents = s.agents.lock().expect("agents lock");
-                agents.retain(|desk, e| match check_cert(&s, &e.cert) {
-                    Ok(()) => true,
-                    Err(reason) => {
-                        warn!(
-                            desk,
-                            reason = reason.code(),
-                            "Dropping the tunnel of a revoked agent"
-                        );
-                        s.metrics
-                            .agents_online
-                            .with_label_values(&[e.transport.as_str()])
-                            .dec();
-                        e.replaced.cancel();
-                        false
-                    }
-                });
+                recheck_peers(&s);
             }
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "CRL reload failed; keeping the previous CRL")
             }
         }
     }
+}
+
+/// End the live sessions and drop the agent tunnels whose certificates the
+/// CRL in force no longer accepts.
+fn recheck_peers(s: &Shared) {
+    let live: Vec<Arc<LiveSession>> = s
+        .live
+        .lock()
+        .expect("live lock")
+        .values()
+        .cloned()
+        .collect();
+    for l in live {
+        if let Err(reason) = check_cert(s, &l.cert) {
+            warn!(device = %l.device, desk = %l.desk, reason = reason.code(), "Ending the session of a revoked certificate");
+            l.end(reason);
+        }
+    }
+    let mut agents = s.agents.lock().expect("agents lock");
+    agents.retain(|desk, e| match check_cert(s, &e.cert) {
+        Ok(()) => true,
+        Err(reason) => {
+            warn!(
+                desk,
+                reason = reason.code(),
+                "Dropping the tunnel of a revoked agent"
+            );
+            s.metrics
+                .agents_online
+                .with_label_values(&[e.transport.as_str()])
+                .dec();
+            e.replaced.cancel();
+            false
+        }
+    });
 }
 
 /// Wait for connection tasks after the listener stops; the force token ends them.

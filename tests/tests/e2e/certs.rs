@@ -399,7 +399,11 @@ async fn a_stale_crl_fails_closed_after_its_grace_and_a_current_one_reopens() {
     // The CA's current CRL: served again without a restart, the agent too.
     let next = crl_issued_days_ago(&mut w, 0);
     wait_crl_metric(&w, next).await;
-    still_serves(&w).await;
+    // The stale CRL dropped the desks' tunnels too (fail closed); their
+    // agents come back at their next attempt.
+    wait_echo(w.good.listen, Duration::from_secs(20))
+        .await
+        .unwrap();
     let c = start_client(&w.pki, &cfg, "DESK-STALE", "tcp")
         .await
         .unwrap();
