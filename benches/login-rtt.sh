@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Login round-trip on the demo: benches/login-rtt.sh [N=20]
 #
-# Starts `kakehashi-gateway demo` in a temporary directory, then N times:
+# Starts `kakehashi-demo` in a temporary directory, then N times:
 # `kakehashi --config DIR/client.toml login` (a real WebAuthn ceremony with
 # the demo's software passkey against the portal, then the one-time code
 # redeemed over mutual TLS) followed by the first session,
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 n="${1:-20}"
 
 cargo build --release --bins -q
-gw=target/release/kakehashi-gateway
+demo=target/release/kakehashi-demo
 client=target/release/kakehashi
 
 dir="$(mktemp -d)"
@@ -24,7 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RUST_LOG=warn "$gw" demo --dir "$dir/demo" >"$dir/demo.out" 2>"$dir/demo.log" &
+RUST_LOG=warn "$demo" --dir "$dir/demo" >"$dir/demo.out" 2>"$dir/demo.log" &
 demo_pid=$!
 for _ in $(seq 1 600); do
   grep -q "Kakehashi demo is running" "$dir/demo.out" 2>/dev/null && break

@@ -8,8 +8,8 @@
 //! facts ([`admission`]); live sessions are re-decided when those change.
 //!
 //! `main.rs` is a thin wrapper: [`config::Config`] → [`server::Gateway::bind`]
-//! → [`server::Gateway::serve`]. [`demo`] runs a complete gateway, agent
-//! and demo desk on loopback.
+//! → [`server::Gateway::serve`]. The demo (a complete gateway, agent and
+//! demo desk on loopback) is the `kakehashi-demo` crate.
 
 pub mod admin;
 pub mod admin_cli;
@@ -17,8 +17,6 @@ pub mod admission;
 pub mod audit_cli;
 pub mod checkpoint;
 pub mod config;
-pub mod demo;
-pub mod demo_rdp;
 pub mod login;
 pub mod metrics;
 pub mod policy_cli;

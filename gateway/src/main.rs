@@ -1,4 +1,5 @@
-//! `kakehashi-gateway`: run the gateway, or a complete demo on loopback.
+//! `kakehashi-gateway`: run the gateway, and the administration commands
+//! on its store. The demo is its own program, `kakehashi-demo`.
 
 use std::path::PathBuf;
 
@@ -28,16 +29,11 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a complete demo on loopback: throw-away CA, gateway, agent and a
-    /// demo desk, and print what to run next.
+    /// Moved: the demo is `kakehashi-demo` (`cargo run --release -p kakehashi-demo`).
+    #[command(hide = true)]
     Demo {
-        /// Directory for the demo's certificates and configuration files.
-        #[arg(long, default_value = "kakehashi-demo")]
-        dir: PathBuf,
-        /// Make the demo desk a real RDP server (freerdp-shadow-cli on Xvfb, NLA)
-        /// whose sessions the agent filters; prints the `connect --launch` line.
-        #[arg(long)]
-        rdp: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
     },
     /// The access policy: print the default, check a file, explain a
     /// decision (offline or live), import, export, history.
@@ -208,6 +204,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd: AuditCmd::Export(a),
         } => kakehashi_gateway::audit_cli::export_cmd(a).await,
         Cmd::Report { cmd } => kakehashi_gateway::report::run(cmd).await,
-        Cmd::Demo { dir, rdp } => kakehashi_gateway::demo::run(&dir, rdp).await,
+        Cmd::Demo { .. } => anyhow::bail!(
+            "the demo is its own program now: run `kakehashi-demo` (from a source tree: `cargo run --release -p kakehashi-demo`); the production gateway does not carry the demo's agent, client and software authenticator"
+        ),
     }
 }

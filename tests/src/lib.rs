@@ -1071,13 +1071,13 @@ pub fn audit_detail(record: &serde_json::Value) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// `kakehashi-gateway demo --dir TMP/demo EXTRA…`, once it says it is running
+/// `kakehashi-demo --dir TMP/demo EXTRA…`, once it says it is running
 /// (its log is `TMP/demo.log`).
 pub async fn start_demo(tmp: &Path, extra: &[&str]) -> Proc {
     let dir = tmp.join("demo");
-    let mut args = vec!["demo", "--dir", dir.to_str().unwrap()];
+    let mut args = vec!["--dir", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let mut demo = Proc::spawn(&bin("kakehashi-gateway"), &args, tmp.join("demo.log"), &[]);
+    let mut demo = Proc::spawn(&bin("kakehashi-demo"), &args, tmp.join("demo.log"), &[]);
     demo.wait_line("Kakehashi demo is running", Duration::from_secs(60))
         .await
         .unwrap();

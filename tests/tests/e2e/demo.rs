@@ -1,4 +1,4 @@
-//! `kakehashi-gateway demo` works as its printed instructions say.
+//! `kakehashi-demo` works as its printed instructions say.
 
 use std::time::Duration;
 
@@ -104,4 +104,18 @@ async fn demo_works_as_printed() {
         "{}",
         demo.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_binary_points_to_the_demo_program() {
+    // The production gateway carries no demo (and with it no agent, client
+    // or software authenticator); the old subcommand says where it went.
+    let out = tokio::process::Command::new(bin("kakehashi-gateway"))
+        .args(["demo", "--dir", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kakehashi-demo"), "{err}");
 }

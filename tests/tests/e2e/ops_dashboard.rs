@@ -604,7 +604,7 @@ fn dashboard_exposition_labels_parse() {
     assert_eq!(m["logins_total"], 4.0);
 }
 
-/// `kakehashi-gateway demo` as printed, seen from the dashboard: a person
+/// `kakehashi-demo` as printed, seen from the dashboard: a person
 /// registers the browser's authenticator with the printed code, signs in
 /// at the printed dashboard URL, and the demo laptop's session appears
 /// live (and goes when it ends), in step with `/metrics`.

@@ -1272,7 +1272,7 @@ async fn rdp_filter_enforces_clipboard_and_devices_with_xrdp() {
     let _ = xrdp.wait_exit(Duration::from_secs(10)).await;
 }
 
-/// `kakehashi-gateway demo --rdp` as printed: log in, then the printed
+/// `kakehashi-demo --rdp` as printed: log in, then the printed
 /// `connect demo-desk --launch` line opens the demo desk (freerdp-shadow-cli, NLA,
 /// with the printed RDP user and password) through the filter, and the desktop comes up.
 #[tokio::test(flavor = "multi_thread")]

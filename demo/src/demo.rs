@@ -1,4 +1,4 @@
-//! `kakehashi-gateway demo`: a complete Kakehashi on loopback — a
+//! `kakehashi-demo`: a complete Kakehashi on loopback — a
 //! throw-away CA, a gateway, one desk agent and a demo desk service (echo) —
 //! with a `client.toml` so `kakehashi connect demo-desk` works as printed.
 
@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::Config;
-use crate::server::Gateway;
+use kakehashi_gateway::config::Config;
+use kakehashi_gateway::server::Gateway;
 
 /// Desk id of the demo desk.
 pub const DEMO_DESK: &str = "demo-desk";
@@ -32,7 +32,7 @@ enforce = false
 ";
 
 /// Run the demo until Ctrl-C; with `rdp`, the desk is a real RDP server
-/// ([`crate::demo_rdp`]) instead of an echo service.
+/// ([`crate::rdp`]) instead of an echo service.
 pub async fn run(dir: &Path, rdp: bool) -> anyhow::Result<()> {
     prepare_dir(dir)?;
     let dir = dir
@@ -69,7 +69,7 @@ pub async fn run(dir: &Path, rdp: bool) -> anyhow::Result<()> {
     // The demo desk: an echo service standing in for the desk PC's RDP server,
     // or with --rdp a real one.
     let rdp_desk = match rdp {
-        true => Some(crate::demo_rdp::start(&mut ca, &dir).await?),
+        true => Some(crate::rdp::start(&mut ca, &dir).await?),
         false => None,
     };
     let desk_addr = match &rdp_desk {
@@ -94,7 +94,7 @@ pub async fn run(dir: &Path, rdp: bool) -> anyhow::Result<()> {
             .unwrap_or_else(|_| p.to_path_buf())
     };
     let gateway_toml = format!(
-        r#"# Written by `kakehashi-gateway demo`. Run it alone with:
+        r#"# Written by `kakehashi-demo`. Run it alone with:
 #   kakehashi-gateway run --config {gwcfg}
 name = "demo-gateway"
 
@@ -155,7 +155,7 @@ insecure_http = true
     )
     .context("cannot write policy.toml")?;
     let agent_toml = format!(
-        r#"# Written by `kakehashi-gateway demo`.
+        r#"# Written by `kakehashi-demo`.
 [tls]
 ca = "{ca}"
 cert = "{cert}"
@@ -184,7 +184,7 @@ max_ms = 5000
             .map_or(ECHO_PASS_THROUGH, |d| d.agent_section.as_str()),
     );
     let client_toml = format!(
-        r#"# Written by `kakehashi-gateway demo`: the demo laptop ({DEMO_DEVICE}, class satellite: a satellite office,
+        r#"# Written by `kakehashi-demo`: the demo laptop ({DEMO_DEVICE}, class satellite: a satellite office,
 # which the default policy lets reach level 2 at any hour).
 [gateway]
 address = "127.0.0.1:{term_port}"
@@ -295,11 +295,11 @@ soft_authenticator = "passkey.cbor"
     );
     println!();
     if let Some(d) = &rdp_desk {
-        crate::demo_rdp::print_instructions(d, &client, &dir.join("client.toml"), DEMO_DESK);
+        crate::rdp::print_instructions(d, &client, &dir.join("client.toml"), DEMO_DESK);
         println!();
     }
 
-    crate::shutdown_signal().await;
+    kakehashi_gateway::shutdown_signal().await;
     eprintln!("Stopping the demo …");
     stop.cancel();
     let _ = agent_task.await;
@@ -317,7 +317,7 @@ const BROWSER_CODE_HOURS: i64 = 8;
 /// returns a second one-time enrollment code, for a person to register their
 /// browser's own authenticator (the dashboard needs a sign-in in a browser).
 async fn enroll_demo_user(
-    shared: &crate::server::Shared,
+    shared: &kakehashi_gateway::server::Shared,
     dir: &Path,
     portal_port: u16,
     ca: &Path,
@@ -343,7 +343,7 @@ async fn enroll_demo_user(
             Audit::new(now, "demo", "user.add").subject(DEMO_USER),
         )
         .await?;
-    let (code, hash) = crate::portal::new_enrollment_code();
+    let (code, hash) = kakehashi_gateway::portal::new_enrollment_code();
     store
         .create_enrollment_code(
             &hash,
@@ -376,7 +376,7 @@ async fn enroll_demo_user(
     )
     .await
     .context("cannot enroll the demo user's software authenticator")?;
-    let (browser_code, hash) = crate::portal::new_enrollment_code();
+    let (browser_code, hash) = kakehashi_gateway::portal::new_enrollment_code();
     let now = kakehashi_store::unix_now();
     store
         .create_enrollment_code(
@@ -418,7 +418,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write(
         &dir.join(MARKER),
-        "This directory was made by `kakehashi-gateway demo`; it may be deleted.\n",
+        "This directory was made by `kakehashi-demo`; it may be deleted.\n",
     )
 }
 

@@ -1,4 +1,4 @@
-//! `kakehashi-gateway demo --rdp`: the demo desk is a real RDP server —
+//! `kakehashi-demo --rdp`: the demo desk is a real RDP server —
 //! `freerdp-shadow-cli` on its own Xvfb display, NLA on, with a TLS key pair
 //! issued by the demo CA — and the demo agent filters its sessions with that
 //! same key pair (`[rdp]`), enforcing the demo's default (deny-all) controls.
