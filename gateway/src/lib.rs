@@ -11,17 +11,14 @@
 //! → [`server::Gateway::serve`]. The demo (a complete gateway, agent and
 //! demo desk on loopback) is the `kakehashi-demo` crate.
 
-pub mod admin;
-pub mod admin_cli;
 pub mod admission;
-pub mod audit_cli;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod login;
 pub mod metrics;
-pub mod policy_cli;
+pub mod metrics_listener;
 pub mod portal;
-pub mod report;
 pub mod server;
 pub mod syslog;
 

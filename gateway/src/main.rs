@@ -39,12 +39,12 @@ enum Cmd {
     /// decision (offline or live), import, export, history.
     Policy {
         #[command(subcommand)]
-        cmd: kakehashi_gateway::policy_cli::PolicyCmd,
+        cmd: kakehashi_gateway::cli::policy::PolicyCmd,
     },
     /// BCP mode (snow day, pandemic): declare, end, list.
     Bcp {
         #[command(subcommand)]
-        cmd: kakehashi_gateway::policy_cli::BcpCmd,
+        cmd: kakehashi_gateway::cli::bcp::BcpCmd,
     },
     /// Administration on the gateway's store: users, enrollment codes,
     /// devices, desks, telework plans.
@@ -53,7 +53,7 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
         #[command(subcommand)]
-        cmd: kakehashi_gateway::admin_cli::AdminCmd,
+        cmd: kakehashi_gateway::cli::admin::AdminCmd,
     },
     /// The audit log.
     Audit {
@@ -63,7 +63,7 @@ enum Cmd {
     /// Reports for section chiefs (attendance).
     Report {
         #[command(subcommand)]
-        cmd: kakehashi_gateway::report::ReportCmd,
+        cmd: kakehashi_gateway::cli::report::ReportCmd,
     },
 }
 
@@ -93,7 +93,7 @@ enum AuditCmd {
         checkpoints: Option<PathBuf>,
     },
     /// Write the audit log (or a time window of it) as JSON lines or CSV.
-    Export(kakehashi_gateway::audit_cli::ExportArgs),
+    Export(kakehashi_gateway::cli::audit::ExportArgs),
 }
 
 #[tokio::main]
@@ -152,16 +152,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             gw.serve(stop).await
         }
         Cmd::Policy { cmd } => {
-            if kakehashi_gateway::policy_cli::policy(cmd).await? {
+            if kakehashi_gateway::cli::policy::run(cmd).await? {
                 Ok(())
             } else {
                 anyhow::bail!("the policy has errors (see above)")
             }
         }
-        Cmd::Bcp { cmd } => kakehashi_gateway::policy_cli::bcp(cmd).await,
+        Cmd::Bcp { cmd } => kakehashi_gateway::cli::bcp::run(cmd).await,
         Cmd::Admin { config, cmd } => {
             let cfg = kakehashi_gateway::Config::load(&config)?;
-            kakehashi_gateway::admin_cli::run(&cfg, cmd).await
+            kakehashi_gateway::cli::admin::run(&cfg, cmd).await
         }
         Cmd::Audit {
             cmd:
@@ -173,7 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let cfg = kakehashi_gateway::Config::load(&config)?;
-            if kakehashi_gateway::audit_cli::verify_store_cmd(
+            if kakehashi_gateway::cli::audit::verify_store_cmd(
                 &cfg,
                 &checkpoint_key,
                 checkpoints.as_deref(),
@@ -194,7 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..
                 },
         } => {
-            if kakehashi_gateway::audit_cli::verify_files_cmd(&file, last_hash.as_deref())? {
+            if kakehashi_gateway::cli::audit::verify_files_cmd(&file, last_hash.as_deref())? {
                 Ok(())
             } else {
                 anyhow::bail!("the exported audit log has been tampered with (see above)")
@@ -202,8 +202,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Audit {
             cmd: AuditCmd::Export(a),
-        } => kakehashi_gateway::audit_cli::export_cmd(a).await,
-        Cmd::Report { cmd } => kakehashi_gateway::report::run(cmd).await,
+        } => kakehashi_gateway::cli::audit::export_cmd(a).await,
+        Cmd::Report { cmd } => kakehashi_gateway::cli::report::run(cmd).await,
         Cmd::Demo { .. } => anyhow::bail!(
             "the demo is its own program now: run `kakehashi-demo` (from a source tree: `cargo run --release -p kakehashi-demo`); the production gateway does not carry the demo's agent, client and software authenticator"
         ),

@@ -631,7 +631,15 @@ impl Gateway {
             ));
         }
         if let Some(l) = self.admin {
-            tasks.spawn(crate::admin::serve(s.clone(), l));
+            let metrics = {
+                let s = s.clone();
+                move || s.metrics.render()
+            };
+            tasks.spawn(crate::metrics_listener::serve(
+                metrics,
+                s.shutdown_token(),
+                l,
+            ));
         }
         if let Some((l, state, tls)) = self.portal {
             state.attach_gateway(s.clone());

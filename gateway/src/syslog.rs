@@ -241,7 +241,7 @@ pub fn format_message(r: &AuditRecord, facility: u8, origin: &Origin) -> Vec<u8>
                 .ok()
         })
         .unwrap_or_else(|| "-".into());
-    let json = crate::audit_cli::ExportRecord::new(r, origin.utc_offset_secs).to_json();
+    let json = kakehashi_store::export::ExportRecord::new(r, origin.utc_offset_secs).to_json();
     let mut m = format!(
         "<{pri}>1 {ts} {host} {APP_NAME} {pid} {msgid} [{SD_ID} seq=\"{seq}\" action=\"{action}\" actor=\"{actor}\" subject=\"{subject}\" reason=\"{reason}\" gateway=\"{gateway}\"] ",
         host = header_field(&origin.hostname, 255),
@@ -511,18 +511,6 @@ async fn write_frame(s: &mut (impl tokio::io::AsyncWrite + Unpin), msg: &[u8]) -
     }
 }
 
-fn jittered(backoff: Duration) -> Duration {
-    use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 8];
-    let r = ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .map(|()| u64::from_le_bytes(b))
-        .unwrap_or(0);
-    let ms = backoff.as_millis() as u64;
-    // Full jitter in [backoff/2, backoff].
-    Duration::from_millis(ms / 2 + r % (ms / 2 + 1))
-}
-
 /// Send queued messages, keeping one connection and re-establishing it
 /// with backoff. Ends when the tail loop has ended and the queue is empty,
 /// or, once `stop` is cancelled, when the server cannot be reached.
@@ -534,7 +522,7 @@ async fn send_loop(
     stop: CancellationToken,
 ) {
     let mut conn: Option<Conn> = None;
-    let mut backoff = BACKOFF_INITIAL;
+    let mut backoff = kakehashi_transport::backoff::Reconnect::new(BACKOFF_INITIAL, BACKOFF_MAX);
     let mut pending: Option<(i64, Vec<u8>)> = None;
     loop {
         let (seq, msg) = match pending.take() {
@@ -564,10 +552,10 @@ async fn send_loop(
                     match c {
                         Conn::Tcp(_, since) | Conn::Tls(_, since) => {
                             if since.elapsed() >= STABLE_AFTER {
-                                backoff = BACKOFF_INITIAL;
+                                backoff.reset();
                             }
                         }
-                        Conn::Udp(_) => backoff = BACKOFF_INITIAL,
+                        Conn::Udp(_) => backoff.reset(),
                     }
                     continue;
                 }
@@ -579,7 +567,7 @@ async fn send_loop(
                 Sent::Retry(e) => {
                     if let Some(Conn::Tcp(_, since) | Conn::Tls(_, since)) = &conn {
                         if since.elapsed() >= STABLE_AFTER {
-                            backoff = BACKOFF_INITIAL;
+                            backoff.reset();
                         }
                     }
                     conn = None;
@@ -594,13 +582,12 @@ async fn send_loop(
             warn!(error = %format!("{failure:#}"), "Syslog server unreachable while stopping; records still queued are not forwarded");
             return;
         }
-        let delay = jittered(backoff);
+        let delay = backoff.next_delay();
         warn!(error = %format!("{failure:#}"), retry_ms = delay.as_millis() as u64, "Syslog forwarding interrupted; retrying");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.cancelled() => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

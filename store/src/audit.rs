@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::db::Store;
 use crate::error::{Error, Result};
 use crate::types::{validate_text, Hash256};
-use crate::Store;
 
 pub(crate) const HEAD_SQLITE: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 pub(crate) const HEAD_POSTGRES: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";

@@ -28,9 +28,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 
+use crate::audit::VerifyReport;
+use crate::db::Store;
 use crate::error::{Error, Result};
 use crate::types::Hash256;
-use crate::{Store, VerifyReport};
 
 /// The audit action of a checkpoint stored in the chain itself.
 pub const CHECKPOINT_ACTION: &str = "audit.checkpoint";

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 
 use crate::audit::Audit;
+use crate::db::Store;
 use crate::error::{on_write, Error, Result};
 use crate::types::{validate_id, validate_text, Hash256, Role};
-use crate::Store;
 
 // ---------------------------------------------------------------- users
 

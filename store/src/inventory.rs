@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::audit::Audit;
+use crate::db::Store;
 use crate::error::{on_write, Error, Result};
 use crate::types::{
     int, validate_id, validate_text, DeskService, DeviceClass, DeviceStatus, Segment,
 };
-use crate::Store;
 
 /// A device to register or update (from its certificate and the loan record).
 #[derive(Debug, Clone, PartialEq, Eq)]

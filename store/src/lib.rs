@@ -97,23 +97,13 @@ pub use types::{
     validate_id, DeskService, DeviceClass, DeviceStatus, Hash256, PlanStatus, Role, Segment,
 };
 
-use std::path::PathBuf;
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-
 /// Runs `$body` against the pool of whichever backend the store uses; `$p`
 /// is bound to `&SqlitePool` or `&PgPool` (the body is compiled for each).
 macro_rules! read {
     ($store:expr, |$p:ident| $body:expr) => {
         match &$store.pool {
-            $crate::Pool::Sqlite($p) => $body,
-            $crate::Pool::Postgres($p) => $body,
+            $crate::db::Pool::Sqlite($p) => $body,
+            $crate::db::Pool::Postgres($p) => $body,
         }
     };
 }
@@ -127,11 +117,11 @@ macro_rules! write_tx {
         let audit: &$crate::audit::Audit = &$audit;
         audit.validate()?;
         match &$store.pool {
-            $crate::Pool::Sqlite(pool) => {
+            $crate::db::Pool::Sqlite(pool) => {
                 let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 write_tx!(@run $tx, audit, $crate::audit::HEAD_SQLITE, $body)
             }
-            $crate::Pool::Postgres(pool) => {
+            $crate::db::Pool::Postgres(pool) => {
                 let mut $tx = pool.begin().await?;
                 write_tx!(@run $tx, audit, $crate::audit::HEAD_POSTGRES, $body)
             }
@@ -164,17 +154,23 @@ macro_rules! write_tx {
     }};
 }
 
+pub mod attendance;
 mod audit;
 mod checkpoint;
+mod db;
 mod identity;
 mod inventory;
 mod planning;
 mod sessions;
 
+pub mod export;
+pub mod localtime;
+
 pub use audit::{Audit, AuditRecord, BreakKind, BrokenLink, VerifyReport};
 pub use checkpoint::{
     key_id, AnchorProblem, AnchorReport, Checkpoint, CheckpointSource, CHECKPOINT_ACTION,
 };
+pub use db::{redact_url, unix_now, Backend, Store};
 pub use identity::{
     Credential, LockState, LockoutRule, LoginCode, LoginToken, NewCredential, NewLoginCode,
     NewLoginToken, NewUser, User,
@@ -182,238 +178,3 @@ pub use identity::{
 pub use inventory::{Desk, Device, DeviceSpec};
 pub use planning::{Bcp, BcpScope, BcpSpec, Plan, PlanSpec, PolicyDoc};
 pub use sessions::{SessionEnd, SessionRecord, SessionStart};
-
-static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
-static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
-
-/// Which database a [`Store`] uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Backend {
-    /// An embedded SQLite file.
-    Sqlite,
-    /// A PostgreSQL server.
-    Postgres,
-}
-
-#[derive(Debug, Clone)]
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-/// The gateway's database. Cloning is cheap and shares the pool.
-#[derive(Debug, Clone)]
-pub struct Store {
-    pool: Pool,
-}
-
-#[derive(Debug, PartialEq)]
-enum Target<'a> {
-    Sqlite(PathBuf),
-    Postgres(&'a str),
-}
-
-fn parse_url(url: &str) -> Result<Target<'_>> {
-    let bad = || Error::BadUrl(url.to_owned());
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Target::Postgres(url));
-    }
-    let path = if let Some(rest) = url.strip_prefix("sqlite://") {
-        rest
-    } else if let Some(rest) = url.strip_prefix("sqlite:") {
-        rest
-    } else if url.contains("://") {
-        return Err(bad());
-    } else {
-        url
-    };
-    // No in-memory databases (each pooled connection would get its own) and
-    // no URL parameters (the store sets the pragmas itself).
-    if path.is_empty() || path.starts_with(':') || path.contains('?') {
-        return Err(bad());
-    }
-    Ok(Target::Sqlite(PathBuf::from(path)))
-}
-
-/// The store URL as it may be shown: a PostgreSQL password (in the user
-/// info or a `password=` parameter) replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest = scheme_end + 3;
-        let auth_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
-        if let Some(at) = out[rest..auth_end].rfind('@').map(|i| rest + i) {
-            if let Some(colon) = out[rest..at].find(':').map(|i| rest + i) {
-                out.replace_range(colon + 1..at, "***");
-            }
-        }
-    }
-    while let Some(i) = out.find("password=") {
-        let start = i + "password=".len();
-        let end = out[start..].find('&').map_or(out.len(), |j| start + j);
-        if &out[start..end] == "***" {
-            break;
-        }
-        out.replace_range(start..end, "***");
-    }
-    out
-}
-
-/// Creates a missing database file readable by its owner only (0600):
-/// it holds the audit log, credentials and token hashes, and SQLite gives
-/// its `-wal` and `-shm` files the same mode. An existing file is left as
-/// it is.
-fn create_private(path: &std::path::Path) -> std::io::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        o.mode(0o600);
-    }
-    match o.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-impl Store {
-    /// Opens (creating if needed) the database at `url` and applies the
-    /// migrations. See the crate docs for the URL forms.
-    pub async fn open(url: &str) -> Result<Store> {
-        let pool = match parse_url(url)? {
-            Target::Sqlite(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                create_private(&path)?;
-                let options = SqliteConnectOptions::new()
-                    .filename(&path)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(30));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .connect_with(options)
-                    .await?;
-                SQLITE_MIGRATOR.run(&pool).await?;
-                Pool::Sqlite(pool)
-            }
-            Target::Postgres(url) => {
-                let options = PgConnectOptions::from_str(url)?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(10)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .connect_with(options)
-                    .await?;
-                POSTGRES_MIGRATOR.run(&pool).await?;
-                Pool::Postgres(pool)
-            }
-        };
-        tracing::debug!(backend = ?Self::backend_of(&pool), "Store opened");
-        Ok(Store { pool })
-    }
-
-    fn backend_of(pool: &Pool) -> Backend {
-        match pool {
-            Pool::Sqlite(_) => Backend::Sqlite,
-            Pool::Postgres(_) => Backend::Postgres,
-        }
-    }
-
-    /// Which database this store uses.
-    pub fn backend(&self) -> Backend {
-        Self::backend_of(&self.pool)
-    }
-
-    /// Closes every pooled connection (waits for those in use). Dropping the
-    /// store without closing loses nothing that was committed.
-    pub async fn close(&self) {
-        match &self.pool {
-            Pool::Sqlite(p) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
-        }
-    }
-}
-
-/// The current time as unix seconds, for callers that need a `now`.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_urls_are_shown_without_passwords() {
-        assert_eq!(
-            redact_url("postgres://kakehashi:s3cret@db.example:5432/kh"),
-            "postgres://kakehashi:***@db.example:5432/kh"
-        );
-        assert_eq!(
-            redact_url("postgres://db/kh?user=k&password=s3cret&sslmode=require"),
-            "postgres://db/kh?user=k&password=***&sslmode=require"
-        );
-        assert_eq!(
-            redact_url("sqlite:///var/lib/kakehashi/kh.db"),
-            "sqlite:///var/lib/kakehashi/kh.db"
-        );
-        assert_eq!(redact_url("postgres://k@db/kh"), "postgres://k@db/kh");
-    }
-
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn a_new_sqlite_file_is_private() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("k.db");
-        let _s = Store::open(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{mode:o}");
-    }
-
-    #[test]
-    fn url_forms() {
-        assert_eq!(
-            parse_url("sqlite:///var/lib/k/store.db").unwrap(),
-            Target::Sqlite("/var/lib/k/store.db".into())
-        );
-        assert_eq!(
-            parse_url("sqlite://demo/store.db").unwrap(),
-            Target::Sqlite("demo/store.db".into())
-        );
-        assert_eq!(
-            parse_url("sqlite:store.db").unwrap(),
-            Target::Sqlite("store.db".into())
-        );
-        assert_eq!(
-            parse_url("/tmp/x.db").unwrap(),
-            Target::Sqlite("/tmp/x.db".into())
-        );
-        assert_eq!(
-            parse_url("postgres://u@127.0.0.1:5432/k").unwrap(),
-            Target::Postgres("postgres://u@127.0.0.1:5432/k")
-        );
-        assert!(parse_url("postgresql://h/k").is_ok());
-        for bad in [
-            "",
-            "sqlite::memory:",
-            "mysql://h/db",
-            "sqlite://x.db?mode=rwc",
-            "sqlite://",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
-    }
-}

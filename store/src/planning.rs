@@ -2,9 +2,9 @@
 //! the versioned policy document.
 
 use crate::audit::Audit;
+use crate::db::Store;
 use crate::error::{on_write, Error, Result};
 use crate::types::{random_id, validate_date, validate_id, validate_text, PlanStatus};
-use crate::Store;
 
 // ---------------------------------------------------------------- plans
 

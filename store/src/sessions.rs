@@ -1,9 +1,9 @@
 //! Session records, for attendance reports and metrics.
 
 use crate::audit::Audit;
+use crate::db::Store;
 use crate::error::{on_write, Error, Result};
 use crate::types::{validate_id, validate_text, DeviceClass};
-use crate::Store;
 
 /// A session being admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]

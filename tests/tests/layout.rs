@@ -45,16 +45,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Crates (directories beside `tests/`) whose files must form no import
-/// cycle. The gateway crate joins once issue #17 has split it into
-/// store/relay/portal/gateway (its files still import each other in circles).
+/// cycle. The gateway crate joins once issue #17 has split the relay and
+/// the portal out of it (`server.rs` and the portal still import each other).
 const ACYCLIC_CRATES: &[&str] = &[
     "proto",
     "pki",
     "policy",
     "transport",
+    "store",
     "agent",
     "agent/rdpfilter",
     "client",
+    "demo",
 ];
 
 /// Crates whose files stay under [`MAX_NON_TEST_LINES`] lines of non-test
@@ -65,9 +67,11 @@ const SHORT_FILE_CRATES: &[&str] = &[
     "pki",
     "policy",
     "transport",
+    "store",
     "agent",
     "agent/rdpfilter",
     "client",
+    "demo",
 ];
 
 /// A file past this many lines before its `#[cfg(test)]` module has more than

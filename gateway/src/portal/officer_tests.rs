@@ -780,8 +780,8 @@ async fn plans_are_submitted_by_staff_and_decided_by_their_chief() {
 
 /// Unix time of local `date` `h:m` at the portal's offset.
 fn local_at(h: &H, date: &str, hour: i64, min: i64) -> i64 {
-    let d = crate::report::parse_date(date).unwrap();
-    crate::report::local_midnight(d, h.state.offset()) + hour * 3600 + min * 60
+    let d = kakehashi_store::localtime::parse_date(date).unwrap();
+    kakehashi_store::localtime::local_midnight(d, h.state.offset()) + hour * 3600 + min * 60
 }
 
 /// A closed session of `user` from `start` to `end`, as the relay records it.
@@ -943,12 +943,12 @@ async fn attendance_report_is_the_chiefs_department_as_the_cli_writes_it() {
     )
     .unwrap();
     let out = dir.join("cli.csv");
-    crate::report::run(crate::report::ReportCmd::Attendance {
+    crate::cli::report::run(crate::cli::report::ReportCmd::Attendance {
         config: cfg,
         month: "2025-01".into(),
         dept: Some("総務課".into()),
-        format: crate::report::ReportFormat::Csv,
-        lang: crate::report::Lang::Ja,
+        format: crate::cli::report::ReportFormat::Csv,
+        lang: crate::cli::report::Lang::Ja,
         bom: true,
         out: Some(out.clone()),
     })

@@ -34,7 +34,8 @@ use super::officer::{
 };
 use super::pages::{esc, html, page, switch_link, Lang};
 use super::{Peer, PortalState};
-use crate::report;
+use kakehashi_store::attendance as report;
+use kakehashi_store::localtime::parse_month;
 
 /// Plans can be submitted this many days ahead at most.
 const MAX_DAYS_AHEAD: i64 = 366;
@@ -611,7 +612,7 @@ pub(crate) async fn attendance_csv(
         .await;
     }
     let month = query_param(q.as_deref(), "month").unwrap_or_default();
-    let Ok(days) = report::parse_month(month.trim()) else {
+    let Ok(days) = parse_month(month.trim()) else {
         return fail(
             Notice::Error(
                 lang.t(

@@ -1,5 +1,6 @@
-//! `kakehashi-gateway audit export` and `audit verify --file`: the security
-//! officer's copy of the audit log, and the check that a copy can be trusted.
+//! The audit log's export (`kakehashi-gateway audit export`) and the offline
+//! check of an export (`audit verify --file`): the security officer's copy of
+//! the audit log, and the check that a copy can be trusted.
 //!
 //! An export is a contiguous piece of the hash chain: from the first record
 //! at or after `--since` up to (not including) the first record after it at
@@ -20,76 +21,32 @@
 //! cannot be detected.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use clap::{Args, ValueEnum};
-use kakehashi_store::{AuditRecord, Hash256, Store};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::config::Config;
-use crate::report::{csv_field, local_midnight, parse_date, utc_offset, BOM};
+use crate::attendance::csv_field;
+use crate::audit::AuditRecord;
+use crate::db::Store;
+use crate::localtime::rfc3339;
+use crate::types::Hash256;
 
 /// Records read from the store at once.
 const PAGE: u32 = 1000;
 /// Progress is reported on stderr every this many records.
 const PROGRESS_EVERY: u64 = 100_000;
 
-/// Opens the store named in the configuration.
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
-    let url = cfg
-        .store_url
-        .as_deref()
-        .context("the configuration has no [store]")?;
-    Store::open(url)
-        .await
-        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(url)))
-}
-
-/// A buffered writer on `path`, or on standard output.
-pub fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
-    Ok(match path {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
-    })
-}
-
 /// Export formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
     /// One JSON object per line; verifiable with `audit verify --file`.
     Jsonl,
     /// Comma-separated values with a header line (for reading; JSON lines for verifying).
     Csv,
-}
-
-/// `audit export` arguments.
-#[derive(Args, Debug)]
-pub struct ExportArgs {
-    /// The gateway's configuration file (its [store] is used).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// From the first record at or after this time: RFC 3339
-    /// (2025-01-06T08:00:00+09:00) or a local date (2025-01-06). Default: the first record.
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Up to the first record at or after this time (same forms). Default: the chain head.
-    #[arg(long)]
-    pub until: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum)]
-    pub format: ExportFormat,
-    /// Write to this file instead of standard output.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Start a CSV file with a UTF-8 byte order mark (for Excel).
-    #[arg(long)]
-    pub bom: bool,
 }
 
 /// One exported record: every stored field, hashes in hex, `detail` as the
@@ -122,17 +79,6 @@ pub struct ExportRecord {
 
 /// The CSV header line of an export.
 pub const CSV_HEADER: &str = "seq,at,time,actor,action,subject,reason,detail,prev_hash,hash";
-
-fn rfc3339(at: i64, utc_offset_secs: i32) -> String {
-    OffsetDateTime::from_unix_timestamp(at)
-        .ok()
-        .and_then(|t| {
-            t.to_offset(utc_offset(utc_offset_secs))
-                .format(&Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
 
 impl ExportRecord {
     /// The export form of a stored record.
@@ -197,17 +143,6 @@ impl ExportRecord {
             hash: hash(&self.hash)?,
         })
     }
-}
-
-/// Parses `--since` / `--until`: RFC 3339, or a local date meaning its midnight.
-pub fn parse_time(s: &str, utc_offset_secs: i32) -> anyhow::Result<i64> {
-    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok(t.unix_timestamp());
-    }
-    let d = parse_date(s).with_context(|| {
-        format!("{s:?} is neither RFC 3339 (2025-01-06T08:00:00+09:00) nor a date (2025-01-06)")
-    })?;
-    Ok(local_midnight(d, utc_offset(utc_offset_secs)))
 }
 
 /// What an export wrote.
@@ -288,52 +223,6 @@ pub async fn export(
     }
     w.flush()?;
     Ok(sum)
-}
-
-/// Run `audit export`.
-pub async fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(&a.config)?;
-    let off = cfg.identity.utc_offset_secs;
-    let since = a.since.as_deref().map(|s| parse_time(s, off)).transpose()?;
-    let until = a.until.as_deref().map(|s| parse_time(s, off)).transpose()?;
-    if a.bom && a.format != ExportFormat::Csv {
-        bail!("--bom is for --format csv only (a JSON-lines file must not start with a BOM)");
-    }
-    let store = open_store(&cfg).await?;
-    let mut w = output(a.out.as_deref())?;
-    if a.bom {
-        w.write_all(BOM.as_bytes())?;
-    }
-    let sum = export(
-        &store,
-        since,
-        until,
-        a.format,
-        off,
-        &mut w,
-        &mut |s: &ExportSummary| {
-            eprintln!(
-                "… {} 件 / {} records (seq {} of {})",
-                s.records,
-                s.records,
-                s.seqs.map_or(0, |x| x.1),
-                s.head_seq
-            );
-        },
-    )
-    .await?;
-    drop(w);
-    match (sum.seqs, sum.last_hash) {
-        (Some((first, last)), Some(h)) => {
-            eprintln!(
-                "監査ログを書き出しました: {n} 件 (seq {first}–{last}) / exported {n} records (seq {first}–{last})",
-                n = sum.records
-            );
-            eprintln!("last hash (控えてください / keep it to anchor the file): {h}");
-        }
-        _ => eprintln!("該当する記録はありません / no records in that range"),
-    }
-    Ok(())
 }
 
 /// How an exported chain was found broken.
@@ -484,184 +373,10 @@ pub fn verify_reader(r: impl BufRead, file: &Path, rep: &mut FileReport) -> anyh
     Ok(())
 }
 
-/// Run `audit verify --file …`; prints the verdict and returns whether the
-/// files are intact.
-pub fn verify_files_cmd(files: &[PathBuf], last_hash: Option<&str>) -> anyhow::Result<bool> {
-    let want = last_hash
-        .map(|h| {
-            Hash256::from_hex(h).with_context(|| format!("--last-hash {h:?} is not 64 hex digits"))
-        })
-        .transpose()?;
-    let rep = verify_files(files, want)?;
-    if let Some(b) = &rep.broken {
-        let at = match b.seq {
-            Some(s) => format!("record {s}, "),
-            None => String::new(),
-        };
-        println!(
-            "改ざんまたは欠落を検出しました / EXPORT BROKEN at {}line {} ({at}{}): {}",
-            b.file.display(),
-            b.line,
-            b.kind,
-            b.detail
-        );
-        println!("({} records verified before it)", rep.records);
-        return Ok(false);
-    }
-    match (rep.seqs, rep.last_hash, rep.first_prev_hash) {
-        (Some((first, last)), Some(h), Some(p)) => {
-            println!(
-                "書き出しファイルは改ざんされていません / export intact: {} records, seq {first}–{last}, chain verified",
-                rep.records
-            );
-            println!("last hash: {h}");
-            if first == 1 {
-                println!("starts at the beginning of the chain (seq 1)");
-            } else {
-                println!("starts at seq {first}; the record before it has hash {p} (compare with the previous export)");
-            }
-            if want.is_none() {
-                println!("note: records cut off the end cannot be detected without --last-hash (the hash printed by `audit export`)");
-            }
-        }
-        _ => println!("no records in the file(s)"),
-    }
-    Ok(true)
-}
-
-fn utc_time(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| d.format(&Rfc3339).ok())
-        .unwrap_or_else(|| t.to_string())
-}
-
-/// The trusted checkpoint public keys: the files given, else the gateway's
-/// own key file (or its `.pub` beside it); with a note when there is none.
-fn checkpoint_keys(cfg: &Config, key_files: &[PathBuf]) -> anyhow::Result<Vec<[u8; 32]>> {
-    use crate::checkpoint::{load_public_key, public_path};
-    if !key_files.is_empty() {
-        return key_files.iter().map(|f| load_public_key(f)).collect();
-    }
-    let key = &cfg.checkpoints.key;
-    let public = public_path(key);
-    if key.exists() {
-        match load_public_key(key) {
-            Ok(k) => Ok(vec![k]),
-            // E.g. not readable by this user: the public half beside it will do.
-            Err(e) if public.exists() => {
-                println!("note: {e:#}; checking with {} instead", public.display());
-                Ok(vec![load_public_key(&public)?])
-            }
-            Err(e) => Err(e),
-        }
-    } else if public.exists() {
-        Ok(vec![load_public_key(&public)?])
-    } else {
-        println!(
-            "note: no checkpoint key at {} (nor {}): checkpoints cannot be checked; give the public key with --checkpoint-key",
-            key.display(),
-            public.display()
-        );
-        Ok(Vec::new())
-    }
-}
-
-/// Run `audit verify --config`: walk the chain and check it against the
-/// signed checkpoints (the checkpoint file and the checkpoint records) with
-/// public keys from outside the database; prints the verdict, which span is
-/// anchored and which is not, and returns whether the log is intact.
-pub async fn verify_store_cmd(
-    cfg: &Config,
-    key_files: &[PathBuf],
-    checkpoint_file: Option<&Path>,
-) -> anyhow::Result<bool> {
-    use kakehashi_store::AnchorProblem;
-    let keys = checkpoint_keys(cfg, key_files)?;
-    let log = checkpoint_file.unwrap_or(&cfg.checkpoints.log);
-    let external = if checkpoint_file.is_some() || log.exists() {
-        crate::checkpoint::read_log(log)?
-    } else {
-        println!(
-            "note: no checkpoint file at {}: only the checkpoints recorded in the database are checked",
-            log.display()
-        );
-        Vec::new()
-    };
-    let store = open_store(cfg).await?;
-    let r = store.verify_audit_anchored(&external, &keys).await?;
-    let head = r.chain.head_seq;
-    if let Some(p) = &r.problem {
-        match p {
-            AnchorProblem::BadSignature { seq, source } => println!(
-                "署名が正しくないチェックポイント / AUDIT CHECKPOINT FORGED: the checkpoint for seq {seq} ({source}) is not validly signed by the checkpoint key"
-            ),
-            AnchorProblem::Mismatch {
-                seq,
-                since,
-                checkpoint,
-            } => println!(
-                "監査ログが書き換えられています / AUDIT LOG REWRITTEN: the chain at seq {seq} does not match the checkpoint signed at {} by {}; records {since}–{seq} were changed and re-chained",
-                utc_time(checkpoint.at),
-                checkpoint.gateway
-            ),
-            AnchorProblem::Missing { seq, head_seq } => println!(
-                "監査ログの末尾が削除されています / AUDIT LOG TRUNCATED: a checkpoint signed seq {seq} but the chain ends at seq {head_seq}; records {}–{seq} were deleted",
-                head_seq + 1
-            ),
-            other => println!("AUDIT LOG BROKEN: {other:?}"),
-        }
-        return Ok(false);
-    }
-    if let Some(b) = &r.chain.first_broken {
-        println!(
-            "AUDIT LOG BROKEN at record {}: {} ({} records checked)",
-            b.seq,
-            b.kind.as_str(),
-            r.chain.records
-        );
-        return Ok(false);
-    }
-    println!(
-        "監査ログは改ざんされていません / audit log intact: {} records, chain verified",
-        r.chain.records
-    );
-    match &r.anchored {
-        Some(c) => {
-            println!(
-                "anchored up to {} by the checkpoint signed at {} by {} ({} checkpoint(s) checked)",
-                c.seq,
-                utc_time(c.at),
-                c.gateway,
-                r.checked
-            );
-            if c.seq < head {
-                println!(
-                    "unanchored: records {}–{head} come after the last checkpoint",
-                    c.seq + 1
-                );
-            } else {
-                println!("every record is anchored");
-            }
-        }
-        None if head > 0 => println!(
-            "unanchored: records 1–{head}; no checkpoint signed by the checkpoint key (a database writer could rewrite them undetected)"
-        ),
-        None => {}
-    }
-    if r.unknown_key > 0 {
-        println!(
-            "note: {} checkpoint(s) signed by another key were not checked (another gateway's? give its public key with --checkpoint-key)",
-            r.unknown_key
-        );
-    }
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kakehashi_store::Audit;
+    use crate::Audit;
 
     const JST: i32 = 9 * 3600;
 
@@ -715,17 +430,20 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(parse_time("2025-01-06", JST).unwrap(), 1_736_089_200);
         assert_eq!(
-            parse_time("2025-01-06T00:00:00+09:00", JST).unwrap(),
+            crate::localtime::parse_instant("2025-01-06", JST).unwrap(),
             1_736_089_200
         );
         assert_eq!(
-            parse_time("2025-01-05T15:00:00Z", 0).unwrap(),
+            crate::localtime::parse_instant("2025-01-06T00:00:00+09:00", JST).unwrap(),
             1_736_089_200
         );
-        assert!(parse_time("2025-01-06 08:00", JST).is_err());
-        assert!(parse_time("yesterday", JST).is_err());
+        assert_eq!(
+            crate::localtime::parse_instant("2025-01-05T15:00:00Z", 0).unwrap(),
+            1_736_089_200
+        );
+        assert!(crate::localtime::parse_instant("2025-01-06 08:00", JST).is_err());
+        assert!(crate::localtime::parse_instant("yesterday", JST).is_err());
     }
 
     #[tokio::test]
@@ -753,7 +471,7 @@ mod tests {
     async fn windows_are_contiguous_and_tile_the_chain() {
         let (_d, s) = store_with(10).await;
         // 2025-01-01 .. 2025-01-06 (JST): records 0..=9 at two a day.
-        let mid = parse_time("2025-01-03", JST).unwrap();
+        let mid = crate::localtime::parse_instant("2025-01-03", JST).unwrap();
         let (a, sa) = export_text(&s, None, Some(mid), ExportFormat::Jsonl).await;
         let (b, sb) = export_text(&s, Some(mid), None, ExportFormat::Jsonl).await;
         assert_eq!(sa.seqs, Some((1, 4)));

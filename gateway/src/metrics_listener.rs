@@ -2,32 +2,28 @@
 //! `/healthz`. Bind it to loopback or an operations network only; it has no
 //! authentication of its own.
 
-use std::sync::Arc;
-
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::server::Shared;
-
-/// Serve until the gateway shuts down.
-pub async fn serve(s: Arc<Shared>, l: TcpListener) {
-    let stop = s.shutdown_token();
+/// Serve `render()` at `/metrics` until `stop`.
+pub async fn serve<F>(render: F, stop: CancellationToken, l: TcpListener)
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+{
     let app = Router::new()
         .route(
             "/metrics",
-            get({
-                let s = s.clone();
-                move || async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        s.metrics.render(),
-                    )
-                }
+            get(move || async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    render(),
+                )
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));

@@ -1,5 +1,5 @@
-//! `kakehashi-gateway report attendance`: who worked remotely and when, for
-//! section chiefs. Per person per local day: the first session start, the
+//! Attendance (勤務実績), for `kakehashi-gateway report attendance` and the
+//! portal's download: who worked remotely and when, for section chiefs. Per person per local day: the first session start, the
 //! last session end, the total connected time and the terminal classes.
 //!
 //! Days are local days at the gateway's `[identity] utc_offset_hours`. A
@@ -12,60 +12,21 @@
 //!
 //! [`attendance`] is the pure core; [`write_csv`] renders its rows;
 //! `read_rows` reads the store one day at a time, so memory stays bounded
-//! by one day's sessions plus the rows. [`run`] (the CLI) and the portal's
+//! by one day's sessions plus the rows. The CLI and the portal's
 //! `GET /plans/attendance.csv` (a chief, their own department) share them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
-use clap::{Subcommand, ValueEnum};
-use kakehashi_store::{SessionRecord, Store};
-use time::{Date, Month, OffsetDateTime, UtcOffset};
+use time::{Date, UtcOffset};
 
-use crate::config::Config;
+use crate::db::Store;
+use crate::localtime::{local_date, local_midnight};
+use crate::sessions::SessionRecord;
 
-/// `report` subcommands.
-#[derive(Subcommand, Debug)]
-pub enum ReportCmd {
-    /// Attendance (勤務実績): per person per day, first session start, last
-    /// session end, connected time and terminal classes, as CSV.
-    Attendance {
-        /// The gateway's configuration file (its [store] and [identity] utc_offset_hours are used).
-        #[arg(long)]
-        config: PathBuf,
-        /// The month, YYYY-MM (local time).
-        #[arg(long)]
-        month: String,
-        /// Only this department (所属), as recorded for each user.
-        #[arg(long)]
-        dept: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
-        format: ReportFormat,
-        /// Language of the header line.
-        #[arg(long, value_enum, default_value_t = Lang::Ja)]
-        lang: Lang,
-        /// Start the file with a UTF-8 byte order mark (for Excel).
-        #[arg(long)]
-        bom: bool,
-        /// Write to this file instead of standard output.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-}
-
-/// Report formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
-    /// Comma-separated values with a header line, UTF-8.
-    Csv,
-}
-
-/// Header language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// The language of the header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
     /// 日本語
     Ja,
@@ -106,51 +67,6 @@ pub struct DayRow {
     pub classes: BTreeSet<String>,
     /// A session of this day is still open (counted up to `now`).
     pub open: bool,
-}
-
-/// Unix time of local midnight at the start of `date`.
-pub fn local_midnight(date: Date, offset: UtcOffset) -> i64 {
-    date.midnight().assume_offset(offset).unix_timestamp()
-}
-
-/// The local date of unix time `t`.
-pub fn local_date(t: i64, offset: UtcOffset) -> Date {
-    OffsetDateTime::from_unix_timestamp(t)
-        .map(|d| d.to_offset(offset).date())
-        .unwrap_or(Date::MIN)
-}
-
-/// The offset for `[identity] utc_offset_secs`.
-pub fn utc_offset(secs: i32) -> UtcOffset {
-    UtcOffset::from_whole_seconds(secs).unwrap_or(UtcOffset::UTC)
-}
-
-/// Parses `YYYY-MM-DD`.
-pub fn parse_date(s: &str) -> anyhow::Result<Date> {
-    let bad = || format!("{s:?} is not a date (YYYY-MM-DD)");
-    let mut it = s.splitn(3, '-');
-    let (Some(y), Some(m), Some(d)) = (it.next(), it.next(), it.next()) else {
-        bail!(bad());
-    };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        bail!(bad());
-    }
-    let y: i32 = y.parse().with_context(bad)?;
-    let m: u8 = m.parse().with_context(bad)?;
-    let d: u8 = d.parse().with_context(bad)?;
-    Date::from_calendar_date(y, Month::try_from(m).with_context(bad)?, d).with_context(bad)
-}
-
-/// Parses `YYYY-MM` into its first and last day.
-pub fn parse_month(s: &str) -> anyhow::Result<RangeInclusive<Date>> {
-    let first = parse_date(&format!("{s}-01"))
-        .with_context(|| format!("{s:?} is not a month (YYYY-MM)"))?;
-    let last = Date::from_calendar_date(
-        first.year(),
-        first.month(),
-        first.month().length(first.year()),
-    )?;
-    Ok(first..=last)
 }
 
 /// `HH:MM:SS` of local time `t` on `date` (`24:00:00` for the midnight ending it).
@@ -334,10 +250,7 @@ pub fn write_csv(
 }
 
 /// The users of `dept` (every user without it), by id.
-pub(crate) async fn people(
-    store: &Store,
-    dept: Option<&str>,
-) -> kakehashi_store::Result<HashMap<String, Person>> {
+pub async fn people(store: &Store, dept: Option<&str>) -> crate::Result<HashMap<String, Person>> {
     let users = match dept {
         Some(d) => store.list_users_in(d).await?,
         None => store.list_users().await?,
@@ -359,14 +272,14 @@ pub(crate) async fn people(
 /// [`attendance`] over the store's sessions of `days`, read one local day
 /// at a time (memory holds one day's sessions, not a month's); sorted by
 /// user id then date. The CLI and the portal's download both use this.
-pub(crate) async fn read_rows(
+pub async fn read_rows(
     store: &Store,
     people: &HashMap<String, Person>,
     days: RangeInclusive<Date>,
     offset: UtcOffset,
     now: i64,
     dept: Option<&str>,
-) -> kakehashi_store::Result<Vec<DayRow>> {
+) -> crate::Result<Vec<DayRow>> {
     let mut rows = Vec::new();
     let mut day = *days.start();
     while day <= *days.end() {
@@ -382,46 +295,11 @@ pub(crate) async fn read_rows(
     Ok(rows)
 }
 
-/// Run a `report` command.
-pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
-    let ReportCmd::Attendance {
-        config,
-        month,
-        dept,
-        format: ReportFormat::Csv,
-        lang,
-        bom,
-        out,
-    } = cmd;
-    let cfg = Config::load(&config)?;
-    let days = parse_month(&month)?;
-    let offset = utc_offset(cfg.identity.utc_offset_secs);
-    let store = crate::audit_cli::open_store(&cfg).await?;
-    let people = people(&store, dept.as_deref()).await?;
-    if let (Some(d), true) = (&dept, people.is_empty()) {
-        eprintln!(
-            "注意: 所属 {d:?} の職員は登録されていません / note: no users in department {d:?}"
-        );
-    }
-    let now = kakehashi_store::unix_now();
-    let rows = read_rows(&store, &people, days.clone(), offset, now, dept.as_deref()).await?;
-    let mut w = crate::audit_cli::output(out.as_deref())?;
-    write_csv(&rows, offset, lang, bom, &mut w)?;
-    w.flush()?;
-    eprintln!(
-        "{} 行を出力しました / wrote {} rows ({} – {})",
-        rows.len(),
-        rows.len(),
-        days.start(),
-        days.end()
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kakehashi_store::DeviceClass;
+    use crate::localtime::{parse_date, parse_month, utc_offset};
+    use crate::DeviceClass;
 
     const JST: i32 = 9 * 3600;
 

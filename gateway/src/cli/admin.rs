@@ -1,15 +1,17 @@
-//! `kakehashi-gateway admin …` and `kakehashi-gateway audit verify`: what an
-//! officer or IT does from the gateway machine. Each command opens the store
-//! named in the gateway's configuration, and every change is written to the
-//! audit log with who made it (the operating-system user) and why.
+//! `kakehashi-gateway admin …`: users, enrollment codes and devices; desks
+//! and plans are in [`super::desk`] and [`super::plan`]. Each command opens
+//! the store named in the gateway's configuration, and every change is
+//! written to the audit log with who made it (the operating-system user) and
+//! why.
 
 use std::collections::BTreeSet;
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
-use kakehashi_store::{Audit, DeviceStatus, NewUser, Role, Store};
+use kakehashi_store::{Audit, DeviceStatus, NewUser, Role};
 use serde_json::json;
 
+use super::{actor, open_store as open, utc};
 use crate::config::Config;
 
 /// `admin` subcommands.
@@ -23,10 +25,10 @@ pub enum AdminCmd {
     Device(DeviceCmd),
     /// Desk PCs: confidentiality level, segment, department, owners.
     #[command(subcommand)]
-    Desk(crate::policy_cli::DeskCmd),
+    Desk(super::desk::DeskCmd),
     /// Telework plans (staff submit, section chiefs approve; CSV import from HR).
     #[command(subcommand)]
-    Plan(crate::policy_cli::PlanCmd),
+    Plan(super::plan::PlanCmd),
 }
 
 /// `admin user …`
@@ -113,64 +115,14 @@ pub enum DeviceCmd {
     },
 }
 
-/// Who is acting: `admin:` and the user of the process's real uid (not
-/// `$USER`, which anyone sets to anything). As root through sudo, the
-/// sudoing user is added as sudo reports it: `admin:root(sudo:yamada)`.
-pub(crate) fn actor() -> String {
-    let uid = real_uid();
-    let name = uid
-        .and_then(|u| user_name(u, "/etc/passwd"))
-        .unwrap_or_else(|| uid.map_or_else(|| "unknown".into(), |u| format!("uid:{u}")));
-    match std::env::var("SUDO_USER") {
-        Ok(s) if uid == Some(0) && !s.is_empty() && s != "root" => {
-            let s: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
-            format!("admin:{name}(sudo:{s})")
-        }
-        _ => format!("admin:{name}"),
-    }
-}
-
-/// The real uid of this process (`Uid:` in /proc/self/status, first field).
-fn real_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// The name of `uid` in a passwd file.
-fn user_name(uid: u32, passwd: &str) -> Option<String> {
-    let text = std::fs::read_to_string(passwd).ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        let id: u32 = f.nth(1)?.parse().ok()?;
-        (id == uid && !name.is_empty()).then(|| name.to_owned())
-    })
-}
-
-pub(crate) async fn open(cfg: &Config) -> anyhow::Result<Store> {
-    let url = cfg
-        .store_url
-        .as_deref()
-        .context("the configuration has no [store]")?;
-    Store::open(url)
-        .await
-        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(url)))
-}
-
 /// Run an `admin` command.
 pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
     let store = open(cfg).await?;
     let now = kakehashi_store::unix_now();
     let who = actor();
     match cmd {
-        AdminCmd::Desk(c) => crate::policy_cli::desk(cfg, c).await?,
-        AdminCmd::Plan(c) => crate::policy_cli::plan(cfg, c).await?,
+        AdminCmd::Desk(c) => super::desk::run(cfg, c).await?,
+        AdminCmd::Plan(c) => super::plan::run(cfg, c).await?,
         AdminCmd::User(UserCmd::Add {
             id,
             name,
@@ -346,38 +298,4 @@ pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn utc(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))
-        .unwrap_or_else(|_| t.to_string())
-}
-
-#[cfg(test)]
-mod actor_tests {
-    use super::*;
-
-    #[test]
-    fn actor_is_the_real_uid_not_the_environment() {
-        let dir = tempfile::tempdir().unwrap();
-        let passwd = dir.path().join("passwd");
-        std::fs::write(
-            &passwd,
-            "root:x:0:0:root:/root:/bin/bash\nyamada:x:1000:1000::/home/yamada:/bin/sh\nbad line\n",
-        )
-        .unwrap();
-        let p = passwd.to_str().unwrap();
-        assert_eq!(user_name(1000, p).as_deref(), Some("yamada"));
-        assert_eq!(user_name(0, p).as_deref(), Some("root"));
-        assert_eq!(user_name(4242, p), None);
-        let uid = real_uid().expect("a real uid");
-        let id = std::process::Command::new("id")
-            .arg("-ru")
-            .output()
-            .unwrap();
-        assert_eq!(uid.to_string(), String::from_utf8_lossy(&id.stdout).trim());
-        let name = user_name(uid, "/etc/passwd").unwrap_or_else(|| format!("uid:{uid}"));
-        assert!(actor().starts_with(&format!("admin:{name}")), "{}", actor());
-    }
 }

@@ -1,0 +1,150 @@
+//! The command-line tools of `kakehashi-gateway`, one module per command
+//! group, on the gateway's store: what an officer or IT does from the gateway
+//! machine. Every change is one store transaction with its audit record
+//! (who: the operating-system user, [`actor`]; why: `--reason`).
+
+pub mod admin;
+pub mod audit;
+pub mod bcp;
+pub mod desk;
+pub mod plan;
+pub mod policy;
+pub mod report;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use kakehashi_store::Store;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+
+/// Opens the store named in the configuration (its URL is never printed
+/// with a password).
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let url = cfg
+        .store_url
+        .as_deref()
+        .context("the configuration has no [store]")?;
+    Store::open(url)
+        .await
+        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(url)))
+}
+
+/// A buffered writer on `path`, or on standard output.
+pub fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
+/// Who is acting: `admin:` and the user of the process's real uid (not
+/// `$USER`, which anyone sets to anything). As root through sudo, the
+/// sudoing user is added as sudo reports it: `admin:root(sudo:yamada)`.
+pub(crate) fn actor() -> String {
+    let uid = real_uid();
+    let name = uid
+        .and_then(|u| user_name(u, "/etc/passwd"))
+        .unwrap_or_else(|| uid.map_or_else(|| "unknown".into(), |u| format!("uid:{u}")));
+    match std::env::var("SUDO_USER") {
+        Ok(s) if uid == Some(0) && !s.is_empty() && s != "root" => {
+            let s: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
+            format!("admin:{name}(sudo:{s})")
+        }
+        _ => format!("admin:{name}"),
+    }
+}
+
+/// The real uid of this process (`Uid:` in /proc/self/status, first field).
+fn real_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The name of `uid` in a passwd file.
+fn user_name(uid: u32, passwd: &str) -> Option<String> {
+    let text = std::fs::read_to_string(passwd).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id: u32 = f.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
+pub(crate) fn parse_hhmm(what: &str, s: &str) -> anyhow::Result<u16> {
+    let (h, m) = s
+        .split_once(':')
+        .with_context(|| format!("{what} {s:?}: expected HH:MM"))?;
+    let (h, m): (u16, u16) = (
+        h.trim().parse().with_context(|| format!("{what} {s:?}"))?,
+        m.trim().parse().with_context(|| format!("{what} {s:?}"))?,
+    );
+    if m >= 60 || h * 60 + m > 1440 {
+        bail!("{what} {s:?} is not a time of day");
+    }
+    Ok(h * 60 + m)
+}
+
+pub(crate) fn hhmm(min: u16) -> String {
+    format!("{:02}:{:02}", min / 60, min % 60)
+}
+
+pub(crate) fn parse_time(what: &str, s: &str) -> anyhow::Result<OffsetDateTime> {
+    OffsetDateTime::parse(s.trim(), &Rfc3339).with_context(|| {
+        format!("{what} {s:?} is not an RFC 3339 time such as 2026-01-15T18:00:00+09:00")
+    })
+}
+
+pub(crate) fn local(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
+pub(crate) fn utc(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))
+        .unwrap_or_else(|_| t.to_string())
+}
+
+#[cfg(test)]
+mod actor_tests {
+    use super::*;
+
+    #[test]
+    fn actor_is_the_real_uid_not_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/bash\nyamada:x:1000:1000::/home/yamada:/bin/sh\nbad line\n",
+        )
+        .unwrap();
+        let p = passwd.to_str().unwrap();
+        assert_eq!(user_name(1000, p).as_deref(), Some("yamada"));
+        assert_eq!(user_name(0, p).as_deref(), Some("root"));
+        assert_eq!(user_name(4242, p), None);
+        let uid = real_uid().expect("a real uid");
+        let id = std::process::Command::new("id")
+            .arg("-ru")
+            .output()
+            .unwrap();
+        assert_eq!(uid.to_string(), String::from_utf8_lossy(&id.stdout).trim());
+        let name = user_name(uid, "/etc/passwd").unwrap_or_else(|| format!("uid:{uid}"));
+        assert!(actor().starts_with(&format!("admin:{name}")), "{}", actor());
+    }
+}

@@ -1,0 +1,217 @@
+//! `kakehashi-gateway admin plan …`: telework plans, one at a time or from a
+//! CSV file (every line checked before anything is written).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use kakehashi_store::{Audit, PlanSpec, PlanStatus, Store};
+use serde_json::json;
+
+use super::{actor, hhmm, open_store as open, parse_hhmm};
+use crate::config::Config;
+
+/// `admin plan …`
+#[derive(Subcommand, Debug)]
+pub enum PlanCmd {
+    /// Record a telework plan (as staff would submit it on the portal).
+    Add {
+        /// Whose plan.
+        #[arg(long)]
+        user: String,
+        /// Local date, YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+        /// Start, HH:MM local time.
+        #[arg(long)]
+        start: String,
+        /// End, HH:MM local time (24:00 for the end of the day).
+        #[arg(long)]
+        end: String,
+        /// Where (自宅, サテライトオフィス名…).
+        #[arg(long, default_value = "自宅")]
+        place: String,
+        /// Record it as approved (the section chief's decision, e.g. from HR).
+        #[arg(long)]
+        approved: bool,
+    },
+    /// Import plans from CSV: `user_id,date,start,end,place[,status]` with a
+    /// header line; status is submitted (default), approved or rejected.
+    Import {
+        /// The CSV file (UTF-8, with or without BOM).
+        file: PathBuf,
+    },
+    /// Approve or reject a submitted plan.
+    Decide {
+        /// Plan id.
+        #[arg(long)]
+        id: String,
+        /// Reject instead of approve.
+        #[arg(long)]
+        reject: bool,
+    },
+    /// List a user's plans.
+    List {
+        /// User id.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+pub async fn run(cfg: &Config, cmd: PlanCmd) -> anyhow::Result<()> {
+    let store = open(cfg).await?;
+    let now = kakehashi_store::unix_now();
+    let who = actor();
+    match cmd {
+        PlanCmd::Add {
+            user,
+            date,
+            start,
+            end,
+            place,
+            approved,
+        } => {
+            let spec = PlanSpec {
+                user_id: user.clone(),
+                date,
+                start_min: parse_hhmm("start", &start)?,
+                end_min: parse_hhmm("end", &end)?,
+                place,
+            };
+            let id = add_plan(
+                &store,
+                &who,
+                now,
+                &spec,
+                approved.then_some(PlanStatus::Approved),
+            )
+            .await?;
+            println!(
+                "plan {id} for {user} on {}: {}–{} ({})",
+                spec.date,
+                hhmm(spec.start_min),
+                hhmm(spec.end_min),
+                if approved { "approved" } else { "submitted" }
+            );
+        }
+        PlanCmd::Import { file } => {
+            let n = import_plans(&store, &who, &file).await?;
+            println!("{n} plan(s) imported from {}", file.display());
+        }
+        PlanCmd::Decide { id, reject } => {
+            let a = Audit::new(
+                now,
+                &who,
+                if reject {
+                    "plan.reject"
+                } else {
+                    "plan.approve"
+                },
+            )
+            .subject(&id);
+            let p = store.decide_plan(&id, !reject, a).await?;
+            println!("plan {id}: {}", p.status.as_str());
+        }
+        PlanCmd::List { user } => {
+            println!(
+                "{:<22} {:<10} {:<11} {:<10} place",
+                "id", "date", "hours", "status"
+            );
+            for p in store.plans_for_user(&user).await? {
+                println!(
+                    "{:<22} {:<10} {}–{} {:<10} {}",
+                    p.id,
+                    p.date,
+                    hhmm(p.start_min),
+                    hhmm(p.end_min),
+                    p.status.as_str(),
+                    p.place
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn add_plan(
+    store: &Store,
+    who: &str,
+    now: i64,
+    spec: &PlanSpec,
+    status: Option<PlanStatus>,
+) -> anyhow::Result<String> {
+    if store.get_user(&spec.user_id).await?.is_none() {
+        bail!("user {:?} does not exist", spec.user_id);
+    }
+    let a = Audit::new(now, who, "plan.submit")
+        .subject(&spec.user_id)
+        .detail(json!({ "date": spec.date, "start": hhmm(spec.start_min), "end": hhmm(spec.end_min), "place": spec.place }));
+    let p = store.submit_plan(spec, a).await?;
+    match status {
+        Some(PlanStatus::Approved) | Some(PlanStatus::Rejected) => {
+            let approve = status == Some(PlanStatus::Approved);
+            let a = Audit::new(
+                now,
+                who,
+                if approve {
+                    "plan.approve"
+                } else {
+                    "plan.reject"
+                },
+            )
+            .subject(&p.id)
+            .reason("imported");
+            store.decide_plan(&p.id, approve, a).await?;
+        }
+        _ => {}
+    }
+    Ok(p.id)
+}
+
+/// CSV import: every line checked before anything is written, so a bad
+/// file changes nothing.
+async fn import_plans(store: &Store, who: &str, file: &Path) -> anyhow::Result<usize> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = text.trim_start_matches('\u{feff}');
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim();
+        if line.is_empty() || (n == 1 && line.starts_with("user")) {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if !(5..=6).contains(&f.len()) {
+            bail!(
+                "{}:{n}: expected user_id,date,start,end,place[,status]",
+                file.display()
+            );
+        }
+        let status = match f.get(5).copied().unwrap_or("submitted") {
+            "submitted" | "" => None,
+            "approved" => Some(PlanStatus::Approved),
+            "rejected" => Some(PlanStatus::Rejected),
+            other => bail!("{}:{n}: unknown status {other:?}", file.display()),
+        };
+        let spec = PlanSpec {
+            user_id: f[0].to_string(),
+            date: f[1].to_string(),
+            start_min: parse_hhmm("start", f[2])
+                .with_context(|| format!("{}:{n}", file.display()))?,
+            end_min: parse_hhmm("end", f[3]).with_context(|| format!("{}:{n}", file.display()))?,
+            place: f[4].to_string(),
+        };
+        if spec.start_min >= spec.end_min {
+            bail!("{}:{n}: start must be before end", file.display());
+        }
+        rows.push((n, spec, status));
+    }
+    let now = kakehashi_store::unix_now();
+    for (n, spec, status) in &rows {
+        add_plan(store, who, now, spec, *status)
+            .await
+            .with_context(|| format!("{}:{n}", file.display()))?;
+    }
+    Ok(rows.len())
+}

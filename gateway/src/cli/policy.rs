@@ -1,0 +1,290 @@
+//! `kakehashi-gateway policy …`: print the default policy, check a file,
+//! explain a decision (offline or live against the store), import, export and
+//! list the versions.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use kakehashi_policy as pol;
+use kakehashi_store::Audit;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{actor, local, open_store as open, parse_time};
+use crate::config::Config;
+
+/// `policy …`
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Print the shipped default policy as commented TOML, to start from.
+    Default,
+    /// Check a policy file; every error with its line and field.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// What would be decided, and why: every rule considered.
+    /// Offline: `--policy FILE --level N --class C --segment S --at T`.
+    /// Live: `--config F --user U --device D --desk K` (the store's facts).
+    Explain(Box<ExplainCli>),
+    /// Put a policy file in force (validated first; audited).
+    Import {
+        /// The gateway's configuration file (its [store] is used).
+        #[arg(long)]
+        config: PathBuf,
+        /// The policy file.
+        file: PathBuf,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Print the policy in force (or an earlier version).
+    Export {
+        /// The gateway's configuration file (its [store] is used).
+        #[arg(long)]
+        config: PathBuf,
+        /// A version from `policy history`.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// List the saved versions: who saved each, and when.
+    History {
+        /// The gateway's configuration file (its [store] is used).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// `policy explain` arguments.
+#[derive(clap::Args, Debug)]
+pub struct ExplainCli {
+    /// Offline: the policy file to evaluate.
+    #[arg(long, conflicts_with = "config")]
+    policy: Option<PathBuf>,
+    /// Offline: confidentiality level 1, 2 or 3.
+    #[arg(long)]
+    level: Option<String>,
+    /// Offline: terminal class home, mobile or satellite.
+    #[arg(long)]
+    class: Option<String>,
+    /// Offline: segment lgwan, internet or mynumber.
+    #[arg(long, default_value = "lgwan")]
+    segment: String,
+    /// When, RFC 3339 (default: now).
+    #[arg(long)]
+    at: Option<String>,
+    /// Offline: approved or none.
+    #[arg(long, default_value = "none")]
+    plan: String,
+    /// Offline: a BCP declaration for everyone with the default relaxation.
+    #[arg(long)]
+    bcp: bool,
+    /// Offline: the department of the desk and the person.
+    #[arg(long)]
+    dept: Option<String>,
+    /// Offline: minutes since the multi-factor login (default 0).
+    #[arg(long)]
+    mfa_age: Option<u64>,
+    /// Live: the gateway's configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Live: user id.
+    #[arg(long, requires = "config")]
+    user: Option<String>,
+    /// Live: device id.
+    #[arg(long, requires = "config")]
+    device: Option<String>,
+    /// Live: desk id.
+    #[arg(long, requires = "config")]
+    desk: Option<String>,
+    /// Live: count the request as having made a step-up assertion.
+    #[arg(long)]
+    step_up: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cmd: PolicyCmd) -> anyhow::Result<bool> {
+    match cmd {
+        PolicyCmd::Default => {
+            print!("{}", pol::default_policy_toml());
+            Ok(true)
+        }
+        PolicyCmd::Check { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let (out, ok) = pol::check_cli(&text);
+            print!("{out}");
+            Ok(ok)
+        }
+        PolicyCmd::Explain(e) => explain(*e).await,
+        PolicyCmd::Import {
+            config,
+            file,
+            reason,
+        } => {
+            let cfg = Config::load(&config)?;
+            let store = open(&cfg).await?;
+            let (text, p) = crate::admission::read_policy_file(&file)?;
+            let a = Audit::new(kakehashi_store::unix_now(), actor(), "policy.import")
+                .subject("policy")
+                .reason(&reason)
+                .detail(json!({ "file": file.display().to_string(), "rules": p.rules.len() }));
+            let doc = store.put_policy(&text, a).await?;
+            println!(
+                "policy version {} in force ({} rules); running gateways re-decide live sessions within a second",
+                doc.version,
+                p.rules.len()
+            );
+            Ok(true)
+        }
+        PolicyCmd::Export { config, version } => {
+            let cfg = Config::load(&config)?;
+            let store = open(&cfg).await?;
+            let doc = match version {
+                Some(v) => store.policy_version(v).await?,
+                None => store.current_policy().await?,
+            };
+            match doc {
+                Some(d) => {
+                    print!("{}", d.text);
+                    Ok(true)
+                }
+                None => {
+                    bail!("no policy saved yet (a gateway saves the default at its first start)")
+                }
+            }
+        }
+        PolicyCmd::History { config } => {
+            let cfg = Config::load(&config)?;
+            let store = open(&cfg).await?;
+            let Some(cur) = store.current_policy().await? else {
+                println!("no policy saved yet");
+                return Ok(true);
+            };
+            println!("{:<8} {:<26} author", "version", "saved");
+            for v in (1..=cur.version).rev() {
+                if let Some(d) = store.policy_version(v).await? {
+                    println!("{:<8} {:<26} {}", d.version, local(d.created), d.author);
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+async fn explain(e: ExplainCli) -> anyhow::Result<bool> {
+    if let Some(config) = &e.config {
+        let (Some(user), Some(device), Some(desk)) = (&e.user, &e.device, &e.desk) else {
+            bail!("the live form needs --user, --device and --desk");
+        };
+        let cfg = Config::load(config)?;
+        let store = open(&cfg).await?;
+        let doc = store
+            .current_policy()
+            .await?
+            .context("no policy saved yet")?;
+        let policy = crate::admission::parse_policy(&doc.text)?;
+        let at = match &e.at {
+            Some(t) => parse_time("--at", t)?,
+            None => OffsetDateTime::now_utc(),
+        };
+        let dev = store
+            .get_device(device)
+            .await?
+            .with_context(|| format!("no device {device:?} (it registers at its first login)"))?;
+        let class: pol::TerminalClass = dev
+            .class
+            .as_str()
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        // The live request as the gateway would build it; the MFA age is
+        // that of the user's newest login token on this device.
+        let login_at = store
+            .login_tokens_for_user(user)
+            .await?
+            .into_iter()
+            .filter(|t| t.device_id == *device)
+            .map(|t| t.issued_at)
+            .max();
+        let asker = crate::admission::Asker {
+            user: user.clone(),
+            login_at: login_at.unwrap_or(i64::MIN / 2),
+            device: device.clone(),
+            class,
+            desk: desk.clone(),
+            step_up: e.step_up,
+        };
+        let req = match crate::admission::request(&store, &asker, &policy, at).await {
+            Ok((mut req, _)) => {
+                if login_at.is_none() {
+                    req.mfa_age_secs = None;
+                }
+                req
+            }
+            Err(r) => {
+                if e.json {
+                    println!(
+                        "{}",
+                        json!({ "allow": false, "reason": r.code, "ja": r.ja, "en": r.en, "controls": null, "limits": null, "rule": null, "policy_version": doc.version })
+                    );
+                } else {
+                    println!("deny {}\n{}\n{}", r.code, r.ja, r.en);
+                }
+                return Ok(true);
+            }
+        };
+        let ex = pol::explain(&req, &policy, at);
+        if e.json {
+            let v = match &ex.decision {
+                pol::Decision::Allow {
+                    rule,
+                    controls,
+                    limits,
+                } => {
+                    json!({ "allow": true, "reason": null, "controls": controls, "limits": limits, "rule": rule, "policy_version": doc.version })
+                }
+                d => {
+                    let r = d.refusal();
+                    json!({ "allow": false, "reason": r.as_ref().map(|r| r.code.clone()), "controls": null, "limits": null, "rule": r.and_then(|r| r.detail), "policy_version": doc.version })
+                }
+            };
+            println!("{v}");
+        } else {
+            println!("policy version {}", doc.version);
+            print!("{ex}");
+        }
+        return Ok(true);
+    }
+    let (Some(file), Some(level), Some(class)) = (&e.policy, &e.level, &e.class) else {
+        bail!("the offline form needs --policy FILE --level N --class C (or use --config with --user --device --desk)");
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let args = pol::ExplainArgs {
+        policy_text: text,
+        level: level.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        class: class.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        segment: e.segment.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        at: e.at.clone().unwrap_or_else(|| {
+            OffsetDateTime::now_utc()
+                .format(&Rfc3339)
+                .unwrap_or_default()
+        }),
+        plan: e.plan.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        bcp: e.bcp,
+        dept: e.dept.clone(),
+        mfa_age_mins: e.mfa_age,
+        json: e.json,
+    };
+    match pol::explain_cli(args) {
+        Ok(out) => {
+            print!("{out}");
+            Ok(true)
+        }
+        Err(err) => bail!("{err}"),
+    }
+}
