@@ -130,8 +130,8 @@ pub async fn seed(path: &Path, pki: &BenchPki, desks: &[String]) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kakehashi_gateway::admission::{self, Asker, Outcome};
-    use kakehashi_gateway::login::{self, Laptop};
+    use kakehashi_relay::admission::{self, Asker, Outcome};
+    use kakehashi_relay::login::{self, Laptop};
 
     /// Every session the load generator opens in a `--store` run is
     /// admitted (its token checked, the policy allowing it under BCP), and

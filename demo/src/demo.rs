@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use kakehashi_gateway::config::Config;
-use kakehashi_gateway::server::Gateway;
+use kakehashi_gateway::Gateway;
 
 /// Desk id of the demo desk.
 pub const DEMO_DESK: &str = "demo-desk";
@@ -317,7 +317,7 @@ const BROWSER_CODE_HOURS: i64 = 8;
 /// returns a second one-time enrollment code, for a person to register their
 /// browser's own authenticator (the dashboard needs a sign-in in a browser).
 async fn enroll_demo_user(
-    shared: &kakehashi_gateway::server::Shared,
+    shared: &kakehashi_relay::Shared,
     dir: &Path,
     portal_port: u16,
     ca: &Path,

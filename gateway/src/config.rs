@@ -353,107 +353,25 @@ impl Default for LimitsSection {
     }
 }
 
-/// Validated configuration.
+/// Validated configuration: the relay's part, and what the gateway around
+/// it runs (the `/metrics` listener, the store, the portal, audit forwarding
+/// and checkpoints).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Gateway name.
-    pub name: String,
-    /// CA certificate.
-    pub ca: PathBuf,
-    /// Gateway certificate.
-    pub cert: PathBuf,
-    /// Gateway key.
-    pub key: PathBuf,
-    /// CRL file.
-    pub crl: Option<PathBuf>,
-    /// How long a CRL past its `nextUpdate` is still trusted.
-    pub crl_grace: Duration,
-    /// Ticket signing key.
-    pub ticket_key: PathBuf,
-    /// TLS resumption key file, and whether it was set explicitly.
-    pub resumption_keys: (PathBuf, bool),
-    /// Terminal QUIC address.
-    pub terminal_quic: Option<SocketAddr>,
-    /// Terminal TCP address.
-    pub terminal_tcp: Option<SocketAddr>,
-    /// Terminal connection cap.
-    pub terminal_max_connections: usize,
-    /// Terminal handshakes in progress per source address.
-    pub terminal_handshakes_per_source: usize,
-    /// Terminal QUIC handshakes in progress above which unvalidated peers get a Retry.
-    pub terminal_quic_retry_above: usize,
-    /// Agent QUIC address.
-    pub agent_quic: Option<SocketAddr>,
-    /// Agent TCP address.
-    pub agent_tcp: Option<SocketAddr>,
-    /// Agent connection cap.
-    pub agent_max_connections: usize,
-    /// Agent handshakes in progress per source address.
-    pub agent_handshakes_per_source: usize,
-    /// Agent QUIC handshakes in progress above which unvalidated peers get a Retry.
-    pub agent_quic_retry_above: usize,
-    /// Session cap.
-    pub max_sessions: usize,
-    /// Concurrent QUIC streams per laptop connection.
-    pub terminal_quic_streams: u32,
-    /// Handshake timeout.
-    pub handshake_timeout: Duration,
-    /// Session setup timeout.
-    pub session_setup_timeout: Duration,
-    /// Keepalive interval.
-    pub keepalive: Duration,
-    /// Idle timeout.
-    pub idle_timeout: Duration,
-    /// Shutdown grace period.
-    pub shutdown_grace: Duration,
+    /// Listeners, certificates, limits, logins and the policy.
+    pub relay: kakehashi_relay::Config,
     /// Admin listener (`/metrics`).
     pub admin: Option<SocketAddr>,
-    /// Store URL.
+    /// Store URL (it may hold a password: never print it, see
+    /// [`kakehashi_store::redact_url`]).
     pub store_url: Option<String>,
-    /// Identity settings.
-    pub identity: Identity,
     /// Portal settings.
     pub portal: Option<Portal>,
-    /// Policy file imported at start.
-    pub policy_file: Option<PathBuf>,
-    /// Change-watch interval.
-    pub policy_watch: Duration,
-    /// Tests only (`[testing] relay_without_policy`): no store, no policy.
-    pub relay_without_policy: bool,
-    /// Tests only (`[testing] controls`): controls for every ticket of a bare
-    /// relay; `None` = deny all.
-    pub testing_controls: Option<kakehashi_proto::Controls>,
-    /// Tests only (`[testing] non_rdp_desks`): a bare relay counts every desk
-    /// as a non-RDP service.
-    pub testing_non_rdp_desks: bool,
-    /// Tests only (`[testing] policy_minute_secs`): seconds per policy minute.
-    pub testing_minute_secs: Option<u64>,
     /// `[audit] syslog`: forward audit records to a syslog server.
     pub syslog: Option<crate::syslog::SyslogConfig>,
     /// `[audit] checkpoint_*`: where and how often the chain head is signed
     /// (used when there is a `[store]`).
     pub checkpoints: crate::checkpoint::CheckpointConfig,
-}
-
-/// Validated `[identity]`.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// Sessions need a login token.
-    pub require_login: bool,
-    /// Token lifetime cap.
-    pub token_lifetime: Duration,
-    /// Lockout rule: failures.
-    pub max_failures: u32,
-    /// Lockout rule: counting window.
-    pub failure_window: Duration,
-    /// Lockout rule: duration.
-    pub lockout: Duration,
-    /// Enrollment code lifetime.
-    pub enrollment_code_lifetime: Duration,
-    /// Attestation CA files; empty = any authenticator with user verification.
-    pub attestation_ca: Vec<PathBuf>,
-    /// Local UTC offset in seconds.
-    pub utc_offset_secs: i32,
 }
 
 /// Validated `[portal]`.
@@ -535,7 +453,7 @@ impl Config {
         if id.require_login && f.store.is_none() {
             bail!("[identity] require_login needs a [store] (set require_login = false to run without logins)");
         }
-        let identity = Identity {
+        let identity = kakehashi_relay::Identity {
             require_login: id.require_login,
             token_lifetime: Duration::from_secs(u64::from(id.token_hours) * 3600),
             max_failures: id.max_failures,
@@ -662,7 +580,7 @@ impl Config {
             }
             _ => None,
         };
-        Ok(Self {
+        let relay = kakehashi_relay::Config {
             name: f.name,
             ca: rel(f.tls.ca),
             cert: rel(f.tls.cert),
@@ -697,16 +615,19 @@ impl Config {
             keepalive: Duration::from_secs(l.keepalive_secs),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             shutdown_grace: Duration::from_secs(l.shutdown_grace_secs),
-            admin: f.admin.map(|a| a.listen),
-            store_url: f.store.map(|s| s.url),
             identity,
-            portal,
             policy_file: f.policy.file.map(rel),
             policy_watch: Duration::from_millis(f.policy.watch_ms),
             relay_without_policy: f.testing.as_ref().is_some_and(|t| t.relay_without_policy),
             testing_non_rdp_desks: f.testing.as_ref().is_some_and(|t| t.non_rdp_desks),
             testing_minute_secs: f.testing.as_ref().and_then(|t| t.policy_minute_secs),
             testing_controls: f.testing.and_then(|t| t.controls),
+        };
+        Ok(Self {
+            relay,
+            admin: f.admin.map(|a| a.listen),
+            store_url: f.store.map(|s| s.url),
+            portal,
             syslog,
             checkpoints,
         })
@@ -724,14 +645,14 @@ mod tests {
         let f: ConfigFile = toml::from_str(text).expect("deploy/gateway.example.toml parses");
         let c = Config::from_file(f, Path::new("/etc/kakehashi")).expect("and validates");
         assert!(c.store_url.is_some() && c.portal.is_some() && c.admin.is_some());
-        assert!(c.identity.require_login && !c.relay_without_policy);
+        assert!(c.relay.identity.require_login && !c.relay.relay_without_policy);
         assert_eq!(
             c.checkpoints.key,
             Path::new("/var/lib/kakehashi/audit-checkpoint.key")
         );
         assert_eq!(c.checkpoints.interval, Duration::from_secs(60));
         assert_eq!(
-            c.policy_file.as_deref(),
+            c.relay.policy_file.as_deref(),
             Some(Path::new("/etc/kakehashi/policy.toml"))
         );
     }
@@ -757,6 +678,6 @@ mod tests {
             .to_string();
         assert!(e.contains("non_rdp_desks"), "{e}");
         let c = Config::from_file(toml::from_str(base).unwrap(), Path::new("/")).unwrap();
-        assert!(!c.testing_non_rdp_desks);
+        assert!(!c.relay.testing_non_rdp_desks);
     }
 }

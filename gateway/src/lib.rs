@@ -1,28 +1,22 @@
-//! Kakehashi gateway: accepts laptops (terminals) and desk agents over QUIC
-//! and TLS-over-TCP with mutual TLS against the private CA, keeps a registry
-//! of the desks whose agents have dialled in, and for each session a laptop
-//! asks for opens a stream on the desk's tunnel carrying a session ticket
-//! signed with Ed25519, then splices the two streams.
+//! The Kakehashi gateway process: the configuration file ([`config`]), the
+//! wiring of the relay (`kakehashi-relay`) with the portal, the `/metrics`
+//! listener, audit checkpoints and syslog forwarding ([`gateway`]), and the
+//! command-line tools on the store ([`cli`]).
 //!
-//! Every session request is decided by the access policy on the store's
-//! facts ([`admission`]); live sessions are re-decided when those change.
-//!
-//! `main.rs` is a thin wrapper: [`config::Config`] → [`server::Gateway::bind`]
-//! → [`server::Gateway::serve`]. The demo (a complete gateway, agent and
-//! demo desk on loopback) is the `kakehashi-demo` crate.
+//! `main.rs` is a thin wrapper: [`config::Config`] → [`Gateway::bind`] →
+//! [`Gateway::serve`]. The demo (a complete gateway, agent and demo desk on
+//! loopback) is the `kakehashi-demo` crate.
 
-pub mod admission;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
-pub mod login;
-pub mod metrics;
+pub mod gateway;
 pub mod metrics_listener;
 pub mod portal;
-pub mod server;
 pub mod syslog;
 
 pub use config::Config;
-pub use server::{BoundAddrs, Gateway};
+pub use gateway::Gateway;
+pub use kakehashi_relay::BoundAddrs;
 
 pub use kakehashi_transport::shutdown_signal;

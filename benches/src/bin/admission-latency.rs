@@ -1,7 +1,7 @@
 //! Latency of the gateway's admission decision, side by side with the pure
 //! policy decision it wraps:
 //!
-//! * **admission**: `kakehashi_gateway::admission::decide` — the policy
+//! * **admission**: `kakehashi_relay::admission::decide` — the policy
 //!   request built from the store (user, device, desk with owners, the
 //!   person's plans, BCP declarations in force; SQLite on local disk, WAL)
 //!   and decided with the live policy. This is what a session request costs
@@ -18,8 +18,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use kakehashi_gateway::admission::{self, Asker};
 use kakehashi_policy as pol;
+use kakehashi_relay::admission::{self, Asker};
 use kakehashi_store::{
     Audit, BcpScope, BcpSpec, Desk, DeviceClass, DeviceSpec, NewUser, PlanSpec, Role, Segment,
     Store,

@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use clap::Parser;
-use kakehashi_gateway::metrics::Metrics;
+use kakehashi_relay::metrics::Metrics;
 
 #[derive(Parser, Debug)]
 struct Args {

@@ -62,7 +62,7 @@ pub struct ExportArgs {
 /// Run `audit export`.
 pub async fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
     let cfg = Config::load(&a.config)?;
-    let off = cfg.identity.utc_offset_secs;
+    let off = cfg.relay.identity.utc_offset_secs;
     let since = a
         .since
         .as_deref()

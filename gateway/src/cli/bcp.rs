@@ -66,7 +66,7 @@ pub async fn run(cmd: BcpCmd) -> anyhow::Result<()> {
                 .current_policy()
                 .await?
                 .context("no policy saved yet (start the gateway once)")?;
-            let policy = crate::admission::parse_policy(&doc.text)?;
+            let policy = kakehashi_relay::admission::parse_policy(&doc.text)?;
             let scope = match scope.as_str() {
                 "all" | "*" => BcpScope::All,
                 d => BcpScope::Department(d.to_string()),

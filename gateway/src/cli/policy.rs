@@ -128,7 +128,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<bool> {
         } => {
             let cfg = Config::load(&config)?;
             let store = open(&cfg).await?;
-            let (text, p) = crate::admission::read_policy_file(&file)?;
+            let (text, p) = kakehashi_relay::admission::read_policy_file(&file)?;
             let a = Audit::new(kakehashi_store::unix_now(), actor(), "policy.import")
                 .subject("policy")
                 .reason(&reason)
@@ -187,7 +187,7 @@ async fn explain(e: ExplainCli) -> anyhow::Result<bool> {
             .current_policy()
             .await?
             .context("no policy saved yet")?;
-        let policy = crate::admission::parse_policy(&doc.text)?;
+        let policy = kakehashi_relay::admission::parse_policy(&doc.text)?;
         let at = match &e.at {
             Some(t) => parse_time("--at", t)?,
             None => OffsetDateTime::now_utc(),
@@ -210,7 +210,7 @@ async fn explain(e: ExplainCli) -> anyhow::Result<bool> {
             .filter(|t| t.device_id == *device)
             .map(|t| t.issued_at)
             .max();
-        let asker = crate::admission::Asker {
+        let asker = kakehashi_relay::admission::Asker {
             user: user.clone(),
             login_at: login_at.unwrap_or(i64::MIN / 2),
             device: device.clone(),
@@ -218,7 +218,7 @@ async fn explain(e: ExplainCli) -> anyhow::Result<bool> {
             desk: desk.clone(),
             step_up: e.step_up,
         };
-        let req = match crate::admission::request(&store, &asker, &policy, at).await {
+        let req = match kakehashi_relay::admission::request(&store, &asker, &policy, at).await {
             Ok((mut req, _)) => {
                 if login_at.is_none() {
                     req.mfa_age_secs = None;

@@ -70,7 +70,7 @@ pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
     } = cmd;
     let cfg = Config::load(&config)?;
     let days = parse_month(&month)?;
-    let offset = utc_offset(cfg.identity.utc_offset_secs);
+    let offset = utc_offset(cfg.relay.identity.utc_offset_secs);
     let store = open_store(&cfg).await?;
     let people = people(&store, dept.as_deref()).await?;
     if let (Some(d), true) = (&dept, people.is_empty()) {

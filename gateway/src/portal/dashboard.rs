@@ -45,8 +45,8 @@ use super::access::{get_refused, Need};
 use super::officer::{check_reason, query_param, Notice};
 use super::pages::{esc, html, page as frame, switch_link, Lang};
 use super::{Peer, PortalState};
-use crate::metrics::Metrics;
-use crate::server::Shared;
+use kakehashi_relay::metrics::Metrics;
+use kakehashi_relay::server::Shared;
 
 /// Most live sessions sent to a browser (the newest matching its filter).
 pub(super) const LIST_CAP: usize = 200;

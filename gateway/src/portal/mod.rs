@@ -209,7 +209,7 @@ impl PortalState {
     /// Builds the portal from the gateway configuration (`[portal]` must be
     /// present) and an open store. Reads the attestation CA files.
     pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Self> {
-        let attestation = load_attestation_cas(&cfg.identity.attestation_ca)?;
+        let attestation = load_attestation_cas(&cfg.relay.identity.attestation_ca)?;
         Self::with_attestation(cfg, store, attestation)
     }
 
@@ -229,7 +229,7 @@ impl PortalState {
             .timeout(Duration::from_secs(CEREMONY_SECS as u64))
             .build()
             .context("invalid [portal] rp_id or origin for WebAuthn")?;
-        let id = &cfg.identity;
+        let id = &cfg.relay.identity;
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1);
         let rule = LockoutRule {
             max_failures: id.max_failures.max(1),
@@ -249,7 +249,7 @@ impl PortalState {
                 ceremonies: memory::TtlMap::new(MAX_CEREMONIES),
                 sessions: memory::TtlMap::new(MAX_SESSIONS),
                 limits: portal.limits,
-                grace: cfg.shutdown_grace,
+                grace: cfg.relay.shutdown_grace,
                 api_rate: throttle::RateLimiter::new(
                     portal.limits.api_rate_per_source,
                     portal.limits.api_rate_per_source.saturating_mul(10),
@@ -550,8 +550,8 @@ pub fn router(state: PortalState) -> Router {
 /// A server-side TLS configuration for the portal: the gateway's
 /// certificate and key, no client certificates, TLS 1.2 and 1.3, HTTP/1.1.
 pub fn tls_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let chain = kakehashi_transport::tls::load_certs(&cfg.cert)?;
-    let key = kakehashi_transport::tls::load_key(&cfg.key)?;
+    let chain = kakehashi_transport::tls::load_certs(&cfg.relay.cert)?;
+    let key = kakehashi_transport::tls::load_key(&cfg.relay.key)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(kakehashi_transport::tls::provider())
         .with_safe_default_protocol_versions()
         .context("TLS versions unavailable")?

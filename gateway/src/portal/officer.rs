@@ -868,7 +868,7 @@ pub(crate) async fn rules_save(
         Ok(r) => r,
         Err(n) => return again(n, StatusCode::BAD_REQUEST, text).await,
     };
-    let policy = match crate::admission::parse_policy(&text) {
+    let policy = match kakehashi_relay::admission::parse_policy(&text) {
         Ok(p) => p,
         Err(e) => {
             let n = Notice::Error(format!(
@@ -1867,7 +1867,7 @@ pub(crate) async fn bcp_declare(
         }
     };
     let policy = match s.store().current_policy().await {
-        Ok(Some(d)) => match crate::admission::parse_policy(&d.text) {
+        Ok(Some(d)) => match kakehashi_relay::admission::parse_policy(&d.text) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "The stored policy does not parse");

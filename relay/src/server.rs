@@ -274,7 +274,12 @@ impl Shared {
         v
     }
 
-    /// Cancelled when the gateway starts shutting down.
+    /// The relay's settings.
+    pub fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Cancelled when the relay starts shutting down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
@@ -345,36 +350,29 @@ impl Shared {
     }
 }
 
-/// A gateway with its listeners bound, ready to serve.
-pub struct Gateway {
+/// The relay with its listeners bound, ready to serve.
+pub struct Relay {
     shared: Arc<Shared>,
     addrs: BoundAddrs,
     terminal_quic: Option<quinn::Endpoint>,
     terminal_tcp: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     agent_quic: Option<quinn::Endpoint>,
     agent_tcp: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
-    admin: Option<TcpListener>,
-    portal: Option<(
-        TcpListener,
-        crate::portal::PortalState,
-        Option<Arc<rustls::ServerConfig>>,
-    )>,
-    /// Signs the audit chain head (with a `[store]`).
-    checkpointer: Option<Arc<crate::checkpoint::Checkpointer>>,
 }
 
-impl std::fmt::Debug for Gateway {
+impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway")
+        f.debug_struct("Relay")
             .field("addrs", &self.addrs)
             .finish_non_exhaustive()
     }
 }
 
-impl Gateway {
-    /// Load certificates and keys and bind every configured listener.
+impl Relay {
+    /// Load certificates and keys and bind the laptop and agent listeners,
+    /// on `store` (none: a bare relay for tests, or every session refused).
     /// Errors here (bad files, ports in use) happen before anything serves.
-    pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
+    pub async fn bind(cfg: Config, store: Option<kakehashi_store::Store>) -> anyhow::Result<Self> {
         let cfg = Arc::new(cfg);
         if cfg.relay_without_policy {
             warn!(controls = ?cfg.testing_controls, non_rdp_desks = cfg.testing_non_rdp_desks, "[testing] relay_without_policy: no policy; any valid device certificate reaches any online desk (tests only)");
@@ -459,47 +457,6 @@ impl Gateway {
             }
             None => None,
         };
-        let admin = match cfg.admin {
-            Some(a) => {
-                let l = TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("cannot bind admin listener {a}"))?;
-                addrs.admin = Some(l.local_addr()?);
-                Some(l)
-            }
-            None => None,
-        };
-        let store = match &cfg.store_url {
-            Some(url) => Some(kakehashi_store::Store::open(url).await.with_context(|| {
-                format!("cannot open the store {}", kakehashi_store::redact_url(url))
-            })?),
-            None => None,
-        };
-        // The audit checkpoint key is loaded (or created) before anything serves.
-        let checkpointer = match &store {
-            Some(store) => Some(Arc::new(crate::checkpoint::Checkpointer::new(
-                cfg.checkpoints.clone(),
-                &cfg.name,
-                store.clone(),
-            )?)),
-            None => None,
-        };
-        let portal = match (&cfg.portal, &store) {
-            (Some(p), Some(store)) => {
-                let l = TcpListener::bind(p.listen)
-                    .await
-                    .with_context(|| format!("cannot bind the portal {}", p.listen))?;
-                addrs.portal = Some(l.local_addr()?);
-                let state = crate::portal::PortalState::new(&cfg, store.clone())?;
-                let tls = if p.insecure_http {
-                    None
-                } else {
-                    Some(crate::portal::tls_config(&cfg)?)
-                };
-                Some((l, state, tls))
-            }
-            _ => None,
-        };
         let policy = match (&store, cfg.relay_without_policy) {
             (Some(store), false) => {
                 let loaded =
@@ -544,9 +501,6 @@ impl Gateway {
         Ok(Self {
             shared,
             addrs,
-            admin,
-            checkpointer,
-            portal,
             terminal_quic,
             terminal_tcp,
             agent_quic,
@@ -559,7 +513,8 @@ impl Gateway {
         self.addrs
     }
 
-    /// A handle on the shared state (for the demo and tests).
+    /// A handle on the shared state (for the portal's dashboard, the demo
+    /// and tests).
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
     }
@@ -572,27 +527,6 @@ impl Gateway {
         let term_cap = Arc::new(Semaphore::new(s.cfg.terminal_max_connections));
         let agent_cap = Arc::new(Semaphore::new(s.cfg.agent_max_connections));
         tasks.spawn(watch_crl(s.clone()));
-        // Syslog forwarding outlives the other tasks: it stops after the
-        // final audit checkpoint, so the log server gets that one too.
-        let audit_stop = CancellationToken::new();
-        let mut syslog_task = None;
-        if let Some(cp) = &self.checkpointer {
-            tasks.spawn(cp.clone().run(s.shutdown.clone()));
-        }
-        if let (Some(sc), Some(store)) = (&s.cfg.syslog, &s.store) {
-            // From the head as it is before anything is served; stops after the grace period.
-            let after = store.audit_head().await.ok().map(|(seq, _)| seq);
-            let origin =
-                crate::syslog::Origin::this_process(&s.cfg.name, s.cfg.identity.utc_offset_secs);
-            syslog_task = Some(tokio::spawn(crate::syslog::run(
-                store.clone(),
-                sc.clone(),
-                origin,
-                after,
-                s.metrics.syslog_dropped.clone(),
-                audit_stop.clone(),
-            )));
-        }
         if s.policy.is_some() {
             tasks.spawn(watch_changes(s.clone()));
         }
@@ -630,21 +564,6 @@ impl Gateway {
                 Role::Agent,
             ));
         }
-        if let Some(l) = self.admin {
-            let metrics = {
-                let s = s.clone();
-                move || s.metrics.render()
-            };
-            tasks.spawn(crate::metrics_listener::serve(
-                metrics,
-                s.shutdown_token(),
-                l,
-            ));
-        }
-        if let Some((l, state, tls)) = self.portal {
-            state.attach_gateway(s.clone());
-            tasks.spawn(crate::portal::serve(state, l, tls, s.shutdown.clone()));
-        }
         info!(gateway = %s.cfg.name, "Gateway serving");
 
         shutdown.cancelled().await;
@@ -672,25 +591,13 @@ impl Gateway {
         })
         .await;
         tasks.abort_all();
-        if let Some(cp) = &self.checkpointer {
-            match cp.checkpoint("shutdown").await {
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "Cannot sign the audit checkpoint on shutdown")
-                }
-            }
-        }
-        audit_stop.cancel();
-        if let Some(t) = syslog_task {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-        }
         for ep in [&self.terminal_quic, &self.agent_quic]
             .into_iter()
             .flatten()
         {
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }
-        info!("Gateway stopped");
+        debug!("Relay stopped");
         Ok(())
     }
 }

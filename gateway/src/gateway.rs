@@ -1,0 +1,174 @@
+//! The gateway process: the relay ([`kakehashi_relay::Relay`]) and, around
+//! it, what the configuration turns on — the store, the `/metrics` listener,
+//! the web portal, the signed audit checkpoints and syslog forwarding — with
+//! one shutdown order: stop accepting, let sessions finish for the grace
+//! period, sign a last checkpoint, and forward it before exiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kakehashi_relay::{BoundAddrs, Relay, Shared};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// A gateway with every listener bound, ready to serve.
+pub struct Gateway {
+    relay: Relay,
+    addrs: BoundAddrs,
+    store: Option<kakehashi_store::Store>,
+    admin: Option<TcpListener>,
+    portal: Option<(
+        TcpListener,
+        crate::portal::PortalState,
+        Option<Arc<rustls::ServerConfig>>,
+    )>,
+    /// Signs the audit chain head (with a `[store]`).
+    checkpointer: Option<Arc<crate::checkpoint::Checkpointer>>,
+    syslog: Option<crate::syslog::SyslogConfig>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Open the store, load certificates and keys, and bind every
+    /// configured listener. Errors here (bad files, ports in use, a store
+    /// that cannot be opened) happen before anything serves.
+    pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
+        let store = match &cfg.store_url {
+            Some(url) => Some(kakehashi_store::Store::open(url).await.with_context(|| {
+                format!("cannot open the store {}", kakehashi_store::redact_url(url))
+            })?),
+            None => None,
+        };
+        // The audit checkpoint key is loaded (or created) before anything serves.
+        let checkpointer = match &store {
+            Some(store) => Some(Arc::new(crate::checkpoint::Checkpointer::new(
+                cfg.checkpoints.clone(),
+                &cfg.relay.name,
+                store.clone(),
+            )?)),
+            None => None,
+        };
+        let admin = match cfg.admin {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot bind admin listener {a}"))?,
+            ),
+            None => None,
+        };
+        let portal_listener = match (&cfg.portal, &store) {
+            (Some(p), Some(_)) => Some(
+                TcpListener::bind(p.listen)
+                    .await
+                    .with_context(|| format!("cannot bind the portal {}", p.listen))?,
+            ),
+            _ => None,
+        };
+        let relay = Relay::bind(cfg.relay.clone(), store.clone()).await?;
+        let mut addrs = relay.addrs();
+        addrs.admin = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+        let portal = match (portal_listener, &cfg.portal, &store) {
+            (Some(l), Some(p), Some(store)) => {
+                addrs.portal = Some(l.local_addr()?);
+                let state = crate::portal::PortalState::new(&cfg, store.clone())?;
+                state.attach_gateway(relay.shared());
+                let tls = if p.insecure_http {
+                    None
+                } else {
+                    Some(crate::portal::tls_config(&cfg)?)
+                };
+                Some((l, state, tls))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            relay,
+            addrs,
+            store,
+            admin,
+            portal,
+            checkpointer,
+            syslog: cfg.syslog,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// A handle on the relay's shared state (for the demo and tests).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.relay.shared()
+    }
+
+    /// Serve until `shutdown` is cancelled; then the relay stops accepting
+    /// and gives live sessions the grace period, the last audit checkpoint
+    /// is signed, and syslog forwarding gets it out before the process ends.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let s = self.relay.shared();
+        let stopping = s.shutdown_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(cp) = &self.checkpointer {
+            tasks.spawn(cp.clone().run(stopping.clone()));
+        }
+        // Syslog forwarding outlives the other tasks: it stops after the
+        // final audit checkpoint, so the log server gets that one too.
+        let audit_stop = CancellationToken::new();
+        let mut syslog_task = None;
+        if let (Some(sc), Some(store)) = (&self.syslog, &self.store) {
+            // From the head as it is before anything is served.
+            let after = store.audit_head().await.ok().map(|(seq, _)| seq);
+            let origin = crate::syslog::Origin::this_process(
+                &s.cfg().name,
+                s.cfg().identity.utc_offset_secs,
+            );
+            syslog_task = Some(tokio::spawn(crate::syslog::run(
+                store.clone(),
+                sc.clone(),
+                origin,
+                after,
+                s.metrics.syslog_dropped.clone(),
+                audit_stop.clone(),
+            )));
+        }
+        if let Some(l) = self.admin {
+            let metrics = {
+                let s = s.clone();
+                move || s.metrics.render()
+            };
+            tasks.spawn(crate::metrics_listener::serve(metrics, stopping.clone(), l));
+        }
+        if let Some((l, state, tls)) = self.portal {
+            tasks.spawn(crate::portal::serve(state, l, tls, stopping.clone()));
+        }
+        let result = self.relay.serve(shutdown).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        if let Some(cp) = &self.checkpointer {
+            if let Err(e) = cp.checkpoint("shutdown").await {
+                warn!(error = %format!("{e:#}"), "Cannot sign the audit checkpoint on shutdown");
+            }
+        }
+        audit_stop.cancel();
+        if let Some(t) = syslog_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        info!("Gateway stopped");
+        result
+    }
+}

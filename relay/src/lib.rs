@@ -1,0 +1,24 @@
+//! Kakehashi relay: accepts laptops (terminals) and desk agents over QUIC
+//! and TLS-over-TCP with mutual TLS against the private CA, keeps a registry
+//! of the desks whose agents have dialled in, and for each session a laptop
+//! asks for opens a stream on the desk's tunnel carrying a session ticket
+//! signed with Ed25519, then splices the two streams.
+//!
+//! Every session request is decided by the access policy on the store's
+//! facts ([`admission`]); live sessions are re-decided when those change,
+//! and when the CRL changes or goes stale. Logins (`RedeemLogin`, `Logout`)
+//! arrive on the laptop listener too ([`login`]). [`metrics`] is what
+//! `/metrics` shows.
+//!
+//! The `kakehashi-gateway` binary parses the configuration file, opens the
+//! store and runs the relay ([`Relay::bind`] → [`Relay::serve`]) beside the
+//! portal, the `/metrics` listener and audit forwarding.
+
+pub mod admission;
+pub mod config;
+pub mod login;
+pub mod metrics;
+pub mod server;
+
+pub use config::{Config, Identity};
+pub use server::{BoundAddrs, Relay, Shared};
