@@ -343,7 +343,7 @@ async fn enroll_demo_user(
             Audit::new(now, "demo", "user.add").subject(DEMO_USER),
         )
         .await?;
-    let (code, hash) = kakehashi_gateway::portal::new_enrollment_code();
+    let (code, hash) = kakehashi_portal::new_enrollment_code();
     store
         .create_enrollment_code(
             &hash,
@@ -376,7 +376,7 @@ async fn enroll_demo_user(
     )
     .await
     .context("cannot enroll the demo user's software authenticator")?;
-    let (browser_code, hash) = kakehashi_gateway::portal::new_enrollment_code();
+    let (browser_code, hash) = kakehashi_portal::new_enrollment_code();
     let now = kakehashi_store::unix_now();
     store
         .create_enrollment_code(

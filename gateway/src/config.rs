@@ -366,42 +366,12 @@ pub struct Config {
     /// [`kakehashi_store::redact_url`]).
     pub store_url: Option<String>,
     /// Portal settings.
-    pub portal: Option<Portal>,
+    pub portal: Option<kakehashi_portal::PortalConfig>,
     /// `[audit] syslog`: forward audit records to a syslog server.
     pub syslog: Option<crate::syslog::SyslogConfig>,
     /// `[audit] checkpoint_*`: where and how often the chain head is signed
     /// (used when there is a `[store]`).
     pub checkpoints: crate::checkpoint::CheckpointConfig,
-}
-
-/// Validated `[portal]`.
-#[derive(Debug, Clone)]
-pub struct Portal {
-    /// Listen address.
-    pub listen: SocketAddr,
-    /// WebAuthn RP id.
-    pub rp_id: String,
-    /// Origin.
-    pub origin: url::Url,
-    /// Plain HTTP (loopback only).
-    pub insecure_http: bool,
-    /// Connection caps, time-outs and the API rate per source.
-    pub limits: PortalLimits,
-}
-
-/// The portal's defences against an anonymous flood before login.
-#[derive(Debug, Clone, Copy)]
-pub struct PortalLimits {
-    /// Most open connections in total.
-    pub max_connections: usize,
-    /// Most open connections from one source address.
-    pub max_connections_per_source: usize,
-    /// Time to send a request's headers.
-    pub header_timeout: Duration,
-    /// Time a connection may stay silent both ways.
-    pub idle_timeout: Duration,
-    /// Sustained API calls per second per source address (burst: 10 s worth).
-    pub api_rate_per_source: u32,
 }
 
 impl Config {
@@ -514,12 +484,16 @@ impl Config {
                 {
                     bail!("[portal] max_connections, max_connections_per_source, header_timeout_secs, idle_timeout_secs and api_rate_per_source must be at least 1");
                 }
-                Some(Portal {
+                Some(kakehashi_portal::PortalConfig {
                     listen: p.listen,
                     rp_id: p.rp_id,
                     origin,
                     insecure_http: p.insecure_http,
-                    limits: PortalLimits {
+                    cert: rel(f.tls.cert.clone()),
+                    key: rel(f.tls.key.clone()),
+                    identity: identity.clone(),
+                    shutdown_grace: Duration::from_secs(l.shutdown_grace_secs),
+                    limits: kakehashi_portal::PortalLimits {
                         max_connections: p.max_connections,
                         max_connections_per_source: p
                             .max_connections_per_source

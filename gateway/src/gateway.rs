@@ -23,7 +23,7 @@ pub struct Gateway {
     admin: Option<TcpListener>,
     portal: Option<(
         TcpListener,
-        crate::portal::PortalState,
+        kakehashi_portal::PortalState,
         Option<Arc<rustls::ServerConfig>>,
     )>,
     /// Signs the audit chain head (with a `[store]`).
@@ -81,12 +81,12 @@ impl Gateway {
         let portal = match (portal_listener, &cfg.portal, &store) {
             (Some(l), Some(p), Some(store)) => {
                 addrs.portal = Some(l.local_addr()?);
-                let state = crate::portal::PortalState::new(&cfg, store.clone())?;
-                state.attach_gateway(relay.shared());
+                let state =
+                    kakehashi_portal::PortalState::new(p, store.clone(), Some(relay.handle()))?;
                 let tls = if p.insecure_http {
                     None
                 } else {
-                    Some(crate::portal::tls_config(&cfg)?)
+                    Some(kakehashi_portal::tls_config(p)?)
                 };
                 Some((l, state, tls))
             }
@@ -151,7 +151,7 @@ impl Gateway {
             tasks.spawn(crate::metrics_listener::serve(metrics, stopping.clone(), l));
         }
         if let Some((l, state, tls)) = self.portal {
-            tasks.spawn(crate::portal::serve(state, l, tls, stopping.clone()));
+            tasks.spawn(kakehashi_portal::serve(state, l, tls, stopping.clone()));
         }
         let result = self.relay.serve(shutdown).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), async {

@@ -12,7 +12,6 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod metrics_listener;
-pub mod portal;
 pub mod syslog;
 
 pub use config::Config;

@@ -16,9 +16,11 @@
 
 pub mod admission;
 pub mod config;
+pub mod handle;
 pub mod login;
 pub mod metrics;
 pub mod server;
 
 pub use config::{Config, Identity};
+pub use handle::RelayHandle;
 pub use server::{BoundAddrs, Relay, Shared};

@@ -154,7 +154,7 @@ pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
             if store.get_user(&id).await?.is_none() {
                 bail!("no user {id:?}; add it first with `admin user add`");
             }
-            let (code, hash) = crate::portal::new_enrollment_code();
+            let (code, hash) = kakehashi_portal::new_enrollment_code();
             let expires = now + cfg.relay.identity.enrollment_code_lifetime.as_secs() as i64;
             store
                 .create_enrollment_code(

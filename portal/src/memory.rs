@@ -47,7 +47,7 @@ impl<T> TtlMap<T> {
 
     /// Stores `value` under a new random id until `expires` and returns the id.
     pub(crate) fn insert(&self, now: i64, expires: i64, value: T) -> Result<String, Full> {
-        let id = super::random_b64url::<32>();
+        let id = crate::codes::random_b64url::<32>();
         let mut e = self.lock();
         let map = &mut e.by_id;
         if map.len() >= self.cap {
@@ -71,7 +71,7 @@ impl<T> TtlMap<T> {
         value: T,
         quotas: &[(String, usize)],
     ) -> String {
-        let id = super::random_b64url::<32>();
+        let id = crate::codes::random_b64url::<32>();
         let mut e = self.lock();
         let e = &mut *e;
         for (key, limit) in quotas {

@@ -40,8 +40,8 @@ use time::{Date, Month, OffsetDateTime, UtcOffset};
 use tracing::{info, warn};
 
 use super::access::{get_refused, Need, Refused, Visitor};
-use super::pages::{class_name, esc, html, page, status_name, switch_link, Lang, BANNER_SLOT};
-use super::{Peer, PortalState};
+use crate::html::{class_name, esc, html, page, status_name, switch_link, Lang, BANNER_SLOT};
+use crate::state::{Peer, PortalState};
 
 /// Largest request body of the policy editor's routes: a 1 MiB policy
 /// (the store's limit) form-encoded is larger than the portal's default.

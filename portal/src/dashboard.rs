@@ -24,10 +24,10 @@
 //! and tells its user. An open event stream re-checks its visitor's role
 //! every [`RECHECK`] and ends when it is gone.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{Form, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -35,280 +35,24 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use kakehashi_store::{Audit, Bcp, BcpScope};
-use prometheus::core::Collector as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::access::{get_refused, Need};
 use super::officer::{check_reason, query_param, Notice};
-use super::pages::{esc, html, page as frame, switch_link, Lang};
-use super::{Peer, PortalState};
-use kakehashi_relay::metrics::Metrics;
-use kakehashi_relay::server::Shared;
-
-/// Most live sessions sent to a browser (the newest matching its filter).
-pub(super) const LIST_CAP: usize = 200;
-/// Longest filter, in characters.
-const MAX_FILTER: usize = 64;
-/// How often an open page gets fresh numbers.
-const PUSH: Duration = Duration::from_secs(1);
-/// How often the sampler reads the counters and the BCP declarations.
-const SAMPLE: Duration = Duration::from_secs(5);
-/// Points in the chart: one a minute for 24 hours.
-const HISTORY_POINTS: usize = 24 * 60;
-/// How often an open event stream re-checks its visitor.
-const RECHECK: Duration = Duration::from_secs(10);
-/// Most event streams open at once, and per operator (a few tabs each).
-const MAX_FEEDS: usize = 64;
-const MAX_FEEDS_PER_USER: usize = 4;
-
-const SCRIPT: &str = include_str!("assets/ops.js");
-const STYLE: &str = include_str!("assets/ops.css");
-
-// ------------------------------------------------------------ the numbers
-
-/// The gateway's numbers at one instant, read from [`Metrics`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-struct Counts {
-    /// Live sessions (sum of `kakehashi_sessions_active`).
-    total: i64,
-    /// `kakehashi_sessions_max`.
-    max: i64,
-    /// `kakehashi_capacity_used_ratio`.
-    capacity: f64,
-    by_level: BTreeMap<String, i64>,
-    by_class: BTreeMap<String, i64>,
-    by_dept: BTreeMap<String, i64>,
-    by_transport: BTreeMap<String, i64>,
-    /// Sum of `kakehashi_agents_online`.
-    agents: i64,
-    /// `kakehashi_logins_total`.
-    logins_total: u64,
-    /// `kakehashi_denials_total` by reason.
-    #[serde(skip)]
-    denials: BTreeMap<String, u64>,
-}
-
-impl Counts {
-    fn read(m: &Metrics) -> Self {
-        let mut c = Counts::default();
-        // Stable rows even before the first session of a kind.
-        for l in ["1", "2", "3"] {
-            c.by_level.insert(l.into(), 0);
-        }
-        for k in ["home", "mobile", "satellite"] {
-            c.by_class.insert(k.into(), 0);
-        }
-        for fam in m.sessions_active.collect() {
-            for s in fam.get_metric() {
-                let v = s.get_gauge().get_value() as i64;
-                let label = |name: &str| {
-                    s.get_label()
-                        .iter()
-                        .find(|l| l.name() == name)
-                        .map(|l| l.value().to_owned())
-                        .unwrap_or_default()
-                };
-                c.total += v;
-                *c.by_level.entry(label("level")).or_default() += v;
-                *c.by_class.entry(label("class")).or_default() += v;
-                *c.by_dept.entry(label("dept")).or_default() += v;
-                *c.by_transport.entry(label("transport")).or_default() += v;
-            }
-        }
-        // A department or transport no session uses any more is dropped.
-        c.by_dept.retain(|_, v| *v != 0);
-        c.by_transport.retain(|_, v| *v != 0);
-        for fam in m.agents_online.collect() {
-            for s in fam.get_metric() {
-                c.agents += s.get_gauge().get_value() as i64;
-            }
-        }
-        for fam in m.denials.collect() {
-            for s in fam.get_metric() {
-                let reason = s
-                    .get_label()
-                    .iter()
-                    .find(|l| l.name() == "reason")
-                    .map(|l| l.value().to_owned())
-                    .unwrap_or_default();
-                *c.denials.entry(reason).or_default() += s.get_counter().get_value() as u64;
-            }
-        }
-        c.max = m.sessions_max.get();
-        c.capacity = m.capacity_used.get();
-        c.logins_total = m.logins.get();
-        c
-    }
-
-    fn denials_sum(&self) -> u64 {
-        self.denials.values().sum()
-    }
-}
-
-/// A counter reading kept for the "last minute" / "last hour" differences.
-#[derive(Debug, Clone, Default)]
-struct Reading {
-    at: i64,
-    logins: u64,
-    denials: BTreeMap<String, u64>,
-}
-
-/// One point of the 24-hour chart.
-#[derive(Debug, Clone, Copy)]
-struct Point {
-    /// Start of the minute (unix seconds).
-    t: i64,
-    /// Live sessions at the first sample of the minute.
-    sessions: i64,
-    /// Logins since the previous point.
-    logins: u64,
-    /// Denials since the previous point.
-    denials: u64,
-}
-
-/// The sampler's memory: bounded, a few tens of kilobytes.
-#[derive(Debug, Default)]
-struct History {
-    /// Every [`SAMPLE`], trimmed to the newest reading at least a minute old.
-    fine: VecDeque<Reading>,
-    /// Once a minute, trimmed to the newest reading at least an hour old.
-    coarse: VecDeque<Reading>,
-    /// The chart, oldest first.
-    points: VecDeque<Point>,
-    /// Bumped when `points` changes.
-    version: u64,
-}
-
-impl History {
-    fn record(&mut self, now: i64, c: &Counts) {
-        let r = Reading {
-            at: now,
-            logins: c.logins_total,
-            denials: c.denials.clone(),
-        };
-        let minute = now - now.rem_euclid(60);
-        if self.points.back().is_none_or(|p| p.t < minute) {
-            let (logins, denials) = match self.coarse.back() {
-                Some(prev) => (
-                    c.logins_total.saturating_sub(prev.logins),
-                    c.denials_sum()
-                        .saturating_sub(prev.denials.values().sum::<u64>()),
-                ),
-                None => (c.logins_total, c.denials_sum()),
-            };
-            self.points.push_back(Point {
-                t: minute,
-                sessions: c.total,
-                logins,
-                denials,
-            });
-            while self.points.len() > HISTORY_POINTS {
-                self.points.pop_front();
-            }
-            self.version += 1;
-            self.coarse.push_back(r.clone());
-            trim(&mut self.coarse, now - 3600);
-        }
-        self.fine.push_back(r);
-        trim(&mut self.fine, now - 60);
-    }
-
-    /// Logins in the last minute and denials by reason in the last hour:
-    /// now minus the newest reading at least that old (or the first
-    /// reading, taken when the gateway started, when none is).
-    fn windows(&self, c: &Counts) -> (u64, BTreeMap<String, u64>) {
-        let logins = self
-            .fine
-            .front()
-            .map_or(c.logins_total, |r| c.logins_total.saturating_sub(r.logins));
-        let base = self.coarse.front().map(|r| &r.denials);
-        let denials = c
-            .denials
-            .iter()
-            .map(|(k, v)| {
-                let before = base.and_then(|b| b.get(k)).copied().unwrap_or(0);
-                (k.clone(), v.saturating_sub(before))
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        (logins, denials)
-    }
-}
-
-/// Drops readings while the next one is already older than `cutoff`.
-fn trim(q: &mut VecDeque<Reading>, cutoff: i64) {
-    while q.len() > 1 && q[1].at <= cutoff {
-        q.pop_front();
-    }
-}
-
-/// A BCP declaration as the dashboard shows it.
-#[derive(Debug, Clone, Serialize)]
-struct BcpView {
-    /// `null` for everyone, else the department.
-    dept: Option<String>,
-    reason: String,
-    until: String,
-}
-
-/// The dashboard's side of the portal state.
-#[derive(Default)]
-pub(super) struct Ops {
-    gateway: OnceLock<Arc<Shared>>,
-    history: Mutex<History>,
-    bcp: Mutex<Vec<BcpView>>,
-    /// Open event streams per operator.
-    feeds: Arc<Mutex<BTreeMap<String, usize>>>,
-    /// The last snapshot per language and filter, shared by every stream
-    /// that shows the same view: the live table is scanned at most once a
-    /// second per distinct view, however many pages are open.
-    snapshots: Mutex<BTreeMap<ViewKey, (Instant, Arc<String>)>>,
-}
-
-/// A dashboard view: English or not, and the session filter.
-type ViewKey = (bool, String);
-
-/// One open event stream's place; dropping it frees the place.
-struct FeedSlot {
-    feeds: Arc<Mutex<BTreeMap<String, usize>>>,
-    user: String,
-}
-
-impl Ops {
-    /// A place for one more stream of `user`, unless the caps are reached.
-    fn open_feed(&self, user: &str) -> Option<FeedSlot> {
-        let mut f = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = f.values().sum();
-        let mine = f.get(user).copied().unwrap_or(0);
-        if total >= MAX_FEEDS || mine >= MAX_FEEDS_PER_USER {
-            return None;
-        }
-        *f.entry(user.to_owned()).or_insert(0) += 1;
-        Some(FeedSlot {
-            feeds: self.feeds.clone(),
-            user: user.to_owned(),
-        })
-    }
-}
-
-impl Drop for FeedSlot {
-    fn drop(&mut self) {
-        let mut f = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = f.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                f.remove(&self.user);
-            }
-        }
-    }
-}
+use crate::html::{esc, html, page as frame, switch_link, Lang};
+use crate::ops::{
+    BcpView, Counts, FeedSlot, Ops, LIST_CAP, MAX_FEEDS, MAX_FILTER, PUSH, RECHECK, SAMPLE, SCRIPT,
+    STYLE,
+};
+use crate::state::{Peer, PortalState};
+use kakehashi_relay::RelayHandle;
 
 /// The snapshot for `lang` and `filter`, computed at most once per
 /// [`PUSH`] and shared by every stream showing that view.
-fn shared_snapshot(s: &PortalState, g: &Shared, lang: Lang, filter: &str) -> Arc<String> {
+fn shared_snapshot(s: &PortalState, g: &RelayHandle, lang: Lang, filter: &str) -> Arc<String> {
     let key = (lang == Lang::En, filter.to_owned());
     let mut cache = s.ops().snapshots.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((at, snap)) = cache.get(&key) {
@@ -326,21 +70,14 @@ fn shared_snapshot(s: &PortalState, g: &Shared, lang: Lang, filter: &str) -> Arc
 }
 
 impl PortalState {
-    /// Connects the ops dashboard to the gateway serving this portal and
-    /// starts its sampler (once; it stops when the gateway shuts down).
-    /// Without it `/ops` answers 503.
-    pub fn attach_gateway(&self, g: Arc<Shared>) {
-        if self.inner.ops.gateway.set(g.clone()).is_ok() {
-            tokio::spawn(sampler(self.clone(), g));
-        }
-    }
-
     fn ops(&self) -> &Ops {
         &self.inner.ops
     }
 }
 
-async fn sampler(s: PortalState, g: Arc<Shared>) {
+/// Samples the relay's counters for the dashboard's history until the
+/// relay shuts down.
+pub(super) async fn sampler(s: PortalState, g: RelayHandle) {
     let stop = g.shutdown_token();
     let mut tick = tokio::time::interval(SAMPLE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -350,7 +87,7 @@ async fn sampler(s: PortalState, g: Arc<Shared>) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let c = Counts::read(&g.metrics);
+        let c = Counts::read(g.metrics());
         s.ops()
             .history
             .lock()
@@ -391,8 +128,8 @@ fn reason_text(lang: Lang, code: &str) -> &'static str {
 }
 
 /// What one push carries (JSON of the `snapshot` event).
-fn snapshot(s: &PortalState, g: &Shared, lang: Lang, filter: &str) -> Value {
-    let c = Counts::read(&g.metrics);
+fn snapshot(s: &PortalState, g: &RelayHandle, lang: Lang, filter: &str) -> Value {
+    let c = Counts::read(g.metrics());
     let (logins_minute, denials) = s.ops().history.lock().expect("history lock").windows(&c);
     let page = g.live_session_page(filter, LIST_CAP);
     let list: Vec<Value> = page
@@ -453,7 +190,7 @@ pub(crate) async fn show(
         Ok(v) => v,
         Err(r) => return get_refused(r, lang, "/ops", q.as_deref(), title),
     };
-    if s.ops().gateway.get().is_none() {
+    if s.ops().gateway.is_none() {
         return unavailable(lang);
     }
     let t = |ja, en| esc(lang.t(ja, en));
@@ -596,7 +333,7 @@ pub(crate) async fn events(
         )
             .into_response();
     };
-    let Some(g) = s.ops().gateway.get().cloned() else {
+    let Some(g) = s.ops().gateway.clone() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "error": "unavailable" })),
@@ -640,7 +377,7 @@ pub(crate) async fn events(
 struct Feed {
     stop: CancellationToken,
     s: PortalState,
-    g: Arc<Shared>,
+    g: RelayHandle,
     headers: HeaderMap,
     lang: Lang,
     filter: String,
@@ -755,7 +492,7 @@ pub(crate) async fn end_session(
             return fail(StatusCode::BAD_REQUEST, "reason_required", &t, &t)
         }
     };
-    let Some(g) = s.ops().gateway.get() else {
+    let Some(g) = s.ops().gateway.as_ref() else {
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -832,10 +569,12 @@ pub(crate) async fn style() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::*;
+    use kakehashi_relay::metrics::Metrics;
 
     #[test]
     fn event_streams_are_capped_per_operator_and_in_total() {
-        let ops = Ops::default();
+        let ops = Ops::new(None);
         let mine: Vec<_> = (0..MAX_FEEDS_PER_USER)
             .map(|_| ops.open_feed("op-1").expect("a place"))
             .collect();

@@ -20,9 +20,9 @@ use webauthn_rs::prelude::{
 
 use super::reason::{Denial, Reason};
 use super::redirect::LoginParams;
-use super::{
-    enrollment_code_hash, login_code_hash, random_b64url, user_handle, Ceremony, Peer, PortalState,
-    RegState, Session, CEREMONY_SECS, LOGIN_CODE_SECS, SESSION_SECS,
+use crate::codes::{enrollment_code_hash, login_code_hash, random_b64url, user_handle};
+use crate::state::{
+    Ceremony, Peer, PortalState, RegState, Session, CEREMONY_SECS, LOGIN_CODE_SECS, SESSION_SECS,
 };
 
 type Result<T, E = Denial> = std::result::Result<T, E>;
@@ -442,8 +442,8 @@ impl PortalState {
 /// one user or from one address evicts its own oldest ceremonies.
 fn ceremony_quotas(user: &str, ip: IpAddr) -> [(String, usize); 2] {
     [
-        (user_key(user), super::CEREMONIES_PER_USER),
-        (format!("source:{ip}"), super::CEREMONIES_PER_SOURCE),
+        (user_key(user), crate::state::CEREMONIES_PER_USER),
+        (format!("source:{ip}"), crate::state::CEREMONIES_PER_SOURCE),
     ]
 }
 

@@ -28,7 +28,12 @@ use webauthn_rs::prelude::{
 };
 
 use super::*;
-use crate::config::{Config, ConfigFile};
+use crate::codes::*;
+use crate::state::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
 const ORIGIN: &str = "https://portal.example.test";
 const USER: &str = "yamada";
@@ -39,44 +44,45 @@ const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 const REDIRECT: &str = "http://127.0.0.1:53682/callback";
 
-fn config(dir: &Path, identity_extra: &str, tls: Option<(&Path, &Path)>) -> Config {
+/// The portal's settings as a gateway with `[identity] max_failures = 3`,
+/// `failure_window_secs = 300`, `lockout_secs = 60` (and the given
+/// attestation CAs) would give it.
+fn config(attestation_ca: Vec<PathBuf>, tls: Option<(&Path, &Path)>) -> PortalConfig {
     let (cert, key) = match tls {
-        Some((c, k)) => (c.display().to_string(), k.display().to_string()),
+        Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
         None => ("gw.pem".into(), "gw.key".into()),
     };
-    let text = format!(
-        r#"
-name = "gw-test"
-[tls]
-ca = "ca.pem"
-cert = "{cert}"
-key = "{key}"
-ticket_key = "ticket.key"
-[terminals]
-tcp = "127.0.0.1:0"
-[agents]
-tcp = "127.0.0.1:0"
-[store]
-url = "sqlite://{db}"
-[identity]
-max_failures = 3
-failure_window_secs = 300
-lockout_secs = 60
-{identity_extra}
-[portal]
-listen = "127.0.0.1:0"
-rp_id = "portal.example.test"
-origin = "{ORIGIN}"
-"#,
-        db = dir.join("store.db").display(),
-    );
-    let file: ConfigFile = toml::from_str(&text).unwrap();
-    Config::from_file(file, dir).unwrap()
+    PortalConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rp_id: "portal.example.test".into(),
+        origin: Url::parse(ORIGIN).unwrap(),
+        insecure_http: false,
+        limits: PortalLimits {
+            max_connections: 16_384,
+            max_connections_per_source: 1_024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            api_rate_per_source: 50,
+        },
+        cert,
+        key,
+        identity: kakehashi_relay::Identity {
+            require_login: true,
+            token_lifetime: Duration::from_secs(10 * 3600),
+            max_failures: 3,
+            failure_window: Duration::from_secs(300),
+            lockout: Duration::from_secs(60),
+            enrollment_code_lifetime: Duration::from_secs(72 * 3600),
+            attestation_ca,
+            utc_offset_secs: 9 * 3600,
+        },
+        shutdown_grace: Duration::from_secs(10),
+    }
 }
 
 struct Harness {
     _dir: tempfile::TempDir,
-    cfg: Config,
+    cfg: PortalConfig,
     store: Store,
     state: PortalState,
     app: Router,
@@ -85,21 +91,23 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Self {
-        Self::with(|dir| config(dir, "", None), None).await
+        Self::with(|_| config(Vec::new(), None), None).await
     }
 
     async fn with(
-        make_config: impl FnOnce(&Path) -> Config,
+        make_config: impl FnOnce(&Path) -> PortalConfig,
         attestation: Option<AttestationCaList>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cfg = make_config(dir.path());
-        let store = Store::open(cfg.store_url.as_deref().unwrap())
+        let store = Store::open(dir.path().join("store.db").to_str().unwrap())
             .await
             .unwrap();
         let state = match attestation {
-            None => PortalState::new(&cfg, store.clone()).unwrap(),
-            Some(list) => PortalState::with_attestation(&cfg, store.clone(), Some(list)).unwrap(),
+            None => PortalState::new(&cfg, store.clone(), None).unwrap(),
+            Some(list) => {
+                PortalState::with_attestation(&cfg, store.clone(), None, Some(list)).unwrap()
+            }
         };
         let app = router(state.clone());
         store
@@ -126,7 +134,7 @@ impl Harness {
 
     /// A second portal on the same store (a gateway restart).
     fn restarted(&self) -> (PortalState, Router) {
-        let state = PortalState::new(&self.cfg, self.store.clone()).unwrap();
+        let state = PortalState::new(&self.cfg, self.store.clone(), None).unwrap();
         let app = router(state.clone());
         (state, app)
     }
@@ -652,8 +660,7 @@ async fn attested_only_policy_refuses_a_software_key() {
     )
     .unwrap();
     let ca_pem = ca.ca_cert_path();
-    let extra = format!("attestation_ca = [\"{}\"]", ca_pem.display());
-    let h = Harness::with(|dir| config(dir, &extra, None), None).await;
+    let h = Harness::with(|_| config(vec![ca_pem.clone()], None), None).await;
     let code = h.code(USER, 3600).await;
 
     let a = enroll(&h, &mut SoftPasskey::new(true), &code).await;
@@ -682,7 +689,7 @@ async fn attested_key_from_a_listed_ca_enrolls_and_unattested_keys_cannot_log_in
     )
     .unwrap();
     let list = b.build();
-    let h = Harness::with(|dir| config(dir, "", None), Some(list)).await;
+    let h = Harness::with(|_| config(Vec::new(), None), Some(list)).await;
     let code = h.code(USER, 3600).await;
     let a = enroll(&h, &mut token, &code).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
@@ -692,7 +699,7 @@ async fn attested_key_from_a_listed_ca_enrolls_and_unattested_keys_cannot_log_in
 
     // A user who enrolled a plain passkey before the policy changed.
     h.add_user("sato").await;
-    let plain = PortalState::new(&h.cfg, h.store.clone()).unwrap();
+    let plain = PortalState::new(&h.cfg, h.store.clone(), None).unwrap();
     let plain_app = router(plain);
     let code = h.code("sato", 3600).await;
     let mut plain_key = SoftPasskey::new(true);
@@ -1341,7 +1348,7 @@ async fn serve_over_tls_and_plain_http() {
         ))
         .unwrap();
     let h = Harness::with(
-        |dir| config(dir, "", Some((&issued.cert_path, &issued.key_path))),
+        |_| config(Vec::new(), Some((&issued.cert_path, &issued.key_path))),
         None,
     )
     .await;

@@ -28,7 +28,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use super::{router, PeerAddr, PortalState};
+use crate::router::router;
+use crate::state::{PeerAddr, PortalState};
 
 /// Time allowed for a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +45,10 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
+    // The dashboard's history and BCP banner are sampled while the portal serves.
+    if let Some(relay) = state.inner.ops.gateway.clone() {
+        tokio::spawn(crate::dashboard::sampler(state.clone(), relay));
+    }
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(e) => {

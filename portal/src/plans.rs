@@ -32,8 +32,8 @@ use super::officer::{
     check_reason, csrf_input, hhmm, link, parse_date, parse_hhmm, query_param, see_other, who_line,
     write_failed, ymd, Notice,
 };
-use super::pages::{esc, html, page, switch_link, Lang};
-use super::{Peer, PortalState};
+use crate::html::{esc, html, page, switch_link, Lang};
+use crate::state::{Peer, PortalState};
 use kakehashi_store::attendance as report;
 use kakehashi_store::localtime::parse_month;
 

@@ -23,8 +23,8 @@ use base64::Engine as _;
 use kakehashi_store::{Role, User};
 use ring::hmac;
 
-use super::pages::{esc, html, login_form, page, switch_link, Lang};
-use super::PortalState;
+use crate::html::{esc, html, login_form, page, switch_link, Lang};
+use crate::state::PortalState;
 
 /// What a page asks of its visitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,7 +341,7 @@ pub(crate) trait CsrfForm {
 /// `impl CsrfForm` for forms with a `csrf: String` field.
 macro_rules! csrf_forms {
     ($($t:ty),+ $(,)?) => {
-        $(impl $crate::portal::access::CsrfForm for $t {
+        $(impl $crate::access::CsrfForm for $t {
             fn csrf(&self) -> &str {
                 &self.csrf
             }
