@@ -43,3 +43,38 @@ pub struct PortalLimits {
     /// Sustained API calls per second per source address (burst: 10 s worth).
     pub api_rate_per_source: u32,
 }
+
+#[cfg(test)]
+impl PortalConfig {
+    /// What a gateway with this `origin` (its host as the RP id), the
+    /// default limits and a default `[identity]` would give the portal.
+    pub(crate) fn for_tests(origin: &str) -> Self {
+        let origin = url::Url::parse(origin).expect("a test origin");
+        Self {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            rp_id: origin.host_str().expect("a host").to_owned(),
+            origin,
+            insecure_http: false,
+            limits: PortalLimits {
+                max_connections: 16_384,
+                max_connections_per_source: 1_024,
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                api_rate_per_source: 50,
+            },
+            cert: "gw.pem".into(),
+            key: "gw.key".into(),
+            identity: kakehashi_relay::Identity {
+                require_login: true,
+                token_lifetime: Duration::from_secs(10 * 3600),
+                max_failures: 5,
+                failure_window: Duration::from_secs(900),
+                lockout: Duration::from_secs(900),
+                enrollment_code_lifetime: Duration::from_secs(72 * 3600),
+                attestation_ca: Vec::new(),
+                utc_offset_secs: 9 * 3600,
+            },
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -15,40 +15,9 @@ use tower::ServiceExt as _;
 
 use super::*;
 use crate::state::*;
-use std::time::Duration;
 
 const ORIGIN: &str = "https://portal.example.test";
 const COOKIE: &str = "__Host-kakehashi-session";
-
-/// The portal's settings as a gateway with a default `[identity]` would give it.
-fn config() -> PortalConfig {
-    PortalConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        rp_id: "portal.example.test".into(),
-        origin: url::Url::parse(ORIGIN).unwrap(),
-        insecure_http: false,
-        limits: PortalLimits {
-            max_connections: 16_384,
-            max_connections_per_source: 1_024,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            api_rate_per_source: 50,
-        },
-        cert: "gw.pem".into(),
-        key: "gw.key".into(),
-        identity: kakehashi_relay::Identity {
-            require_login: true,
-            token_lifetime: Duration::from_secs(10 * 3600),
-            max_failures: 5,
-            failure_window: Duration::from_secs(900),
-            lockout: Duration::from_secs(900),
-            enrollment_code_lifetime: Duration::from_secs(72 * 3600),
-            attestation_ca: Vec::new(),
-            utc_offset_secs: 9 * 3600,
-        },
-        shutdown_grace: Duration::from_secs(10),
-    }
-}
 
 struct H {
     _dir: tempfile::TempDir,
@@ -85,7 +54,7 @@ impl Answer {
 impl H {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = config();
+        let cfg = PortalConfig::for_tests(ORIGIN);
         let store = Store::open(dir.path().join("store.db").to_str().unwrap())
             .await
             .unwrap();

@@ -48,36 +48,16 @@ const REDIRECT: &str = "http://127.0.0.1:53682/callback";
 /// `failure_window_secs = 300`, `lockout_secs = 60` (and the given
 /// attestation CAs) would give it.
 fn config(attestation_ca: Vec<PathBuf>, tls: Option<(&Path, &Path)>) -> PortalConfig {
-    let (cert, key) = match tls {
-        Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
-        None => ("gw.pem".into(), "gw.key".into()),
-    };
-    PortalConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        rp_id: "portal.example.test".into(),
-        origin: Url::parse(ORIGIN).unwrap(),
-        insecure_http: false,
-        limits: PortalLimits {
-            max_connections: 16_384,
-            max_connections_per_source: 1_024,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            api_rate_per_source: 50,
-        },
-        cert,
-        key,
-        identity: kakehashi_relay::Identity {
-            require_login: true,
-            token_lifetime: Duration::from_secs(10 * 3600),
-            max_failures: 3,
-            failure_window: Duration::from_secs(300),
-            lockout: Duration::from_secs(60),
-            enrollment_code_lifetime: Duration::from_secs(72 * 3600),
-            attestation_ca,
-            utc_offset_secs: 9 * 3600,
-        },
-        shutdown_grace: Duration::from_secs(10),
+    let mut c = PortalConfig::for_tests(ORIGIN);
+    if let Some((cert, key)) = tls {
+        c.cert = cert.to_path_buf();
+        c.key = key.to_path_buf();
     }
+    c.identity.max_failures = 3;
+    c.identity.failure_window = Duration::from_secs(300);
+    c.identity.lockout = Duration::from_secs(60);
+    c.identity.attestation_ca = attestation_ca;
+    c
 }
 
 struct Harness {
