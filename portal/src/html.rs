@@ -87,7 +87,7 @@ pub(crate) fn switch_link(path: &str, query: Option<&str>, lang: Lang) -> String
     }
 }
 
-/// Where [`super::officer::bcp_banner`] puts the BCP banner on every page.
+/// Where [`super::officer::bcp::bcp_banner`] puts the BCP banner on every page.
 pub(crate) const BANNER_SLOT: &str = "<!--kakehashi:banner-->";
 
 /// The page frame around `body`.

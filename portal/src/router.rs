@@ -117,25 +117,35 @@ pub fn router(state: PortalState) -> Router {
         .route("/officer", get(officer::home))
         .route(
             "/officer/rules",
-            get(officer::rules)
-                .post(officer::rules_save)
+            get(officer::rules::rules)
+                .post(officer::rules::rules_save)
                 .layer(DefaultBodyLimit::max(officer::MAX_POLICY_BODY)),
         )
         .route(
             "/officer/rules/preview",
-            post(officer::rules_preview).layer(DefaultBodyLimit::max(officer::MAX_POLICY_BODY)),
+            post(officer::rules::rules_preview)
+                .layer(DefaultBodyLimit::max(officer::MAX_POLICY_BODY)),
         )
         .route(
             "/officer/desks",
-            get(officer::desks).post(officer::desks_set),
+            get(officer::desks::desks).post(officer::desks::desks_set),
         )
-        .route("/officer/devices", get(officer::devices))
-        .route("/officer/devices/block", post(officer::devices_block))
-        .route("/officer/devices/unblock", post(officer::devices_unblock))
-        .route("/officer/users/unlock", post(officer::users_unlock))
-        .route("/officer/bcp", get(officer::bcp))
-        .route("/officer/bcp/declare", post(officer::bcp_declare))
-        .route("/officer/bcp/end", post(officer::bcp_end))
+        .route("/officer/devices", get(officer::devices::devices))
+        .route(
+            "/officer/devices/block",
+            post(officer::devices::devices_block),
+        )
+        .route(
+            "/officer/devices/unblock",
+            post(officer::devices::devices_unblock),
+        )
+        .route(
+            "/officer/users/unlock",
+            post(officer::devices::users_unlock),
+        )
+        .route("/officer/bcp", get(officer::bcp::bcp))
+        .route("/officer/bcp/declare", post(officer::bcp::bcp_declare))
+        .route("/officer/bcp/end", post(officer::bcp::bcp_end))
         .route("/ops", get(dashboard::show))
         .route("/ops/events", get(dashboard::events))
         .route("/ops/sessions/end", post(dashboard::end_session))
@@ -152,7 +162,7 @@ pub fn router(state: PortalState) -> Router {
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            officer::bcp_banner,
+            officer::bcp::bcp_banner,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), api_rate))

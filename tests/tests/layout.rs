@@ -62,14 +62,16 @@ const ACYCLIC_CRATES: &[&str] = &[
 ];
 
 /// Crates whose files stay under [`MAX_NON_TEST_LINES`] lines of non-test
-/// code. The gateway crate joins once issue #17 has split it (today
-/// `gateway/src/server.rs` alone is over 2,000 lines). May be empty.
+/// code. The relay joins once issue #17 has split `relay/src/server.rs`
+/// (over 2,000 lines) into the session lifecycle's phases. May be empty.
 const SHORT_FILE_CRATES: &[&str] = &[
     "proto",
     "pki",
     "policy",
     "transport",
     "store",
+    "portal",
+    "gateway",
     "agent",
     "agent/rdpfilter",
     "client",
