@@ -8,7 +8,8 @@ use kakehashi_proto::Reason;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::server::{LiveSessionPage, LiveSessionView, Relay, Shared};
+use crate::server::Relay;
+use crate::shared::{LiveSessionPage, LiveSessionView, Shared};
 
 /// A cheap, cloneable view of a running relay.
 #[derive(Clone)]

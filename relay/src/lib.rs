@@ -15,12 +15,18 @@
 //! portal, the `/metrics` listener and audit forwarding.
 
 pub mod admission;
+mod agents;
 pub mod config;
+mod crl;
 pub mod handle;
 pub mod login;
 pub mod metrics;
 pub mod server;
+mod sessions;
+pub mod shared;
+mod watch;
 
 pub use config::{Config, Identity};
 pub use handle::RelayHandle;
-pub use server::{BoundAddrs, Relay, Shared};
+pub use server::Relay;
+pub use shared::{BoundAddrs, LiveSessionPage, LiveSessionView, Shared};

@@ -1,0 +1,192 @@
+//! Live re-evaluation: the store's audit feed watched for changes that
+//! affect sessions (policy, devices, desks, plans, BCP), and the sessions the
+//! policy no longer allows ended.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kakehashi_proto::{Reason, Refusal};
+use tracing::{debug, info, warn};
+
+use crate::shared::{LiveSession, Shared};
+
+/// After a crash, sessions recorded as started were never recorded as
+/// ended: close them now, so reports and the dashboard stay true.
+pub(crate) async fn close_orphaned_sessions(store: &kakehashi_store::Store) {
+    let open = match store.open_sessions().await {
+        Ok(v) => v,
+        Err(e) => return warn!(error = %e, "Cannot read open sessions"),
+    };
+    for rec in open {
+        let end = kakehashi_store::SessionEnd {
+            reason: "gateway_restart".into(),
+            bytes_up: 0,
+            bytes_down: 0,
+        };
+        let a = kakehashi_store::Audit::new(kakehashi_store::unix_now(), "gateway", "session.end")
+            .subject(&rec.id)
+            .reason("gateway_restart")
+            .detail(serde_json::json!({ "desk": rec.desk_id, "device": rec.device_id }));
+        if let Err(e) = store.end_session(&rec.id, &end, a).await {
+            warn!(session = %rec.id, error = %e, "Cannot close an orphaned session");
+        }
+    }
+}
+
+/// Audit actions that can change a live session's decision.
+pub(crate) fn affects_sessions(action: &str) -> bool {
+    ["policy.", "device.", "desk.", "plan.", "bcp.", "user."]
+        .iter()
+        .any(|p| action.starts_with(p))
+}
+
+/// Live re-evaluation. The audit log is the change feed: every change to
+/// users, devices, desks, plans, BCP declarations and the policy is written
+/// with its audit record in one transaction, by this gateway, another one
+/// of the cluster or the admin CLI. Every `[policy] watch_ms` the new
+/// records are read; if any can change a decision, every live session is
+/// re-decided, and those no longer allowed end with the reason. Sessions
+/// reaching their end time are re-decided as well (hours, plan window, BCP
+/// end, MFA age, maximum duration).
+pub(crate) async fn watch_changes(s: Arc<Shared>) {
+    let (Some(store), Some(holder)) = (&s.store, &s.policy) else {
+        return;
+    };
+    let mut seen = match store.audit_head().await {
+        Ok((seq, _)) => seq,
+        Err(e) => {
+            warn!(error = %e, "Cannot read the audit log head; live re-evaluation off");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(s.cfg.policy_watch);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A change not yet applied to the live sessions (kept across a failed pass).
+    let mut dirty = false;
+    loop {
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut changed = false;
+        let mut policy_changed = false;
+        loop {
+            let page = match store.audit_page(seen, 1000).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "Cannot read the audit log");
+                    break;
+                }
+            };
+            for r in &page {
+                seen = seen.max(r.seq);
+                if affects_sessions(&r.action) {
+                    changed = true;
+                    policy_changed |= r.action.starts_with("policy.");
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        if policy_changed {
+            match store.current_policy().await {
+                Ok(Some(doc)) => match crate::admission::parse_policy(&doc.text) {
+                    Ok(policy) => {
+                        if holder.replace(crate::admission::Loaded {
+                            policy,
+                            version: doc.version,
+                        }) {
+                            info!(version = doc.version, author = %doc.author, "New access policy in force");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(version = doc.version, error = %format!("{e:#}"), "Stored policy does not parse; keeping the one in force")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "Cannot read the policy"),
+            }
+        }
+        dirty |= changed;
+        let changed = dirty;
+        let now = kakehashi_store::unix_now();
+        let live: Vec<(String, Arc<LiveSession>)> = {
+            let live = s.live.lock().expect("live lock");
+            live.iter()
+                .filter(|(_, l)| l.asker.is_some())
+                .filter(|(_, l)| {
+                    let end = l.end_at.load(Ordering::Relaxed);
+                    changed || (end != 0 && end <= now)
+                })
+                .map(|(id, l)| (id.clone(), l.clone()))
+                .collect()
+        };
+        if live.is_empty() {
+            dirty = false;
+            continue;
+        }
+        let loaded = holder.get();
+        let started = Instant::now();
+        let at = time::OffsetDateTime::now_utc();
+        // One bulk read, then a pure decision per session.
+        let snapshot = match crate::admission::Snapshot::load(store, &loaded.policy, at).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "Cannot read the store to re-decide live sessions; retrying");
+                continue;
+            }
+        };
+        dirty = false;
+        let mut ended = 0usize;
+        for (id, l) in &live {
+            let Some(asker) = &l.asker else { continue };
+            let outcome = snapshot.decide(asker, &loaded.policy, at);
+            let refusal = match outcome {
+                crate::admission::Outcome::Deny { refusal, .. } => Some(refusal),
+                // Registered as an RDP desk since, with controls its agent does not enforce.
+                crate::admission::Outcome::Allow { controls, desk, .. }
+                    if controls.is_restrictive()
+                        && desk.service != kakehashi_store::DeskService::Other
+                        && !l.agent_enforces =>
+                {
+                    Some(Refusal::new(Reason::DeskNotEnforcing))
+                }
+                crate::admission::Outcome::Allow { limits, .. } => {
+                    let by_duration = l.max_duration.map(|d| {
+                        l.started
+                            .saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
+                    });
+                    let end = [
+                        limits.end_at.map(|e| i64::try_from(e).unwrap_or(i64::MAX)),
+                        by_duration,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                    match end {
+                        Some(e) if e <= kakehashi_store::unix_now() => {
+                            Some(Refusal::new(Reason::SessionTimeLimit))
+                        }
+                        e => {
+                            l.end_at.store(e.unwrap_or(0), Ordering::Relaxed);
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(r) = refusal {
+                info!(session = %id, desk = %l.desk, device = %l.device, reason = %r.code, "Ending a session the policy no longer allows");
+                l.end_with(r);
+                ended += 1;
+            }
+        }
+        debug!(
+            checked = live.len(),
+            ended,
+            ms = started.elapsed().as_millis() as u64,
+            "Live sessions re-decided"
+        );
+    }
+}
