@@ -65,6 +65,8 @@
 //! assertions against `user:ID` and `source:IP`, with the `[identity]`
 //! rule; the counters are in the store, so they survive a restart.
 
+#![warn(missing_docs, unreachable_pub, clippy::cast_possible_truncation)]
+
 mod access;
 mod api;
 mod codes;

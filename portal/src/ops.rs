@@ -66,6 +66,8 @@ impl Counts {
         }
         for fam in m.sessions_active.collect() {
             for s in fam.get_metric() {
+                // Gauges of counts: whole numbers far inside i64.
+                #[allow(clippy::cast_possible_truncation)]
                 let v = s.get_gauge().get_value() as i64;
                 let label = |name: &str| {
                     s.get_label()
@@ -86,7 +88,10 @@ impl Counts {
         c.by_transport.retain(|_, v| *v != 0);
         for fam in m.agents_online.collect() {
             for s in fam.get_metric() {
-                c.agents += s.get_gauge().get_value() as i64;
+                #[allow(clippy::cast_possible_truncation)] // a count of agents
+                {
+                    c.agents += s.get_gauge().get_value() as i64;
+                }
             }
         }
         for fam in m.denials.collect() {
@@ -97,7 +102,10 @@ impl Counts {
                     .find(|l| l.name() == "reason")
                     .map(|l| l.value().to_owned())
                     .unwrap_or_default();
-                *c.denials.entry(reason).or_default() += s.get_counter().get_value() as u64;
+                // A counter of refusals: a whole number far inside u64.
+                #[allow(clippy::cast_possible_truncation)]
+                let n = s.get_counter().get_value() as u64;
+                *c.denials.entry(reason).or_default() += n;
             }
         }
         c.max = m.sessions_max.get();

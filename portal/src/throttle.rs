@@ -64,7 +64,10 @@ impl RateLimiter {
         } else {
             let wait = ((1.0 - b.tokens) / self.rate).ceil();
             // Whole seconds, at least one: `Retry-After` takes integers.
-            Err((wait as u64).max(1))
+            // Seconds until a token is back: small and positive, rounded down.
+            #[allow(clippy::cast_possible_truncation)]
+            let secs = wait as u64;
+            Err(secs.max(1))
         }
     }
 }

@@ -578,7 +578,7 @@ mod tests {
                     &Desk {
                         id: format!("DESK-{i}"),
                         department: format!("d{}", i % 2),
-                        level: (i % 3 + 1) as u8,
+                        level: u8::try_from(i % 3 + 1).expect("1 to 3"),
                         segment: if i == 5 {
                             kakehashi_store::Segment::Mynumber
                         } else {

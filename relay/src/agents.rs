@@ -81,7 +81,7 @@ pub(crate) async fn handle_agent_quic(
         let h = AgentHello::from_frame(&f)?;
         let welcome = AgentWelcome {
             gateway: s.cfg.name.clone(),
-            ping_interval_secs: s.cfg.keepalive.as_secs() as u32,
+            ping_interval_secs: u32::try_from(s.cfg.keepalive.as_secs()).unwrap_or(u32::MAX),
             filter_reports: true,
         };
         write_message(&mut ctl, &welcome).await?;
@@ -173,7 +173,7 @@ pub(crate) async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String
             debug!(desk, software = %hello.software, enforces = hello.enforces, "Agent hello");
             let welcome = AgentWelcome {
                 gateway: s.cfg.name.clone(),
-                ping_interval_secs: s.cfg.keepalive.as_secs() as u32,
+                ping_interval_secs: u32::try_from(s.cfg.keepalive.as_secs()).unwrap_or(u32::MAX),
                 filter_reports: true,
             };
             if write_message(&mut io, &welcome).await.is_err() {

@@ -14,6 +14,8 @@
 //! store and runs the relay ([`Relay::bind`] → [`Relay::serve`]) beside the
 //! portal, the `/metrics` listener and audit forwarding.
 
+#![warn(missing_docs, unreachable_pub, clippy::cast_possible_truncation)]
+
 pub mod admission;
 mod agents;
 pub mod config;

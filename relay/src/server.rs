@@ -573,7 +573,8 @@ pub(crate) fn quic_handshake_failure(e: &quinn::ConnectionError) -> &'static str
         quinn::ConnectionError::TransportError(t) => {
             let code = u64::from(t.code);
             if (0x100..0x200).contains(&code) {
-                kakehashi_transport::explain::alert_reason((code - 0x100) as u8).code()
+                kakehashi_transport::explain::alert_reason(u8::try_from(code - 0x100).unwrap_or(0))
+                    .code()
             } else {
                 "quic_error"
             }

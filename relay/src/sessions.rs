@@ -323,7 +323,7 @@ pub(crate) async fn handle_terminal_stream(
         } else if write_message(&mut io, &accepted).await.is_err() {
             Some(Err(std::io::Error::other("the laptop left before the session opened")))
         } else {
-            info!(setup_ms = started.elapsed().as_millis() as u64, rule = ?admitted.rule, end_at = ?admitted.limits.end_at, "Session started");
+            info!(setup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), rule = ?admitted.rule, end_at = ?admitted.limits.end_at, "Session started");
             m.session_setup.observe(started.elapsed().as_secs_f64());
             m.sessions_started.with_label_values(&[class_label.as_str(), transport.as_str()]).inc();
             let idle = admitted
@@ -389,7 +389,7 @@ pub(crate) async fn handle_terminal_stream(
 }
 
 /// The audit log's words for a session to a desk registered as non-RDP.
-pub const NOT_ENFORCED_NON_RDP: &str = "controls not enforced: non-RDP desk";
+pub(crate) const NOT_ENFORCED_NON_RDP: &str = "controls not enforced: non-RDP desk";
 
 /// Open a stream to the desk's agent, hand it the signed ticket and wait for
 /// its answer. On success the stream is ready to splice, with whether the

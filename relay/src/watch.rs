@@ -185,7 +185,7 @@ pub(crate) async fn watch_changes(s: Arc<Shared>) {
         debug!(
             checked = live.len(),
             ended,
-            ms = started.elapsed().as_millis() as u64,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "Live sessions re-decided"
         );
     }

@@ -124,13 +124,13 @@ impl AuditRecord {
         let mut e = Vec::with_capacity(
             4 + TAG.len() + 16 + 32 + texts.iter().map(|t| 4 + t.len()).sum::<usize>(),
         );
-        e.extend_from_slice(&(TAG.len() as u32).to_be_bytes());
+        e.extend_from_slice(&len_u32(TAG.len()).to_be_bytes());
         e.extend_from_slice(TAG);
         e.extend_from_slice(&seq.to_be_bytes());
         e.extend_from_slice(&self.at.to_be_bytes());
         for t in texts {
             // Fields are bounded far below 4 GiB by Audit::validate.
-            e.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            e.extend_from_slice(&len_u32(t.len()).to_be_bytes());
             e.extend_from_slice(t.as_bytes());
         }
         e.extend_from_slice(&self.prev_hash.0);
@@ -387,6 +387,13 @@ impl Store {
             .filter(|&c| c != r.seq)
             .any(|c| Hash256::digest(r.encoding_at(c)) == r.hash))
     }
+}
+
+/// A length in the hashed encoding (4 bytes, big-endian). Every field is
+/// bounded far below 4 GiB (`Audit::validate`); a longer one would be a bug,
+/// and saturating keeps the encoding unambiguous rather than wrapping.
+pub(crate) fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -92,13 +92,13 @@ impl Checkpoint {
     /// The bytes the signature covers.
     pub fn signed_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(4 + TAG.len() + 8 + 32 + 8 + 4 + self.gateway.len());
-        b.extend_from_slice(&(TAG.len() as u32).to_be_bytes());
+        b.extend_from_slice(&crate::audit::len_u32(TAG.len()).to_be_bytes());
         b.extend_from_slice(TAG);
         b.extend_from_slice(&self.seq.to_be_bytes());
         b.extend_from_slice(&self.hash.0);
         b.extend_from_slice(&self.at.to_be_bytes());
         // Gateway names are short configuration strings.
-        b.extend_from_slice(&(self.gateway.len() as u32).to_be_bytes());
+        b.extend_from_slice(&crate::audit::len_u32(self.gateway.len()).to_be_bytes());
         b.extend_from_slice(self.gateway.as_bytes());
         b
     }

@@ -326,7 +326,7 @@ fn next_counter(old: Option<Counter>, rule: &LockoutRule, now: i64) -> (Counter,
         (
             (failures, window_start, None),
             LockState::Open {
-                failures: failures as u32,
+                failures: u32::try_from(failures).unwrap_or(u32::MAX),
             },
         )
     }

@@ -89,6 +89,8 @@
 //! database, and [`Store::verify_audit_anchored`] checks the chain against
 //! them (see [`Checkpoint`]).
 
+#![warn(missing_docs, unreachable_pub, clippy::cast_possible_truncation)]
+
 mod error;
 mod types;
 

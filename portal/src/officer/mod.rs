@@ -319,7 +319,12 @@ fn local_instant(date: &str, time: &str, offset: UtcOffset) -> Option<OffsetDate
     if min >= 1440 {
         return None;
     }
-    let t = time::Time::from_hms((min / 60) as u8, (min % 60) as u8, 0).ok()?;
+    let t = time::Time::from_hms(
+        u8::try_from(min / 60).ok()?,
+        u8::try_from(min % 60).ok()?,
+        0,
+    )
+    .ok()?;
     Some(d.with_time(t).assume_offset(offset))
 }
 
