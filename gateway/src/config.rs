@@ -364,7 +364,7 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Store URL (it may hold a password: never print it, see
     /// [`kakehashi_store::redact_url`]).
-    pub store_url: Option<String>,
+    pub store_url: Option<kakehashi_store::StoreUrl>,
     /// Portal settings.
     pub portal: Option<kakehashi_portal::PortalConfig>,
     /// `[audit] syslog`: forward audit records to a syslog server.
@@ -600,7 +600,7 @@ impl Config {
         Ok(Self {
             relay,
             admin: f.admin.map(|a| a.listen),
-            store_url: f.store.map(|s| s.url),
+            store_url: f.store.map(|s| kakehashi_store::StoreUrl::new(s.url)),
             portal,
             syslog,
             checkpoints,
@@ -628,6 +628,25 @@ mod tests {
         assert_eq!(
             c.relay.policy_file.as_deref(),
             Some(Path::new("/etc/kakehashi/policy.toml"))
+        );
+    }
+
+    #[test]
+    fn the_configuration_never_prints_the_store_password() {
+        let base = include_str!("../../deploy/gateway.example.toml");
+        let at = base.find("[store]").expect("a [store] section");
+        let end = base[at..].find("\n[").map_or(base.len(), |e| at + e + 1);
+        let text = format!(
+            "{}[store]\nurl = \"postgres://kakehashi:s3cret@db.example/kh\"\n{}",
+            &base[..at],
+            &base[end..]
+        );
+        let f: ConfigFile = toml::from_str(&text).unwrap();
+        let c = Config::from_file(f, Path::new("/etc/kakehashi")).unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("db.example") && !shown.contains("s3cret"),
+            "{shown}"
         );
     }
 

@@ -45,9 +45,11 @@ impl Gateway {
     /// that cannot be opened) happen before anything serves.
     pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
         let store = match &cfg.store_url {
-            Some(url) => Some(kakehashi_store::Store::open(url).await.with_context(|| {
-                format!("cannot open the store {}", kakehashi_store::redact_url(url))
-            })?),
+            Some(url) => Some(
+                kakehashi_store::Store::open(url.expose())
+                    .await
+                    .with_context(|| format!("cannot open the store {url}"))?,
+            ),
             None => None,
         };
         // The audit checkpoint key is loaded (or created) before anything serves.

@@ -67,6 +67,36 @@ fn parse_url(url: &str) -> Result<Target<'_>> {
     Ok(Target::Sqlite(PathBuf::from(path)))
 }
 
+/// A store URL from the configuration. It may hold a PostgreSQL password,
+/// so it prints (`Debug` and `Display`) only as [`redact_url`] shows it;
+/// [`StoreUrl::expose`] gives the whole URL to [`Store::open`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// Wrap a URL (`sqlite://…`, a plain path, or `postgres://…`).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The whole URL, password included: for opening the store only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({:?})", redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
 /// The store URL as it may be shown: a PostgreSQL password (in the user
 /// info or a `password=` parameter) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
@@ -183,6 +213,13 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_url_never_prints_its_password() {
+        let u = StoreUrl::new("postgres://kakehashi:s3cret@db.example:5432/kh");
+        assert!(!format!("{u} {u:?}").contains("s3cret"), "{u:?}");
+        assert_eq!(u.expose(), "postgres://kakehashi:s3cret@db.example:5432/kh");
+    }
 
     #[test]
     fn store_urls_are_shown_without_passwords() {

@@ -172,7 +172,7 @@ pub use audit::{Audit, AuditRecord, BreakKind, BrokenLink, VerifyReport};
 pub use checkpoint::{
     key_id, AnchorProblem, AnchorReport, Checkpoint, CheckpointSource, CHECKPOINT_ACTION,
 };
-pub use db::{redact_url, unix_now, Backend, Store};
+pub use db::{redact_url, unix_now, Backend, Store, StoreUrl};
 pub use identity::{
     Credential, LockState, LockoutRule, LoginCode, LoginToken, NewCredential, NewLoginCode,
     NewLoginToken, NewUser, User,

@@ -27,11 +27,11 @@ use crate::config::Config;
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     let url = cfg
         .store_url
-        .as_deref()
+        .as_ref()
         .context("the configuration has no [store]")?;
-    Store::open(url)
+    Store::open(url.expose())
         .await
-        .with_context(|| format!("cannot open the store {}", kakehashi_store::redact_url(url)))
+        .with_context(|| format!("cannot open the store {url}"))
 }
 
 /// A buffered writer on `path`, or on standard output.
