@@ -7,7 +7,9 @@
 //! re-evaluation cannot drift apart.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use anyhow::Context as _;
 use kakehashi_policy::{self as pol, Decision, Policy};
@@ -32,31 +34,34 @@ pub struct Loaded {
 /// The live policy, swapped as a whole when an officer saves a new version.
 #[derive(Debug)]
 pub struct PolicyHolder {
-    current: RwLock<Arc<Loaded>>,
+    current: ArcSwap<Loaded>,
 }
 
 impl PolicyHolder {
     /// Hold `loaded`.
     pub fn new(loaded: Loaded) -> Self {
         Self {
-            current: RwLock::new(Arc::new(loaded)),
+            current: ArcSwap::from_pointee(loaded),
         }
     }
 
-    /// The policy in force now.
+    /// The policy in force now (no lock: every session request reads it).
     pub fn get(&self) -> Arc<Loaded> {
-        self.current.read().expect("policy lock").clone()
+        self.current.load_full()
     }
 
     /// Put a newer version in force. Returns false (and keeps the current
     /// one) when `loaded` is not newer.
     pub fn replace(&self, loaded: Loaded) -> bool {
-        let mut cur = self.current.write().expect("policy lock");
-        if loaded.version <= cur.version {
-            return false;
-        }
-        *cur = Arc::new(loaded);
-        true
+        let new = Arc::new(loaded);
+        let before = self.current.rcu(|cur| {
+            if new.version > cur.version {
+                new.clone()
+            } else {
+                cur.clone()
+            }
+        });
+        before.version < new.version
     }
 }
 
