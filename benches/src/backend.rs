@@ -29,7 +29,7 @@ pub fn server_config(
     let roots = tls::roots(&m.ca)?;
     let mut vb = WebPkiClientVerifier::builder_with_provider(roots, tls::provider());
     if let Some(crl) = crl {
-        vb = vb.with_crls(tls::load_crls(crl)?);
+        vb = vb.with_crls(kakehashi_transport::crl::CrlFile::read(crl)?.ders);
     }
     let verifier = vb.build().context("client verifier")?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(tls::provider())

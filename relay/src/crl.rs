@@ -37,7 +37,7 @@ pub(crate) fn crl_freshness(s: &Shared, warned: &mut u8) {
         .crl_age
         .set(now.saturating_sub(d.this_update).max(0));
     let level = match d.next_update {
-        Some(_) if s.verifier.crl_fresh(unix_now()).is_err() => 2,
+        Some(_) if d.is_stale(now, s.cfg.crl_grace) => 2,
         Some(next) if now > next => 1,
         _ => 0,
     };

@@ -11,8 +11,9 @@
 //! and its alert warn days before.
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
@@ -109,6 +110,57 @@ impl CrlFile {
             },
         })
     }
+}
+
+/// A CRL file that may be replaced while a peer runs: the path, and the
+/// modification time of the copy in force. The gateway's certificate
+/// verifier and the agent's client configuration both reload through it.
+#[derive(Debug)]
+pub struct CrlSource {
+    path: PathBuf,
+    in_force: Mutex<Option<SystemTime>>,
+}
+
+impl CrlSource {
+    /// Read the file now: at start it must be readable.
+    pub fn open(path: PathBuf) -> anyhow::Result<(Self, CrlFile)> {
+        let mtime = mtime(&path);
+        let file = CrlFile::read(&path)?;
+        let src = Self {
+            path,
+            in_force: Mutex::new(mtime),
+        };
+        Ok((src, file))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the file changed since the copy in force: read it and `build`
+    /// what goes in force from it. The new copy counts as in force only when
+    /// both succeed, so a half-written or rejected file is tried again at the
+    /// next call while the previous CRL stays. `None`: unchanged.
+    pub fn reload_with<T>(
+        &self,
+        build: impl FnOnce(CrlFile) -> anyhow::Result<T>,
+    ) -> Option<anyhow::Result<T>> {
+        let now = mtime(&self.path);
+        let mut in_force = self.in_force.lock().unwrap_or_else(|e| e.into_inner());
+        if now == *in_force {
+            return None;
+        }
+        let built = CrlFile::read(&self.path).and_then(build);
+        if built.is_ok() {
+            *in_force = now;
+        }
+        Some(built)
+    }
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 #[cfg(test)]

@@ -3,19 +3,19 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-use crate::crl::{self, CrlDates, CrlFile};
+use crate::crl::{self, CrlDates, CrlFile, CrlSource};
 
 /// The one crypto provider: ring, with TLS13_AES_128_GCM_SHA256 first.
 ///
@@ -70,14 +70,6 @@ pub fn check_key_pair(
         .keys_match()
         .context("the key is not the certificate's")?;
     Ok(())
-}
-
-/// Read every CRL in a PEM file.
-pub fn load_crls(path: &Path) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
-    CertificateRevocationListDer::pem_file_iter(path)
-        .with_context(|| format!("cannot read CRL file {}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("invalid CRL in {}", path.display()))
 }
 
 /// A root store holding only our CA certificate(s).
@@ -141,11 +133,10 @@ fn build_client_verifier(
 #[derive(Debug)]
 pub struct ReloadingClientVerifier {
     roots: Arc<RootCertStore>,
-    crl: Option<PathBuf>,
+    crl: Option<CrlSource>,
     grace: Duration,
     hints: Vec<DistinguishedName>,
     inner: RwLock<Arc<dyn ClientCertVerifier>>,
-    loaded_mtime: RwLock<Option<SystemTime>>,
     /// Serials in the current CRL, for [`ReloadingClientVerifier::check_peer`].
     revoked: RwLock<HashSet<Vec<u8>>>,
     /// The current CRL's dates, for the staleness check and the metrics.
@@ -212,8 +203,7 @@ impl ReloadingClientVerifier {
         grace: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         let roots = roots(ca)?;
-        let mtime = crl.as_deref().and_then(mtime);
-        let file = crl.as_deref().map(CrlFile::read).transpose()?;
+        let (crl, file) = crl.map(CrlSource::open).transpose()?.unzip();
         let inner = build_client_verifier(&roots, file.as_ref())?;
         let hints = inner.root_hint_subjects().to_vec();
         let (revoked, dates) = match file {
@@ -226,7 +216,6 @@ impl ReloadingClientVerifier {
             grace,
             hints,
             inner: RwLock::new(inner),
-            loaded_mtime: RwLock::new(mtime),
             revoked: RwLock::new(revoked),
             dates: RwLock::new(dates),
         }))
@@ -241,9 +230,11 @@ impl ReloadingClientVerifier {
     /// error naming the file.
     pub fn crl_fresh(&self, now: u64) -> Result<(), crl::CrlStale> {
         match (self.crl_dates(), &self.crl) {
-            (Some(d), Some(path)) => {
-                d.check(path, i64::try_from(now).unwrap_or(i64::MAX), self.grace)
-            }
+            (Some(d), Some(src)) => d.check(
+                src.path(),
+                i64::try_from(now).unwrap_or(i64::MAX),
+                self.grace,
+            ),
             _ => Ok(()),
         }
     }
@@ -279,25 +270,20 @@ impl ReloadingClientVerifier {
     /// Reload the CRL if its file changed. Returns `Ok(true)` after a reload.
     /// A CRL that fails to load leaves the previous one in force.
     pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
-        let Some(path) = &self.crl else {
+        let Some(src) = &self.crl else {
             return Ok(false);
         };
-        let now = mtime(path);
-        if now == *self.loaded_mtime.read().unwrap_or_else(|e| e.into_inner()) {
-            return Ok(false);
-        }
-        let file = CrlFile::read(path)?;
-        let v = build_client_verifier(&self.roots, Some(&file))?;
+        let reloaded =
+            src.reload_with(|file| Ok((build_client_verifier(&self.roots, Some(&file))?, file)));
+        let (v, file) = match reloaded {
+            None => return Ok(false),
+            Some(r) => r?,
+        };
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = v;
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = file.revoked;
         *self.dates.write().unwrap_or_else(|e| e.into_inner()) = Some(file.dates);
-        *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = now;
         Ok(true)
     }
-}
-
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 impl ClientCertVerifier for ReloadingClientVerifier {
@@ -439,7 +425,7 @@ fn client_config_with(
 #[derive(Debug)]
 pub struct ClientTls {
     material: TlsMaterial,
-    crl: Option<PathBuf>,
+    crl: Option<CrlSource>,
     alpn: Vec<u8>,
     grace: Duration,
     state: RwLock<ClientTlsState>,
@@ -447,7 +433,6 @@ pub struct ClientTls {
 
 #[derive(Debug)]
 struct ClientTlsState {
-    mtime: Option<SystemTime>,
     dates: Option<CrlDates>,
     config: Arc<rustls::ClientConfig>,
 }
@@ -462,11 +447,10 @@ impl ClientTls {
         alpn: &[u8],
         grace: Duration,
     ) -> anyhow::Result<Self> {
-        let file = crl.as_deref().map(CrlFile::read).transpose()?;
+        let (crl, file) = crl.map(CrlSource::open).transpose()?.unzip();
         let config = Arc::new(client_config_with(&material, file.as_ref(), alpn)?);
         Ok(Self {
             state: RwLock::new(ClientTlsState {
-                mtime: crl.as_deref().and_then(mtime),
                 dates: file.map(|f| f.dates),
                 config,
             }),
@@ -481,30 +465,29 @@ impl ClientTls {
     /// its file changed; a file that fails to load leaves the previous CRL
     /// in force (the error is logged).
     pub fn config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        if let Some(path) = &self.crl {
-            let now = mtime(path);
-            let changed = now != self.state.read().unwrap_or_else(|e| e.into_inner()).mtime;
-            if changed {
-                match CrlFile::read(path).and_then(|f| {
-                    Ok((client_config_with(&self.material, Some(&f), &self.alpn)?, f))
-                }) {
-                    Ok((config, f)) => {
-                        tracing::info!(crl = %path.display(), "CRL reloaded");
-                        *self.state.write().unwrap_or_else(|e| e.into_inner()) = ClientTlsState {
-                            mtime: now,
-                            dates: Some(f.dates),
-                            config: Arc::new(config),
-                        };
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "CRL reload failed; keeping the previous CRL");
-                    }
-                }
+        let reloaded = self.crl.as_ref().and_then(|src| {
+            src.reload_with(|f| {
+                let config = client_config_with(&self.material, Some(&f), &self.alpn)?;
+                Ok((config, f.dates))
+            })
+        });
+        match reloaded {
+            None => {}
+            Some(Ok((config, dates))) => {
+                let path = self.crl.as_ref().map(|s| s.path().display().to_string());
+                tracing::info!(crl = %path.unwrap_or_default(), "CRL reloaded");
+                *self.state.write().unwrap_or_else(|e| e.into_inner()) = ClientTlsState {
+                    dates: Some(dates),
+                    config: Arc::new(config),
+                };
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "CRL reload failed; keeping the previous CRL");
             }
         }
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-        if let (Some(d), Some(path)) = (st.dates, &self.crl) {
-            d.check(path, unix_secs(), self.grace)?;
+        if let (Some(d), Some(src)) = (st.dates, &self.crl) {
+            d.check(src.path(), unix_secs(), self.grace)?;
         }
         Ok(st.config.clone())
     }

@@ -11,10 +11,8 @@ use kakehashi_store::attendance::BOM;
 use kakehashi_store::export::{export, verify_files, ExportFormat, ExportSummary};
 use kakehashi_store::localtime::parse_instant;
 use kakehashi_store::Hash256;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
-use super::{open_store, output};
+use super::{local, open_store, output};
 use crate::config::Config;
 
 /// Export formats.
@@ -158,13 +156,6 @@ pub fn verify_files_cmd(files: &[PathBuf], last_hash: Option<&str>) -> anyhow::R
     Ok(true)
 }
 
-fn utc_time(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| d.format(&Rfc3339).ok())
-        .unwrap_or_else(|| t.to_string())
-}
-
 /// The trusted checkpoint public keys: the files given, else the gateway's
 /// own key file (or its `.pub` beside it); with a note when there is none.
 fn checkpoint_keys(cfg: &Config, key_files: &[PathBuf]) -> anyhow::Result<Vec<[u8; 32]>> {
@@ -231,7 +222,7 @@ pub async fn verify_store_cmd(
                 checkpoint,
             } => println!(
                 "監査ログが書き換えられています / AUDIT LOG REWRITTEN: the chain at seq {seq} does not match the checkpoint signed at {} by {}; records {since}–{seq} were changed and re-chained",
-                utc_time(checkpoint.at),
+                local(checkpoint.at),
                 checkpoint.gateway
             ),
             AnchorProblem::Missing { seq, head_seq } => println!(
@@ -260,7 +251,7 @@ pub async fn verify_store_cmd(
             println!(
                 "anchored up to {} by the checkpoint signed at {} by {} ({} checkpoint(s) checked)",
                 c.seq,
-                utc_time(c.at),
+                local(c.at),
                 c.gateway,
                 r.checked
             );
