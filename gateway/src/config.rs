@@ -492,7 +492,6 @@ impl Config {
                     cert: rel(f.tls.cert.clone()),
                     key: rel(f.tls.key.clone()),
                     identity: identity.clone(),
-                    shutdown_grace: Duration::from_secs(l.shutdown_grace_secs),
                     limits: kakehashi_portal::PortalLimits {
                         max_connections: p.max_connections,
                         max_connections_per_source: p

@@ -120,10 +120,11 @@ impl Gateway {
     /// is signed, and syslog forwarding gets it out before the process ends.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let s = self.relay.shared();
-        let stopping = s.shutdown_token();
-        let mut tasks = tokio::task::JoinSet::new();
+        // One shutdown for every task: the relay drains it when `shutdown`
+        // comes, and whatever runs on it stops in the same order.
+        let sd = s.shutdown();
         if let Some(cp) = &self.checkpointer {
-            tasks.spawn(cp.clone().run(stopping.clone()));
+            sd.spawn(cp.clone().run(sd.drain_token()));
         }
         // Syslog forwarding outlives the other tasks: it stops after the
         // final audit checkpoint, so the log server gets that one too.
@@ -150,17 +151,12 @@ impl Gateway {
                 let s = s.clone();
                 move || s.metrics.render()
             };
-            tasks.spawn(crate::metrics_listener::serve(metrics, stopping.clone(), l));
+            sd.spawn(crate::metrics_listener::serve(metrics, sd.clone(), l));
         }
         if let Some((l, state, tls)) = self.portal {
-            tasks.spawn(kakehashi_portal::serve(state, l, tls, stopping.clone()));
+            sd.spawn(kakehashi_portal::serve(state, l, tls, sd.clone()));
         }
         let result = self.relay.serve(shutdown).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        tasks.abort_all();
         if let Some(cp) = &self.checkpointer {
             if let Err(e) = cp.checkpoint("shutdown").await {
                 warn!(error = %format!("{e:#}"), "Cannot sign the audit checkpoint on shutdown");

@@ -4,12 +4,12 @@
 
 use axum::routing::get;
 use axum::Router;
+use kakehashi_transport::Shutdown;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Serve `render()` at `/metrics` until `stop`.
-pub async fn serve<F>(render: F, stop: CancellationToken, l: TcpListener)
+pub async fn serve<F>(render: F, stop: Shutdown, l: TcpListener)
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
 {
@@ -28,7 +28,7 @@ where
         )
         .route("/healthz", get(|| async { "ok\n" }));
     if let Err(e) = axum::serve(l, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .with_graceful_shutdown(async move { stop.draining().await })
         .await
     {
         warn!(error = %e, "Admin listener failed");

@@ -25,8 +25,6 @@ pub struct PortalConfig {
     pub key: PathBuf,
     /// Logins, lockouts, attestation and the local UTC offset.
     pub identity: kakehashi_relay::Identity,
-    /// How long open connections may finish after shutdown begins.
-    pub shutdown_grace: Duration,
 }
 
 /// The portal's defences against an anonymous flood before login.
@@ -74,7 +72,6 @@ impl PortalConfig {
                 attestation_ca: Vec::new(),
                 utc_offset_secs: 9 * 3600,
             },
-            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

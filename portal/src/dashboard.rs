@@ -78,7 +78,7 @@ impl PortalState {
 /// Samples the relay's counters for the dashboard's history until the
 /// relay shuts down.
 pub(super) async fn sampler(s: PortalState, g: RelayHandle) {
-    let stop = g.shutdown_token();
+    let stop = g.shutdown().drain_token();
     let mut tick = tokio::time::interval(SAMPLE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -350,7 +350,7 @@ pub(crate) async fn events(
     let mut tick = tokio::time::interval(PUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let st = Feed {
-        stop: g.shutdown_token(),
+        stop: g.shutdown().drain_token(),
         s,
         g,
         headers,

@@ -7,13 +7,15 @@
 //! runs under a time-out; hyper then serves the connection with a
 //! header-read time-out (a client that sends half a request and stops is
 //! closed) and the connection is closed after a time with nothing sent
-//! either way. On shutdown every connection is asked to finish its request
-//! and close; after the gateway's shutdown grace the rest are cut.
+//! either way. The accept loop is the one every listener uses
+//! ([`kakehashi_transport::serve`]). On shutdown every connection is asked
+//! to finish its request and close; after the gateway's shutdown grace the
+//! rest are cut.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,10 +23,10 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use kakehashi_transport::limit::SourceLimits;
+use kakehashi_transport::serve::{Caps, Refused, Service};
+use kakehashi_transport::{BoxIo, Shutdown};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
@@ -36,18 +38,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest buffered request head.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Serves the portal on `listener` until `stop`: HTTPS with `tls`, or plain
-/// HTTP when `tls` is `None` (`insecure_http`, loopback only). After `stop`,
-/// open connections get the gateway's shutdown grace period.
+/// Serves the portal on `listener` until `shutdown` drains: HTTPS with
+/// `tls`, or plain HTTP when `tls` is `None` (`insecure_http`, loopback
+/// only). Open connections are the shutdown's work: they get its grace
+/// period to finish their requests.
 pub async fn serve(
     state: PortalState,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    stop: CancellationToken,
+    shutdown: Shutdown,
 ) {
     // The dashboard's history and BCP banner are sampled while the portal serves.
     if let Some(relay) = state.inner.ops.gateway.clone() {
-        tokio::spawn(crate::dashboard::sampler(state.clone(), relay));
+        shutdown.spawn(crate::dashboard::sampler(state.clone(), relay));
     }
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -57,7 +60,6 @@ pub async fn serve(
         }
     };
     let limits = state.inner.limits;
-    let grace = state.inner.grace;
     info!(
         addr = %local,
         tls = tls.is_some(),
@@ -65,69 +67,77 @@ pub async fn serve(
         max_per_source = limits.max_connections_per_source,
         "Portal listening"
     );
-    let caps = SourceLimits::new(limits.max_connections, limits.max_connections_per_source);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let app = router(state.clone());
-    let tracker = TaskTracker::new();
-    tracker.spawn(maintenance(state.clone(), stop.clone()));
-    let mut refused_logged = Instant::now() - Duration::from_secs(60);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
+    let caps = Caps {
+        connections: SourceLimits::new(limits.max_connections, limits.max_connections_per_source),
+        handshakes: None,
+    };
+    shutdown.spawn(maintenance(state.clone(), shutdown.clone()));
+    let service = Arc::new(Portal {
+        app: router(state.clone()),
+        acceptor: tls.map(tokio_rustls::TlsAcceptor::from),
+        limits,
+        shutdown: shutdown.clone(),
+        refused_logged: Mutex::new(None),
+    });
+    kakehashi_transport::serve::serve(listener, caps, HANDSHAKE_TIMEOUT, service, shutdown).await;
+    info!("Portal stopped accepting");
+}
+
+/// The portal as a service of the one accept loop.
+struct Portal {
+    app: Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    limits: crate::config::PortalLimits,
+    shutdown: Shutdown,
+    /// When a refusal was last logged.
+    refused_logged: Mutex<Option<Instant>>,
+}
+
+impl Service for Portal {
+    type Conn = TcpStream;
+    type Ready = BoxIo;
+
+    fn span(&self, _: SocketAddr) -> tracing::Span {
+        tracing::Span::current()
+    }
+
+    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<BoxIo> {
+        let _ = tcp.set_nodelay(true);
+        match &self.acceptor {
+            None => Some(Box::new(tcp)),
+            Some(acceptor) => match acceptor.accept(tcp).await {
+                Ok(s) => Some(Box::new(s)),
                 Err(e) => {
-                    // Out of descriptors and the like: back off, do not spin.
-                    warn!(error = %e, "Portal accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    debug!(%peer, error = %e, "Portal TLS handshake failed");
+                    None
                 }
             },
-        };
-        let slot = match caps.try_acquire(peer.ip()) {
-            Ok(s) => s,
-            Err(over) => {
-                // One line a minute at most: the flood itself must not fill the log.
-                if refused_logged.elapsed() >= Duration::from_secs(60) {
-                    refused_logged = Instant::now();
-                    warn!(source = %peer.ip(), cap = over.as_str(), open = caps.open(), "Portal connection refused: cap reached");
-                }
-                drop(tcp);
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let acceptor = acceptor.clone();
-        let stop = stop.clone();
-        tracker.spawn(async move {
-            let _slot = slot;
-            match acceptor {
-                None => connection(tcp, peer, app, limits, stop).await,
-                Some(acceptor) => {
-                    let tls = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => r,
-                    };
-                    match tls {
-                        Ok(Ok(s)) => connection(s, peer, app, limits, stop).await,
-                        Ok(Err(e)) => debug!(%peer, error = %e, "Portal TLS handshake failed"),
-                        Err(_) => debug!(%peer, "Portal TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+        }
     }
-    tracker.close();
-    info!(connections = tracker.len(), grace = ?grace, "Portal draining");
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        info!(
-            connections = tracker.len(),
-            "Portal connections cut after the shutdown grace period"
-        );
+
+    fn timed_out(&self, peer: SocketAddr) {
+        debug!(%peer, "Portal TLS handshake timed out");
     }
-    info!("Portal stopped");
+
+    fn refused(&self, peer: SocketAddr, why: Refused) {
+        // One line a minute at most: the flood itself must not fill the log.
+        let mut last = self
+            .refused_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            let cap = match why {
+                Refused::Connections(o) | Refused::Handshakes(o) => o.as_str(),
+            };
+            warn!(source = %peer.ip(), cap, "Portal connection refused: cap reached");
+        }
+    }
+
+    async fn serve(&self, io: BoxIo, peer: SocketAddr) {
+        let _work = self.shutdown.work();
+        connection(io, peer, self.app.clone(), self.limits, &self.shutdown).await
+    }
 }
 
 /// How often the throttle's summaries are written and old lockout
@@ -136,12 +146,12 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
 /// Writes the audit throttle's finished summaries and prunes lockout
 /// counters that hold nothing; at shutdown writes every open summary.
-async fn maintenance(state: PortalState, stop: CancellationToken) {
+async fn maintenance(state: PortalState, stop: Shutdown) {
     let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.draining() => break,
             _ = tick.tick() => {}
         }
         state.flush_audit_throttle(false).await;
@@ -163,15 +173,13 @@ async fn maintenance(state: PortalState, stop: CancellationToken) {
 
 /// Serves one connection with hyper until it closes, idles out or (after
 /// `stop` and the request in progress) shuts down.
-async fn connection<T>(
-    io: T,
+async fn connection(
+    io: BoxIo,
     peer: SocketAddr,
     app: Router,
     limits: crate::config::PortalLimits,
-    stop: CancellationToken,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+    stop: &Shutdown,
+) {
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = Activity {
@@ -202,7 +210,7 @@ async fn connection<T>(
                 }
                 return;
             }
-            _ = stop.cancelled(), if !draining => {
+            _ = stop.draining(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }

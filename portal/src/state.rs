@@ -95,8 +95,6 @@ pub(crate) struct Inner {
     pub(crate) sessions: memory::TtlMap<Session>,
     /// Connection caps and time-outs ([`serve`]).
     pub(crate) limits: PortalLimits,
-    /// Time open connections get after shutdown (the gateway's grace).
-    pub(crate) grace: Duration,
     /// API calls per source address.
     pub(crate) api_rate: throttle::RateLimiter,
     /// Refusals before login: one record per kind, address and minute.
@@ -163,7 +161,6 @@ impl PortalState {
                 ceremonies: memory::TtlMap::new(MAX_CEREMONIES),
                 sessions: memory::TtlMap::new(MAX_SESSIONS),
                 limits: portal.limits,
-                grace: portal.shutdown_grace,
                 api_rate: throttle::RateLimiter::new(
                     portal.limits.api_rate_per_source,
                     portal.limits.api_rate_per_source.saturating_mul(10),

@@ -17,7 +17,6 @@ use kakehashi_store::{
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_authenticator_rs::softtoken::SoftToken;
@@ -1337,7 +1336,7 @@ async fn serve_over_tls_and_plain_http() {
     // HTTPS.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
+    let stop = kakehashi_transport::Shutdown::new();
     let server = tokio::spawn(serve(h.state.clone(), listener, Some(tls), stop.clone()));
     let roots = kakehashi_transport::tls::roots(
         &kakehashi_transport::tls::load_certs(&ca.ca_cert_path()).unwrap(),
@@ -1366,7 +1365,7 @@ async fn serve_over_tls_and_plain_http() {
     assert!(resp.contains("strict-transport-security"));
     // A client that never finishes its handshake does not block others.
     let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stop.cancel();
+    stop.stop(Duration::from_secs(5)).await;
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .unwrap()
@@ -1375,7 +1374,7 @@ async fn serve_over_tls_and_plain_http() {
     // Plain HTTP (insecure_http): the peer address reaches the audit log.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
+    let stop = kakehashi_transport::Shutdown::new();
     let server = tokio::spawn(serve(h.state.clone(), listener, None, stop.clone()));
     let body = r#"{"user":"yamada","code":"not-a-code"}"#;
     let req = format!(
@@ -1396,7 +1395,7 @@ async fn serve_over_tls_and_plain_http() {
         "{}",
         rec.detail
     );
-    stop.cancel();
+    stop.stop(Duration::from_secs(5)).await;
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .unwrap()

@@ -126,7 +126,7 @@ pub(crate) async fn handle_agent_quic(
     tokio::select! {
         e = conn.closed() => debug!(desk, reason = %e, "Agent tunnel closed"),
         _ = replaced.cancelled() => conn.close(quinn::VarInt::from_u32(3), b"replaced by a newer tunnel"),
-        _ = s.force.cancelled() => conn.close(quinn::VarInt::from_u32(0), b"gateway shutting down"),
+        _ = s.shutdown.forced() => conn.close(quinn::VarInt::from_u32(0), b"gateway shutting down"),
     }
     reader.abort();
     unregister(&s, &desk, generation);
@@ -213,7 +213,7 @@ pub(crate) async fn serve_agent_control(
     let ping_frame = frame::encode(FrameKind::Ping, &[]).expect("empty frame");
     loop {
         tokio::select! {
-            _ = s.force.cancelled() => break,
+            _ = s.shutdown.forced() => break,
             _ = replaced.cancelled() => break,
             _ = &mut reader => { debug!(desk, "Agent control connection closed"); break }
             Some(f) = rx.recv() => if write_raw(&mut wr, &f).await.is_err() { break },

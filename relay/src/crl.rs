@@ -62,7 +62,7 @@ pub(crate) async fn watch_crl(s: Arc<Shared>) {
     let mut warned = 0;
     loop {
         tokio::select! {
-            _ = s.shutdown.cancelled() => return,
+            _ = s.shutdown.draining() => return,
             _ = tick.tick() => {}
         }
         let was = warned;

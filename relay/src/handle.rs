@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use kakehashi_proto::Reason;
-use tokio_util::sync::CancellationToken;
+use kakehashi_transport::Shutdown;
 
 use crate::metrics::Metrics;
 use crate::server::Relay;
@@ -60,8 +60,8 @@ impl RelayHandle {
         &self.shared.metrics
     }
 
-    /// Cancelled when the relay starts shutting down.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shared.shutdown_token()
+    /// The process's shutdown, for tasks that must stop with the relay.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shared.shutdown()
     }
 }

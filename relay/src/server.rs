@@ -2,22 +2,24 @@
 //! listener with its caps and handshake time-out, and the shutdown order.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use kakehashi_pki::Identity;
 use kakehashi_proto::{Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL};
+use kakehashi_transport::limit::SourceLimits;
 use kakehashi_transport::quic::QuicLimits;
+use kakehashi_transport::serve::{serve, Caps, QuicListener, Refused, Service};
 use kakehashi_transport::tls::{self, PeerCertFacts, ReloadingClientVerifier, TlsFiles};
 use kakehashi_transport::tls_stream;
-use kakehashi_transport::{tune_tcp, BoxIo, Transport};
+use kakehashi_transport::{tune_tcp, BoxIo, Shutdown, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -172,8 +174,7 @@ impl Relay {
             policy,
             ended: Mutex::new(EndedSessions::default()),
             step_ups: Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
-            force: CancellationToken::new(),
+            shutdown: Shutdown::new(),
             cfg,
         });
         Ok(Self {
@@ -197,82 +198,72 @@ impl Relay {
         self.shared.clone()
     }
 
-    /// Serve until `shutdown` is cancelled, then stop accepting, give live
-    /// sessions the grace period, and close everything.
-    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Serve until `stop` is cancelled, then stop accepting, give live
+    /// sessions the grace period, and close everything. Tasks spawned on
+    /// [`Shared::shutdown`] (the portal, the metrics listener) stop with it.
+    pub async fn serve(self, stop: CancellationToken) -> anyhow::Result<()> {
         let s = self.shared.clone();
-        let mut tasks = JoinSet::new();
-        let term_cap = Arc::new(Semaphore::new(s.cfg.terminal_max_connections));
-        let agent_cap = Arc::new(Semaphore::new(s.cfg.agent_max_connections));
-        tasks.spawn(watch_crl(s.clone()));
+        let sd = s.shutdown.clone();
+        sd.spawn(watch_crl(s.clone()));
         if s.policy.is_some() {
-            tasks.spawn(watch_changes(s.clone()));
+            sd.spawn(watch_changes(s.clone()));
         }
-        if let Some((l, acc)) = self.terminal_tcp {
-            tasks.spawn(tcp_accept_loop(
-                s.clone(),
-                l,
-                acc,
-                term_cap.clone(),
+        // One connection cap per role, shared by its QUIC and TCP listeners.
+        let caps = |role: Role, max| Caps {
+            connections: SourceLimits::new(max, max),
+            handshakes: Some(s.handshake_limits(role)),
+        };
+        let term = caps(Role::Terminal, s.cfg.terminal_max_connections);
+        let agent = caps(Role::Agent, s.cfg.agent_max_connections);
+        let hto = s.cfg.handshake_timeout;
+        for (listener, role, caps) in [
+            (self.terminal_tcp, Role::Terminal, &term),
+            (self.agent_tcp, Role::Agent, &agent),
+        ] {
+            if let Some((l, tls)) = listener {
+                let svc = Arc::new(TcpService {
+                    s: s.clone(),
+                    role,
+                    tls,
+                });
+                sd.spawn(serve(l, caps.clone(), hto, svc, sd.clone()));
+            }
+        }
+        for (ep, role, caps, retry_above) in [
+            (
+                &self.terminal_quic,
                 Role::Terminal,
-            ));
-        }
-        if let Some(ep) = self.terminal_quic.clone() {
-            tasks.spawn(quic_accept_loop(
-                s.clone(),
-                ep,
-                term_cap.clone(),
-                Role::Terminal,
-            ));
-        }
-        if let Some((l, acc)) = self.agent_tcp {
-            tasks.spawn(tcp_accept_loop(
-                s.clone(),
-                l,
-                acc,
-                agent_cap.clone(),
+                &term,
+                s.cfg.terminal_quic_retry_above,
+            ),
+            (
+                &self.agent_quic,
                 Role::Agent,
-            ));
-        }
-        if let Some(ep) = self.agent_quic.clone() {
-            tasks.spawn(quic_accept_loop(
-                s.clone(),
-                ep,
-                agent_cap.clone(),
-                Role::Agent,
-            ));
+                &agent,
+                s.cfg.agent_quic_retry_above,
+            ),
+        ] {
+            if let Some(ep) = ep.clone() {
+                let handshakes = caps.handshakes.clone().expect("handshake caps");
+                let on_retry = {
+                    let s = s.clone();
+                    move |peer| s.handshake_limited(role, "quic_retry", peer)
+                };
+                let l = QuicListener::new(ep, handshakes, retry_above, on_retry);
+                let svc = Arc::new(QuicService { s: s.clone(), role });
+                sd.spawn(serve(l, caps.clone(), hto, svc, sd.clone()));
+            }
         }
         info!(gateway = %s.cfg.name, "Gateway serving");
 
-        shutdown.cancelled().await;
-        info!(sessions = s.active_sessions(), grace = ?s.cfg.shutdown_grace, "Shutting down: no new connections");
-        s.shutdown.cancel();
-        let deadline = Instant::now() + s.cfg.shutdown_grace;
-        while s.active_sessions() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if s.active_sessions() > 0 {
-            warn!(
-                sessions = s.active_sessions(),
-                "Grace period over: ending remaining sessions"
-            );
-        }
-        s.force.cancel();
+        stop.cancelled().await;
+        info!(sessions = s.active_sessions(), "Gateway stopping");
+        sd.stop(s.cfg.shutdown_grace).await;
         for ep in [&self.terminal_quic, &self.agent_quic]
             .into_iter()
             .flatten()
         {
             ep.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        tasks.abort_all();
-        for ep in [&self.terminal_quic, &self.agent_quic]
-            .into_iter()
-            .flatten()
-        {
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }
         debug!("Relay stopped");
@@ -280,225 +271,141 @@ impl Relay {
     }
 }
 
-pub(crate) async fn tcp_accept_loop(
+/// A laptop or agent listener on TLS over TCP.
+struct TcpService {
     s: Arc<Shared>,
-    l: TcpListener,
-    tls_config: Arc<rustls::ServerConfig>,
-    cap: Arc<Semaphore>,
     role: Role,
-) {
-    let mut conns = JoinSet::new();
-    let handshaking = s.handshake_limits(role);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            biased;
-            _ = s.shutdown.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            r = l.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(role = role.as_str(), error = %e, "Accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = cap.clone().try_acquire_owned() else {
-            warn!(role = role.as_str(), %peer, "Connection cap reached; refusing");
-            drop(tcp);
-            continue;
-        };
-        let Ok(handshake_slot) = handshaking.try_acquire(peer.ip()) else {
-            s.handshake_limited(role, "per_source", peer);
-            drop(tcp);
-            continue;
-        };
-        tune_tcp(&tcp, s.cfg.keepalive);
-        let s = s.clone();
-        let tls_config = tls_config.clone();
-        let span = info_span!("conn", role = role.as_str(), transport = "tcp", %peer);
-        conns.spawn(
-            async move {
-                let _permit = permit;
-                // Boxed, as are the handlers below: a task's future is
-                // allocated at the size of its largest state for the whole
-                // life of the connection, and the handshake's state is not
-                // needed after it.
-                let handshake = Box::pin(tcp_handshake(&s, tls_config, tcp)).await;
-                drop(handshake_slot);
-                let Some((mut io, ident)) = handshake else {
-                    return;
-                };
-                match (role, ident) {
-                    (_, Err(reason)) => {
-                        warn!(
-                            reason = reason.code(),
-                            "Peer certificate refused after the handshake"
-                        );
-                        s.metrics
-                            .auth_failures
-                            .with_label_values(&[reason.code()])
-                            .inc();
-                        refuse(&mut io, Refusal::new(reason)).await;
-                    }
-                    (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
-                        Box::pin(handle_terminal_stream(s, io, id, cert, Transport::Tcp)).await;
-                    }
-                    (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
-                        Box::pin(handle_agent_tcp(s, io, desk, cert)).await
-                    }
-                    (_, Ok((other, _))) => {
-                        warn!(identity = ?other, "Certificate of the wrong kind for this listener");
-                        refuse(&mut io, Refusal::new(Reason::WrongCertificateKind)).await;
-                    }
-                }
-            }
-            .instrument(span),
-        );
-    }
-    drain(conns, &s).await;
+    tls: Arc<rustls::ServerConfig>,
 }
 
-/// The TLS handshake of a TCP connection, and who the peer is. `None` when
-/// the handshake failed (logged and counted here).
-pub(crate) async fn tcp_handshake(
-    s: &Shared,
-    tls_config: Arc<rustls::ServerConfig>,
-    tcp: tokio::net::TcpStream,
-) -> Option<(BoxIo, Result<(Identity, PeerCert), Reason>)> {
-    // Holds no buffer while the connection is idle (tls_stream).
-    let accept = tls_stream::accept(tls_config, tcp);
-    let tls = match tokio::time::timeout(s.cfg.handshake_timeout, accept).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            warn!(error = %e, "TLS handshake refused");
-            s.metrics
-                .auth_failures
-                .with_label_values(&[handshake_failure(&e)])
-                .inc();
-            return None;
+impl Service for TcpService {
+    type Conn = tokio::net::TcpStream;
+    type Ready = (BoxIo, Result<(Identity, PeerCert), Reason>);
+
+    fn span(&self, peer: SocketAddr) -> tracing::Span {
+        info_span!("conn", role = self.role.as_str(), transport = "tcp", %peer)
+    }
+
+    async fn handshake(&self, tcp: Self::Conn, _: SocketAddr) -> Option<Self::Ready> {
+        tune_tcp(&tcp, self.s.cfg.keepalive);
+        // Holds no buffer while the connection is idle (tls_stream).
+        match tls_stream::accept(self.tls.clone(), tcp).await {
+            Ok(tls) => {
+                let ident = peer_identity(&self.s, tls.peer_cert().map(|c| c.as_ref()));
+                Some((Box::new(tls), ident))
+            }
+            Err(e) => {
+                warn!(error = %e, "TLS handshake refused");
+                self.s.auth_failure(handshake_failure(&e));
+                None
+            }
         }
-        Err(_) => {
-            warn!("TLS handshake timed out");
-            s.metrics
-                .auth_failures
-                .with_label_values(&["handshake_timeout"])
-                .inc();
-            return None;
+    }
+
+    fn timed_out(&self, _: SocketAddr) {
+        warn!("TLS handshake timed out");
+        self.s.auth_failure("handshake_timeout");
+    }
+
+    fn refused(&self, peer: SocketAddr, why: Refused) {
+        self.s.connection_refused(self.role, peer, why);
+    }
+
+    async fn serve(&self, (mut io, ident): Self::Ready, _: SocketAddr) {
+        let s = self.s.clone();
+        match (self.role, ident) {
+            (_, Err(reason)) => {
+                warn!(
+                    reason = reason.code(),
+                    "Peer certificate refused after the handshake"
+                );
+                s.auth_failure(reason.code());
+                refuse(&mut io, Refusal::new(reason)).await;
+            }
+            (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
+                Box::pin(handle_terminal_stream(s, io, id, cert, Transport::Tcp)).await;
+            }
+            (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
+                Box::pin(handle_agent_tcp(s, io, desk, cert)).await
+            }
+            (_, Ok((other, _))) => {
+                warn!(identity = ?other, "Certificate of the wrong kind for this listener");
+                refuse(&mut io, Refusal::new(Reason::WrongCertificateKind)).await;
+            }
         }
-    };
-    let ident = peer_identity(s, tls.peer_cert().map(|c| c.as_ref()));
-    Some((Box::new(tls), ident))
+    }
 }
 
-pub(crate) async fn quic_accept_loop(
+/// A laptop or agent listener on QUIC.
+struct QuicService {
     s: Arc<Shared>,
-    ep: quinn::Endpoint,
-    cap: Arc<Semaphore>,
     role: Role,
-) {
-    let mut conns = JoinSet::new();
-    let handshaking = s.handshake_limits(role);
-    let retry_above = match role {
-        Role::Terminal => s.cfg.terminal_quic_retry_above,
-        Role::Agent => s.cfg.agent_quic_retry_above,
-    };
-    loop {
-        let incoming = tokio::select! {
-            biased;
-            _ = s.shutdown.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            i = ep.accept() => match i { Some(i) => i, None => break },
-        };
-        let peer = incoming.remote_address();
-        // Under load, a peer must show it receives at its address before
-        // any crypto work (and before it counts against an address, which
-        // an unvalidated packet could forge).
-        if !incoming.remote_address_validated()
-            && handshaking.open() >= retry_above
-            && incoming.may_retry()
-        {
-            s.handshake_limited(role, "quic_retry", peer);
-            let _ = incoming.retry();
-            continue;
-        }
-        let Ok(permit) = cap.clone().try_acquire_owned() else {
-            warn!(role = role.as_str(), %peer, "Connection cap reached; refusing");
-            incoming.refuse();
-            continue;
-        };
-        let Ok(handshake_slot) = handshaking.try_acquire(peer.ip()) else {
-            s.handshake_limited(role, "per_source", peer);
-            incoming.refuse();
-            continue;
-        };
-        let s = s.clone();
-        let span = info_span!("conn", role = role.as_str(), transport = "quic", %peer);
-        conns.spawn(
-            async move {
-                let _permit = permit;
-                let conn = match incoming.accept() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(error = %e, "QUIC accept failed");
-                        return;
-                    }
-                };
-                let conn = tokio::time::timeout(s.cfg.handshake_timeout, conn).await;
-                drop(handshake_slot);
-                let conn = match conn {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "QUIC handshake refused");
-                        s.metrics
-                            .auth_failures
-                            .with_label_values(&[quic_handshake_failure(&e)])
-                            .inc();
-                        return;
-                    }
-                    Err(_) => {
-                        warn!("QUIC handshake timed out");
-                        s.metrics
-                            .auth_failures
-                            .with_label_values(&["handshake_timeout"])
-                            .inc();
-                        return;
-                    }
-                };
-                match (
-                    role,
-                    peer_identity(&s, tls::quic_peer_cert(&conn).as_deref()),
-                ) {
-                    (_, Err(reason)) => {
-                        warn!(
-                            reason = reason.code(),
-                            "Peer certificate refused after the handshake"
-                        );
-                        s.metrics
-                            .auth_failures
-                            .with_label_values(&[reason.code()])
-                            .inc();
-                        conn.close(quinn::VarInt::from_u32(1), reason.code().as_bytes());
-                    }
-                    (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
-                        serve_terminal_quic(s, conn, id, cert).await
-                    }
-                    (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
-                        handle_agent_quic(s, conn, desk, cert).await
-                    }
-                    (_, Ok((other, _))) => {
-                        warn!(identity = ?other, "Certificate of the wrong kind for this listener");
-                        conn.close(
-                            quinn::VarInt::from_u32(1),
-                            Reason::WrongCertificateKind.code().as_bytes(),
-                        );
-                    }
-                }
-            }
-            .instrument(span),
-        );
+}
+
+impl Service for QuicService {
+    type Conn = quinn::Incoming;
+    type Ready = quinn::Connection;
+
+    fn span(&self, peer: SocketAddr) -> tracing::Span {
+        info_span!("conn", role = self.role.as_str(), transport = "quic", %peer)
     }
-    drain(conns, &s).await;
+
+    async fn handshake(&self, incoming: Self::Conn, _: SocketAddr) -> Option<Self::Ready> {
+        let conn = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "QUIC accept failed");
+                return None;
+            }
+        };
+        match conn.await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "QUIC handshake refused");
+                self.s.auth_failure(quic_handshake_failure(&e));
+                None
+            }
+        }
+    }
+
+    fn timed_out(&self, _: SocketAddr) {
+        warn!("QUIC handshake timed out");
+        self.s.auth_failure("handshake_timeout");
+    }
+
+    fn refused(&self, peer: SocketAddr, why: Refused) {
+        self.s.connection_refused(self.role, peer, why);
+    }
+
+    async fn serve(&self, conn: Self::Ready, _: SocketAddr) {
+        let s = self.s.clone();
+        match (
+            self.role,
+            peer_identity(&s, tls::quic_peer_cert(&conn).as_deref()),
+        ) {
+            (_, Err(reason)) => {
+                warn!(
+                    reason = reason.code(),
+                    "Peer certificate refused after the handshake"
+                );
+                s.auth_failure(reason.code());
+                conn.close(quinn::VarInt::from_u32(1), reason.code().as_bytes());
+            }
+            (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
+                serve_terminal_quic(s, conn, id, cert).await
+            }
+            (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
+                handle_agent_quic(s, conn, desk, cert).await
+            }
+            (_, Ok((other, _))) => {
+                warn!(identity = ?other, "Certificate of the wrong kind for this listener");
+                conn.close(
+                    quinn::VarInt::from_u32(1),
+                    Reason::WrongCertificateKind.code().as_bytes(),
+                );
+            }
+        }
+    }
 }
 
 /// TLS session-ticket keys from `[tls] resumption_keys`, so agents and
@@ -538,14 +445,6 @@ pub(crate) fn peer_identity(
     check_cert(s, &cert)?;
     let id = kakehashi_pki::identity_from_der(der).map_err(|_| Reason::WrongCertificateKind)?;
     Ok((id, Arc::new(cert)))
-}
-
-/// Wait for connection tasks after the listener stops; the force token ends them.
-pub(crate) async fn drain(mut conns: JoinSet<()>, s: &Shared) {
-    tokio::select! {
-        _ = async { while conns.join_next().await.is_some() {} } => {}
-        _ = s.force.cancelled() => conns.abort_all(),
-    }
 }
 
 /// A bounded label for why a TLS-over-TCP handshake failed.

@@ -36,7 +36,7 @@ pub(crate) async fn serve_terminal_quic(
     loop {
         tokio::select! {
             biased;
-            _ = s.force.cancelled() => break,
+            _ = s.shutdown.forced() => break,
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             st = conn.accept_bi() => match st {
                 Ok(bi) => {
@@ -52,7 +52,7 @@ pub(crate) async fn serve_terminal_quic(
     // Let open sessions finish on their own until the force token.
     tokio::select! {
         _ = async { while streams.join_next().await.is_some() {} } => {}
-        _ = s.force.cancelled() => streams.abort_all(),
+        _ = s.shutdown.forced() => streams.abort_all(),
     }
     conn.close(quinn::VarInt::from_u32(0), b"");
 }
@@ -124,7 +124,7 @@ pub(crate) async fn handle_terminal_stream(
             },
         }
     };
-    if s.shutdown.is_cancelled() {
+    if s.shutdown.is_draining() {
         return refuse(&mut io, Refusal::new(Reason::ShuttingDown)).await;
     }
     // The CRL may have changed since this connection's handshake.
@@ -193,6 +193,8 @@ pub(crate) async fn handle_terminal_stream(
             s.metrics.denials.with_label_values(&[Reason::CapacityFull.code()]).inc();
             return refuse(&mut io, Refusal::new(Reason::CapacityFull)).await;
         };
+        // The shutdown's drain waits for the session (up to the grace period).
+        let _work = s.shutdown.work();
         let started = Instant::now();
         let started_unix = kakehashi_store::unix_now();
         let controls = admitted.controls;
@@ -334,7 +336,7 @@ pub(crate) async fn handle_terminal_stream(
             tokio::select! {
                 r = splice_counted(&mut io, &mut agent, &counters) => Some(r),
                 _ = live.end.cancelled() => None,
-                _ = s.force.cancelled() => None,
+                _ = s.shutdown.forced() => None,
                 _ = idle_watch(&counters, idle, &live) => None,
             }
         };

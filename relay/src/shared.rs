@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use kakehashi_proto::io::write_message;
 use kakehashi_proto::{Reason, Refusal, TicketSigner};
+use kakehashi_transport::serve::Refused;
 use kakehashi_transport::tls::{PeerCertFacts, ReloadingClientVerifier};
-use kakehashi_transport::{BoxIo, Transport};
+use kakehashi_transport::{BoxIo, Shutdown, Transport};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -237,8 +238,10 @@ pub struct Shared {
     /// Login tokens (their SHA-256) already spent as a step-up, with the
     /// login time, so one fresh login opens one level-3 session.
     pub(crate) step_ups: Mutex<HashMap<[u8; 32], i64>>,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) force: CancellationToken,
+    /// The one shutdown of the process: listeners drain on it, sessions
+    /// are its work, and whatever the gateway adds (the portal, the
+    /// metrics listener) is spawned on it.
+    pub(crate) shutdown: Shutdown,
 }
 
 impl std::fmt::Debug for Shared {
@@ -268,8 +271,8 @@ impl Shared {
         &self.cfg
     }
 
-    /// Cancelled when the relay starts shutting down.
-    pub fn shutdown_token(&self) -> CancellationToken {
+    /// The process's shutdown: drain, then force after the grace period.
+    pub fn shutdown(&self) -> Shutdown {
         self.shutdown.clone()
     }
 
@@ -369,6 +372,21 @@ impl Shared {
         }
         // The total is the listener's connection cap, taken separately.
         kakehashi_transport::limit::SourceLimits::new(usize::MAX, per_source)
+    }
+
+    /// Counts a failed handshake or refused peer certificate by its reason.
+    pub(crate) fn auth_failure(&self, label: &str) {
+        self.metrics.auth_failures.with_label_values(&[label]).inc();
+    }
+
+    /// A connection turned away by a cap of its listener.
+    pub(crate) fn connection_refused(&self, role: Role, peer: std::net::SocketAddr, why: Refused) {
+        match why {
+            Refused::Connections(_) => {
+                warn!(role = role.as_str(), %peer, "Connection cap reached; refusing")
+            }
+            Refused::Handshakes(_) => self.handshake_limited(role, "per_source", peer),
+        }
     }
 
     /// Counts a connection turned away (or sent a Retry) before its

@@ -66,7 +66,7 @@ pub(crate) async fn watch_changes(s: Arc<Shared>) {
     let mut dirty = false;
     loop {
         tokio::select! {
-            _ = s.shutdown.cancelled() => return,
+            _ = s.shutdown.draining() => return,
             _ = tick.tick() => {}
         }
         let mut changed = false;

@@ -17,6 +17,8 @@
 //! - [`backoff`]: the one capped, jittered reconnect backoff (backon).
 //! - [`explain`]: turns handshake failures into reason codes a person can act on.
 //! - [`limit`]: connection caps per source address and in total, taken after accept.
+//! - [`serve`]: the one accept loop of every listener, with its caps and handshake time-out.
+//! - [`shutdown`]: the one shutdown: drain, then force after the grace period.
 
 // Library hygiene (issue #17): every public item documented and reachable,
 // no silent narrowing `as` casts. Per crate, not workspace-wide: the gateway is not ready.
@@ -31,6 +33,8 @@ pub mod limit;
 mod pool;
 pub mod quic;
 pub mod resumption;
+pub mod serve;
+pub mod shutdown;
 pub mod splice;
 pub mod stream;
 pub mod tls;
@@ -39,6 +43,7 @@ pub mod tls_stream;
 #[cfg(test)]
 mod test_certs;
 
+pub use shutdown::Shutdown;
 pub use stream::{BoxIo, SessionIo};
 
 /// Which transport a connection uses.
