@@ -28,16 +28,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use kakehashi_pki::Identity;
 use kakehashi_proto::io::{read_frame, write_message, write_raw};
-use kakehashi_proto::message::{
-    AgentHello, AgentWelcome, DataChannelHello, FilterReport, Message, OpenDataChannel,
-};
+use kakehashi_proto::message::{AgentHello, AgentWelcome, FilterReport, Message};
 use kakehashi_proto::{frame, FrameKind, Reason, Refusal, ReplayGuard, TicketVerifier, ALPN_AGENT};
 use kakehashi_transport::backoff::Reconnect;
 use kakehashi_transport::dial::{quic_connect, resolve, tls_connect};
 use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::splice::splice;
-use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::tls::{self, TlsFiles};
+use kakehashi_transport::tunnel::{DataDialer, Tunnel};
 use kakehashi_transport::{explain, unix_now, BoxIo, TransportChoice};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -62,8 +60,8 @@ const REPORT_QUEUE: usize = 256;
 /// session opened ahead by `kakehashi connect --launch` waits for the RDP client
 /// to start).
 const RDP_FIRST_BYTES: Duration = Duration::from_secs(60);
-/// How long one write of a filter report on the control stream may take.
-const REPORT_WRITE: Duration = Duration::from_secs(5);
+/// TCP keepalive of the tunnel's connections.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Where a session's filter reports go: the tunnel's control stream, when the
 /// gateway accepts them.
@@ -185,28 +183,23 @@ impl Agent {
         gw: &GatewayTarget,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
-        match gw.transport {
-            TransportChoice::Quic => {
-                let t = self.cfg.handshake_timeout;
-                self.serve_quic(gw, t, stop).await.map_err(unwrap_was_up)
-            }
-            TransportChoice::Tcp => self.serve_tcp(gw, stop).await,
-            TransportChoice::Auto => match self.clone().serve_quic(gw, QUIC_PROBE, stop).await {
-                Err(e) if !is_tls_refusal(&e) && !e.is::<TunnelWasUp>() => {
+        let tunnel = match gw.transport {
+            TransportChoice::Quic => self.dial_quic(gw, self.cfg.handshake_timeout).await?,
+            TransportChoice::Tcp => Tunnel::from_tcp(self.dial_tcp(gw).await?),
+            TransportChoice::Auto => match self.dial_quic(gw, QUIC_PROBE).await {
+                Ok(t) => t,
+                Err(e) if !is_tls_refusal(&e) => {
                     debug!(error = %format!("{e:#}"), "QUIC unavailable; trying TCP");
-                    self.serve_tcp(gw, stop).await
+                    Tunnel::from_tcp(self.dial_tcp(gw).await?)
                 }
-                other => other.map_err(unwrap_was_up),
+                Err(e) => return Err(e),
             },
-        }
+        };
+        self.serve_tunnel(tunnel, gw, stop).await
     }
 
-    async fn serve_quic(
-        self: Arc<Self>,
-        gw: &GatewayTarget,
-        timeout: Duration,
-        stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    /// Dial the gateway on QUIC, within `timeout`, as a tunnel.
+    async fn dial_quic(&self, gw: &GatewayTarget, timeout: Duration) -> anyhow::Result<Tunnel> {
         let addr = resolve(&gw.quic).await?;
         let limits = QuicLimits {
             // The gateway opens one stream per session on this tunnel.
@@ -215,142 +208,76 @@ impl Agent {
         };
         let ep = kakehashi_transport::quic::client((*self.tls.config()?).clone(), limits, addr)?;
         let conn = quic_connect(&ep, addr, &gw.server_name, timeout).await?;
+        Ok(Tunnel::open_quic(conn).await?)
+    }
+
+    /// Dial the gateway on TLS over TCP (the tunnel, or one session's data connection).
+    async fn dial_tcp(&self, gw: &GatewayTarget) -> anyhow::Result<BoxIo> {
+        let io = tls_connect(
+            &gw.tcp,
+            &gw.server_name,
+            self.tls.config()?,
+            self.cfg.handshake_timeout,
+            TCP_KEEPALIVE,
+        )
+        .await?;
+        Ok(Box::new(io))
+    }
+
+    /// One tunnel, on either transport: hello, welcome, then the sessions
+    /// the gateway opens, until the tunnel is lost or `stop`. Only a failed
+    /// dial makes `auto` try TCP; a tunnel that fails later is dialled again.
+    async fn serve_tunnel(
+        self: Arc<Self>,
+        mut tunnel: Tunnel,
+        gw: &GatewayTarget,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let transport = tunnel.transport();
         let hello = async {
-            let mut ctl = QuicStream::new(conn.open_bi().await?);
-            write_message(&mut ctl, &self.hello()).await?;
-            let f = read_frame(&mut ctl).await?;
+            write_message(tunnel.control(), &self.hello()).await?;
+            let f = read_frame(tunnel.control()).await?;
             if f.kind == FrameKind::Refused {
                 let r = Refusal::from_frame(&f)?;
                 bail!("gateway refused the tunnel: {r}");
             }
-            anyhow::Ok((ctl, AgentWelcome::from_frame(&f)?))
+            anyhow::Ok(AgentWelcome::from_frame(&f)?)
         };
-        let (mut ctl, welcome) = tokio::time::timeout(self.cfg.handshake_timeout, hello)
+        let welcome = tokio::time::timeout(self.cfg.handshake_timeout, hello)
             .await
             .map_err(|_| anyhow!("gateway did not welcome the tunnel in time"))?
             .context("tunnel hello failed")?;
-        info!(transport = "quic", gateway_name = %welcome.gateway, "Tunnel up");
+        info!(%transport, gateway_name = %welcome.gateway, "Tunnel up");
         let (reports, mut report_rx) = report_queue(&welcome);
+        // The gateway pings a TCP tunnel every `ping_interval_secs`; three
+        // missed pings mean the tunnel is dead.
+        let silence = Duration::from_secs(u64::from(welcome.ping_interval_secs.max(1)) * 3);
+        let dial: DataDialer = {
+            let (me, gw) = (self.clone(), gw.clone());
+            Arc::new(move || {
+                let (me, gw) = (me.clone(), gw.clone());
+                Box::pin(async move { me.dial_tcp(&gw).await })
+            })
+        };
+        let mut control = tunnel.into_agent(silence, dial);
         let mut sessions = JoinSet::new();
         let result = loop {
             tokio::select! {
                 _ = stop.cancelled() => break Ok(()),
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                Some(r) = report_rx.recv() => send_report(&mut ctl, &r).await,
-                bi = conn.accept_bi() => match bi {
-                    Ok(bi) => { sessions.spawn(self.clone().handle_session(Box::new(QuicStream::new(bi)), reports.clone()).in_current_span()); }
-                    Err(e) => break Err(TunnelWasUp(anyhow::Error::new(e).context("QUIC tunnel lost")).into()),
+                Some(r) = report_rx.recv() => match control.send(&r) {
+                    Ok(()) => debug!(kind = %r.kind, what = %r.what, "Filter report sent"),
+                    Err(_) => warn!("Filter report not sent: the gateway is not reading"),
+                },
+                s = control.next_session() => match s {
+                    Ok(io) => { sessions.spawn(self.clone().handle_session(io, reports.clone()).in_current_span()); }
+                    Err(e) => break Err(anyhow::Error::new(e).context(format!("{transport} tunnel lost"))),
                 },
             }
         };
-        let _ = ctl.shutdown().await;
-        conn.close(quinn::VarInt::from_u32(0), b"agent stopping");
+        control.close(b"agent stopping");
         sessions.detach_all();
         result
-    }
-
-    async fn serve_tcp(
-        self: Arc<Self>,
-        gw: &GatewayTarget,
-        stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let keepalive = Duration::from_secs(10);
-        let mut ctl = tls_connect(
-            &gw.tcp,
-            &gw.server_name,
-            self.tls.config()?,
-            self.cfg.handshake_timeout,
-            keepalive,
-        )
-        .await?;
-        write_message(&mut ctl, &self.hello()).await?;
-        let f = tokio::time::timeout(self.cfg.handshake_timeout, read_frame(&mut ctl))
-            .await
-            .map_err(|_| anyhow!("gateway did not welcome the tunnel in time"))??;
-        if f.kind == FrameKind::Refused {
-            bail!("gateway refused the tunnel: {}", Refusal::from_frame(&f)?);
-        }
-        let welcome = AgentWelcome::from_frame(&f)?;
-        info!(transport = "tcp", gateway_name = %welcome.gateway, "Tunnel up");
-        let (reports, mut report_rx) = report_queue(&welcome);
-        // The gateway pings every `ping_interval_secs`; three missed pings mean the tunnel is dead.
-        let silence = Duration::from_secs(u64::from(welcome.ping_interval_secs.max(1)) * 3);
-        let pong = frame::encode(FrameKind::Pong, &[]).expect("empty frame");
-        // Frames are read by their own task: a read cut short by a report write would
-        // lose bytes of the frame stream.
-        let (mut rd, mut ctl) = tokio::io::split(ctl);
-        let (frame_tx, mut frames) = mpsc::channel(8);
-        let reader = tokio::spawn(async move {
-            loop {
-                let r = read_frame(&mut rd).await;
-                let end = r.is_err();
-                if frame_tx.send(r).await.is_err() || end {
-                    break;
-                }
-            }
-        });
-        let _reader = AbortOnDrop(reader);
-        let mut last_frame = tokio::time::Instant::now();
-        loop {
-            let f = tokio::select! {
-                _ = stop.cancelled() => { let _ = ctl.shutdown().await; return Ok(()) }
-                Some(r) = report_rx.recv() => { send_report(&mut ctl, &r).await; continue }
-                _ = tokio::time::sleep_until(last_frame + silence) => bail!("gateway silent for {silence:?}"),
-                r = frames.recv() => match r {
-                    None => bail!("TCP tunnel lost"),
-                    Some(r) => r.context("TCP tunnel lost")?,
-                },
-            };
-            last_frame = tokio::time::Instant::now();
-            match f.kind {
-                FrameKind::Ping => write_raw(&mut ctl, &pong).await?,
-                FrameKind::OpenDataChannel => {
-                    let open = OpenDataChannel::from_frame(&f)?;
-                    let me = self.clone();
-                    let gw = gw.clone();
-                    let reports = reports.clone();
-                    tokio::spawn(
-                        async move {
-                            let config = match me.tls.config() {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    warn!(error = %format!("{e:#}"), "Data channel not opened");
-                                    return;
-                                }
-                            };
-                            match tls_connect(
-                                &gw.tcp,
-                                &gw.server_name,
-                                config,
-                                me.cfg.handshake_timeout,
-                                keepalive,
-                            )
-                            .await
-                            {
-                                Ok(mut data) => {
-                                    if write_message(
-                                        &mut data,
-                                        &DataChannelHello {
-                                            channel: open.channel,
-                                        },
-                                    )
-                                    .await
-                                    .is_ok()
-                                    {
-                                        me.handle_session(Box::new(data), reports).await;
-                                    }
-                                }
-                                Err(e) => {
-                                    warn!(error = %format!("{e:#}"), "Cannot open data connection")
-                                }
-                            }
-                        }
-                        .in_current_span(),
-                    );
-                }
-                other => bail!("unexpected {other:?} frame on the tunnel"),
-            }
-        }
     }
 
     /// One session stream from the gateway: ticket first, then the desk.
@@ -463,26 +390,6 @@ impl Agent {
     }
 }
 
-/// Marks an error that ended a tunnel after it was established, so `auto`
-/// does not treat it as "QUIC unavailable".
-#[derive(Debug)]
-struct TunnelWasUp(anyhow::Error);
-
-impl std::fmt::Display for TunnelWasUp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
-}
-
-impl std::error::Error for TunnelWasUp {}
-
-fn unwrap_was_up(e: anyhow::Error) -> anyhow::Error {
-    match e.downcast::<TunnelWasUp>() {
-        Ok(up) => up.0,
-        Err(e) => e,
-    }
-}
-
 fn is_tls_refusal(e: &anyhow::Error) -> bool {
     explain::chain_reason(e).is_some_and(|r| r != Reason::GatewayUnreachable)
 }
@@ -499,24 +406,6 @@ fn rdp_server_name(target: &str) -> rustls::pki_types::ServerName<'static> {
 fn report_queue(welcome: &AgentWelcome) -> (Reports, mpsc::Receiver<FilterReport>) {
     let (tx, rx) = mpsc::channel(REPORT_QUEUE);
     (welcome.filter_reports.then_some(tx), rx)
-}
-
-/// Write one report on the control stream; a slow gateway costs the report, not the tunnel.
-async fn send_report<W: tokio::io::AsyncWrite + Unpin>(ctl: &mut W, r: &FilterReport) {
-    match tokio::time::timeout(REPORT_WRITE, write_message(ctl, r)).await {
-        Ok(Ok(())) => debug!(kind = %r.kind, what = %r.what, "Filter report sent"),
-        Ok(Err(e)) => warn!(error = %e, "Cannot send a filter report"),
-        Err(_) => warn!("Filter report not sent: the gateway is not reading"),
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn software() -> String {

@@ -1,27 +1,24 @@
-//! Desk agents: registering a tunnel (QUIC or TLS/TCP), its control
-//! stream, and the RDP filter's reports.
+//! Desk agents: registering a tunnel (one [`Tunnel`] type for QUIC and
+//! TLS/TCP), its control stream, and the RDP filter's reports.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use kakehashi_proto::io::{read_frame, write_message, write_raw};
-use kakehashi_proto::message::{AgentHello, AgentWelcome, DataChannelHello, FilterReport, Message};
-use kakehashi_proto::{frame, FrameKind, Reason, Refusal};
-use kakehashi_transport::stream::QuicStream;
-use kakehashi_transport::{BoxIo, Transport};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use kakehashi_proto::io::{read_frame, write_message};
+use kakehashi_proto::message::{AgentHello, AgentWelcome, FilterReport, Message};
+use kakehashi_proto::{Frame, FrameKind, Reason, Refusal};
+use kakehashi_transport::tunnel::{SessionOpener, Tunnel, TunnelError};
+use kakehashi_transport::Transport;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::shared::{audit_event, refuse, AgentEntry, AgentLink, PeerCert, Shared};
+use crate::shared::{audit_event, refuse, AgentEntry, PeerCert, Shared};
 
 pub(crate) fn register(
     s: &Shared,
     desk: &str,
     cert: PeerCert,
-    link: AgentLink,
+    opener: SessionOpener,
     transport: Transport,
     enforces: bool,
 ) -> (u64, CancellationToken) {
@@ -32,7 +29,7 @@ pub(crate) fn register(
         AgentEntry {
             generation,
             cert,
-            link,
+            opener,
             transport,
             enforces,
             replaced: replaced.clone(),
@@ -67,36 +64,21 @@ pub(crate) fn unregister(s: &Shared, desk: &str, generation: u64) {
     }
 }
 
+/// An agent's QUIC connection: its first stream is the tunnel's control stream.
 pub(crate) async fn handle_agent_quic(
     s: Arc<Shared>,
     conn: quinn::Connection,
     desk: String,
     cert: PeerCert,
 ) {
-    // The first stream the agent opens is its control stream.
-    let hello = async {
-        let bi = conn.accept_bi().await?;
-        let mut ctl = QuicStream::new(bi);
-        let f = read_frame(&mut ctl).await?;
-        let h = AgentHello::from_frame(&f)?;
-        let welcome = AgentWelcome {
-            gateway: s.cfg.name.clone(),
-            ping_interval_secs: u32::try_from(s.cfg.keepalive.as_secs()).unwrap_or(u32::MAX),
-            filter_reports: true,
-        };
-        write_message(&mut ctl, &welcome).await?;
-        anyhow::Ok((ctl, h))
-    };
-    // Boxed, so the tunnel's task does not keep room for the handshake.
-    let (ctl, hello) = match tokio::time::timeout(s.cfg.handshake_timeout, Box::pin(hello)).await {
-        Ok(Ok(x)) => x,
+    match tokio::time::timeout(s.cfg.handshake_timeout, Tunnel::accept_quic(conn.clone())).await {
+        Ok(Ok(t)) => handle_agent(s, t, desk, cert).await,
         Ok(Err(e)) => {
-            warn!(desk, error = %format!("{e:#}"), "Agent hello failed");
+            warn!(desk, error = %e, "Agent opened no control stream");
             conn.close(
                 quinn::VarInt::from_u32(2),
                 Reason::ProtocolError.code().as_bytes(),
             );
-            return;
         }
         Err(_) => {
             warn!(desk, "Agent hello timed out");
@@ -104,161 +86,98 @@ pub(crate) async fn handle_agent_quic(
                 quinn::VarInt::from_u32(2),
                 Reason::Timeout.code().as_bytes(),
             );
-            return;
         }
+    }
+}
+
+/// An agent's tunnel on either transport: its hello, then its control
+/// stream until the tunnel ends. On TCP the connection may instead be a
+/// data connection for one session (`DataChannelHello`).
+pub(crate) async fn handle_agent(s: Arc<Shared>, mut tunnel: Tunnel, desk: String, cert: PeerCert) {
+    let first =
+        match tokio::time::timeout(s.cfg.handshake_timeout, read_frame(tunnel.control())).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                warn!(desk, error = %e, "Bad first frame from agent");
+                return refuse_tunnel(tunnel, Reason::ProtocolError).await;
+            }
+            Err(_) => {
+                warn!(desk, "Agent hello timed out");
+                return refuse_tunnel(tunnel, Reason::Timeout).await;
+            }
+        };
+    let transport = tunnel.transport();
+    if first.kind == FrameKind::DataChannelHello && transport == Transport::Tcp {
+        if let Err(mut io) = s.channels.deliver(&first, &desk, tunnel.into_control()) {
+            warn!(desk, "Data connection for an unknown channel");
+            refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
+        }
+        return;
+    }
+    let Ok(hello) = AgentHello::from_frame(&first) else {
+        return refuse_tunnel(tunnel, Reason::ProtocolError).await;
     };
     debug!(desk, software = %hello.software, enforces = hello.enforces, "Agent hello");
-    let (generation, replaced) = register(
-        &s,
-        &desk,
-        cert,
-        AgentLink::Quic(conn.clone()),
-        Transport::Quic,
-        hello.enforces,
-    );
-    // The control stream carries the agent's filter reports.
-    let reader = tokio::spawn(read_agent_control(
-        s.clone(),
-        desk.clone(),
-        ctl,
-        Arc::new(Mutex::new(Instant::now())),
-    ));
-    tokio::select! {
-        e = conn.closed() => debug!(desk, reason = %e, "Agent tunnel closed"),
-        _ = replaced.cancelled() => conn.close(quinn::VarInt::from_u32(3), b"replaced by a newer tunnel"),
-        _ = s.shutdown.forced() => conn.close(quinn::VarInt::from_u32(0), b"gateway shutting down"),
-    }
-    reader.abort();
-    unregister(&s, &desk, generation);
-}
-
-/// An agent's TCP connection: a control tunnel (AgentHello) or a data
-/// connection for one session (DataChannelHello).
-pub(crate) async fn handle_agent_tcp(s: Arc<Shared>, mut io: BoxIo, desk: String, cert: PeerCert) {
-    let first = match tokio::time::timeout(s.cfg.handshake_timeout, read_frame(&mut io)).await {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
-            warn!(desk, error = %e, "Bad first frame from agent");
-            return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
-        }
-        Err(_) => return refuse(&mut io, Refusal::new(Reason::Timeout)).await,
+    let welcome = AgentWelcome {
+        gateway: s.cfg.name.clone(),
+        ping_interval_secs: u32::try_from(s.cfg.keepalive.as_secs()).unwrap_or(u32::MAX),
+        filter_reports: true,
     };
-    match first.kind {
-        FrameKind::DataChannelHello => {
-            let Ok(h) = DataChannelHello::from_frame(&first) else {
-                return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
-            };
-            let pending = {
-                let mut p = s.pending.lock().expect("pending lock");
-                // Only the desk the channel was opened for may claim it.
-                match p.get(&h.channel) {
-                    Some(e) if e.desk == desk => p.remove(&h.channel),
-                    _ => None,
-                }
-            };
-            match pending {
-                Some(p) => {
-                    let _ = p.deliver.send(io);
-                }
-                None => {
-                    warn!(desk, "Data connection for an unknown channel");
-                    refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
-                }
-            }
-        }
-        FrameKind::AgentHello => {
-            let Ok(hello) = AgentHello::from_frame(&first) else {
-                return refuse(&mut io, Refusal::new(Reason::ProtocolError)).await;
-            };
-            debug!(desk, software = %hello.software, enforces = hello.enforces, "Agent hello");
-            let welcome = AgentWelcome {
-                gateway: s.cfg.name.clone(),
-                ping_interval_secs: u32::try_from(s.cfg.keepalive.as_secs()).unwrap_or(u32::MAX),
-                filter_reports: true,
-            };
-            if write_message(&mut io, &welcome).await.is_err() {
-                return;
-            }
-            serve_agent_control(s, io, desk, cert, hello.enforces).await;
-        }
-        _ => refuse(&mut io, Refusal::new(Reason::ProtocolError)).await,
+    if write_message(tunnel.control(), &welcome).await.is_err() {
+        return;
     }
-}
-
-pub(crate) async fn serve_agent_control(
-    s: Arc<Shared>,
-    io: BoxIo,
-    desk: String,
-    cert: PeerCert,
-    enforces: bool,
-) {
-    let (rd, mut wr) = tokio::io::split(io);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let (generation, replaced) = register(
-        &s,
-        &desk,
-        cert,
-        AgentLink::Tcp { control: tx },
-        Transport::Tcp,
-        enforces,
-    );
-    let last_seen = Arc::new(Mutex::new(Instant::now()));
-    let mut reader = tokio::spawn(read_agent_control(
-        s.clone(),
-        desk.clone(),
-        rd,
-        last_seen.clone(),
-    ));
-    let mut ping = tokio::time::interval(s.cfg.keepalive);
-    let ping_frame = frame::encode(FrameKind::Ping, &[]).expect("empty frame");
-    loop {
+    let (opener, control) = tunnel.into_gateway(s.channels.clone(), &desk);
+    let (generation, replaced) = register(&s, &desk, cert, opener, transport, hello.enforces);
+    // The control stream carries the agent's filter reports.
+    let on_frame = {
+        let (s, desk) = (s.clone(), desk.clone());
+        move |f: Frame| {
+            let (s, desk) = (s.clone(), desk.clone());
+            // Boxed: the report's audit write is a large future.
+            Box::pin(async move { on_control_frame(&s, &desk, f).await })
+        }
+    };
+    let stop = async {
         tokio::select! {
-            _ = s.shutdown.forced() => break,
-            _ = replaced.cancelled() => break,
-            _ = &mut reader => { debug!(desk, "Agent control connection closed"); break }
-            Some(f) = rx.recv() => if write_raw(&mut wr, &f).await.is_err() { break },
-            _ = ping.tick() => {
-                if last_seen.lock().expect("last_seen lock").elapsed() > s.cfg.idle_timeout {
-                    warn!(desk, "Agent silent past the idle timeout; dropping tunnel");
-                    break;
-                }
-                if write_raw(&mut wr, &ping_frame).await.is_err() { break }
-            }
+            _ = replaced.cancelled() => &b"replaced by a newer tunnel"[..],
+            _ = s.shutdown.forced() => &b"gateway shutting down"[..],
         }
+    };
+    match control
+        .run(s.cfg.keepalive, s.cfg.idle_timeout, on_frame, stop)
+        .await
+    {
+        Ok(()) => debug!(desk, "Agent tunnel closed"),
+        Err(TunnelError::Silent(_)) => {
+            warn!(desk, "Agent silent past the idle timeout; dropping tunnel")
+        }
+        Err(e) => debug!(desk, reason = %e, "Agent tunnel closed"),
     }
-    reader.abort();
     unregister(&s, &desk, generation);
-    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }
 
-pub(crate) async fn read_agent_control<R: tokio::io::AsyncRead + Unpin>(
-    s: Arc<Shared>,
-    desk: String,
-    mut rd: R,
-    last_seen: Arc<Mutex<Instant>>,
-) {
-    loop {
-        match read_frame(&mut rd).await {
-            Ok(f) if f.kind == FrameKind::Pong || f.kind == FrameKind::Ping => {
-                *last_seen.lock().expect("last_seen lock") = Instant::now();
-            }
-            Ok(f) if f.kind == FrameKind::FilterReport => {
-                *last_seen.lock().expect("last_seen lock") = Instant::now();
-                match FilterReport::from_frame(&f) {
-                    // Boxed: the report's audit write is a large future, and
-                    // this task lives as long as the agent's tunnel.
-                    Ok(r) => Box::pin(record_filter_report(&s, &desk, r)).await,
-                    Err(e) => {
-                        warn!(desk, error = %e, "Bad filter report from agent");
-                        return;
-                    }
-                }
-            }
-            Ok(f) => {
-                warn!(kind = ?f.kind, "Unexpected frame on agent control connection");
-                return;
-            }
-            Err(_) => return,
+/// Refuse a tunnel before it is registered: the reason on the control
+/// stream, then close.
+async fn refuse_tunnel(mut tunnel: Tunnel, reason: Reason) {
+    refuse(tunnel.control(), Refusal::new(reason)).await;
+    tunnel.close(reason.code().as_bytes()).await;
+}
+
+/// One frame from an agent's control stream: a filter report is recorded;
+/// anything else ends the tunnel.
+async fn on_control_frame(s: &Shared, desk: &str, f: Frame) -> bool {
+    if f.kind != FrameKind::FilterReport {
+        warn!(kind = ?f.kind, "Unexpected frame on agent control connection");
+        return false;
+    }
+    match FilterReport::from_frame(&f) {
+        Ok(r) => {
+            record_filter_report(s, desk, r).await;
+            true
+        }
+        Err(e) => {
+            warn!(desk, error = %e, "Bad filter report from agent");
+            false
         }
     }
 }

@@ -15,6 +15,7 @@ use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::serve::{serve, Caps, QuicListener, Refused, Service};
 use kakehashi_transport::tls::{self, PeerCertFacts, ReloadingClientVerifier, TlsFiles};
 use kakehashi_transport::tls_stream;
+use kakehashi_transport::tunnel::Tunnel;
 use kakehashi_transport::{tune_tcp, BoxIo, Shutdown, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -24,7 +25,7 @@ use tracing::{debug, info, info_span, warn};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-use crate::agents::{handle_agent_quic, handle_agent_tcp};
+use crate::agents::{handle_agent, handle_agent_quic};
 use crate::crl::{check_cert, watch_crl};
 use crate::sessions::{handle_terminal_stream, serve_terminal_quic};
 use crate::shared::{refuse, BoundAddrs, EndedSessions, PeerCert, Role, Shared};
@@ -164,7 +165,7 @@ impl Relay {
         let shared = Arc::new(Shared {
             signer: TicketSigner::new(key),
             agents: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            channels: Default::default(),
             sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
@@ -326,7 +327,7 @@ impl Service for TcpService {
                 Box::pin(handle_terminal_stream(s, io, id, cert, Transport::Tcp)).await;
             }
             (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
-                Box::pin(handle_agent_tcp(s, io, desk, cert)).await
+                Box::pin(handle_agent(s, Tunnel::from_tcp(io), desk, cert)).await
             }
             (_, Ok((other, _))) => {
                 warn!(identity = ?other, "Certificate of the wrong kind for this listener");

@@ -7,22 +7,21 @@ use std::time::{Duration, Instant};
 
 use kakehashi_pki::Identity;
 use kakehashi_proto::io::{read_frame, write_message, write_raw, FrameIoError};
-use kakehashi_proto::message::{Message, OpenDataChannel, SessionAccepted, SessionRequest};
+use kakehashi_proto::message::{Message, SessionAccepted, SessionRequest};
 use kakehashi_proto::ticket::{TicketClaims, TICKET_LIFETIME_SECS, TICKET_VERSION};
 use kakehashi_proto::{frame, FrameKind, Reason, Refusal};
 use kakehashi_transport::splice::{splice_counted, Counters};
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::{random_hex, unix_now, BoxIo, Transport};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crl::check_cert;
 use crate::shared::{
-    audit_event, desk_labels, reason_label, refuse, update_capacity, AgentLink, LiveGuard,
-    LiveSession, PeerCert, PendingChannel, SessionLabels, Shared,
+    audit_event, desk_labels, reason_label, refuse, update_capacity, LiveGuard, LiveSession,
+    PeerCert, SessionLabels, Shared,
 };
 
 pub(crate) async fn serve_terminal_quic(
@@ -406,9 +405,9 @@ pub(crate) async fn open_to_agent(
         let agents = s.agents.lock().expect("agents lock");
         agents
             .get(&claims.desk)
-            .map(|e| (e.link.clone(), e.enforces))
+            .map(|e| (e.opener.clone(), e.enforces))
     };
-    let Some((link, enforces)) = link else {
+    let Some((opener, enforces)) = link else {
         return Err(Refusal::new(Reason::DeskOffline));
     };
     if must_enforce && !enforces {
@@ -421,37 +420,10 @@ pub(crate) async fn open_to_agent(
     }
     let timeout = s.cfg.session_setup_timeout;
     let setup = async {
-        let mut io: BoxIo = match link {
-            AgentLink::Quic(conn) => match conn.open_bi().await {
-                Ok(bi) => Box::new(QuicStream::new(bi)),
-                Err(e) => {
-                    debug!(error = %e, "Agent tunnel lost");
-                    return Err(Refusal::new(Reason::DeskOffline));
-                }
-            },
-            AgentLink::Tcp { control } => {
-                let channel = random_hex(16);
-                let (tx, rx) = oneshot::channel();
-                s.pending.lock().expect("pending lock").insert(
-                    channel.clone(),
-                    PendingChannel {
-                        desk: claims.desk.clone(),
-                        deliver: tx,
-                    },
-                );
-                let guard = PendingGuard {
-                    s,
-                    channel: channel.clone(),
-                };
-                let msg = OpenDataChannel { channel }.to_frame().expect("small frame");
-                if control.send(msg).await.is_err() {
-                    return Err(Refusal::new(Reason::DeskOffline));
-                }
-                let io = rx.await.map_err(|_| Refusal::new(Reason::DeskOffline))?;
-                drop(guard);
-                io
-            }
-        };
+        let mut io = opener.open().await.map_err(|e| {
+            debug!(error = %e, "Agent tunnel lost");
+            Refusal::new(Reason::DeskOffline)
+        })?;
         let ticket = s.signer.sign(&claims).map_err(|e| {
             warn!(error = %e, "Cannot sign the ticket");
             Refusal::new(Reason::Internal)
@@ -485,22 +457,6 @@ pub(crate) async fn open_to_agent(
             warn!("Agent did not set the session up in time");
             Err(Refusal::new(Reason::Timeout))
         }
-    }
-}
-
-/// Removes a pending data channel however session setup ends.
-pub(crate) struct PendingGuard<'a> {
-    pub(crate) s: &'a Shared,
-    pub(crate) channel: String,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.s
-            .pending
-            .lock()
-            .expect("pending lock")
-            .remove(&self.channel);
     }
 }
 

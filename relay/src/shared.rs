@@ -13,9 +13,10 @@ use kakehashi_proto::io::write_message;
 use kakehashi_proto::{Reason, Refusal, TicketSigner};
 use kakehashi_transport::serve::Refused;
 use kakehashi_transport::tls::{PeerCertFacts, ReloadingClientVerifier};
+use kakehashi_transport::tunnel::{DataChannels, SessionOpener};
 use kakehashi_transport::{BoxIo, Shutdown, Transport};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -39,18 +40,12 @@ pub struct BoundAddrs {
     pub portal: Option<SocketAddr>,
 }
 
-/// How to reach one desk's agent.
-#[derive(Clone)]
-pub(crate) enum AgentLink {
-    Quic(quinn::Connection),
-    Tcp { control: mpsc::Sender<Vec<u8>> },
-}
-
 pub(crate) struct AgentEntry {
     pub(crate) generation: u64,
     /// The agent's certificate, re-checked when the CRL changes.
     pub(crate) cert: PeerCert,
-    pub(crate) link: AgentLink,
+    /// Opens a session stream on the agent's tunnel.
+    pub(crate) opener: SessionOpener,
     pub(crate) transport: Transport,
     /// The agent said in its hello that it enforces session controls (its
     /// RDP filter is on); an agent that did not say does not.
@@ -212,18 +207,13 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
-/// A data connection an agent was asked to dial, waiting for it.
-pub(crate) struct PendingChannel {
-    pub(crate) desk: String,
-    pub(crate) deliver: oneshot::Sender<BoxIo>,
-}
-
 /// State shared by every task of a gateway.
 pub struct Shared {
     pub(crate) cfg: Arc<Config>,
     pub(crate) signer: TicketSigner,
     pub(crate) agents: Mutex<HashMap<String, AgentEntry>>,
-    pub(crate) pending: Mutex<HashMap<String, PendingChannel>>,
+    /// TCP data connections asked of agents, waiting for them.
+    pub(crate) channels: DataChannels,
     pub(crate) sessions: Arc<Semaphore>,
     pub(crate) live: Mutex<HashMap<String, Arc<LiveSession>>>,
     pub(crate) generation: AtomicU64,

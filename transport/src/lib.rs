@@ -12,6 +12,8 @@
 //! - [`stream`]: one boxed byte-stream type for a session on either transport.
 //! - [`splice`]: the bidirectional copy between two streams, holding a buffer
 //!   only while bytes are in flight, so idle sessions cost no buffer memory.
+//! - [`tunnel`]: a desk agent's tunnel on either transport, for the gateway's
+//!   end and the agent's: control stream, session streams, pings.
 //! - [`tls_stream`]: the server side of TLS over TCP, holding no buffer
 //!   while a connection is idle.
 //! - [`backoff`]: the one capped, jittered reconnect backoff (backon).
@@ -39,6 +41,7 @@ pub mod splice;
 pub mod stream;
 pub mod tls;
 pub mod tls_stream;
+pub mod tunnel;
 
 #[cfg(test)]
 mod test_certs;
