@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use anyhow::Context as _;
 use kakehashi_policy::{self as pol, Decision, Policy};
 use kakehashi_proto::{Reason, Refusal};
+use kakehashi_store::localtime::{parse_date_opt, ymd};
 use kakehashi_store::{Audit, PlanStatus, Store};
 use time::OffsetDateTime;
 use tracing::{info, warn};
@@ -272,8 +273,7 @@ struct Facts<'a> {
 /// Plans older than this (a month before the local date) play no part in a
 /// decision, so both paths read the same window.
 fn plan_window_start(now: OffsetDateTime, policy: &Policy) -> String {
-    let d = (now.to_offset(policy.timezone) - time::Duration::days(31)).date();
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    ymd((now.to_offset(policy.timezone) - time::Duration::days(31)).date())
 }
 
 /// The one place a policy request is put together from the store's facts,
@@ -468,12 +468,7 @@ fn outcome(
 /// (→ `plan_not_approved`), else the latest approved plan of another day
 /// (→ `plan_other_day`). Rejected plans count as none.
 fn pick_plan(plans: &[kakehashi_store::Plan], local: OffsetDateTime) -> Option<pol::PlanCtx> {
-    let today = format!(
-        "{:04}-{:02}-{:02}",
-        local.year(),
-        u8::from(local.month()),
-        local.day()
-    );
+    let today = ymd(local.date());
     let minute = u16::from(local.hour()) * 60 + u16::from(local.minute());
     let usable = || plans.iter().filter(|p| p.status != PlanStatus::Rejected);
     let todays = || usable().filter(|p| p.date == today);
@@ -486,22 +481,13 @@ fn pick_plan(plans: &[kakehashi_store::Plan], local: OffsetDateTime) -> Option<p
                 .filter(|p| p.status == PlanStatus::Approved)
                 .max_by(|a, b| a.date.cmp(&b.date))
         })?;
-    let date = parse_date(&chosen.date)?;
+    let date = parse_date_opt(&chosen.date)?;
     Some(pol::PlanCtx {
         date,
         start_min: chosen.start_min,
         end_min: chosen.end_min,
         approved: chosen.status == PlanStatus::Approved,
     })
-}
-
-/// `YYYY-MM-DD` (validated by the store) as a date.
-fn parse_date(s: &str) -> Option<time::Date> {
-    let mut it = s.splitn(3, '-');
-    let y: i32 = it.next()?.parse().ok()?;
-    let m: u8 = it.next()?.parse().ok()?;
-    let d: u8 = it.next()?.parse().ok()?;
-    time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, d).ok()
 }
 
 /// Map the certificate's terminal class to the policy's.
@@ -539,10 +525,7 @@ mod tests {
         let a = || Audit::new(t, "test", "seed");
         let policy = Policy::default();
         let local = now.to_offset(policy.timezone);
-        let day = |d: i64| {
-            let x = (local + time::Duration::days(d)).date();
-            format!("{:04}-{:02}-{:02}", x.year(), u8::from(x.month()), x.day())
-        };
+        let day = |d: i64| ymd((local + time::Duration::days(d)).date());
         for i in 0..6 {
             let id = format!("u{i}");
             store

@@ -202,14 +202,6 @@ impl Store {
     }
 }
 
-/// The current time as unix seconds, for callers that need a `now`.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,11 +172,12 @@ pub use audit::{Audit, AuditRecord, BreakKind, BrokenLink, VerifyReport};
 pub use checkpoint::{
     key_id, AnchorProblem, AnchorReport, Checkpoint, CheckpointSource, CHECKPOINT_ACTION,
 };
-pub use db::{redact_url, unix_now, Backend, Store, StoreUrl};
+pub use db::{redact_url, Backend, Store, StoreUrl};
 pub use identity::{
     Credential, LockState, LockoutRule, LoginCode, LoginToken, NewCredential, NewLoginCode,
     NewLoginToken, NewUser, User,
 };
 pub use inventory::{Desk, Device, DeviceSpec};
+pub use localtime::unix_now;
 pub use planning::{Bcp, BcpScope, BcpSpec, Plan, PlanSpec, PolicyDoc};
 pub use sessions::{SessionEnd, SessionRecord, SessionStart};

@@ -22,7 +22,6 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
@@ -97,26 +96,19 @@ impl fmt::Debug for PersistentTicketer {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl PersistentTicketer {
     /// Keys from `path`, created there when the file does not exist. A file
     /// that others can read, or that is not a key file, is an error (nothing
     /// is overwritten).
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        Self::open_at(path, now_secs())
+        Self::open_at(path, crate::unix_now())
     }
 
     /// Keys only in memory: tickets do not survive a restart.
     pub fn in_memory() -> anyhow::Result<Self> {
         let rng = SystemRandom::new();
         let keys = Keys {
-            current: Key::generate(&rng, now_secs())?,
+            current: Key::generate(&rng, crate::unix_now())?,
             previous: None,
         };
         Ok(Self::with_keys(None, keys, rng))
@@ -203,7 +195,7 @@ impl PersistentTicketer {
     }
 
     fn maybe_rotate(&self) {
-        let now = now_secs();
+        let now = crate::unix_now();
         let due = {
             let k = self.keys.read().unwrap_or_else(|e| e.into_inner());
             now.saturating_sub(k.current.created) >= ROTATE_SECS
@@ -332,7 +324,7 @@ pub fn fuzz_feed(data: &[u8]) {
         }
         return;
     }
-    let now = now_secs();
+    let now = crate::unix_now();
     let keys = Keys {
         current: Key::new(now, [1; NAME_LEN], [2; KEY_LEN]),
         previous: Some(Key::new(now, [3; NAME_LEN], [4; KEY_LEN])),
@@ -479,7 +471,7 @@ mod tests {
     fn fuzz_entry_holds_on_its_seed_shapes() {
         let entry = |fill: u8| {
             [
-                &now_secs().to_be_bytes()[..],
+                &crate::unix_now().to_be_bytes()[..],
                 &[fill; NAME_LEN + KEY_LEN][..],
             ]
             .concat()

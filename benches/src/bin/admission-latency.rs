@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
     ];
     let today = {
         let l = time::OffsetDateTime::now_utc().to_offset(time::UtcOffset::from_hms(9, 0, 0)?);
-        format!("{:04}-{:02}-{:02}", l.year(), u8::from(l.month()), l.day())
+        kakehashi_store::localtime::ymd(l.date())
     };
     for i in 0..args.users {
         let id = format!("u{i:05}");

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use kakehashi_store::Store;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -82,24 +82,6 @@ fn user_name(uid: u32, passwd: &str) -> Option<String> {
         let id: u32 = f.nth(1)?.parse().ok()?;
         (id == uid && !name.is_empty()).then(|| name.to_owned())
     })
-}
-
-pub(crate) fn parse_hhmm(what: &str, s: &str) -> anyhow::Result<u16> {
-    let (h, m) = s
-        .split_once(':')
-        .with_context(|| format!("{what} {s:?}: expected HH:MM"))?;
-    let (h, m): (u16, u16) = (
-        h.trim().parse().with_context(|| format!("{what} {s:?}"))?,
-        m.trim().parse().with_context(|| format!("{what} {s:?}"))?,
-    );
-    if m >= 60 || h * 60 + m > 1440 {
-        bail!("{what} {s:?} is not a time of day");
-    }
-    Ok(h * 60 + m)
-}
-
-pub(crate) fn hhmm(min: u16) -> String {
-    format!("{:02}:{:02}", min / 60, min % 60)
 }
 
 pub(crate) fn parse_time(what: &str, s: &str) -> anyhow::Result<OffsetDateTime> {

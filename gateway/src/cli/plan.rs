@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
+use kakehashi_store::localtime::{hhmm, parse_hhmm};
 use kakehashi_store::{Audit, PlanSpec, PlanStatus, Store};
 use serde_json::json;
 
-use super::{actor, hhmm, open_store as open, parse_hhmm};
+use super::{actor, open_store as open};
 use crate::config::Config;
 
 /// `admin plan …`

@@ -36,7 +36,7 @@ use kakehashi_store::{Audit, Bcp, BcpScope, BcpSpec, DeskService, DeviceStatus, 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
-use time::{Date, Month, OffsetDateTime, UtcOffset};
+use time::{Date, OffsetDateTime, UtcOffset};
 use tracing::{info, warn};
 
 use super::access::{get_refused, Need, Refused, Visitor};
@@ -283,33 +283,22 @@ impl PortalState {
 
 /// `YYYY-MM-DD` as a date.
 pub(super) fn parse_date(s: &str) -> Option<Date> {
-    let mut it = s.trim().splitn(3, '-');
-    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return None;
-    }
-    let month = Month::try_from(m.parse::<u8>().ok()?).ok()?;
-    Date::from_calendar_date(y.parse().ok()?, month, d.parse().ok()?).ok()
+    kakehashi_store::localtime::parse_date_opt(s.trim())
 }
 
 /// `HH:MM` as minutes after midnight (`24:00` allowed).
 pub(super) fn parse_hhmm(s: &str) -> Option<u16> {
-    let (h, m) = s.trim().split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
-        return None;
-    }
-    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
-    (m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+    kakehashi_store::localtime::parse_hhmm_strict(s)
 }
 
 /// Minutes after midnight as `HH:MM`.
 pub(super) fn hhmm(min: u16) -> String {
-    format!("{:02}:{:02}", min / 60, min % 60)
+    kakehashi_store::localtime::hhmm(min)
 }
 
 /// `YYYY-MM-DD`.
 pub(super) fn ymd(d: Date) -> String {
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    kakehashi_store::localtime::ymd(d)
 }
 
 /// A local date and time at `offset`.
