@@ -24,6 +24,8 @@ use time::{Date, UtcOffset};
 use crate::db::Store;
 use crate::localtime::{local_date, local_midnight};
 use crate::sessions::SessionRecord;
+use crate::sheet::Cell::{Plain, Text};
+use crate::sheet::SheetWriter;
 
 /// The language of the header line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,26 +192,11 @@ pub fn attendance(
         .collect()
 }
 
-/// One CSV field (RFC 4180): quoted when it holds a comma, quote or line
-/// break. With `neutralise`, text that a spreadsheet would run as a formula
-/// (starting with `=`, `+`, `-`, `@`, tab or CR) is prefixed with `'`.
-pub fn csv_field(s: &str, neutralise: bool) -> String {
-    let s = if neutralise && s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
 /// The UTF-8 byte order mark Excel needs to read UTF-8 CSV.
-pub const BOM: &str = "\u{feff}";
+pub use crate::sheet::BOM;
 
 /// Writes `rows` as CSV with a header line (`lang`), optionally after a BOM.
+/// Names and departments are neutralised ([`crate::sheet`]).
 pub fn write_csv(
     rows: &[DayRow],
     offset: UtcOffset,
@@ -221,32 +208,66 @@ pub fn write_csv(
         w.write_all(BOM.as_bytes())?;
     }
     let header = match lang {
-        Lang::Ja => "日付,職員ID,氏名,所属,最初の開始,最後の終了,接続時間,接続秒数,セッション数,端末区分,接続中",
-        Lang::En => "date,user_id,name,dept,first_start,last_end,connected,connected_secs,sessions,classes,open",
+        Lang::Ja => [
+            "日付",
+            "職員ID",
+            "氏名",
+            "所属",
+            "最初の開始",
+            "最後の終了",
+            "接続時間",
+            "接続秒数",
+            "セッション数",
+            "端末区分",
+            "接続中",
+        ],
+        Lang::En => [
+            "date",
+            "user_id",
+            "name",
+            "dept",
+            "first_start",
+            "last_end",
+            "connected",
+            "connected_secs",
+            "sessions",
+            "classes",
+            "open",
+        ],
     };
-    writeln!(w, "{header}")?;
     let open = match lang {
         Lang::Ja => "接続中",
         Lang::En => "yes",
     };
+    let mut csv = SheetWriter::new(w);
+    csv.header(&header)?;
     for r in rows {
-        writeln!(
-            w,
-            "{},{},{},{},{},{},{},{},{},{},{}",
-            r.date,
-            csv_field(&r.user_id, true),
-            csv_field(&r.name, true),
-            csv_field(&r.dept, true),
+        let (date, first, last) = (
+            r.date.to_string(),
             clock(r.first_start, r.date, offset),
             clock(r.last_end, r.date, offset),
+        );
+        let (connected, secs, sessions) = (
             duration(r.connected_secs),
-            r.connected_secs,
-            r.sessions,
-            r.classes.iter().cloned().collect::<Vec<_>>().join("/"),
-            if r.open { open } else { "" },
-        )?;
+            r.connected_secs.to_string(),
+            r.sessions.to_string(),
+        );
+        let classes = r.classes.iter().cloned().collect::<Vec<_>>().join("/");
+        csv.row(&[
+            Plain(&date),
+            Text(&r.user_id),
+            Text(&r.name),
+            Text(&r.dept),
+            Plain(&first),
+            Plain(&last),
+            Plain(&connected),
+            Plain(&secs),
+            Plain(&sessions),
+            Plain(&classes),
+            Plain(if r.open { open } else { "" }),
+        ])?;
     }
-    Ok(())
+    csv.flush()
 }
 
 /// The users of `dept` (every user without it), by id.
@@ -528,16 +549,5 @@ mod tests {
             "2025-02-01,u-kato,\"加藤, \"\"一郎\"\"\",somu,00:00:00,00:30:00,0:30:00,1800,1,home,"
         );
         assert!(lines.next().unwrap().ends_with(",1,home,接続中"));
-    }
-
-    #[test]
-    fn csv_fields() {
-        assert_eq!(csv_field("plain", true), "plain");
-        assert_eq!(csv_field("a,b", false), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\"", false), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines", false), "\"two\nlines\"");
-        assert_eq!(csv_field("=SUM(A1)", true), "'=SUM(A1)");
-        assert_eq!(csv_field("=SUM(A1,A2)", true), "\"'=SUM(A1,A2)\"");
-        assert_eq!(csv_field("=1", false), "=1");
     }
 }

@@ -29,10 +29,11 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::attendance::csv_field;
 use crate::audit::AuditRecord;
 use crate::db::Store;
 use crate::localtime::rfc3339;
+use crate::sheet::Cell::{Plain, Text};
+use crate::sheet::SheetWriter;
 use crate::types::Hash256;
 
 /// Records read from the store at once.
@@ -102,22 +103,22 @@ impl ExportRecord {
         serde_json::to_string(self).expect("plain strings and integers serialise")
     }
 
-    /// One CSV line (no newline). Text that a spreadsheet would run as a
-    /// formula is prefixed with `'` (see [`csv_field`]).
-    pub fn to_csv(&self) -> String {
-        [
-            self.seq.to_string(),
-            self.at.to_string(),
-            self.time.clone(),
-            csv_field(&self.actor, true),
-            csv_field(&self.action, true),
-            csv_field(&self.subject, true),
-            csv_field(&self.reason, true),
-            csv_field(&self.detail, true),
-            self.prev_hash.clone(),
-            self.hash.clone(),
-        ]
-        .join(",")
+    /// Writes the record as one CSV row. Text that a spreadsheet would run
+    /// as a formula is prefixed with `'` (see [`crate::sheet`]).
+    pub fn write_csv<W: Write>(&self, w: &mut SheetWriter<W>) -> std::io::Result<()> {
+        let (seq, at) = (self.seq.to_string(), self.at.to_string());
+        w.row(&[
+            Plain(&seq),
+            Plain(&at),
+            Plain(&self.time),
+            Text(&self.actor),
+            Text(&self.action),
+            Text(&self.subject),
+            Text(&self.reason),
+            Text(&self.detail),
+            Plain(&self.prev_hash),
+            Plain(&self.hash),
+        ])
     }
 
     /// Back to a stored record, if the hashes are hex and `time` is `at`.
@@ -160,6 +161,12 @@ pub struct ExportSummary {
     pub head_seq: i64,
 }
 
+/// Where an export's records go.
+enum Out<'a> {
+    Jsonl(&'a mut dyn Write),
+    Csv(Box<SheetWriter<&'a mut dyn Write>>),
+}
+
 /// Streams the records of `[since, until)` (see the module docs) to `w`,
 /// page by page; `progress` is called every 100,000 records.
 pub async fn export(
@@ -181,9 +188,14 @@ pub async fn export(
         head_seq,
         ..Default::default()
     };
-    if format == ExportFormat::Csv {
-        writeln!(w, "{CSV_HEADER}")?;
-    }
+    let mut out = match format {
+        ExportFormat::Csv => {
+            let mut c = SheetWriter::new(w);
+            c.header(&CSV_HEADER.split(',').collect::<Vec<_>>())?;
+            Out::Csv(Box::new(c))
+        }
+        ExportFormat::Jsonl => Out::Jsonl(w),
+    };
     let mut after = 0;
     let mut started = false;
     'pages: while after < head_seq {
@@ -209,9 +221,9 @@ pub async fn export(
                 sum.first_prev_hash = Some(r.prev_hash);
             }
             let e = ExportRecord::new(&r, utc_offset_secs);
-            match format {
-                ExportFormat::Jsonl => writeln!(w, "{}", e.to_json())?,
-                ExportFormat::Csv => writeln!(w, "{}", e.to_csv())?,
+            match &mut out {
+                Out::Csv(c) => e.write_csv(c)?,
+                Out::Jsonl(w) => writeln!(w, "{}", e.to_json())?,
             }
             sum.records += 1;
             sum.seqs = Some((sum.seqs.map_or(r.seq, |s| s.0), r.seq));
@@ -221,7 +233,10 @@ pub async fn export(
             }
         }
     }
-    w.flush()?;
+    match &mut out {
+        Out::Csv(c) => c.flush()?,
+        Out::Jsonl(w) => w.flush()?,
+    }
     Ok(sum)
 }
 

@@ -167,6 +167,7 @@ mod sessions;
 
 pub mod export;
 pub mod localtime;
+pub mod sheet;
 
 pub use audit::{Audit, AuditRecord, BreakKind, BrokenLink, VerifyReport};
 pub use checkpoint::{

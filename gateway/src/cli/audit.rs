@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use kakehashi_store::attendance::BOM;
 use kakehashi_store::export::{export, verify_files, ExportFormat, ExportSummary};
 use kakehashi_store::localtime::parse_instant;
+use kakehashi_store::sheet::BOM;
 use kakehashi_store::Hash256;
 
 use super::{local, open_store, output};

@@ -174,15 +174,45 @@ async fn add_plan(
 async fn import_plans(store: &Store, who: &str, file: &Path) -> anyhow::Result<usize> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let rows = parse_plans(&text, file)?;
+    let now = kakehashi_store::unix_now();
+    for (n, spec, status) in &rows {
+        add_plan(store, who, now, spec, *status)
+            .await
+            .with_context(|| format!("{}:{n}", file.display()))?;
+    }
+    Ok(rows.len())
+}
+
+/// The plans in the CSV `text` of `file`, each with its line number.
+fn parse_plans(
+    text: &str,
+    file: &Path,
+) -> anyhow::Result<Vec<(usize, PlanSpec, Option<PlanStatus>)>> {
     let text = text.trim_start_matches('\u{feff}');
+    // Flexible (the status column is optional); quoted fields as a
+    // spreadsheet writes them; blank lines are skipped.
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = line.trim();
-        if line.is_empty() || (n == 1 && line.starts_with("user")) {
+    for record in csv.records() {
+        let record = record.with_context(|| format!("{}: not CSV", file.display()))?;
+        // The line the record starts on (csv's own count lags behind
+        // after a CRLF line end, which it consumes with the next record).
+        let at = record.position().map_or(0, |p| p.byte());
+        let at = usize::try_from(at).unwrap_or(usize::MAX).min(text.len());
+        let rest = text.as_bytes()[at..].iter();
+        let start = at + rest.take_while(|b| matches!(b, b'\r' | b'\n')).count();
+        let n = 1 + text.as_bytes()[..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        let f: Vec<&str> = record.iter().map(str::trim).collect();
+        if f.iter().all(|s| s.is_empty()) || (n == 1 && f[0].starts_with("user")) {
             continue;
         }
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if !(5..=6).contains(&f.len()) {
             bail!(
                 "{}:{n}: expected user_id,date,start,end,place[,status]",
@@ -208,11 +238,47 @@ async fn import_plans(store: &Store, who: &str, file: &Path) -> anyhow::Result<u
         }
         rows.push((n, spec, status));
     }
-    let now = kakehashi_store::unix_now();
-    for (n, spec, status) in &rows {
-        add_plan(store, who, now, spec, *status)
-            .await
-            .with_context(|| format!("{}:{n}", file.display()))?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_csv_as_a_spreadsheet_writes_it() {
+        let f = Path::new("plans.csv");
+        let text = "\u{feff}user_id,date,start,end,place,status\r\n\
+                    u1, 2026-01-15 ,8:30,17:15,自宅\r\n\
+                    \r\n\
+                    u2,2026-01-16,09:00,12:00,\"支所, 2階\",approved\r\n";
+        let rows = parse_plans(text, f).unwrap();
+        assert_eq!(rows.len(), 2);
+        let (n, p, st) = &rows[0];
+        assert_eq!(
+            (*n, p.user_id.as_str(), p.date.as_str()),
+            (2, "u1", "2026-01-15")
+        );
+        assert_eq!((p.start_min, p.end_min, st), (510, 1035, &None));
+        let (n, p, st) = &rows[1];
+        assert_eq!(
+            (*n, p.place.as_str(), st),
+            (4, "支所, 2階", &Some(PlanStatus::Approved))
+        );
+        let e = parse_plans("u1,2026-01-15,09:00\n", f).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plans.csv:1: expected user_id,date,start,end,place[,status]"
+        );
+        let e = parse_plans(
+            "u1,2026-01-15,09:00,10:00,x\nu1,2026-01-15,10:00,09:00,x\n",
+            f,
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "plans.csv:2: start must be before end"
+        );
+        let e = parse_plans("u1,2026-01-15,09:00,10:00,x,maybe\n", f).unwrap_err();
+        assert_eq!(e.to_string(), "plans.csv:1: unknown status \"maybe\"");
     }
-    Ok(rows.len())
 }
