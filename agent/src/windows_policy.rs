@@ -347,7 +347,8 @@ fn read_state(path: &Path) -> anyhow::Result<Option<Values>> {
     Ok(Some(file.saved))
 }
 
-/// Write the state file atomically: a temporary file, flushed, renamed over.
+/// Write the state file atomically: a temporary file, flushed, renamed over
+/// (tempfile's `persist`).
 fn write_state(path: &Path, saved: &Values) -> anyhow::Result<()> {
     let file = StateFile {
         version: STATE_VERSION,
@@ -355,21 +356,27 @@ fn write_state(path: &Path, saved: &Values) -> anyhow::Result<()> {
         saved: saved.clone(),
     };
     let json = serde_json::to_vec_pretty(&file).context("cannot encode the state file")?;
-    let tmp = path.with_extension("json.tmp");
     let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fs::create_dir_all(dir)?;
+        let mut b = tempfile::Builder::new();
+        b.prefix(".state.json.tmp");
+        // Not a secret: the mode a plain create gives (less the umask).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            b.permissions(fs::Permissions::from_mode(0o666));
         }
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = b.tempfile_in(dir)?;
         f.write_all(&json)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
+        f.as_file().sync_all()?;
+        f.persist(path)?;
         // The rename itself survives a power cut only once the directory is flushed.
         #[cfg(unix)]
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
+        fs::File::open(dir)?.sync_all()?;
         Ok(())
     };
     write().with_context(|| format!("cannot write {}", path.display()))

@@ -1,6 +1,5 @@
 //! The login token on disk: one JSON file, mode 0600, written atomically.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -29,30 +28,16 @@ pub fn load(path: &Path) -> anyhow::Result<Option<StoredToken>> {
     }
 }
 
-/// Write the token file: created with mode 0600 (never chmod afterwards), then renamed into place.
+/// Write the token file: created with mode 0600 (never chmod afterwards),
+/// then renamed into place ([`kakehashi_pki::write_secret_file`]).
 pub fn save(path: &Path, t: &StoredToken) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".token.{}.tmp", std::process::id()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = opts
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(t)?)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    kakehashi_pki::write_secret_file(path, &serde_json::to_vec_pretty(t)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Remove the token file (no error if it is already gone).

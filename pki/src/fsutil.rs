@@ -1,10 +1,8 @@
 //! Atomic file writes with the right permissions from the start.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write as _;
 use std::path::Path;
-
-use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::PkiError;
 
@@ -28,7 +26,8 @@ impl Access {
 }
 
 /// Writes `contents` to `path` atomically: a temporary file in the same
-/// directory, created with its final mode, synced, then renamed over `path`.
+/// directory, created with its final mode, synced, then renamed over `path`
+/// (tempfile's `persist`).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], access: Access) -> Result<(), PkiError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -38,37 +37,26 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], access: Access) -> Resu
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut suffix = [0u8; 6];
-    SystemRandom::new()
-        .fill(&mut suffix)
-        .map_err(|_| PkiError::Crypto("system random number generator failed"))?;
-    let tmp = dir.join(format!(".{name}.tmp-{}", hex::encode(suffix)));
-
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
+    let prefix = format!(".{name}.tmp-");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).rand_bytes(6);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(access.mode());
+        use std::os::unix::fs::PermissionsExt as _;
+        builder.permissions(fs::Permissions::from_mode(access.mode()));
     }
     #[cfg(not(unix))]
     let _ = access;
 
-    let written = options.open(&tmp).and_then(|mut file| {
-        file.write_all(contents)?;
-        file.sync_all()
-    });
-    if let Err(source) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(PkiError::Io { path: tmp, source });
-    }
-    if let Err(source) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(PkiError::Io {
-            path: path.to_owned(),
-            source,
-        });
-    }
+    let mut tmp = builder.tempfile_in(dir).map_err(PkiError::io(dir))?;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(PkiError::io(tmp.path()))?;
+    // On failure the temporary file is removed when `e.file` drops.
+    tmp.persist(path).map_err(|e| PkiError::Io {
+        path: path.to_owned(),
+        source: e.error,
+    })?;
     // Make the rename itself durable; failure here is not worth an error.
     #[cfg(unix)]
     if let Ok(d) = fs::File::open(dir) {
