@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -15,25 +16,33 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Configuration file (TOML; see deploy/agent.example.toml). Before or
+    /// after the command.
+    #[arg(long, global = true, env = "KAKEHASHI_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Dial the configured gateways and serve sessions until stopped.
-    Run {
-        /// Configuration file (TOML); see deploy/agent.example.toml.
-        #[arg(long)]
-        config: PathBuf,
-    },
+    /// Dial the configured gateways and serve sessions until stopped (`--config`).
+    Run,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kakehashi_transport::init_tracing(cli.log_json);
-    let Cmd::Run { config } = cli.cmd;
+    let Cmd::Run = cli.cmd;
+    let Some(config) = cli.config else {
+        Cli::command()
+            .error(
+                ErrorKind::MissingRequiredArgument,
+                "the following required arguments were not provided:\n  --config <FILE> (or KAKEHASHI_CONFIG)",
+            )
+            .exit()
+    };
     let agent = match kakehashi_agent::Config::load(&config).and_then(kakehashi_agent::Agent::new) {
         Ok(a) => a,
         Err(e) => {

@@ -101,11 +101,9 @@ pub struct Config {
     pub user: Option<String>,
 }
 
-/// Where the configuration lives when `--config` is not given.
+/// Where the configuration lives when neither `--config` nor
+/// `KAKEHASHI_CONFIG` (read by the command line) is given.
 pub fn default_path() -> PathBuf {
-    if let Some(x) = std::env::var_os("KAKEHASHI_CONFIG") {
-        return PathBuf::from(x);
-    }
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("APPDATA").map(PathBuf::from))

@@ -18,8 +18,9 @@ use tracing::{info, warn};
     about = "Kakehashi client (架け橋): reach your desk PC from a loaned laptop"
 )]
 struct Cli {
-    /// Configuration file (default: $KAKEHASHI_CONFIG or ~/.config/kakehashi/client.toml).
-    #[arg(long, global = true)]
+    /// Configuration file (default: ~/.config/kakehashi/client.toml). Before
+    /// or after the command.
+    #[arg(long, global = true, env = "KAKEHASHI_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,

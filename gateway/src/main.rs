@@ -1,10 +1,11 @@
 //! `kakehashi-gateway`: run the gateway, and the administration commands
 //! on its store. The demo is its own program, `kakehashi-demo`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -17,18 +18,19 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
+    /// The gateway's configuration file (TOML; see
+    /// deploy/gateway.example.toml): for `run`, and the [store] of the
+    /// commands on it. Before or after the command.
+    #[arg(long, global = true, env = "KAKEHASHI_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run the gateway with a configuration file.
-    Run {
-        /// Configuration file (TOML); see deploy/gateway.example.toml.
-        #[arg(long)]
-        config: PathBuf,
-    },
+    /// Run the gateway with a configuration file (`--config`).
+    Run,
     /// Moved: the demo is `kakehashi-demo` (`cargo run --release -p kakehashi-demo`).
     #[command(hide = true)]
     Demo {
@@ -49,9 +51,6 @@ enum Cmd {
     /// Administration on the gateway's store: users, enrollment codes,
     /// devices, desks, telework plans.
     Admin {
-        /// The gateway's configuration file (its [store] is used).
-        #[arg(long)]
-        config: PathBuf,
         #[command(subcommand)]
         cmd: kakehashi_gateway::cli::admin::AdminCmd,
     },
@@ -71,11 +70,8 @@ enum Cmd {
 enum AuditCmd {
     /// Walk the hash chain; exit 1 and name the first broken record if any.
     /// With --file, verify exported JSON-lines files offline instead.
-    #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "file"])))]
+    /// One of --config (the gateway's store) and --file.
     Verify {
-        /// The gateway's configuration file (its [store] is used).
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// An `audit export --format jsonl` file; repeat for consecutive exports, in order.
         #[arg(long)]
         file: Vec<PathBuf>,
@@ -85,11 +81,11 @@ enum AuditCmd {
         /// With --config: the checkpoint public key (`audit-checkpoint.pub`) to
         /// check the signed checkpoints with, instead of the gateway's key
         /// file; repeat for several gateways.
-        #[arg(long, requires = "config")]
+        #[arg(long)]
         checkpoint_key: Vec<PathBuf>,
         /// With --config: the checkpoint file to check against, instead of
         /// the configured one (e.g. a copy kept off the host).
-        #[arg(long, requires = "config")]
+        #[arg(long)]
         checkpoints: Option<PathBuf>,
     },
     /// Write the audit log (or a time window of it) as JSON lines or CSV.
@@ -117,10 +113,27 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Exits with a usage error, as clap does for the arguments it checks itself.
+fn usage(kind: ErrorKind, msg: &str) -> ! {
+    Cli::command().error(kind, msg).exit()
+}
+
+/// The configuration file a command needs: `--config` (before or after the
+/// command) or `KAKEHASHI_CONFIG`.
+fn need_config(config: Option<&Path>) -> &Path {
+    config.unwrap_or_else(|| {
+        usage(
+            ErrorKind::MissingRequiredArgument,
+            "the following required arguments were not provided:\n  --config <FILE> (or KAKEHASHI_CONFIG)",
+        )
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config.as_deref();
     match cli.cmd {
-        Cmd::Run { config } => {
-            let cfg = kakehashi_gateway::Config::load(&config)?;
+        Cmd::Run => {
+            let cfg = kakehashi_gateway::Config::load(need_config(config))?;
             let gw = kakehashi_gateway::Gateway::bind(cfg)
                 .await
                 .context("cannot start the gateway")?;
@@ -152,58 +165,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             gw.serve(stop).await
         }
         Cmd::Policy { cmd } => {
-            if kakehashi_gateway::cli::policy::run(cmd).await? {
+            use kakehashi_gateway::cli::policy::PolicyCmd;
+            if cmd.needs_config() {
+                need_config(config);
+            }
+            if let PolicyCmd::Explain(e) = &cmd {
+                if let Some(msg) = e.usage_error(config.is_some()) {
+                    usage(ErrorKind::ArgumentConflict, msg);
+                }
+            }
+            if kakehashi_gateway::cli::policy::run(cmd, config).await? {
                 Ok(())
             } else {
                 anyhow::bail!("the policy has errors (see above)")
             }
         }
-        Cmd::Bcp { cmd } => kakehashi_gateway::cli::bcp::run(cmd).await,
-        Cmd::Admin { config, cmd } => {
-            let cfg = kakehashi_gateway::Config::load(&config)?;
-            kakehashi_gateway::cli::admin::run(&cfg, cmd).await
-        }
+        Cmd::Bcp { cmd } => kakehashi_gateway::cli::bcp::run(need_config(config), cmd).await,
+        Cmd::Admin { cmd } => kakehashi_gateway::cli::admin::run(need_config(config), cmd).await,
         Cmd::Audit {
             cmd:
                 AuditCmd::Verify {
-                    config: Some(config),
-                    checkpoint_key,
-                    checkpoints,
-                    ..
-                },
-        } => {
-            let cfg = kakehashi_gateway::Config::load(&config)?;
-            if kakehashi_gateway::cli::audit::verify_store_cmd(
-                &cfg,
-                &checkpoint_key,
-                checkpoints.as_deref(),
-            )
-            .await?
-            {
-                Ok(())
-            } else {
-                anyhow::bail!("the audit log has been tampered with (see above)")
-            }
-        }
-        Cmd::Audit {
-            cmd:
-                AuditCmd::Verify {
-                    config: None,
                     file,
                     last_hash,
-                    ..
+                    checkpoint_key,
+                    checkpoints,
                 },
-        } => {
-            if kakehashi_gateway::cli::audit::verify_files_cmd(&file, last_hash.as_deref())? {
-                Ok(())
-            } else {
-                anyhow::bail!("the exported audit log has been tampered with (see above)")
+        } => match config {
+            // What the argument group `--config | --file` checked when
+            // `--config` was an argument of `verify`.
+            Some(_) if !file.is_empty() => usage(
+                ErrorKind::ArgumentConflict,
+                "the argument '--config <FILE>' (also from KAKEHASHI_CONFIG) cannot be used with '--file <FILE>'",
+            ),
+            Some(config) => {
+                if kakehashi_gateway::cli::audit::verify_store_cmd(
+                    config,
+                    &checkpoint_key,
+                    checkpoints.as_deref(),
+                )
+                .await?
+                {
+                    Ok(())
+                } else {
+                    anyhow::bail!("the audit log has been tampered with (see above)")
+                }
             }
-        }
+            None if file.is_empty() => usage(
+                ErrorKind::MissingRequiredArgument,
+                "the following required arguments were not provided:\n  <--config <FILE>|--file <FILE>>",
+            ),
+            None if !checkpoint_key.is_empty() || checkpoints.is_some() => usage(
+                ErrorKind::MissingRequiredArgument,
+                "--checkpoint-key and --checkpoints need '--config <FILE>'",
+            ),
+            None => {
+                if kakehashi_gateway::cli::audit::verify_files_cmd(&file, last_hash.as_deref())? {
+                    Ok(())
+                } else {
+                    anyhow::bail!("the exported audit log has been tampered with (see above)")
+                }
+            }
+        },
         Cmd::Audit {
             cmd: AuditCmd::Export(a),
-        } => kakehashi_gateway::cli::audit::export_cmd(a).await,
-        Cmd::Report { cmd } => kakehashi_gateway::cli::report::run(cmd).await,
+        } => kakehashi_gateway::cli::audit::export_cmd(need_config(config), a).await,
+        Cmd::Report { cmd } => {
+            kakehashi_gateway::cli::report::run(need_config(config), cmd).await
+        }
         Cmd::Demo { .. } => anyhow::bail!(
             "the demo is its own program now: run `kakehashi-demo` (from a source tree: `cargo run --release -p kakehashi-demo`); the production gateway does not carry the demo's agent, client and software authenticator"
         ),

@@ -11,8 +11,9 @@ use clap::Subcommand;
 use kakehashi_store::{Audit, DeviceStatus, NewUser, Role};
 use serde_json::json;
 
-use super::{actor, open_store as open, utc};
-use crate::config::Config;
+use std::path::Path;
+
+use super::{actor, open_store, utc};
 
 /// `admin` subcommands.
 #[derive(Subcommand, Debug)]
@@ -115,14 +116,14 @@ pub enum DeviceCmd {
     },
 }
 
-/// Run an `admin` command.
-pub async fn run(cfg: &Config, cmd: AdminCmd) -> anyhow::Result<()> {
-    let store = open(cfg).await?;
+/// Run an `admin` command on the store of the gateway configuration `config`.
+pub async fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
+    let (cfg, store) = open_store(config).await?;
     let now = kakehashi_store::unix_now();
     let who = actor();
     match cmd {
-        AdminCmd::Desk(c) => super::desk::run(cfg, c).await?,
-        AdminCmd::Plan(c) => super::plan::run(cfg, c).await?,
+        AdminCmd::Desk(c) => super::desk::run(&store, c).await?,
+        AdminCmd::Plan(c) => super::plan::run(&store, c).await?,
         AdminCmd::User(UserCmd::Add {
             id,
             name,

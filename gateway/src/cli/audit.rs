@@ -36,9 +36,6 @@ impl From<Format> for ExportFormat {
 /// `audit export` arguments.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// The gateway's configuration file (its [store] is used).
-    #[arg(long)]
-    pub config: PathBuf,
     /// From the first record at or after this time: RFC 3339
     /// (2025-01-06T08:00:00+09:00) or a local date (2025-01-06). Default: the first record.
     #[arg(long)]
@@ -57,9 +54,9 @@ pub struct ExportArgs {
     pub bom: bool,
 }
 
-/// Run `audit export`.
-pub async fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(&a.config)?;
+/// Run `audit export` on the store of the gateway configuration `config`.
+pub async fn export_cmd(config: &Path, a: ExportArgs) -> anyhow::Result<()> {
+    let (cfg, store) = open_store(config).await?;
     let off = cfg.relay.identity.utc_offset_secs;
     let since = a
         .since
@@ -74,7 +71,6 @@ pub async fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
     if a.bom && a.format != Format::Csv {
         bail!("--bom is for --format csv only (a JSON-lines file must not start with a BOM)");
     }
-    let store = open_store(&cfg).await?;
     let mut w = output(a.out.as_deref())?;
     if a.bom {
         w.write_all(BOM.as_bytes())?;
@@ -192,12 +188,13 @@ fn checkpoint_keys(cfg: &Config, key_files: &[PathBuf]) -> anyhow::Result<Vec<[u
 /// public keys from outside the database; prints the verdict, which span is
 /// anchored and which is not, and returns whether the log is intact.
 pub async fn verify_store_cmd(
-    cfg: &Config,
+    config: &Path,
     key_files: &[PathBuf],
     checkpoint_file: Option<&Path>,
 ) -> anyhow::Result<bool> {
     use kakehashi_store::AnchorProblem;
-    let keys = checkpoint_keys(cfg, key_files)?;
+    let (cfg, store) = open_store(config).await?;
+    let keys = checkpoint_keys(&cfg, key_files)?;
     let log = checkpoint_file.unwrap_or(&cfg.checkpoints.log);
     let external = if checkpoint_file.is_some() || log.exists() {
         crate::checkpoint::read_log(log)?
@@ -208,7 +205,6 @@ pub async fn verify_store_cmd(
         );
         Vec::new()
     };
-    let store = open_store(cfg).await?;
     let r = store.verify_audit_anchored(&external, &keys).await?;
     let head = r.chain.head_seq;
     if let Some(p) = &r.problem {

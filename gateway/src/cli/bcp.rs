@@ -1,15 +1,14 @@
 //! `kakehashi-gateway bcp …`: declare and end BCP mode (snow day,
 //! pandemic), and list declarations.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use kakehashi_store::{Audit, BcpScope, BcpSpec};
 use serde_json::json;
 
-use super::{actor, local, open_store as open, parse_time};
-use crate::config::Config;
+use super::{actor, local, open_store, parse_time};
 
 /// `bcp …`
 #[derive(Subcommand, Debug)]
@@ -17,9 +16,6 @@ pub enum BcpCmd {
     /// Declare BCP mode (大雪, 感染症…): relaxes what the policy's
     /// `bcp_default_relax` says, never level 3 from home, never My Number.
     Declare {
-        /// The gateway's configuration file (its [store] is used).
-        #[arg(long)]
-        config: PathBuf,
         /// `all`, or one department.
         #[arg(long)]
         scope: String,
@@ -32,31 +28,23 @@ pub enum BcpCmd {
     },
     /// End BCP mode now: one declaration, or every one in force.
     End {
-        /// The gateway's configuration file (its [store] is used).
-        #[arg(long)]
-        config: PathBuf,
         /// Declaration id (default: all in force).
         #[arg(long)]
         id: Option<String>,
     },
     /// List declarations.
-    List {
-        /// The gateway's configuration file (its [store] is used).
-        #[arg(long)]
-        config: PathBuf,
-    },
+    List,
 }
 
-pub async fn run(cmd: BcpCmd) -> anyhow::Result<()> {
+/// Run a `bcp` command on the store of the gateway configuration `config`.
+pub async fn run(config: &Path, cmd: BcpCmd) -> anyhow::Result<()> {
+    let (_, store) = open_store(config).await?;
     match cmd {
         BcpCmd::Declare {
-            config,
             scope,
             reason,
             until,
         } => {
-            let cfg = Config::load(&config)?;
-            let store = open(&cfg).await?;
             let now = kakehashi_store::unix_now();
             let until = parse_time("--until", &until)?.unix_timestamp();
             if until <= now {
@@ -93,9 +81,7 @@ pub async fn run(cmd: BcpCmd) -> anyhow::Result<()> {
                 local(b.ends_at)
             );
         }
-        BcpCmd::End { config, id } => {
-            let cfg = Config::load(&config)?;
-            let store = open(&cfg).await?;
+        BcpCmd::End { id } => {
             let now = kakehashi_store::unix_now();
             let ids: Vec<String> = match id {
                 Some(id) => vec![id],
@@ -115,9 +101,7 @@ pub async fn run(cmd: BcpCmd) -> anyhow::Result<()> {
                 println!("BCP {id} ended; sessions it allowed are re-decided within a second");
             }
         }
-        BcpCmd::List { config } => {
-            let cfg = Config::load(&config)?;
-            let store = open(&cfg).await?;
+        BcpCmd::List => {
             let now = kakehashi_store::unix_now();
             println!(
                 "{:<22} {:<6} {:<12} {:<26} reason",

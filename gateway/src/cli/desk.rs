@@ -7,11 +7,10 @@ use std::collections::BTreeSet;
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
-use kakehashi_store::{Audit, Desk, DeskService, Segment};
+use kakehashi_store::{Audit, Desk, DeskService, Segment, Store};
 use serde_json::json;
 
-use super::{actor, open_store as open};
-use crate::config::Config;
+use super::actor;
 
 /// `admin desk …`
 #[derive(Subcommand, Debug)]
@@ -87,8 +86,7 @@ fn check_desk_fields(level: u8, segment: &str) -> anyhow::Result<Segment> {
 }
 
 /// Run an `admin desk` command.
-pub async fn run(cfg: &Config, cmd: DeskCmd) -> anyhow::Result<()> {
-    let store = open(cfg).await?;
+pub async fn run(store: &Store, cmd: DeskCmd) -> anyhow::Result<()> {
     let now = kakehashi_store::unix_now();
     let who = actor();
     match cmd {

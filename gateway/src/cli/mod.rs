@@ -22,16 +22,19 @@ use time::OffsetDateTime;
 
 use crate::config::Config;
 
-/// Opens the store named in the configuration (its URL is never printed
-/// with a password).
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+/// Loads the gateway's configuration file (the global `--config`, or
+/// `KAKEHASHI_CONFIG`) and opens the store it names (its URL is never
+/// printed with a password).
+pub async fn open_store(config: &Path) -> anyhow::Result<(Config, Store)> {
+    let cfg = Config::load(config)?;
     let url = cfg
         .store_url
         .as_ref()
         .context("the configuration has no [store]")?;
-    Store::open(url.expose())
+    let store = Store::open(url.expose())
         .await
-        .with_context(|| format!("cannot open the store {url}"))
+        .with_context(|| format!("cannot open the store {url}"))?;
+    Ok((cfg, store))
 }
 
 /// A buffered writer on `path`, or on standard output.

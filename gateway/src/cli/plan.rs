@@ -9,8 +9,7 @@ use kakehashi_store::localtime::{hhmm, parse_hhmm};
 use kakehashi_store::{Audit, PlanSpec, PlanStatus, Store};
 use serde_json::json;
 
-use super::{actor, open_store as open};
-use crate::config::Config;
+use super::actor;
 
 /// `admin plan …`
 #[derive(Subcommand, Debug)]
@@ -59,8 +58,8 @@ pub enum PlanCmd {
     },
 }
 
-pub async fn run(cfg: &Config, cmd: PlanCmd) -> anyhow::Result<()> {
-    let store = open(cfg).await?;
+/// Run an `admin plan` command.
+pub async fn run(store: &Store, cmd: PlanCmd) -> anyhow::Result<()> {
     let now = kakehashi_store::unix_now();
     let who = actor();
     match cmd {
@@ -80,7 +79,7 @@ pub async fn run(cfg: &Config, cmd: PlanCmd) -> anyhow::Result<()> {
                 place,
             };
             let id = add_plan(
-                &store,
+                store,
                 &who,
                 now,
                 &spec,
@@ -96,7 +95,7 @@ pub async fn run(cfg: &Config, cmd: PlanCmd) -> anyhow::Result<()> {
             );
         }
         PlanCmd::Import { file } => {
-            let n = import_plans(&store, &who, &file).await?;
+            let n = import_plans(store, &who, &file).await?;
             println!("{n} plan(s) imported from {}", file.display());
         }
         PlanCmd::Decide { id, reject } => {

@@ -2,7 +2,7 @@
 //! explain a decision (offline or live against the store), import, export and
 //! list the versions.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
@@ -12,8 +12,7 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{actor, local, open_store as open, parse_time};
-use crate::config::Config;
+use super::{actor, local, open_store, parse_time};
 
 /// `policy …`
 #[derive(Subcommand, Debug)]
@@ -27,13 +26,11 @@ pub enum PolicyCmd {
     },
     /// What would be decided, and why: every rule considered.
     /// Offline: `--policy FILE --level N --class C --segment S --at T`.
-    /// Live: `--config F --user U --device D --desk K` (the store's facts).
+    /// Live: `--config F --user U --device D --desk K` (the store's facts);
+    /// live whenever a configuration is given (`--config` or `KAKEHASHI_CONFIG`).
     Explain(Box<ExplainCli>),
     /// Put a policy file in force (validated first; audited).
     Import {
-        /// The gateway's configuration file (its [store] is used).
-        #[arg(long)]
-        config: PathBuf,
         /// The policy file.
         file: PathBuf,
         /// Why (kept in the audit log).
@@ -42,26 +39,19 @@ pub enum PolicyCmd {
     },
     /// Print the policy in force (or an earlier version).
     Export {
-        /// The gateway's configuration file (its [store] is used).
-        #[arg(long)]
-        config: PathBuf,
         /// A version from `policy history`.
         #[arg(long)]
         version: Option<i64>,
     },
     /// List the saved versions: who saved each, and when.
-    History {
-        /// The gateway's configuration file (its [store] is used).
-        #[arg(long)]
-        config: PathBuf,
-    },
+    History,
 }
 
 /// `policy explain` arguments.
 #[derive(clap::Args, Debug)]
 pub struct ExplainCli {
-    /// Offline: the policy file to evaluate.
-    #[arg(long, conflicts_with = "config")]
+    /// Offline: the policy file to evaluate (not with `--config`).
+    #[arg(long)]
     policy: Option<PathBuf>,
     /// Offline: confidentiality level 1, 2 or 3.
     #[arg(long)]
@@ -87,17 +77,14 @@ pub struct ExplainCli {
     /// Offline: minutes since the multi-factor login (default 0).
     #[arg(long)]
     mfa_age: Option<u64>,
-    /// Live: the gateway's configuration file.
+    /// Live (with `--config`): user id.
     #[arg(long)]
-    config: Option<PathBuf>,
-    /// Live: user id.
-    #[arg(long, requires = "config")]
     user: Option<String>,
-    /// Live: device id.
-    #[arg(long, requires = "config")]
+    /// Live (with `--config`): device id.
+    #[arg(long)]
     device: Option<String>,
-    /// Live: desk id.
-    #[arg(long, requires = "config")]
+    /// Live (with `--config`): desk id.
+    #[arg(long)]
     desk: Option<String>,
     /// Live: count the request as having made a step-up assertion.
     #[arg(long)]
@@ -107,7 +94,36 @@ pub struct ExplainCli {
     json: bool,
 }
 
-pub async fn run(cmd: PolicyCmd) -> anyhow::Result<bool> {
+impl PolicyCmd {
+    /// Whether the command works on the gateway's store, so needs `--config`.
+    pub fn needs_config(&self) -> bool {
+        matches!(
+            self,
+            Self::Import { .. } | Self::Export { .. } | Self::History
+        )
+    }
+}
+
+impl ExplainCli {
+    /// What is wrong with these arguments, given whether a configuration is
+    /// given (which makes the explanation live): what clap checked when
+    /// `--config` was an argument of `explain`.
+    pub fn usage_error(&self, config: bool) -> Option<&'static str> {
+        if config && self.policy.is_some() {
+            return Some("the argument '--policy <POLICY>' cannot be used with '--config <FILE>' (also from KAKEHASHI_CONFIG)");
+        }
+        if !config && (self.user.is_some() || self.device.is_some() || self.desk.is_some()) {
+            return Some("the arguments '--user', '--device' and '--desk' need '--config <FILE>'");
+        }
+        None
+    }
+}
+
+/// Run a `policy` command; `config` is the gateway's configuration file
+/// (needed by import, export and history; it makes `explain` live).
+/// Returns whether the policy (file) is without errors.
+pub async fn run(cmd: PolicyCmd, config: Option<&Path>) -> anyhow::Result<bool> {
+    let need = || config.context("--config <FILE> (or KAKEHASHI_CONFIG) is needed");
     match cmd {
         PolicyCmd::Default => {
             print!("{}", pol::default_policy_toml());
@@ -120,14 +136,9 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<bool> {
             print!("{out}");
             Ok(ok)
         }
-        PolicyCmd::Explain(e) => explain(*e).await,
-        PolicyCmd::Import {
-            config,
-            file,
-            reason,
-        } => {
-            let cfg = Config::load(&config)?;
-            let store = open(&cfg).await?;
+        PolicyCmd::Explain(e) => explain(*e, config).await,
+        PolicyCmd::Import { file, reason } => {
+            let (_, store) = open_store(need()?).await?;
             let (text, p) = kakehashi_relay::admission::read_policy_file(&file)?;
             let a = Audit::new(kakehashi_store::unix_now(), actor(), "policy.import")
                 .subject("policy")
@@ -141,9 +152,8 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<bool> {
             );
             Ok(true)
         }
-        PolicyCmd::Export { config, version } => {
-            let cfg = Config::load(&config)?;
-            let store = open(&cfg).await?;
+        PolicyCmd::Export { version } => {
+            let (_, store) = open_store(need()?).await?;
             let doc = match version {
                 Some(v) => store.policy_version(v).await?,
                 None => store.current_policy().await?,
@@ -158,9 +168,8 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<bool> {
                 }
             }
         }
-        PolicyCmd::History { config } => {
-            let cfg = Config::load(&config)?;
-            let store = open(&cfg).await?;
+        PolicyCmd::History => {
+            let (_, store) = open_store(need()?).await?;
             let Some(cur) = store.current_policy().await? else {
                 println!("no policy saved yet");
                 return Ok(true);
@@ -176,13 +185,15 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<bool> {
     }
 }
 
-async fn explain(e: ExplainCli) -> anyhow::Result<bool> {
-    if let Some(config) = &e.config {
+async fn explain(e: ExplainCli, config: Option<&Path>) -> anyhow::Result<bool> {
+    if let Some(msg) = e.usage_error(config.is_some()) {
+        bail!("{msg}");
+    }
+    if let Some(config) = config {
         let (Some(user), Some(device), Some(desk)) = (&e.user, &e.device, &e.desk) else {
             bail!("the live form needs --user, --device and --desk");
         };
-        let cfg = Config::load(config)?;
-        let store = open(&cfg).await?;
+        let (_, store) = open_store(config).await?;
         let doc = store
             .current_policy()
             .await?

@@ -2,14 +2,13 @@
 //! ([`kakehashi_store::attendance`]) of a month, as CSV.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
 use kakehashi_store::attendance::{people, read_rows, write_csv};
 use kakehashi_store::localtime::{parse_month, utc_offset};
 
 use super::{open_store, output};
-use crate::config::Config;
 
 /// `report` subcommands.
 #[derive(Subcommand, Debug)]
@@ -17,9 +16,6 @@ pub enum ReportCmd {
     /// Attendance (勤務実績): per person per day, first session start, last
     /// session end, connected time and terminal classes, as CSV.
     Attendance {
-        /// The gateway's configuration file (its [store] and [identity] utc_offset_hours are used).
-        #[arg(long)]
-        config: PathBuf,
         /// The month, YYYY-MM (local time).
         #[arg(long)]
         month: String,
@@ -57,10 +53,10 @@ pub enum Lang {
     En,
 }
 
-/// Run a `report` command.
-pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
+/// Run a `report` command on the store of the gateway configuration
+/// `config` (its `[identity] utc_offset_hours` gives the local days).
+pub async fn run(config: &Path, cmd: ReportCmd) -> anyhow::Result<()> {
     let ReportCmd::Attendance {
-        config,
         month,
         dept,
         format: ReportFormat::Csv,
@@ -68,10 +64,9 @@ pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
         bom,
         out,
     } = cmd;
-    let cfg = Config::load(&config)?;
+    let (cfg, store) = open_store(config).await?;
     let days = parse_month(&month)?;
     let offset = utc_offset(cfg.relay.identity.utc_offset_secs);
-    let store = open_store(&cfg).await?;
     let people = people(&store, dept.as_deref()).await?;
     if let (Some(d), true) = (&dept, people.is_empty()) {
         eprintln!(
