@@ -4,16 +4,29 @@
 //! then redeemed over the laptop's mutual-TLS connection, which binds the
 //! token to this laptop's certificate.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use base64::Engine as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use ring::rand::SecureRandom as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
-/// Largest callback request accepted.
+/// Largest callback request head accepted (hyper's smallest read buffer).
 const MAX_REQUEST: usize = 8 * 1024;
+/// Time a connection has to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections to the callback served at once (only the browser's redirect
+/// is expected; any local process can connect).
+const MAX_CONNECTIONS: usize = 8;
 
 /// base64url (no padding) of `n` random bytes.
 pub fn random_b64(n: usize) -> String {
@@ -98,27 +111,23 @@ impl Callback {
 
     /// Wait for the redirect carrying `state`; return its code. Requests
     /// with another state are answered with an error page and ignored.
+    /// The code is returned once its page has been sent.
     pub async fn wait(self, state: &str, within: Duration) -> anyhow::Result<String> {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut conns = JoinSet::new();
         tokio::time::timeout(within, async {
             loop {
-                let (mut s, _) = self.listener.accept().await?;
-                let head = match read_head(&mut s).await {
-                    Ok(h) => h,
-                    Err(_) => continue,
-                };
-                match parse_callback(&head, state) {
-                    Ok(Some(code)) => {
-                        let _ = respond(&mut s, 200, PAGE_OK).await;
-                        return Ok(code);
-                    }
-                    Ok(None) => {
-                        let _ = respond(&mut s, 404, "not found").await;
-                    }
-                    Err(e) => {
-                        let _ = respond(&mut s, 400, PAGE_FAIL).await;
-                        if e.to_string().starts_with("portal:") {
-                            return Err(e);
+                tokio::select! {
+                    Some(done) = conns.join_next() => {
+                        if let Ok(Some(outcome)) = done {
+                            return outcome;
                         }
+                    }
+                    // The cap is taken before accepting.
+                    r = self.listener.accept(), if slots.available_permits() > 0 => {
+                        let (tcp, _) = r?;
+                        let permit = slots.clone().try_acquire_owned()?;
+                        conns.spawn(serve_one(tcp, state.to_owned(), permit));
                     }
                 }
             }
@@ -133,6 +142,83 @@ impl Callback {
     }
 }
 
+/// What a callback request ended the wait with: the code, or the portal's
+/// refusal (`portal: …`).
+type Outcome = Arc<Mutex<Option<anyhow::Result<String>>>>;
+
+/// The callback's state: the login's `state`, and where the outcome goes.
+#[derive(Clone)]
+struct CallbackState {
+    state: Arc<str>,
+    outcome: Outcome,
+}
+
+/// Serves one connection (one request: no keep-alive) with the one-route
+/// router; returns the outcome once the response has been written.
+async fn serve_one(
+    tcp: tokio::net::TcpStream,
+    state: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) -> Option<anyhow::Result<String>> {
+    let outcome = Outcome::default();
+    let app = Router::new()
+        .route("/callback", get(callback).fallback(not_a_get))
+        .fallback(not_found)
+        .with_state(CallbackState {
+            state: state.into(),
+            outcome: outcome.clone(),
+        });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_REQUEST)
+        .keep_alive(false);
+    let svc = hyper_util::service::TowerToHyperService::new(app);
+    // A slow, oversized or broken request just ends its connection.
+    let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+    let mut slot = outcome.lock().unwrap_or_else(PoisonError::into_inner);
+    slot.take()
+}
+
+/// `GET /callback?…`: the code for the right state; an error page otherwise.
+async fn callback(State(cb): State<CallbackState>, RawQuery(query): RawQuery) -> Response {
+    match parse_callback(query.as_deref(), &cb.state) {
+        Ok(code) => {
+            *cb.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(Ok(code));
+            page(StatusCode::OK, PAGE_OK)
+        }
+        Err(e) => {
+            if e.to_string().starts_with("portal:") {
+                *cb.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(Err(e));
+            }
+            page(StatusCode::BAD_REQUEST, PAGE_FAIL)
+        }
+    }
+}
+
+/// Any other method on `/callback`.
+async fn not_a_get() -> Response {
+    page(StatusCode::BAD_REQUEST, PAGE_FAIL)
+}
+
+/// Any other path.
+async fn not_found() -> Response {
+    page(StatusCode::NOT_FOUND, "not found")
+}
+
+fn page(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONNECTION, "close"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 const PAGE_OK: &str = "<!doctype html><meta charset=utf-8><title>Kakehashi</title>\
 <body style=\"font-family:sans-serif;margin:3em\"><h1>ログインしました</h1>\
 <p>このウィンドウは閉じてかまいません。</p><p lang=en>You are logged in. You may close this window.</p>";
@@ -140,43 +226,10 @@ const PAGE_FAIL: &str = "<!doctype html><meta charset=utf-8><title>Kakehashi</ti
 <body style=\"font-family:sans-serif;margin:3em\"><h1>ログインできませんでした</h1>\
 <p>もう一度 kakehashi login を実行してください。</p><p lang=en>Login failed. Run kakehashi login again.</p>";
 
-async fn read_head(s: &mut tokio::net::TcpStream) -> anyhow::Result<String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("closed");
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > MAX_REQUEST {
-                bail!("request too large");
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|_| anyhow!("slow request"))??;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// `Ok(Some(code))` for a good callback, `Ok(None)` for another path.
-fn parse_callback(head: &str, state: &str) -> anyhow::Result<Option<String>> {
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some("GET"), Some(target)) = (parts.next(), parts.next()) else {
-        bail!("not a GET");
-    };
-    let u = url::Url::parse(&format!("http://127.0.0.1{target}"))?;
-    if u.path() != "/callback" {
-        return Ok(None);
-    }
-    let get = |k: &str| {
-        u.query_pairs()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.into_owned())
-    };
+/// The code of a callback with `query`, if its state is `state`.
+fn parse_callback(query: Option<&str>, state: &str) -> anyhow::Result<String> {
+    let pairs = || url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    let get = |k: &str| pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
     // The state first: any local process can request this URL, and only
     // the portal knows the state, so an `error` without it must not abort
     // the login that is waiting.
@@ -188,45 +241,16 @@ fn parse_callback(head: &str, state: &str) -> anyhow::Result<Option<String>> {
     if let Some(err) = get("error") {
         bail!("portal: login failed ({err})");
     }
-    let code = get("code")
+    get("code")
         .filter(|c| !c.is_empty() && c.len() <= 256)
-        .ok_or_else(|| anyhow!("no code"))?;
-    Ok(Some(code))
+        .ok_or_else(|| anyhow!("no code"))
 }
 
-async fn respond(s: &mut tokio::net::TcpStream, status: u16, body: &str) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        _ => "Bad Request",
-    };
-    let msg = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(msg.as_bytes()).await?;
-    s.shutdown().await
-}
-
-/// Try to open `url` in the person's browser. Returns false if no opener ran.
+/// Try to open `url` in the person's browser (the `webbrowser` crate:
+/// `$BROWSER`, else the desktop's default browser). Returns false if none
+/// could be started.
 pub fn open_browser(url: &str) -> bool {
-    let candidates: &[(&str, &[&str])] = if cfg!(windows) {
-        &[("cmd", &["/C", "start", ""])]
-    } else if cfg!(target_os = "macos") {
-        &[("open", &[])]
-    } else {
-        &[("xdg-open", &[])]
-    };
-    candidates.iter().any(|(cmd, args)| {
-        std::process::Command::new(cmd)
-            .args(*args)
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .is_ok()
-    })
+    webbrowser::open(url).is_ok()
 }
 
 /// A unix time as local wall-clock text, e.g. `2026-11-22 17:15 +09:00`.
@@ -322,6 +346,7 @@ impl Callback {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[test]
     fn pkce_is_s256_of_the_verifier() {
@@ -336,29 +361,34 @@ mod tests {
 
     #[test]
     fn callback_parsing() {
-        let ok = "GET /callback?code=abc&state=S1 HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(parse_callback(ok, "S1").unwrap(), Some("abc".into()));
-        assert!(parse_callback(ok, "S2").is_err(), "state mismatch");
         assert_eq!(
-            parse_callback("GET /favicon.ico HTTP/1.1\r\n\r\n", "S1").unwrap(),
-            None
+            parse_callback(Some("code=abc&state=S1"), "S1").unwrap(),
+            "abc"
         );
-        assert!(parse_callback("POST /callback?code=a&state=S1 HTTP/1.1\r\n\r\n", "S1").is_err());
         assert!(
-            parse_callback("GET /callback?error=denied&state=S1 HTTP/1.1\r\n\r\n", "S1")
-                .unwrap_err()
-                .to_string()
-                .starts_with("portal:")
+            parse_callback(Some("code=abc&state=S1"), "S2").is_err(),
+            "state mismatch"
         );
+        assert!(parse_callback(Some("state=S1"), "S1").is_err(), "no code");
+        assert!(parse_callback(Some("error=denied&state=S1"), "S1")
+            .unwrap_err()
+            .to_string()
+            .starts_with("portal:"));
         // An error without the right state is someone else's request: it
         // does not end the login (not a `portal:` error).
-        for forged in [
-            "GET /callback?error=denied HTTP/1.1\r\n\r\n",
-            "GET /callback?error=denied&state=S2 HTTP/1.1\r\n\r\n",
-        ] {
+        for forged in [Some("error=denied"), Some("error=denied&state=S2"), None] {
             let e = parse_callback(forged, "S1").unwrap_err().to_string();
-            assert!(!e.starts_with("portal:"), "{forged}: {e}");
+            assert!(!e.starts_with("portal:"), "{forged:?}: {e}");
         }
+    }
+
+    /// The answer to a raw request on a new connection to `addr`.
+    async fn raw(addr: &str, req: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).await.unwrap();
+        r
     }
 
     #[tokio::test]
@@ -370,20 +400,78 @@ mod tests {
             .trim_start_matches("http://")
             .trim_end_matches("/callback")
             .to_string();
-        for (target, expect) in [
-            ("/callback?error=access_denied", "400"),
-            ("/callback?code=x&state=wrong", "400"),
-            ("/callback?code=c0de&state=st", "200"),
+        // A connection that never sends its request does not hold up the others.
+        let _idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        for (req, expect) in [
+            ("GET /favicon.ico HTTP/1.1\r\nHost: l\r\n\r\n", "404"),
+            (
+                "POST /callback?code=a&state=st HTTP/1.1\r\nHost: l\r\nContent-Length: 0\r\n\r\n",
+                "400",
+            ),
+            (
+                "GET /callback?error=access_denied HTTP/1.1\r\nHost: l\r\n\r\n",
+                "400",
+            ),
+            (
+                "GET /callback?code=x&state=wrong HTTP/1.1\r\nHost: l\r\n\r\n",
+                "400",
+            ),
+            (
+                "GET /callback?code=c0de&state=st HTTP/1.1\r\nHost: l\r\n\r\n",
+                "200",
+            ),
         ] {
-            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            s.write_all(format!("GET {target} HTTP/1.1\r\nHost: l\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut r = String::new();
-            s.read_to_string(&mut r).await.unwrap();
+            let r = raw(&addr, req).await;
             assert!(r.starts_with(&format!("HTTP/1.1 {expect}")), "{r}");
+            assert!(
+                r.to_ascii_lowercase().contains("cache-control: no-store"),
+                "{r}"
+            );
         }
         assert_eq!(waiter.await.unwrap().unwrap(), "c0de");
+    }
+
+    #[tokio::test]
+    async fn the_portals_refusal_ends_the_wait() {
+        let cb = Callback::bind().await.unwrap();
+        let addr = cb
+            .redirect_uri
+            .trim_start_matches("http://")
+            .trim_end_matches("/callback")
+            .to_string();
+        let waiter = tokio::spawn(async move { cb.wait("st", Duration::from_secs(5)).await });
+        let r = raw(
+            &addr,
+            "GET /callback?error=access_denied&state=st HTTP/1.1\r\nHost: l\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let e = waiter.await.unwrap().unwrap_err().to_string();
+        assert!(e.starts_with("portal: login failed (access_denied)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused() {
+        let cb = Callback::bind().await.unwrap();
+        let addr = cb
+            .redirect_uri
+            .trim_start_matches("http://")
+            .trim_end_matches("/callback")
+            .to_string();
+        let waiter = tokio::spawn(async move { cb.wait("st", Duration::from_secs(5)).await });
+        let big = format!(
+            "GET /callback?code=c&state=st HTTP/1.1\r\nHost: l\r\nX: {}\r\n\r\n",
+            "a".repeat(2 * MAX_REQUEST)
+        );
+        let r = raw(&addr, &big).await;
+        assert!(!r.starts_with("HTTP/1.1 200"), "{r}");
+        let r = raw(
+            &addr,
+            "GET /callback?code=c1&state=st HTTP/1.1\r\nHost: l\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert_eq!(waiter.await.unwrap().unwrap(), "c1");
     }
 
     #[test]
