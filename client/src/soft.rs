@@ -8,8 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONNECTION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use webauthn_authenticator_rs::prelude::{RequestChallengeResponse, Url};
 use webauthn_authenticator_rs::softtoken::SoftTokenFile;
@@ -83,9 +88,9 @@ pub async fn login(login_url: &Url, file: &Path, cfg: &crate::Config) -> anyhow:
         bail!("portal redirected somewhere other than this laptop: {redirect}");
     }
     // Follow the redirect as a browser would: our callback takes the code.
-    let mut s =
+    let s =
         TcpStream::connect((r.host_str().unwrap_or("127.0.0.1"), r.port().unwrap_or(80))).await?;
-    request(&mut s, "GET", &r, None).await?;
+    request(s, Method::GET, &r, None).await?;
     Ok(())
 }
 
@@ -147,8 +152,8 @@ pub async fn enroll(
     Ok(())
 }
 
-/// A tiny HTTP/1.1 client for the portal's JSON API (HTTPS verified against
-/// our CA, or plain HTTP on loopback).
+/// A client for the portal's JSON API (hyper's HTTP/1.1 client; HTTPS
+/// verified against our CA, or plain HTTP on loopback).
 struct Http {
     tls: Arc<rustls::ClientConfig>,
 }
@@ -178,13 +183,12 @@ impl Http {
         let body = serde_json::to_vec(body)?;
         let (status, resp) = if u.scheme() == "https" {
             let name = kakehashi_transport::tls::server_name(&host)?;
-            let mut s = tokio_rustls::TlsConnector::from(self.tls.clone())
+            let s = tokio_rustls::TlsConnector::from(self.tls.clone())
                 .connect(name, tcp)
                 .await?;
-            request(&mut s, "POST", &u, Some(&body)).await?
+            request(s, Method::POST, &u, Some(body)).await?
         } else {
-            let mut s = tcp;
-            request(&mut s, "POST", &u, Some(&body)).await?
+            request(tcp, Method::POST, &u, Some(body)).await?
         };
         let v: Value = serde_json::from_slice(&resp)
             .with_context(|| format!("portal {path} answered {status} with non-JSON"))?;
@@ -204,96 +208,49 @@ impl Http {
     }
 }
 
-async fn request<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    method: &str,
+/// One request on its own connection `s` (HTTP/1.1, `Connection: close`);
+/// returns the status and the whole body (at most [`MAX_RESPONSE`]).
+async fn request<S>(
+    s: S,
+    method: Method,
     u: &Url,
-    body: Option<&[u8]>,
-) -> anyhow::Result<(u16, Vec<u8>)> {
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(u16, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let target = match u.query() {
         Some(q) => format!("{}?{q}", u.path()),
         None => u.path().to_string(),
     };
-    let host = u.host_str().unwrap_or_default();
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n");
-    if let Some(b) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
+    let mut req = Request::builder()
+        .method(method)
+        .uri(target)
+        .header(HOST, u.host_str().unwrap_or_default())
+        .header(CONNECTION, "close")
+        .header(ACCEPT, "application/json");
+    if body.is_some() {
+        req = req.header(CONTENT_TYPE, "application/json");
     }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await?;
-    if let Some(b) = body {
-        s.write_all(b).await?;
-    }
-    s.flush().await?;
-    let mut raw = Vec::new();
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await?;
+    tokio::spawn(conn);
     tokio::time::timeout(Duration::from_secs(30), async {
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            raw.extend_from_slice(&buf[..n]);
-            if raw.len() > MAX_RESPONSE {
-                bail!("portal response too large");
-            }
-        }
-        anyhow::Ok(())
+        let resp = send.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    anyhow!("portal response too large")
+                } else {
+                    anyhow!("bad HTTP response: {e}")
+                }
+            })?
+            .to_bytes();
+        anyhow::Ok((status, body))
     })
     .await
-    .map_err(|_| anyhow!("portal did not answer in time"))??;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("bad HTTP response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP status"))?;
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body)?;
-    }
-    Ok((status, body))
-}
-
-fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("bad chunk"))?;
-        let size_text = std::str::from_utf8(&b[..line_end])?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
-        b = &b[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if b.len() < size + 2 {
-            bail!("truncated chunk");
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dechunks() {
-        assert_eq!(
-            super::dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
-        );
-        assert!(super::dechunk(b"5\r\nab").is_err());
-    }
+    .map_err(|_| anyhow!("portal did not answer in time"))?
 }

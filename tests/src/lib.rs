@@ -761,23 +761,35 @@ pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: D
     }
 }
 
+/// Sends `req` on a new plain HTTP/1.1 connection to `addr` (hyper's
+/// client); the response's body streams as the server sends it. The request
+/// needs its `Host` header.
+pub async fn http_send(
+    addr: SocketAddr,
+    req: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    let s = TcpStream::connect(addr).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await?;
+    tokio::spawn(conn);
+    Ok(send.send_request(req).await?)
+}
+
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await??;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no HTTP header end"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow!("no status"))?
-        .parse()?;
-    Ok((status, body.to_string()))
+    use http_body_util::BodyExt as _;
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONNECTION, "close")
+        .body(http_body_util::Empty::new())?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let resp = http_send(addr, req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+    .await
+    .context("no HTTP answer within 10 s")?
 }
 
 /// The value of one Prometheus sample, by exact series text

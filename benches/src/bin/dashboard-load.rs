@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper::header;
 use kakehashi_benches::fleet::{self, Agent, AgentTarget, Ctx, DeviceConfig, Laptop};
 use kakehashi_benches::traffic::DeskMode;
 use kakehashi_pki::TerminalClass;
@@ -37,7 +40,6 @@ use kakehashi_transport::tls::TlsFiles;
 use kakehashi_transport::BoxIo;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Desks (simulated agents) the sessions are spread over.
@@ -51,35 +53,51 @@ struct First {
     bytes: usize,
 }
 
+/// `GET path` (the event stream) with the operator's cookie, as a browser's
+/// `EventSource` asks for it.
+fn events_request(
+    portal: SocketAddr,
+    cookie: &str,
+    path: &str,
+) -> anyhow::Result<hyper::Request<Empty<Bytes>>> {
+    Ok(hyper::Request::get(path)
+        .header(header::HOST, format!("localhost:{}", portal.port()))
+        .header(header::COOKIE, cookie)
+        .header(header::ACCEPT, "text/event-stream")
+        .body(Empty::new())?)
+}
+
 /// Opens `/ops/events?q=FILTER` with the operator's cookie and reads up to
 /// the end of the first `snapshot` event.
 async fn first_snapshot(portal: SocketAddr, cookie: &str, filter: &str) -> anyhow::Result<First> {
     let start = Instant::now();
-    let mut s = TcpStream::connect(portal).await?;
-    let req = format!(
-        "GET /ops/events?q={filter} HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {cookie}\r\n\
-         Accept: text/event-stream\r\n\r\n",
-        portal.port()
-    );
-    s.write_all(req.as_bytes()).await?;
+    let resp = http_send(
+        portal,
+        events_request(portal, cookie, &format!("/ops/events?q={filter}"))?,
+    )
+    .await?;
+    if resp.status() != hyper::StatusCode::OK {
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        bail!(
+            "/ops/events refused: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let mut body = resp.into_body();
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut chunk = [0u8; 16 * 1024];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk))
+        let frame = tokio::time::timeout(Duration::from_secs(20), body.frame())
             .await
-            .context("no snapshot within 20 s")??;
-        if n == 0 {
+            .context("no snapshot within 20 s")?;
+        let Some(frame) = frame else {
             bail!("the event stream closed: {}", String::from_utf8_lossy(&buf));
+        };
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
         }
-        buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf);
-        if !text.starts_with("HTTP/1.1 200") {
-            if text.contains("\r\n\r\n") {
-                bail!("/ops/events refused: {text}");
-            }
-            continue;
-        }
-        // Chunked body: the event ends at a blank line after its data.
+        // The event ends at a blank line after its data.
         if let Some(at) = text.find("event: snapshot") {
             if let Some(end) = text[at..].find("\n\n") {
                 return Ok(First {
@@ -94,19 +112,14 @@ async fn first_snapshot(portal: SocketAddr, cookie: &str, filter: &str) -> anyho
 /// An open dashboard: reads and discards its events.
 fn viewer(portal: SocketAddr, cookie: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let Ok(mut s) = TcpStream::connect(portal).await else {
+        let Ok(req) = events_request(portal, &cookie, "/ops/events") else {
             return;
         };
-        let req = format!(
-            "GET /ops/events HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {cookie}\r\n\
-             Accept: text/event-stream\r\n\r\n",
-            portal.port()
-        );
-        if s.write_all(req.as_bytes()).await.is_err() {
+        let Ok(resp) = http_send(portal, req).await else {
             return;
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
+        };
+        let mut body = resp.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
     })
 }
 
