@@ -23,8 +23,9 @@ use base64::Engine as _;
 use kakehashi_store::{Role, User};
 use ring::hmac;
 
-use crate::html::{esc, html, login_form, page, switch_link, Lang};
+use crate::html::{switch_link, Lang};
 use crate::state::PortalState;
+use crate::views;
 
 /// What a page asks of its visitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,21 +155,9 @@ impl Refused {
 
     /// As a page: both sentences, Japanese first.
     pub(crate) fn page(self, lang: Lang, path: &str, query: Option<&str>) -> Response {
-        let body = format!(
-            r#"<div class="card notice error" role="alert"><p lang="ja">{}</p><p lang="en">{}</p><p class="code">{}: {}</p></div>
-<p><a href="/{}">{}</a></p>"#,
-            esc(self.ja()),
-            esc(self.en()),
-            lang.t("理由コード", "Reason code"),
-            self.code(),
-            lang.query(),
-            lang.t("ポータルのトップへ", "Portal home"),
-        );
-        let title = lang.t("お知らせ", "Notice");
-        html(
-            self.status(),
-            page(lang, title, &switch_link(path, query, lang), &body),
-        )
+        let switch = switch_link(path, query, lang);
+        let page = views::notice::refused_page(lang, &switch, self.ja(), self.en(), self.code());
+        (self.status(), page).into_response()
     }
 
     /// As JSON: `{"error": CODE, "message_ja": …, "message_en": …}`.
@@ -312,24 +301,8 @@ pub(crate) fn get_refused(
         Some(q) if !q.is_empty() => format!("{path}?{q}"),
         _ => path.to_owned(),
     };
-    let body = format!(
-        r#"<p class="lead">{lead}</p>
-{form}"#,
-        lead = lang.t(
-            "利用者IDを入力し、セキュリティキーで本人確認をしてください。",
-            "Enter your user ID and verify with your security key."
-        ),
-        form = login_form(
-            lang,
-            "portal",
-            &format!(r#" data-next="{}""#, esc(&next)),
-            lang.t("本人確認して表示", "Verify and show"),
-        ),
-    );
-    html(
-        StatusCode::OK,
-        page(lang, title, &switch_link(path, query, lang), &body),
-    )
+    let switch = switch_link(path, query, lang);
+    views::sign_in::sign_in_page(lang, title, &switch, Some(&next)).into_response()
 }
 
 /// A posted form that carries the page's CSRF token (field `csrf`).

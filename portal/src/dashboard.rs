@@ -41,13 +41,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::access::{get_refused, Need};
-use super::officer::{check_reason, query_param, Notice};
-use crate::html::{esc, html, page as frame, switch_link, Lang};
+use super::officer::{check_reason, query_param};
+use crate::html::{switch_link, Lang};
 use crate::ops::{
     BcpView, Counts, FeedSlot, Ops, LIST_CAP, MAX_FEEDS, MAX_FILTER, PUSH, RECHECK, SAMPLE, SCRIPT,
     STYLE,
 };
 use crate::state::{Peer, PortalState};
+use crate::views;
+use crate::views::parts::Notice;
 use kakehashi_relay::RelayHandle;
 
 /// The snapshot for `lang` and `filter`, computed at most once per
@@ -185,130 +187,17 @@ pub(crate) async fn show(
     headers: HeaderMap,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let title = lang.t("運用ダッシュボード", "Operations dashboard");
+    let title = views::dashboard::title(lang);
     let v = match s.visitor(&headers, Need::Operator).await {
         Ok(v) => v,
         Err(r) => return get_refused(r, lang, "/ops", q.as_deref(), title),
     };
     if s.ops().gateway.is_none() {
-        return unavailable(lang);
+        let page = views::dashboard::unavailable(lang);
+        return (StatusCode::SERVICE_UNAVAILABLE, page).into_response();
     }
-    let t = |ja, en| esc(lang.t(ja, en));
-    let events = if lang == Lang::En {
-        "/ops/events?lang=en"
-    } else {
-        "/ops/events"
-    };
-    let body = format!(
-        r##"<link rel="stylesheet" href="/assets/ops.css">
-<script src="/assets/ops.js" defer></script>
-<div id="ops" class="ops" data-lang="{lang_code}" data-events="{events}" data-seq="0">
-<p class="ops-who"><span>{signed_in}: <strong>{user}</strong></span> <span id="ops-conn" class="ops-conn" role="status" aria-live="polite">{connecting}</span></p>
-<noscript><p class="status error">{noscript}</p></noscript>
-<div id="ops-bcp" class="ops-bcp" role="status" hidden></div>
-<p id="ops-notice" class="status ok" role="status" hidden></p>
-<section class="ops-tiles" aria-label="{summary}">
-<div class="ops-tile ops-tile-main"><h2>{total_h}</h2><p class="ops-big"><span id="ops-total" data-metric="total">–</span></p>
-<meter id="ops-capacity" min="0" max="1" low="0.6" high="0.8" optimum="0" value="0"></meter>
-<p class="muted"><span id="ops-capacity-text">–</span></p></div>
-<div class="ops-tile"><h2>{agents_h}</h2><p class="ops-big"><span data-metric="agents">–</span></p><p class="muted">{agents_n}</p></div>
-<div class="ops-tile"><h2>{logins_h}</h2><p class="ops-big"><span data-metric="logins_minute">–</span></p><p class="muted">{logins_n}: <span data-metric="logins_total">–</span></p></div>
-<div class="ops-tile"><h2>{denials_h}</h2><p class="ops-big"><span data-metric="denials_hour">–</span></p><p class="muted">{denials_n}</p></div>
-</section>
-<section class="ops-grid">
-<div class="ops-card"><h2>{level_h}</h2><table class="ops-table" id="ops-by-level"><tbody></tbody></table></div>
-<div class="ops-card"><h2>{class_h}</h2><table class="ops-table" id="ops-by-class"><tbody></tbody></table></div>
-<div class="ops-card"><h2>{dept_h}</h2><table class="ops-table" id="ops-by-dept"><tbody></tbody></table></div>
-<div class="ops-card"><h2>{transport_h}</h2><table class="ops-table" id="ops-by-transport"><tbody></tbody></table></div>
-<div class="ops-card ops-wide2"><h2>{denials_reason_h}</h2><table class="ops-table" id="ops-denials"><tbody></tbody></table></div>
-</section>
-<section class="ops-card ops-chart-card"><h2>{chart_h}</h2>
-<svg id="ops-chart" class="ops-chart" viewBox="0 0 1000 220" role="img" aria-label="{chart_h}"></svg>
-<p class="ops-legend"><span class="ops-key sessions"></span>{legend_sessions} <span class="ops-key logins"></span>{legend_logins} <span class="ops-key denials"></span>{legend_denials}</p>
-</section>
-<section class="ops-card"><h2>{list_h}</h2>
-<p><label for="ops-filter">{filter_l}</label> <input type="search" id="ops-filter" maxlength="{max_filter}" autocomplete="off" placeholder="{filter_p}"></p>
-<p id="ops-list-count" class="muted" aria-live="polite"></p>
-<div class="ops-scroll"><table id="ops-sessions" class="ops-sessions"><thead><tr><th>{c_started}</th><th>{c_desk}</th><th>{c_device}</th><th>{c_user}</th><th>{c_level}</th><th>{c_class}</th><th>{c_dept}</th><th>{c_transport}</th><th></th></tr></thead><tbody></tbody></table></div>
-</section>
-<dialog id="ops-end-dialog" class="ops-dialog">
-<form id="ops-end-form" method="post" action="/ops/sessions/end{lang_q}">
-<h2>{end_h}</h2>
-<p id="ops-end-what"></p>
-<input type="hidden" name="csrf" value="{csrf}">
-<input type="hidden" name="id" id="ops-end-id" value="">
-<label for="ops-end-reason">{reason_l}</label>
-<input type="text" name="reason" id="ops-end-reason" required maxlength="500" autocomplete="off">
-<p class="hint">{reason_hint}</p>
-<p id="ops-end-status" class="status" role="alert" hidden></p>
-<p><button type="submit" class="danger" id="ops-end-confirm">{end_b}</button> <button type="button" class="secondary" id="ops-end-cancel">{cancel_b}</button></p>
-</form>
-</dialog>
-</div>"##,
-        lang_code = lang.code(),
-        csrf = esc(&v.csrf),
-        lang_q = lang.query(),
-        user = esc(&v.user.id),
-        signed_in = t("ログイン中", "Signed in as"),
-        connecting = t("接続中…", "Connecting…"),
-        noscript = t(
-            "ライブ表示には JavaScript が必要です。",
-            "The live view needs JavaScript."
-        ),
-        summary = t("概要", "Summary"),
-        total_h = t("接続中のセッション", "Live sessions"),
-        agents_h = t("オンラインのデスク", "Desks online"),
-        agents_n = t("エージェント接続数", "agents with a live tunnel"),
-        logins_h = t("ログイン（直近1分）", "Logins (last minute)"),
-        logins_n = t("起動後の累計", "since start"),
-        denials_h = t("拒否（直近1時間）", "Refusals (last hour)"),
-        denials_n = t("理由別の内訳は下の表", "by reason below"),
-        level_h = t("機密性レベル別", "By confidentiality level"),
-        class_h = t("端末区分別", "By terminal class"),
-        dept_h = t("所属別", "By department"),
-        transport_h = t("通信方式別", "By transport"),
-        denials_reason_h = t("拒否の理由（直近1時間）", "Refusals by reason (last hour)"),
-        chart_h = t("直近24時間", "Last 24 hours"),
-        legend_sessions = t("セッション数", "sessions"),
-        legend_logins = t("ログイン/分", "logins/min"),
-        legend_denials = t("拒否/分", "refusals/min"),
-        list_h = t("接続中のセッション一覧", "Live sessions"),
-        filter_l = t("絞り込み", "Filter"),
-        filter_p = t("デスク・端末・利用者ID", "desk, device or user id"),
-        max_filter = MAX_FILTER,
-        c_started = t("開始", "Started"),
-        c_desk = t("デスク", "Desk"),
-        c_device = t("端末", "Device"),
-        c_user = t("利用者", "User"),
-        c_level = t("レベル", "Level"),
-        c_class = t("端末区分", "Class"),
-        c_dept = t("所属", "Department"),
-        c_transport = t("方式", "Transport"),
-        end_h = t("セッションの終了", "End a session"),
-        reason_l = t("理由（必須）", "Reason (required)"),
-        reason_hint = t(
-            "理由は監査ログに記録されます。利用者の端末には「運用担当者がセッションを終了しました」と表示されます。",
-            "The reason is kept in the audit log. The user's laptop shows \"An operator ended the session.\""
-        ),
-        end_b = t("終了する", "End session"),
-        cancel_b = t("キャンセル", "Cancel"),
-    );
-    html(
-        StatusCode::OK,
-        frame(lang, title, &switch_link("/ops", q.as_deref(), lang), &body),
-    )
-}
-
-fn unavailable(lang: Lang) -> Response {
-    let body = format!(
-        r#"<div class="card notice error" role="alert"><p lang="ja">{}</p><p lang="en">{}</p></div>"#,
-        esc("このポータルはゲートウェイと接続されていないため、運用ダッシュボードを表示できません。"),
-        esc("This portal is not attached to a gateway; the dashboard is unavailable."),
-    );
-    html(
-        StatusCode::SERVICE_UNAVAILABLE,
-        frame(lang, lang.t("お知らせ", "Notice"), "/ops", &body),
-    )
+    let switch = switch_link("/ops", q.as_deref(), lang);
+    views::dashboard::dashboard(lang, &switch, &v.user.id, &v.csrf, MAX_FILTER).into_response()
 }
 
 /// `GET /ops/events`: server-sent events for one open page.
@@ -473,17 +362,7 @@ pub(crate) async fn end_session(
             )
                 .into_response()
         } else {
-            let body = format!(
-                r#"<div class="card notice error" role="alert"><p lang="ja">{}</p><p lang="en">{}</p><p class="code">{code}</p></div><p><a href="/ops{}">{}</a></p>"#,
-                esc(ja),
-                esc(en),
-                lang.query(),
-                lang.t("ダッシュボードへ戻る", "Back to the dashboard"),
-            );
-            html(
-                status,
-                frame(lang, lang.t("お知らせ", "Notice"), "/ops", &body),
-            )
+            (status, views::dashboard::end_failed(lang, ja, en, code)).into_response()
         }
     };
     let reason = match check_reason(lang, &f.reason, true) {

@@ -88,6 +88,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 mod throttle;
+mod views;
 
 pub use reason::{Denial, Reason};
 pub use serve::serve;

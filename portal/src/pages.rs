@@ -1,8 +1,9 @@
-//! Server-rendered pages (Japanese first, `?lang=en` for English), the
-//! portal session cookie, and the embedded script and style sheet.
+//! The public pages' handlers (Japanese first, `?lang=en` for English;
+//! the HTML is in [`crate::views`]), the portal session cookie, and the
+//! embedded script and style sheet.
 
 use axum::extract::{Form, Query, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Redirect, Response};
 use kakehashi_store::{Audit, Hash256};
 use serde::Deserialize;
@@ -12,119 +13,28 @@ use tracing::info;
 use super::api::cred_label;
 use super::reason::Reason;
 use super::redirect::LoginParams;
-use crate::html::{
-    class_name, esc, html, login_form, page, script_messages, status_name, switch_link, Lang,
-};
+use crate::html::{switch_link, Lang};
 use crate::state::{Peer, PortalState};
+use crate::views;
 
 const SCRIPT: &str = include_str!("assets/portal.js");
 const STYLE: &str = include_str!("assets/portal.css");
 
 fn error_page(lang: Lang, path: &str, query: Option<&str>, reason: Reason) -> Response {
-    let body = format!(
-        r#"<div class="card notice error" role="alert"><p>{}</p><p class="code">{}: {}</p></div>"#,
-        esc(lang.reason(reason)),
-        lang.t("理由コード", "Reason code"),
-        reason.code()
-    );
-    let title = lang.t("お知らせ", "Notice");
-    html(
-        reason.status(),
-        page(lang, title, &switch_link(path, query, lang), &body),
-    )
+    let page = views::notice::reason_page(lang, &switch_link(path, query, lang), reason);
+    (reason.status(), page).into_response()
 }
 
 /// `GET /`
 pub(crate) async fn index(RawQuery(q): RawQuery) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let lq = lang.query();
-    let body = format!(
-        r#"<p class="lead">{lead}</p>
-<ul class="menu">
-<li><a class="card link" href="/enroll{lq}"><strong>{enroll}</strong><span>{enroll_d}</span></a></li>
-<li><a class="card link" href="/me{lq}"><strong>{me}</strong><span>{me_d}</span></a></li>
-<li><a class="card link" href="/plans{lq}"><strong>{plans}</strong><span>{plans_d}</span></a></li>
-<li><a class="card link" href="/officer{lq}"><strong>{officer}</strong><span>{officer_d}</span></a></li>
-</ul>
-<p class="hint">{hint}</p>"#,
-        lead = lang.t(
-            "職場のパソコンに自宅などから安全に接続するためのポータルです。",
-            "The portal for connecting safely to your office PC from home or elsewhere."
-        ),
-        enroll = lang.t("セキュリティキーの登録", "Enroll a security key"),
-        enroll_d = lang.t(
-            "担当者から受け取った登録コードで、セキュリティキーや生体認証を登録します。",
-            "Register a security key or biometric sign-in with the code the officer gave you."
-        ),
-        me = lang.t("自分の端末とログイン", "My devices and sessions"),
-        me_d = lang.t(
-            "貸与端末、ログイン中の端末、登録済みのキーを確認し、端末をサインアウトできます。",
-            "See your loaned devices, signed-in devices and keys; sign a device out."
-        ),
-        plans = lang.t("テレワーク計画", "Telework plans"),
-        plans_d = lang.t(
-            "在宅勤務などの計画を提出し、承認状況を確認します。所属長はここで承認します。",
-            "Submit telework plans and see whether they are approved; section chiefs approve them here."
-        ),
-        officer = lang.t("情報セキュリティ担当", "Security officer"),
-        officer_d = lang.t(
-            "接続ルール、デスクの機密性レベル、端末の利用停止、BCPモード（担当者のみ）。",
-            "Access rules, desk confidentiality levels, device blocks, BCP mode (officers only)."
-        ),
-        hint = lang.t(
-            "パソコンからのログインは、アプリの「kakehashi login」から始めてください。",
-            "To sign in on your laptop, start with `kakehashi login` in the app."
-        ),
-    );
-    let title = lang.t("ポータル", "Portal");
-    html(
-        StatusCode::OK,
-        page(lang, title, &switch_link("/", q.as_deref(), lang), &body),
-    )
+    views::home::home(lang, &switch_link("/", q.as_deref(), lang)).into_response()
 }
 
 /// `GET /enroll`
 pub(crate) async fn enroll(RawQuery(q): RawQuery) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let body = format!(
-        r#"<p class="lead">{lead}</p>
-<form id="enroll-form" class="card" data-portal="enroll" data-lang="{code}"{msgs}>
-<label for="user">{user}</label>
-<input id="user" name="user" autocomplete="username" required maxlength="64" pattern="[A-Za-z0-9._\-]+" spellcheck="false" autocapitalize="off">
-<label for="code">{code_l}</label>
-<input id="code" name="code" autocomplete="one-time-code" required maxlength="40" placeholder="XXXX-XXXX-XXXX-XXXX" spellcheck="false" autocapitalize="characters">
-<p class="field-hint">{code_h}</p>
-<button type="submit">{submit}</button>
-<p id="status" class="status" role="status" aria-live="polite" hidden></p>
-</form>
-<ol class="steps"><li>{s1}</li><li>{s2}</li><li>{s3}</li></ol>"#,
-        code = lang.code(),
-        msgs = script_messages(lang),
-        lead = lang.t(
-            "担当者から受け取った利用者IDと登録コードを入力し、セキュリティキー（または Windows Hello などの生体認証）を登録します。",
-            "Enter your user ID and the enrollment code the officer gave you, then register your security key (or Windows Hello and similar)."
-        ),
-        user = lang.t("利用者ID", "User ID"),
-        code_l = lang.t("登録コード", "Enrollment code"),
-        code_h = lang.t(
-            "登録コードは一度だけ使えます。有効期限があります。",
-            "The code works once and expires."
-        ),
-        submit = lang.t("セキュリティキーを登録する", "Register security key"),
-        s1 = lang.t("ボタンを押すと、ブラウザーが本人確認を求めます。", "After you press the button, the browser asks you to verify."),
-        s2 = lang.t("セキュリティキーに触れるか、PIN・指紋・顔で確認します。", "Touch the key, or confirm with PIN, fingerprint or face."),
-        s3 = lang.t("「登録しました」と表示されたら完了です。", "When “Enrolled” appears, you are done."),
-    );
-    let title = lang.t("セキュリティキーの登録", "Enroll a security key");
-    html(
-        StatusCode::OK,
-        page(
-            lang,
-            title,
-            &switch_link("/enroll", q.as_deref(), lang),
-            &body,
-        ),
-    )
+    views::enroll::enroll(lang, &switch_link("/enroll", q.as_deref(), lang)).into_response()
 }
 
 /// `GET /login?redirect_uri=…&state=…&code_challenge=…&code_challenge_method=S256[&device=…]`
@@ -135,58 +45,13 @@ pub(crate) async fn login(RawQuery(q): RawQuery) -> Response {
         Ok(r) => r,
         Err(reason) => return error_page(lang, "/login", q.as_deref(), reason),
     };
-    let attr = |k: &str, v: &str| format!(r#" data-{k}="{}""#, esc(v));
-    let extra = [
-        attr("redirect-uri", req.redirect.as_str()),
-        attr("state", &req.state),
-        attr("code-challenge", &req.code_challenge),
-        attr("device", &req.device),
-    ]
-    .concat();
-    // The laptop this login is for, in words the person checks against the
-    // asset label on the laptop in front of them: a phishing link names the
-    // victim's laptop, and the code it yields works only on that laptop.
-    let device = format!(
-        r#"<p class="device">{before}<strong>{id}</strong>{after}</p>
-<p class="hint">{check}</p>"#,
-        before = lang.t("このログインはノートPC「", "This sign-in is for the laptop “"),
-        id = esc(&req.device),
-        after = lang.t("」のためのものです。", "”."),
-        check = lang.t(
-            "お使いのノートPCの管理番号（シールの番号）と同じか確かめてください。違う場合は操作せずにこのページを閉じ、情報セキュリティ担当に連絡してください。",
-            "Check that this is the asset number on the label of the laptop you are using. If it is not, close this page without doing anything and tell your security officer."
-        ),
-    );
-    let body = format!(
-        r#"<p class="lead">{lead}</p>
-{device}
-{form}
-<p class="hint">{hint}</p>"#,
-        lead = lang.t(
-            "パソコンのアプリ（kakehashi login）から開かれたページです。利用者IDを入力し、セキュリティキーで本人確認をしてください。",
-            "This page was opened by the app on your computer (`kakehashi login`). Enter your user ID and verify with your security key."
-        ),
-        form = login_form(
-            lang,
-            "loopback",
-            &extra,
-            lang.t("本人確認してログイン", "Verify and sign in")
-        ),
-        hint = lang.t(
-            "自分で「kakehashi login」を実行していないのにこのページが開いた場合は、操作せずに閉じてください。",
-            "If you did not run `kakehashi login` yourself, close this page without doing anything."
-        ),
-    );
-    let title = lang.t("ログイン", "Sign in");
-    html(
-        StatusCode::OK,
-        page(
-            lang,
-            title,
-            &switch_link("/login", q.as_deref(), lang),
-            &body,
-        ),
-    )
+    let view = views::login::Loopback {
+        redirect_uri: req.redirect.as_str(),
+        state: &req.state,
+        code_challenge: &req.code_challenge,
+        device: &req.device,
+    };
+    views::login::login(lang, &switch_link("/login", q.as_deref(), lang), view).into_response()
 }
 
 /// Parses the login query: repeated keys are refused (ambiguous).
@@ -275,30 +140,16 @@ pub(crate) async fn me(
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let switch = switch_link("/me", q.as_deref(), lang);
-    let title = lang.t("自分の端末とログイン", "My devices and sessions");
     let Some(user) = s.session_user(&headers) else {
-        let body = format!(
-            r#"<p class="lead">{lead}</p>
-{form}"#,
-            lead = lang.t(
-                "利用者IDを入力し、セキュリティキーで本人確認をしてください。",
-                "Enter your user ID and verify with your security key."
-            ),
-            form = login_form(
-                lang,
-                "portal",
-                "",
-                lang.t("本人確認して表示", "Verify and show")
-            ),
-        );
-        return html(StatusCode::OK, page(lang, title, &switch, &body));
+        let title = views::me::title(lang);
+        return views::sign_in::sign_in_page(lang, title, &switch, None).into_response();
     };
     let csrf = s
         .session_id(&headers)
         .map(|id| super::access::csrf_token(&id))
         .unwrap_or_default();
-    match me_body(&s, lang, &user, &csrf).await {
-        Ok(body) => html(StatusCode::OK, page(lang, title, &switch, &body)),
+    match me_page(&s, lang, &switch, &user, &csrf).await {
+        Ok(page) => page.into_response(),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "Cannot render /me");
             error_page(lang, "/me", q.as_deref(), Reason::Internal)
@@ -306,143 +157,51 @@ pub(crate) async fn me(
     }
 }
 
-async fn me_body(
+async fn me_page(
     s: &PortalState,
     lang: Lang,
+    switch: &str,
     user_id: &str,
     csrf: &str,
-) -> kakehashi_store::Result<String> {
-    let csrf = format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(csrf));
+) -> kakehashi_store::Result<maud::Markup> {
+    use views::me::{Key, Me, SignIn, SignInState};
     let store = s.store();
     let now = s.now();
     let user = store.get_user(user_id).await?;
     let devices = store.devices_loaned_to(user_id).await?;
     let tokens = store.login_tokens_for_user(user_id).await?;
     let creds = store.credentials_for_user(user_id).await?;
-    let lq = lang.query();
-    let mut out = String::new();
-    if let Some(u) = &user {
-        out.push_str(&format!(
-            r#"<div class="card who"><p><strong>{}</strong> {} <span class="muted">({} · {})</span></p>
-<form method="post" action="/me/logout{lq}" class="inline">{csrf}<button type="submit" class="secondary">{}</button></form></div>"#,
-            esc(&u.name),
-            lang.t("さん", ""),
-            esc(&u.id),
-            esc(&u.department),
-            lang.t("ポータルからログアウト", "Sign out of the portal"),
-        ));
-    }
-
-    out.push_str(&format!(
-        "<h2>{}</h2>",
-        lang.t("貸与端末", "Loaned devices")
-    ));
-    if devices.is_empty() {
-        out.push_str(&format!(
-            r#"<p class="muted">{}</p>"#,
-            lang.t("貸与端末はありません。", "No devices are loaned to you.")
-        ));
-    } else {
-        out.push_str(&format!(
-            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-            lang.t("端末", "Device"),
-            lang.t("種別", "Class"),
-            lang.t("状態", "Status"),
-        ));
-        for d in &devices {
-            out.push_str(&format!(
-                r#"<tr><td>{}</td><td>{}</td><td class="st-{}">{}</td></tr>"#,
-                esc(&d.id),
-                class_name(lang, d.class),
-                d.status.as_str(),
-                status_name(lang, d.status),
-            ));
-        }
-        out.push_str("</tbody></table>");
-    }
-
-    out.push_str(&format!(
-        "<h2>{}</h2>",
-        lang.t("ログイン（端末ごと）", "Sign-ins (per device)")
-    ));
-    if tokens.is_empty() {
-        out.push_str(&format!(
-            r#"<p class="muted">{}</p>"#,
-            lang.t("ログインの記録はありません。", "No sign-ins yet.")
-        ));
-    } else {
-        out.push_str(&format!(
-            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
-            lang.t("端末", "Device"),
-            lang.t("ログイン日時", "Signed in"),
-            lang.t("有効期限", "Expires"),
-            lang.t("状態", "State"),
-        ));
-        for t in &tokens {
-            let (state, live) = match t.revoked_at {
-                Some(_) => (lang.t("サインアウト済み", "signed out"), false),
-                None if t.expires_at <= now => (lang.t("期限切れ", "expired"), false),
-                None => (lang.t("有効", "active"), true),
-            };
-            let action = if live {
-                format!(
-                    r#"<form method="post" action="/me/revoke{lq}" class="inline">{csrf}<input type="hidden" name="token" value="{}"><button type="submit" class="danger">{}</button></form>"#,
-                    t.token_hash.to_hex(),
-                    lang.t("この端末をサインアウト", "Sign out this device"),
-                )
-            } else {
-                String::new()
-            };
-            out.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&t.device_id),
-                s.local_time(t.issued_at),
-                s.local_time(t.expires_at),
-                state,
-                action,
-            ));
-        }
-        out.push_str("</tbody></table>");
-    }
-
-    out.push_str(&format!(
-        "<h2>{}</h2>",
-        lang.t("登録済みのセキュリティキー", "Registered security keys")
-    ));
-    if creds.is_empty() {
-        out.push_str(&format!(
-            r#"<p class="muted">{}</p>"#,
-            lang.t("登録されたキーはありません。", "No keys registered.")
-        ));
-    } else {
-        out.push_str(&format!(
-            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-            lang.t("キーID", "Key ID"),
-            lang.t("登録日時", "Registered"),
-            lang.t("最終使用", "Last used"),
-            lang.t("種類", "Kind"),
-        ));
-        for c in &creds {
-            let label = cred_label(&c.cred_id);
-            let short: String = label.chars().take(12).collect();
-            out.push_str(&format!(
-                r#"<tr><td><code title="{}">{}…</code></td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
-                esc(&label),
-                esc(&short),
-                s.local_time(c.created),
-                c.last_used
-                    .map(|t| s.local_time(t))
-                    .unwrap_or_else(|| "-".into()),
-                if c.attested {
-                    lang.t("認定ハードウェアキー", "attested hardware key")
-                } else {
-                    lang.t("一般", "standard")
-                },
-            ));
-        }
-        out.push_str("</tbody></table>");
-    }
-    Ok(out)
+    let sign_ins = tokens
+        .iter()
+        .map(|t| SignIn {
+            device: t.device_id.clone(),
+            issued: s.local_time(t.issued_at),
+            expires: s.local_time(t.expires_at),
+            state: match t.revoked_at {
+                Some(_) => SignInState::SignedOut,
+                None if t.expires_at <= now => SignInState::Expired,
+                None => SignInState::Live,
+            },
+            token_hash: t.token_hash.to_hex(),
+        })
+        .collect();
+    let keys = creds
+        .iter()
+        .map(|c| Key {
+            label: cred_label(&c.cred_id),
+            registered: s.local_time(c.created),
+            last_used: c.last_used.map(|t| s.local_time(t)),
+            attested: c.attested,
+        })
+        .collect();
+    let view = Me {
+        csrf,
+        user: user.as_ref(),
+        devices: &devices,
+        sign_ins,
+        keys,
+    };
+    Ok(views::me::me(lang, switch, &view))
 }
 
 /// The form of `POST /me/revoke`.

@@ -29,11 +29,13 @@ use tracing::info;
 
 use super::access::{get_refused, Need, Refused, Visitor};
 use super::officer::{
-    check_reason, csrf_input, hhmm, link, parse_date, parse_hhmm, query_param, see_other, who_line,
-    write_failed, ymd, Notice,
+    check_reason, hhmm, link, parse_date, parse_hhmm, query_param, see_other, write_failed, ymd,
 };
-use crate::html::{esc, html, page, switch_link, Lang};
+use crate::html::{switch_link, Lang};
 use crate::state::{Peer, PortalState};
+use crate::views;
+use crate::views::parts::Notice;
+use crate::views::plans::{Chief, PlanRow, Plans};
 use kakehashi_store::attendance as report;
 use kakehashi_store::localtime::parse_month;
 
@@ -43,16 +45,7 @@ const MAX_DAYS_AHEAD: i64 = 366;
 const RECENT_DECIDED: usize = 30;
 
 fn title(lang: Lang) -> &'static str {
-    lang.t("テレワーク計画", "Telework plans")
-}
-
-fn status_label(lang: Lang, s: PlanStatus) -> &'static str {
-    match s {
-        PlanStatus::Submitted => lang.t("承認待ち", "waiting for approval"),
-        PlanStatus::Approved => lang.t("承認", "approved"),
-        PlanStatus::Rejected => lang.t("却下", "rejected"),
-        _ => lang.t("その他", "other"),
-    }
+    views::plans::title(lang)
 }
 
 /// `GET /plans`
@@ -94,210 +87,95 @@ async fn plans_page(
     notice: Option<Notice>,
     status: StatusCode,
 ) -> Response {
-    match plans_body(s, v, lang, notice).await {
-        Ok(body) => html(
-            status,
-            page(lang, title(lang), &switch_link("/plans", q, lang), &body),
-        ),
+    match plans_body(s, v, lang, q, notice.as_ref()).await {
+        Ok(page) => (status, page).into_response(),
         Err(e) => Refused::from(e).page(lang, "/plans", q),
     }
 }
 
-fn plan_row(s: &PortalState, lang: Lang, p: &Plan, who: Option<&str>) -> String {
-    let who = who.map_or(String::new(), |w| format!("<td>{}</td>", esc(w)));
-    format!(
-        r#"<tr data-plan="{id}">{who}<td>{date}</td><td>{start}–{end}</td><td>{place}</td><td class="plan-{st}">{st_l}</td><td>{by}</td>"#,
-        id = esc(&p.id),
-        date = esc(&p.date),
-        start = hhmm(p.start_min),
-        end = hhmm(p.end_min),
-        place = esc(&p.place),
-        st = p.status.as_str(),
-        st_l = status_label(lang, p.status),
-        by = match (&p.decided_by, p.decided_at) {
-            (Some(b), Some(t)) => format!("{} ({})", esc(b), s.local_time(t)),
-            _ => "-".into(),
+fn plan_row<'a>(s: &PortalState, p: &'a Plan, who: Option<String>) -> PlanRow<'a> {
+    PlanRow {
+        plan: p,
+        who,
+        hours: format!("{}–{}", hhmm(p.start_min), hhmm(p.end_min)),
+        decided: match (&p.decided_by, p.decided_at) {
+            (Some(b), Some(t)) => Some(format!("{b} ({})", s.local_time(t))),
+            _ => None,
         },
-    )
+    }
 }
 
 async fn plans_body(
     s: &PortalState,
     v: &Visitor,
     lang: Lang,
-    notice: Option<Notice>,
-) -> kakehashi_store::Result<String> {
+    q: Option<&str>,
+    notice: Option<&Notice>,
+) -> kakehashi_store::Result<maud::Markup> {
     let store = s.store();
     let mine = store.plans_for_user(&v.user.id).await?;
-    let mut out = String::new();
-    out.push_str(&who_line(lang, v));
-    if v.has(Role::Officer) {
-        let _ = write!(
-            out,
-            r#"<p><a href="/officer{}">{}</a></p>"#,
-            lang.query(),
-            lang.t("情報セキュリティ担当のページへ", "Security officer pages")
-        );
-    }
-    if let Some(n) = &notice {
-        out.push_str(&n.html());
-    }
-    let _ = write!(
-        out,
-        r#"<p class="lead">{}</p>"#,
-        lang.t(
-            "在宅勤務などの計画を提出してください。所属長が承認した計画の時間内だけ、在宅から接続できます（ルールで計画が必要な場合）。",
-            "Submit your telework plans. From home you can connect only inside the hours of a plan your section chief approved (where the rules require a plan)."
-        )
-    );
-
-    // Submit.
     let tomorrow = s
         .local_now()
         .date()
         .next_day()
         .unwrap_or(s.local_now().date());
-    let _ = write!(
-        out,
-        r#"<h2>{h}</h2>
-<form id="plan-form" class="card" method="post" action="{action}">{csrf}
-<div class="form-grid">
-<label for="plan-date">{date_l}</label><input id="plan-date" name="date" type="date" required value="{date}">
-<label for="plan-start">{start_l}</label><input id="plan-start" name="start" type="time" required value="08:30">
-<label for="plan-end">{end_l}</label><input id="plan-end" name="end" type="time" required value="17:15">
-<label for="plan-place">{place_l}</label><input id="plan-place" name="place" type="text" required maxlength="80" value="{place}">
-</div>
-<button type="submit" id="plan-submit">{submit}</button>
-</form>"#,
-        h = lang.t("計画を提出する", "Submit a plan"),
-        action = link("/plans", lang, &[]),
-        csrf = csrf_input(v),
-        date_l = lang.t("日付", "Date"),
-        date = ymd(tomorrow),
-        start_l = lang.t("開始", "Start"),
-        end_l = lang.t("終了", "End"),
-        place_l = lang.t("勤務場所", "Place"),
-        place = lang.t("自宅", "home"),
-        submit = lang.t("提出", "Submit"),
-    );
-
-    // Mine.
-    let _ = write!(out, "<h2>{}</h2>", lang.t("自分の計画", "My plans"));
-    if mine.is_empty() {
-        let _ = write!(
-            out,
-            r#"<p class="muted">{}</p>"#,
-            lang.t("提出した計画はありません。", "No plans yet.")
-        );
-    } else {
-        let _ = write!(
-            out,
-            r#"<table id="my-plans"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
-            lang.t("日付", "Date"),
-            lang.t("時間", "Hours"),
-            lang.t("場所", "Place"),
-            lang.t("状態", "Status"),
-            lang.t("判断者", "Decided by"),
-        );
-        for p in mine.iter().take(60) {
-            out.push_str(&plan_row(s, lang, p, None));
-            out.push_str("</tr>");
-        }
-        out.push_str("</tbody></table>");
-    }
 
     // The chief's part.
-    if v.has(Role::Chief) {
+    let mut dept_plans = Vec::new();
+    let mut people = BTreeMap::new();
+    let chief = v.has(Role::Chief);
+    if chief {
         let dept = &v.user.department;
-        let people: BTreeMap<String, String> = store
+        people = store
             .list_users_in(dept)
             .await?
             .into_iter()
             .map(|u| (u.id, u.name))
             .collect();
-        let plans = store.plans_for_department(dept).await?;
-        let others = |p: &&Plan| p.user_id != v.user.id;
-        let waiting: Vec<&Plan> = plans
-            .iter()
-            .filter(others)
-            .filter(|p| p.status == PlanStatus::Submitted)
-            .collect();
-        let who = |p: &Plan| {
-            format!(
-                "{} ({})",
-                people.get(&p.user_id).map_or("", String::as_str),
-                p.user_id
-            )
-        };
-        let _ = write!(
-            out,
-            "<h2>{} {}</h2>",
-            esc(dept),
-            lang.t("の承認待ちの計画", ": plans waiting for your decision")
-        );
-        if waiting.is_empty() {
-            let _ = write!(
-                out,
-                r#"<p class="muted" id="no-waiting">{}</p>"#,
-                lang.t("承認待ちの計画はありません。", "Nothing is waiting.")
-            );
-        } else {
-            let _ = write!(
-                out,
-                r#"<table id="waiting-plans"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
-                lang.t("職員", "Person"),
-                lang.t("日付", "Date"),
-                lang.t("時間", "Hours"),
-                lang.t("場所", "Place"),
-                lang.t("状態", "Status"),
-                lang.t("判断者", "Decided by"),
-                lang.t("判断", "Decision"),
-            );
-            for p in waiting {
-                out.push_str(&plan_row(s, lang, p, Some(&who(p))));
-                let _ = write!(
-                    out,
-                    r#"<td><form method="post" action="{action}" class="row-form">{csrf}<input type="hidden" name="id" value="{id}">
-<input name="reason" type="text" maxlength="500" aria-label="{reason_l}" placeholder="{reason_l}">
-<button type="submit" name="decision" value="approve" class="small">{approve}</button>
-<button type="submit" name="decision" value="reject" class="danger">{reject}</button></form></td></tr>"#,
-                    action = link("/plans/decide", lang, &[]),
-                    csrf = csrf_input(v),
-                    id = esc(&p.id),
-                    reason_l = lang.t("理由（却下のときは必須）", "Reason (required to reject)"),
-                    approve = lang.t("承認", "Approve"),
-                    reject = lang.t("却下", "Reject"),
-                );
-            }
-            out.push_str("</tbody></table>");
-        }
-        let decided: Vec<&Plan> = plans
-            .iter()
-            .filter(others)
-            .filter(|p| p.status != PlanStatus::Submitted)
-            .take(RECENT_DECIDED)
-            .collect();
-        if !decided.is_empty() {
-            let _ = write!(
-                out,
-                r#"<h2>{}</h2><table id="decided-plans"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
-                lang.t("判断済みの計画", "Decided plans"),
-                lang.t("職員", "Person"),
-                lang.t("日付", "Date"),
-                lang.t("時間", "Hours"),
-                lang.t("場所", "Place"),
-                lang.t("状態", "Status"),
-                lang.t("判断者", "Decided by"),
-            );
-            for p in decided {
-                out.push_str(&plan_row(s, lang, p, Some(&who(p))));
-                out.push_str("</tr>");
-            }
-            out.push_str("</tbody></table>");
-        }
-        out.push_str(&attendance_form(s, lang));
+        dept_plans = store.plans_for_department(dept).await?;
     }
-    Ok(out)
+    let who = |p: &Plan| {
+        Some(format!(
+            "{} ({})",
+            people.get(&p.user_id).map_or("", String::as_str),
+            p.user_id
+        ))
+    };
+    let others = |p: &&Plan| p.user_id != v.user.id;
+    let chief = chief.then(|| {
+        let now = s.local_now();
+        Chief {
+            dept: &v.user.department,
+            waiting: dept_plans
+                .iter()
+                .filter(others)
+                .filter(|p| p.status == PlanStatus::Submitted)
+                .map(|p| plan_row(s, p, who(p)))
+                .collect(),
+            decided: dept_plans
+                .iter()
+                .filter(others)
+                .filter(|p| p.status != PlanStatus::Submitted)
+                .take(RECENT_DECIDED)
+                .map(|p| plan_row(s, p, who(p)))
+                .collect(),
+            month: format!("{:04}-{:02}", now.year(), u8::from(now.month())),
+        }
+    });
+    let view = Plans {
+        user: &v.user,
+        csrf: &v.csrf,
+        officer: v.has(Role::Officer),
+        notice,
+        tomorrow: ymd(tomorrow),
+        mine: mine.iter().take(60).map(|p| plan_row(s, p, None)).collect(),
+        chief,
+    };
+    Ok(views::plans::plans(
+        lang,
+        &switch_link("/plans", q, lang),
+        &view,
+    ))
 }
 
 /// `POST /plans` form.
@@ -515,37 +393,6 @@ pub(crate) async fn decide(
             fail(n, st).await
         }
     }
-}
-
-/// The chief's attendance report form (`GET /plans/attendance.csv`).
-fn attendance_form(s: &PortalState, lang: Lang) -> String {
-    let now = s.local_now();
-    let month = format!("{:04}-{:02}", now.year(), u8::from(now.month()));
-    let (ja, en) = match lang {
-        Lang::Ja => (" selected", ""),
-        Lang::En => ("", " selected"),
-    };
-    format!(
-        r#"<h2>{h}</h2>
-<form id="attendance-form" class="card" method="get" action="/plans/attendance.csv">
-<p class="muted">{lead}</p>
-<div class="form-grid">
-<label for="attendance-month">{month_l}</label><input id="attendance-month" name="month" type="month" required value="{month}">
-<label for="attendance-lang">{lang_l}</label><select id="attendance-lang" name="lang"><option value="ja"{ja}>日本語</option><option value="en"{en}>English</option></select>
-<label for="attendance-bom">{bom_l}</label><input id="attendance-bom" name="bom" type="checkbox" value="1" checked>
-</div>
-<button type="submit" id="attendance-download">{submit}</button>
-</form>"#,
-        h = lang.t("勤務実績レポート", "Attendance report"),
-        lead = lang.t(
-            "所属の職員ごと・日ごとの最初の開始、最後の終了、接続時間を CSV で取得します。取得は監査ログに記録されます。",
-            "Per person per day in your department: first start, last end and connected time, as CSV. Downloads are recorded in the audit log."
-        ),
-        month_l = lang.t("月", "Month"),
-        lang_l = lang.t("見出しの言語", "Header language"),
-        bom_l = lang.t("Excel 用（BOM 付き）", "For Excel (byte order mark)"),
-        submit = lang.t("CSV をダウンロード", "Download CSV"),
-    )
 }
 
 /// `attendance-<dept>-YYYY-MM.csv` as a `Content-Disposition` value: an

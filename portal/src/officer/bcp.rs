@@ -10,20 +10,13 @@ pub(crate) async fn bcp(
     headers: HeaderMap,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let title = lang.t("BCPモード", "BCP mode");
+    let title = crate::views::officer_bcp::title(lang);
     match s.visitor(&headers, Need::Officer).await {
         Ok(v) => {
             let notice = done_notice(lang, q.as_deref());
             bcp_page(&s, &v, lang, q.as_deref(), notice, StatusCode::OK).await
         }
         Err(r) => get_refused(r, lang, "/officer/bcp", q.as_deref(), title),
-    }
-}
-
-fn scope_name(lang: Lang, scope: &BcpScope) -> String {
-    match scope {
-        BcpScope::All => lang.t("全職員", "everyone").to_owned(),
-        BcpScope::Department(d) => d.clone(),
     }
 }
 
@@ -35,144 +28,43 @@ async fn bcp_page(
     notice: Option<Notice>,
     status: StatusCode,
 ) -> Response {
-    let title = lang.t("BCPモード", "BCP mode");
+    use crate::views::officer_bcp::{Active, BcpPage, Past};
     let now = s.now();
     let (all, users) = match tokio::try_join!(s.store().list_bcp(), s.store().list_users()) {
         Ok(x) => x,
         Err(e) => return Refused::from(e).page(lang, "/officer/bcp", q),
     };
     let depts: BTreeSet<&str> = users.iter().map(|u| u.department.as_str()).collect();
-    let mut out = officer_head(
-        lang,
-        v,
-        "/officer/bcp",
-        notice.as_ref(),
-        lang.t(
-            "大雪・感染症・災害などで出勤が難しいときに宣言します。ポリシーの bcp_default_relax に書かれた内容（既定: レベル1・2の在宅・モバイルで、計画の承認と勤務時間の制限を不要にする）だけを緩和し、期限が来ると自動的に終わります。レベル3の在宅と個人番号利用事務系は緩和されません。",
-            "Declare it when people cannot come in (snow, pandemic, disaster). It relaxes only what the policy's bcp_default_relax says (by default: no approved plan and no hour window for levels 1 and 2 from home and mobile) and ends by itself at its expiry. Level 3 from home and the My Number segment are never relaxed."
-        ),
-    );
-    // In force.
-    let active: Vec<&Bcp> = all.iter().filter(|b| b.is_active(now)).collect();
-    let _ = write!(out, "<h2>{}</h2>", lang.t("実施中の宣言", "In force"));
-    if active.is_empty() {
-        let _ = write!(
-            out,
-            r#"<p class="muted" id="bcp-none">{}</p>"#,
-            lang.t(
-                "実施中のBCP宣言はありません。",
-                "No BCP declaration is in force."
-            )
-        );
-    } else {
-        let _ = write!(
-            out,
-            r#"<table id="bcp-active"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
-            lang.t("対象", "Scope"),
-            lang.t("理由", "Reason"),
-            lang.t("期限", "Until"),
-            lang.t("宣言者", "Declared by"),
-            lang.t("終了", "End"),
-        );
-        for b in &active {
-            let _ = write!(
-                out,
-                r#"<tr data-bcp="{id}"><td>{scope}</td><td>{reason}</td><td>{until}</td><td>{by}</td><td>
-<form method="post" action="{action}" class="row-form">{csrf}<input type="hidden" name="id" value="{id}">
-<input name="reason" type="text" required maxlength="{MAX_REASON_CHARS}" aria-label="{reason_l}" placeholder="{reason_l}">
-<button type="submit" class="danger">{submit}</button></form></td></tr>"#,
-                id = esc(&b.id),
-                scope = esc(&scope_name(lang, &b.scope)),
-                reason = esc(&b.reason),
-                until = s.local_time(b.ends_at),
-                by = esc(&b.declared_by),
-                action = link("/officer/bcp/end", lang, &[]),
-                csrf = csrf_input(v),
-                reason_l = lang.t("終了の理由（必須）", "Why end it (required)"),
-                submit = lang.t("今すぐ終了", "End now"),
-            );
-        }
-        out.push_str("</tbody></table>");
-    }
-
-    // Declare.
     let tomorrow = s
         .local_now()
         .date()
         .next_day()
         .unwrap_or(s.local_now().date());
-    let mut dept_options = String::new();
-    for d in &depts {
-        let _ = write!(dept_options, r#"<option value="{}">"#, esc(d));
-    }
-    let _ = write!(
-        out,
-        r#"<h2>{h}</h2>
-<form id="bcp-declare" class="card" method="post" action="{action}">{csrf}
-<fieldset class="plain"><legend>{scope_l}</legend>
-<label class="inline-label"><input type="radio" name="scope" value="all" checked> {all}</label>
-<label class="inline-label"><input type="radio" name="scope" value="dept"> {dept_only}</label>
-<input id="bcp-dept" name="dept" type="text" maxlength="128" list="bcp-depts" aria-label="{dept_l}" placeholder="{dept_l}">
-<datalist id="bcp-depts">{dept_options}</datalist>
-</fieldset>
-<label for="bcp-reason">{reason_l}</label>
-<input id="bcp-reason" name="reason" type="text" required maxlength="{MAX_REASON_CHARS}" placeholder="{reason_ph}">
-<label for="bcp-until-date">{until_l}</label>
-<span class="datetime"><input id="bcp-until-date" name="until_date" type="date" required value="{until_date}"> <input id="bcp-until-time" name="until_time" type="time" required value="18:00" aria-label="{until_l}"></span>
-<button type="submit" class="danger-strong">{submit}</button>
-</form>"#,
-        h = lang.t("BCPモードを宣言する", "Declare BCP mode"),
-        action = link("/officer/bcp/declare", lang, &[]),
-        csrf = csrf_input(v),
-        scope_l = lang.t("対象", "Scope"),
-        all = lang.t("全職員", "Everyone"),
-        dept_only = lang.t("次の所属のみ:", "Only this department:"),
-        dept_l = lang.t("所属", "Department"),
-        reason_l = lang.t(
-            "理由（必須・お知らせに表示され、監査ログに記録）",
-            "Reason (required; shown in the banner and kept in the audit log)"
-        ),
-        reason_ph = lang.t("例: 大雪のため", "e.g. heavy snow"),
-        until_l = lang.t(
-            "終了日時（この時刻に自動で終了）",
-            "Ends at (automatically)"
-        ),
-        until_date = ymd(tomorrow),
-        submit = lang.t("BCPモードを宣言", "Declare BCP mode"),
-    );
-
-    // History.
-    let past: Vec<&Bcp> = all.iter().filter(|b| !b.is_active(now)).take(50).collect();
-    if !past.is_empty() {
-        let _ = write!(
-            out,
-            r#"<h2>{}</h2><table id="bcp-history"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
-            lang.t("過去の宣言", "Past declarations"),
-            lang.t("対象", "Scope"),
-            lang.t("理由", "Reason"),
-            lang.t("期間", "Period"),
-            lang.t("宣言者／終了者", "Declared / ended by"),
-        );
-        for b in past {
-            let end = b.ended_at.unwrap_or(b.ends_at).min(b.ends_at);
-            let _ = write!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{} – {}</td><td>{} / {}</td></tr>",
-                esc(&scope_name(lang, &b.scope)),
-                esc(&b.reason),
-                s.local_time(b.starts_at),
-                s.local_time(end),
-                esc(&b.declared_by),
-                esc(b.ended_by.as_deref().unwrap_or(lang.t("期限", "expiry"))),
-            );
-        }
-        out.push_str("</tbody></table>");
-    }
-    out.push_str("</div>");
-    html(
-        status,
-        page(lang, title, &switch_link("/officer/bcp", q, lang), &out),
-    )
+    let view = BcpPage {
+        head: view_head(v, "/officer/bcp", notice.as_ref()),
+        active: all
+            .iter()
+            .filter(|b| b.is_active(now))
+            .map(|b| Active {
+                bcp: b,
+                until: s.local_time(b.ends_at),
+            })
+            .collect(),
+        depts: depts.into_iter().collect(),
+        tomorrow: ymd(tomorrow),
+        past: all
+            .iter()
+            .filter(|b| !b.is_active(now))
+            .take(50)
+            .map(|b| Past {
+                bcp: b,
+                from: s.local_time(b.starts_at),
+                to: s.local_time(b.ended_at.unwrap_or(b.ends_at).min(b.ends_at)),
+            })
+            .collect(),
+    };
+    let page = crate::views::officer_bcp::bcp(lang, &switch_link("/officer/bcp", q, lang), &view);
+    (status, page).into_response()
 }
 
 /// `POST /officer/bcp/declare` form.
@@ -345,28 +237,6 @@ pub(crate) async fn bcp_end(
     }
 }
 
-/// The banner for the declarations in force, in the page's language.
-fn banner_html(s: &PortalState, lang: Lang, active: &[Bcp]) -> String {
-    let mut out =
-        String::from(r#"<div id="bcp-banner" class="bcp-banner" role="status"><div class="wrap">"#);
-    for b in active {
-        let _ = write!(
-            out,
-            r#"<p><strong>{title}</strong> {scope_l}: {scope} ／ {reason_l}: {reason} ／ {until_l}: {until}{until_t}</p>"#,
-            title = lang.t("BCPモード実施中", "BCP mode in force"),
-            scope_l = lang.t("対象", "scope"),
-            scope = esc(&scope_name(lang, &b.scope)),
-            reason_l = lang.t("理由", "reason"),
-            reason = esc(&b.reason),
-            until_l = lang.t("期限", "until"),
-            until = s.local_time(b.ends_at),
-            until_t = lang.t(" まで", ""),
-        );
-    }
-    out.push_str("</div></div>");
-    out
-}
-
 /// Puts the BCP banner into every HTML page while a declaration is in
 /// force (one store read per HTML page; other answers pass untouched).
 pub(crate) async fn bcp_banner(
@@ -404,7 +274,12 @@ pub(crate) async fn bcp_banner(
     } else {
         Lang::Ja
     };
-    let out = text.replacen(BANNER_SLOT, &banner_html(&s, lang, &active), 1);
+    let active: Vec<(&Bcp, String)> = active
+        .iter()
+        .map(|b| (b, s.local_time(b.ends_at)))
+        .collect();
+    let banner = crate::views::bcp_banner::banner(lang, &active).into_string();
+    let out = text.replacen(BANNER_SLOT, &banner, 1);
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(out))
 }

@@ -9,7 +9,7 @@ pub(crate) async fn desks(
     headers: HeaderMap,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let title = lang.t("デスク（機密性レベル）", "Desks (confidentiality levels)");
+    let title = crate::views::officer_desks::title(lang);
     match s.visitor(&headers, Need::Officer).await {
         Ok(v) => {
             let notice = done_notice(lang, q.as_deref());
@@ -27,112 +27,17 @@ async fn desks_page(
     notice: Option<Notice>,
     status: StatusCode,
 ) -> Response {
-    let title = lang.t("デスク（機密性レベル）", "Desks (confidentiality levels)");
     let desks = match s.store().list_desks().await {
         Ok(d) => d,
         Err(e) => return Refused::from(e).page(lang, "/officer/desks", q),
     };
-    let mut out = officer_head(
+    let page = crate::views::officer_desks::desks(
         lang,
-        v,
-        "/officer/desks",
-        notice.as_ref(),
-        lang.t(
-            "接続先のデスクPCごとの機密性レベルとネットワークです。変更すると、接続中のセッションも1秒以内に再判定されます。個人番号利用事務系のデスクには、どのルールでも接続できません。種別「RDP以外」のデスクへの接続では利用制限が強制されず、監査ログにそのように記録されます。",
-            "Each desk PC's confidentiality level and network segment. A change re-decides live sessions within a second. Desks in the My Number segment are never reachable, whatever the rules. Sessions to a desk of service \"not RDP\" are admitted without enforcing their controls, and audited so."
-        ),
+        &switch_link("/officer/desks", q, lang),
+        view_head(v, "/officer/desks", notice.as_ref()),
+        &desks,
     );
-    if desks.is_empty() {
-        let _ = write!(
-            out,
-            r#"<p class="muted">{}</p>"#,
-            lang.t(
-                "登録されたデスクはありません（kakehashi-gateway admin desk add で登録します）。",
-                "No desks yet (register them with kakehashi-gateway admin desk add)."
-            )
-        );
-    } else {
-        let _ = write!(
-            out,
-            r#"<table id="desks"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
-            lang.t("デスク", "Desk"),
-            lang.t("レベル", "Level"),
-            lang.t("ネットワーク", "Segment"),
-            lang.t("種別", "Service"),
-            lang.t("所属", "Department"),
-            lang.t("利用者", "Owners"),
-            lang.t("変更", "Change"),
-        );
-        for d in &desks {
-            let owners: Vec<&str> = d.owners.iter().map(String::as_str).collect();
-            let fid = format!("desk-{}", d.id);
-            let _ = write!(
-                out,
-                r#"<tr data-desk="{id}" data-service="{service}"><td>{id}</td><td class="level-{lv}">{lv}</td><td>{seg}</td><td>{service_name}</td><td>{dept}</td><td>{owners}</td><td>
-<form method="post" action="{action}" class="row-form">{csrf}<input type="hidden" name="id" value="{id}">
-<select name="level" aria-label="{level_l}">{levels}</select>
-<select name="segment" aria-label="{seg_l}">{segs}</select>
-<select name="service" aria-label="{service_l}">{services}</select>
-<input name="reason" type="text" required maxlength="{MAX_REASON_CHARS}" aria-label="{reason_l}" placeholder="{reason_l}" id="{fid}-reason">
-<button type="submit" class="small">{submit}</button></form></td></tr>"#,
-                id = esc(&d.id),
-                lv = d.level,
-                seg = segment_name(lang, d.segment),
-                service = d.service.as_str(),
-                service_name = service_name(lang, d.service),
-                dept = esc(&d.department),
-                owners = esc(&owners.join(", ")),
-                action = link("/officer/desks", lang, &[]),
-                csrf = csrf_input(v),
-                level_l = lang.t("機密性レベル", "Confidentiality level"),
-                levels = options(&[("1", "1"), ("2", "2"), ("3", "3")], &d.level.to_string()),
-                seg_l = lang.t("ネットワーク", "Segment"),
-                segs = options(
-                    &[
-                        ("lgwan", lang.t("LGWAN接続系", "LGWAN")),
-                        ("internet", lang.t("インターネット接続系", "internet")),
-                        ("mynumber", lang.t("個人番号利用事務系", "My Number")),
-                    ],
-                    d.segment.as_str()
-                ),
-                service_l = lang.t("種別", "Service"),
-                services = options(
-                    &[
-                        ("rdp", service_name(lang, DeskService::Rdp)),
-                        ("other", service_name(lang, DeskService::Other)),
-                    ],
-                    d.service.as_str()
-                ),
-                reason_l = lang.t("理由（必須）", "Reason (required)"),
-                submit = lang.t("変更", "Change"),
-            );
-        }
-        out.push_str("</tbody></table>");
-    }
-    out.push_str("</div>");
-    html(
-        status,
-        page(lang, title, &switch_link("/officer/desks", q, lang), &out),
-    )
-}
-
-fn service_name(lang: Lang, s: DeskService) -> &'static str {
-    match s {
-        DeskService::Rdp => lang.t("RDP（利用制限を強制）", "RDP (controls enforced)"),
-        _ => lang.t(
-            "RDP以外（制限は強制されない）",
-            "not RDP (controls not enforced)",
-        ),
-    }
-}
-
-fn segment_name(lang: Lang, s: Segment) -> &'static str {
-    match s {
-        Segment::Lgwan => lang.t("LGWAN接続系", "LGWAN"),
-        Segment::Internet => lang.t("インターネット接続系", "internet"),
-        Segment::Mynumber => lang.t("個人番号利用事務系", "My Number"),
-        _ => lang.t("その他", "other"),
-    }
+    (status, page).into_response()
 }
 
 /// `POST /officer/desks` form.

@@ -1,6 +1,7 @@
 //! 端末: block and unblock laptops, and lift login lockouts.
 
 use super::*;
+use crate::views::officer_devices::Lock;
 
 /// `GET /officer/devices`
 pub(crate) async fn devices(
@@ -9,7 +10,7 @@ pub(crate) async fn devices(
     headers: HeaderMap,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let title = lang.t("端末（利用停止）", "Devices (block)");
+    let title = crate::views::officer_devices::title(lang);
     match s.visitor(&headers, Need::Officer).await {
         Ok(v) => {
             let notice = done_notice(lang, q.as_deref());
@@ -27,160 +28,51 @@ async fn devices_page(
     notice: Option<Notice>,
     status: StatusCode,
 ) -> Response {
-    let title = lang.t("端末（利用停止）", "Devices (block)");
     let list = match s.store().list_devices().await {
         Ok(d) => d,
         Err(e) => return Refused::from(e).page(lang, "/officer/devices", q),
     };
-    let mut out = officer_head(
+    let locks = locks(s).await;
+    let page = crate::views::officer_devices::devices(
         lang,
-        v,
-        "/officer/devices",
-        notice.as_ref(),
-        lang.t(
-            "貸与端末の一覧です。利用停止にすると、その端末のログインはすべて失効し、接続中のセッションは1秒以内に終了します。紛失・盗難のときは、証明書の失効（kakehashi-pki revoke）も行ってください。",
-            "The loaned devices. Blocking one revokes all its logins and ends its live sessions within a second. For a lost or stolen device, also revoke its certificate (kakehashi-pki revoke)."
-        ),
+        &switch_link("/officer/devices", q, lang),
+        view_head(v, "/officer/devices", notice.as_ref()),
+        &list,
+        locks.as_deref(),
     );
-    if list.is_empty() {
-        let _ = write!(
-            out,
-            r#"<p class="muted">{}</p>"#,
-            lang.t(
-                "登録された端末はありません（初回ログイン時に登録されます）。",
-                "No devices yet (a device registers at its first login)."
-            )
-        );
-    } else {
-        let _ = write!(
-            out,
-            r#"<table id="devices"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
-            lang.t("端末", "Device"),
-            lang.t("区分", "Class"),
-            lang.t("状態", "Status"),
-            lang.t("貸与先", "Loaned to"),
-            lang.t("操作", "Action"),
-        );
-        let action_block = link("/officer/devices/block", lang, &[]);
-        let action_unblock = link("/officer/devices/unblock", lang, &[]);
-        for d in &list {
-            let action = match d.status {
-                DeviceStatus::Active => format!(
-                    r#"<form method="post" action="{action_block}" class="row-form">{csrf}<input type="hidden" name="id" value="{id}">
-<select name="status" aria-label="{st_l}">{sts}</select>
-<input name="reason" type="text" required maxlength="{MAX_REASON_CHARS}" aria-label="{reason_l}" placeholder="{reason_l}">
-<button type="submit" class="danger">{submit}</button></form>"#,
-                    csrf = csrf_input(v),
-                    id = esc(&d.id),
-                    st_l = lang.t("状態", "Status"),
-                    sts = options(
-                        &[
-                            ("blocked", lang.t("利用停止", "blocked")),
-                            ("lost", lang.t("紛失届出", "reported lost")),
-                        ],
-                        "blocked"
-                    ),
-                    reason_l = lang.t("理由（必須）", "Reason (required)"),
-                    submit = lang.t("利用停止", "Block"),
-                ),
-                DeviceStatus::Blocked | DeviceStatus::Lost => format!(
-                    r#"<form method="post" action="{action_unblock}" class="row-form">{csrf}<input type="hidden" name="id" value="{id}">
-<input name="reason" type="text" required maxlength="{MAX_REASON_CHARS}" aria-label="{reason_l}" placeholder="{reason_l}">
-<button type="submit" class="small">{submit}</button></form>"#,
-                    csrf = csrf_input(v),
-                    id = esc(&d.id),
-                    reason_l = lang.t("理由（必須）", "Reason (required)"),
-                    submit = lang.t("利用再開", "Unblock"),
-                ),
-                // A revoked certificate is not undone here.
-                _ => format!(
-                    r#"<span class="muted">{}</span>"#,
-                    lang.t("証明書失効済み", "certificate revoked")
-                ),
-            };
-            let _ = write!(
-                out,
-                r#"<tr data-device="{id}"><td>{id}</td><td>{class}</td><td class="st-{st}">{st_name}</td><td>{loan}</td><td>{action}</td></tr>"#,
-                id = esc(&d.id),
-                class = class_name(lang, d.class),
-                st = d.status.as_str(),
-                st_name = status_name(lang, d.status),
-                loan = esc(d.loaned_to.as_deref().unwrap_or("-")),
-            );
-        }
-        out.push_str("</tbody></table>");
-    }
-    locks_section(s, v, lang, &mut out).await;
-    out.push_str("</div>");
-    html(
-        status,
-        page(lang, title, &switch_link("/officer/devices", q, lang), &out),
-    )
+    (status, page).into_response()
 }
 
-/// The portal lockouts in force, each with an unlock form (on the devices page).
-async fn locks_section(s: &PortalState, v: &Visitor, lang: Lang, out: &mut String) {
+/// The portal lockouts in force (none when they cannot be read: the page
+/// goes without them).
+async fn locks(s: &PortalState) -> Option<Vec<Lock>> {
     let now = s.now();
     let locks = match s.store().active_lockouts(now).await {
         Ok(l) => l,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "Cannot list lockouts");
-            return;
+            return None;
         }
     };
-    let _ = write!(
-        out,
-        r#"<h2>{}</h2><p class="muted">{}</p>"#,
-        lang.t("ロック中の利用者", "Locked-out users"),
-        lang.t(
-            "ログインの失敗が続いてロックされている利用者と接続元です。本人の失敗と確かめたうえで解除してください（解除は監査ログに残ります）。",
-            "Users (and the addresses) locked after repeated failed sign-ins. Unlock after checking with the person that the failures were theirs (the unlock is audited)."
-        ),
-    );
-    if locks.is_empty() {
-        let _ = write!(
-            out,
-            r#"<p class="muted" id="no-locks">{}</p>"#,
-            lang.t("ロック中の利用者はいません。", "No one is locked out.")
-        );
-        return;
-    }
-    let _ = write!(
-        out,
-        r#"<table id="locks"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>"#,
-        lang.t("利用者", "User"),
-        lang.t("接続元", "From"),
-        lang.t("解除まで", "Lock ends in"),
-        lang.t("操作", "Action"),
-    );
-    let action = link("/officer/users/unlock", lang, &[]);
-    for (key, until) in &locks {
-        let (user, from) = match key.split_once(':') {
-            Some(("pair", rest)) => match rest.rsplit_once('@') {
-                Some((u, ip)) => (u, ip),
-                None => continue,
-            },
-            Some(("user", u)) => (
-                u,
-                lang.t("全体（複数の接続元）", "everywhere (several addresses)"),
-            ),
-            _ => continue,
-        };
-        let _ = write!(
-            out,
-            r#"<tr data-lock-user="{uid}"><td>{uid}</td><td>{from}</td><td>{mins} {min_l}</td><td><form method="post" action="{action}" class="row-form">{csrf}<input type="hidden" name="id" value="{uid}">
-<input name="reason" type="text" required maxlength="{MAX_REASON_CHARS}" aria-label="{reason_l}" placeholder="{reason_l}">
-<button type="submit" class="small">{submit}</button></form></td></tr>"#,
-            uid = esc(user),
-            from = esc(from),
-            mins = (until - now + 59) / 60,
-            min_l = lang.t("分", "min"),
-            csrf = csrf_input(v),
-            reason_l = lang.t("理由（必須）", "Reason (required)"),
-            submit = lang.t("ロック解除", "Unlock"),
-        );
-    }
-    out.push_str("</tbody></table>");
+    let rows = locks
+        .iter()
+        .filter_map(|(key, until)| {
+            let (user, from) = match key.split_once(':') {
+                Some(("pair", rest)) => {
+                    let (u, ip) = rest.rsplit_once('@')?;
+                    (u, Some(ip.to_owned()))
+                }
+                Some(("user", u)) => (u, None),
+                _ => return None,
+            };
+            Some(Lock {
+                user: user.to_owned(),
+                from,
+                minutes: (until - now + 59) / 60,
+            })
+        })
+        .collect();
+    Some(rows)
 }
 
 /// `POST /officer/users/unlock` form.

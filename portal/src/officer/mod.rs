@@ -22,7 +22,6 @@
 //! | `GET /officer/bcp`, `POST /officer/bcp/declare`, `POST /officer/bcp/end` | form `csrf, scope, dept, reason, until_date, until_time`; form `csrf, id, reason` |
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 
 use axum::body::Body;
 use axum::extract::rejection::{FormRejection, JsonRejection};
@@ -40,40 +39,21 @@ use time::{Date, OffsetDateTime, UtcOffset};
 use tracing::{info, warn};
 
 use super::access::{get_refused, Need, Refused, Visitor};
-use crate::html::{class_name, esc, html, page, status_name, switch_link, Lang, BANNER_SLOT};
+use crate::html::{switch_link, Lang};
 use crate::state::{Peer, PortalState};
+use crate::views::layout::BANNER_SLOT;
+use crate::views::officer::{Head, MAX_REASON_CHARS};
+use crate::views::parts::Notice;
 
 /// Largest request body of the policy editor's routes: a 1 MiB policy
 /// (the store's limit) form-encoded is larger than the portal's default.
 pub(super) const MAX_POLICY_BODY: usize = 2 * 1024 * 1024;
-/// Longest reason (理由), in characters.
-const MAX_REASON_CHARS: usize = 500;
 /// Versions listed in the history.
 const HISTORY: i64 = 30;
 /// Largest page the BCP banner is put into.
 const MAX_PAGE: usize = 4 * 1024 * 1024;
 
 // ------------------------------------------------------------ shared bits
-
-/// A message at the top of a page.
-#[derive(Debug, Clone)]
-pub(super) enum Notice {
-    Ok(String),
-    Error(String),
-}
-
-impl Notice {
-    pub(super) fn html(&self) -> String {
-        let (class, role, text) = match self {
-            Notice::Ok(t) => ("ok", "status", t),
-            Notice::Error(t) => ("error", "alert", t),
-        };
-        format!(
-            r#"<div id="notice" class="status {class}" role="{role}">{}</div>"#,
-            esc(text)
-        )
-    }
-}
 
 /// One value of a query string.
 pub(super) fn query_param(q: Option<&str>, key: &str) -> Option<String> {
@@ -169,102 +149,14 @@ pub(super) fn write_failed(lang: Lang, e: kakehashi_store::Error) -> (StatusCode
     }
 }
 
-/// The reason input every change form carries.
-pub(super) fn reason_input(lang: Lang, id: &str, required: bool) -> String {
-    format!(
-        r#"<label for="{id}">{label}</label><input id="{id}" name="reason" type="text" maxlength="{MAX_REASON_CHARS}"{req} placeholder="{ph}">"#,
-        label = if required {
-            lang.t(
-                "理由（必須・監査ログに記録）",
-                "Reason (required, kept in the audit log)",
-            )
-        } else {
-            lang.t(
-                "理由（任意・監査ログに記録）",
-                "Reason (optional, kept in the audit log)",
-            )
-        },
-        req = if required { " required" } else { "" },
-        ph = lang.t(
-            "例: 情報セキュリティ委員会の決定",
-            "e.g. decided by the security committee"
-        ),
-    )
-}
-
-/// The hidden CSRF field.
-pub(super) fn csrf_input(v: &Visitor) -> String {
-    format!(
-        r#"<input type="hidden" name="csrf" value="{}">"#,
-        esc(&v.csrf)
-    )
-}
-
-/// "Signed in as …" with a sign-out button.
-pub(super) fn who_line(lang: Lang, v: &Visitor) -> String {
-    let roles: Vec<&str> = v.user.roles.iter().map(|r| r.as_str()).collect();
-    format!(
-        r#"<div class="who-line"><span>{} <strong>{}</strong> {} <span class="muted">({} · {} · {})</span></span>
-<form method="post" action="/me/logout{}" class="inline">{}<button type="submit" class="secondary small">{}</button></form></div>"#,
-        lang.t("ログイン中:", "Signed in:"),
-        esc(&v.user.name),
-        lang.t("さん", ""),
-        esc(&v.user.id),
-        esc(&v.user.department),
-        esc(&roles.join(", ")),
-        lang.query(),
-        csrf_input(v),
-        lang.t("ログアウト", "Sign out"),
-    )
-}
-
-/// The top of an officer page: who is signed in, the menu with `path` as the
-/// current tab, the notice of the last action, and the page's lead paragraph.
-fn officer_head(
-    lang: Lang,
-    v: &Visitor,
-    path: &str,
-    notice: Option<&Notice>,
-    lead: &str,
-) -> String {
-    let mut out = String::from(r#"<div class="officer-wide">"#);
-    out.push_str(&who_line(lang, v));
-    out.push_str(&nav(lang, path));
-    if let Some(n) = notice {
-        out.push_str(&n.html());
+/// The top of an officer page for `v`, with `path` as the current tab.
+fn view_head<'a>(v: &'a Visitor, path: &'a str, notice: Option<&'a Notice>) -> Head<'a> {
+    Head {
+        user: &v.user,
+        csrf: &v.csrf,
+        path,
+        notice,
     }
-    let _ = write!(out, r#"<p class="lead">{lead}</p>"#);
-    out
-}
-
-/// The officer pages' tabs.
-fn nav(lang: Lang, current: &str) -> String {
-    let tabs = [
-        ("/officer/rules", "ルール", "Rules"),
-        ("/officer/desks", "デスク", "Desks"),
-        ("/officer/devices", "端末", "Devices"),
-        ("/officer/bcp", "BCP", "BCP"),
-        ("/plans", "テレワーク計画", "Telework plans"),
-    ];
-    let mut out = format!(
-        r#"<nav class="tabs" aria-label="{}">"#,
-        lang.t("情報セキュリティ担当のメニュー", "Security officer menu")
-    );
-    for (path, ja, en) in tabs {
-        let cur = if path == current {
-            r#" aria-current="page""#
-        } else {
-            ""
-        };
-        let _ = write!(
-            out,
-            r#"<a href="{path}{}"{cur}>{}</a>"#,
-            lang.query(),
-            lang.t(ja, en)
-        );
-    }
-    out.push_str("</nav>");
-    out
 }
 
 impl PortalState {
@@ -329,16 +221,6 @@ pub(crate) mod bcp;
 pub(crate) mod desks;
 pub(crate) mod devices;
 pub(crate) mod rules;
-
-/// `<option>`s with `selected` on `cur`.
-fn options(list: &[(&str, &str)], cur: &str) -> String {
-    list.iter()
-        .map(|(v, label)| {
-            let sel = if *v == cur { " selected" } else { "" };
-            format!(r#"<option value="{}"{sel}>{}</option>"#, esc(v), esc(label))
-        })
-        .collect()
-}
 
 /// The notice for `?done=ACTION&id=ID` after a change.
 fn done_notice(lang: Lang, q: Option<&str>) -> Option<Notice> {

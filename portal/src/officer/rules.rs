@@ -169,7 +169,7 @@ pub(crate) async fn rules(
     headers: HeaderMap,
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
-    let title = lang.t("ルール（アクセスポリシー）", "Rules (access policy)");
+    let title = crate::views::officer_rules::title(lang);
     let v = match s.visitor(&headers, Need::Officer).await {
         Ok(v) => v,
         Err(r) => return get_refused(r, lang, "/officer/rules", q.as_deref(), title),
@@ -219,16 +219,8 @@ async fn rules_page(
     notice: Option<Notice>,
     status: StatusCode,
 ) -> Response {
-    match rules_body(s, v, lang, text, notice).await {
-        Ok(body) => html(
-            status,
-            page(
-                lang,
-                lang.t("ルール（アクセスポリシー）", "Rules (access policy)"),
-                &switch_link("/officer/rules", q, lang),
-                &body,
-            ),
-        ),
+    match rules_body(s, v, lang, q, text, notice.as_ref()).await {
+        Ok(page) => (status, page).into_response(),
         Err(e) => Refused::from(e).page(lang, "/officer/rules", q),
     }
 }
@@ -237,257 +229,60 @@ async fn rules_body(
     s: &PortalState,
     v: &Visitor,
     lang: Lang,
+    q: Option<&str>,
     text: Option<String>,
-    notice: Option<Notice>,
-) -> kakehashi_store::Result<String> {
+    notice: Option<&Notice>,
+) -> kakehashi_store::Result<maud::Markup> {
+    use crate::views::officer_rules::{self as view, Version};
     let store = s.store();
     let current = store.current_policy().await?;
-    let base_version = current.as_ref().map_or(0, |d| d.version);
     let text = text.unwrap_or_else(|| {
         current
             .as_ref()
             .map_or_else(|| pol::default_policy_toml().to_owned(), |d| d.text.clone())
     });
-    let mut out = officer_head(
+    let mut history = Vec::new();
+    if let Some(cur) = &current {
+        let oldest = (cur.version - HISTORY + 1).max(1);
+        for n in (oldest..=cur.version).rev() {
+            let Some(d) = store.policy_version(n).await? else {
+                continue;
+            };
+            history.push(Version {
+                version: n,
+                saved: s.local_time(d.created),
+                author: d.author,
+                load: (n != cur.version)
+                    .then(|| link("/officer/rules", lang, &[("version", &n.to_string())])),
+            });
+        }
+    }
+    let wi = WhatIf::default();
+    let today = ymd(s.local_now().date());
+    let page = view::Rules {
+        head: view_head(v, "/officer/rules", notice),
+        current: current.as_ref().map(|d| Version {
+            version: d.version,
+            saved: s.local_time(d.created),
+            author: d.author.clone(),
+            load: None,
+        }),
+        text: &text,
+        what_if: view::WhatIf {
+            level: &wi.level,
+            class: &wi.class,
+            segment: &wi.segment,
+            date: &today,
+            time: &wi.time,
+            plan: &wi.plan,
+        },
+        history,
+    };
+    Ok(view::rules(
         lang,
-        v,
-        "/officer/rules",
-        notice.as_ref(),
-        lang.t(
-            "接続の可否を決めるルールを TOML で編集します。右側で仮定の接続を設定すると、編集中の内容での判定がその場で表示されます。保存すると検証のうえ新しいバージョンとして適用され、監査ログに記録されます。",
-            "Edit the rules that decide every connection, as TOML. Set a hypothetical connection on the right to see how the text being edited decides it. Saving validates the text, puts it in force as a new version and records it in the audit log."
-        ),
-    );
-    match &current {
-        Some(d) => {
-            let _ = write!(
-                out,
-                r#"<p id="current-version" data-version="{ver}">{l} <strong>{vl} {ver}</strong>（{at}、{by}）</p>"#,
-                l = lang.t("適用中:", "In force:"),
-                vl = lang.t("バージョン", "version"),
-                ver = d.version,
-                at = s.local_time(d.created),
-                by = esc(&d.author),
-            );
-        }
-        None => {
-            let _ = write!(
-                out,
-                r#"<p id="current-version" data-version="0">{}</p>"#,
-                lang.t(
-                    "まだ保存されたポリシーはありません（既定のポリシーを表示しています）。",
-                    "No policy saved yet (showing the shipped default)."
-                )
-            );
-        }
-    }
-
-    // The editor (the save form) and the preview side by side.
-    let today = s.local_now().date();
-    let wi = WhatIf {
-        date: ymd(today),
-        ..WhatIf::default()
-    };
-    let msg = |k: &str, ja: &'static str, en: &'static str| {
-        format!(r#" data-msg-{k}="{}""#, esc(lang.t(ja, en)))
-    };
-    let msgs = [
-        msg("checking", "確認中…", "Checking…"),
-        msg(
-            "failed",
-            "プレビューを取得できませんでした。",
-            "The preview is unavailable.",
-        ),
-        msg("noerrors", "エラーなし", "No errors"),
-        msg("rules", "ルール数", "rules"),
-        msg("error", "エラー", "error"),
-        msg("warning", "警告", "warning"),
-        msg("line", "行", "line"),
-        msg("col", "列", "col"),
-        msg("allow", "許可", "ALLOW"),
-        msg("deny", "拒否", "DENY"),
-        msg("rule", "決定したルール", "Deciding rule"),
-        msg("norule", "（なし）", "(none)"),
-        msg("reason", "理由コード", "Reason code"),
-        msg("controls", "セッション制御", "Session controls"),
-        msg("limits", "制限", "Limits"),
-        msg("endat", "終了時刻", "Ends at"),
-        msg("maxdur", "最大接続時間", "Max duration"),
-        msg("idle", "無操作タイムアウト", "Idle timeout"),
-        msg("mfa", "認証の有効期間", "MFA max age"),
-        msg("stepup", "再認証（ステップアップ）", "Step-up"),
-        msg("required", "必要", "required"),
-        msg("notrequired", "不要", "not required"),
-        msg("min", "分", "min"),
-        msg("yes", "可", "yes"),
-        msg("no", "不可", "no"),
-        msg("none", "なし", "none"),
-        msg("at", "判定時刻", "At"),
-        msg("steps", "評価の過程", "Evaluation steps"),
-        msg(
-            "invalid",
-            "ポリシーにエラーがあるため判定できません。",
-            "The policy has errors: no decision.",
-        ),
-        msg(
-            "whatif",
-            "仮定の接続の入力が正しくありません",
-            "The hypothetical connection is not valid",
-        ),
-        msg("clipboard", "クリップボード", "clipboard"),
-        msg("drive", "ドライブ", "drive"),
-        msg("printer", "プリンター", "printer"),
-        msg("ports", "ポート", "ports"),
-        msg("usb", "USB", "USB"),
-        msg("audio", "音声", "audio"),
-        msg("smartcard", "スマートカード", "smartcard"),
-    ]
-    .concat();
-    let _ = write!(
-        out,
-        r#"<div class="rules-grid">
-<form id="rules-editor" class="card" method="post" action="{action}" data-preview="/officer/rules/preview" data-lang="{code}" data-csrf="{csrf}"{msgs}>
-{csrf_input}<input type="hidden" name="base_version" value="{base_version}">
-<label for="policy-text">{text_l}</label>
-<textarea id="policy-text" name="text" rows="32" spellcheck="false" autocapitalize="off" autocomplete="off" wrap="off">{text}</textarea>
-{reason}
-<button type="submit" id="save">{save}</button>
-<p class="field-hint">{save_h}</p>
-</form>
-<section class="card preview" aria-labelledby="preview-h">
-<h2 id="preview-h">{pv_h}</h2>
-<div class="whatif">
-<label for="wi-level">{level_l}</label><select id="wi-level">{levels}</select>
-<label for="wi-class">{class_l}</label><select id="wi-class">{classes}</select>
-<label for="wi-segment">{segment_l}</label><select id="wi-segment">{segments}</select>
-<label for="wi-date">{date_l}</label><input id="wi-date" type="date" value="{date}">
-<label for="wi-time">{time_l}</label><input id="wi-time" type="time" value="{time}">
-<label for="wi-plan">{plan_l}</label><select id="wi-plan">{plans}</select>
-<label for="wi-bcp">{bcp_l}</label><span><input id="wi-bcp" type="checkbox"> <span class="muted">{bcp_h}</span></span>
-<label for="wi-dept">{dept_l}</label><input id="wi-dept" type="text" maxlength="128" placeholder="{dept_ph}">
-<label for="wi-mfa">{mfa_l}</label><input id="wi-mfa" type="number" min="0" max="100000" value="0">
-</div>
-<p class="field-hint">{assume}</p>
-<div id="preview-status" class="muted" role="status" aria-live="polite"></div>
-<div id="preview-decision" data-allow="" aria-live="polite"></div>
-<div id="preview-diags"></div>
-<details id="preview-steps-box"><summary>{steps_l}</summary><table id="preview-steps"><tbody></tbody></table></details>
-</section>
-</div>
-<script src="/assets/officer.js" defer></script>"#,
-        action = link("/officer/rules", lang, &[]),
-        code = lang.code(),
-        csrf = esc(&v.csrf),
-        csrf_input = csrf_input(v),
-        text_l = lang.t("ポリシー（TOML）", "Policy (TOML)"),
-        text = esc(&text),
-        reason = reason_input(lang, "reason", true),
-        save = lang.t("検証して保存・適用", "Validate, save and put in force"),
-        save_h = lang.t(
-            "保存すると、接続中のセッションも新しいルールで再判定され、許可されなくなったセッションは終了します。",
-            "Saving re-decides live sessions too: those the new rules no longer allow are ended."
-        ),
-        pv_h = lang.t("判定のプレビュー（仮定の接続）", "Preview: a hypothetical connection"),
-        level_l = lang.t("機密性レベル", "Confidentiality level"),
-        levels = options(&[("1", "1"), ("2", "2"), ("3", "3")], &wi.level),
-        class_l = lang.t("端末区分", "Terminal class"),
-        classes = options(
-            &[
-                ("home", lang.t("在宅", "home")),
-                ("mobile", lang.t("モバイル", "mobile")),
-                ("satellite", lang.t("サテライトオフィス", "satellite office")),
-            ],
-            &wi.class
-        ),
-        segment_l = lang.t("ネットワーク", "Segment"),
-        segments = options(
-            &[
-                ("lgwan", lang.t("LGWAN接続系", "LGWAN")),
-                ("internet", lang.t("インターネット接続系", "internet")),
-                ("mynumber", lang.t("個人番号利用事務系", "My Number")),
-            ],
-            &wi.segment
-        ),
-        date_l = lang.t("日付", "Date"),
-        date = wi.date,
-        time_l = lang.t("時刻", "Time"),
-        time = wi.time,
-        plan_l = lang.t("テレワーク計画", "Telework plan"),
-        plans = options(
-            &[
-                ("approved", lang.t("承認済み", "approved")),
-                ("none", lang.t("なし", "none")),
-            ],
-            &wi.plan
-        ),
-        bcp_l = lang.t("BCP宣言", "BCP declared"),
-        bcp_h = lang.t("全職員、既定の緩和内容", "everyone, the default relaxation"),
-        dept_l = lang.t("所属（任意）", "Department (optional)"),
-        dept_ph = lang.t("例: 税務課", "e.g. 税務課"),
-        mfa_l = lang.t("認証からの経過（分）", "Minutes since sign-in"),
-        assume = lang.t(
-            "仮定: 本人はデスクの利用者、端末は利用可、必要なら再認証済み。時刻はポリシーの timezone で解釈します。",
-            "Assumed: the person owns the desk, the device is active, a step-up is made when asked. The time is read in the policy's timezone."
-        ),
-        steps_l = lang.t("評価の過程", "Evaluation steps"),
-    );
-
-    // History.
-    let _ = write!(out, r#"<h2>{}</h2>"#, lang.t("保存履歴", "History"));
-    match &current {
-        None => {
-            let _ = write!(
-                out,
-                r#"<p class="muted">{}</p>"#,
-                lang.t("履歴はありません。", "No versions yet.")
-            );
-        }
-        Some(cur) => {
-            let _ = write!(
-                out,
-                r#"<table id="history"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>"#,
-                lang.t("バージョン", "Version"),
-                lang.t("保存日時", "Saved"),
-                lang.t("保存者", "By"),
-            );
-            let oldest = (cur.version - HISTORY + 1).max(1);
-            for n in (oldest..=cur.version).rev() {
-                let Some(d) = store.policy_version(n).await? else {
-                    continue;
-                };
-                let action = if n == cur.version {
-                    lang.t("適用中", "in force").to_owned()
-                } else {
-                    format!(
-                        r#"<a href="{}">{}</a>"#,
-                        esc(&link(
-                            "/officer/rules",
-                            lang,
-                            &[("version", &n.to_string())]
-                        )),
-                        lang.t("編集欄に読み込む", "Load into the editor")
-                    )
-                };
-                let _ = write!(
-                    out,
-                    r#"<tr data-version="{n}"><td>{n}</td><td>{}</td><td>{}</td><td>{action}</td></tr>"#,
-                    s.local_time(d.created),
-                    esc(&d.author),
-                );
-            }
-            out.push_str("</tbody></table>");
-            let _ = write!(
-                out,
-                r#"<p class="field-hint">{}</p>"#,
-                lang.t(
-                    "変更の理由は監査ログ（kakehashi-gateway audit export）に記録されています。",
-                    "The reasons are in the audit log (kakehashi-gateway audit export)."
-                )
-            );
-        }
-    }
-    out.push_str("</div>");
-    Ok(out)
+        &switch_link("/officer/rules", q, lang),
+        &page,
+    ))
 }
 
 /// `POST /officer/rules` form.
