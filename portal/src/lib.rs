@@ -17,6 +17,10 @@
 //! | `GET /officer/…` and its forms | rules with a live what-if preview, desks, devices and lockouts (`POST /officer/users/unlock`), BCP; role `officer` only ([`officer`]) |
 //! | `GET /ops`, `GET /ops/events`, `POST /ops/sessions/end` | the live ops dashboard (server-sent events) and ending a session; role `operator` only ([`dashboard`]) |
 //!
+//! Every page is a maud template in [`views`], one file per page, which
+//! escapes whatever it splices in; the handlers check the visitor and read
+//! the store, then hand the view plain data.
+//!
 //! While a BCP declaration is in force every page carries a banner saying
 //! so. The officer and plan pages check the user's roles in the store on
 //! every request and protect every POST with a per-session CSRF token and

@@ -30,3 +30,32 @@ pub(crate) mod officer_rules;
 pub(crate) mod parts;
 pub(crate) mod plans;
 pub(crate) mod sign_in;
+
+#[cfg(test)]
+mod tests {
+    use crate::html::Lang;
+
+    #[test]
+    fn spliced_values_are_escaped_in_text_and_attributes() {
+        let hostile = r#""><script>alert(1)</script>&"#;
+        let escaped = "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;&amp;";
+        let page =
+            super::sign_in::sign_in_page(Lang::En, hostile, hostile, Some(hostile)).into_string();
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(
+            page.contains(&format!(r#"data-next="{escaped}""#)),
+            "{page}"
+        );
+        assert!(
+            page.contains(&format!(r#"<a class="lang" href="{escaped}""#)),
+            "{page}"
+        );
+        assert!(page.contains(&format!("<h1>{escaped}</h1>")), "{page}");
+        // The frame's one unescaped piece: the constant banner slot.
+        assert_eq!(page.matches(super::layout::BANNER_SLOT).count(), 1);
+        assert!(
+            page.starts_with("<!DOCTYPE html><html lang=\"en\">"),
+            "{page}"
+        );
+    }
+}
