@@ -44,11 +44,10 @@ impl ReasonCode {
     /// The refusal the laptop gets: code, both sentences, and the deciding
     /// rule (if any) as `rule <id>` in the detail.
     pub fn refusal(self, rule: Option<&str>) -> kakehashi_proto::reason::Refusal {
-        kakehashi_proto::reason::Refusal {
-            code: self.code().to_owned(),
-            ja: self.ja().to_owned(),
-            en: self.en().to_owned(),
-            detail: rule.map(|r| format!("rule {r}")),
+        let r = kakehashi_proto::reason::Refusal::new(self);
+        match rule {
+            Some(rule) => r.with_detail(format!("rule {rule}")),
+            None => r,
         }
     }
 
@@ -143,6 +142,19 @@ impl ReasonCode {
 impl fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
+    }
+}
+
+impl kakehashi_proto::reason::ReasonText for ReasonCode {
+    const ALL: &'static [Self] = ReasonCode::ALL;
+    fn code(self) -> &'static str {
+        ReasonCode::code(self)
+    }
+    fn ja(self) -> &'static str {
+        ReasonCode::ja(self)
+    }
+    fn en(self) -> &'static str {
+        ReasonCode::en(self)
     }
 }
 

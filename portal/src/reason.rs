@@ -57,6 +57,32 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: &'static [Reason] = &[
+        Reason::BadRequest,
+        Reason::EnrollCodeInvalid,
+        Reason::EnrollCodeExpired,
+        Reason::EnrollCodeUsed,
+        Reason::LockedOut,
+        Reason::AttestationRequired,
+        Reason::RegistrationFailed,
+        Reason::CredentialExists,
+        Reason::UserDisabled,
+        Reason::LoginUnavailable,
+        Reason::CeremonyExpired,
+        Reason::AssertionInvalid,
+        Reason::OriginMismatch,
+        Reason::CredentialCloned,
+        Reason::RedirectInvalid,
+        Reason::PkceInvalid,
+        Reason::LoginRequestInvalid,
+        Reason::SessionRequired,
+        Reason::NotFound,
+        Reason::Busy,
+        Reason::RateLimited,
+        Reason::Internal,
+    ];
+
     /// The stable reason code.
     pub fn code(self) -> &'static str {
         match self {
@@ -168,6 +194,19 @@ impl Reason {
     }
 }
 
+impl kakehashi_proto::reason::ReasonText for Reason {
+    const ALL: &'static [Self] = Reason::ALL;
+    fn code(self) -> &'static str {
+        Reason::code(self)
+    }
+    fn ja(self) -> &'static str {
+        Reason::ja(self)
+    }
+    fn en(self) -> &'static str {
+        Reason::en(self)
+    }
+}
+
 /// A refusal as an HTTP answer:
 /// `{"error": CODE, "message_ja": …, "message_en": …}` (plus
 /// `"retry_after": SECONDS` and a `Retry-After` header for `locked_out`).
@@ -230,5 +269,22 @@ impl IntoResponse for Denial {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kakehashi_proto::reason::ReasonText;
+
+    #[test]
+    fn codes_are_unique_and_round_trip_with_both_sentences() {
+        let mut seen = std::collections::HashSet::new();
+        for &r in Reason::ALL {
+            assert!(seen.insert(r.code()), "duplicate code {}", r.code());
+            assert_eq!(<Reason as ReasonText>::parse(r.code()), Some(r));
+            assert!(!r.ja().is_empty() && !r.en().is_empty(), "{}", r.code());
+        }
+        assert_eq!(<Reason as ReasonText>::parse("no_such_code"), None);
     }
 }

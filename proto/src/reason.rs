@@ -262,6 +262,38 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// A reason with a stable code and one sentence each in Japanese and
+/// English: the gateway's ([`Reason`]), the access policy's denials and the
+/// portal's answers all implement it, so code that reports, counts or
+/// looks up reasons is written once over all of them.
+pub trait ReasonText: Copy + 'static {
+    /// Every reason of this kind.
+    const ALL: &'static [Self];
+    /// The stable code (logs, metrics labels, the audit log, the wire).
+    fn code(self) -> &'static str;
+    /// The Japanese sentence.
+    fn ja(self) -> &'static str;
+    /// The English sentence.
+    fn en(self) -> &'static str;
+    /// The reason of this kind whose code is `code`.
+    fn parse(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.code() == code)
+    }
+}
+
+impl ReasonText for Reason {
+    const ALL: &'static [Self] = Reason::ALL;
+    fn code(self) -> &'static str {
+        Reason::code(self)
+    }
+    fn ja(self) -> &'static str {
+        Reason::ja(self)
+    }
+    fn en(self) -> &'static str {
+        Reason::en(self)
+    }
+}
+
 /// A refusal on the wire: code plus both sentences, so a client older than
 /// the gateway still prints something meaningful for a new code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,14 +310,19 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// The refusal for a known reason.
-    pub fn new(reason: Reason) -> Self {
+    /// The refusal for a known reason of any kind.
+    pub fn new(reason: impl ReasonText) -> Self {
         Self {
             code: reason.code().into(),
             ja: reason.ja().into(),
             en: reason.en().into(),
             detail: None,
         }
+    }
+
+    /// Whether this is a refusal for `reason`.
+    pub fn is(&self, reason: impl ReasonText) -> bool {
+        self.code == reason.code()
     }
 
     /// Add a detail, cut to at most 512 bytes (on a character boundary).

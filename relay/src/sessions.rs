@@ -20,8 +20,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crl::check_cert;
 use crate::shared::{
-    audit_event, desk_labels, reason_label, refuse, update_capacity, LiveGuard, LiveSession,
-    PeerCert, SessionLabels, Shared,
+    audit_event, desk_labels, reason_label, refuse, update_capacity, LiveSession, PeerCert,
+    SessionLabels, Shared,
 };
 
 pub(crate) async fn serve_terminal_quic(
@@ -56,7 +56,8 @@ pub(crate) async fn serve_terminal_quic(
     conn.close(quinn::VarInt::from_u32(0), b"");
 }
 
-/// One terminal stream: ping probes, then a session request.
+/// One terminal stream: ping probes, a login frame or an end query
+/// (answered here), or a session request and then the session.
 pub(crate) async fn handle_terminal_stream(
     s: Arc<Shared>,
     mut io: BoxIo,
@@ -72,321 +73,544 @@ pub(crate) async fn handle_terminal_stream(
     else {
         return;
     };
-    let req = loop {
-        let f = match tokio::time::timeout(s.cfg.handshake_timeout, read_frame(&mut io)).await {
-            Err(_) => return refuse(&mut io, Refusal::new(Reason::Timeout)).await,
-            Ok(Err(FrameIoError::Closed)) => return,
+    let req = match Box::pin(request(&s, &mut io, &device, &cert)).await {
+        Next::Session(req) => req,
+        Next::Login(f) => {
+            return Box::pin(login_frame(&s, io, &f, &laptop(&device, class, &cert))).await
+        }
+        Next::EndQuery(f) => return Box::pin(answer_end_query(&s, io, &f, &device)).await,
+        Next::Done => return,
+    };
+    let who = Who {
+        device,
+        class,
+        user,
+        cert,
+        transport,
+    };
+    let session_id = format!("s-{}", random_hex(12));
+    let span = info_span!("session", session = %session_id, desk = %req.desk, device = %who.device, class = %class, %transport, user = ?who.user);
+    Box::pin(session(&s, io, &who, req, session_id))
+        .instrument(span)
+        .await
+}
+
+/// The laptop at the other end of a session request.
+pub(crate) struct Who {
+    pub(crate) device: String,
+    pub(crate) class: kakehashi_pki::TerminalClass,
+    /// The user named in the device certificate (a personal laptop).
+    pub(crate) user: Option<String>,
+    pub(crate) cert: PeerCert,
+    pub(crate) transport: Transport,
+}
+
+impl Who {
+    /// The audit log's actor: the user when known, else the laptop.
+    fn actor(&self, user: Option<&str>) -> String {
+        user.map_or_else(
+            || format!("device:{}", self.device),
+            |u| format!("user:{u}"),
+        )
+    }
+}
+
+/// What a terminal stream asks for.
+enum Next {
+    /// A session.
+    Session(SessionRequest),
+    /// A login frame (`RedeemLogin`, `Logout`), its laptop's certificate still good.
+    Login(kakehashi_proto::Frame),
+    /// Why one of its sessions ended.
+    EndQuery(kakehashi_proto::Frame),
+    /// Nothing more: closed, or refused here.
+    Done,
+}
+
+/// Phase 1, the request: answer pings until the laptop asks for something.
+async fn request(s: &Shared, io: &mut BoxIo, device: &str, cert: &PeerCert) -> Next {
+    loop {
+        let f = match tokio::time::timeout(s.cfg.handshake_timeout, read_frame(io)).await {
+            Err(_) => {
+                refuse(io, Refusal::new(Reason::Timeout)).await;
+                return Next::Done;
+            }
+            Ok(Err(FrameIoError::Closed)) => return Next::Done,
             Ok(Err(e)) => {
                 warn!(%device, error = %e, "Bad frame from terminal");
-                return refuse(
-                    &mut io,
-                    Refusal::new(Reason::ProtocolError).with_detail(e.to_string()),
-                )
-                .await;
+                let r = Refusal::new(Reason::ProtocolError).with_detail(e.to_string());
+                refuse(io, r).await;
+                return Next::Done;
             }
             Ok(Ok(f)) => f,
         };
         match f.kind {
             FrameKind::Ping => {
                 let pong = frame::encode(FrameKind::Pong, &[]).expect("empty frame");
-                if write_raw(&mut io, &pong).await.is_err() {
-                    return;
+                if write_raw(io, &pong).await.is_err() {
+                    return Next::Done;
                 }
             }
             FrameKind::RedeemLogin | FrameKind::Logout => {
                 // As for sessions: the CRL may have changed since this
                 // connection's handshake (a long-lived QUIC connection, a
                 // resumed TLS session); a revoked laptop gets no token.
-                if let Err(reason) = check_cert(&s, &cert) {
+                if let Err(reason) = check_cert(s, cert) {
                     warn!(%device, reason = reason.code(), "Login refused: certificate no longer valid");
-                    s.metrics
-                        .auth_failures
-                        .with_label_values(&[reason.code()])
-                        .inc();
-                    return refuse(&mut io, Refusal::new(reason)).await;
+                    s.auth_failure(reason.code());
+                    refuse(io, Refusal::new(reason)).await;
+                    return Next::Done;
                 }
-                return Box::pin(login_frame(&s, io, &f, &laptop(&device, class, &cert))).await;
+                return Next::Login(f);
             }
             FrameKind::SessionEndQuery => {
-                return Box::pin(answer_end_query(&s, io, &f, &device)).await
+                return Next::EndQuery(f);
             }
             _ => match SessionRequest::from_frame(&f) {
-                Ok(r) => break r,
+                Ok(r) => return Next::Session(r),
                 Err(e) => {
                     warn!(%device, error = %e, "Bad session request");
-                    return refuse(
-                        &mut io,
-                        Refusal::new(Reason::ProtocolError).with_detail(e.to_string()),
-                    )
-                    .await;
+                    let r = Refusal::new(Reason::ProtocolError).with_detail(e.to_string());
+                    refuse(io, r).await;
+                    return Next::Done;
                 }
             },
         }
+    }
+}
+
+/// Phases 2 to 7 of one session: each returns `Result<_, Refusal>`, and a
+/// refusal at any of them is counted, logged and sent the same way.
+async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest, id: String) {
+    let started = Instant::now();
+    let setup = async {
+        let login = Box::pin(login(s, who, &req)).await?;
+        let user = login.as_ref().map(|l| l.user.clone()).or(who.user.clone());
+        let admitted = Box::pin(admission(s, who, &req, login.as_ref(), user.as_deref())).await?;
+        let mut guard = SessionGuard::acquire(s)?;
+        let (agent, enforces) =
+            Box::pin(open_desk(s, who, &req, &id, user.as_deref(), &admitted)).await?;
+        Box::pin(record_start(s, who, &req, &id, &admitted, enforces)).await?;
+        let live = guard.go_live(&id, who, &req, user, &admitted, enforces);
+        Ok::<_, Refusal>((admitted, guard, live, agent))
     };
+    let (admitted, guard, live, mut agent) = match setup.await {
+        Ok(x) => x,
+        Err(r) => {
+            info!(reason = %r.code, "Session refused");
+            s.metrics
+                .denials
+                .with_label_values(&[reason_label(&r.code)])
+                .inc();
+            return refuse(&mut io, r).await;
+        }
+    };
+    let counters = Counters::default();
+    // Phase 6, the splice, until a peer closes or the gateway ends it.
+    let result = splice_phase(
+        s, &mut io, &mut agent, &counters, &live, &admitted, who, started,
+    )
+    .await;
+    // Phase 7, the end: why, then the record.
+    let (up, down) = counters.get();
+    let secs = started.elapsed().as_secs();
+    let by_gateway = live.reason.lock().expect("reason lock").clone();
+    let end_reason: String = match (result, by_gateway) {
+        (Some(Ok(_)), _) => {
+            info!(bytes_up = up, bytes_down = down, secs, "Session ended");
+            "closed".into()
+        }
+        (Some(Err(e)), _) => {
+            info!(error = %e, bytes_up = up, bytes_down = down, secs, "Session ended by a peer");
+            "peer_error".into()
+        }
+        (None, r) => {
+            // No reason: the shutdown's force step.
+            let r = r.unwrap_or_else(|| Refusal::new(Reason::ShuttingDown));
+            info!(reason = %r.code, bytes_up = up, bytes_down = down, secs, "Session ended by the gateway");
+            // Remember why first, then close the stream: the laptop asks why.
+            s.ended
+                .lock()
+                .expect("ended lock")
+                .insert(id.clone(), who.device.clone(), r.clone());
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+            r.code
+        }
+    };
+    Box::pin(record_end(
+        s,
+        who,
+        &req,
+        &id,
+        &admitted,
+        &end_reason,
+        (up, down),
+        secs,
+    ))
+    .await;
+    s.metrics.bytes.with_label_values(&["up"]).inc_by(up);
+    s.metrics.bytes.with_label_values(&["down"]).inc_by(down);
+    s.metrics
+        .sessions_ended
+        .with_label_values(&[reason_label(&end_reason)])
+        .inc();
+    drop(guard);
+}
+
+/// Phase 2, the person: the gateway is not stopping, the laptop's
+/// certificate is still good (the CRL may have changed since the
+/// handshake), and a valid login token bound to this laptop when logins are
+/// required.
+async fn login(
+    s: &Shared,
+    who: &Who,
+    req: &SessionRequest,
+) -> Result<Option<crate::login::LoggedIn>, Refusal> {
     if s.shutdown.is_draining() {
-        return refuse(&mut io, Refusal::new(Reason::ShuttingDown)).await;
+        return Err(Refusal::new(Reason::ShuttingDown));
     }
-    // The CRL may have changed since this connection's handshake.
-    if let Err(reason) = check_cert(&s, &cert) {
-        warn!(%device, reason = reason.code(), "Session refused: certificate no longer valid");
-        s.metrics.denials.with_label_values(&[reason.code()]).inc();
-        return refuse(&mut io, Refusal::new(reason)).await;
+    if let Err(reason) = check_cert(s, &who.cert) {
+        warn!(
+            reason = reason.code(),
+            "Session refused: certificate no longer valid"
+        );
+        return Err(Refusal::new(reason));
     }
-    // The person: a valid login token bound to this laptop, when logins are required.
-    let this_laptop = laptop(&device, class, &cert);
-    let login = match (&s.store, s.cfg.identity.require_login) {
+    match (&s.store, s.cfg.identity.require_login) {
         (Some(store), true) => {
-            match Box::pin(crate::login::check(store, &this_laptop, req.token.as_ref())).await {
-                Ok(who) => Some(who),
+            let laptop = laptop(&who.device, who.class, &who.cert);
+            match Box::pin(crate::login::check(store, &laptop, req.token.as_ref())).await {
+                Ok(who) => Ok(Some(who)),
                 Err(reason) => {
-                    info!(%device, desk = %req.desk, reason = reason.code(), "Session refused: login");
-                    s.metrics.denials.with_label_values(&[reason.code()]).inc();
                     Box::pin(audit_event(
-                        &s,
-                        &format!("device:{device}"),
+                        s,
+                        &who.actor(None),
                         "session.denied",
                         &req.desk,
                         reason.code(),
-                        serde_json::json!({ "device": device }),
+                        serde_json::json!({ "device": who.device }),
                     ))
                     .await;
-                    return refuse(&mut io, Refusal::new(reason)).await;
+                    Err(Refusal::new(reason))
                 }
             }
         }
         (None, true) => {
             warn!("require_login without a store; refusing");
-            return refuse(&mut io, Refusal::new(Reason::Internal)).await;
+            Err(Refusal::new(Reason::Internal))
         }
-        (_, false) => None,
-    };
-    let user = login.as_ref().map(|l| l.user.clone()).or(user);
-    let session_id = format!("s-{}", random_hex(12));
-    let span = info_span!("session", session = %session_id, desk = %req.desk, %device, class = %class, %transport, user = ?user);
-    async move {
-        // The policy decides, on the store's current facts.
-        let admitted = match Box::pin(admit(&s, &req, &device, class, login.as_ref())).await {
-            Ok(mut a) => {
-                if let Some(minute) = s.cfg.testing_minute_secs {
-                    a.limits = shorter_minutes(a.limits, minute, unix_now());
-                }
-                a
+        (_, false) => Ok(None),
+    }
+}
+
+/// Phase 3, admission: the policy decides on the store's current facts;
+/// a denial is audited with the deciding rule.
+async fn admission(
+    s: &Shared,
+    who: &Who,
+    req: &SessionRequest,
+    login: Option<&crate::login::LoggedIn>,
+    user: Option<&str>,
+) -> Result<Admitted, Refusal> {
+    match Box::pin(admit(s, req, &who.device, who.class, login)).await {
+        Ok(mut a) => {
+            if let Some(minute) = s.cfg.testing_minute_secs {
+                a.limits = shorter_minutes(a.limits, minute, unix_now());
             }
-            Err((refusal, rule)) => {
-                info!(reason = %refusal.code, rule = ?rule, "Session refused by the policy");
-                s.metrics.denials.with_label_values(&[reason_label(&refusal.code)]).inc();
+            Ok(a)
+        }
+        Err((refusal, rule)) => {
+            info!(reason = %refusal.code, rule = ?rule, "Session refused by the policy");
+            Box::pin(audit_event(
+                s,
+                &who.actor(user),
+                "session.denied",
+                &req.desk,
+                &refusal.code,
+                serde_json::json!({ "device": who.device, "class": who.class.to_string(), "rule": rule, "policy_version": s.policy_version() }),
+            ))
+            .await;
+            Err(refusal)
+        }
+    }
+}
+
+/// Phase 4, the desk: a signed ticket to the desk's agent, which must
+/// enforce the controls when they restrict anything (except on a desk an
+/// officer registered as a non-RDP service). The stream, ready to splice,
+/// and whether the agent enforces.
+async fn open_desk(
+    s: &Arc<Shared>,
+    who: &Who,
+    req: &SessionRequest,
+    id: &str,
+    user: Option<&str>,
+    admitted: &Admitted,
+) -> Result<(BoxIo, bool), Refusal> {
+    let claims = TicketClaims {
+        v: TICKET_VERSION,
+        session_id: id.to_string(),
+        desk: req.desk.clone(),
+        device: who.device.clone(),
+        class: who.class.to_string(),
+        user: user.map(str::to_string),
+        gateway: s.cfg.name.clone(),
+        controls: admitted.controls,
+        limits: admitted.limits.to_ticket(),
+        issued_at: unix_now(),
+        expires_at: unix_now() + TICKET_LIFETIME_SECS,
+    };
+    let must_enforce = admitted.controls.is_restrictive() && !admitted.non_rdp(s);
+    match Box::pin(open_to_agent(s, claims, must_enforce)).await {
+        Ok(x) => Ok(x),
+        Err(r) => {
+            if r.is(Reason::DeskNotEnforcing) {
                 Box::pin(audit_event(
-                    &s,
-                    &user.as_deref().map_or_else(|| format!("device:{device}"), |u| format!("user:{u}")),
+                    s,
+                    &who.actor(user),
                     "session.denied",
                     &req.desk,
-                    &refusal.code,
-                    serde_json::json!({ "device": device, "class": class.to_string(), "rule": rule, "policy_version": s.policy_version() }),
+                    &r.code,
+                    serde_json::json!({
+                        "device": who.device, "class": who.class.to_string(), "rule": admitted.rule,
+                        "policy_version": s.policy_version(), "controls": admitted.controls,
+                        "desk_service": "rdp", "agent_enforces": false,
+                    }),
                 ))
                 .await;
-                return refuse(&mut io, refusal).await;
             }
-        };
+            Err(r)
+        }
+    }
+}
+
+/// Phase 5, the record: the start is in the store before the laptop hears
+/// of it; a session the store cannot record does not happen.
+async fn record_start(
+    s: &Shared,
+    who: &Who,
+    req: &SessionRequest,
+    id: &str,
+    admitted: &Admitted,
+    agent_enforces: bool,
+) -> Result<(), Refusal> {
+    let (Some(store), Some(asker)) = (&s.store, &admitted.asker) else {
+        return Ok(());
+    };
+    // What is actually enforced, for the audit record.
+    let (enforced, enforcement) = if admitted.non_rdp(s) {
+        (false, NOT_ENFORCED_NON_RDP)
+    } else if agent_enforces {
+        (true, "enforced by the desk agent's RDP filter")
+    } else {
+        (false, "nothing to enforce: the controls allow everything")
+    };
+    let rec = kakehashi_store::SessionStart {
+        id: id.to_string(),
+        user_id: asker.user.clone(),
+        device_id: who.device.clone(),
+        desk_id: req.desk.clone(),
+        class: who
+            .class
+            .as_str()
+            .parse()
+            .map_err(|_| Refusal::new(Reason::Internal))?,
+        level: admitted.desk.as_ref().map_or(1, |d| d.level),
+        transport: who.transport.as_str().to_string(),
+    };
+    let a = kakehashi_store::Audit::new(
+        kakehashi_store::unix_now(),
+        format!("user:{}", asker.user),
+        "session.start",
+    )
+    .subject(id)
+    .reason("allowed")
+    .detail(serde_json::json!({
+        "desk": req.desk, "device": who.device, "class": who.class.to_string(),
+        "rule": admitted.rule, "policy_version": s.policy_version(),
+        "controls": admitted.controls, "end_at": admitted.limits.end_at,
+        "step_up": asker.step_up,
+        "enforced": enforced, "enforcement": enforcement,
+    }));
+    match Box::pin(store.start_session(&rec, a)).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            warn!(error = %e, "Cannot record the session start; refusing");
+            Err(Refusal::new(Reason::Internal))
+        }
+    }
+}
+
+/// Phase 6: tell the laptop, then splice until a peer closes (`Some`) or
+/// the gateway ends the session (`None`: an end reason, the idle watch, the
+/// shutdown).
+#[allow(clippy::too_many_arguments)]
+async fn splice_phase(
+    s: &Shared,
+    io: &mut BoxIo,
+    agent: &mut BoxIo,
+    counters: &Counters,
+    live: &LiveSession,
+    admitted: &Admitted,
+    who: &Who,
+    started: Instant,
+) -> Option<std::io::Result<(u64, u64)>> {
+    // A revocation or a policy change between the checks above and the
+    // insert into the live table is caught here.
+    if let Err(reason) = check_cert(s, &who.cert) {
+        live.end(reason);
+    }
+    if live.end.is_cancelled() {
+        return None;
+    }
+    let accepted = SessionAccepted {
+        session_id: live.id.clone(),
+        controls: admitted.controls,
+    };
+    if write_message(io, &accepted).await.is_err() {
+        return Some(Err(std::io::Error::other(
+            "the laptop left before the session opened",
+        )));
+    }
+    info!(setup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), rule = ?admitted.rule, end_at = ?admitted.limits.end_at, "Session started");
+    let m = &s.metrics;
+    m.session_setup.observe(started.elapsed().as_secs_f64());
+    m.sessions_started
+        .with_label_values(&[who.class.as_str(), who.transport.as_str()])
+        .inc();
+    let idle = admitted
+        .limits
+        .idle_timeout_secs
+        .filter(|s| *s > 0)
+        .map(|s| Duration::from_secs(u64::from(s)));
+    tokio::select! {
+        r = splice_counted(io, agent, counters) => Some(r),
+        _ = live.end.cancelled() => None,
+        _ = s.shutdown.forced() => None,
+        _ = idle_watch(counters, idle, live) => None,
+    }
+}
+
+/// Phase 7's record: the end, with its reason and byte counts.
+#[allow(clippy::too_many_arguments)]
+async fn record_end(
+    s: &Shared,
+    who: &Who,
+    req: &SessionRequest,
+    id: &str,
+    admitted: &Admitted,
+    end_reason: &str,
+    (up, down): (u64, u64),
+    secs: u64,
+) {
+    let (Some(store), Some(asker)) = (&s.store, &admitted.asker) else {
+        return;
+    };
+    let end = kakehashi_store::SessionEnd {
+        reason: end_reason.to_string(),
+        bytes_up: up,
+        bytes_down: down,
+    };
+    let a = kakehashi_store::Audit::new(kakehashi_store::unix_now(), format!("user:{}", asker.user), "session.end")
+        .subject(id)
+        .reason(end_reason)
+        .detail(serde_json::json!({ "desk": req.desk, "device": who.device, "bytes_up": up, "bytes_down": down, "secs": secs }));
+    if let Err(e) = Box::pin(store.end_session(id, &end, a)).await {
+        warn!(error = %e, "Cannot record the session end");
+    }
+}
+
+/// One session's hold on the relay: its place under the session cap and in
+/// the shutdown's work, then (once live) its entry in the live table and the
+/// active-sessions gauge. Dropping it, however the session ends, gives all
+/// of it back and updates the capacity gauge.
+pub(crate) struct SessionGuard<'a> {
+    s: &'a Shared,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _work: tokio_util::task::task_tracker::TaskTrackerToken,
+    live: Option<(String, prometheus::IntGauge)>,
+}
+
+impl<'a> SessionGuard<'a> {
+    /// A place for one more session, or `capacity_full`.
+    pub(crate) fn acquire(s: &'a Shared) -> Result<Self, Refusal> {
         let Ok(permit) = s.sessions.clone().try_acquire_owned() else {
             warn!("Session refused: capacity full");
-            s.metrics.denials.with_label_values(&[Reason::CapacityFull.code()]).inc();
-            return refuse(&mut io, Refusal::new(Reason::CapacityFull)).await;
+            return Err(Refusal::new(Reason::CapacityFull));
         };
-        // The shutdown's drain waits for the session (up to the grace period).
-        let _work = s.shutdown.work();
-        let started = Instant::now();
-        let started_unix = kakehashi_store::unix_now();
-        let controls = admitted.controls;
-        let claims = TicketClaims {
-            v: TICKET_VERSION,
-            session_id: session_id.clone(),
-            desk: req.desk.clone(),
-            device: device.clone(),
-            class: class.to_string(),
-            user: user.clone(),
-            gateway: s.cfg.name.clone(),
-            controls,
-            limits: admitted.limits.to_ticket(),
-            issued_at: unix_now(),
-            expires_at: unix_now() + TICKET_LIFETIME_SECS,
-        };
-        // Controls that restrict anything need an agent that enforces them,
-        // except on a desk an officer registered as a non-RDP service.
-        let non_rdp = admitted.desk.as_ref().map_or(s.cfg.testing_non_rdp_desks, |d| {
-            d.service == kakehashi_store::DeskService::Other
-        });
-        let must_enforce = controls.is_restrictive() && !non_rdp;
-        let (mut agent, agent_enforces) = match Box::pin(open_to_agent(&s, claims, must_enforce)).await {
-            Ok(a) => a,
-            Err(r) => {
-                info!(reason = %r.code, "Session refused");
-                s.metrics.denials.with_label_values(&[reason_label(&r.code)]).inc();
-                if r.code == Reason::DeskNotEnforcing.code() {
-                    Box::pin(audit_event(
-                        &s,
-                        &user.as_deref().map_or_else(|| format!("device:{device}"), |u| format!("user:{u}")),
-                        "session.denied",
-                        &req.desk,
-                        &r.code,
-                        serde_json::json!({
-                            "device": device, "class": class.to_string(), "rule": admitted.rule,
-                            "policy_version": s.policy_version(), "controls": controls,
-                            "desk_service": "rdp", "agent_enforces": false,
-                        }),
-                    ))
-                    .await;
-                }
-                return refuse(&mut io, r).await;
-            }
-        };
-        // What is actually enforced, for the audit record.
-        let (enforced, enforcement) = if non_rdp {
-            (false, NOT_ENFORCED_NON_RDP)
-        } else if agent_enforces {
-            (true, "enforced by the desk agent's RDP filter")
-        } else {
-            (false, "nothing to enforce: the controls allow everything")
-        };
-        // Record the start before the laptop hears of it: a session the
-        // store cannot record does not happen.
-        if let (Some(store), Some(asker)) = (&s.store, &admitted.asker) {
-            let rec = kakehashi_store::SessionStart {
-                id: session_id.clone(),
-                user_id: asker.user.clone(),
-                device_id: device.clone(),
-                desk_id: req.desk.clone(),
-                class: match class.as_str().parse() {
-                    Ok(c) => c,
-                    Err(_) => return refuse(&mut io, Refusal::new(Reason::Internal)).await,
-                },
-                level: admitted.desk.as_ref().map_or(1, |d| d.level),
-                transport: transport.as_str().to_string(),
-            };
-            let a = kakehashi_store::Audit::new(started_unix, format!("user:{}", asker.user), "session.start")
-                .subject(&session_id)
-                .reason("allowed")
-                .detail(serde_json::json!({
-                    "desk": req.desk, "device": device, "class": class.to_string(),
-                    "rule": admitted.rule, "policy_version": s.policy_version(),
-                    "controls": controls, "end_at": admitted.limits.end_at,
-                    "step_up": asker.step_up,
-                    "enforced": enforced, "enforcement": enforcement,
-                }));
-            if let Err(e) = Box::pin(store.start_session(&rec, a)).await {
-                warn!(error = %e, "Cannot record the session start; refusing");
-                return refuse(&mut io, Refusal::new(Reason::Internal)).await;
-            }
-        }
-        let accepted = SessionAccepted {
-            session_id: session_id.clone(),
-            controls,
-        };
+        Ok(Self {
+            s,
+            permit: Some(permit),
+            // The shutdown's drain waits for the session (up to the grace period).
+            _work: s.shutdown.work(),
+            live: None,
+        })
+    }
+
+    /// The session is live: in the live table (so an officer, a revocation
+    /// or a policy change can end it) and counted as active.
+    fn go_live(
+        &mut self,
+        id: &str,
+        who: &Who,
+        req: &SessionRequest,
+        user: Option<String>,
+        admitted: &Admitted,
+        agent_enforces: bool,
+    ) -> Arc<LiveSession> {
+        let (level, dept) = desk_labels(admitted.desk.as_ref());
+        let gauge = self.s.metrics.sessions_active.with_label_values(&[
+            level.as_str(),
+            who.class.as_str(),
+            dept.as_str(),
+            who.transport.as_str(),
+        ]);
         let live = Arc::new(LiveSession {
+            id: id.to_string(),
             desk: req.desk.clone(),
-            device: device.clone(),
-            cert: cert.clone(),
+            device: who.device.clone(),
+            cert: who.cert.clone(),
             asker: admitted.asker.clone(),
-            started: started_unix,
+            started: kakehashi_store::unix_now(),
             max_duration: admitted.limits.max_duration_secs,
             end_at: std::sync::atomic::AtomicI64::new(
-                admitted.limits.end_at.map_or(0, |e| i64::try_from(e).unwrap_or(i64::MAX)),
+                admitted
+                    .limits
+                    .end_at
+                    .map_or(0, |e| i64::try_from(e).unwrap_or(i64::MAX)),
             ),
             end: CancellationToken::new(),
             reason: Mutex::new(None),
-            labels: {
-                let (level, dept) = desk_labels(admitted.desk.as_ref());
-                SessionLabels { user: user.clone(), class: class.to_string(), level, dept, transport }
+            labels: SessionLabels {
+                user,
+                class: who.class.to_string(),
+                level,
+                dept,
+                transport: who.transport,
             },
             agent_enforces,
         });
-        s.live
+        self.s
+            .live
             .lock()
             .expect("live lock")
-            .insert(session_id.clone(), live.clone());
-        let _guard = LiveGuard {
-            s: &s,
-            id: session_id.clone(),
-        };
-        let m = &s.metrics;
-        let class_label = class.to_string();
-        let (level, dept) = desk_labels(admitted.desk.as_ref());
-        let active = m.sessions_active.with_label_values(&[level.as_str(), class_label.as_str(), dept.as_str(), transport.as_str()]);
-        active.inc();
-        update_capacity(&s);
-        let counters = Counters::default();
-        // A revocation or a policy change between the checks above and the
-        // insert into the live table is caught here.
-        if let Err(reason) = check_cert(&s, &cert) {
-            live.end(reason);
-        }
-        let result = if live.end.is_cancelled() {
-            None
-        } else if write_message(&mut io, &accepted).await.is_err() {
-            Some(Err(std::io::Error::other("the laptop left before the session opened")))
-        } else {
-            info!(setup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), rule = ?admitted.rule, end_at = ?admitted.limits.end_at, "Session started");
-            m.session_setup.observe(started.elapsed().as_secs_f64());
-            m.sessions_started.with_label_values(&[class_label.as_str(), transport.as_str()]).inc();
-            let idle = admitted
-                .limits
-                .idle_timeout_secs
-                .filter(|s| *s > 0)
-                .map(|s| Duration::from_secs(u64::from(s)));
-            tokio::select! {
-                r = splice_counted(&mut io, &mut agent, &counters) => Some(r),
-                _ = live.end.cancelled() => None,
-                _ = s.shutdown.forced() => None,
-                _ = idle_watch(&counters, idle, &live) => None,
-            }
-        };
-        let (up, down) = counters.get();
-        let secs = started.elapsed().as_secs();
-        let by_gateway = live.reason.lock().expect("reason lock").clone();
-        let end_reason: String = match (result, by_gateway) {
-            (Some(Ok(_)), _) => {
-                info!(bytes_up = up, bytes_down = down, secs, "Session ended");
-                "closed".into()
-            }
-            (Some(Err(e)), _) => {
-                info!(error = %e, bytes_up = up, bytes_down = down, secs, "Session ended by a peer");
-                "peer_error".into()
-            }
-            (None, Some(r)) => {
-                info!(reason = %r.code, bytes_up = up, bytes_down = down, secs, "Session ended by the gateway");
-                // Remember why first, then close the stream: the laptop asks why.
-                s.ended.lock().expect("ended lock").insert(session_id.clone(), device.clone(), r.clone());
-                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-                r.code
-            }
-            (None, None) => {
-                info!(bytes_up = up, bytes_down = down, secs, "Session ended: gateway shutting down");
-                s.ended.lock().expect("ended lock").insert(session_id.clone(), device.clone(), Refusal::new(Reason::ShuttingDown));
-                Reason::ShuttingDown.code().into()
-            }
-        };
-        if let (Some(store), Some(asker)) = (&s.store, &admitted.asker) {
-            let end = kakehashi_store::SessionEnd {
-                reason: end_reason.clone(),
-                bytes_up: up,
-                bytes_down: down,
-            };
-            let a = kakehashi_store::Audit::new(kakehashi_store::unix_now(), format!("user:{}", asker.user), "session.end")
-                .subject(&session_id)
-                .reason(&end_reason)
-                .detail(serde_json::json!({ "desk": req.desk, "device": device, "bytes_up": up, "bytes_down": down, "secs": secs }));
-            if let Err(e) = Box::pin(store.end_session(&session_id, &end, a)).await {
-                warn!(error = %e, "Cannot record the session end");
-            }
-        }
-        m.bytes.with_label_values(&["up"]).inc_by(up);
-        m.bytes.with_label_values(&["down"]).inc_by(down);
-        m.sessions_ended.with_label_values(&[reason_label(&end_reason)]).inc();
-        active.dec();
-        drop(permit);
-        update_capacity(&s);
+            .insert(id.to_string(), live.clone());
+        gauge.inc();
+        self.live = Some((id.to_string(), gauge));
+        update_capacity(self.s);
+        live
     }
-    .instrument(span)
-    .await
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((id, gauge)) = self.live.take() {
+            self.s.live.lock().expect("live lock").remove(&id);
+            gauge.dec();
+        }
+        drop(self.permit.take());
+        update_capacity(self.s);
+    }
 }
 
 /// The audit log's words for a session to a desk registered as non-RDP.
@@ -536,6 +760,15 @@ pub(crate) struct Admitted {
     /// `None` on a bare test relay.
     pub(crate) asker: Option<crate::admission::Asker>,
     pub(crate) desk: Option<crate::admission::DeskFacts>,
+}
+
+impl Admitted {
+    /// The desk is registered as a non-RDP service (a bare test relay: as configured).
+    fn non_rdp(&self, s: &Shared) -> bool {
+        self.desk.as_ref().map_or(s.cfg.testing_non_rdp_desks, |d| {
+            d.service == kakehashi_store::DeskService::Other
+        })
+    }
 }
 
 /// Decide a session request: the live policy on the store's current facts.
@@ -696,6 +929,7 @@ mod tests {
 
     fn live() -> LiveSession {
         LiveSession {
+            id: "s-1".into(),
             desk: "D".into(),
             device: "L".into(),
             cert: Arc::new(PeerCertFacts {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kakehashi_proto::io::write_message;
+use kakehashi_proto::reason::ReasonText;
 use kakehashi_proto::{Reason, Refusal, TicketSigner};
 use kakehashi_transport::serve::Refused;
 use kakehashi_transport::tls::{PeerCertFacts, ReloadingClientVerifier};
@@ -60,6 +61,8 @@ pub(crate) type PeerCert = Arc<PeerCertFacts>;
 /// A session in progress, so something outside it (a revocation, later a
 /// policy change or an operator) can end it.
 pub(crate) struct LiveSession {
+    /// Its session id.
+    pub(crate) id: String,
     pub(crate) desk: String,
     pub(crate) device: String,
     pub(crate) cert: PeerCert,
@@ -192,18 +195,6 @@ impl EndedSessions {
                 self.by_id.remove(&old);
             }
         }
-    }
-}
-
-/// Removes a session from the live table however it ends.
-pub(crate) struct LiveGuard<'a> {
-    pub(crate) s: &'a Shared,
-    pub(crate) id: String,
-}
-
-impl Drop for LiveGuard<'_> {
-    fn drop(&mut self) {
-        self.s.live.lock().expect("live lock").remove(&self.id);
     }
 }
 
@@ -420,17 +411,14 @@ pub(crate) fn desk_labels(d: Option<&crate::admission::DeskFacts>) -> (String, S
 /// A bounded metrics label for a refusal or end reason code (from the
 /// gateway, the policy or an agent); anything else is "other".
 pub(crate) fn reason_label(code: &str) -> &'static str {
+    fn known<R: ReasonText>(code: &str) -> Option<&'static str> {
+        R::parse(code).map(R::code)
+    }
     match code {
         "closed" => "closed",
         "peer_error" => "peer_error",
-        c => Reason::from_code(c)
-            .map(Reason::code)
-            .or_else(|| {
-                kakehashi_policy::ReasonCode::ALL
-                    .iter()
-                    .find(|r| r.code() == c)
-                    .map(|r| r.code())
-            })
+        c => known::<Reason>(c)
+            .or_else(|| known::<kakehashi_policy::ReasonCode>(c))
             .unwrap_or("other"),
     }
 }
@@ -459,5 +447,23 @@ pub(crate) async fn audit_event(
         if let Err(e) = store.append_audit(a).await {
             warn!(error = %e, "Cannot write the audit record");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_reason_is_its_own_label_and_anything_else_is_other() {
+        for &r in <Reason as ReasonText>::ALL {
+            assert_eq!(reason_label(r.code()), r.code());
+        }
+        for &r in <kakehashi_policy::ReasonCode as ReasonText>::ALL {
+            assert_eq!(reason_label(r.code()), r.code());
+        }
+        assert_eq!(reason_label("closed"), "closed");
+        assert_eq!(reason_label("peer_error"), "peer_error");
+        assert_eq!(reason_label("made_up_by_a_modified_agent"), "other");
     }
 }
