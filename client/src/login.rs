@@ -431,14 +431,18 @@ mod tests {
         assert_eq!(waiter.await.unwrap().unwrap(), "c0de");
     }
 
+    /// `host:port` of a bound callback.
+    fn callback_addr(cb: &Callback) -> String {
+        cb.redirect_uri
+            .trim_start_matches("http://")
+            .trim_end_matches("/callback")
+            .to_string()
+    }
+
     #[tokio::test]
     async fn the_portals_refusal_ends_the_wait() {
         let cb = Callback::bind().await.unwrap();
-        let addr = cb
-            .redirect_uri
-            .trim_start_matches("http://")
-            .trim_end_matches("/callback")
-            .to_string();
+        let addr = callback_addr(&cb);
         let waiter = tokio::spawn(async move { cb.wait("st", Duration::from_secs(5)).await });
         let r = raw(
             &addr,
@@ -453,11 +457,7 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_request_is_refused() {
         let cb = Callback::bind().await.unwrap();
-        let addr = cb
-            .redirect_uri
-            .trim_start_matches("http://")
-            .trim_end_matches("/callback")
-            .to_string();
+        let addr = callback_addr(&cb);
         let waiter = tokio::spawn(async move { cb.wait("st", Duration::from_secs(5)).await });
         let big = format!(
             "GET /callback?code=c&state=st HTTP/1.1\r\nHost: l\r\nX: {}\r\n\r\n",

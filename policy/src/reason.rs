@@ -145,18 +145,7 @@ impl fmt::Display for ReasonCode {
     }
 }
 
-impl kakehashi_proto::reason::ReasonText for ReasonCode {
-    const ALL: &'static [Self] = ReasonCode::ALL;
-    fn code(self) -> &'static str {
-        ReasonCode::code(self)
-    }
-    fn ja(self) -> &'static str {
-        ReasonCode::ja(self)
-    }
-    fn en(self) -> &'static str {
-        ReasonCode::en(self)
-    }
-}
+kakehashi_proto::impl_reason_text!(ReasonCode);
 
 #[cfg(test)]
 mod tests {

@@ -194,18 +194,7 @@ impl Reason {
     }
 }
 
-impl kakehashi_proto::reason::ReasonText for Reason {
-    const ALL: &'static [Self] = Reason::ALL;
-    fn code(self) -> &'static str {
-        Reason::code(self)
-    }
-    fn ja(self) -> &'static str {
-        Reason::ja(self)
-    }
-    fn en(self) -> &'static str {
-        Reason::en(self)
-    }
-}
+kakehashi_proto::impl_reason_text!(Reason);
 
 /// A refusal as an HTTP answer:
 /// `{"error": CODE, "message_ja": …, "message_en": …}` (plus

@@ -281,18 +281,27 @@ pub trait ReasonText: Copy + 'static {
     }
 }
 
-impl ReasonText for Reason {
-    const ALL: &'static [Self] = Reason::ALL;
-    fn code(self) -> &'static str {
-        Reason::code(self)
-    }
-    fn ja(self) -> &'static str {
-        Reason::ja(self)
-    }
-    fn en(self) -> &'static str {
-        Reason::en(self)
-    }
+/// Implements [`ReasonText`] for an enum with inherent `ALL`, `code`, `ja`
+/// and `en` (every reason enum of the workspace has them).
+#[macro_export]
+macro_rules! impl_reason_text {
+    ($t:ty) => {
+        impl $crate::reason::ReasonText for $t {
+            const ALL: &'static [Self] = <$t>::ALL;
+            fn code(self) -> &'static str {
+                <$t>::code(self)
+            }
+            fn ja(self) -> &'static str {
+                <$t>::ja(self)
+            }
+            fn en(self) -> &'static str {
+                <$t>::en(self)
+            }
+        }
+    };
 }
+
+impl_reason_text!(Reason);
 
 /// A refusal on the wire: code plus both sentences, so a client older than
 /// the gateway still prints something meaningful for a new code.
