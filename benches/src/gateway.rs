@@ -82,17 +82,17 @@ cert = "{cert}"
 key = "{key}"
 crl = "{crl}"
 ticket_key = "{ticket}"
-[terminals]
+[relay.terminals]
 quic = "{tq}"
 tcp = "{tt}"
 max_connections = {maxc}
-[agents]
+[relay.agents]
 quic = "{aq}"
 tcp = "{at}"
 max_connections = {maxc}
-[limits]
+[relay.limits]
 max_sessions = {maxs}
-shutdown_grace_secs = 1
+shutdown_grace = "1s"
 [admin]
 listen = "{admin}"
 {admission}"#,

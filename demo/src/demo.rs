@@ -105,17 +105,17 @@ key = "{key}"
 crl = "{crl}"
 ticket_key = "{ticket}"
 
-[terminals]
+[relay.terminals]
 quic = "127.0.0.1:{term_port}"
 tcp = "127.0.0.1:{term_port}"
 max_connections = 1000
 
-[agents]
+[relay.agents]
 quic = "127.0.0.1:{agent_port}"
 tcp = "127.0.0.1:{agent_port}"
 max_connections = 1000
 
-[limits]
+[relay.limits]
 max_sessions = 1000
 
 [admin]

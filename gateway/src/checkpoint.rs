@@ -6,7 +6,7 @@
 //! (`audit-checkpoint.pub`, one line `ed25519:<base64>`). A key file that
 //! group or others can read is refused. The key is never in the database.
 //!
-//! Every `checkpoint_interval_secs` (default 60) when the chain head has
+//! Every `[audit] checkpoint_interval` (default 60s) when the chain head has
 //! moved, and once more on shutdown, the gateway signs the head — seq, hash,
 //! time and gateway name ([`kakehashi_store::Checkpoint`]) — and keeps the
 //! checkpoint in two places:

@@ -1,7 +1,7 @@
 //! Forwarding of audit records to a central syslog server: RFC 5424
 //! messages over UDP (RFC 5426, one record per datagram), TCP (RFC 6587
 //! octet counting) or TLS (RFC 5425: the same octet counting inside TLS,
-//! the server checked against `[audit] syslog_ca`, the gateway's own
+//! the server checked against `[syslog] ca`, the gateway's own
 //! certificate offered for mutual authentication).
 //!
 //! A background task tails the audit table by `seq`, so every committed
@@ -88,25 +88,27 @@ impl FromStr for SyslogTarget {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
         let (scheme, rest) = s.split_once("://").with_context(|| {
-            format!("[audit] syslog {s:?}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT")
+            format!(
+                "[syslog] url {s:?}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
+            )
         })?;
         let rest = rest.trim_end_matches('/');
         let port_ok = rest
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
         if !port_ok || rest.contains('/') {
-            bail!("[audit] syslog {s:?}: expected HOST:PORT after {scheme}://");
+            bail!("[syslog] url {s:?}: expected HOST:PORT after {scheme}://");
         }
         match scheme {
             "udp" => Ok(SyslogTarget::Udp(rest.into())),
             "tcp" => Ok(SyslogTarget::Tcp(rest.into())),
             "tls" => Ok(SyslogTarget::Tls(rest.into())),
-            other => bail!("[audit] syslog {s:?}: unknown scheme {other:?} (udp, tcp or tls)"),
+            other => bail!("[syslog] url {s:?}: unknown scheme {other:?} (udp, tcp or tls)"),
         }
     }
 }
 
-/// Validated `[audit]` syslog settings.
+/// Validated `[syslog]` settings.
 #[derive(Debug, Clone)]
 pub struct SyslogConfig {
     /// The server.
@@ -122,13 +124,13 @@ pub struct SyslogConfig {
 }
 
 impl SyslogConfig {
-    /// Validate `[audit] syslog`, `syslog_facility` and `syslog_queue`.
+    /// Validate `[syslog] url`, `facility` and `queue`.
     pub fn new(url: &str, facility: &str, queue: usize) -> anyhow::Result<Self> {
         let facility = facility_number(facility).with_context(|| {
-            format!("[audit] syslog_facility {facility:?} is not a syslog facility (authpriv, auth, daemon, local0 … local7, …)")
+            format!("[syslog] facility {facility:?} is not a syslog facility (authpriv, auth, daemon, local0 … local7, …)")
         })?;
         if queue == 0 {
-            bail!("[audit] syslog_queue must be at least 1");
+            bail!("[syslog] queue must be at least 1 (for example queue = 10000)");
         }
         Ok(Self {
             target: url.parse()?,
@@ -146,10 +148,10 @@ impl SyslogConfig {
     pub fn with_tls(mut self, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
         use kakehashi_transport::tls::{load_certs, load_key, provider};
         let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(ca).with_context(|| format!("[audit] syslog_ca {}", ca.display()))? {
+        for c in load_certs(ca).with_context(|| format!("[syslog] ca {}", ca.display()))? {
             roots
                 .add(c)
-                .with_context(|| format!("[audit] syslog_ca {}", ca.display()))?;
+                .with_context(|| format!("[syslog] ca {}", ca.display()))?;
         }
         let cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -394,7 +396,7 @@ async fn connect(
             Ok(Conn::Tcp(s, Instant::now()))
         }
         SyslogTarget::Tls(hostport) => {
-            let tls = tls.context("tls:// needs [audit] syslog_ca")?;
+            let tls = tls.context("tls:// needs [syslog] ca")?;
             let host = hostport
                 .rsplit_once(':')
                 .map_or(hostport.as_str(), |(h, _)| h)
@@ -818,7 +820,7 @@ mod tests {
     }
 
     /// RFC 5425: octet-counted frames inside TLS, the server checked
-    /// against `syslog_ca`; a server whose certificate is from another CA
+    /// against `[syslog] ca`; a server whose certificate is from another CA
     /// gets nothing.
     #[tokio::test]
     async fn forwards_over_tls_to_a_server_from_the_configured_ca() {

@@ -44,7 +44,7 @@ const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 const REDIRECT: &str = "http://127.0.0.1:53682/callback";
 
 /// The portal's settings as a gateway with `[identity] max_failures = 3`,
-/// `failure_window_secs = 300`, `lockout_secs = 60` (and the given
+/// `failure_window = "5min"`, `lockout = "60s"` (and the given
 /// attestation CAs) would give it.
 fn config(attestation_ca: Vec<PathBuf>, tls: Option<(&Path, &Path)>) -> PortalConfig {
     let mut c = PortalConfig::for_tests(ORIGIN);

@@ -73,7 +73,7 @@ pub struct Config {
     /// Tests only (`[testing] non_rdp_desks`): a bare relay counts every desk
     /// as a non-RDP service.
     pub testing_non_rdp_desks: bool,
-    /// Tests only (`[testing] policy_minute_secs`): seconds per policy minute.
+    /// Tests only (`[testing] policy_minute`): seconds per policy minute.
     pub testing_minute_secs: Option<u64>,
 }
 

@@ -111,7 +111,7 @@ impl Metrics {
                 Opts::new("kakehashi_certificate_expiry_timestamp_seconds", "Certificate notAfter as unix time"),
                 &["cert"]
             )),
-            crl_next_update: reg!(IntGauge::new("kakehashi_crl_next_update_timestamp_seconds", "nextUpdate of the CRL in force as unix time; after it and [tls] crl_grace_hours every peer is refused with crl_stale")),
+            crl_next_update: reg!(IntGauge::new("kakehashi_crl_next_update_timestamp_seconds", "nextUpdate of the CRL in force as unix time; after it and [tls] crl_grace every peer is refused with crl_stale")),
             crl_age: reg!(IntGauge::new("kakehashi_crl_age_seconds", "Seconds since the CRL in force was issued (thisUpdate)")),
             rdp_blocked: reg!(IntCounterVec::new(
                 Opts::new("kakehashi_rdp_blocked_total", "Blocked RDP channel attempts reported by agents, by kind"),

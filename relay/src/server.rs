@@ -59,7 +59,7 @@ impl Relay {
             warn!(controls = ?cfg.testing_controls, non_rdp_desks = cfg.testing_non_rdp_desks, "[testing] relay_without_policy: no policy; any valid device certificate reaches any online desk (tests only)");
         }
         if let Some(minute) = cfg.testing_minute_secs {
-            warn!(minute_secs = minute, "[testing] policy_minute_secs: session time limits and idle timeouts run {minute} seconds per minute (tests only)");
+            warn!(minute_secs = minute, "[testing] policy_minute: session time limits and idle timeouts run {minute} seconds per minute (tests only)");
         }
         let files = TlsFiles {
             ca: cfg.ca.clone(),

@@ -880,7 +880,7 @@ pub(crate) async fn answer_end_query(
     let _ = tokio::time::timeout(Duration::from_secs(2), io.shutdown()).await;
 }
 
-/// `[testing] policy_minute_secs`: the rule's maximum duration and idle
+/// `[testing] policy_minute`: the rule's maximum duration and idle
 /// timeout with `minute` seconds per minute, and the end time they give.
 pub(crate) fn shorter_minutes(
     mut l: kakehashi_policy::Limits,

@@ -44,7 +44,7 @@ pub(crate) fn affects_sessions(action: &str) -> bool {
 /// Live re-evaluation. The audit log is the change feed: every change to
 /// users, devices, desks, plans, BCP declarations and the policy is written
 /// with its audit record in one transaction, by this gateway, another one
-/// of the cluster or the admin CLI. Every `[policy] watch_ms` the new
+/// of the cluster or the admin CLI. Every `[policy] watch` the new
 /// records are read; if any can change a decision, every live session is
 /// re-decided, and those no longer allowed end with the reason. Sessions
 /// reaching their end time are re-decided as well (hours, plan window, BCP

@@ -36,7 +36,7 @@ pub fn local_date(t: i64, offset: UtcOffset) -> Date {
         .unwrap_or(Date::MIN)
 }
 
-/// The offset for `[identity] utc_offset_secs`.
+/// The offset for `[identity] utc_offset_hours`.
 pub fn utc_offset(secs: i32) -> UtcOffset {
     UtcOffset::from_whole_seconds(secs).unwrap_or(UtcOffset::UTC)
 }

@@ -297,11 +297,11 @@ pub struct GatewayOpts {
     pub addrs: Option<GatewayAddrs>,
     /// Session cap.
     pub max_sessions: Option<usize>,
-    /// Extra `[limits]` lines.
+    /// Extra `[relay.limits]` lines.
     pub limits: String,
     /// Terminal connection cap.
     pub terminal_max_connections: Option<usize>,
-    /// Extra `[terminals]` lines (e.g. `handshakes_per_source = 10`).
+    /// Extra `[relay.terminals]` lines (e.g. `handshakes_per_source = 10`).
     pub terminals_extra: String,
     /// `[identity]`/`[store]`/`[portal]` sections; default: no login required.
     pub identity: Option<String>,
@@ -337,20 +337,20 @@ cert = "{cert}"
 key = "{key}"
 crl = "{crl}"
 ticket_key = "{ticket}"
-[terminals]
+[relay.terminals]
 quic = "{tq}"
 tcp = "{tt}"
 max_connections = {tmax}
 {terminals_extra}
-[agents]
+[relay.agents]
 quic = "{aq}"
 tcp = "{at}"
-[limits]
+[relay.limits]
 max_sessions = {max}
-handshake_timeout_secs = 5
-keepalive_secs = 2
-idle_timeout_secs = 8
-shutdown_grace_secs = 2
+handshake_timeout = "5s"
+keepalive = "2s"
+idle_timeout = "8s"
+shutdown_grace = "2s"
 {extra}
 [admin]
 listen = "{admin}"
@@ -830,9 +830,9 @@ pub fn login_sections(db: &Path) -> String {
 
 /// `[store]` and `[identity]` sections that require logins; the gateway
 /// starts with the shipped default policy. Ends inside `[policy]`
-/// (`watch_ms = 100`), so a caller may append policy lines.
+/// (`watch = "100ms"`), so a caller may append policy lines.
 pub fn store_sections(db: &Path) -> String {
-    format!("[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = true\nmax_failures = 3\nlockout_secs = 2\n[policy]\nwatch_ms = 100\n", db.display())
+    format!("[store]\nurl = \"sqlite://{}\"\n[identity]\nrequire_login = true\nmax_failures = 3\nlockout = \"2s\"\n[policy]\nwatch = \"100ms\"\n", db.display())
 }
 
 /// Add a staff user in department `somu` (if missing).
@@ -1158,9 +1158,9 @@ ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
 ticket_key = "{ticket}"
-[terminals]
+[relay.terminals]
 tcp = "127.0.0.1:0"
-[agents]
+[relay.agents]
 tcp = "127.0.0.1:0"
 {login}
 "#,

@@ -4,7 +4,7 @@
 //! A CRL is only as good as it is recent. Ours are issued for
 //! [`kakehashi_pki::CRL_VALIDITY_DAYS`] (`nextUpdate`); a CRL past that date
 //! may be missing revocations made since, so after a grace period
-//! ([`DEFAULT_GRACE`], `[tls] crl_grace_hours`) the gateway, agents and
+//! ([`DEFAULT_GRACE`], `[tls] crl_grace`) the gateway, agents and
 //! clients refuse connections with `crl_stale` until the CA's current CRL is
 //! installed. The grace keeps a forgotten weekly `kakehashi-pki crl` from
 //! becoming an outage at once: the metric `kakehashi_crl_next_update_seconds`

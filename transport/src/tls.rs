@@ -194,7 +194,7 @@ impl ReloadingClientVerifier {
     }
 
     /// [`ReloadingClientVerifier::new`] with the CRL trusted for `grace`
-    /// past its `nextUpdate` (`[tls] crl_grace_hours`). A stale CRL does
+    /// past its `nextUpdate` (`[tls] crl_grace`). A stale CRL does
     /// not stop the gateway from starting (its portal and metrics must work
     /// for the fix); [`ReloadingClientVerifier::check_peer`] refuses peers.
     pub fn with_grace(

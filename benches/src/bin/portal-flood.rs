@@ -84,9 +84,9 @@ cert = "{cert}"
 key = "{key}"
 crl = "{crl}"
 ticket_key = "{ticket}"
-[terminals]
+[relay.terminals]
 tcp = "127.0.0.1:0"
-[agents]
+[relay.agents]
 tcp = "127.0.0.1:0"
 [store]
 url = "sqlite://{db}"

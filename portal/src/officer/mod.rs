@@ -9,7 +9,7 @@
 //! `device.block` with `token.revoke_all`, `device.unblock`, `bcp.declare`,
 //! `bcp.end`), actor `user:<id>`, and the reason (理由) the officer typed,
 //! which every form requires. A running gateway sees each change in its
-//! audit feed and re-decides its live sessions within `[policy] watch_ms`.
+//! audit feed and re-decides its live sessions within `[policy] watch`.
 //!
 //! | route | what |
 //! |---|---|
@@ -160,7 +160,7 @@ fn view_head<'a>(v: &'a Visitor, path: &'a str, notice: Option<&'a Notice>) -> H
 }
 
 impl PortalState {
-    /// The configured local UTC offset (`[identity] utc_offset_secs`).
+    /// The configured local UTC offset (`[identity] utc_offset_hours`).
     pub(super) fn offset(&self) -> UtcOffset {
         UtcOffset::from_whole_seconds(self.inner.utc_offset_secs).unwrap_or(UtcOffset::UTC)
     }

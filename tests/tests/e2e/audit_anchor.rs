@@ -81,7 +81,7 @@ async fn signed_checkpoints_catch_a_rechained_rewrite() {
         &pki,
         GatewayOpts {
             identity: Some(format!(
-                "{}[audit]\ncheckpoint_interval_secs = 3600\n",
+                "{}[audit]\ncheckpoint_interval = \"1h\"\n",
                 login_sections(&db)
             )),
             ..Default::default()
@@ -257,13 +257,13 @@ async fn frame_with(
 }
 
 /// Each checkpoint, the shutdown one included, reaches the log server as a
-/// syslog message over TLS (RFC 5425), its server checked against `syslog_ca`.
+/// syslog message over TLS (RFC 5425), its server checked against `[syslog] ca`.
 #[tokio::test(flavor = "multi_thread")]
 async fn checkpoints_reach_the_log_server_over_tls() {
     use kakehashi_transport::tls::{load_certs, load_key, provider};
     let pki = Pki::new();
     let db = pki.path().join("kakehashi.db");
-    // The log server: a certificate for localhost from the CA given as syslog_ca.
+    // The log server: a certificate for localhost from the CA given as [syslog] ca.
     let g = pki.gateway_cert();
     let server = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -277,7 +277,7 @@ async fn checkpoints_reach_the_log_server_over_tls() {
         &pki,
         GatewayOpts {
             identity: Some(format!(
-                "{}[audit]\nsyslog = \"tls://localhost:{}\"\nsyslog_ca = \"{}\"\ncheckpoint_interval_secs = 3600\n",
+                "{}[audit]\ncheckpoint_interval = \"1h\"\n[syslog]\nurl = \"tls://localhost:{}\"\nca = \"{}\"\n",
                 login_sections(&db),
                 l.local_addr().unwrap().port(),
                 pki.ca.ca_cert_path().display()

@@ -474,7 +474,7 @@ async fn syslog_forwards_records_of_the_gateway_and_the_cli() {
         &pki,
         GatewayOpts {
             identity: Some(format!(
-                "{}[audit]\nsyslog = \"udp://{}\"\nsyslog_facility = \"local3\"\n",
+                "{}[syslog]\nurl = \"udp://{}\"\nfacility = \"local3\"\n",
                 login_sections(&db),
                 sock.local_addr().unwrap()
             )),

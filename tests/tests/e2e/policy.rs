@@ -419,7 +419,7 @@ async fn bcp_mode_opens_home_access_and_its_end_closes_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rules_time_limit_and_idle_timeout_end_sessions_with_their_reasons() {
-    // One policy minute lasts a second here ([testing] policy_minute_secs),
+    // One policy minute lasts a second here ([testing] policy_minute),
     // so "4 minutes at most, 2 minutes idle" plays out in seconds.
     let Setup {
         mut pki,
@@ -428,7 +428,7 @@ async fn a_rules_time_limit_and_idle_timeout_end_sessions_with_their_reasons() {
         _agents,
     } = setup_with(
         &[("DESK-TL", 1, "u-mori")],
-        "[testing]\npolicy_minute_secs = 1\n",
+        "[testing]\npolicy_minute = \"1s\"\n",
     )
     .await;
     let (ok, current) =

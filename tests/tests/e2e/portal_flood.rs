@@ -87,7 +87,7 @@ async fn portal_serves_staff_while_silent_and_half_sent_connections_pile_up() {
         &pki,
         &db,
         true,
-        "header_timeout_secs = 2\nidle_timeout_secs = 4\nmax_connections_per_source = 100\n",
+        "header_timeout = \"2s\"\nidle_timeout = \"4s\"\nmax_connections_per_source = 100\n",
     )
     .await;
     let tls = tls_connector(&pki);

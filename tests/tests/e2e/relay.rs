@@ -291,7 +291,7 @@ async fn ended_sessions_give_their_quic_stream_back() {
     drop(live);
 }
 
-/// A laptop at the gateway's stream limit (`[limits] terminal_quic_streams`):
+/// A laptop at the gateway's stream limit (`[relay.limits] terminal_quic_streams`):
 /// one session too many is refused by the client with a clear sentence
 /// instead of hanging, the sessions already open keep working, and once they
 /// end a new one opens again.
