@@ -1,10 +1,14 @@
-//! Agent configuration: a TOML file validated into [`Config`].
+//! Agent configuration: a TOML file validated into [`Config`]. Durations
+//! are written with their unit (`connect_timeout = "5s"`, `crl_grace =
+//! "72h"`); keys of the earlier layout are refused with their new names
+//! ([`RENAMED`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use kakehashi_config::{duration, DurationKey, Renamed};
 use kakehashi_transport::TransportChoice;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -70,15 +74,15 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// CRL to check gateway certificates against.
     pub crl: Option<PathBuf>,
-    /// Hours a CRL past its `nextUpdate` is still trusted; after them the
+    /// How long a CRL past its `nextUpdate` is still trusted; after it the
     /// agent connects to no gateway (`crl_stale`) until the current CRL is
     /// installed.
-    #[serde(default = "default_crl_grace_hours")]
-    pub crl_grace_hours: u64,
+    #[serde(default = "default_crl_grace", deserialize_with = "duration")]
+    pub crl_grace: Duration,
 }
 
-fn default_crl_grace_hours() -> u64 {
-    kakehashi_transport::crl::DEFAULT_GRACE.as_secs() / 3600
+fn default_crl_grace() -> Duration {
+    kakehashi_transport::crl::DEFAULT_GRACE
 }
 
 /// `[tickets]`
@@ -110,23 +114,25 @@ pub struct GatewaySection {
 pub struct TargetSection {
     /// `host:port` of the local service (the RDP server, usually 127.0.0.1:3389).
     pub address: String,
-    /// Seconds allowed to connect to it.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_secs: u64,
+    /// Time allowed to connect to it.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
 }
 
-fn default_connect_timeout() -> u64 {
-    5
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[reconnect]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectSection {
-    /// First delay after a lost tunnel, in milliseconds.
-    pub initial_ms: u64,
-    /// Largest delay, in milliseconds.
-    pub max_ms: u64,
+    /// First delay after a lost tunnel.
+    #[serde(deserialize_with = "duration")]
+    pub initial_delay: Duration,
+    /// Largest delay.
+    #[serde(deserialize_with = "duration")]
+    pub max_delay: Duration,
 }
 
 /// `[limits]`
@@ -151,8 +157,8 @@ impl Default for LimitsSection {
 impl Default for ReconnectSection {
     fn default() -> Self {
         Self {
-            initial_ms: 500,
-            max_ms: 30_000,
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
         }
     }
 }
@@ -221,6 +227,38 @@ impl std::fmt::Debug for RdpConfig {
     }
 }
 
+/// Keys of the earlier layout (numbers with their unit in the key's name),
+/// and their new names.
+pub const RENAMED: &[Renamed] = &[
+    Renamed::duration(("tls", "crl_grace_hours"), ("tls", "crl_grace"), "h", "72h"),
+    Renamed::duration(
+        ("target", "connect_timeout_secs"),
+        ("target", "connect_timeout"),
+        "s",
+        "5s",
+    ),
+    Renamed::duration(
+        ("reconnect", "initial_ms"),
+        ("reconnect", "initial_delay"),
+        "ms",
+        "500ms",
+    ),
+    Renamed::duration(
+        ("reconnect", "max_ms"),
+        ("reconnect", "max_delay"),
+        "ms",
+        "30s",
+    ),
+];
+
+impl ConfigFile {
+    /// Parse a file's text; keys of the earlier layout are refused with
+    /// their new names ([`RENAMED`]).
+    pub fn parse(text: &str) -> Result<Self, kakehashi_config::Error> {
+        kakehashi_config::parse(text, RENAMED)
+    }
+}
+
 /// The host part of `host:port` (brackets removed for IPv6).
 pub fn host_of(addr: &str) -> String {
     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
@@ -234,9 +272,10 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let file: ConfigFile = toml::from_str(&text)
+        let file = ConfigFile::parse(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
         Self::from_file(file, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("invalid config file {}", path.display()))
     }
 
     /// Validate a parsed file.
@@ -269,12 +308,18 @@ impl Config {
                 transport,
             });
         }
-        if f.target.connect_timeout_secs == 0 {
-            bail!("[target] connect_timeout_secs must be at least 1");
+        let target_timeout = DurationKey::new("target", "connect_timeout", "5s")
+            .at_least(f.target.connect_timeout, Duration::from_secs(1))?;
+        let backoff_initial = DurationKey::new("reconnect", "initial_delay", "500ms")
+            .at_least(f.reconnect.initial_delay, Duration::from_millis(1))?;
+        if f.reconnect.max_delay < backoff_initial {
+            bail!(
+                "[reconnect] max_delay = \"{}\" must be at least initial_delay = \"{}\" (for example initial_delay = \"500ms\" and max_delay = \"30s\")",
+                kakehashi_config::fmt_duration(f.reconnect.max_delay),
+                kakehashi_config::fmt_duration(backoff_initial),
+            );
         }
-        if f.reconnect.initial_ms == 0 || f.reconnect.max_ms < f.reconnect.initial_ms {
-            bail!("[reconnect] needs 0 < initial_ms <= max_ms");
-        }
+        let backoff_max = f.reconnect.max_delay;
         if f.limits.quic_session_streams == 0 {
             bail!("[limits] quic_session_streams must be at least 1");
         }
@@ -302,13 +347,13 @@ impl Config {
             cert: rel(f.tls.cert),
             key: rel(f.tls.key),
             crl: f.tls.crl.map(rel),
-            crl_grace: Duration::from_secs(f.tls.crl_grace_hours.saturating_mul(3600)),
+            crl_grace: f.tls.crl_grace,
             ticket_keys,
             gateways,
             target: f.target.address,
-            target_timeout: Duration::from_secs(f.target.connect_timeout_secs),
-            backoff_initial: Duration::from_millis(f.reconnect.initial_ms),
-            backoff_max: Duration::from_millis(f.reconnect.max_ms),
+            target_timeout,
+            backoff_initial,
+            backoff_max,
             handshake_timeout: Duration::from_secs(10),
             quic_session_streams: f.limits.quic_session_streams,
             rdp,
@@ -330,12 +375,86 @@ mod tests {
     /// A parsed file with `rdp` appended; the other sections are never reached
     /// by the `[rdp]` checks that fail, so their paths need not exist.
     fn parse(rdp: &str) -> ConfigFile {
-        toml::from_str(&format!(
+        ConfigFile::parse(&format!(
             "[tls]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\n\
              [tickets]\npublic_keys = []\n[[gateways]]\naddress = \"gw:8443\"\n\
              [target]\naddress = \"127.0.0.1:3389\"\n{rdp}"
         ))
         .unwrap()
+    }
+
+    /// The shipped example parses, lists every section, and shows the defaults.
+    #[test]
+    fn deploy_example_parses_with_the_defaults() {
+        let f = ConfigFile::parse(include_str!("../../deploy/agent.example.toml"))
+            .expect("deploy/agent.example.toml parses");
+        assert_eq!(f.tls.crl_grace, default_crl_grace());
+        assert_eq!(f.target.connect_timeout, default_connect_timeout());
+        let d = ReconnectSection::default();
+        assert_eq!(
+            (f.reconnect.initial_delay, f.reconnect.max_delay),
+            (d.initial_delay, d.max_delay)
+        );
+        assert_eq!(
+            f.limits.quic_session_streams,
+            LimitsSection::default().quic_session_streams
+        );
+        assert!(f.rdp.is_some_and(|r| r.enforce));
+        assert_eq!(f.gateways.len(), 1);
+    }
+
+    #[test]
+    fn durations_take_their_unit_and_old_keys_their_new_names() {
+        let f = parse("[reconnect]\ninitial_delay = \"100ms\"\nmax_delay = \"1s\"\n");
+        assert_eq!(f.reconnect.initial_delay, Duration::from_millis(100));
+        assert_eq!(f.reconnect.max_delay, Duration::from_secs(1));
+        let old =
+            "[tls]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\ncrl_grace_hours = 24\n\
+             [tickets]\npublic_keys = []\n[[gateways]]\naddress = \"gw:8443\"\n\
+             [target]\naddress = \"127.0.0.1:3389\"\nconnect_timeout_secs = 5\n\
+             [reconnect]\ninitial_ms = 100\nmax_ms = 1000\n";
+        let e = ConfigFile::parse(old).unwrap_err().to_string();
+        for want in [
+            "[tls] crl_grace_hours = 24 is now [tls] crl_grace = \"24h\"",
+            "[target] connect_timeout_secs = 5 is now [target] connect_timeout = \"5s\"",
+            "[reconnect] initial_ms = 100 is now [reconnect] initial_delay = \"100ms\"",
+            "[reconnect] max_ms = 1000 is now [reconnect] max_delay = \"1s\"",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let new = old
+            .replace("crl_grace_hours = 24", "crl_grace = 24")
+            .replace("connect_timeout_secs = 5", "connect_timeout = \"5s\"")
+            .replace("initial_ms = 100", "initial_delay = \"100ms\"")
+            .replace("max_ms = 1000", "max_delay = \"1s\"");
+        let e = ConfigFile::parse(&new).unwrap_err().to_string();
+        assert!(e.contains("write \"24s\""), "{e}");
+    }
+
+    #[test]
+    fn duration_ranges_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = kakehashi_pki::CaDir::init(&dir.path().join("pki"), &Default::default()).unwrap();
+        let check = |extra: &str| {
+            let mut f = parse(&format!("{extra}[rdp]\nenforce = false\n"));
+            f.tickets.public_keys = vec![ca.ticket_public_path()];
+            Config::from_file(f, dir.path()).map_err(|e| format!("{e:#}"))
+        };
+        let c = check("").unwrap();
+        assert_eq!(c.target_timeout, Duration::from_secs(5));
+        assert_eq!(c.crl_grace, Duration::from_secs(72 * 3600));
+        let e = check("[reconnect]\ninitial_delay = \"0s\"\n").unwrap_err();
+        assert!(
+            e.contains(
+                "[reconnect] initial_delay = \"0s\" is out of range: it must be at least \"1ms\""
+            ),
+            "{e}"
+        );
+        let e = check("[reconnect]\ninitial_delay = \"2s\"\nmax_delay = \"1s\"\n").unwrap_err();
+        assert!(
+            e.contains("max_delay = \"1s\" must be at least initial_delay = \"2s\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -172,8 +172,8 @@ server_name = "localhost"
 address = "{desk_addr}"
 
 [reconnect]
-initial_ms = 200
-max_ms = 5000
+initial_delay = "200ms"
+max_delay = "5s"
 {rdp_section}"#,
         ca = rel(&ca.ca_cert_path()).display(),
         cert = rel(&agent.cert_path).display(),

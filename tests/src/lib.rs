@@ -511,8 +511,8 @@ transport = "{transport}"
 [target]
 address = "{target}"
 [reconnect]
-initial_ms = 100
-max_ms = 1000
+initial_delay = "100ms"
+max_delay = "1s"
 {extra}
 "#,
         ca = pki.ca.ca_cert_path().display(),
