@@ -160,3 +160,23 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example lists every section and loads.
+    #[test]
+    fn deploy_example_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, include_str!("../../deploy/client.example.toml")).unwrap();
+        let c = Config::load(&path).expect("deploy/client.example.toml loads");
+        assert_eq!(c.tcp, "gw1.example.lg.jp:443");
+        assert_eq!(c.server_name, "gw1.example.lg.jp");
+        assert_eq!(c.cert, dir.path().join("device.crt"));
+        assert_eq!(c.portal.as_deref(), Some("https://gw.example.lg.jp:8444"));
+        assert_eq!(c.token_file, dir.path().join("token.json"));
+        assert!(c.soft_authenticator.is_none() && c.user.is_none());
+    }
+}
