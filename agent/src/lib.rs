@@ -18,6 +18,8 @@
 //! On Windows the agent also sets the RDP host's own redirection policy for
 //! each session and restores it afterwards ([`windows_policy`]).
 
+#![warn(unreachable_pub, missing_docs, clippy::cast_possible_truncation)]
+
 pub mod config;
 pub mod rdp;
 pub mod windows_policy;

@@ -793,10 +793,11 @@ mod tests {
         mcs.extend_from_slice(&(1012u16 - 1001).to_be_bytes()); // initiator
         mcs.extend_from_slice(&channel.to_be_bytes());
         mcs.push(0x70); // high priority, begin and end of segmentation
+                        // PER's one-byte length form.
         assert!(user.len() < 0x80);
-        mcs.push(user.len() as u8);
+        mcs.push(u8::try_from(user.len()).expect("under 0x80"));
         mcs.extend_from_slice(&user);
-        let len = (4 + 3 + mcs.len()) as u16;
+        let len = u16::try_from(4 + 3 + mcs.len()).expect("a short test PDU");
         let mut frame = vec![3, 0];
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(&[2, 0xf0, 0x80]);

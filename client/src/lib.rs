@@ -2,6 +2,8 @@
 //! each connection to it becomes a session to the desk PC through the
 //! gateway, over QUIC or, when UDP is blocked, TLS over TCP.
 
+#![warn(unreachable_pub, missing_docs, clippy::cast_possible_truncation)]
+
 pub mod config;
 pub mod launch;
 pub mod login;
