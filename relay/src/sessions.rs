@@ -207,10 +207,11 @@ async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest,
     };
     let counters = Counters::default();
     // Phase 6, the splice, until a peer closes or the gateway ends it.
-    let result = splice_phase(
-        s, &mut io, &mut agent, &counters, &live, &admitted, who, started,
-    )
-    .await;
+    let result = match tell_laptop(s, &mut io, &live, &admitted, who, started).await {
+        Ok(true) => splice_phase(s, &mut io, &mut agent, &counters, &live, &admitted).await,
+        Ok(false) => None,
+        Err(e) => Some(Err(e)),
+    };
     // Phase 7, the end: why, then the record.
     let (up, down) = counters.get();
     let secs = started.elapsed().as_secs();
@@ -237,17 +238,12 @@ async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest,
             r.code
         }
     };
-    Box::pin(record_end(
-        s,
-        who,
-        &req,
-        &id,
-        &admitted,
-        &end_reason,
-        (up, down),
-        secs,
-    ))
-    .await;
+    let end = kakehashi_store::SessionEnd {
+        reason: end_reason.clone(),
+        bytes_up: up,
+        bytes_down: down,
+    };
+    Box::pin(record_end(s, who, &req, &id, &admitted, &end, secs)).await;
     s.metrics.bytes.with_label_values(&["up"]).inc_by(up);
     s.metrics.bytes.with_label_values(&["down"]).inc_by(down);
     s.metrics
@@ -441,36 +437,31 @@ async fn record_start(
     }
 }
 
-/// Phase 6: tell the laptop, then splice until a peer closes (`Some`) or
-/// the gateway ends the session (`None`: an end reason, the idle watch, the
-/// shutdown).
-#[allow(clippy::too_many_arguments)]
-async fn splice_phase(
+/// Phase 6 begins: tell the laptop its session is open. `Ok(false)`: the
+/// session was ended before it opened (a revocation or a policy change
+/// between the checks above and the insert into the live table).
+async fn tell_laptop(
     s: &Shared,
     io: &mut BoxIo,
-    agent: &mut BoxIo,
-    counters: &Counters,
     live: &LiveSession,
     admitted: &Admitted,
     who: &Who,
     started: Instant,
-) -> Option<std::io::Result<(u64, u64)>> {
-    // A revocation or a policy change between the checks above and the
-    // insert into the live table is caught here.
+) -> std::io::Result<bool> {
     if let Err(reason) = check_cert(s, &who.cert) {
         live.end(reason);
     }
     if live.end.is_cancelled() {
-        return None;
+        return Ok(false);
     }
     let accepted = SessionAccepted {
         session_id: live.id.clone(),
         controls: admitted.controls,
     };
     if write_message(io, &accepted).await.is_err() {
-        return Some(Err(std::io::Error::other(
+        return Err(std::io::Error::other(
             "the laptop left before the session opened",
-        )));
+        ));
     }
     info!(setup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), rule = ?admitted.rule, end_at = ?admitted.limits.end_at, "Session started");
     let m = &s.metrics;
@@ -478,6 +469,19 @@ async fn splice_phase(
     m.sessions_started
         .with_label_values(&[who.class.as_str(), who.transport.as_str()])
         .inc();
+    Ok(true)
+}
+
+/// Phase 6, the splice, until a peer closes (`Some`) or the gateway ends
+/// the session (`None`: an end reason, the idle watch, the shutdown).
+async fn splice_phase(
+    s: &Shared,
+    io: &mut BoxIo,
+    agent: &mut BoxIo,
+    counters: &Counters,
+    live: &LiveSession,
+    admitted: &Admitted,
+) -> Option<std::io::Result<(u64, u64)>> {
     let idle = admitted
         .limits
         .idle_timeout_secs
@@ -492,30 +496,24 @@ async fn splice_phase(
 }
 
 /// Phase 7's record: the end, with its reason and byte counts.
-#[allow(clippy::too_many_arguments)]
 async fn record_end(
     s: &Shared,
     who: &Who,
     req: &SessionRequest,
     id: &str,
     admitted: &Admitted,
-    end_reason: &str,
-    (up, down): (u64, u64),
+    end: &kakehashi_store::SessionEnd,
     secs: u64,
 ) {
     let (Some(store), Some(asker)) = (&s.store, &admitted.asker) else {
         return;
     };
-    let end = kakehashi_store::SessionEnd {
-        reason: end_reason.to_string(),
-        bytes_up: up,
-        bytes_down: down,
-    };
+    let (up, down) = (end.bytes_up, end.bytes_down);
     let a = kakehashi_store::Audit::new(kakehashi_store::unix_now(), format!("user:{}", asker.user), "session.end")
         .subject(id)
-        .reason(end_reason)
+        .reason(&end.reason)
         .detail(serde_json::json!({ "desk": req.desk, "device": who.device, "bytes_up": up, "bytes_down": down, "secs": secs }));
-    if let Err(e) = Box::pin(store.end_session(id, &end, a)).await {
+    if let Err(e) = Box::pin(store.end_session(id, end, a)).await {
         warn!(error = %e, "Cannot record the session end");
     }
 }
