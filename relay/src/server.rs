@@ -210,12 +210,17 @@ impl Relay {
             sd.spawn(watch_changes(s.clone()));
         }
         // One connection cap per role, shared by its QUIC and TCP listeners.
-        let caps = |role: Role, max| Caps {
-            connections: SourceLimits::new(max, max),
-            handshakes: Some(s.handshake_limits(role)),
+        // The handshake caps are also what a QUIC listener watches for its Retry threshold.
+        let caps = |role: Role, max| {
+            let handshakes = s.handshake_limits(role);
+            let caps = Caps {
+                connections: SourceLimits::new(max, max),
+                handshakes: Some(handshakes.clone()),
+            };
+            (caps, handshakes)
         };
-        let term = caps(Role::Terminal, s.cfg.terminal_max_connections);
-        let agent = caps(Role::Agent, s.cfg.agent_max_connections);
+        let (term, term_handshakes) = caps(Role::Terminal, s.cfg.terminal_max_connections);
+        let (agent, agent_handshakes) = caps(Role::Agent, s.cfg.agent_max_connections);
         let hto = s.cfg.handshake_timeout;
         for (listener, role, caps) in [
             (self.terminal_tcp, Role::Terminal, &term),
@@ -230,22 +235,23 @@ impl Relay {
                 sd.spawn(serve(l, caps.clone(), hto, svc, sd.clone()));
             }
         }
-        for (ep, role, caps, retry_above) in [
+        for (ep, role, caps, handshakes, retry_above) in [
             (
                 &self.terminal_quic,
                 Role::Terminal,
                 &term,
+                term_handshakes,
                 s.cfg.terminal_quic_retry_above,
             ),
             (
                 &self.agent_quic,
                 Role::Agent,
                 &agent,
+                agent_handshakes,
                 s.cfg.agent_quic_retry_above,
             ),
         ] {
             if let Some(ep) = ep.clone() {
-                let handshakes = caps.handshakes.clone().expect("handshake caps");
                 let on_retry = {
                     let s = s.clone();
                     move |peer| s.handshake_limited(role, "quic_retry", peer)
