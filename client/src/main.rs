@@ -63,22 +63,34 @@ enum Cmd {
     Status,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kakehashi_transport::init_tracing(false);
-    match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
         Err(e) => {
-            match e.downcast_ref::<SessionError>() {
-                Some(SessionError::Refused(r)) => {
-                    eprintln!("接続できません / cannot connect:\n{}", describe(r))
-                }
-                _ => eprintln!("error: {e:#}"),
-            }
-            std::process::ExitCode::FAILURE
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
         }
-    }
+    };
+    let code = rt.block_on(async {
+        match run(cli).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                match e.downcast_ref::<SessionError>() {
+                    Some(SessionError::Refused(r)) => {
+                        eprintln!("接続できません / cannot connect:\n{}", describe(r))
+                    }
+                    _ => eprintln!("error: {e:#}"),
+                }
+                std::process::ExitCode::FAILURE
+            }
+        }
+    });
+    // A read of standard input still blocked in its thread (`connect
+    // --stdio` ended by the gateway) must not hold the exit.
+    rt.shutdown_background();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -139,8 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("transport: {note}");
                 let (mut remote, accepted) = dialer.session(&desk, token.as_ref()).await?;
                 eprintln!("session {} open", accepted.session_id);
-                let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-                let spliced = splice(&mut local, &mut remote).await;
+                let spliced = stdio_session(&mut remote).await;
                 if let Some(r) = dialer.end_reason(&accepted.session_id).await {
                     eprintln!("{}", ended_by_gateway(&r));
                     return Err(SessionError::Refused(r).into());
@@ -253,5 +264,30 @@ async fn child_exit(child: &mut Option<tokio::process::Child>) -> String {
             Err(e) => e.to_string(),
         },
         None => std::future::pending().await,
+    }
+}
+
+/// `connect --stdio`: standard input to the desk and the desk to standard
+/// output, until the desk's side ends. The end of standard input is passed
+/// on (a write shutdown) and the desk may still answer; but when the gateway
+/// ends the session (or the desk closes), this ends at once, even while
+/// standard input stays open: a session never outlives its stream.
+async fn stdio_session(remote: &mut kakehashi_transport::BoxIo) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let (mut from_desk, mut to_desk) = tokio::io::split(remote);
+    let mut stdout = tokio::io::stdout();
+    let down = async {
+        tokio::io::copy(&mut from_desk, &mut stdout).await?;
+        stdout.flush().await
+    };
+    let up = async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut to_desk).await?;
+        to_desk.shutdown().await?;
+        // Standard input is done: wait for the desk's side.
+        std::future::pending::<std::io::Result<()>>().await
+    };
+    tokio::select! {
+        r = down => r,
+        r = up => r,
     }
 }

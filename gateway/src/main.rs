@@ -59,6 +59,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The gateways sharing this store: members, sessions, agents, feed lag.
+    Cluster {
+        #[command(subcommand)]
+        cmd: kakehashi_gateway::cli::cluster::ClusterCmd,
+    },
     /// Reports for section chiefs (attendance).
     Report {
         #[command(subcommand)]
@@ -182,6 +187,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bcp { cmd } => kakehashi_gateway::cli::bcp::run(need_config(config), cmd).await,
         Cmd::Admin { cmd } => kakehashi_gateway::cli::admin::run(need_config(config), cmd).await,
+        Cmd::Cluster { cmd } => {
+            kakehashi_gateway::cli::cluster::run(need_config(config), cmd).await
+        }
         Cmd::Audit {
             cmd:
                 AuditCmd::Verify {

@@ -767,6 +767,7 @@ async fn seed_session(h: &H, id: &str, user: &str, class: DeviceClass, start: i6
         class,
         level: 2,
         transport: "quic".into(),
+        gateway: "gw1".into(),
     };
     h.store
         .start_session(

@@ -85,6 +85,10 @@ pub enum Reason {
     /// the grace period: revocations since may be missing, so the connection
     /// fails closed until the CA's current CRL is installed.
     CrlStale,
+    /// The gateway cannot reach its database (PostgreSQL down or
+    /// unreachable): new sessions are refused (fail closed) while live ones
+    /// go on.
+    StoreUnavailable,
 }
 
 impl Reason {
@@ -125,6 +129,7 @@ impl Reason {
         Reason::SessionIdle,
         Reason::DeskNotEnforcing,
         Reason::CrlStale,
+        Reason::StoreUnavailable,
     ];
 
     /// The stable code.
@@ -165,6 +170,7 @@ impl Reason {
             Reason::SessionIdle => "session_idle",
             Reason::DeskNotEnforcing => "desk_not_enforcing",
             Reason::CrlStale => "crl_stale",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -206,6 +212,7 @@ impl Reason {
             Reason::SessionIdle => "一定時間操作がなかったため、セッションを終了しました。",
             Reason::DeskNotEnforcing => "デスクPCのエージェントが利用制限（クリップボード・ドライブ・プリンター等）を強制していないため、接続を拒否しました。情報システム担当に連絡してください。",
             Reason::CrlStale => "証明書失効リスト(CRL)の有効期限が切れているため、接続を拒否しました。情報システム担当に連絡してください。",
+            Reason::StoreUnavailable => "ゲートウェイがデータベースに接続できないため、新しい接続を受け付けられません。接続中のセッションは続きます。しばらくしてから再接続してください。",
         }
     }
 
@@ -247,6 +254,7 @@ impl Reason {
             Reason::SessionIdle => "The session was ended after a period without input.",
             Reason::DeskNotEnforcing => "The connection was refused because the desk PC's agent does not enforce the session's restrictions (clipboard, drives, printers and so on). Please contact IT.",
             Reason::CrlStale => "The connection was refused because the certificate revocation list (CRL) has expired. Please contact IT.",
+            Reason::StoreUnavailable => "The gateway cannot reach its database, so it cannot accept new sessions; sessions in progress continue. Please reconnect in a few minutes.",
         }
     }
 

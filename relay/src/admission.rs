@@ -93,53 +93,72 @@ pub fn parse_policy(text: &str) -> anyhow::Result<Policy> {
     }
 }
 
-/// The policy to start with: the `[policy] file` (imported into the store
-/// when it differs from the current version), else the store's current
-/// version, else the shipped default (saved as version 1).
+/// The policy to start with. The store's policy is the one in force; an
+/// empty store is seeded once — from the `[policy] file` when one is
+/// configured, else with the shipped default — in one transaction, so
+/// gateways starting together seed it once. After that the file never
+/// overrides the store: an officer's change made on the portal or with the
+/// CLI stands across restarts. When the file differs from the policy in
+/// force, a warning says how to put it in force
+/// (`kakehashi-gateway policy import FILE`, audited).
 pub async fn load_initial(store: &Store, file: Option<&Path>) -> anyhow::Result<Loaded> {
     let current = store
         .current_policy()
         .await
         .context("cannot read the policy from the store")?;
-    let now = kakehashi_store::unix_now();
-    if let Some(path) = file {
-        let (text, policy) = read_policy_file(path)?;
-        if let Some(doc) = current.as_ref().filter(|d| d.text == text) {
-            return Ok(Loaded {
-                policy,
-                version: doc.version,
-            });
+    let from_file = match file {
+        Some(path) => Some((path, read_policy_file(path)?)),
+        None => None,
+    };
+    let doc = match current {
+        Some(doc) => doc,
+        None => {
+            let now = kakehashi_store::unix_now();
+            let (text, a) = match &from_file {
+                Some((path, (text, _))) => (
+                    text.as_str(),
+                    Audit::new(now, "gateway", "policy.import")
+                        .subject("policy")
+                        .reason("config_file")
+                        .detail(serde_json::json!({ "file": path.display().to_string() })),
+                ),
+                None => (
+                    pol::default_policy_toml(),
+                    Audit::new(now, "gateway", "policy.import")
+                        .subject("policy")
+                        .reason("shipped_default"),
+                ),
+            };
+            let (doc, seeded) = store.seed_policy(text, a).await?;
+            if seeded {
+                match &from_file {
+                    Some((path, _)) => {
+                        info!(version = doc.version, file = %path.display(), "Empty store: seeded the access policy from [policy] file")
+                    }
+                    None => info!(
+                        version = doc.version,
+                        "Empty store: the shipped default policy is in force"
+                    ),
+                }
+            }
+            doc
         }
-        let a = Audit::new(now, "gateway", "policy.import")
-            .subject("policy")
-            .reason("config_file")
-            .detail(serde_json::json!({ "file": path.display().to_string() }));
-        let doc = store.put_policy(&text, a).await?;
-        info!(version = doc.version, file = %path.display(), "Policy imported from the configuration");
-        return Ok(Loaded {
-            policy,
-            version: doc.version,
-        });
+    };
+    if let Some((path, (text, _))) = &from_file {
+        if *text != doc.text {
+            warn!(
+                file = %path.display(),
+                version = doc.version,
+                author = %doc.author,
+                "[policy] file differs from the policy in force, which stays (the file only seeds an empty store). To put the file in force: kakehashi-gateway policy import {}",
+                path.display()
+            );
+        }
     }
-    if let Some(doc) = current {
-        let policy = parse_policy(&doc.text)
-            .with_context(|| format!("policy version {} in the store", doc.version))?;
-        return Ok(Loaded {
-            policy,
-            version: doc.version,
-        });
-    }
-    let text = pol::default_policy_toml();
-    let a = Audit::new(now, "gateway", "policy.import")
-        .subject("policy")
-        .reason("shipped_default");
-    let doc = store.put_policy(text, a).await?;
-    info!(
-        version = doc.version,
-        "No policy in the store: the shipped default policy is in force"
-    );
+    let policy = parse_policy(&doc.text)
+        .with_context(|| format!("policy version {} in the store", doc.version))?;
     Ok(Loaded {
-        policy: Policy::default(),
+        policy,
         version: doc.version,
     })
 }
@@ -202,6 +221,16 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Refusal {
     Refusal::new(Reason::Internal)
 }
 
+/// A store read failed while deciding a session: `store_unavailable` when
+/// the database cannot be reached, else an internal error.
+fn store_error(what: &str, e: kakehashi_store::Error) -> Refusal {
+    if e.is_unavailable() {
+        warn!(error = %e, "Store unreachable while deciding a session ({what}); refusing");
+        return Refusal::new(Reason::StoreUnavailable);
+    }
+    internal(what, e)
+}
+
 fn refused(reason: Reason) -> Refusal {
     Refusal::new(reason)
 }
@@ -224,27 +253,27 @@ pub async fn request(
     let user = store
         .get_user(&a.user)
         .await
-        .map_err(|e| internal("user", e))?;
+        .map_err(|e| store_error("user", e))?;
     let device = store
         .get_device(&a.device)
         .await
-        .map_err(|e| internal("device", e))?;
+        .map_err(|e| store_error("device", e))?;
     let desk = store
         .get_desk(&a.desk)
         .await
-        .map_err(|e| internal("desk", e))?;
+        .map_err(|e| store_error("desk", e))?;
     let since = plan_window_start(now, policy);
     let plans: Vec<_> = store
         .plans_for_user(&a.user)
         .await
-        .map_err(|e| internal("plans", e))?
+        .map_err(|e| store_error("plans", e))?
         .into_iter()
         .filter(|p| p.date >= since)
         .collect();
     let bcp = store
         .active_bcp(now.unix_timestamp())
         .await
-        .map_err(|e| internal("bcp", e))?;
+        .map_err(|e| store_error("bcp", e))?;
     build(
         a,
         Facts {

@@ -45,6 +45,12 @@ pub struct Config {
     pub agent_handshakes_per_source: usize,
     /// Agent QUIC handshakes in progress above which unvalidated peers get a Retry.
     pub agent_quic_retry_above: usize,
+    /// Where laptops reach this gateway (`host:port`), as told to the
+    /// cluster; empty: the bound terminal addresses.
+    pub advertise_terminals: Vec<String>,
+    /// Where agents reach this gateway (`host:port`), as told to the
+    /// cluster and through it the agents; empty: the bound agent addresses.
+    pub advertise_agents: Vec<String>,
     /// Session cap.
     pub max_sessions: usize,
     /// Concurrent QUIC streams per laptop connection.

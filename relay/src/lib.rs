@@ -18,6 +18,7 @@
 
 pub mod admission;
 mod agents;
+pub mod cluster;
 pub mod config;
 mod crl;
 pub mod handle;

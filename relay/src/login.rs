@@ -69,6 +69,10 @@ fn device_refusal(status: DeviceStatus) -> Option<Refusal> {
 }
 
 fn store_failure(e: &StoreError) -> Reason {
+    if e.is_unavailable() {
+        warn!(error = %e, "Store unreachable during login handling; refusing");
+        return Reason::StoreUnavailable;
+    }
     warn!(error = %e, "Store error during login handling");
     Reason::Internal
 }

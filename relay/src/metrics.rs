@@ -50,6 +50,14 @@ pub struct Metrics {
     /// limit, or sent a QUIC Retry first, by listener role and kind
     /// (`per_source`, `quic_retry`).
     pub handshakes_limited: IntCounterVec,
+    /// 1 while this gateway can write its heartbeat to the store, else 0.
+    pub store_up: IntGauge,
+    /// Every cluster member this gateway knows of: 1 alive, 0 lapsed or left.
+    pub member_up: IntGaugeVec,
+    /// Live sessions of each cluster member, at its last heartbeat.
+    pub member_sessions: IntGaugeVec,
+    /// Audit records this gateway's change feed has yet to apply.
+    pub feed_lag: IntGauge,
 }
 
 impl Metrics {
@@ -129,6 +137,16 @@ impl Metrics {
                 Opts::new("kakehashi_handshakes_limited_total", "Connections closed before their handshake because their source address already had handshakes_per_source in progress (per_source), or asked to prove their address with a QUIC Retry while many handshakes were in progress (quic_retry)"),
                 &["role", "kind"]
             )),
+            store_up: reg!(IntGauge::new("kakehashi_store_up", "1 while this gateway can write to its store (its cluster heartbeat succeeds), 0 while it cannot: new sessions are refused (store_unavailable), live ones go on")),
+            member_up: reg!(IntGaugeVec::new(
+                Opts::new("kakehashi_cluster_member_up", "Gateways sharing this store: 1 alive (heartbeat within 10 s), 0 lapsed or left"),
+                &["member"]
+            )),
+            member_sessions: reg!(IntGaugeVec::new(
+                Opts::new("kakehashi_cluster_member_sessions", "Live sessions of each gateway sharing this store, at its last heartbeat (2 s)"),
+                &["member"]
+            )),
+            feed_lag: reg!(IntGauge::new("kakehashi_change_feed_lag", "Audit records (changes) this gateway has not applied to its live sessions yet")),
             registry,
         }
     }

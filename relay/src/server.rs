@@ -29,7 +29,7 @@ use crate::agents::{handle_agent, handle_agent_quic};
 use crate::crl::{check_cert, watch_crl};
 use crate::sessions::{handle_terminal_stream, serve_terminal_quic};
 use crate::shared::{refuse, BoundAddrs, EndedSessions, PeerCert, Role, Shared};
-use crate::watch::{close_orphaned_sessions, watch_changes};
+use crate::watch::watch_changes;
 
 /// The relay with its listeners bound, ready to serve.
 pub struct Relay {
@@ -147,7 +147,6 @@ impl Relay {
                     rules = loaded.policy.rules.len(),
                     "Access policy in force"
                 );
-                close_orphaned_sessions(store).await;
                 Some(crate::admission::PolicyHolder::new(loaded))
             }
             (None, false) => {
@@ -155,6 +154,10 @@ impl Relay {
                 None
             }
             (_, true) => None,
+        };
+        let member_generation = match (&store, cfg.relay_without_policy) {
+            (Some(store), false) => crate::cluster::join(store, &cfg, &addrs).await?,
+            _ => 0,
         };
         metrics.sessions_max.set(cfg.max_sessions as i64);
         for (name, der) in [("gateway", &m.chain[0]), ("ca", &m.ca[0])] {
@@ -169,6 +172,8 @@ impl Relay {
             sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
+            member_generation,
+            feed_seq: Default::default(),
             verifier: verifier.clone(),
             metrics,
             store,
@@ -208,6 +213,7 @@ impl Relay {
         sd.spawn(watch_crl(s.clone()));
         if s.policy.is_some() {
             sd.spawn(watch_changes(s.clone()));
+            sd.spawn(crate::cluster::run(s.clone(), s.member_generation));
         }
         // One connection cap per role, shared by its QUIC and TCP listeners.
         // The handshake caps are also what a QUIC listener watches for its Retry threshold.

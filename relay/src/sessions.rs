@@ -184,13 +184,23 @@ async fn request(s: &Shared, io: &mut BoxIo, device: &str, cert: &PeerCert) -> N
 async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest, id: String) {
     let started = Instant::now();
     let setup = async {
-        let login = Box::pin(login(s, who, &req)).await?;
+        let login = store_bound(Box::pin(login(s, who, &req))).await?;
         let user = login.as_ref().map(|l| l.user.clone()).or(who.user.clone());
-        let admitted = Box::pin(admission(s, who, &req, login.as_ref(), user.as_deref())).await?;
+        let admitted = store_bound(Box::pin(admission(
+            s,
+            who,
+            &req,
+            login.as_ref(),
+            user.as_deref(),
+        )))
+        .await?;
         let mut guard = SessionGuard::acquire(s)?;
         let (agent, enforces) =
             Box::pin(open_desk(s, who, &req, &id, user.as_deref(), &admitted)).await?;
-        Box::pin(record_start(s, who, &req, &id, &admitted, enforces)).await?;
+        store_bound(Box::pin(record_start(
+            s, who, &req, &id, &admitted, enforces,
+        )))
+        .await?;
         let live = guard.go_live(&id, who, &req, user, &admitted, enforces);
         Ok::<_, Refusal>((admitted, guard, live, agent))
     };
@@ -205,10 +215,10 @@ async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest,
             return refuse(&mut io, r).await;
         }
     };
-    let counters = Counters::default();
+    let counters = &live.counters;
     // Phase 6, the splice, until a peer closes or the gateway ends it.
     let result = match tell_laptop(s, &mut io, &live, &admitted, who, started).await {
-        Ok(true) => splice_phase(s, &mut io, &mut agent, &counters, &live, &admitted).await,
+        Ok(true) => splice_phase(s, &mut io, &mut agent, counters, &live, &admitted).await,
         Ok(false) => None,
         Err(e) => Some(Err(e)),
     };
@@ -251,6 +261,28 @@ async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest,
         .with_label_values(&[reason_label(&end_reason)])
         .inc();
     drop(guard);
+}
+
+/// The longest a session's setup waits on the store for one phase: past
+/// it the database counts as unreachable (a half-open connection, a
+/// PostgreSQL failover) and the session is refused with
+/// `store_unavailable`, fail closed, instead of hanging.
+const STORE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// A phase that reads or writes the store, bounded by [`STORE_DEADLINE`].
+async fn store_bound<T>(
+    phase: impl std::future::Future<Output = Result<T, Refusal>>,
+) -> Result<T, Refusal> {
+    match tokio::time::timeout(STORE_DEADLINE, phase).await {
+        Ok(r) => r,
+        Err(_) => {
+            warn!(
+                secs = STORE_DEADLINE.as_secs(),
+                "The store did not answer in time; refusing (store_unavailable)"
+            );
+            Err(Refusal::new(Reason::StoreUnavailable))
+        }
+    }
 }
 
 /// Phase 2, the person: the gateway is not stopping, the laptop's
@@ -413,6 +445,7 @@ async fn record_start(
             .map_err(|_| Refusal::new(Reason::Internal))?,
         level: admitted.desk.as_ref().map_or(1, |d| d.level),
         transport: who.transport.as_str().to_string(),
+        gateway: s.cfg.name.clone(),
     };
     let a = kakehashi_store::Audit::new(
         kakehashi_store::unix_now(),
@@ -430,6 +463,10 @@ async fn record_start(
     }));
     match Box::pin(store.start_session(&rec, a)).await {
         Ok(_) => Ok(()),
+        Err(e) if e.is_unavailable() => {
+            warn!(error = %e, "Store unreachable: cannot record the session start; refusing");
+            Err(Refusal::new(Reason::StoreUnavailable))
+        }
         Err(e) => {
             warn!(error = %e, "Cannot record the session start; refusing");
             Err(Refusal::new(Reason::Internal))
@@ -587,6 +624,7 @@ impl<'a> SessionGuard<'a> {
                 transport: who.transport,
             },
             agent_enforces,
+            counters: Counters::default(),
         });
         self.s
             .live
@@ -949,6 +987,7 @@ mod tests {
             end: CancellationToken::new(),
             reason: Mutex::new(None),
             agent_enforces: false,
+            counters: Counters::default(),
         }
     }
 

@@ -82,6 +82,9 @@ pub(crate) struct LiveSession {
     /// The desk's agent enforces controls: a re-decision that makes the desk
     /// an RDP desk with restricting controls ends the session otherwise.
     pub(crate) agent_enforces: bool,
+    /// Bytes relayed so far (laptop → desk, desk → laptop), saved to the
+    /// store with each heartbeat.
+    pub(crate) counters: kakehashi_transport::splice::Counters,
 }
 
 /// A live session's user and metrics labels, for the ops dashboard.
@@ -208,6 +211,10 @@ pub struct Shared {
     pub(crate) sessions: Arc<Semaphore>,
     pub(crate) live: Mutex<HashMap<String, Arc<LiveSession>>>,
     pub(crate) generation: AtomicU64,
+    /// This gateway's cluster membership generation (0 without a store).
+    pub(crate) member_generation: i64,
+    /// The last audit sequence the change feed has applied.
+    pub(crate) feed_seq: std::sync::atomic::AtomicI64,
     pub(crate) verifier: Arc<ReloadingClientVerifier>,
     /// Prometheus metrics.
     pub metrics: Metrics,

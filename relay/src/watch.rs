@@ -11,29 +11,6 @@ use tracing::{debug, info, warn};
 
 use crate::shared::{LiveSession, Shared};
 
-/// After a crash, sessions recorded as started were never recorded as
-/// ended: close them now, so reports and the dashboard stay true.
-pub(crate) async fn close_orphaned_sessions(store: &kakehashi_store::Store) {
-    let open = match store.open_sessions().await {
-        Ok(v) => v,
-        Err(e) => return warn!(error = %e, "Cannot read open sessions"),
-    };
-    for rec in open {
-        let end = kakehashi_store::SessionEnd {
-            reason: "gateway_restart".into(),
-            bytes_up: 0,
-            bytes_down: 0,
-        };
-        let a = kakehashi_store::Audit::new(kakehashi_store::unix_now(), "gateway", "session.end")
-            .subject(&rec.id)
-            .reason("gateway_restart")
-            .detail(serde_json::json!({ "desk": rec.desk_id, "device": rec.device_id }));
-        if let Err(e) = store.end_session(&rec.id, &end, a).await {
-            warn!(session = %rec.id, error = %e, "Cannot close an orphaned session");
-        }
-    }
-}
-
 /// Audit actions that can change a live session's decision.
 pub(crate) fn affects_sessions(action: &str) -> bool {
     ["policy.", "device.", "desk.", "plan.", "bcp.", "user."]
@@ -54,7 +31,10 @@ pub(crate) async fn watch_changes(s: Arc<Shared>) {
         return;
     };
     let mut seen = match store.audit_head().await {
-        Ok((seq, _)) => seq,
+        Ok((seq, _)) => {
+            s.feed_seq.store(seq, Ordering::Relaxed);
+            seq
+        }
         Err(e) => {
             warn!(error = %e, "Cannot read the audit log head; live re-evaluation off");
             return;
@@ -90,6 +70,7 @@ pub(crate) async fn watch_changes(s: Arc<Shared>) {
                 break;
             }
         }
+        s.feed_seq.store(seen, Ordering::Relaxed);
         if policy_changed {
             match store.current_policy().await {
                 Ok(Some(doc)) => match crate::admission::parse_policy(&doc.text) {

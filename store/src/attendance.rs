@@ -353,6 +353,7 @@ mod tests {
             end_reason: end.map(|_| "closed".into()),
             bytes_up: 0,
             bytes_down: 0,
+            gateway: Some("gw1".into()),
         }
     }
 

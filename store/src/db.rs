@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
+/// The longest wait for a PostgreSQL connection (an unreachable server
+/// fails requests after this long).
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Which database a [`Store`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -167,9 +171,12 @@ impl Store {
             }
             Target::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url)?;
+                // A gateway refuses new sessions within 2 s of PostgreSQL
+                // becoming unreachable (`store_unavailable`) instead of
+                // queueing them: a connection is waited for 1.5 s at most.
                 let pool = PgPoolOptions::new()
-                    .max_connections(10)
-                    .acquire_timeout(Duration::from_secs(30))
+                    .max_connections(16)
+                    .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                     .connect_with(options)
                     .await?;
                 POSTGRES_MIGRATOR.run(&pool).await?;

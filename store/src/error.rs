@@ -98,6 +98,24 @@ impl Error {
         }
     }
 
+    /// The database could not be reached (connection refused or lost, no
+    /// pooled connection within the acquire time-out): nothing about the
+    /// request is known, and a caller refuses it as `store_unavailable`
+    /// rather than as an internal error.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(what: &'static str, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             what,

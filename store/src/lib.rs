@@ -53,7 +53,8 @@
 //! | `telework_plans` | `id` PK, `user_id`, `day` YYYY-MM-DD, `start_min`, `end_min`, `place`, `status`, `submitted_at`, `decided_by`, `decided_at` |
 //! | `bcp_declarations` | `id` PK, `scope` (`*` or a department), `reason`, `relax` (JSON text), `starts_at`, `ends_at`, `ended_at`, `declared_by`, `ended_by` |
 //! | `policies` | `version` PK (1, 2, …), `body` (TOML), `author`, `created` |
-//! | `sessions` | `id` PK, `user_id`, `device_id`, `desk_id`, `class`, `level`, `transport`, `started_at`, `ended_at`, `end_reason`, `bytes_up`, `bytes_down` (no foreign keys: a historical record) |
+//! | `sessions` | `id` PK, `user_id`, `device_id`, `desk_id`, `class`, `level`, `transport`, `started_at`, `ended_at`, `end_reason`, `bytes_up`, `bytes_down` (saved every few seconds while live), `gateway` (the member carrying it; no foreign keys: a historical record) |
+//! | `gateway_members` | `id` PK (the gateway's name), `generation`, `laptop_addrs`, `agent_addrs`, `started_at`, `heartbeat_at` (its clock), `db_at`, `expires_at` (the database's clock), `sessions`, `agents`, `feed_seq`, `left_at`: presence, not audited |
 //! | `audit` | `seq` PK, `at`, `actor`, `action`, `subject`, `reason`, `detail` (JSON text), `prev_hash`, `hash`; triggers refuse UPDATE and DELETE |
 //! | `audit_head` | one row: `seq` and `hash` of the last record (0 and zeros when empty) |
 //!
@@ -159,6 +160,7 @@ macro_rules! write_tx {
 pub mod attendance;
 mod audit;
 mod checkpoint;
+mod cluster;
 mod db;
 mod identity;
 mod inventory;
@@ -173,6 +175,7 @@ pub use audit::{Audit, AuditRecord, BreakKind, BrokenLink, VerifyReport};
 pub use checkpoint::{
     key_id, AnchorProblem, AnchorReport, Checkpoint, CheckpointSource, CHECKPOINT_ACTION,
 };
+pub use cluster::{Beat, Member, MemberSpec};
 pub use db::{redact_url, Backend, Store, StoreUrl};
 pub use identity::{
     Credential, LockState, LockoutRule, LoginCode, LoginToken, NewCredential, NewLoginCode,

@@ -474,6 +474,44 @@ impl Store {
         })
     }
 
+    /// Saves `text` as version 1 only when the store holds no policy yet,
+    /// and returns the policy in force with whether this call saved it.
+    /// The check and the insert are one serialised write transaction, so
+    /// gateways starting together on an empty database seed it once.
+    pub async fn seed_policy(&self, text: &str, audit: Audit) -> Result<(PolicyDoc, bool)> {
+        if text.is_empty() || text.len() > MAX_POLICY {
+            return Err(Error::invalid("policy", "must be 1 byte to 1 MiB"));
+        }
+        const CURRENT: &str =
+            "SELECT version, body, author, created FROM policies ORDER BY version DESC LIMIT 1";
+        const SQL: &str =
+            "INSERT INTO policies (version, body, author, created) VALUES (1, $1, $2, $3)";
+        write_tx!(self, audit, |tx| {
+            let current: Option<PolicyDoc> =
+                sqlx::query_as(CURRENT).fetch_optional(&mut *tx).await?;
+            if let Some(doc) = current {
+                // Rolled back with the transaction: no audit record either.
+                return Ok((doc, false));
+            }
+            sqlx::query(SQL)
+                .bind(text)
+                .bind(&audit.actor)
+                .bind(audit.at)
+                .execute(&mut *tx)
+                .await
+                .map_err(on_write("policy"))?;
+        });
+        Ok((
+            PolicyDoc {
+                version: 1,
+                text: text.to_owned(),
+                author: audit.actor.clone(),
+                created: audit.at,
+            },
+            true,
+        ))
+    }
+
     /// The latest policy document, if any was saved.
     pub async fn current_policy(&self) -> Result<Option<PolicyDoc>> {
         const SQL: &str =

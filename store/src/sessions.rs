@@ -22,6 +22,8 @@ pub struct SessionStart {
     pub level: u8,
     /// `quic` or `tcp` (free text id).
     pub transport: String,
+    /// The gateway carrying it (its cluster member id, the configured name).
+    pub gateway: String,
 }
 
 /// How a session ended.
@@ -66,6 +68,8 @@ pub struct SessionRecord {
     /// Bytes down (set at the end).
     #[sqlx(try_from = "i64")]
     pub bytes_down: u64,
+    /// The gateway carrying it; `None` for a row written before clustering.
+    pub gateway: Option<String>,
 }
 
 fn clamp(v: u64) -> i64 {
@@ -77,12 +81,13 @@ impl Store {
     pub async fn start_session(&self, s: &SessionStart, audit: Audit) -> Result<SessionRecord> {
         validate_id("session id", &s.id)?;
         validate_id("transport", &s.transport)?;
+        validate_id("gateway", &s.gateway)?;
         if !(1..=3).contains(&s.level) {
             return Err(Error::invalid("session level", "must be 1, 2 or 3"));
         }
         const SQL: &str = "INSERT INTO sessions (id, user_id, device_id, desk_id, class, level, \
-             transport, started_at, ended_at, end_reason, bytes_up, bytes_down) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, 0, 0)";
+             transport, started_at, ended_at, end_reason, bytes_up, bytes_down, gateway) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, 0, 0, $9)";
         write_tx!(self, audit, |tx| {
             sqlx::query(SQL)
                 .bind(&s.id)
@@ -93,6 +98,7 @@ impl Store {
                 .bind(i64::from(s.level))
                 .bind(&s.transport)
                 .bind(audit.at)
+                .bind(&s.gateway)
                 .execute(&mut *tx)
                 .await
                 .map_err(on_write("session"))?;
@@ -110,6 +116,7 @@ impl Store {
             end_reason: None,
             bytes_up: 0,
             bytes_down: 0,
+            gateway: Some(s.gateway.clone()),
         })
     }
 
@@ -124,7 +131,7 @@ impl Store {
         const SQL: &str = "UPDATE sessions SET ended_at = $2, end_reason = $3, bytes_up = $4, \
              bytes_down = $5 WHERE id = $1 AND ended_at IS NULL \
              RETURNING id, user_id, device_id, desk_id, class, level, transport, started_at, \
-             ended_at, end_reason, bytes_up, bytes_down";
+             ended_at, end_reason, bytes_up, bytes_down, gateway";
         const EXISTS: &str = "SELECT COUNT(*) FROM sessions WHERE id = $1";
         let (rec, _) = write_tx!(self, audit, |tx| {
             let rec: Option<SessionRecord> = sqlx::query_as(SQL)
@@ -159,7 +166,7 @@ impl Store {
     /// The session with `id`.
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>> {
         const SQL: &str = "SELECT id, user_id, device_id, desk_id, class, level, transport, \
-             started_at, ended_at, end_reason, bytes_up, bytes_down FROM sessions WHERE id = $1";
+             started_at, ended_at, end_reason, bytes_up, bytes_down, gateway FROM sessions WHERE id = $1";
         Ok(read!(self, |p| sqlx::query_as(SQL)
             .bind(id)
             .fetch_optional(p)
@@ -170,7 +177,7 @@ impl Store {
     /// ended by `since`; open sessions included), by start time.
     pub async fn sessions_between(&self, since: i64, until: i64) -> Result<Vec<SessionRecord>> {
         const SQL: &str = "SELECT id, user_id, device_id, desk_id, class, level, transport, \
-             started_at, ended_at, end_reason, bytes_up, bytes_down FROM sessions \
+             started_at, ended_at, end_reason, bytes_up, bytes_down, gateway FROM sessions \
              WHERE started_at < $2 AND (ended_at IS NULL OR ended_at > $1) \
              ORDER BY started_at, id";
         Ok(read!(self, |p| sqlx::query_as(SQL)
@@ -180,10 +187,63 @@ impl Store {
             .await?))
     }
 
+    /// Open sessions carried by `gateway` (`None`: rows written before
+    /// clustering, which name no gateway).
+    pub async fn open_sessions_of(&self, gateway: Option<&str>) -> Result<Vec<SessionRecord>> {
+        const OF: &str = "SELECT id, user_id, device_id, desk_id, class, level, transport, \
+             started_at, ended_at, end_reason, bytes_up, bytes_down, gateway FROM sessions \
+             WHERE ended_at IS NULL AND gateway = $1 ORDER BY started_at, id";
+        const UNNAMED: &str = "SELECT id, user_id, device_id, desk_id, class, level, transport, \
+             started_at, ended_at, end_reason, bytes_up, bytes_down, gateway FROM sessions \
+             WHERE ended_at IS NULL AND gateway IS NULL ORDER BY started_at, id";
+        Ok(match gateway {
+            Some(g) => read!(self, |p| sqlx::query_as(OF).bind(g).fetch_all(p).await?),
+            None => read!(self, |p| sqlx::query_as(UNNAMED).fetch_all(p).await?),
+        })
+    }
+
+    /// Open sessions per gateway (`None`: rows that name no gateway).
+    pub async fn open_session_counts(&self) -> Result<Vec<(Option<String>, i64)>> {
+        const SQL: &str = "SELECT gateway, COUNT(*) FROM sessions WHERE ended_at IS NULL \
+             GROUP BY gateway ORDER BY gateway";
+        Ok(read!(self, |p| sqlx::query_as(SQL).fetch_all(p).await?))
+    }
+
+    /// Saves the bytes counted so far by live sessions, so that a gateway
+    /// that dies is reaped with what it had relayed (up to the last save).
+    /// Not audited (a counter, not a change); an ended session is left as
+    /// its end recorded it.
+    pub async fn save_session_progress(&self, progress: &[(String, u64, u64)]) -> Result<()> {
+        const SQL: &str = "UPDATE sessions SET bytes_up = $2, bytes_down = $3 \
+             WHERE id = $1 AND ended_at IS NULL";
+        if progress.is_empty() {
+            return Ok(());
+        }
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for (id, up, down) in progress {
+                    sqlx::query(SQL)
+                        .bind(id)
+                        .bind(clamp(*up))
+                        .bind(clamp(*down))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }};
+        }
+        match &self.pool {
+            crate::db::Pool::Sqlite(p) => run!(p),
+            crate::db::Pool::Postgres(p) => run!(p),
+        }
+        Ok(())
+    }
+
     /// Sessions not yet ended (after a crash: the ones to close with a reason).
     pub async fn open_sessions(&self) -> Result<Vec<SessionRecord>> {
         const SQL: &str = "SELECT id, user_id, device_id, desk_id, class, level, transport, \
-             started_at, ended_at, end_reason, bytes_up, bytes_down FROM sessions \
+             started_at, ended_at, end_reason, bytes_up, bytes_down, gateway FROM sessions \
              WHERE ended_at IS NULL ORDER BY started_at, id";
         Ok(read!(self, |p| sqlx::query_as(SQL).fetch_all(p).await?))
     }

@@ -8,6 +8,9 @@
 #![allow(missing_debug_implementations)]
 
 pub mod browser;
+/// A throwaway PostgreSQL server (the store's test fixture, shared).
+#[path = "../../store/tests/support/pg.rs"]
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -312,6 +315,8 @@ pub struct GatewayOpts {
     /// `{ clipboard = "both" }`); default: deny all. With a store the policy
     /// decides.
     pub controls: Option<String>,
+    /// The gateway's `name` (its cluster member id); default `test-gateway`.
+    pub name: Option<String>,
 }
 
 /// A running `kakehashi-gateway run`.
@@ -330,7 +335,7 @@ pub async fn start_gateway(pki: &Pki, opts: GatewayOpts) -> GatewayProc {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let a = opts.addrs;
     let cfg = format!(
-        r#"name = "test-gateway"
+        r#"name = "{name}"
 [tls]
 ca = "{ca}"
 cert = "{cert}"
@@ -357,6 +362,7 @@ listen = "{admin}"
 {identity}
 {testing}
 "#,
+        name = opts.name.as_deref().unwrap_or("test-gateway"),
         ca = pki.ca.ca_cert_path().display(),
         cert = g.cert.display(),
         key = g.key.display(),

@@ -6,6 +6,7 @@ mod e2e {
     pub mod audit_anchor;
     pub mod browser;
     pub mod certs;
+    pub mod cluster;
     pub mod demo;
     pub mod enforcement;
     pub mod login;

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod audit;
 pub mod bcp;
+pub mod cluster;
 pub mod desk;
 pub mod plan;
 pub mod policy;

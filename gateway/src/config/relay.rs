@@ -77,6 +77,12 @@ pub struct ListenerSection {
     /// crypto work on our side) — spoofed sources never do.
     #[serde(default = "default_quic_retry_above")]
     pub quic_retry_above: usize,
+    /// Where the other side reaches this listener pair, as `host:port`
+    /// (a DNS name or an address): what this gateway tells the cluster,
+    /// and through it the agents. Needed when gateways share one database
+    /// and listen on a wildcard address; default: the bound addresses.
+    #[serde(default)]
+    pub advertise: Vec<String>,
 }
 
 fn default_max_connections() -> usize {
@@ -295,6 +301,25 @@ pub fn relay(
         policy,
         testing,
     } = s;
+    for (section, list) in [
+        ("terminals", &terminals.advertise),
+        ("agents", &agents.advertise),
+    ] {
+        if list.len() > 16 {
+            bail!("[relay.{section}] advertise lists at most 16 addresses");
+        }
+        for a in list {
+            let port_ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            let chars_ok = a
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+            if !port_ok || !chars_ok || a.len() > 253 {
+                bail!("[relay.{section}] advertise: {a:?} is not host:port (for example advertise = [\"gw1.example.lg.jp:443\"])");
+            }
+        }
+    }
     if terminals.quic.is_none() && terminals.tcp.is_none() {
         bail!("[relay.terminals] needs at least one of quic or tcp (for example tcp = \"0.0.0.0:443\")");
     }
@@ -380,6 +405,8 @@ pub fn relay(
         agent_max_connections: agents.max_connections,
         agent_handshakes_per_source: agents.handshakes_per_source.max(1),
         agent_quic_retry_above: agents.quic_retry_above,
+        advertise_terminals: terminals.advertise,
+        advertise_agents: agents.advertise,
         max_sessions: l.max_sessions,
         terminal_quic_streams: l.terminal_quic_streams,
         handshake_timeout,

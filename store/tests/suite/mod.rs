@@ -1157,6 +1157,7 @@ pub async fn sessions(db: &Db) {
         class: DeviceClass::Home,
         level: 2,
         transport: "quic".into(),
+        gateway: if user == "u2" { "gw2" } else { "gw1" }.into(),
     };
     let s1 = store
         .start_session(&start("s1", "u1"), audit(T0 + 100, "session.start"))
@@ -1233,6 +1234,159 @@ pub async fn sessions(db: &Db) {
         ["s1", "s2", "s3"]
     );
     assert_eq!(ids(store.open_sessions().await.unwrap()), ["s2", "s3"]);
+    // Rows belong to the gateway carrying them.
+    assert_eq!(
+        ids(store.open_sessions_of(Some("gw1")).await.unwrap()),
+        ["s2"]
+    );
+    assert_eq!(
+        ids(store.open_sessions_of(Some("gw2")).await.unwrap()),
+        ["s3"]
+    );
+    assert!(store.open_sessions_of(None).await.unwrap().is_empty());
+    assert_eq!(
+        store.open_session_counts().await.unwrap(),
+        [(Some("gw1".to_string()), 1), (Some("gw2".to_string()), 1)]
+    );
+    // Progress is saved for live sessions only; the end's figures stand.
+    store
+        .save_session_progress(&[("s2".into(), 10, 20), ("s1".into(), 1, 1)])
+        .await
+        .unwrap();
+    let s2 = store.get_session("s2").await.unwrap().unwrap();
+    assert_eq!((s2.bytes_up, s2.bytes_down, s2.ended_at), (10, 20, None));
+    let s1 = store.get_session("s1").await.unwrap().unwrap();
+    assert_eq!((s1.bytes_up, s1.bytes_down), (1234, 5_000_000_000));
+}
+
+/// Gateways starting together on an empty database seed the policy once.
+pub async fn policy_seeding(db: &Db) {
+    let stores = open_stores(db, 4).await;
+    let mut tasks = Vec::new();
+    for (i, store) in stores.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            store
+                .seed_policy(
+                    "[[rule]]\nid = \"seed\"\n",
+                    kakehashi_store::Audit::new(T0, format!("gw{i}"), "policy.import"),
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seeded = 0;
+    for t in tasks {
+        let (doc, by_me) = t.await.unwrap();
+        assert_eq!(doc.version, 1);
+        seeded += usize::from(by_me);
+    }
+    assert_eq!(seeded, 1, "exactly one gateway seeds");
+    let store = db.open().await;
+    assert_eq!(store.current_policy().await.unwrap().unwrap().version, 1);
+    assert_eq!(
+        actions(&store).await,
+        ["policy.import"],
+        "one audit record, not one per gateway"
+    );
+    // A store with a policy is never seeded again.
+    let (doc, by_me) = store
+        .seed_policy("other", audit(T0 + 1, "policy.import"))
+        .await
+        .unwrap();
+    assert_eq!((doc.version, by_me), (1, false));
+}
+
+async fn open_stores(db: &Db, n: usize) -> Vec<Store> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(db.open().await);
+    }
+    v
+}
+
+/// Membership: join, heartbeat, expiry by the database clock, a newer
+/// generation replacing an older one, leaving.
+pub async fn membership(db: &Db) {
+    let store = db.open().await;
+    let spec = |id: &str| kakehashi_store::MemberSpec {
+        id: id.into(),
+        laptop_addrs: vec![format!("{id}.example:4433")],
+        agent_addrs: vec![format!("{id}.example:4434"), "[::1]:4434".into()],
+    };
+    let g1 = store
+        .join_cluster(&spec("gw1"), 10, audit(T0, "gateway.join"))
+        .await
+        .unwrap();
+    assert_eq!(g1, 1);
+    store
+        .join_cluster(&spec("gw2"), 10, audit(T0, "gateway.join"))
+        .await
+        .unwrap();
+    let (members, now) = store.members().await.unwrap();
+    assert_eq!(members.len(), 2);
+    assert!(members.iter().all(|m| m.alive(now)));
+    assert_eq!(members[0].agent_addrs, ["gw1.example:4434", "[::1]:4434"]);
+    // A heartbeat reports counts and the member's own clock.
+    let beat = kakehashi_store::Beat {
+        now: now + 300,
+        sessions: 7,
+        agents: 3,
+        feed_seq: 42,
+    };
+    assert!(store.heartbeat("gw1", g1, &beat, 10).await.unwrap());
+    let (members, _) = store.members().await.unwrap();
+    let m = &members[0];
+    assert_eq!((m.sessions, m.agents, m.feed_seq), (7, 3, 42));
+    assert!((295..=305).contains(&m.clock_skew()), "{}", m.clock_skew());
+    // Expired by the database clock (a TTL already past).
+    assert!(store.heartbeat("gw2", 1, &beat, -1).await.unwrap());
+    let (members, now) = store.members().await.unwrap();
+    assert!(!members[1].alive(now));
+    // A restart of gw1 is its next generation; the old one is told.
+    let g2 = store
+        .join_cluster(&spec("gw1"), 10, audit(T0, "gateway.join"))
+        .await
+        .unwrap();
+    assert_eq!(g2, 2);
+    assert!(!store.heartbeat("gw1", g1, &beat, 10).await.unwrap());
+    assert!(store.heartbeat("gw1", g2, &beat, 10).await.unwrap());
+    // Leaving: only the current generation, once.
+    assert!(store
+        .leave_cluster("gw1", g1, audit(T0, "gateway.leave"))
+        .await
+        .is_err());
+    store
+        .leave_cluster("gw1", g2, audit(T0, "gateway.leave"))
+        .await
+        .unwrap();
+    let (members, now) = store.members().await.unwrap();
+    assert!(!members[0].alive(now));
+    assert!(members[0].left_at.is_some());
+    assert!(
+        !members[0].lapsed(now),
+        "draining: its sessions are not reaped yet"
+    );
+    assert!(store.heartbeat("gw1", g2, &beat, 10).await.unwrap());
+    assert!(members[1].lapsed(now));
+    // Bad addresses are refused.
+    let mut bad = spec("gw3");
+    bad.agent_addrs = vec!["a,b:1".into()];
+    assert!(matches!(
+        store
+            .join_cluster(&bad, 10, audit(T0, "gateway.join"))
+            .await,
+        Err(Error::Invalid { .. })
+    ));
+    assert_eq!(
+        actions(&store).await,
+        [
+            "gateway.join",
+            "gateway.join",
+            "gateway.join",
+            "gateway.leave"
+        ],
+        "joins and leaves are audited, heartbeats are not"
+    );
 }
 
 // ------------------------------------------------------------ audit

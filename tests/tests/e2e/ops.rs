@@ -280,6 +280,7 @@ async fn attendance_report_for_a_synthetic_month() {
             class,
             level: 2,
             transport: "quic".into(),
+            gateway: "gw1".into(),
         };
         store
             .start_session(

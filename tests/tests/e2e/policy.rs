@@ -259,6 +259,68 @@ async fn blocking_a_device_ends_its_session_within_a_second() {
     );
 }
 
+/// `kakehashi connect --stdio` (an SSH-style ProxyCommand) ends when the
+/// gateway ends its session, though its standard input stays open.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_stdio_exits_when_the_gateway_ends_the_session() {
+    let Setup {
+        mut pki,
+        gw,
+        store,
+        _agents,
+    } = setup(&[("DESK-S1", 2, "u-ito")]).await;
+    let dev = pki.device("LAPTOP-ITO", TerminalClass::Satellite);
+    let t = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-ito").await;
+    let cfg = client_config_logged_in(&pki, &dev, &gw.addrs, "u-ito", &t);
+    let log = pki.path().join("stdio-client.log");
+    let mut child = tokio::process::Command::new(bin("kakehashi"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "connect",
+            "DESK-S1",
+            "--stdio",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    stdin.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stdout.read_exact(&mut buf))
+        .await
+        .expect("no echo through --stdio")
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+
+    let (ok, out) = gateway_cli(&[
+        "admin",
+        "--config",
+        gw.config.to_str().unwrap(),
+        "device",
+        "block",
+        "--id",
+        "LAPTOP-ITO",
+        "--reason",
+        "reported lost",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    // Standard input stays open (`stdin` is held until the end of the test).
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("connect --stdio did not exit when the gateway ended its session")
+        .unwrap();
+    assert!(!status.success(), "the end by the gateway is an error exit");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("device_blocked"), "{text}");
+    drop(stdin);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tightening_the_policy_or_a_desk_ends_only_the_sessions_no_longer_allowed() {
     let Setup {

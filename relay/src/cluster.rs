@@ -1,0 +1,240 @@
+//! Membership of the cluster of gateways sharing one store: joining at
+//! start (and closing the rows this gateway's previous run left open),
+//! heartbeats with this gateway's counts and the bytes its live sessions
+//! have relayed, closing the rows of members whose membership lapsed, and
+//! leaving when the gateway drains.
+//!
+//! One gateway on SQLite is a cluster of one: the same code runs, and
+//! `kakehashi-gateway cluster status` shows it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kakehashi_store::{Audit, Beat, MemberSpec, SessionEnd, SessionRecord, Store};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::shared::{BoundAddrs, Shared};
+
+/// How often a member renews its membership.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How long a membership lasts without a heartbeat (seconds): a member
+/// dead for this long has its sessions closed by the others.
+pub const MEMBERSHIP_TTL: i64 = 10;
+
+/// The end reason of a session whose gateway died: recorded by a surviving
+/// member once the dead one's membership lapsed.
+pub const REASON_GATEWAY_LOST: &str = "gateway_lost";
+
+/// The end reason of a session a gateway's previous run left open (it was
+/// killed, or lost power), recorded when it starts again.
+pub const REASON_GATEWAY_RESTART: &str = "gateway_restart";
+
+/// What this gateway tells the cluster of itself: the advertised
+/// addresses, else the bound ones.
+fn spec(cfg: &Config, addrs: &BoundAddrs) -> MemberSpec {
+    let bound = |a: [Option<SocketAddr>; 2]| -> Vec<String> {
+        let mut v: Vec<String> = a.into_iter().flatten().map(|a| a.to_string()).collect();
+        v.dedup();
+        v
+    };
+    let pick = |advertised: &Vec<String>, a| {
+        if advertised.is_empty() {
+            bound(a)
+        } else {
+            advertised.clone()
+        }
+    };
+    MemberSpec {
+        id: cfg.name.clone(),
+        laptop_addrs: pick(
+            &cfg.advertise_terminals,
+            [addrs.terminal_tcp, addrs.terminal_quic],
+        ),
+        agent_addrs: pick(&cfg.advertise_agents, [addrs.agent_tcp, addrs.agent_quic]),
+    }
+}
+
+/// Join the cluster and close the rows this gateway's previous run left
+/// open. Rows that name no gateway (written before clustering) are closed
+/// only when no other member is alive to carry them. Returns the
+/// generation.
+pub(crate) async fn join(store: &Store, cfg: &Config, addrs: &BoundAddrs) -> anyhow::Result<i64> {
+    let spec = spec(cfg, addrs);
+    let a = Audit::new(kakehashi_store::unix_now(), "gateway", "gateway.join")
+        .subject(&spec.id)
+        .detail(serde_json::json!({
+            "laptops": spec.laptop_addrs, "agents": spec.agent_addrs,
+            "version": env!("CARGO_PKG_VERSION"),
+        }));
+    let generation = store
+        .join_cluster(&spec, MEMBERSHIP_TTL, a)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot join the cluster as {:?}: {e} (the gateway `name` must be 1 to 64 of A-Z a-z 0-9 . _ -, unique among the gateways sharing the store)",
+                spec.id
+            )
+        })?;
+    info!(member = %spec.id, generation, laptops = ?spec.laptop_addrs, agents = ?spec.agent_addrs, "Joined the cluster");
+    let mut open = store.open_sessions_of(Some(&spec.id)).await?;
+    let (members, now) = store.members().await?;
+    if !members.iter().any(|m| m.id != spec.id && m.alive(now)) {
+        open.extend(store.open_sessions_of(None).await?);
+    }
+    let closed = close_rows(store, &open, REASON_GATEWAY_RESTART).await;
+    if closed > 0 {
+        warn!(
+            closed,
+            "Closed the sessions this gateway's previous run left open (it did not stop cleanly)"
+        );
+    }
+    Ok(generation)
+}
+
+/// Close `rows` with `reason` and the bytes saved with them; a row another
+/// member closed first is skipped. Returns how many this call closed.
+async fn close_rows(store: &Store, rows: &[SessionRecord], reason: &str) -> usize {
+    let mut closed = 0;
+    for rec in rows {
+        let end = SessionEnd {
+            reason: reason.into(),
+            bytes_up: rec.bytes_up,
+            bytes_down: rec.bytes_down,
+        };
+        let a = Audit::new(kakehashi_store::unix_now(), "gateway", "session.end")
+            .subject(&rec.id)
+            .reason(reason)
+            .detail(serde_json::json!({
+                "desk": rec.desk_id, "device": rec.device_id, "gateway": rec.gateway,
+                "bytes_up": rec.bytes_up, "bytes_down": rec.bytes_down,
+            }));
+        match store.end_session(&rec.id, &end, a).await {
+            Ok(_) => closed += 1,
+            Err(kakehashi_store::Error::Conflict { .. }) => {}
+            Err(e) => warn!(session = %rec.id, error = %e, "Cannot close a session left open"),
+        }
+    }
+    closed
+}
+
+/// Heartbeats until the forced step of the shutdown; leaves the cluster
+/// when draining starts (and keeps heartbeating while it drains, so the
+/// others do not close sessions it still carries).
+pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
+    let Some(store) = s.store.clone() else { return };
+    let id = s.cfg.name.clone();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut saved: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut left = false;
+    let mut replaced = false;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = s.shutdown.forced() => return,
+            _ = s.shutdown.draining(), if !left => {
+                left = true;
+                let a = Audit::new(kakehashi_store::unix_now(), "gateway", "gateway.leave")
+                    .subject(&id)
+                    .reason("shutdown");
+                match store.leave_cluster(&id, generation, a).await {
+                    Ok(()) => info!(member = %id, "Left the cluster; draining"),
+                    Err(e) => warn!(member = %id, error = %e, "Cannot record leaving the cluster"),
+                }
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        let beat = Beat {
+            now: kakehashi_store::unix_now(),
+            sessions: s.live.lock().expect("live lock").len() as u64,
+            agents: s.agents.lock().expect("agents lock").len() as u64,
+            feed_seq: s.feed_seq.load(Ordering::Relaxed),
+        };
+        match store
+            .heartbeat(&id, generation, &beat, MEMBERSHIP_TTL)
+            .await
+        {
+            Ok(true) => {
+                if let Some(since) = failing_since.take() {
+                    info!(
+                        secs = since.elapsed().as_secs(),
+                        "Cluster heartbeats resumed"
+                    );
+                }
+                s.metrics.store_up.set(1);
+            }
+            Ok(false) => {
+                if !replaced {
+                    replaced = true;
+                    error!(member = %id, generation, "Another gateway process started with this name: two gateways must not share a `name`; this one no longer counts as a member");
+                }
+            }
+            Err(e) => {
+                s.metrics.store_up.set(0);
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    warn!(error = %e, "Cannot renew the cluster membership; live sessions go on");
+                }
+                continue;
+            }
+        }
+        save_progress(&s, &store, &mut saved).await;
+        reap_lapsed(&store, &id).await;
+    }
+}
+
+/// Save the bytes of live sessions that moved since the last save.
+async fn save_progress(s: &Shared, store: &Store, saved: &mut HashMap<String, (u64, u64)>) {
+    let now: Vec<(String, (u64, u64))> = {
+        let live = s.live.lock().expect("live lock");
+        live.iter()
+            .map(|(id, l)| (id.clone(), l.counters.get()))
+            .collect()
+    };
+    let changed: Vec<(String, u64, u64)> = now
+        .iter()
+        .filter(|(id, c)| saved.get(id) != Some(c))
+        .map(|(id, (up, down))| (id.clone(), *up, *down))
+        .collect();
+    match store.save_session_progress(&changed).await {
+        Ok(()) => *saved = now.into_iter().collect(),
+        Err(e) => warn!(error = %e, "Cannot save session byte counts"),
+    }
+}
+
+/// Close the open rows of members whose membership lapsed.
+async fn reap_lapsed(store: &Store, me: &str) {
+    let (counts, (members, now)) = match (store.open_session_counts().await, store.members().await)
+    {
+        (Ok(c), Ok(m)) => (c, m),
+        (Err(e), _) | (_, Err(e)) => return warn!(error = %e, "Cannot read the cluster members"),
+    };
+    for (gateway, n) in counts {
+        let Some(gateway) = gateway else { continue };
+        if gateway == me {
+            continue;
+        }
+        // A row naming a gateway that never joined (a row written by hand)
+        // is left alone; a lapsed member's rows are closed.
+        let Some(m) = members.iter().find(|m| m.id == gateway) else {
+            continue;
+        };
+        if !m.lapsed(now) {
+            continue;
+        }
+        let rows = match store.open_sessions_of(Some(&gateway)).await {
+            Ok(r) => r,
+            Err(e) => return warn!(error = %e, "Cannot read a lapsed member's sessions"),
+        };
+        let closed = close_rows(store, &rows, REASON_GATEWAY_LOST).await;
+        if closed > 0 {
+            warn!(member = %gateway, open = n, closed, "A gateway's membership lapsed: closed the sessions it carried");
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Several gateways on one PostgreSQL (issue 18), as real processes: each
+//! gateway's session rows are its own, a gateway killed with SIGKILL has
+//! its sessions closed by a survivor once its membership lapses (with the
+//! bytes it had saved), a login token works on every gateway, the policy is
+//! seeded once, `cluster status` shows the members; and when PostgreSQL
+//! goes away, new sessions are refused at once with `store_unavailable`
+//! while live ones go on.
+
+use std::time::{Duration, Instant};
+
+use kakehashi_pki::TerminalClass;
+use kakehashi_proto::message::{Message, Secret, SessionAccepted, SessionRequest};
+use kakehashi_proto::{FrameKind, Refusal};
+use kakehashi_store::Store;
+use kakehashi_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `[store]` on PostgreSQL `url`, logins required, and [`OPEN_POLICY`] as
+/// the `[policy] file` (written into `pki`'s directory).
+fn pg_sections(pki: &Pki, url: &str) -> String {
+    let policy = pki.path().join("open-policy.toml");
+    std::fs::write(&policy, OPEN_POLICY).unwrap();
+    format!(
+        "[store]\nurl = \"{url}\"\n[identity]\nrequire_login = true\n[policy]\nwatch = \"100ms\"\nfile = \"{}\"\n",
+        policy.display()
+    )
+}
+
+async fn gateway(pki: &Pki, name: &str, url: &str) -> GatewayProc {
+    start_gateway(
+        pki,
+        GatewayOpts {
+            name: Some(name.into()),
+            identity: Some(pg_sections(pki, url)),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// One session request on a fresh TLS connection to `gw`.
+async fn request(
+    pki: &Pki,
+    dev: &CertFiles,
+    gw: &GatewayProc,
+    desk: &str,
+    token: &str,
+) -> Result<String, Refusal> {
+    let m = SessionRequest {
+        desk: desk.into(),
+        token: Some(Secret(token.into())),
+    };
+    let (_, f) = ask_terminal(pki, dev, gw.addrs.terminal_tcp, &m).await;
+    match f.kind {
+        FrameKind::SessionAccepted => Ok(SessionAccepted::from_frame(&f).unwrap().session_id),
+        FrameKind::Refused => Err(Refusal::from_frame(&f).unwrap()),
+        k => panic!("unexpected {k:?}"),
+    }
+}
+
+/// A live session through a real `kakehashi connect`: the local stream
+/// after one echo round trip of `msg`.
+async fn echo_session(client: &ClientProc, msg: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(client.listen).await.unwrap();
+    echo(&mut s, msg).await;
+    s
+}
+
+async fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("no echo")
+        .unwrap();
+    assert_eq!(buf, msg);
+}
+
+async fn wait_agent(gw: &GatewayProc, desk: &str) {
+    crate::e2e::rdp::wait_log_line(&gw.proc, &["Agent online", desk], Duration::from_secs(20))
+        .await
+        .unwrap();
+}
+
+/// The one open session row, waiting for it to appear.
+async fn only_open_session(store: &Store) -> kakehashi_store::SessionRecord {
+    for _ in 0..100 {
+        let open = store.open_sessions().await.unwrap();
+        if open.len() == 1 {
+            return open.into_iter().next().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("expected exactly one open session row");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_on_one_postgres_keep_each_others_sessions_and_close_a_dead_ones() {
+    let url = pg::cluster().create_database().await;
+    let mut pki = Pki::new();
+    let gw1 = gateway(&pki, "gw1", &url).await;
+    let store = Store::open(&url).await.unwrap();
+    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
+    let echo_addr = echo_server().await;
+    let agent_files = pki.agent("DESK-1");
+    let _agent1 = start_agent_with(&pki, &agent_files, &gw1.addrs, echo_addr, "tcp");
+    wait_agent(&gw1, "DESK-1").await;
+
+    // A live session through gw1, with bytes relayed.
+    let dev = pki.device("LT-KATO", TerminalClass::Home);
+    let token = redeem_login(&pki, &dev, gw1.addrs.terminal_tcp, &store, "u-kato").await;
+    let cfg = client_config_logged_in(&pki, &dev, &gw1.addrs, "u-kato", &token);
+    let client = start_client(&pki, &cfg, "DESK-1", "tcp").await.unwrap();
+    let mut s = echo_session(&client, &[7u8; 1000]).await;
+    let row = only_open_session(&store).await;
+    assert_eq!(row.gateway.as_deref(), Some("gw1"));
+
+    // A second gateway starts on the same database: gw1's live row stays
+    // open, the policy is not saved again, and the session goes on.
+    let gw2 = gateway(&pki, "gw2", &url).await;
+    let _agent2 = start_agent_with(&pki, &agent_files, &gw2.addrs, echo_addr, "tcp");
+    wait_agent(&gw2, "DESK-1").await;
+    assert_eq!(
+        store.get_session(&row.id).await.unwrap().unwrap().ended_at,
+        None,
+        "a starting gateway closed another gateway's live session"
+    );
+    assert_eq!(store.current_policy().await.unwrap().unwrap().version, 1);
+    echo(&mut s, &[8u8; 1000]).await;
+
+    // The token from gw1's login opens a session on gw2 too.
+    let id2 = request(&pki, &dev, &gw2, "DESK-1", &token)
+        .await
+        .expect("the same login on another gateway");
+    let rec2 = store.get_session(&id2).await.unwrap().unwrap();
+    assert_eq!(rec2.gateway.as_deref(), Some("gw2"));
+
+    let (ok, status) = gateway_cli(&[
+        "cluster",
+        "status",
+        "--config",
+        gw2.config.to_str().unwrap(),
+    ])
+    .await;
+    assert!(ok, "{status}");
+    assert!(status.contains("2 member(s), 2 alive"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("gw1") && l.contains("alive")),
+        "{status}"
+    );
+
+    // Let a heartbeat save the bytes (every 2 s), then SIGKILL gw1.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut gw1 = gw1;
+    gw1.proc.kill().await;
+    let killed = Instant::now();
+    let ended = loop {
+        let r = store.get_session(&row.id).await.unwrap().unwrap();
+        if r.ended_at.is_some() {
+            break r;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(25),
+            "gw2 did not close the dead gateway's session"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "gw1's session closed by gw2 {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(ended.end_reason.as_deref(), Some("gateway_lost"));
+    assert!(
+        ended.bytes_up >= 2000 && ended.bytes_down >= 2000,
+        "the bytes saved by gw1's heartbeats: {ended:?}"
+    );
+    // gw2's own session (ended when its connection closed) was ended by
+    // gw2 itself, not reaped.
+    let rec2 = store.get_session(&id2).await.unwrap().unwrap();
+    assert_ne!(rec2.end_reason.as_deref(), Some("gateway_lost"), "{rec2:?}");
+    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let end = log
+        .iter()
+        .find(|r| r.action == "session.end" && r.subject == row.id)
+        .expect("the closing is audited");
+    assert_eq!(
+        (end.actor.as_str(), end.reason.as_str()),
+        ("gateway", "gateway_lost")
+    );
+    let policy_imports = log.iter().filter(|r| r.action == "policy.import").count();
+    assert_eq!(policy_imports, 1, "the policy was seeded once");
+
+    let (ok, status) = gateway_cli(&[
+        "cluster",
+        "status",
+        "--config",
+        gw2.config.to_str().unwrap(),
+    ])
+    .await;
+    assert!(ok, "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("gw1") && l.contains("LAPSED")),
+        "{status}"
+    );
+    let (ok, out) =
+        gateway_cli(&["audit", "verify", "--config", gw2.config.to_str().unwrap()]).await;
+    assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on() {
+    let cluster = pg::cluster();
+    let url = cluster.create_database().await;
+    let mut pki = Pki::new();
+    let gw = gateway(&pki, "gw1", &url).await;
+    let store = Store::open(&url).await.unwrap();
+    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
+    let echo_addr = echo_server().await;
+    let _agent = start_agent(&mut pki, "DESK-1", &gw.addrs, echo_addr, "tcp");
+    wait_agent(&gw, "DESK-1").await;
+    let dev = pki.device("LT-KATO", TerminalClass::Home);
+    let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-kato").await;
+    let cfg = client_config_logged_in(&pki, &dev, &gw.addrs, "u-kato", &token);
+    let client = start_client(&pki, &cfg, "DESK-1", "tcp").await.unwrap();
+    let mut live = echo_session(&client, b"before").await;
+    store.close().await;
+
+    cluster.stop_now();
+    let t = Instant::now();
+    let r = request(&pki, &dev, &gw, "DESK-1", &token)
+        .await
+        .expect_err("a session admitted without the store");
+    let took = t.elapsed();
+    eprintln!("refused in {took:?}: {r:?}");
+    assert_eq!(r.code, "store_unavailable", "{r:?}");
+    assert!(
+        r.ja.contains("データベース") && r.en.contains("database"),
+        "{r:?}"
+    );
+    assert!(took < Duration::from_secs(4), "refused after {took:?}");
+    // The live session is never cut for an outage alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    echo(&mut live, b"during").await;
+
+    cluster.start_again();
+    let t = Instant::now();
+    loop {
+        match request(&pki, &dev, &gw, "DESK-1", &token).await {
+            Ok(_) => break,
+            Err(r) if r.code == "store_unavailable" => {}
+            Err(r) => panic!("after PostgreSQL came back: {r:?}"),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "sessions still refused after PostgreSQL came back"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    echo(&mut live, b"after").await;
+    let store = Store::open(&url).await.unwrap();
+    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    assert!(log.iter().any(|r| r.action == "session.start"));
+    drop(store);
+    // The next heartbeat (every 2 s) shows the store back.
+    let t = Instant::now();
+    loop {
+        let metrics = http_get(gw.addrs.admin, "/metrics").await.unwrap().1;
+        if metric(&metrics, "kakehashi_store_up") == 1.0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
