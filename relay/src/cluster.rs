@@ -185,7 +185,12 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
             }
         }
         save_progress(&s, &store, &mut saved).await;
-        reap_lapsed(&store, &id).await;
+        reap_lapsed(&s, &store, &id).await;
+        if let Ok((head, _)) = store.audit_head().await {
+            s.metrics
+                .feed_lag
+                .set((head - s.feed_seq.load(Ordering::Relaxed)).max(0));
+        }
     }
 }
 
@@ -208,13 +213,31 @@ async fn save_progress(s: &Shared, store: &Store, saved: &mut HashMap<String, (u
     }
 }
 
-/// Close the open rows of members whose membership lapsed.
-async fn reap_lapsed(store: &Store, me: &str) {
+/// Show every member in the metrics, and close the open rows of members
+/// whose membership lapsed.
+async fn reap_lapsed(s: &Shared, store: &Store, me: &str) {
     let (counts, (members, now)) = match (store.open_session_counts().await, store.members().await)
     {
         (Ok(c), Ok(m)) => (c, m),
         (Err(e), _) | (_, Err(e)) => return warn!(error = %e, "Cannot read the cluster members"),
     };
+    for m in &members {
+        if m.left_at.is_some() && !m.alive(now) {
+            // Left on purpose: not missing, so no series (and no alert).
+            let _ = s.metrics.member_up.remove_label_values(&[&m.id]);
+            let _ = s.metrics.member_sessions.remove_label_values(&[&m.id]);
+            continue;
+        }
+        let alive = m.alive(now);
+        s.metrics
+            .member_up
+            .with_label_values(&[&m.id])
+            .set(i64::from(alive));
+        s.metrics
+            .member_sessions
+            .with_label_values(&[&m.id])
+            .set(if alive { m.sessions } else { 0 });
+    }
     for (gateway, n) in counts {
         let Some(gateway) = gateway else { continue };
         if gateway == me {

@@ -76,7 +76,7 @@ impl Metrics {
         let setup_buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
-        Self {
+        let m = Self {
             sessions_active: reg!(IntGaugeVec::new(
                 Opts::new("kakehashi_sessions_active", "Live sessions by confidentiality level, terminal class, department and transport"),
                 &["level", "class", "dept", "transport"]
@@ -148,6 +148,57 @@ impl Metrics {
             )),
             feed_lag: reg!(IntGauge::new("kakehashi_change_feed_lag", "Audit records (changes) this gateway has not applied to its live sessions yet")),
             registry,
+        };
+        m.zero_known_series();
+        m
+    }
+
+    /// Every series whose label values are known in advance (reason codes,
+    /// terminal classes, transports, directions, listener roles) exported at
+    /// 0 from the start, so dashboards and alert rules (`rate()`,
+    /// `increase()`) work before the first event; departments and desks are
+    /// not known in advance.
+    fn zero_known_series(&self) {
+        let reasons: Vec<&'static str> = kakehashi_proto::Reason::ALL
+            .iter()
+            .map(|r| r.code())
+            .chain(kakehashi_policy::ReasonCode::ALL.iter().map(|r| r.code()))
+            .collect();
+        for r in &reasons {
+            self.denials.with_label_values(&[r]);
+            self.sessions_ended.with_label_values(&[r]);
+            self.auth_failures.with_label_values(&[r]);
+        }
+        for r in ["closed", "peer_error", "other"] {
+            self.sessions_ended.with_label_values(&[r]);
+            self.denials.with_label_values(&[r]);
+        }
+        for r in [
+            "no_certificate",
+            "wrong_alpn",
+            "tls_error",
+            "io_error",
+            "quic_error",
+            "handshake_timeout",
+        ] {
+            self.auth_failures.with_label_values(&[r]);
+        }
+        for t in ["quic", "tcp"] {
+            self.agents_online.with_label_values(&[t]);
+            for c in ["home", "mobile", "satellite"] {
+                self.sessions_started.with_label_values(&[c, t]);
+            }
+        }
+        for d in ["up", "down"] {
+            self.bytes.with_label_values(&[d]);
+        }
+        for r in ["resumed", "refused"] {
+            self.tls_tickets.with_label_values(&[r]);
+        }
+        for role in ["terminal", "agent"] {
+            for k in ["per_source", "quic_retry"] {
+                self.handshakes_limited.with_label_values(&[role, k]);
+            }
         }
     }
 
@@ -191,5 +242,23 @@ mod tests {
         assert!(text.contains("kakehashi_sessions_active{class=\"home\",dept=\"somu\",level=\"2\",transport=\"quic\"} 1"), "{text}");
         assert!(text.contains("kakehashi_denials_total{reason=\"desk_offline\"} 1"));
         assert!(m.names().iter().all(|n| n.starts_with("kakehashi_")));
+    }
+
+    /// Series with known labels exist at 0 before the first event.
+    #[test]
+    fn known_series_start_at_zero() {
+        let text = Metrics::new().render();
+        for series in [
+            "kakehashi_auth_failures_total{reason=\"certificate_revoked\"} 0",
+            "kakehashi_auth_failures_total{reason=\"handshake_timeout\"} 0",
+            "kakehashi_denials_total{reason=\"store_unavailable\"} 0",
+            "kakehashi_denials_total{reason=\"plan_required\"} 0",
+            "kakehashi_sessions_ended_total{reason=\"closed\"} 0",
+            "kakehashi_sessions_started_total{class=\"home\",transport=\"quic\"} 0",
+            "kakehashi_bytes_total{direction=\"up\"} 0",
+            "kakehashi_agents_online{transport=\"tcp\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }

@@ -898,6 +898,28 @@ async fn monitoring_assets_use_only_exported_metrics() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The cluster families come from a gateway with a store (a cluster of one).
+    let db = pki.path().join("members.db");
+    let with_store = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(store_sections(&db)),
+            name: Some("gw-mon".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    for _ in 0..100 {
+        let t = http_get(with_store.addrs.admin, "/metrics")
+            .await
+            .unwrap()
+            .1;
+        if t.contains("kakehashi_cluster_member_up{member=\"gw-mon\"} 1") {
+            text.push_str(&t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let exported: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
