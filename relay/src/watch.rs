@@ -11,6 +11,19 @@ use tracing::{debug, info, warn};
 
 use crate::shared::{LiveSession, Shared};
 
+/// How often a lost change listener is re-established.
+const RELISTEN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The next wake-up from the change listener; never, without one.
+async fn wait_for_change(
+    listener: &mut Option<kakehashi_store::ChangeListener>,
+) -> kakehashi_store::Result<bool> {
+    match listener {
+        Some(l) => l.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Audit actions that can change a live session's decision.
 pub(crate) fn affects_sessions(action: &str) -> bool {
     ["policy.", "device.", "desk.", "plan.", "bcp.", "user."]
@@ -42,12 +55,40 @@ pub(crate) async fn watch_changes(s: Arc<Shared>) {
     };
     let mut tick = tokio::time::interval(s.cfg.policy_watch);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // On PostgreSQL, every audited write wakes this loop at once; polling
+    // stays as the backstop (a listener that is down or half-open).
+    let mut listener = match store.listen_changes().await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "Cannot LISTEN for changes; polling only");
+            None
+        }
+    };
+    let mut listener_down_since: Option<Instant> = None;
     // A change not yet applied to the live sessions (kept across a failed pass).
     let mut dirty = false;
     loop {
         tokio::select! {
             _ = s.shutdown.draining() => return,
             _ = tick.tick() => {}
+            woke = wait_for_change(&mut listener) => {
+                if let Err(e) = woke {
+                    // Unreachable database: fall back to the tick until it is back.
+                    if listener_down_since.is_none() {
+                        warn!(error = %e, "Change listener lost; polling until the database is back");
+                    }
+                    listener_down_since.get_or_insert_with(Instant::now);
+                    listener = None;
+                }
+            }
+        }
+        if listener.is_none() && listener_down_since.is_some_and(|t| t.elapsed() >= RELISTEN) {
+            listener_down_since = Some(Instant::now());
+            if let Ok(l) = store.listen_changes().await {
+                info!("Change listener back");
+                listener = l;
+                listener_down_since = None;
+            }
         }
         let mut changed = false;
         let mut policy_changed = false;

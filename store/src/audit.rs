@@ -12,6 +12,9 @@ pub(crate) const HEAD_POSTGRES: &str = "SELECT seq, hash FROM audit_head WHERE i
 pub(crate) const INSERT_SQL: &str = "INSERT INTO audit \
      (seq, at, actor, action, subject, reason, detail, prev_hash, hash) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// Wakes the change feeds of every gateway on the database (payload: the
+/// new record's sequence only; followers read the records themselves).
+pub(crate) const NOTIFY_POSTGRES: &str = "SELECT pg_notify('kakehashi_audit', $1)";
 pub(crate) const UPDATE_HEAD_SQL: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
 
 /// Domain-separation tag at the start of every hashed encoding.

@@ -266,3 +266,41 @@ impl Store {
         Ok((rows.into_iter().map(Member::from).collect(), db_now))
     }
 }
+
+/// Wakes a change feed when another gateway (or the CLI) appends to the
+/// audit log: PostgreSQL `LISTEN kakehashi_audit`, notified in the same
+/// transaction as each record. A wake-up only says "read the log": the
+/// follower reads by sequence from where it was, so a lost notification or
+/// connection costs latency, never a change. SQLite has no such signal (one
+/// gateway per file): there the follower polls.
+#[derive(Debug)]
+pub struct ChangeListener {
+    inner: sqlx::postgres::PgListener,
+}
+
+impl ChangeListener {
+    /// Waits for the next wake-up. `Ok(true)`: a notification; `Ok(false)`:
+    /// the connection was lost and is being re-established (treat as a gap:
+    /// read the log now). An error means the database is unreachable; the
+    /// caller retries later.
+    pub async fn wait(&mut self) -> Result<bool> {
+        let woke = self.inner.try_recv().await?.is_some();
+        // One read of the log serves every notification already here.
+        while self.inner.next_buffered().is_some() {}
+        Ok(woke)
+    }
+}
+
+impl Store {
+    /// A [`ChangeListener`] on PostgreSQL; `None` on SQLite.
+    pub async fn listen_changes(&self) -> Result<Option<ChangeListener>> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(None),
+            Pool::Postgres(p) => {
+                let mut inner = sqlx::postgres::PgListener::connect_with(p).await?;
+                inner.listen("kakehashi_audit").await?;
+                Ok(Some(ChangeListener { inner }))
+            }
+        }
+    }
+}

@@ -122,15 +122,15 @@ macro_rules! write_tx {
         match &$store.pool {
             $crate::db::Pool::Sqlite(pool) => {
                 let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                write_tx!(@run $tx, audit, $crate::audit::HEAD_SQLITE, $body)
+                write_tx!(@run $tx, audit, $crate::audit::HEAD_SQLITE, "", $body)
             }
             $crate::db::Pool::Postgres(pool) => {
                 let mut $tx = pool.begin().await?;
-                write_tx!(@run $tx, audit, $crate::audit::HEAD_POSTGRES, $body)
+                write_tx!(@run $tx, audit, $crate::audit::HEAD_POSTGRES, $crate::audit::NOTIFY_POSTGRES, $body)
             }
         }
     }};
-    (@run $tx:ident, $audit:ident, $head_sql:expr, $body:block) => {{
+    (@run $tx:ident, $audit:ident, $head_sql:expr, $notify_sql:expr, $body:block) => {{
         let (head_seq, head_hash): (i64, Vec<u8>) =
             sqlx::query_as($head_sql).fetch_one(&mut *$tx).await?;
         let out = $body;
@@ -152,6 +152,13 @@ macro_rules! write_tx {
             .bind(&record.hash.0[..])
             .execute(&mut *$tx)
             .await?;
+        if !$notify_sql.is_empty() {
+            // Delivered at commit, to every gateway following the feed.
+            sqlx::query($notify_sql)
+                .bind(record.seq.to_string())
+                .execute(&mut *$tx)
+                .await?;
+        }
         $tx.commit().await?;
         (out, record)
     }};
@@ -175,7 +182,7 @@ pub use audit::{Audit, AuditRecord, BreakKind, BrokenLink, VerifyReport};
 pub use checkpoint::{
     key_id, AnchorProblem, AnchorReport, Checkpoint, CheckpointSource, CHECKPOINT_ACTION,
 };
-pub use cluster::{Beat, Member, MemberSpec};
+pub use cluster::{Beat, ChangeListener, Member, MemberSpec};
 pub use db::{redact_url, Backend, Store, StoreUrl};
 pub use identity::{
     Credential, LockState, LockoutRule, LoginCode, LoginToken, NewCredential, NewLoginCode,

@@ -18,21 +18,26 @@ use tokio::net::TcpStream;
 
 /// `[store]` on PostgreSQL `url`, logins required, and [`OPEN_POLICY`] as
 /// the `[policy] file` (written into `pki`'s directory).
-fn pg_sections(pki: &Pki, url: &str) -> String {
+fn pg_sections(pki: &Pki, url: &str, watch: &str) -> String {
     let policy = pki.path().join("open-policy.toml");
     std::fs::write(&policy, OPEN_POLICY).unwrap();
     format!(
-        "[store]\nurl = \"{url}\"\n[identity]\nrequire_login = true\n[policy]\nwatch = \"100ms\"\nfile = \"{}\"\n",
+        "[store]\nurl = \"{url}\"\n[identity]\nrequire_login = true\n[policy]\nwatch = \"{watch}\"\nfile = \"{}\"\n",
         policy.display()
     )
 }
 
 async fn gateway(pki: &Pki, name: &str, url: &str) -> GatewayProc {
+    gateway_polling(pki, name, url, "100ms").await
+}
+
+/// A gateway whose change feed polls every `watch` (besides LISTEN/NOTIFY).
+async fn gateway_polling(pki: &Pki, name: &str, url: &str, watch: &str) -> GatewayProc {
     start_gateway(
         pki,
         GatewayOpts {
             name: Some(name.into()),
-            identity: Some(pg_sections(pki, url)),
+            identity: Some(pg_sections(pki, url, watch)),
             ..Default::default()
         },
     )
@@ -276,4 +281,60 @@ async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on()
         assert!(t.elapsed() < Duration::from_secs(10), "{metrics}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A device blocked through another gateway's configuration ends the
+/// device's session on this one well within 2 s, although this gateway polls
+/// only every 5 s: PostgreSQL's NOTIFY wakes its change feed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_block_made_anywhere_ends_the_session_on_every_gateway_within_2_s() {
+    let url = pg::cluster().create_database().await;
+    let mut pki = Pki::new();
+    let gw1 = gateway_polling(&pki, "gw1", &url, "5s").await;
+    let gw2 = gateway_polling(&pki, "gw2", &url, "5s").await;
+    let store = Store::open(&url).await.unwrap();
+    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
+    let echo_addr = echo_server().await;
+    let _agent = start_agent(&mut pki, "DESK-1", &gw1.addrs, echo_addr, "tcp");
+    wait_agent(&gw1, "DESK-1").await;
+    let dev = pki.device("LT-KATO", TerminalClass::Home);
+    let token = redeem_login(&pki, &dev, gw1.addrs.terminal_tcp, &store, "u-kato").await;
+    let cfg = client_config_logged_in(&pki, &dev, &gw1.addrs, "u-kato", &token);
+    let client = start_client(&pki, &cfg, "DESK-1", "tcp").await.unwrap();
+    let mut s = echo_session(&client, b"hello").await;
+    // Past the first poll after the session started.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (ok, out) = gateway_cli(&[
+        "admin",
+        "--config",
+        gw2.config.to_str().unwrap(),
+        "device",
+        "block",
+        "--id",
+        "LT-KATO",
+        "--reason",
+        "reported lost",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(2).saturating_sub(t.elapsed()),
+            s.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => panic!("the session on gw1 was not ended within 2 s of the block"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+        }
+    }
+    eprintln!(
+        "block through gw2's store to session end on gw1: {:?}",
+        t.elapsed()
+    );
+    drop(gw2);
 }
