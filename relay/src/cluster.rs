@@ -34,6 +34,34 @@ pub const REASON_GATEWAY_LOST: &str = "gateway_lost";
 /// killed, or lost power), recorded when it starts again.
 pub const REASON_GATEWAY_RESTART: &str = "gateway_restart";
 
+/// When the first prune of expired codes and tokens runs after a start,
+/// and how often after that.
+const FIRST_PRUNE: Duration = Duration::from_secs(60);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long after expiring a code or token is kept: a token that expired
+/// (or was revoked) this week still answers `token_expired` /
+/// `token_revoked` rather than "unknown".
+const PRUNE_GRACE_SECS: i64 = 7 * 86_400;
+
+/// Delete expired login and enrollment codes, login tokens and idle lockout
+/// counters (every gateway runs it; each row goes once).
+async fn prune(store: &Store) {
+    let now = kakehashi_store::unix_now();
+    let a = Audit::new(now, "gateway", "store.prune").reason("expired");
+    match store.prune_expired(now, PRUNE_GRACE_SECS, a).await {
+        Ok(p) if p.total() > 0 => info!(
+            login_codes = p.login_codes,
+            enrollment_codes = p.enrollment_codes,
+            login_tokens = p.login_tokens,
+            lockouts = p.lockouts,
+            "Deleted expired codes, tokens and lockout counters"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "Cannot delete expired codes and tokens"),
+    }
+}
+
 /// What this gateway tells the cluster of itself: the advertised
 /// addresses, else the bound ones.
 fn spec(cfg: &Config, addrs: &BoundAddrs) -> MemberSpec {
@@ -134,6 +162,7 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
     let mut left = false;
     let mut replaced = false;
     let mut failing_since: Option<Instant> = None;
+    let mut next_prune = Instant::now() + FIRST_PRUNE;
     loop {
         tokio::select! {
             _ = s.shutdown.forced() => return,
@@ -186,6 +215,10 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
         }
         save_progress(&s, &store, &mut saved).await;
         reap_lapsed(&s, &store, &id).await;
+        if Instant::now() >= next_prune {
+            next_prune = Instant::now() + PRUNE_EVERY;
+            prune(&store).await;
+        }
         if let Ok((head, _)) = store.audit_head().await {
             s.metrics
                 .feed_lag

@@ -58,6 +58,10 @@
 //! | `audit` | `seq` PK, `at`, `actor`, `action`, `subject`, `reason`, `detail` (JSON text), `prev_hash`, `hash`; triggers refuse UPDATE and DELETE |
 //! | `audit_head` | one row: `seq` and `hash` of the last record (0 and zeros when empty) |
 //!
+//! Codes, login tokens and lockout counters are deleted a week after they
+//! expire ([`Store::prune_expired`], hourly from every gateway); SQLite
+//! reuses the freed pages, so the file stops growing with logins.
+//!
 //! # The audit hash chain
 //!
 //! Records are numbered `seq = 1, 2, 3, …` without gaps. Record `n` stores
@@ -172,6 +176,7 @@ mod db;
 mod identity;
 mod inventory;
 mod planning;
+mod prune;
 mod sessions;
 
 pub mod export;
@@ -191,4 +196,5 @@ pub use identity::{
 pub use inventory::{Desk, Device, DeviceSpec};
 pub use localtime::unix_now;
 pub use planning::{Bcp, BcpScope, BcpSpec, Plan, PlanSpec, PolicyDoc};
+pub use prune::Pruned;
 pub use sessions::{SessionEnd, SessionRecord, SessionStart};

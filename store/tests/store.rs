@@ -46,6 +46,7 @@ both_backends!(
     policy_seeding,
     sessions,
     membership,
+    pruning,
     audit_chain,
     audit_detects_edit,
     audit_detects_delete,

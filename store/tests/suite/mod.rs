@@ -1747,3 +1747,105 @@ pub async fn audit_checkpoint_catches_cut_tail(db: &Db) {
         })
     );
 }
+
+/// Expired codes, tokens and idle lockout counters are deleted after the
+/// grace, with one audit record; live ones stay.
+pub async fn pruning(db: &Db) {
+    let store = db.open().await;
+    add_user(&store, "u1", "d").await;
+    add_device(&store, "LT-A", "u1").await;
+    const DAY: i64 = 86_400;
+    let token = |n: &str, expires_at: i64| NewLoginToken {
+        token_hash: Hash256::digest(n),
+        user_id: "u1".into(),
+        device_id: "LT-A".into(),
+        cert_serial: "0a".into(),
+        expires_at,
+    };
+    let code = |n: &str, expires_at: i64| NewLoginCode {
+        code_hash: Hash256::digest(n),
+        user_id: "u1".into(),
+        pkce_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        device_id: "LT-A".into(),
+        expires_at,
+    };
+    for (name, exp) in [("old", T0 + 60), ("live", T0 + 30 * DAY)] {
+        store
+            .create_login_token(&token(name, exp), audit(T0, "login.redeem"))
+            .await
+            .unwrap();
+        store
+            .create_login_code(&code(name, exp), audit(T0, "login.code"))
+            .await
+            .unwrap();
+        store
+            .create_enrollment_code(&Hash256::digest(name), "u1", exp, audit(T0, "enroll.code"))
+            .await
+            .unwrap();
+    }
+    let rule = LockoutRule {
+        max_failures: 5,
+        window_secs: 900,
+        lockout_secs: 900,
+    };
+    store
+        .record_failure("source:192.0.2.1", &rule, audit(T0, "login.failed"))
+        .await
+        .unwrap();
+    let now = T0 + 10 * DAY;
+    store
+        .record_failure("source:192.0.2.2", &rule, audit(now, "login.failed"))
+        .await
+        .unwrap();
+    let records = head(&store).await;
+
+    // Within the grace nothing goes.
+    let none = store
+        .prune_expired(T0 + DAY, 7 * DAY, audit(T0 + DAY, "store.prune"))
+        .await
+        .unwrap();
+    assert_eq!(none.total(), 0);
+    assert_eq!(
+        head(&store).await,
+        records,
+        "nothing deleted, nothing audited"
+    );
+
+    let p = store
+        .prune_expired(now, 7 * DAY, audit(now, "store.prune"))
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        kakehashi_store::Pruned {
+            login_codes: 1,
+            enrollment_codes: 1,
+            login_tokens: 1,
+            lockouts: 1
+        }
+    );
+    assert!(store
+        .get_login_token(&Hash256::digest("old"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_login_token(&Hash256::digest("live"))
+        .await
+        .unwrap()
+        .is_some());
+    let log = store.audit_page(records, 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].action, "store.prune");
+    assert_eq!(
+        log[0].detail_json().unwrap(),
+        json!({"login_codes": 1, "enrollment_codes": 1, "login_tokens": 1, "lockouts": 1})
+    );
+    // Again: nothing left to delete, no second record.
+    let again = store
+        .prune_expired(now, 7 * DAY, audit(now, "store.prune"))
+        .await
+        .unwrap();
+    assert_eq!(again.total(), 0);
+    assert_eq!(head(&store).await, records + 1);
+}
