@@ -48,6 +48,13 @@ pub struct GatewaySection {
     pub quic_address: Option<String>,
     /// Name in the gateway certificate (default: host part of `address`).
     pub server_name: Option<String>,
+    /// Other gateways of the cluster (`host:port`, TCP and QUIC alike),
+    /// tried in order when the one in use cannot be reached. Their
+    /// certificate name is `server_name` when it is set (gateways sharing
+    /// one name), else each one's host. The login token is valid on every
+    /// one.
+    #[serde(default)]
+    pub fallback: Vec<String>,
 }
 
 /// `[tls]`
@@ -99,6 +106,10 @@ pub struct Config {
     pub soft_authenticator: Option<PathBuf>,
     /// User id for login.
     pub user: Option<String>,
+    /// Fallback gateways, in order (`[gateway] fallback`).
+    pub fallback: Vec<String>,
+    /// `[gateway] server_name` as written, for the fallback gateways.
+    pub fallback_server_name: Option<String>,
 }
 
 /// Where the configuration lives when neither `--config` nor
@@ -129,16 +140,19 @@ impl Config {
             None => TransportChoice::Auto,
             Some(t) => t.parse().map_err(anyhow::Error::msg)?,
         };
-        let host = {
-            let h = f
-                .gateway
-                .address
-                .rsplit_once(':')
-                .map(|(h, _)| h)
-                .unwrap_or(&f.gateway.address);
-            h.trim_start_matches('[').trim_end_matches(']').to_string()
-        };
+        let host = host_of(&f.gateway.address);
+        for a in &f.gateway.fallback {
+            if a.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                anyhow::bail!(
+                    "invalid config file {}: [gateway] fallback {a:?} is not host:port (for example fallback = [\"gw2.example.lg.jp:443\"])",
+                    path.display()
+                );
+            }
+        }
         Ok(Self {
+            fallback_server_name: f.gateway.server_name.clone(),
             server_name: f.gateway.server_name.unwrap_or(host),
             quic: f
                 .gateway
@@ -157,8 +171,33 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("token.json"))),
             soft_authenticator: f.login.soft_authenticator.map(rel),
             user: f.login.user,
+            fallback: f.gateway.fallback,
         })
     }
+
+    /// This configuration once per gateway, the configured one first, then
+    /// each `[gateway] fallback` (its host as the certificate name).
+    pub fn each_gateway(&self) -> Vec<Config> {
+        let mut v = vec![self.clone()];
+        for a in &self.fallback {
+            v.push(Config {
+                tcp: a.clone(),
+                quic: a.clone(),
+                server_name: self
+                    .fallback_server_name
+                    .clone()
+                    .unwrap_or_else(|| host_of(a)),
+                ..self.clone()
+            });
+        }
+        v
+    }
+}
+
+/// The host part of `host:port` (an IPv6 address without its brackets).
+fn host_of(addr: &str) -> String {
+    let h = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    h.trim_start_matches('[').trim_end_matches(']').to_string()
 }
 
 #[cfg(test)]
@@ -178,5 +217,40 @@ mod tests {
         assert_eq!(c.portal.as_deref(), Some("https://gw.example.lg.jp:8444"));
         assert_eq!(c.token_file, dir.path().join("token.json"));
         assert!(c.soft_authenticator.is_none() && c.user.is_none());
+    }
+
+    /// Fallback gateways: one configuration each, in order, with their own
+    /// host as the certificate name unless `server_name` is set.
+    #[test]
+    fn fallback_gateways_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        let write = |gateway: &str| {
+            std::fs::write(
+                &path,
+                format!("[gateway]\n{gateway}\n[tls]\nca = \"ca.crt\"\ncert = \"d.crt\"\nkey = \"d.key\"\n"),
+            )
+            .unwrap();
+        };
+        write("address = \"gw1.lg.jp:443\"\nfallback = [\"gw2.lg.jp:443\", \"[fd00::3]:443\"]");
+        let each = Config::load(&path).unwrap().each_gateway();
+        let got: Vec<(&str, &str)> = each
+            .iter()
+            .map(|c| (c.tcp.as_str(), c.server_name.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("gw1.lg.jp:443", "gw1.lg.jp"),
+                ("gw2.lg.jp:443", "gw2.lg.jp"),
+                ("[fd00::3]:443", "fd00::3")
+            ]
+        );
+        write("address = \"gw1.lg.jp:443\"\nserver_name = \"kakehashi.lg.jp\"\nfallback = [\"gw2.lg.jp:443\"]");
+        let each = Config::load(&path).unwrap().each_gateway();
+        assert_eq!(each[1].server_name, "kakehashi.lg.jp");
+        write("address = \"gw1.lg.jp:443\"\nfallback = [\"gw2.lg.jp\"]");
+        let e = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(e.contains("not host:port"), "{e}");
     }
 }

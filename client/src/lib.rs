@@ -5,6 +5,7 @@
 #![warn(unreachable_pub, missing_docs, clippy::cast_possible_truncation)]
 
 pub mod config;
+pub mod failover;
 pub mod launch;
 pub mod login;
 pub mod soft;

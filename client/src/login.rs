@@ -313,8 +313,11 @@ pub async fn run(cfg: crate::Config, no_browser: bool) -> anyhow::Result<()> {
     };
     let choice = cfg.transport;
     let token_file = cfg.token_file.clone();
-    let (dialer, _) = crate::Dialer::establish(cfg, choice).await?;
-    let res = dialer
+    // Any gateway of the cluster redeems the code (the store is shared).
+    let (gateways, _) = crate::failover::Gateways::establish(cfg, choice).await?;
+    let res = gateways
+        .dialer()
+        .await
         .redeem(
             kakehashi_proto::message::Secret(code),
             kakehashi_proto::message::Secret(pkce.verifier),

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use kakehashi_client::{check_desk, describe, Config, Dialer, SessionError};
+use kakehashi_client::failover::Gateways;
+use kakehashi_client::{check_desk, describe, Config, SessionError};
 use kakehashi_transport::splice::splice;
 use kakehashi_transport::TransportChoice;
 use tokio::net::TcpListener;
@@ -109,8 +110,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let choice = cfg.transport;
             let file = cfg.token_file.clone();
-            match Dialer::establish(cfg, choice).await {
-                Ok((dialer, _)) => match dialer.logout(t.token).await {
+            match Gateways::establish(cfg, choice).await {
+                Ok((gateways, _)) => match gateways.dialer().await.logout(t.token).await {
                     Ok(()) => println!("ログアウトしました / logged out ({})", t.user),
                     Err(e) => eprintln!("warning: the gateway did not confirm the logout: {e}"),
                 },
@@ -146,10 +147,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             check_desk(&desk)?;
             let choice = transport.unwrap_or(cfg.transport);
-            let (dialer, note) = Dialer::establish(cfg, choice).await?;
+            let (gateways, note) = Gateways::establish(cfg, choice).await?;
             if stdio {
                 eprintln!("transport: {note}");
-                let (mut remote, accepted) = dialer.session(&desk, token.as_ref()).await?;
+                let (mut remote, accepted, dialer) =
+                    gateways.session(&desk, token.as_ref()).await?;
                 eprintln!("session {} open", accepted.session_id);
                 let spliced = stdio_session(&mut remote).await;
                 if let Some(r) = dialer.end_reason(&accepted.session_id).await {
@@ -160,7 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!("transport: {note}");
-            let dialer = Arc::new(dialer);
+            let gateways = Arc::new(gateways);
             let listener = match (launch, listen.port()) {
                 // A stable port per desk, so the RDP client's trust on first use holds.
                 (true, 0) => {
@@ -181,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut first = None;
             let mut rdp_client = None;
             if launch {
-                let (remote, accepted) = dialer.session(&desk, token.as_ref()).await?;
+                let (remote, accepted, dialer) = gateways.session(&desk, token.as_ref()).await?;
                 println!(
                     "session {} open; controls: {:?}",
                     accepted.session_id, accepted.controls
@@ -193,7 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &std::env::temp_dir(),
                 )?;
                 println!("rdp client started (pid {})", child.id().unwrap_or(0));
-                first = Some((remote, accepted));
+                first = Some((remote, accepted, dialer));
                 rdp_client = Some(child);
             } else {
                 println!(
@@ -213,17 +215,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     _ = kakehashi_transport::shutdown_signal() => return Ok(()),
                 };
                 let _ = local.set_nodelay(true);
-                let dialer = dialer.clone();
+                let gateways = gateways.clone();
                 let desk = desk.clone();
                 let token = token.clone();
                 let ready = first.take();
                 tokio::spawn(async move {
                     let opened = match ready {
                         Some(s) => Ok(s),
-                        None => dialer.session(&desk, token.as_ref()).await,
+                        None => gateways.session(&desk, token.as_ref()).await,
                     };
                     match opened {
-                        Ok((mut remote, accepted)) => {
+                        Ok((mut remote, accepted, dialer)) => {
                             info!(session = %accepted.session_id, %peer, "Session open");
                             match splice(&mut local, &mut remote).await {
                                 Ok((up, down)) => {

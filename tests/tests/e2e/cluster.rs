@@ -338,3 +338,61 @@ async fn a_block_made_anywhere_ends_the_session_on_every_gateway_within_2_s() {
     );
     drop(gw2);
 }
+
+/// A laptop whose gateway dies goes on through the next one of
+/// `[gateway] fallback` with the same login: `connect`'s local listener
+/// stays up, and the next connection to it (an RDP client's automatic
+/// reconnection) is carried by the surviving gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_laptop_moves_to_the_next_gateway_without_a_new_login() {
+    let url = pg::cluster().create_database().await;
+    let mut pki = Pki::new();
+    let gw1 = gateway(&pki, "gw1", &url).await;
+    let gw2 = gateway(&pki, "gw2", &url).await;
+    let store = Store::open(&url).await.unwrap();
+    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
+    let echo_addr = echo_server().await;
+    let agent_files = pki.agent("DESK-1");
+    let _agent1 = start_agent_with(&pki, &agent_files, &gw1.addrs, echo_addr, "tcp");
+    let _agent2 = start_agent_with(&pki, &agent_files, &gw2.addrs, echo_addr, "tcp");
+    wait_agent(&gw1, "DESK-1").await;
+    wait_agent(&gw2, "DESK-1").await;
+
+    let dev = pki.device("LT-KATO", TerminalClass::Home);
+    let token = redeem_login(&pki, &dev, gw1.addrs.terminal_tcp, &store, "u-kato").await;
+    let cfg = client_config_logged_in(&pki, &dev, &gw1.addrs, "u-kato", &token);
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[tls]",
+        &format!("fallback = [\"{}\"]\n[tls]", gw2.addrs.terminal_tcp),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let client = start_client(&pki, &cfg, "DESK-1", "tcp").await.unwrap();
+    let mut s = echo_session(&client, b"via gw1").await;
+    let first = only_open_session(&store).await;
+    assert_eq!(first.gateway.as_deref(), Some("gw1"));
+
+    let mut gw1 = gw1;
+    gw1.proc.kill().await;
+    let killed = Instant::now();
+    // The session through gw1 is cut with it.
+    let mut buf = [0u8; 8];
+    let cut = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(matches!(cut, Ok(Ok(0)) | Ok(Err(_))), "{cut:?}");
+    // The reconnection goes through gw2, with the same token.
+    let mut again = echo_session(&client, b"via gw2").await;
+    eprintln!(
+        "laptop's next session open through gw2 {:?} after gw1 was killed",
+        killed.elapsed()
+    );
+    echo(&mut again, b"still").await;
+    let via_gw2 = store.open_sessions_of(Some("gw2")).await.unwrap();
+    assert_eq!(via_gw2.len(), 1, "{via_gw2:?}");
+    client
+        .proc
+        .wait_log("now through", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let log = client.proc.log_text();
+    assert!(log.contains("切り替えました"), "{log}");
+}

@@ -1,0 +1,136 @@
+//! Several gateways of one cluster, tried in order: the configured one,
+//! then each `[gateway] fallback`. The one that answered is kept until it
+//! cannot be reached; then the next that answers takes over, for the
+//! session being opened and every one after it. The login token is valid on
+//! every gateway of the cluster, so no new login is needed.
+//!
+//! With `connect`, the local listener stays up while a gateway dies: the
+//! RDP client's automatic reconnection opens a new session, which goes
+//! through the next gateway.
+
+use std::sync::Arc;
+
+use kakehashi_proto::message::{Secret, SessionAccepted};
+use kakehashi_proto::Reason;
+use kakehashi_transport::{BoxIo, TransportChoice};
+use tokio::sync::RwLock;
+
+use crate::config::Config;
+use crate::{Dialer, SessionError};
+
+/// The gateways of `client.toml` and the one in use.
+#[derive(Debug)]
+pub struct Gateways {
+    each: Vec<Config>,
+    choice: TransportChoice,
+    /// Index into `each`, and its dialer.
+    current: RwLock<(usize, Arc<Dialer>)>,
+}
+
+/// Whether `e` says the gateway is gone (not that it refused): then the
+/// next gateway is tried. A refusal by policy or of the certificate would
+/// be the same on every gateway of the cluster and is not retried.
+fn gateway_gone(e: &SessionError) -> bool {
+    match e {
+        SessionError::Other(_) => true,
+        SessionError::Refused(r) => [
+            Reason::GatewayUnreachable,
+            Reason::Timeout,
+            Reason::ShuttingDown,
+        ]
+        .iter()
+        .any(|g| r.code == kakehashi_proto::reason::ReasonText::code(*g)),
+    }
+}
+
+impl Gateways {
+    /// Establish a dialer with the first gateway that answers. Returns the
+    /// gateways and a note on the transport (and the gateway, when it is
+    /// not the first).
+    pub async fn establish(
+        cfg: Config,
+        choice: TransportChoice,
+    ) -> Result<(Self, String), SessionError> {
+        let each = cfg.each_gateway();
+        let (i, d, note) = Self::first_answering(&each, 0, choice).await?;
+        Ok((
+            Self {
+                each,
+                choice,
+                current: RwLock::new((i, Arc::new(d))),
+            },
+            note,
+        ))
+    }
+
+    /// From `start` on (wrapping), the first gateway that answers.
+    async fn first_answering(
+        each: &[Config],
+        start: usize,
+        choice: TransportChoice,
+    ) -> Result<(usize, Dialer, String), SessionError> {
+        let mut last = None;
+        for k in 0..each.len() {
+            let i = (start + k) % each.len();
+            match Dialer::establish(each[i].clone(), choice).await {
+                Ok((d, note)) => {
+                    let note = if i == 0 {
+                        note
+                    } else {
+                        format!("{note}, via {} (fallback {i})", each[i].tcp)
+                    };
+                    return Ok((i, d, note));
+                }
+                Err(e) if gateway_gone(&e) && each.len() > 1 => {
+                    tracing::warn!(gateway = %each[i].tcp, error = %e, "Gateway unreachable; trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one gateway"))
+    }
+
+    /// The dialer in use.
+    pub async fn dialer(&self) -> Arc<Dialer> {
+        self.current.read().await.1.clone()
+    }
+
+    /// Open a session to `desk` through the gateway in use; when it is gone,
+    /// through the next that answers. Returns the dialer that carried it
+    /// (to ask that gateway why the session ended).
+    pub async fn session(
+        &self,
+        desk: &str,
+        token: Option<&Secret>,
+    ) -> Result<(BoxIo, SessionAccepted, Arc<Dialer>), SessionError> {
+        let (i, d) = self.current.read().await.clone();
+        match d.session(desk, token).await {
+            Ok((io, accepted)) => Ok((io, accepted, d)),
+            Err(e) if gateway_gone(&e) && self.each.len() > 1 => {
+                tracing::warn!(gateway = %self.each[i].tcp, error = %e, "Gateway gone; moving to the next");
+                let d = self.move_on(i).await?;
+                let (io, accepted) = d.session(desk, token).await?;
+                Ok((io, accepted, d))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replace the failed gateway `failed` with the next that answers (once:
+    /// sessions failing together move together).
+    async fn move_on(&self, failed: usize) -> Result<Arc<Dialer>, SessionError> {
+        let mut cur = self.current.write().await;
+        if cur.0 != failed {
+            return Ok(cur.1.clone());
+        }
+        let (i, d, note) = Self::first_answering(&self.each, failed + 1, self.choice).await?;
+        eprintln!(
+            "ゲートウェイ {} に接続できないため {} に切り替えました / gateway {} unreachable: now through {} ({note})",
+            self.each[failed].tcp, self.each[i].tcp, self.each[failed].tcp, self.each[i].tcp
+        );
+        let d = Arc::new(d);
+        *cur = (i, d.clone());
+        Ok(d)
+    }
+}
