@@ -1022,6 +1022,48 @@ pub fn client_config_logged_in(
     cfg
 }
 
+/// One session request with login `token` on a fresh TLS connection to
+/// `gw`'s laptop listener: the session id, or the refusal. (The connection
+/// closes on return, which ends an accepted session.)
+pub async fn request_session(
+    pki: &Pki,
+    dev: &CertFiles,
+    gw: &GatewayProc,
+    desk: &str,
+    token: &str,
+) -> Result<String, kakehashi_proto::Refusal> {
+    use kakehashi_proto::message::{Message, Secret, SessionAccepted, SessionRequest};
+    use kakehashi_proto::FrameKind;
+    let m = SessionRequest {
+        desk: desk.into(),
+        token: Some(Secret(token.into())),
+    };
+    let (_, f) = ask_terminal(pki, dev, gw.addrs.terminal_tcp, &m).await;
+    match f.kind {
+        FrameKind::SessionAccepted => Ok(SessionAccepted::from_frame(&f).unwrap().session_id),
+        FrameKind::Refused => Err(kakehashi_proto::Refusal::from_frame(&f).unwrap()),
+        k => panic!("unexpected {k:?}"),
+    }
+}
+
+/// Block laptop `id` as an officer would (`kakehashi-gateway admin device
+/// block`) on the store of `gw`'s configuration.
+pub async fn block_device(gw: &GatewayProc, id: &str) {
+    let (ok, out) = gateway_cli(&[
+        "admin",
+        "--config",
+        gw.config.to_str().unwrap(),
+        "device",
+        "block",
+        "--id",
+        id,
+        "--reason",
+        "reported lost",
+    ])
+    .await;
+    assert!(ok, "{out}");
+}
+
 /// `kakehashi-gateway ARGS…`: whether it succeeded, and its stdout and stderr.
 pub async fn gateway_cli(args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("kakehashi-gateway"))

@@ -9,8 +9,6 @@
 use std::time::{Duration, Instant};
 
 use kakehashi_pki::TerminalClass;
-use kakehashi_proto::message::{Message, Secret, SessionAccepted, SessionRequest};
-use kakehashi_proto::{FrameKind, Refusal};
 use kakehashi_store::Store;
 use kakehashi_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,26 +40,6 @@ async fn gateway_polling(pki: &Pki, name: &str, url: &str, watch: &str) -> Gatew
         },
     )
     .await
-}
-
-/// One session request on a fresh TLS connection to `gw`.
-async fn request(
-    pki: &Pki,
-    dev: &CertFiles,
-    gw: &GatewayProc,
-    desk: &str,
-    token: &str,
-) -> Result<String, Refusal> {
-    let m = SessionRequest {
-        desk: desk.into(),
-        token: Some(Secret(token.into())),
-    };
-    let (_, f) = ask_terminal(pki, dev, gw.addrs.terminal_tcp, &m).await;
-    match f.kind {
-        FrameKind::SessionAccepted => Ok(SessionAccepted::from_frame(&f).unwrap().session_id),
-        FrameKind::Refused => Err(Refusal::from_frame(&f).unwrap()),
-        k => panic!("unexpected {k:?}"),
-    }
 }
 
 /// A live session through a real `kakehashi connect`: the local stream
@@ -135,7 +113,7 @@ async fn gateways_on_one_postgres_keep_each_others_sessions_and_close_a_dead_one
     echo(&mut s, &[8u8; 1000]).await;
 
     // The token from gw1's login opens a session on gw2 too.
-    let id2 = request(&pki, &dev, &gw2, "DESK-1", &token)
+    let id2 = request_session(&pki, &dev, &gw2, "DESK-1", &token)
         .await
         .expect("the same login on another gateway");
     let rec2 = store.get_session(&id2).await.unwrap().unwrap();
@@ -237,7 +215,7 @@ async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on()
 
     cluster.stop_now();
     let t = Instant::now();
-    let r = request(&pki, &dev, &gw, "DESK-1", &token)
+    let r = request_session(&pki, &dev, &gw, "DESK-1", &token)
         .await
         .expect_err("a session admitted without the store");
     let took = t.elapsed();
@@ -255,7 +233,7 @@ async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on()
     cluster.start_again();
     let t = Instant::now();
     loop {
-        match request(&pki, &dev, &gw, "DESK-1", &token).await {
+        match request_session(&pki, &dev, &gw, "DESK-1", &token).await {
             Ok(_) => break,
             Err(r) if r.code == "store_unavailable" => {}
             Err(r) => panic!("after PostgreSQL came back: {r:?}"),
@@ -305,19 +283,7 @@ async fn a_block_made_anywhere_ends_the_session_on_every_gateway_within_2_s() {
     // Past the first poll after the session started.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (ok, out) = gateway_cli(&[
-        "admin",
-        "--config",
-        gw2.config.to_str().unwrap(),
-        "device",
-        "block",
-        "--id",
-        "LT-KATO",
-        "--reason",
-        "reported lost",
-    ])
-    .await;
-    assert!(ok, "{out}");
+    block_device(&gw2, "LT-KATO").await;
     let t = Instant::now();
     let mut buf = [0u8; 16];
     loop {

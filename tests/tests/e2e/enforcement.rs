@@ -10,32 +10,11 @@
 use std::time::Duration;
 
 use kakehashi_pki::TerminalClass;
-use kakehashi_proto::message::{Message, Secret, SessionAccepted, SessionRequest};
-use kakehashi_proto::{frame, FrameKind, Refusal};
+use kakehashi_proto::{frame, FrameKind};
 use kakehashi_store::{AuditRecord, Store};
 use kakehashi_tests::*;
 
 use crate::e2e::rdp::{rdp_server_cert, wait_log_line};
-
-/// One session request on a fresh TLS connection: the session id, or the refusal.
-async fn request(
-    pki: &Pki,
-    dev: &CertFiles,
-    gw: &GatewayProc,
-    desk: &str,
-    token: &str,
-) -> Result<String, Refusal> {
-    let m = SessionRequest {
-        desk: desk.into(),
-        token: Some(Secret(token.into())),
-    };
-    let (_, f) = ask_terminal(pki, dev, gw.addrs.terminal_tcp, &m).await;
-    match f.kind {
-        FrameKind::SessionAccepted => Ok(SessionAccepted::from_frame(&f).unwrap().session_id),
-        FrameKind::Refused => Err(Refusal::from_frame(&f).unwrap()),
-        k => panic!("unexpected {k:?}"),
-    }
-}
 
 /// The audit records of `action` about `desk` (the subject of a refusal, the
 /// `desk` of a session start).
@@ -120,7 +99,7 @@ async fn restricting_sessions_need_an_enforcing_agent_or_a_non_rdp_desk() {
         .wait_log("desk_not_enforcing", Duration::from_secs(10))
         .await
         .unwrap();
-    let r = request(&pki, &dev, &gw, "DESK-PT", &token)
+    let r = request_session(&pki, &dev, &gw, "DESK-PT", &token)
         .await
         .unwrap_err();
     assert_eq!(r.code, "desk_not_enforcing", "{r:?}");
@@ -129,7 +108,7 @@ async fn restricting_sessions_need_an_enforcing_agent_or_a_non_rdp_desk() {
         "{r:?}"
     );
     // …and so is the older agent's desk: silence is not enforcement.
-    let r = request(&pki, &dev, &gw, "DESK-OLD", &token)
+    let r = request_session(&pki, &dev, &gw, "DESK-OLD", &token)
         .await
         .unwrap_err();
     assert_eq!(r.code, "desk_not_enforcing", "{r:?}");
@@ -146,7 +125,9 @@ async fn restricting_sessions_need_an_enforcing_agent_or_a_non_rdp_desk() {
     }
 
     // The enforcing agent's desk is admitted, and the record says enforced.
-    let id = request(&pki, &dev, &gw, "DESK-EN", &token).await.unwrap();
+    let id = request_session(&pki, &dev, &gw, "DESK-EN", &token)
+        .await
+        .unwrap();
     let start = records(&store, "session.start", "DESK-EN").await;
     let start = start
         .iter()
@@ -187,7 +168,7 @@ async fn restricting_sessions_need_an_enforcing_agent_or_a_non_rdp_desk() {
         );
     }
     // The older agent's desk is still an RDP desk: still refused.
-    let r = request(&pki, &dev, &gw, "DESK-OLD", &token)
+    let r = request_session(&pki, &dev, &gw, "DESK-OLD", &token)
         .await
         .unwrap_err();
     assert_eq!(r.code, "desk_not_enforcing", "{r:?}");

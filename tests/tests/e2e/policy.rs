@@ -9,34 +9,10 @@
 use std::time::{Duration, Instant};
 
 use kakehashi_pki::TerminalClass;
-use kakehashi_proto::message::{Message, Secret, SessionRequest};
-use kakehashi_proto::{FrameKind, Refusal};
 use kakehashi_store::Store;
 use kakehashi_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One session request on a fresh TLS connection: `Ok(session id)` or the refusal.
-async fn request(
-    pki: &Pki,
-    dev: &CertFiles,
-    gw: &GatewayProc,
-    desk: &str,
-    token: &str,
-) -> Result<String, Refusal> {
-    let m = SessionRequest {
-        desk: desk.into(),
-        token: Some(Secret(token.into())),
-    };
-    let (_, f) = ask_terminal(pki, dev, gw.addrs.terminal_tcp, &m).await;
-    match f.kind {
-        FrameKind::SessionAccepted => Ok(kakehashi_proto::message::SessionAccepted::from_frame(&f)
-            .unwrap()
-            .session_id),
-        FrameKind::Refused => Err(Refusal::from_frame(&f).unwrap()),
-        k => panic!("unexpected {k:?}"),
-    }
-}
 
 /// A session through a real `kakehashi connect`: the local TCP stream after
 /// one echo round trip.
@@ -155,7 +131,9 @@ async fn level_3_only_from_a_satellite_office_with_a_fresh_login() {
     // From home: the level-3 rule refuses, whatever the login.
     let home = pki.device("LAPTOP-HOME", TerminalClass::Home);
     let t = redeem_login(&pki, &home, gw.addrs.terminal_tcp, &store, "u-sato").await;
-    let r = request(&pki, &home, &gw, "DESK-L3", &t).await.unwrap_err();
+    let r = request_session(&pki, &home, &gw, "DESK-L3", &t)
+        .await
+        .unwrap_err();
     assert_eq!(r.code, "level_not_permitted", "{r:?}");
     assert!(
         r.ja.contains("機密性レベル") && r.en.contains("confidentiality"),
@@ -166,22 +144,26 @@ async fn level_3_only_from_a_satellite_office_with_a_fresh_login() {
     // From a satellite office, right after a login (the step-up): allowed once.
     let sat = pki.device("LAPTOP-SAT", TerminalClass::Satellite);
     let t = redeem_login(&pki, &sat, gw.addrs.terminal_tcp, &store, "u-sato").await;
-    let id = request(&pki, &sat, &gw, "DESK-L3", &t)
+    let id = request_session(&pki, &sat, &gw, "DESK-L3", &t)
         .await
         .expect("level 3 from a satellite office with a fresh login");
     // The same login does not open a second level-3 session.
-    let r = request(&pki, &sat, &gw, "DESK-L3", &t).await.unwrap_err();
+    let r = request_session(&pki, &sat, &gw, "DESK-L3", &t)
+        .await
+        .unwrap_err();
     assert_eq!(r.code, "step_up_required");
     assert!(r.ja.contains("kakehashi login"), "{}", r.ja);
     // Another person's desk: not an owner.
     add_desk(&store, "DESK-OTHER", 1, &["u-other"]).await;
     let t = redeem_login(&pki, &sat, gw.addrs.terminal_tcp, &store, "u-sato").await;
-    let r = request(&pki, &sat, &gw, "DESK-OTHER", &t)
+    let r = request_session(&pki, &sat, &gw, "DESK-OTHER", &t)
         .await
         .unwrap_err();
     assert_eq!(r.code, "not_desk_owner");
     // An unregistered desk.
-    let r = request(&pki, &sat, &gw, "DESK-NONE", &t).await.unwrap_err();
+    let r = request_session(&pki, &sat, &gw, "DESK-NONE", &t)
+        .await
+        .unwrap_err();
     assert_eq!(r.code, "desk_unknown");
 
     // Every decision is in the audit log with its reason and rule.
@@ -228,19 +210,7 @@ async fn blocking_a_device_ends_its_session_within_a_second() {
     let mut s = open_session(&client).await;
     let id = newest_session(&store, "DESK-B2").await;
 
-    let (ok, out) = gateway_cli(&[
-        "admin",
-        "--config",
-        gw.config.to_str().unwrap(),
-        "device",
-        "block",
-        "--id",
-        "LAPTOP-ITO",
-        "--reason",
-        "reported lost",
-    ])
-    .await;
-    assert!(ok, "{out}");
+    block_device(&gw, "LAPTOP-ITO").await;
     let took = ended_within(&mut s, Duration::from_secs(1)).await;
     eprintln!("session ended {took:?} after the block command returned");
     // Like an RDP client, close on EOF; the laptop then asks why.
@@ -297,19 +267,7 @@ async fn connect_stdio_exits_when_the_gateway_ends_the_session() {
         .unwrap();
     assert_eq!(&buf, b"ping");
 
-    let (ok, out) = gateway_cli(&[
-        "admin",
-        "--config",
-        gw.config.to_str().unwrap(),
-        "device",
-        "block",
-        "--id",
-        "LAPTOP-ITO",
-        "--reason",
-        "reported lost",
-    ])
-    .await;
-    assert!(ok, "{out}");
+    block_device(&gw, "LAPTOP-ITO").await;
     // Standard input stays open (`stdin` is held until the end of the test).
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await
@@ -375,7 +333,9 @@ async fn tightening_the_policy_or_a_desk_ends_only_the_sessions_no_longer_allowe
         .await
         .unwrap();
     // A new level-2 session is refused by the new version too.
-    let r = request(&pki, &dev, &gw, "DESK-T2", &t).await.unwrap_err();
+    let r = request_session(&pki, &dev, &gw, "DESK-T2", &t)
+        .await
+        .unwrap_err();
     assert_eq!(r.code, "level_not_permitted");
 
     // The desk moves into the My Number segment: never reachable remotely.
@@ -425,7 +385,9 @@ async fn bcp_mode_opens_home_access_and_its_end_closes_it() {
     let dev = pki.device("LAPTOP-MORI", TerminalClass::Home);
     let t = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-mori").await;
     // No plan: level 2 from home is refused (outside hours at night, else no plan).
-    let r = request(&pki, &dev, &gw, "DESK-H2", &t).await.unwrap_err();
+    let r = request_session(&pki, &dev, &gw, "DESK-H2", &t)
+        .await
+        .unwrap_err();
     assert!(
         ["plan_required", "outside_hours"].contains(&r.code.as_str()),
         "{r:?}"
