@@ -78,31 +78,80 @@ async fn only_open_session(store: &Store) -> kakehashi_store::SessionRecord {
     panic!("expected exactly one open session row");
 }
 
+/// `kakehashi-gateway cluster status` on `gw`'s store.
+async fn cluster_status(gw: &GatewayProc) -> String {
+    let (ok, status) =
+        gateway_cli(&["cluster", "status", "--config", gw.config.to_str().unwrap()]).await;
+    assert!(ok, "{status}");
+    status
+}
+
+/// DESK-1 (level 1, owned by u-kato) served by one agent per gateway in
+/// `gws` (the same agent certificate), and u-kato logged in on laptop
+/// LT-KATO through the first gateway.
+struct Desk1 {
+    store: Store,
+    dev: CertFiles,
+    token: String,
+    agent_files: CertFiles,
+    echo: std::net::SocketAddr,
+    _agents: Vec<Proc>,
+}
+
+async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Desk1 {
+    let store = Store::open(url).await.unwrap();
+    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
+    let echo = echo_server().await;
+    let agent_files = pki.agent("DESK-1");
+    let mut agents = Vec::new();
+    for gw in gws {
+        agents.push(start_agent_with(pki, &agent_files, &gw.addrs, echo, "tcp"));
+        wait_agent(gw, "DESK-1").await;
+    }
+    let dev = pki.device("LT-KATO", TerminalClass::Home);
+    let token = redeem_login(pki, &dev, gws[0].addrs.terminal_tcp, &store, "u-kato").await;
+    Desk1 {
+        store,
+        dev,
+        token,
+        agent_files,
+        echo,
+        _agents: agents,
+    }
+}
+
+impl Desk1 {
+    /// `kakehashi connect DESK-1` through `gw`, with `[gateway]` lines added.
+    async fn client(&self, pki: &Pki, gw: &GatewayProc, gateway_extra: &str) -> ClientProc {
+        let cfg = client_config_logged_in(pki, &self.dev, &gw.addrs, "u-kato", &self.token);
+        let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+            "[tls]",
+            &format!("{gateway_extra}[tls]"),
+            1,
+        );
+        std::fs::write(&cfg, text).unwrap();
+        start_client(pki, &cfg, "DESK-1", "tcp").await.unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn gateways_on_one_postgres_keep_each_others_sessions_and_close_a_dead_ones() {
     let url = pg::cluster().create_database().await;
     let mut pki = Pki::new();
     let gw1 = gateway(&pki, "gw1", &url).await;
-    let store = Store::open(&url).await.unwrap();
-    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
-    let echo_addr = echo_server().await;
-    let agent_files = pki.agent("DESK-1");
-    let _agent1 = start_agent_with(&pki, &agent_files, &gw1.addrs, echo_addr, "tcp");
-    wait_agent(&gw1, "DESK-1").await;
+    let d = desk1(&mut pki, &url, &[&gw1]).await;
+    let (store, dev, token) = (&d.store, &d.dev, &d.token);
 
     // A live session through gw1, with bytes relayed.
-    let dev = pki.device("LT-KATO", TerminalClass::Home);
-    let token = redeem_login(&pki, &dev, gw1.addrs.terminal_tcp, &store, "u-kato").await;
-    let cfg = client_config_logged_in(&pki, &dev, &gw1.addrs, "u-kato", &token);
-    let client = start_client(&pki, &cfg, "DESK-1", "tcp").await.unwrap();
+    let client = d.client(&pki, &gw1, "").await;
     let mut s = echo_session(&client, &[7u8; 1000]).await;
-    let row = only_open_session(&store).await;
+    let row = only_open_session(store).await;
     assert_eq!(row.gateway.as_deref(), Some("gw1"));
 
     // A second gateway starts on the same database: gw1's live row stays
     // open, the policy is not saved again, and the session goes on.
     let gw2 = gateway(&pki, "gw2", &url).await;
-    let _agent2 = start_agent_with(&pki, &agent_files, &gw2.addrs, echo_addr, "tcp");
+    let _agent2 = start_agent_with(&pki, &d.agent_files, &gw2.addrs, d.echo, "tcp");
     wait_agent(&gw2, "DESK-1").await;
     assert_eq!(
         store.get_session(&row.id).await.unwrap().unwrap().ended_at,
@@ -113,20 +162,13 @@ async fn gateways_on_one_postgres_keep_each_others_sessions_and_close_a_dead_one
     echo(&mut s, &[8u8; 1000]).await;
 
     // The token from gw1's login opens a session on gw2 too.
-    let id2 = request_session(&pki, &dev, &gw2, "DESK-1", &token)
+    let id2 = request_session(&pki, dev, &gw2, "DESK-1", token)
         .await
         .expect("the same login on another gateway");
     let rec2 = store.get_session(&id2).await.unwrap().unwrap();
     assert_eq!(rec2.gateway.as_deref(), Some("gw2"));
 
-    let (ok, status) = gateway_cli(&[
-        "cluster",
-        "status",
-        "--config",
-        gw2.config.to_str().unwrap(),
-    ])
-    .await;
-    assert!(ok, "{status}");
+    let status = cluster_status(&gw2).await;
     assert!(status.contains("2 member(s), 2 alive"), "{status}");
     assert!(
         status
@@ -176,14 +218,7 @@ async fn gateways_on_one_postgres_keep_each_others_sessions_and_close_a_dead_one
     let policy_imports = log.iter().filter(|r| r.action == "policy.import").count();
     assert_eq!(policy_imports, 1, "the policy was seeded once");
 
-    let (ok, status) = gateway_cli(&[
-        "cluster",
-        "status",
-        "--config",
-        gw2.config.to_str().unwrap(),
-    ])
-    .await;
-    assert!(ok, "{status}");
+    let status = cluster_status(&gw2).await;
     assert!(
         status
             .lines()
@@ -201,21 +236,15 @@ async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on()
     let url = cluster.create_database().await;
     let mut pki = Pki::new();
     let gw = gateway(&pki, "gw1", &url).await;
-    let store = Store::open(&url).await.unwrap();
-    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
-    let echo_addr = echo_server().await;
-    let _agent = start_agent(&mut pki, "DESK-1", &gw.addrs, echo_addr, "tcp");
-    wait_agent(&gw, "DESK-1").await;
-    let dev = pki.device("LT-KATO", TerminalClass::Home);
-    let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-kato").await;
-    let cfg = client_config_logged_in(&pki, &dev, &gw.addrs, "u-kato", &token);
-    let client = start_client(&pki, &cfg, "DESK-1", "tcp").await.unwrap();
+    let d = desk1(&mut pki, &url, &[&gw]).await;
+    let client = d.client(&pki, &gw, "").await;
     let mut live = echo_session(&client, b"before").await;
-    store.close().await;
+    d.store.close().await;
+    let (dev, token) = (&d.dev, &d.token);
 
     cluster.stop_now();
     let t = Instant::now();
-    let r = request_session(&pki, &dev, &gw, "DESK-1", &token)
+    let r = request_session(&pki, dev, &gw, "DESK-1", token)
         .await
         .expect_err("a session admitted without the store");
     let took = t.elapsed();
@@ -233,7 +262,7 @@ async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on()
     cluster.start_again();
     let t = Instant::now();
     loop {
-        match request_session(&pki, &dev, &gw, "DESK-1", &token).await {
+        match request_session(&pki, dev, &gw, "DESK-1", token).await {
             Ok(_) => break,
             Err(r) if r.code == "store_unavailable" => {}
             Err(r) => panic!("after PostgreSQL came back: {r:?}"),
@@ -270,15 +299,8 @@ async fn a_block_made_anywhere_ends_the_session_on_every_gateway_within_2_s() {
     let mut pki = Pki::new();
     let gw1 = gateway_polling(&pki, "gw1", &url, "5s").await;
     let gw2 = gateway_polling(&pki, "gw2", &url, "5s").await;
-    let store = Store::open(&url).await.unwrap();
-    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
-    let echo_addr = echo_server().await;
-    let _agent = start_agent(&mut pki, "DESK-1", &gw1.addrs, echo_addr, "tcp");
-    wait_agent(&gw1, "DESK-1").await;
-    let dev = pki.device("LT-KATO", TerminalClass::Home);
-    let token = redeem_login(&pki, &dev, gw1.addrs.terminal_tcp, &store, "u-kato").await;
-    let cfg = client_config_logged_in(&pki, &dev, &gw1.addrs, "u-kato", &token);
-    let client = start_client(&pki, &cfg, "DESK-1", "tcp").await.unwrap();
+    let d = desk1(&mut pki, &url, &[&gw1]).await;
+    let client = d.client(&pki, &gw1, "").await;
     let mut s = echo_session(&client, b"hello").await;
     // Past the first poll after the session started.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -315,27 +337,12 @@ async fn a_laptop_moves_to_the_next_gateway_without_a_new_login() {
     let mut pki = Pki::new();
     let gw1 = gateway(&pki, "gw1", &url).await;
     let gw2 = gateway(&pki, "gw2", &url).await;
-    let store = Store::open(&url).await.unwrap();
-    add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
-    let echo_addr = echo_server().await;
-    let agent_files = pki.agent("DESK-1");
-    let _agent1 = start_agent_with(&pki, &agent_files, &gw1.addrs, echo_addr, "tcp");
-    let _agent2 = start_agent_with(&pki, &agent_files, &gw2.addrs, echo_addr, "tcp");
-    wait_agent(&gw1, "DESK-1").await;
-    wait_agent(&gw2, "DESK-1").await;
-
-    let dev = pki.device("LT-KATO", TerminalClass::Home);
-    let token = redeem_login(&pki, &dev, gw1.addrs.terminal_tcp, &store, "u-kato").await;
-    let cfg = client_config_logged_in(&pki, &dev, &gw1.addrs, "u-kato", &token);
-    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
-        "[tls]",
-        &format!("fallback = [\"{}\"]\n[tls]", gw2.addrs.terminal_tcp),
-        1,
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let client = start_client(&pki, &cfg, "DESK-1", "tcp").await.unwrap();
+    let d = desk1(&mut pki, &url, &[&gw1, &gw2]).await;
+    let store = &d.store;
+    let fallback = format!("fallback = [\"{}\"]\n", gw2.addrs.terminal_tcp);
+    let client = d.client(&pki, &gw1, &fallback).await;
     let mut s = echo_session(&client, b"via gw1").await;
-    let first = only_open_session(&store).await;
+    let first = only_open_session(store).await;
     assert_eq!(first.gateway.as_deref(), Some("gw1"));
 
     let mut gw1 = gw1;
