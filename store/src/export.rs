@@ -344,7 +344,10 @@ pub fn verify_reader(r: impl BufRead, file: &Path, rep: &mut FileReport) -> anyh
         }
         match (rep.seqs, rep.last_hash) {
             (Some((_, prev)), Some(prev_hash)) => {
-                if rec.seq > prev + 1 {
+                // Seqs come from the file: `prev + 1` overflows after a
+                // record claiming seq i64::MAX (an attacker can seal one:
+                // the hash has no key).
+                if i128::from(rec.seq) > i128::from(prev) + 1 {
                     rep.broken = Some(brk(
                         Some(rec.seq),
                         "deleted",
@@ -441,6 +444,50 @@ mod tests {
             })
             .collect();
         verify_files(&files, last).unwrap()
+    }
+
+    /// Sealed records with extreme seqs (anyone can compute the hash): the
+    /// check reports them instead of overflowing `prev + 1` (a panic in
+    /// debug builds, a wrong "deleted" report in release). Seen while
+    /// writing the `audit_export` fuzz target, whose structured mode seals
+    /// such records.
+    #[test]
+    fn extreme_seqs_are_reported_not_overflowed() {
+        let sealed = |seq: i64, prev_hash: Hash256| {
+            let mut r = AuditRecord {
+                seq,
+                at: 1_735_657_200,
+                actor: "a".into(),
+                action: "x".into(),
+                subject: String::new(),
+                reason: String::new(),
+                detail: "{}".into(),
+                prev_hash,
+                hash: Hash256::ZERO,
+            };
+            r.hash = r.compute_hash();
+            r
+        };
+        let line = |r: &AuditRecord| ExportRecord::new(r, JST).to_json() + "\n";
+        let last = sealed(i64::MAX, Hash256([7; 32]));
+        for next in [i64::MAX, i64::MIN, 0] {
+            let after = sealed(next, last.hash);
+            let rep = verify_text(&[&(line(&last) + &line(&after))], None);
+            let b = rep
+                .broken
+                .expect("a seq at or below i64::MAX after it is out of order");
+            assert_eq!((b.kind, b.line, b.seq), ("reordered", 2, Some(next)));
+        }
+        let low = sealed(i64::MIN, Hash256([7; 32]));
+        let rep = verify_text(&[&(line(&low) + &line(&sealed(i64::MAX, low.hash)))], None);
+        let b = rep.broken.expect("a gap");
+        assert_eq!(b.kind, "deleted");
+        assert!(
+            b.detail
+                .contains(&format!("{}–{}", i64::MIN + 1, i64::MAX - 1)),
+            "{}",
+            b.detail
+        );
     }
 
     #[test]
