@@ -183,8 +183,12 @@ async fn import_plans(store: &Store, who: &str, file: &Path) -> anyhow::Result<u
     Ok(rows.len())
 }
 
-/// The plans in the CSV `text` of `file`, each with its line number.
-fn parse_plans(
+/// The plans in the CSV `text` of `file`, each with its line number; the
+/// first problem is an error naming `file` and the line. Rows are checked
+/// here as far as the text goes (columns, times, status); the store checks
+/// the rest ([`PlanSpec::validate`]) when they are submitted. Public for the
+/// `plan_csv` fuzz target.
+pub fn parse_plans(
     text: &str,
     file: &Path,
 ) -> anyhow::Result<Vec<(usize, PlanSpec, Option<PlanStatus>)>> {
@@ -204,10 +208,7 @@ fn parse_plans(
         let at = usize::try_from(at).unwrap_or(usize::MAX).min(text.len());
         let rest = text.as_bytes()[at..].iter();
         let start = at + rest.take_while(|b| matches!(b, b'\r' | b'\n')).count();
-        let n = 1 + text.as_bytes()[..start]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
+        let n = 1 + line_breaks(&text.as_bytes()[..start]);
         let f: Vec<&str> = record.iter().map(str::trim).collect();
         if f.iter().all(|s| s.is_empty()) || (n == 1 && f[0].starts_with("user")) {
             continue;
@@ -238,6 +239,17 @@ fn parse_plans(
         rows.push((n, spec, status));
     }
     Ok(rows)
+}
+
+/// Line ends in `bytes` as the CSV reader sees them: `\r\n`, `\n`, or a
+/// lone `\r` (what "CSV (Macintosh)" files from Excel for Mac end lines
+/// with).
+fn line_breaks(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')))
+        .count()
 }
 
 #[cfg(test)]
@@ -279,5 +291,29 @@ mod tests {
         );
         let e = parse_plans("u1,2026-01-15,09:00,10:00,x,maybe\n", f).unwrap_err();
         assert_eq!(e.to_string(), "plans.csv:1: unknown status \"maybe\"");
+    }
+
+    /// Lines ended by a lone CR (Excel for Mac's "CSV (Macintosh)") are
+    /// lines: each record gets its own number, and only the first line can
+    /// be the header. Before, every record was "line 1", so a row whose
+    /// user id starts with "user" was silently skipped as a header. Caught
+    /// by the `plan_csv` fuzz target's check that line numbers increase.
+    #[test]
+    fn lines_ended_by_cr_alone_are_numbered() {
+        let f = Path::new("plans.csv");
+        let text = "user_id,date,start,end,place\ru1,2026-01-15,09:00,10:00,x\r\
+                    user2,2026-01-15,09:00,10:00,y\r\ru3,2026-01-15,09:00,10:00,z\r";
+        let rows = parse_plans(text, f).unwrap();
+        let got: Vec<(usize, &str)> = rows
+            .iter()
+            .map(|(n, p, _)| (*n, p.user_id.as_str()))
+            .collect();
+        assert_eq!(got, [(2, "u1"), (3, "user2"), (5, "u3")]);
+        let e = parse_plans("u1,2026-01-15,09:00,10:00,x\ru2,2026-01-15,09:00\r", f);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "plans.csv:2: expected user_id,date,start,end,place[,status]"
+        );
+        assert_eq!(line_breaks(b"a\r\nb\nc\rd\r\r\n"), 5);
     }
 }
