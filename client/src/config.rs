@@ -132,9 +132,13 @@ impl Config {
                 path.display()
             )
         })?;
-        let f: ConfigFile = toml::from_str(&text)
-            .with_context(|| format!("invalid config file {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parse and validate a file's text. Relative paths are relative to `base`.
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
+        let f: ConfigFile = toml::from_str(text)?;
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let transport = match f.connect.transport.as_deref() {
             None => TransportChoice::Auto,

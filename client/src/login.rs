@@ -226,8 +226,10 @@ const PAGE_FAIL: &str = "<!doctype html><meta charset=utf-8><title>Kakehashi</ti
 <body style=\"font-family:sans-serif;margin:3em\"><h1>ログインできませんでした</h1>\
 <p>もう一度 kakehashi login を実行してください。</p><p lang=en>Login failed. Run kakehashi login again.</p>";
 
-/// The code of a callback with `query`, if its state is `state`.
-fn parse_callback(query: Option<&str>, state: &str) -> anyhow::Result<String> {
+/// The code of a callback with `query`, if its state is `state`. Public
+/// for the `login_callback` fuzz target: the query comes from whoever
+/// requests the loopback URL.
+pub fn parse_callback(query: Option<&str>, state: &str) -> anyhow::Result<String> {
     let pairs = || url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
     let get = |k: &str| pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
     // The state first: any local process can request this URL, and only

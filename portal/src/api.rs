@@ -31,46 +31,46 @@ type Result<T, E = Denial> = std::result::Result<T, E>;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnrollStart {
-    user: String,
-    code: String,
+    pub(crate) user: String,
+    pub(crate) code: String,
 }
 
 /// `POST /api/enroll/finish`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnrollFinish {
-    ceremony: String,
-    credential: RegisterPublicKeyCredential,
+    pub(crate) ceremony: String,
+    pub(crate) credential: RegisterPublicKeyCredential,
 }
 
 /// `POST /api/login/start`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginStart {
-    user: String,
+    pub(crate) user: String,
 }
 
 /// `POST /api/login/finish`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginFinish {
-    ceremony: String,
-    credential: PublicKeyCredential,
-    redirect_uri: String,
-    state: String,
-    code_challenge: String,
+    pub(crate) ceremony: String,
+    pub(crate) credential: PublicKeyCredential,
+    pub(crate) redirect_uri: String,
+    pub(crate) state: String,
+    pub(crate) code_challenge: String,
     #[serde(default)]
-    code_challenge_method: Option<String>,
+    pub(crate) code_challenge_method: Option<String>,
     #[serde(default)]
-    device: Option<String>,
+    pub(crate) device: Option<String>,
 }
 
 /// `POST /api/session/finish`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionFinish {
-    ceremony: String,
-    credential: PublicKeyCredential,
+    pub(crate) ceremony: String,
+    pub(crate) credential: PublicKeyCredential,
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T> {

@@ -76,6 +76,7 @@ mod api;
 mod codes;
 pub mod config;
 mod dashboard;
+mod fuzz;
 mod html;
 mod memory;
 mod officer;
@@ -94,6 +95,7 @@ mod tests;
 mod throttle;
 mod views;
 
+pub use fuzz::fuzz_feed;
 pub use reason::{Denial, Reason};
 pub use serve::serve;
 

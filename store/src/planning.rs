@@ -23,6 +23,23 @@ pub struct PlanSpec {
     pub place: String,
 }
 
+impl PlanSpec {
+    /// Checks what [`Store::submit_plan`] requires, without a store: a valid
+    /// user id and date, hours inside one day with start before end, and a
+    /// place of at most 256 bytes without control characters.
+    pub fn validate(&self) -> Result<()> {
+        validate_id("user id", &self.user_id)?;
+        validate_date("plan date", &self.date)?;
+        if self.start_min >= self.end_min || self.end_min > 1440 {
+            return Err(Error::invalid(
+                "plan hours",
+                "start must be before end, within the day",
+            ));
+        }
+        validate_text("plan place", &self.place, 256, false)
+    }
+}
+
 /// A stored telework plan.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct Plan {
@@ -194,15 +211,7 @@ const MAX_POLICY: usize = 1024 * 1024;
 impl Store {
     /// Submits a telework plan (status `submitted`).
     pub async fn submit_plan(&self, spec: &PlanSpec, audit: Audit) -> Result<Plan> {
-        validate_id("user id", &spec.user_id)?;
-        validate_date("plan date", &spec.date)?;
-        if spec.start_min >= spec.end_min || spec.end_min > 1440 {
-            return Err(Error::invalid(
-                "plan hours",
-                "start must be before end, within the day",
-            ));
-        }
-        validate_text("plan place", &spec.place, 256, false)?;
+        spec.validate()?;
         let id = random_id("plan")?;
         const SQL: &str = "INSERT INTO telework_plans \
              (id, user_id, day, start_min, end_min, place, status, submitted_at, decided_by, decided_at) \

@@ -79,8 +79,14 @@ impl CrlDates {
 impl CrlFile {
     /// Read every CRL in a PEM file.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let ders = CertificateRevocationListDer::pem_file_iter(path)
-            .with_context(|| format!("cannot read CRL file {}", path.display()))?
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read CRL file {}", path.display()))?;
+        Self::parse(&pem, path)
+    }
+
+    /// Every CRL in the PEM text `pem` of the file `path` (named in errors).
+    pub fn parse(pem: &[u8], path: &Path) -> anyhow::Result<Self> {
+        let ders = CertificateRevocationListDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("invalid CRL in {}", path.display()))?;
         if ders.is_empty() {

@@ -42,11 +42,11 @@ impl Default for WhatIf {
 #[derive(Debug, Deserialize)]
 pub(crate) struct PreviewRequest {
     #[serde(default)]
-    csrf: String,
+    pub(crate) csrf: String,
     #[serde(default)]
-    text: String,
+    pub(crate) text: String,
     #[serde(flatten)]
-    what_if: WhatIf,
+    pub(crate) what_if: WhatIf,
 }
 
 /// Diagnostics of `text` and, when it parses, the decision for `w` with
