@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use kakehashi_child::die_with_parent;
 use kakehashi_pki::{CaDir, IssueRequest, Subject};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
@@ -54,8 +55,11 @@ pub async fn start(ca: &mut CaDir, dir: &Path) -> anyhow::Result<RdpDesk> {
     std::fs::copy(&issued.cert_path, shadow.join("shadow.crt"))?;
     std::fs::copy(&issued.key_path, shadow.join("shadow.key"))?;
     let password = kakehashi_transport::random_hex(8);
-    let sam = Command::new("winpr-hash")
+    let mut sam = Command::new("winpr-hash");
+    die_with_parent(sam.as_std_mut());
+    let sam = sam
         .args(["-u", RDP_USER, "-p", &password, "-f", "sam"])
+        .kill_on_drop(true)
         .output()
         .await
         .context("winpr-hash")?;
@@ -68,7 +72,12 @@ pub async fn start(ca: &mut CaDir, dir: &Path) -> anyhow::Result<RdpDesk> {
     std::fs::write(&sam_path, text)?;
 
     // Xvfb picks a free display and writes its number to a pipe (-displayfd 1).
-    let mut xvfb = Command::new("Xvfb")
+    // Every process the demo starts dies with it, even when the demo is
+    // killed with SIGKILL and cannot drop its `Child`ren (see kakehashi-child).
+    // Spawned from the task that runs the demo (the main thread).
+    let mut xvfb = Command::new("Xvfb");
+    die_with_parent(xvfb.as_std_mut());
+    let mut xvfb = xvfb
         .args([
             "-displayfd",
             "1",
@@ -97,7 +106,9 @@ pub async fn start(ca: &mut CaDir, dir: &Path) -> anyhow::Result<RdpDesk> {
         l.local_addr()?.port()
     };
     let log = std::fs::File::create(home.join("shadow.log"))?;
-    let server = Command::new("freerdp-shadow-cli")
+    let mut server = Command::new("freerdp-shadow-cli");
+    die_with_parent(server.as_std_mut());
+    let server = server
         .arg(format!("/port:{port}"))
         .arg("/bind-address:127.0.0.1")
         .arg("/sec:nla")
@@ -130,7 +141,8 @@ pub async fn start(ca: &mut CaDir, dir: &Path) -> anyhow::Result<RdpDesk> {
         ("xclock", &[][..]),
     ] {
         if have(program) {
-            let _ = std::process::Command::new(program)
+            // Not waited for: it ends with the display, or with the demo.
+            let _ = die_with_parent(&mut std::process::Command::new(program))
                 .args(args)
                 .env("DISPLAY", &display)
                 .stdout(Stdio::null())
