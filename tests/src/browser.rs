@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::{bin, start_gateway, GatewayOpts, GatewayProc, Pki};
 
@@ -59,14 +59,13 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start(chromium: &Path, log: PathBuf) -> anyhow::Result<Self> {
-        let mut child = Command::new("node")
+        let mut child = crate::command("node")
             .arg(browser_dir().join("portal.mjs"))
             .current_dir(browser_dir())
             .env("KAKEHASHI_CHROMIUM", chromium)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true)
             .spawn()
             .context("cannot start node")?;
         let stdin = child.stdin.take().expect("stdin");
@@ -129,7 +128,7 @@ pub fn free_port() -> u16 {
 
 /// `kakehashi-gateway admin --config CFG ARGS…`; returns stdout.
 pub async fn admin(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("kakehashi-gateway"))
+    let out = crate::command(bin("kakehashi-gateway"))
         .arg("admin")
         .arg("--config")
         .arg(config)

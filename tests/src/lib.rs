@@ -158,6 +158,20 @@ impl Default for Pki {
     }
 }
 
+/// A command for a test to run: its process is killed when its `Child` (or
+/// the future of its `output()`) is dropped, and when this test process
+/// dies, even by SIGKILL (a harness timeout), so no test leaves a process
+/// behind. Spawn it from the test's own thread or runtime, never from
+/// `spawn_blocking` (see `kakehashi_child`). A program that starts programs
+/// of its own must make them die with it (the demo does; the scripts in
+/// `tests/rdp/` use `setpriv --pdeathsig`).
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    kakehashi_child::die_with_parent(cmd.as_std_mut());
+    cmd.kill_on_drop(true);
+    cmd
+}
+
 /// A child process killed on drop, with its standard output collected.
 pub struct Proc {
     /// The child.
@@ -167,18 +181,35 @@ pub struct Proc {
     /// Where its stderr (logs) goes.
     pub log: PathBuf,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Dropped while running: SIGTERM first ([`Proc::terminate_on_drop`]).
+    term_first: bool,
+}
+
+impl Drop for Proc {
+    /// The kill on drop ends the process itself; a process set to
+    /// [`Proc::terminate_on_drop`] first gets SIGTERM and up to 10 s to stop
+    /// what it started, so a test that fails half-way leaves nothing behind.
+    fn drop(&mut self) {
+        if !self.term_first || !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        self.terminate();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Proc {
     /// Start `program args…`, stderr to `log`.
     pub fn spawn(program: &Path, args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Self {
         let err = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(program);
+        let mut cmd = command(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(err)
-            .kill_on_drop(true);
+            .stderr(err);
         cmd.env(
             "RUST_LOG",
             std::env::var("KAKEHASHI_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -205,6 +236,7 @@ impl Proc {
             stdout,
             log,
             lines,
+            term_first: false,
         }
     }
 
@@ -255,6 +287,14 @@ impl Proc {
         Ok(tokio::time::timeout(within, self.child.wait())
             .await
             .map_err(|_| anyhow!("process still running"))??)
+    }
+
+    /// When dropped while running, send SIGTERM and wait up to 10 s before
+    /// the kill: for a script whose EXIT trap stops servers and sessions that
+    /// would survive a SIGKILL of the script (`tests/rdp/xrdp-peer.sh`).
+    pub fn terminate_on_drop(mut self) -> Self {
+        self.term_first = true;
+        self
     }
 
     /// Kill now.
@@ -1066,7 +1106,7 @@ pub async fn block_device(gw: &GatewayProc, id: &str) {
 
 /// `kakehashi-gateway ARGS…`: whether it succeeded, and its stdout and stderr.
 pub async fn gateway_cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("kakehashi-gateway"))
+    let out = command(bin("kakehashi-gateway"))
         .args(args)
         .output()
         .await
@@ -1099,7 +1139,7 @@ pub async fn declare_bcp(gw: &GatewayProc, reason: &str) {
 /// Every record of `gw`'s audit log as `kakehashi-gateway audit export
 /// --format jsonl` writes it (`detail` is the JSON text that was hashed).
 pub async fn audit_export(gw: &GatewayProc) -> Vec<serde_json::Value> {
-    let out = Command::new(bin("kakehashi-gateway"))
+    let out = command(bin("kakehashi-gateway"))
         .args([
             "audit",
             "export",
@@ -1164,12 +1204,7 @@ pub async fn demo_login(demo: &mut Proc) -> String {
         .unwrap();
     let login = demo.wait_line("  ", Duration::from_secs(5)).await.unwrap();
     assert!(login.ends_with(" login"), "{login}");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(&login)
-        .output()
-        .await
-        .unwrap();
+    let out = command("sh").arg("-c").arg(&login).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),

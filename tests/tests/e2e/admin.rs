@@ -6,7 +6,7 @@ use std::time::Duration;
 use kakehashi_tests::*;
 
 async fn gw(args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(bin("kakehashi-gateway"))
+    let out = command(bin("kakehashi-gateway"))
         .args(args)
         .env("USER", "officer-yamada")
         .output()

@@ -11,7 +11,7 @@ use kakehashi_tests::*;
 
 /// `kakehashi-gateway ARGS` with a misleading `$USER`; (success, stdout+stderr).
 async fn gw(args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(bin("kakehashi-gateway"))
+    let out = command(bin("kakehashi-gateway"))
         .args(args)
         .env("USER", "someoneelse")
         .env("LOGNAME", "someoneelse")

@@ -15,7 +15,6 @@ use std::time::Duration;
 use kakehashi_store::{PlanStatus, Store};
 use kakehashi_tests::*;
 use serde_json::json;
-use tokio::process::Command;
 
 use super::browser::{admin, enroll_in_browser, prerequisites, start_portal_gateway, Browser};
 
@@ -35,7 +34,7 @@ fn screenshot_path() -> PathBuf {
 
 /// `kakehashi-gateway policy export --config CFG`.
 async fn policy_export(config: &Path) -> String {
-    let out = Command::new(bin("kakehashi-gateway"))
+    let out = command(bin("kakehashi-gateway"))
         .args(["policy", "export", "--config"])
         .arg(config)
         .output()

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Run `kakehashi-gateway ARGS`; (success, stdout, stderr).
 async fn gw(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(bin("kakehashi-gateway"))
+    let out = command(bin("kakehashi-gateway"))
         .args(args)
         .env("USER", "officer-yamada")
         .output()

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use kakehashi_tests::browser::{admin, free_port};
 use kakehashi_tests::{
-    bin, client_config, closed_within, connect_from, login_sections, start_gateway, GatewayOpts,
-    GatewayProc, Pki,
+    bin, client_config, closed_within, command, connect_from, login_sections, start_gateway,
+    GatewayOpts, GatewayProc, Pki,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -285,7 +285,7 @@ async fn one_address_cannot_take_logins_from_everyone_or_fill_the_audit_log() {
         key.display()
     ));
     std::fs::write(&cfg, text).unwrap();
-    let out = tokio::process::Command::new(bin("kakehashi"))
+    let out = command(bin("kakehashi"))
         .args(["--config", cfg.to_str().unwrap(), "login"])
         .output()
         .await
@@ -364,7 +364,7 @@ async fn officers_list_and_lift_lockouts_with_the_cli() {
     let run = |args: Vec<&str>| {
         let args: Vec<String> = args.into_iter().map(String::from).collect();
         async move {
-            let out = tokio::process::Command::new(bin("kakehashi-gateway"))
+            let out = command(bin("kakehashi-gateway"))
                 .args(&args)
                 .output()
                 .await

@@ -36,7 +36,7 @@ pub(crate) fn script() -> PathBuf {
 /// Install the FreeRDP peers and Xvfb if any is missing (serialised by a lock
 /// in the script, so parallel tests are safe). Never skips: fails loudly.
 pub(crate) async fn install_peers() {
-    let out = tokio::process::Command::new(script())
+    let out = command(script())
         .arg("install")
         .output()
         .await

@@ -716,7 +716,7 @@ const XRDP_PASSWORD: &str = "Kk-Xrdp-Test-1";
 
 /// Set (`Some`) or read the clipboard of the desk's X session.
 async fn desk_clipboard(set: Option<&str>) -> String {
-    let mut cmd = tokio::process::Command::new(xrdp_script());
+    let mut cmd = command(xrdp_script());
     cmd.args([
         "xclip",
         "--user",
@@ -731,7 +731,7 @@ async fn desk_clipboard(set: Option<&str>) -> String {
 
 /// Set or read the clipboard of the laptop's display `display`.
 async fn laptop_clipboard(display: &str, set: Option<&str>) -> String {
-    let mut cmd = tokio::process::Command::new("timeout");
+    let mut cmd = command("timeout");
     cmd.args(["10", "xclip", "-selection", "clipboard"]);
     cmd.arg(if set.is_some() { "-i" } else { "-o" });
     cmd.env("DISPLAY", display);
@@ -786,11 +786,7 @@ where
 
 /// `xrdp-peer.sh ARGS…`: success and stdout.
 async fn xrdp_peer(args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(xrdp_script())
-        .args(args)
-        .output()
-        .await
-        .unwrap();
+    let out = command(xrdp_script()).args(args).output().await.unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -864,7 +860,7 @@ struct XrdpPass {
 #[tokio::test(flavor = "multi_thread")]
 async fn rdp_filter_enforces_clipboard_and_devices_with_xrdp() {
     install_peers().await;
-    let out = tokio::process::Command::new(xrdp_script())
+    let out = command(xrdp_script())
         .arg("install")
         .output()
         .await
@@ -897,7 +893,9 @@ async fn rdp_filter_enforces_clipboard_and_devices_with_xrdp() {
         ],
         pki.path().join("xrdp-peer.log"),
         &[],
-    );
+    )
+    // Its sessions outlive a SIGKILL of the script: on a failure, stop them too.
+    .terminate_on_drop();
     let port: u16 = xrdp
         .wait_line("XRDP_PEER port=", Duration::from_secs(330))
         .await
@@ -1320,7 +1318,7 @@ exec '{script}' client --host 127.0.0.1 --port "$port" --user '{user}' --passwor
         .unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(90),
-        tokio::process::Command::new("sh")
+        command("sh")
             .arg("-c")
             .arg(&launch)
             .env("KAKEHASHI_XFREERDP", &wrapper)
