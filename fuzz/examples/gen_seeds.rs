@@ -5,7 +5,11 @@ use std::path::Path;
 
 fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    for (target, name, bytes) in kakehashi_fuzz::seeds() {
+    let all = kakehashi_fuzz::seeds()
+        .into_iter()
+        .chain(kakehashi_fuzz::outside::seeds())
+        .chain(kakehashi_fuzz::outside::cert_seeds());
+    for (target, name, bytes) in all {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(&name), bytes)?;

@@ -5,6 +5,8 @@
 //!
 //! Nothing here is used by the product; it only makes the targets short.
 
+pub mod outside;
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -370,7 +372,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out.push((
         "resumption",
         "ticket.bin".into(),
-        [&[1u8][..], &[1u8; 16][..], &[0x33; 12][..], &[0xa5; 180][..]].concat(),
+        [
+            &[1u8][..],
+            &[1u8; 16][..],
+            &[0x33; 12][..],
+            &[0xa5; 180][..],
+        ]
+        .concat(),
     ));
 
     // frame_stream: 4 chunk-size bytes, 1 failure byte, then a stream.
