@@ -85,16 +85,17 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_child_dies_with_the_spawning_thread() {
-        let pid = std::thread::spawn(|| {
+        let mut child = std::thread::spawn(|| {
             let child = die_with_parent(Command::new("sleep").arg("60"))
                 .spawn()
                 .expect("sleep runs");
             assert!(alive(child.id()));
-            // Dropped, not killed: only the kernel ends it.
-            child.id()
+            // Not killed: only the kernel ends it, when this thread exits.
+            child
         })
         .join()
         .expect("the spawning thread");
+        let pid = child.id();
         let start = Instant::now();
         while alive(pid) {
             assert!(
@@ -103,6 +104,9 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Reaped here; it was killed, not told to exit.
+        let status = child.wait().expect("the child's status");
+        assert!(!status.success(), "{status}");
     }
 
     /// Without the call, the child outlives the thread (what happened to
