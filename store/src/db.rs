@@ -87,6 +87,16 @@ impl StoreUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The SQLite file this URL names (`None` for PostgreSQL or a URL
+    /// [`Store::open`] refuses), e.g. for a command that must know whether
+    /// it is about to create the database.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match parse_url(&self.0) {
+            Ok(Target::Sqlite(path)) => Some(path),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for StoreUrl {
@@ -273,6 +283,11 @@ mod tests {
             Target::Postgres("postgres://u@127.0.0.1:5432/k")
         );
         assert!(parse_url("postgresql://h/k").is_ok());
+        assert_eq!(
+            StoreUrl::new("sqlite:///var/lib/k/store.db").sqlite_path(),
+            Some(PathBuf::from("/var/lib/k/store.db"))
+        );
+        assert_eq!(StoreUrl::new("postgres://u@h/k").sqlite_path(), None);
         for bad in [
             "",
             "sqlite::memory:",
