@@ -32,10 +32,79 @@ pub async fn open_store(config: &Path) -> anyhow::Result<(Config, Store)> {
         .store_url
         .as_ref()
         .context("the configuration has no [store]")?;
+    // Whether this command is about to create the SQLite file (normally the
+    // gateway's first start does).
+    let new_file = url.sqlite_path().filter(|p| !p.exists());
     let store = Store::open(url.expose())
         .await
         .with_context(|| format!("cannot open the store {url}"))?;
+    if let Some(path) = new_file {
+        give_to_directory_owner(&path)?;
+    }
     Ok((cfg, store))
+}
+
+/// A database file that root creates (an admin command run before the
+/// gateway's first start) would belong to root, and the gateway, running
+/// as its own user, could not write it ("attempt to write a readonly
+/// database"). So, as root, the new file and its `-wal` and `-shm` files
+/// are given to the owner of the directory they are in (the service's
+/// state directory; if root created that directory too, systemd's
+/// `StateDirectory=` hands it over whole at the service's start). They stay
+/// 0600. Other users create the file as themselves, as the gateway would.
+fn give_to_directory_owner(db: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if effective_uid() != Some(0) {
+            return Ok(());
+        }
+        let dir = db
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let meta =
+            std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        if meta.uid() == 0 {
+            return Ok(());
+        }
+        let name = db
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        for file in [name.clone(), format!("{name}-wal"), format!("{name}-shm")] {
+            let file = dir.join(file);
+            if file.exists() {
+                std::os::unix::fs::chown(&file, Some(meta.uid()), Some(meta.gid())).with_context(
+                    || {
+                        format!(
+                            "cannot give {} to the owner of {}",
+                            file.display(),
+                            dir.display()
+                        )
+                    },
+                )?;
+            }
+        }
+        eprintln!(
+            "データベース {} を作成し、{} の所有者 (uid {}) に引き渡しました / created the database {} and gave it to the owner of {} (uid {}), as the gateway runs as that user",
+            db.display(),
+            dir.display(),
+            meta.uid(),
+            db.display(),
+            dir.display(),
+            meta.uid()
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
+}
+
+/// The effective uid of this process (`Uid:` in /proc/self/status, second field).
+fn effective_uid() -> Option<u32> {
+    uid_field(1)
 }
 
 /// A buffered writer on `path`, or on standard output.
@@ -67,12 +136,17 @@ pub(crate) fn actor() -> String {
 
 /// The real uid of this process (`Uid:` in /proc/self/status, first field).
 fn real_uid() -> Option<u32> {
+    uid_field(0)
+}
+
+/// Field `n` of `Uid:` in /proc/self/status (real, effective, saved, fs).
+fn uid_field(n: usize) -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))?
         .split_whitespace()
-        .next()?
+        .nth(n)?
         .parse()
         .ok()
 }

@@ -182,3 +182,49 @@ async fn admin_cli_and_audit_verify() {
         "{out}"
     );
 }
+
+/// An admin command run as root before the gateway's first start creates
+/// the database for the gateway's user (the owner of the state directory),
+/// 0600, not for root: the gateway must be able to write it.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_created_by_root_belongs_to_the_service() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let pki = Pki::new();
+    let state = pki.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let me = std::fs::metadata(pki.path()).unwrap().uid();
+    // As root the directory stands for /var/lib/kakehashi of the service
+    // user (here `nobody`); otherwise the file is simply ours.
+    let service_uid = if me == 0 {
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+        65534
+    } else {
+        me
+    };
+    let db = state.join("kakehashi.db");
+    let cfg = cli_config(&pki, &db);
+    let (ok, out) = gw(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "admin",
+        "user",
+        "add",
+        "--id",
+        "u-first",
+        "--name",
+        "最初の利用者",
+        "--dept",
+        "somu",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let meta = std::fs::metadata(&db).unwrap();
+    assert_eq!(meta.uid(), service_uid, "{out}");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    for extra in ["kakehashi.db-wal", "kakehashi.db-shm"] {
+        if let Ok(m) = std::fs::metadata(state.join(extra)) {
+            assert_eq!(m.uid(), service_uid, "{extra}");
+        }
+    }
+}
