@@ -44,6 +44,14 @@ impl Gateway {
     /// configured listener. Errors here (bad files, ports in use, a store
     /// that cannot be opened) happen before anything serves.
     pub async fn bind(cfg: Config) -> anyhow::Result<Self> {
+        if let Some(file) = &cfg.relay.policy_file {
+            if !file.exists() {
+                anyhow::bail!(
+                    "[policy] file {f} does not exist. ポリシーファイルを作成してください / Create it with the shipped default policy:\n  kakehashi-gateway policy default > {f}\n(or export the policy in force: kakehashi-gateway --config … policy export > {f}), or remove the `file` key from [policy] to start with the store's policy (the shipped default on a first start)",
+                    f = file.display()
+                );
+            }
+        }
         let store = match &cfg.store_url {
             Some(url) => Some(
                 kakehashi_store::Store::open(url.expose())
@@ -88,7 +96,10 @@ impl Gateway {
                 let tls = if p.insecure_http {
                     None
                 } else {
-                    Some(kakehashi_portal::tls_config(p)?)
+                    kakehashi_transport::keyfile::check_key_file(&p.key)?;
+                    Some(kakehashi_portal::tls_config(p).with_context(|| {
+                        format!("the portal's certificate {}", p.cert.display())
+                    })?)
                 };
                 Some((l, state, tls))
             }

@@ -310,6 +310,10 @@ impl PortalState {
                     _ => Reason::AssertionInvalid,
                 };
                 info!(user, source = %ip, reason = reason.code(), error = %e, "Assertion refused");
+                if reason == Reason::OriginMismatch {
+                    let origin = client_origin(credential.response.client_data_json.as_ref());
+                    self.origin_refused(&origin, "/api/login/finish");
+                }
                 let audit = failed(reason, json!({ "webauthn": e.to_string() }));
                 return Err(self.fail(&keys, audit, reason).await);
             }
@@ -600,6 +604,15 @@ fn decoy_options(s: &PortalState, user: &str) -> Result<Value> {
     }))
 }
 
+/// The origin a browser wrote into a ceremony's client data (what it
+/// showed in its address bar), for the log.
+fn client_origin(client_data_json: &[u8]) -> String {
+    serde_json::from_slice::<Value>(client_data_json)
+        .ok()
+        .and_then(|v| v["origin"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "(unreadable client data)".into())
+}
+
 /// Maps a registration error to a reason.
 fn registration_reason(e: &WebauthnError, attested_only: bool) -> Reason {
     match e {
@@ -675,6 +688,10 @@ pub(crate) async fn enroll_finish(
         Err(e) => {
             let reason = registration_reason(&e, attested_only);
             info!(user, source = %ip, reason = reason.code(), error = %e, "Enrollment refused");
+            if reason == Reason::OriginMismatch {
+                let origin = client_origin(req.credential.response.client_data_json.as_ref());
+                s.origin_refused(&origin, "/api/enroll/finish");
+            }
             s.audit(failed(reason, json!({ "webauthn": e.to_string() })))
                 .await;
             return Err(reason.into());

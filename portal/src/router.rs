@@ -35,7 +35,14 @@ async fn guard(
             .get("sec-fetch-site")
             .is_none_or(|s| s == "same-origin" || s == "none");
         if !origin_ok || !site_ok {
-            debug!(method = %req.method(), path = %req.uri().path(), "Cross-origin request refused");
+            match h.get(header::ORIGIN).filter(|_| !origin_ok) {
+                Some(o) => {
+                    state.origin_refused(&String::from_utf8_lossy(o.as_bytes()), req.uri().path())
+                }
+                None => {
+                    debug!(method = %req.method(), path = %req.uri().path(), "Cross-site request refused")
+                }
+            }
             let mut resp = Denial::from(Reason::OriginMismatch).into_response();
             security_headers(&state, &mut resp);
             return resp;

@@ -103,6 +103,8 @@ pub(crate) struct Inner {
     pub(crate) clock_offset: AtomicI64,
     /// The ops dashboard's view of the gateway ([`crate::dashboard`]).
     pub(crate) ops: ops::Ops,
+    /// When a foreign origin was last logged as a warning ([`PortalState::origin_refused`]).
+    pub(crate) origin_warned: AtomicI64,
 }
 
 impl std::fmt::Debug for PortalState {
@@ -168,6 +170,7 @@ impl PortalState {
                 audit_throttle: throttle::AuditThrottle::new(AUDIT_WINDOW_SECS),
                 clock_offset: AtomicI64::new(0),
                 ops: ops::Ops::new(relay.clone()),
+                origin_warned: AtomicI64::new(i64::MIN),
             }),
         };
         Ok(state)
@@ -186,6 +189,35 @@ impl PortalState {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// A request (or a WebAuthn ceremony) came from `seen`, not from the
+    /// configured origin: refused with `origin_mismatch`. Almost always the
+    /// configuration: staff open the portal under another name or port than
+    /// `[portal] origin` says. Logged as a warning with the fix, at most
+    /// once a minute (anyone can send a foreign `Origin`); the rest at debug.
+    pub(crate) fn origin_refused(&self, seen: &str, path: &str) {
+        let now = self.now();
+        let last = self.inner.origin_warned.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= 60
+            && self
+                .inner
+                .origin_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        let seen: String = seen.chars().filter(|c| !c.is_control()).take(200).collect();
+        if due {
+            tracing::warn!(
+                reason = "origin_mismatch",
+                origin = %seen,
+                configured = %self.inner.origin,
+                rp_id = %self.inner.rp_id,
+                path,
+                "Portal request from another origin refused. If staff open the portal at that address, set [portal] origin to it exactly (scheme, host, port) and rp_id to its host name, then restart the gateway; keys registered under another rp_id must be enrolled again (logged at most once a minute)"
+            );
+        } else {
+            tracing::debug!(reason = "origin_mismatch", origin = %seen, path, "Portal request from another origin refused");
+        }
     }
 }
 

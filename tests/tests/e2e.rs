@@ -16,6 +16,7 @@ mod e2e {
     pub mod ops;
     pub mod ops_dashboard;
     pub mod policy;
+    pub mod portal_config;
     pub mod portal_flood;
     pub mod rdp;
     pub mod rdp_filter;

@@ -144,6 +144,7 @@ impl Config {
                     identity,
                     has_store,
                 },
+                &rel,
             )?),
         };
         let checkpoints = audit::checkpoints(f.audit, &ticket_key, &rel)?;
@@ -360,6 +361,26 @@ mod tests {
             let e = error(&example_with(from, to));
             assert!(e.contains(want), "{to}: {e}");
         }
+    }
+
+    /// The portal serves the gateway's certificate unless `[portal] cert`
+    /// and `key` name one staff browsers trust; one without the other is refused.
+    #[test]
+    fn the_portal_may_have_its_own_certificate() {
+        let p = validate(EXAMPLE).unwrap().portal.unwrap();
+        assert_eq!(p.cert, Path::new("/etc/kakehashi/gateway.crt"));
+        let own = example_with(
+            "#cert = \"/etc/kakehashi/portal.crt\"\n#key = \"/etc/kakehashi/portal.key\"",
+            "cert = \"portal.crt\"\nkey = \"portal.key\"",
+        );
+        let p = validate(&own).unwrap().portal.unwrap();
+        assert_eq!(p.cert, Path::new("/etc/kakehashi/portal.crt"));
+        assert_eq!(p.key, Path::new("/etc/kakehashi/portal.key"));
+        let half = example_with(
+            "#cert = \"/etc/kakehashi/portal.crt\"",
+            "cert = \"portal.crt\"",
+        );
+        assert!(error(&half).contains("[portal] cert and key go together"));
     }
 
     /// A file of the earlier layout fails with the new name and value of

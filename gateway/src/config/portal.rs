@@ -18,6 +18,14 @@ pub struct PortalSection {
     pub rp_id: String,
     /// The exact origin browsers see (e.g. `https://gw.example.lg.jp`).
     pub origin: String,
+    /// The certificate (chain, PEM) the portal serves, for a name staff
+    /// browsers already trust (a public or LGWAN CA, or one the
+    /// municipality distributes to every browser). Default: `[tls] cert`,
+    /// the gateway's certificate from the private CA, which browsers trust
+    /// only once `ca.crt` is installed on each PC.
+    pub cert: Option<PathBuf>,
+    /// Its private key (required with `cert`; mode 0600).
+    pub key: Option<PathBuf>,
     /// Serve plain HTTP. Allowed only on a loopback address (tests, demo);
     /// browsers treat `http://localhost` as a secure context for WebAuthn.
     #[serde(default)]
@@ -78,8 +86,12 @@ pub struct Shared {
     pub has_store: bool,
 }
 
-/// Validate `[portal]`.
-pub fn portal(p: PortalSection, shared: Shared) -> anyhow::Result<kakehashi_portal::PortalConfig> {
+/// Validate `[portal]`; `rel` resolves a path against the file's directory.
+pub fn portal(
+    p: PortalSection,
+    shared: Shared,
+    rel: &impl Fn(PathBuf) -> PathBuf,
+) -> anyhow::Result<kakehashi_portal::PortalConfig> {
     if p.insecure_http && !p.listen.ip().is_loopback() {
         bail!(
             "[portal] insecure_http is allowed only on a loopback address, not {}",
@@ -104,6 +116,11 @@ pub fn portal(p: PortalSection, shared: Shared) -> anyhow::Result<kakehashi_port
     if p.max_connections == 0 || p.max_connections_per_source == 0 || p.api_rate_per_source == 0 {
         bail!("[portal] max_connections, max_connections_per_source and api_rate_per_source must be at least 1");
     }
+    let (cert, key) = match (p.cert, p.key) {
+        (Some(c), Some(k)) => (rel(c), rel(k)),
+        (None, None) => (shared.cert, shared.key),
+        _ => bail!("[portal] cert and key go together: give both (a certificate staff browsers trust and its key), or neither (the gateway's [tls] cert)"),
+    };
     let second = Duration::from_secs(1);
     let header_timeout =
         DurationKey::new("portal", "header_timeout", "10s").at_least(p.header_timeout, second)?;
@@ -114,8 +131,8 @@ pub fn portal(p: PortalSection, shared: Shared) -> anyhow::Result<kakehashi_port
         rp_id: p.rp_id,
         origin,
         insecure_http: p.insecure_http,
-        cert: shared.cert,
-        key: shared.key,
+        cert,
+        key,
         identity: shared.identity,
         limits: kakehashi_portal::PortalLimits {
             max_connections: p.max_connections,

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A gateway whose portal listens on `port` with `portal_extra` keys.
-async fn portal_gateway(
+pub(crate) async fn portal_gateway(
     pki: &Pki,
     db: &std::path::Path,
     https: bool,
@@ -48,7 +48,7 @@ async fn portal_gateway(
     (gw, format!("127.0.0.1:{port}").parse().unwrap(), origin)
 }
 
-fn tls_connector(pki: &Pki) -> tokio_rustls::TlsConnector {
+pub(crate) fn tls_connector(pki: &Pki) -> tokio_rustls::TlsConnector {
     let roots = kakehashi_transport::tls::roots(
         &kakehashi_transport::tls::load_certs(&pki.ca.ca_cert_path()).unwrap(),
     )
@@ -62,7 +62,10 @@ fn tls_connector(pki: &Pki) -> tokio_rustls::TlsConnector {
 }
 
 /// One HTTP/1.1 exchange with `Connection: close`; the status code.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str) -> anyhow::Result<u16> {
+pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    req: &str,
+) -> anyhow::Result<u16> {
     s.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw).await;
