@@ -55,6 +55,9 @@ pub struct RdpSection {
     pub enforce: bool,
 }
 
+/// Where `[rdp]`'s two files come from, for the errors that name them.
+const RDP_FILES: &str = "the local RDP server's own certificate and private key (PEM), e.g. /etc/xrdp/cert.pem and /etc/xrdp/key.pem for xrdp, or the certificate set on the Windows Remote Desktop listener with its key (admin guide, section 13.2)";
+
 /// Why a configuration without `[rdp]` does not load.
 pub const NO_RDP_SECTION: &str = "no [rdp] section: without it the agent would pass sessions through without enforcing their controls (clipboard, drives, printers, USB). Add [rdp] with server_cert and server_key (the local RDP server's certificate and key) to enforce them; for a desk that is not an RDP server, set [rdp] enforce = false explicitly (pass-through: the gateway then admits only sessions that restrict nothing, or to a desk an officer registered as non-RDP with `kakehashi-gateway admin desk set --service other`)";
 
@@ -330,8 +333,18 @@ impl Config {
                     bail!("[rdp] needs server_cert and server_key (the local RDP server's certificate and key) to enforce session controls; for a desk that is not an RDP server set enforce = false explicitly");
                 };
                 let (cert, key) = (rel(cert), rel(key));
-                let chain = kakehashi_transport::tls::load_certs(&cert)?;
-                let key = kakehashi_transport::tls::load_key(&key)?;
+                let chain = kakehashi_transport::tls::load_certs(&cert).with_context(|| {
+                    format!(
+                        "[rdp] server_cert = {:?}: {RDP_FILES}",
+                        cert.display().to_string()
+                    )
+                })?;
+                let key = kakehashi_transport::tls::load_key(&key).with_context(|| {
+                    format!(
+                        "[rdp] server_key = {:?}: {RDP_FILES}",
+                        key.display().to_string()
+                    )
+                })?;
                 // Fail at start, not at the first session, when the pair does not match.
                 kakehashi_transport::tls::check_key_pair(&chain, &key)
                     .with_context(|| format!("[rdp] server_key does not fit {}", cert.display()))?;
@@ -475,5 +488,16 @@ mod tests {
         assert!(e.contains("server_cert and server_key"), "{e}");
         let c = with_key("[rdp]\nenforce = false\n").unwrap();
         assert!(c.rdp.is_none());
+        // A missing file is named with its key and where such files come from.
+        let e = format!(
+            "{:#}",
+            with_key("[rdp]\nserver_cert = \"missing.crt\"\nserver_key = \"missing.key\"\n")
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("[rdp] server_cert = ") && e.contains("missing.crt"),
+            "{e}"
+        );
+        assert!(e.contains("/etc/xrdp/cert.pem"), "{e}");
     }
 }
