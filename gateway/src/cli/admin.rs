@@ -13,7 +13,7 @@ use serde_json::json;
 
 use std::path::Path;
 
-use super::{actor, open_store, utc};
+use super::{actor, local, open_store};
 
 /// `admin` subcommands.
 #[derive(Subcommand, Debug)]
@@ -167,8 +167,8 @@ pub async fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
                 .await?;
             println!("enrollment code for {id}: {code}");
             println!(
-                "valid until {} (unix {expires}); it works once. Hand it to the person in person.",
-                utc(expires)
+                "有効期限 / valid until {}; 一度だけ使えます。本人に直接手渡してください / it works once. Hand it to the person in person.",
+                local(expires, cfg.relay.identity.utc_offset_secs)
             );
         }
         AdminCmd::User(UserCmd::Disable { id, reason }) => {
@@ -221,7 +221,11 @@ pub async fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
                 println!("no lockouts in force");
             }
             for (key, until) in locks {
-                println!("{key:<48} locked until {} ({}s)", utc(until), until - now);
+                println!(
+                    "{key:<48} locked until {} ({}s)",
+                    local(until, cfg.relay.identity.utc_offset_secs),
+                    until - now
+                );
             }
         }
         AdminCmd::User(UserCmd::List) => {

@@ -218,7 +218,7 @@ pub async fn verify_store_cmd(
                 checkpoint,
             } => println!(
                 "監査ログが書き換えられています / AUDIT LOG REWRITTEN: the chain at seq {seq} does not match the checkpoint signed at {} by {}; records {since}–{seq} were changed and re-chained",
-                local(checkpoint.at),
+                local(checkpoint.at, cfg.relay.identity.utc_offset_secs),
                 checkpoint.gateway
             ),
             AnchorProblem::Missing { seq, head_seq } => println!(
@@ -247,7 +247,7 @@ pub async fn verify_store_cmd(
             println!(
                 "anchored up to {} by the checkpoint signed at {} by {} ({} checkpoint(s) checked)",
                 c.seq,
-                local(c.at),
+                local(c.at, cfg.relay.identity.utc_offset_secs),
                 c.gateway,
                 r.checked
             );

@@ -38,7 +38,8 @@ pub enum BcpCmd {
 
 /// Run a `bcp` command on the store of the gateway configuration `config`.
 pub async fn run(config: &Path, cmd: BcpCmd) -> anyhow::Result<()> {
-    let (_, store) = open_store(config).await?;
+    let (cfg, store) = open_store(config).await?;
+    let off = cfg.relay.identity.utc_offset_secs;
     match cmd {
         BcpCmd::Declare {
             scope,
@@ -78,7 +79,7 @@ pub async fn run(config: &Path, cmd: BcpCmd) -> anyhow::Result<()> {
             println!(
                 "BCP declared ({}): until {}; relaxes {relax}",
                 b.id,
-                local(b.ends_at)
+                local(b.ends_at, off)
             );
         }
         BcpCmd::End { id } => {
@@ -116,7 +117,7 @@ pub async fn run(config: &Path, cmd: BcpCmd) -> anyhow::Result<()> {
                         BcpScope::All => "all",
                         BcpScope::Department(d) => d,
                     },
-                    local(b.ended_at.unwrap_or(b.ends_at).min(b.ends_at)),
+                    local(b.ended_at.unwrap_or(b.ends_at).min(b.ends_at), off),
                     b.reason
                 );
             }

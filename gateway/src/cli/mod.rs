@@ -168,22 +168,27 @@ pub(crate) fn parse_time(what: &str, s: &str) -> anyhow::Result<OffsetDateTime> 
     })
 }
 
-pub(crate) fn local(t: i64) -> String {
+/// `t` in the gateway's local time (`[identity] utc_offset_hours`, Japan
+/// time by default), as RFC 3339 with its offset: what staff and officers
+/// read, never UTC.
+pub(crate) fn local(t: i64, utc_offset_secs: i32) -> String {
+    let offset =
+        time::UtcOffset::from_whole_seconds(utc_offset_secs).unwrap_or(time::UtcOffset::UTC);
     OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|d| d.format(&Rfc3339).ok())
+        .and_then(|d| d.to_offset(offset).format(&Rfc3339).ok())
         .unwrap_or_else(|| t.to_string())
-}
-
-pub(crate) fn utc(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))
-        .unwrap_or_else(|_| t.to_string())
 }
 
 #[cfg(test)]
 mod actor_tests {
     use super::*;
+
+    #[test]
+    fn times_are_printed_in_local_time() {
+        assert_eq!(local(0, 9 * 3600), "1970-01-01T09:00:00+09:00");
+        assert_eq!(local(1_768_435_200, 9 * 3600), "2026-01-15T09:00:00+09:00");
+    }
 
     #[test]
     fn actor_is_the_real_uid_not_the_environment() {

@@ -169,7 +169,7 @@ pub async fn run(cmd: PolicyCmd, config: Option<&Path>) -> anyhow::Result<bool> 
             }
         }
         PolicyCmd::History => {
-            let (_, store) = open_store(need()?).await?;
+            let (cfg, store) = open_store(need()?).await?;
             let Some(cur) = store.current_policy().await? else {
                 println!("no policy saved yet");
                 return Ok(true);
@@ -177,7 +177,12 @@ pub async fn run(cmd: PolicyCmd, config: Option<&Path>) -> anyhow::Result<bool> 
             println!("{:<8} {:<26} author", "version", "saved");
             for v in (1..=cur.version).rev() {
                 if let Some(d) = store.policy_version(v).await? {
-                    println!("{:<8} {:<26} {}", d.version, local(d.created), d.author);
+                    println!(
+                        "{:<8} {:<26} {}",
+                        d.version,
+                        local(d.created, cfg.relay.identity.utc_offset_secs),
+                        d.author
+                    );
                 }
             }
             Ok(true)
