@@ -218,7 +218,8 @@ mod tests {
         assert_eq!(c.tcp, "gw1.example.lg.jp:443");
         assert_eq!(c.server_name, "gw1.example.lg.jp");
         assert_eq!(c.cert, dir.path().join("device.crt"));
-        assert_eq!(c.portal.as_deref(), Some("https://gw.example.lg.jp:8444"));
+        // One host name for the gateway, its certificate and the portal.
+        assert_eq!(c.portal.as_deref(), Some("https://gw1.example.lg.jp:8444"));
         assert_eq!(c.token_file, dir.path().join("token.json"));
         assert!(c.soft_authenticator.is_none() && c.user.is_none());
     }

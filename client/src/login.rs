@@ -255,17 +255,16 @@ pub fn open_browser(url: &str) -> bool {
     webbrowser::open(url).is_ok()
 }
 
-/// A unix time as local wall-clock text, e.g. `2026-11-22 17:15 +09:00`.
+/// A unix time in Japan time, e.g. `2026-11-22 17:15 JST`.
 pub fn local_time(unix: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let t = match time::UtcOffset::current_local_offset() {
-        Ok(o) => t.to_offset(o),
-        Err(_) => t,
-    };
-    let f = time::macros::format_description!(
-        "[year]-[month]-[day] [hour]:[minute] [offset_hour sign:mandatory]:[offset_minute]"
-    );
+    // Japan time whatever the laptop's time zone (and the time crate cannot
+    // read the local offset once the runtime's threads run): staff read the
+    // end of their login in the time their work hours are written in.
+    let jst = time::UtcOffset::from_hms(9, 0, 0).expect("a valid offset");
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap_or(i64::MAX))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(jst);
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] JST");
     t.format(&f).unwrap_or_else(|_| unix.to_string())
 }
 
@@ -315,6 +314,7 @@ pub async fn run(cfg: crate::Config, no_browser: bool) -> anyhow::Result<()> {
     };
     let choice = cfg.transport;
     let token_file = cfg.token_file.clone();
+    let cert_serial = crate::token::cert_serial(&cfg.cert);
     // Any gateway of the cluster redeems the code (the store is shared).
     let (gateways, _) = crate::failover::Gateways::establish(cfg, choice).await?;
     let res = gateways
@@ -331,6 +331,7 @@ pub async fn run(cfg: crate::Config, no_browser: bool) -> anyhow::Result<()> {
             user: res.user.clone(),
             token: res.token,
             expires_at: res.expires_at,
+            cert_serial,
         },
     )?;
     println!(
@@ -352,6 +353,12 @@ impl Callback {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[test]
+    fn times_are_shown_in_japan_time() {
+        // 2026-01-15 00:00 UTC is 09:00 in Japan.
+        assert_eq!(local_time(1_768_435_200), "2026-01-15 09:00 JST");
+    }
 
     #[test]
     fn pkce_is_s256_of_the_verifier() {

@@ -60,7 +60,8 @@ enum Cmd {
     },
     /// Log out: revoke this laptop's login token at the gateway and forget it.
     Logout,
-    /// Show who is logged in on this laptop, and until when.
+    /// Show the login token kept on this laptop (who, until when); it is not
+    /// checked with the gateway (`connect` says if it was revoked).
     Status,
 }
 
@@ -100,7 +101,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(kakehashi_client::config::default_path);
     let cfg = Config::load(&path)?;
     let stored = kakehashi_client::token::load(&cfg.token_file)?;
-    let token = stored.as_ref().map(|t| t.token.clone());
+    // A token made before this laptop's certificate was renewed is bound to
+    // the old certificate: say so rather than let the gateway refuse it.
+    let serial = kakehashi_client::token::cert_serial(&cfg.cert);
+    let stale = stored
+        .as_ref()
+        .and_then(|t| t.for_certificate(serial.as_deref()).err());
+    let token = stored
+        .as_ref()
+        .filter(|_| stale.is_none())
+        .map(|t| t.token.clone());
     match cli.cmd {
         Cmd::Login { no_browser } => kakehashi_client::login::run(cfg, no_browser).await,
         Cmd::Logout => {
@@ -123,8 +133,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Status => {
             match stored {
+                Some(_) if stale.is_some() => {
+                    println!("{}", stale.as_ref().map_or("", |s| s.message()))
+                }
+                // The file says nothing of what the gateway did since (an
+                // officer may have revoked the login, or blocked the laptop).
                 Some(t) if t.expires_at > kakehashi_transport::unix_now() => println!(
-                    "ログイン中 / logged in: {} (有効期限 / until {})",
+                    "ログイン情報あり (ゲートウェイでは未確認): {} (有効期限 {}) / login token present (not checked with the gateway): {} (until {}); `kakehashi connect` reports a revoked login (token_revoked)",
+                    t.user,
+                    kakehashi_client::login::local_time(t.expires_at),
                     t.user,
                     kakehashi_client::login::local_time(t.expires_at)
                 ),
@@ -146,6 +163,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rdp_user,
         } => {
             check_desk(&desk)?;
+            if let Some(s) = &stale {
+                anyhow::bail!("{}", s.message());
+            }
             let choice = transport.unwrap_or(cfg.transport);
             let (gateways, note) = Gateways::establish(cfg, choice).await?;
             if stdio {

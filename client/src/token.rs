@@ -15,6 +15,44 @@ pub struct StoredToken {
     pub token: Secret,
     /// Unix time it stops working.
     pub expires_at: u64,
+    /// Serial (hex) of this laptop's certificate at login: the gateway binds
+    /// the token to it, so after a renewal the token no longer works
+    /// ([`StoredToken::for_certificate`]). Absent in files written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_serial: Option<String>,
+}
+
+/// Why a stored token is not offered to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// The laptop's certificate was replaced (renewed) since the login.
+    Renewed,
+}
+
+impl Stale {
+    /// What the person reads, Japanese first.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Stale::Renewed => "この端末の証明書はログインの後に更新されました。もう一度 `kakehashi login` を実行してください。 / This laptop's certificate was renewed after you logged in: run `kakehashi login` again.",
+        }
+    }
+}
+
+impl StoredToken {
+    /// The token, unless it was issued for an earlier certificate of this
+    /// laptop (`serial`: the certificate now in use; `None` if unreadable).
+    pub fn for_certificate(&self, serial: Option<&str>) -> Result<&Self, Stale> {
+        match (&self.cert_serial, serial) {
+            (Some(at_login), Some(now)) if at_login != now => Err(Stale::Renewed),
+            _ => Ok(self),
+        }
+    }
+}
+
+/// The serial (hex) of the first certificate in `cert`, as the gateway sees it.
+pub fn cert_serial(cert: &Path) -> Option<String> {
+    let certs = kakehashi_transport::tls::load_certs(cert).ok()?;
+    kakehashi_pki::serial_hex(certs.first()?).ok()
 }
 
 /// Read the token file, if there is one.
@@ -61,6 +99,7 @@ mod tests {
             user: "u1".into(),
             token: Secret("khs1.x".into()),
             expires_at: 42,
+            cert_serial: Some("0a".into()),
         };
         save(&p, &t).unwrap();
         #[cfg(unix)]
@@ -76,5 +115,25 @@ mod tests {
         assert_eq!(back.token.expose(), "khs1.x");
         remove(&p).unwrap();
         assert!(load(&p).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_token_from_before_a_renewal_is_not_offered() {
+        let t = StoredToken {
+            user: "u1".into(),
+            token: Secret("khs1.x".into()),
+            expires_at: 42,
+            cert_serial: Some("0a".into()),
+        };
+        assert!(t.for_certificate(Some("0a")).is_ok());
+        assert_eq!(t.for_certificate(Some("0b")).unwrap_err(), Stale::Renewed);
+        assert!(
+            t.for_certificate(None).is_ok(),
+            "unreadable: the gateway decides"
+        );
+        // A file from an earlier client has no serial: offered as before.
+        let old: StoredToken =
+            serde_json::from_str(r#"{"user":"u1","token":"khs1.x","expires_at":42}"#).unwrap();
+        assert!(old.for_certificate(Some("0b")).is_ok());
     }
 }

@@ -44,7 +44,8 @@ pub enum Reason {
     GatewayUntrusted,
     /// The laptop has not logged in (run `kakehashi login`).
     LoginRequired,
-    /// The login token belongs to another laptop.
+    /// The login token belongs to another laptop (or to this laptop's
+    /// certificate before it was renewed).
     TokenOtherDevice,
     /// The login token has expired.
     TokenExpired,
@@ -195,7 +196,7 @@ impl Reason {
             Reason::CertRejected => "ゲートウェイが証明書を受け付けませんでした。情報システム担当に連絡してください。",
             Reason::GatewayUntrusted => "接続先のゲートウェイの証明書を確認できません。接続を中止しました。",
             Reason::LoginRequired => "ログインしていません。`kakehashi login` でログインしてください。",
-            Reason::TokenOtherDevice => "このログイン情報は別の端末のものです。この端末で `kakehashi login` を実行してください。",
+            Reason::TokenOtherDevice => "このログイン情報は別の端末のもの、またはこの端末の更新前の証明書のものです。この端末で `kakehashi login` を実行してください。",
             Reason::TokenExpired => "ログインの有効期限が切れました。もう一度 `kakehashi login` を実行してください。",
             Reason::TokenRevoked => "ログインは取り消されています。もう一度 `kakehashi login` を実行してください。",
             Reason::UserDisabled => "このユーザーは利用停止されています。情報システム担当に連絡してください。",
@@ -237,7 +238,7 @@ impl Reason {
             Reason::CertRejected => "The gateway did not accept the certificate. Please contact IT.",
             Reason::GatewayUntrusted => "The gateway's certificate could not be verified. The connection was stopped.",
             Reason::LoginRequired => "You are not logged in. Run `kakehashi login` first.",
-            Reason::TokenOtherDevice => "This login belongs to another laptop. Run `kakehashi login` on this laptop.",
+            Reason::TokenOtherDevice => "This login was made on another laptop, or with this laptop's certificate before it was renewed. Run `kakehashi login` on this laptop.",
             Reason::TokenExpired => "Your login has expired. Run `kakehashi login` again.",
             Reason::TokenRevoked => "Your login was revoked. Run `kakehashi login` again.",
             Reason::UserDisabled => "This user account is disabled. Please contact IT.",

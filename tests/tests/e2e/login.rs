@@ -343,3 +343,64 @@ async fn a_revoked_laptop_cannot_redeem_a_code_on_its_open_connection() {
         .unwrap()
         .is_empty());
 }
+
+/// `kakehashi status` never claims more than the token file says, and after
+/// the laptop's certificate was renewed the client says so instead of
+/// offering the old token (which the gateway would refuse as another
+/// laptop's).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_says_what_it_knows_and_a_renewal_asks_for_a_new_login() {
+    let mut pki = Pki::new();
+    let dev = pki.device("PC-RENEW", TerminalClass::Home);
+    let gw = GatewayAddrs {
+        terminal_quic: "127.0.0.1:9".parse().unwrap(),
+        terminal_tcp: "127.0.0.1:9".parse().unwrap(),
+        agent_quic: "127.0.0.1:9".parse().unwrap(),
+        agent_tcp: "127.0.0.1:9".parse().unwrap(),
+        admin: "127.0.0.1:9".parse().unwrap(),
+    };
+    let cfg = client_config_logged_in(&pki, &dev, &gw, "u-renew", "khs1.not-checked");
+    let client = |args: &[&str]| {
+        let cfg = cfg.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            let out = tokio::process::Command::new(bin("kakehashi"))
+                .arg("--config")
+                .arg(&cfg)
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        }
+    };
+    let (ok, out) = client(&["status"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("not checked with the gateway") && out.contains("JST"),
+        "{out}"
+    );
+    assert!(!out.contains("logged in"), "{out}");
+    // The token was made with an earlier certificate of this laptop.
+    let token_file = cfg.with_extension("token.json");
+    let mut t: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&token_file).unwrap()).unwrap();
+    t["cert_serial"] = serde_json::json!("00");
+    std::fs::write(&token_file, serde_json::to_vec(&t).unwrap()).unwrap();
+    let (ok, out) = client(&["status"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("renewed") && out.contains("kakehashi login"),
+        "{out}"
+    );
+    let (ok, out) = client(&["connect", "DESK-1", "--stdio"]).await;
+    assert!(!ok && out.contains("renewed"), "{out}");
+    assert!(!out.contains("another laptop"), "{out}");
+}
