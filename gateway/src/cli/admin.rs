@@ -30,6 +30,10 @@ pub enum AdminCmd {
     /// Telework plans (staff submit, section chiefs approve; CSV import from HR).
     #[command(subcommand)]
     Plan(super::plan::PlanCmd),
+    /// The April personnel changes (人事異動) from CSV: users (department,
+    /// roles, leavers), desks, loaned laptops. Every line is checked before
+    /// anything is written; `--check` only prints what would change.
+    Import(super::import::ImportArgs),
 }
 
 /// `admin user …`
@@ -124,6 +128,7 @@ pub async fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
     match cmd {
         AdminCmd::Desk(c) => super::desk::run(&store, c).await?,
         AdminCmd::Plan(c) => super::plan::run(&store, c).await?,
+        AdminCmd::Import(a) => super::import::run(&store, a).await?,
         AdminCmd::User(UserCmd::Add {
             id,
             name,

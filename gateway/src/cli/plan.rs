@@ -192,27 +192,9 @@ pub fn parse_plans(
     text: &str,
     file: &Path,
 ) -> anyhow::Result<Vec<(usize, PlanSpec, Option<PlanStatus>)>> {
-    let text = text.trim_start_matches('\u{feff}');
-    // Flexible (the status column is optional); quoted fields as a
-    // spreadsheet writes them; blank lines are skipped.
-    let mut csv = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(text.as_bytes());
     let mut rows = Vec::new();
-    for record in csv.records() {
-        let record = record.with_context(|| format!("{}: not CSV", file.display()))?;
-        // The line the record starts on (csv's own count lags behind
-        // after a CRLF line end, which it consumes with the next record).
-        let at = record.position().map_or(0, |p| p.byte());
-        let at = usize::try_from(at).unwrap_or(usize::MAX).min(text.len());
-        let rest = text.as_bytes()[at..].iter();
-        let start = at + rest.take_while(|b| matches!(b, b'\r' | b'\n')).count();
-        let n = 1 + line_breaks(&text.as_bytes()[..start]);
-        let f: Vec<&str> = record.iter().map(str::trim).collect();
-        if f.iter().all(|s| s.is_empty()) || (n == 1 && f[0].starts_with("user")) {
-            continue;
-        }
+    for (n, f) in super::csvfile::records(text, file, "user")? {
+        let f: Vec<&str> = f.iter().map(String::as_str).collect();
         if !(5..=6).contains(&f.len()) {
             bail!(
                 "{}:{n}: expected user_id,date,start,end,place[,status]",
@@ -239,17 +221,6 @@ pub fn parse_plans(
         rows.push((n, spec, status));
     }
     Ok(rows)
-}
-
-/// Line ends in `bytes` as the CSV reader sees them: `\r\n`, `\n`, or a
-/// lone `\r` (what "CSV (Macintosh)" files from Excel for Mac end lines
-/// with).
-fn line_breaks(bytes: &[u8]) -> usize {
-    bytes
-        .iter()
-        .enumerate()
-        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')))
-        .count()
 }
 
 #[cfg(test)]
@@ -314,6 +285,5 @@ mod tests {
             e.unwrap_err().to_string(),
             "plans.csv:2: expected user_id,date,start,end,place[,status]"
         );
-        assert_eq!(line_breaks(b"a\r\nb\nc\rd\r\r\n"), 5);
     }
 }
