@@ -34,6 +34,9 @@ command -v fusermount3 >/dev/null 2>&1 || pkgs+=(fuse3)
 command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+# The install walk-through's backup step (deploy/README.md, tests/tests/e2e/docs.rs):
+# SQLite's own online backup while the gateway runs.
+command -v sqlite3 >/dev/null 2>&1 || pkgs+=(sqlite3)
 # A Japanese font, so the officer-page screenshot is readable.
 fc-list :lang=ja 2>/dev/null | grep -q . || pkgs+=(fonts-ipafont-gothic)
 if [ ${#pkgs[@]} -gt 0 ]; then
