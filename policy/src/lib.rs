@@ -89,7 +89,7 @@ pub use rules::{
     Policy, Rule, TimeOfDay, WorkHours,
 };
 pub use vocab::{DeviceStatus, Level, Role, Segment, TerminalClass};
-pub use what_if::{check_cli, explain_cli, what_if_request, ExplainArgs, PlanArg};
+pub use what_if::{check_cli, decision_text, explain_cli, what_if_request, ExplainArgs, PlanArg};
 
 #[cfg(test)]
 mod props;

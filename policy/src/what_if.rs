@@ -10,7 +10,7 @@ use std::str::FromStr;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
-use crate::decide::{explain, Decision};
+use crate::decide::{explain, Decision, Explanation};
 use crate::file::{check, PolicyError, Severity};
 use crate::model::{BcpCtx, BcpScope, DeskCtx, DeviceCtx, PlanCtx, Request, UserCtx};
 use crate::rules::{Controls, Policy};
@@ -152,6 +152,37 @@ pub fn explain_cli(args: ExplainArgs) -> Result<String, PolicyError> {
         return Ok(format!("{v}\n"));
     }
 
+    let mut out = decision_text(&ex, &policy);
+    let _ = writeln!(
+        out,
+        "仮定 / Request: level {}, class {}, segment {}, at {}, plan {}, bcp {}, dept {}, mfa age {} min",
+        args.level,
+        args.class,
+        args.segment,
+        at.checked_to_offset(policy.timezone)
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| args.at.clone()),
+        match args.plan {
+            PlanArg::Approved => "approved",
+            PlanArg::None => "none",
+        },
+        if args.bcp { "declared (all, default relaxation)" } else { "none" },
+        args.dept.as_deref().unwrap_or("-"),
+        args.mfa_age_mins.unwrap_or(0),
+    );
+    let _ = writeln!(
+        out,
+        "  (the person owns the desk, the device is active, a step-up is made when asked)"
+    );
+    let _ = writeln!(out, "評価 / Steps:");
+    out.push_str(&ex.to_string());
+    Ok(out)
+}
+
+/// The decision of `ex` as `policy explain` prints it: allow with the rule,
+/// the controls and the limits (times in the policy's time zone), or deny
+/// with the reason and its sentences.
+pub fn decision_text(ex: &Explanation, policy: &Policy) -> String {
     let mut out = String::new();
     let local = |unix: u64| {
         i64::try_from(unix)
@@ -196,28 +227,7 @@ pub fn explain_cli(args: ExplainArgs) -> Result<String, PolicyError> {
             let _ = writeln!(out, "  {en}");
         }
     }
-    let _ = writeln!(
-        out,
-        "仮定 / Request: level {}, class {}, segment {}, at {}, plan {}, bcp {}, dept {}, mfa age {} min",
-        args.level,
-        args.class,
-        args.segment,
-        at.format(&Rfc3339).unwrap_or_else(|_| args.at.clone()),
-        match args.plan {
-            PlanArg::Approved => "approved",
-            PlanArg::None => "none",
-        },
-        if args.bcp { "declared (all, default relaxation)" } else { "none" },
-        args.dept.as_deref().unwrap_or("-"),
-        args.mfa_age_mins.unwrap_or(0),
-    );
-    let _ = writeln!(
-        out,
-        "  (the person owns the desk, the device is active, a step-up is made when asked)"
-    );
-    let _ = writeln!(out, "評価 / Steps:");
-    out.push_str(&ex.to_string());
-    Ok(out)
+    out
 }
 
 fn controls_line(c: &Controls) -> String {

@@ -270,7 +270,9 @@ async fn explain(e: ExplainCli, config: Option<&Path>) -> anyhow::Result<bool> {
             };
             println!("{v}");
         } else {
-            println!("policy version {}", doc.version);
+            print!("{}", pol::decision_text(&ex, &policy));
+            println!("ポリシー版 / policy version {}", doc.version);
+            println!("評価 / Steps:");
             print!("{ex}");
         }
         return Ok(true);
