@@ -8,6 +8,7 @@
 #![allow(missing_debug_implementations)]
 
 pub mod browser;
+pub mod doctest;
 /// A throwaway PostgreSQL server (the store's test fixture, shared).
 #[path = "../../store/tests/support/pg.rs"]
 pub mod pg;
@@ -269,14 +270,7 @@ impl Proc {
 
     /// Wait for the log to contain `needle`.
     pub async fn wait_log(&self, needle: &str, within: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if self.log_text().contains(needle) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("log never contained {needle:?}:\n{}", self.log_text())
+        wait_file(&self.log, needle, 1, within).await
     }
 
     /// Wait for the process to exit; returns its status.
@@ -316,6 +310,28 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
+}
+
+/// Wait until the file at `path` (a log) contains `needle` at least `times` times.
+pub async fn wait_file(
+    path: &Path,
+    needle: &str,
+    times: usize,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let text = || std::fs::read_to_string(path).unwrap_or_default();
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if text().matches(needle).count() >= times {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "{} never contained {needle:?} {times} time(s):\n{}",
+        path.display(),
+        text()
+    )
 }
 
 /// Listener addresses of a running gateway.
@@ -1217,11 +1233,17 @@ pub async fn demo_login(demo: &mut Proc) -> String {
 /// Runs a printed `kakehashi … connect DESK --listen 127.0.0.1:PORT` line as
 /// printed, once it listens (killing the returned process stops the client).
 pub async fn run_printed_connect(line: &str, log: PathBuf) -> Proc {
+    run_printed_connect_with(line, log, &[]).await
+}
+
+/// [`run_printed_connect`] with extra environment variables (`HOME`, `PATH`
+/// of a [`doctest::Sandbox`]).
+pub async fn run_printed_connect_with(line: &str, log: PathBuf, envs: &[(&str, &str)]) -> Proc {
     let mut client = Proc::spawn(
         Path::new("sh"),
         &["-c", &format!("exec {line}")], // exec: killing the shell kills the client
         log,
-        &[],
+        envs,
     );
     client
         .wait_line("listening on 127.0.0.1:", Duration::from_secs(20))

@@ -8,6 +8,7 @@ mod e2e {
     pub mod certs;
     pub mod cluster;
     pub mod demo;
+    pub mod docs;
     pub mod enforcement;
     pub mod login;
     pub mod malformed;

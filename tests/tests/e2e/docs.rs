@@ -1,0 +1,255 @@
+//! The documentation works (issue 20): the install walk-through of
+//! `deploy/README.md` run as written — its `sh doctest:NAME` blocks, in a
+//! sandbox that says what it stands in for ([`kakehashi_tests::doctest`]) —
+//! through to an RDP session carrying a desktop, an officer's policy change
+//! that survives a gateway restart, an online backup that restores, and a
+//! revoked laptop refused.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kakehashi_tests::doctest::{blocks, free_tcp_udp_port, Block, Sandbox};
+use kakehashi_tests::*;
+
+use super::rdp::{install_peers, rdp_client, rdp_server_cert, start_rdp_server_with, PASSWORD};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The marked blocks of the walk-through, in the order the test runs them
+/// (and the machine each runs on). A block added, removed or renamed in
+/// deploy/README.md fails the test until it is handled here.
+const WALK_THROUGH: &[(&str, &str)] = &[
+    ("ca", "ca"),
+    ("gateway", "gateway"),
+    ("desk", "desk"),
+    ("people", "gateway"),
+    ("laptop", "laptop"),
+    ("login", "laptop"),
+    ("connect", "laptop"),
+    ("officer", "gateway"),
+    ("after-restart", "gateway"),
+    ("backup", "gateway"),
+    ("restore-check", "gateway"),
+    ("revoke", "ca"),
+    ("crl-install", "gateway"),
+];
+
+struct Walk {
+    sb: Sandbox,
+    blocks: Vec<Block>,
+}
+
+impl Walk {
+    fn block(&self, name: &str) -> &Block {
+        self.blocks
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no block {name}"))
+    }
+
+    /// Runs the block `name` on the machine the table says.
+    async fn run(&self, name: &str) -> String {
+        let machine = WALK_THROUGH
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| *m)
+            .expect("a known block");
+        let t = Instant::now();
+        let out = self
+            .sb
+            .run(machine, self.block(name))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        eprintln!("doctest block {name}: {:?}", t.elapsed());
+        out
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        self.sb.env()
+    }
+}
+
+/// The one-time code `admin user enroll-code --id USER` printed.
+fn enrollment_code(out: &str, user: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("enrollment code for {user}: ")))
+        .unwrap_or_else(|| panic!("no enrollment code for {user} in:\n{out}"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_install_walk_through_works_as_written() {
+    let t0 = Instant::now();
+    let readme = read("deploy/README.md");
+    let found: Vec<String> = blocks(&readme).iter().map(|b| b.name.clone()).collect();
+    let want: Vec<&str> = WALK_THROUGH.iter().map(|(n, _)| *n).collect();
+    assert_eq!(found, want, "the marked blocks of deploy/README.md changed");
+
+    // The desk PC's RDP server (its own certificate, from any CA: xrdp's
+    // would be self-signed).
+    install_peers().await;
+    let mut desk_pki = Pki::new();
+    let rdp_cert = rdp_server_cert(&mut desk_pki);
+    let (_rdp_server, rdp_addr) = start_rdp_server_with(&desk_pki, &rdp_cert).await;
+
+    let laptop_port = kakehashi_tests::browser::free_port();
+    let portal_port = kakehashi_tests::browser::free_port();
+    let walk = Walk {
+        sb: Sandbox::new(&[
+            (443, free_tcp_udp_port()),
+            (8443, free_tcp_udp_port()),
+            (8444, portal_port),
+            (9090, kakehashi_tests::browser::free_port()),
+            (3389, rdp_addr.port()),
+            (13389, laptop_port),
+        ]),
+        blocks: blocks(&readme),
+    };
+    let sb = &walk.sb;
+    sb.carry_deploy(&repo().join("deploy"));
+    for b in [
+        "kakehashi-pki",
+        "kakehashi-gateway",
+        "kakehashi-agent",
+        "kakehashi",
+    ] {
+        std::os::unix::fs::symlink(bin(b), sb.work.join(b)).unwrap();
+    }
+    sb.place("/etc/xrdp/cert.pem", &rdp_cert.cert);
+    sb.place("/etc/xrdp/key.pem", &rdp_cert.key);
+    let gw_log = sb.service_log("kakehashi-gateway");
+    let within = Duration::from_secs(30);
+
+    // 2. The CA.
+    walk.run("ca").await;
+    let ca = "/srv/kakehashi-pki";
+    // 3. The gateway.
+    sb.carry(
+        ca,
+        &[
+            "ca.crt",
+            "crl.pem",
+            "ticket.key",
+            "gateway-gw1.example.lg.jp.crt",
+            "gateway-gw1.example.lg.jp.key",
+        ],
+    );
+    walk.run("gateway").await;
+    wait_file(&gw_log, "Gateway serving", 1, within)
+        .await
+        .unwrap();
+    // 4. The agent on the desk PC.
+    sb.carry(
+        ca,
+        &["ticket.pub", "agent-DESK-1234.crt", "agent-DESK-1234.key"],
+    );
+    walk.run("desk").await;
+    wait_file(&gw_log, "Agent online", 1, within).await.unwrap();
+    // 5. People and the desk; tanaka enrolls her key on the portal (her
+    // browser and security key: a software authenticator).
+    let out = walk.run("people").await;
+    let code = enrollment_code(&out, "tanaka");
+    enrollment_code(&out, "sato");
+    assert!(out.contains("JST") || out.contains("+09:00"), "{out}");
+    let passkey = sb.root().join("home/tanaka-passkey.cbor");
+    kakehashi_client::soft::enroll(
+        &format!("https://localhost:{portal_port}"),
+        &sb.path("/srv/kakehashi-pki/ca.crt"),
+        "tanaka",
+        &code,
+        &passkey,
+    )
+    .await
+    .expect("tanaka enrolls her security key at /enroll");
+    // 6. The laptop.
+    sb.carry(ca, &["device-LAPTOP-001.crt", "device-LAPTOP-001.key"]);
+    walk.run("laptop").await;
+    let client_toml = sb.root().join("home/.config/kakehashi/client.toml");
+    let mut text = std::fs::read_to_string(&client_toml).unwrap();
+    text.push_str(&format!(
+        "\n# The test's stand-in for the browser and the security key:\nsoft_authenticator = \"{}\"\nuser = \"tanaka\"\n",
+        passkey.display()
+    ));
+    std::fs::write(&client_toml, text).unwrap();
+    let out = walk.run("login").await;
+    assert!(
+        out.contains("logged in: tanaka") && out.contains("JST"),
+        "{out}"
+    );
+    assert!(out.contains("not checked with the gateway"), "{out}");
+    // `connect` runs until stopped: started as printed, then the RDP client.
+    let line = sb.subst(walk.block("connect").text.trim());
+    let env = walk.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let connect = run_printed_connect_with(&line, sb.root().join("connect.log"), &env).await;
+    let listen = format!("127.0.0.1:{laptop_port}").parse().unwrap();
+    let (code, out) = rdp_client(&desk_pki, "docs", listen, PASSWORD).await;
+    assert_eq!(
+        code,
+        0,
+        "the walk-through's RDP session did not reach a desktop:\n{out}\nconnect:\n{}",
+        connect.log_text()
+    );
+    wait_file(
+        &sb.service_log("kakehashi-agent"),
+        "Session started",
+        1,
+        within,
+    )
+    .await
+    .unwrap();
+
+    // 7. The officer's change, and a restart.
+    walk.run("officer").await;
+    wait_file(&gw_log, "Gateway serving", 2, within)
+        .await
+        .unwrap();
+    wait_file(&gw_log, "Agent online", 2, within).await.unwrap();
+    let out = walk.run("after-restart").await;
+    assert!(
+        out.contains("printer no"),
+        "the officer's change did not survive the restart:\n{out}"
+    );
+    assert!(
+        out.contains("admin:"),
+        "the officer's version in the history:\n{out}"
+    );
+
+    // 8. Backup while running, and the copy opened on its own.
+    let out = walk.run("backup").await;
+    assert!(out.lines().any(|l| l.trim() == "ok"), "{out}");
+    let out = walk.run("restore-check").await;
+    assert!(out.contains("tanaka") && out.contains("sato"), "{out}");
+
+    // A lost laptop: revoked on the CA, the CRL carried to the gateway.
+    walk.run("revoke").await;
+    sb.carry(ca, &["crl.pem"]);
+    let reloads = std::fs::read_to_string(&gw_log)
+        .unwrap()
+        .matches("CRL reloaded")
+        .count();
+    walk.run("crl-install").await;
+    wait_file(&gw_log, "CRL reloaded", reloads + 1, within)
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new("kakehashi")
+        .args(["connect", "DESK-1234", "--stdio"])
+        .envs(walk.env())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("certificate_revoked"),
+        "{err}"
+    );
+    eprintln!("walk-through: {:?}", t0.elapsed());
+}
