@@ -47,6 +47,6 @@ pub fn write_secret_file(path: &std::path::Path, contents: &[u8]) -> Result<(), 
 }
 
 pub use ticket::{
-    format_ticket_public_key, load_ticket_public_key, load_ticket_signing_key,
+    format_ticket_public_key, generate_ticket_key, load_ticket_public_key, load_ticket_signing_key,
     parse_ticket_public_key, TICKET_PUBLIC_PREFIX,
 };

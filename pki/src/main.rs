@@ -76,6 +76,17 @@ enum Command {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// A new ticket signing key pair beside the current one, for a key
+    /// change with an overlap: `ticket-NAME.key` (gateways) and
+    /// `ticket-NAME.pub` (agents). `ticket.key` and `ticket.pub` are left as
+    /// they are.
+    TicketKey {
+        /// Name of the pair, e.g. the date: 2027-04 gives ticket-2027-04.key.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// Rewrite the CRL (run at least weekly: it is valid seven days).
     Crl {
         #[command(flatten)]
@@ -217,6 +228,23 @@ fn run(cli: Cli) -> Result<()> {
                 ca.crl_number(),
                 crl.display()
             );
+        }
+        Command::TicketKey { name, dir } => {
+            kakehashi_pki::validate_id("--name", &name)?;
+            let ca = open(&dir.dir)?;
+            let key = ca.dir().join(format!("ticket-{name}.key"));
+            let public = ca.dir().join(format!("ticket-{name}.pub"));
+            if key.exists() || public.exists() {
+                anyhow::bail!("{} already exists: choose another --name", key.display());
+            }
+            kakehashi_pki::generate_ticket_key(&key, &public)
+                .context("cannot write the ticket key pair")?;
+            println!(
+                "new ticket signing key: {} (for the gateways, mode 0600); its public key: {} (for the agents)",
+                key.display(),
+                public.display()
+            );
+            println!("add the .pub to every agent's [tickets] public_keys first, then give the gateways the .key (admin guide, section 17.3)");
         }
         Command::Crl { dir } => {
             let mut ca = open(&dir.dir)?;
@@ -427,6 +455,35 @@ mod tests {
         }
         // init needs an explicit --dir.
         assert!(Cli::try_parse_from(["kakehashi-pki", "init"]).is_err());
+    }
+
+    #[test]
+    fn a_new_ticket_key_goes_beside_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        CaDir::init(&ca_dir, &InitOptions::default()).unwrap();
+        let before = std::fs::read(ca_dir.join("ticket.key")).unwrap();
+        let cmd = |name: &str| {
+            run(Cli::try_parse_from([
+                "kakehashi-pki",
+                "ticket-key",
+                "--name",
+                name,
+                "--dir",
+                ca_dir.to_str().unwrap(),
+            ])
+            .unwrap())
+        };
+        cmd("2027-04").unwrap();
+        let pair =
+            kakehashi_pki::load_ticket_signing_key(&ca_dir.join("ticket-2027-04.key")).unwrap();
+        let public =
+            kakehashi_pki::load_ticket_public_key(&ca_dir.join("ticket-2027-04.pub")).unwrap();
+        use ring::signature::KeyPair as _;
+        assert_eq!(pair.public_key().as_ref(), public);
+        assert_eq!(std::fs::read(ca_dir.join("ticket.key")).unwrap(), before);
+        assert!(cmd("2027-04").is_err(), "never overwritten");
+        assert!(cmd("a/b").is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::PkiError;
 pub const TICKET_PUBLIC_PREFIX: &str = "ed25519:";
 
 /// Generates a new Ed25519 key pair and writes `key_path` (0600) and `pub_path`.
-pub(crate) fn generate_ticket_key(key_path: &Path, pub_path: &Path) -> Result<(), PkiError> {
+pub fn generate_ticket_key(key_path: &Path, pub_path: &Path) -> Result<(), PkiError> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| PkiError::Crypto("cannot generate the ticket signing key"))?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
