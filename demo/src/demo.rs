@@ -127,9 +127,10 @@ url = "{db}"
 [identity]
 require_login = true
 
-# The access policy: the shipped default (DESIGN.md section 5). Edit it, check
-# it with `kakehashi-gateway policy check policy.toml`, restart or
-# `kakehashi-gateway policy import --config gateway.toml policy.toml`.
+# The access policy: the shipped default, which seeds the demo's database at its
+# first start. To change the policy in force, edit it, check it with
+# `kakehashi-gateway policy check policy.toml` and put it in force with
+# `kakehashi-gateway --config gateway.toml policy import policy.toml`.
 [policy]
 file = "policy.toml"
 

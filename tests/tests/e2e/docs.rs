@@ -3,8 +3,10 @@
 //! sandbox that says what it stands in for ([`kakehashi_tests::doctest`]) —
 //! through to an RDP session carrying a desktop, an officer's policy change
 //! that survives a gateway restart, an online backup that restores, and a
-//! revoked laptop refused.
+//! revoked laptop refused; and the Japanese and English admin guides name
+//! the same commands, configuration keys and reason codes.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -252,4 +254,137 @@ async fn the_install_walk_through_works_as_written() {
         "{err}"
     );
     eprintln!("walk-through: {:?}", t0.elapsed());
+}
+
+/// What a guide names: commands (program and subcommands), configuration
+/// keys (`[section] key`) and reason codes.
+#[derive(Debug, Default)]
+struct Named {
+    commands: BTreeSet<String>,
+    keys: BTreeSet<String>,
+    codes: BTreeSet<String>,
+}
+
+/// The text inside backquotes (`true`) and the lines of code blocks
+/// (`false`) of `md`.
+fn code_spans(md: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    let mut prose = String::new();
+    for line in md.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if in_block {
+            out.push((line.to_owned(), false));
+        } else {
+            prose.push_str(line);
+            prose.push('\n');
+        }
+    }
+    // A span may run over a line end.
+    let mut parts = prose.split('`');
+    parts.next();
+    while let Some(code) = parts.next() {
+        out.push((code.replace('\n', " "), true));
+        parts.next();
+    }
+    out
+}
+
+fn named(md: &str) -> Named {
+    let mut n = Named::default();
+    for (span, inline) in code_spans(md) {
+        let words: Vec<&str> = span.split_whitespace().collect();
+        for (i, w) in words.iter().enumerate() {
+            let program = match *w {
+                "kakehashi" | "kakehashi-gateway" | "kakehashi-pki" | "kakehashi-agent"
+                | "kakehashi-demo" => *w,
+                _ => continue,
+            };
+            let mut cmd = vec![program.to_string()];
+            let mut rest = words[i + 1..].iter();
+            while let Some(w) = rest.next() {
+                if *w == "--config" {
+                    rest.next();
+                    continue;
+                }
+                if w.starts_with('-') || cmd.len() == 4 {
+                    break;
+                }
+                if !w.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                    break;
+                }
+                cmd.push(w.to_string());
+            }
+            n.commands.insert(cmd.join(" "));
+        }
+        // `[section] key` and `[section]`.
+        let s = span.trim();
+        if let Some(rest) = s.strip_prefix('[') {
+            if let Some((section, after)) = rest.split_once(']') {
+                if section
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+                    && !section.is_empty()
+                {
+                    let key = after
+                        .split_whitespace()
+                        .next()
+                        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+                    n.keys.insert(match key {
+                        Some(k) => format!("[{section}] {k}"),
+                        None => format!("[{section}]"),
+                    });
+                }
+            }
+        }
+        if inline && !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            n.codes.insert(s.to_owned());
+        }
+    }
+    n
+}
+
+fn differences(what: &str, en: &BTreeSet<String>, ja: &BTreeSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for x in en.difference(ja) {
+        out.push(format!("{what} only in the English guide: {x}"));
+    }
+    for x in ja.difference(en) {
+        out.push(format!("{what} only in the Japanese guide: {x}"));
+    }
+    out
+}
+
+#[test]
+fn the_japanese_and_english_guides_name_the_same_things() {
+    let en = named(&read("docs/admin-guide.en.md"));
+    let ja = named(&read("docs/admin-guide.ja.md"));
+    let mut problems = differences("command", &en.commands, &ja.commands);
+    problems.extend(differences("configuration key", &en.keys, &ja.keys));
+    problems.extend(differences("code", &en.codes, &ja.codes));
+    // Every reason a laptop, the policy or the portal can give is explained.
+    let all: Vec<&str> = kakehashi_proto::Reason::ALL
+        .iter()
+        .map(|r| r.code())
+        .chain(kakehashi_policy::ReasonCode::ALL.iter().map(|r| r.code()))
+        .chain(kakehashi_portal::Reason::ALL.iter().map(|r| r.code()))
+        .collect();
+    for code in all {
+        for (lang, g) in [("English", &en), ("Japanese", &ja)] {
+            if !g.codes.contains(code) {
+                problems.push(format!("reason code {code} is not in the {lang} guide"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The check has something to check.
+    assert!(
+        en.commands.contains("kakehashi-gateway admin import"),
+        "{:?}",
+        en.commands
+    );
+    assert!(en.keys.contains("[portal] origin"), "{:?}", en.keys);
 }
