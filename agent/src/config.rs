@@ -56,7 +56,7 @@ pub struct RdpSection {
 }
 
 /// Where `[rdp]`'s two files come from, for the errors that name them.
-const RDP_FILES: &str = "the local RDP server's own certificate and private key (PEM), e.g. /etc/xrdp/cert.pem and /etc/xrdp/key.pem for xrdp, or the certificate set on the Windows Remote Desktop listener with its key (admin guide, section 13.2)";
+const RDP_FILES: &str = "RDP サーバ自身の証明書と秘密鍵 (PEM) が必要です / the local RDP server's own certificate and private key (PEM), e.g. /etc/xrdp/cert.pem and /etc/xrdp/key.pem for xrdp, or the certificate set on the Windows Remote Desktop listener with its key (admin guide, section 13.2)";
 
 /// Why a configuration without `[rdp]` does not load.
 pub const NO_RDP_SECTION: &str = "no [rdp] section: without it the agent would pass sessions through without enforcing their controls (clipboard, drives, printers, USB). Add [rdp] with server_cert and server_key (the local RDP server's certificate and key) to enforce them; for a desk that is not an RDP server, set [rdp] enforce = false explicitly (pass-through: the gateway then admits only sessions that restrict nothing, or to a desk an officer registered as non-RDP with `kakehashi-gateway admin desk set --service other`)";

@@ -47,7 +47,7 @@ impl Gateway {
         if let Some(file) = &cfg.relay.policy_file {
             if !file.exists() {
                 anyhow::bail!(
-                    "[policy] file {f} does not exist. ポリシーファイルを作成してください / Create it with the shipped default policy:\n  kakehashi-gateway policy default > {f}\n(or export the policy in force: kakehashi-gateway --config … policy export > {f}), or remove the `file` key from [policy] to start with the store's policy (the shipped default on a first start)",
+                    "ポリシーファイル {f} がありません。次のコマンドで作成してください / [policy] file {f} does not exist. Create it with the shipped default policy:\n  kakehashi-gateway policy default > {f}\n(or export the policy in force: kakehashi-gateway --config … policy export > {f}), or remove the `file` key from [policy] to start with the store's policy (the shipped default on a first start)",
                     f = file.display()
                 );
             }

@@ -363,8 +363,8 @@ fn plan(p: Parsed, cur: &Current) -> (Vec<Change>, Vec<String>, Vec<String>) {
         };
         if old.name != r.user.name || old.department != r.user.department {
             errors.push(format!(
-                "{}: user {} is {} in {} in the store, not {} in {}: this release cannot rename a user or move one to another department (add the person under a new id, and disable the old one with status disabled)",
-                r.at, r.user.id, old.name, old.department, r.user.name, r.user.department
+                "{}: 利用者 {} の氏名・所属は変更できません / user {} is {} in {} in the store, not {} in {}: this release cannot rename a user or move one to another department (add the person under a new id, and disable the old one with status disabled)",
+                r.at, r.user.id, r.user.id, old.name, old.department, r.user.name, r.user.department
             ));
             continue;
         }
@@ -399,8 +399,8 @@ fn plan(p: Parsed, cur: &Current) -> (Vec<Change>, Vec<String>, Vec<String>) {
                 None => {
                     ok = false;
                     errors.push(format!(
-                        "{}: owner {o} of desk {} is neither in the store nor in the users file",
-                        r.at, r.desk.id
+                        "{}: デスクPC {} の所有者 {o} が登録されていません / owner {o} of desk {} is neither in the store nor in the users file",
+                        r.at, r.desk.id, r.desk.id
                     ));
                 }
                 Some((_, true)) => notes.push(format!(
@@ -435,8 +435,8 @@ fn plan(p: Parsed, cur: &Current) -> (Vec<Change>, Vec<String>, Vec<String>) {
         match after.get(&r.user) {
             None => {
                 errors.push(format!(
-                    "{}: user {} of laptop {} is neither in the store nor in the users file",
-                    r.at, r.user, r.id
+                    "{}: 貸与PC {} の貸与先 {} が登録されていません / user {} of laptop {} is neither in the store nor in the users file",
+                    r.at, r.id, r.user, r.user, r.id
                 ));
                 continue;
             }
@@ -504,8 +504,8 @@ pub async fn run(store: &Store, args: ImportArgs) -> anyhow::Result<()> {
     }
     if !errors.is_empty() {
         let mut msg = format!(
-            "{} line(s) cannot be imported; nothing was written / 取り込めない行があります。何も書き込んでいません:",
-            errors.len()
+            "取り込めない行が {n} 行あります。何も書き込んでいません / {n} line(s) cannot be imported; nothing was written:",
+            n = errors.len()
         );
         for e in &errors {
             let _ = write!(msg, "\n  {e}");

@@ -119,7 +119,7 @@ pub fn portal(
     let (cert, key) = match (p.cert, p.key) {
         (Some(c), Some(k)) => (rel(c), rel(k)),
         (None, None) => (shared.cert, shared.key),
-        _ => bail!("[portal] cert and key go together: give both (a certificate staff browsers trust and its key), or neither (the gateway's [tls] cert)"),
+        _ => bail!("[portal] cert と key は両方指定するか、両方省略してください / [portal] cert and key go together: give both (a certificate staff browsers trust and its key), or neither (the gateway's [tls] cert)"),
     };
     let second = Duration::from_secs(1);
     let header_timeout =

@@ -277,7 +277,10 @@ async fn admin_import_checks_every_line_before_writing() {
     };
     let (ok, out) = import(&[]).await;
     assert!(!ok, "{out}");
-    assert!(out.contains("desks.csv:3: owner u-9999"), "{out}");
+    assert!(
+        out.contains("desks.csv:3: ") && out.contains("owner u-9999 of desk DESK-2002"),
+        "{out}"
+    );
     assert!(out.contains("nothing was written"), "{out}");
     let (_, list) = gw(&["--config", c, "admin", "user", "list"]).await;
     assert!(!list.contains("u-1001"), "{list}");
