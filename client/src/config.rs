@@ -150,8 +150,7 @@ impl Config {
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
                 anyhow::bail!(
-                    "invalid config file {}: [gateway] fallback {a:?} is not host:port (for example fallback = [\"gw2.example.lg.jp:443\"])",
-                    path.display()
+                    "[gateway] fallback {a:?} is not host:port (for example fallback = [\"gw2.example.lg.jp:443\"])"
                 );
             }
         }
