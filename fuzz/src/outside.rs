@@ -162,8 +162,8 @@ pub struct ChainInput {
 /// hash when the chain starts at seq 1.
 pub fn export_chain(input: &ChainInput) -> (String, bool) {
     let offset = i32::from(input.utc_offset_hours % 15) * 3600;
-    let mut intact = input.records.is_empty()
-        || !(input.first_seq == 1 && input.first_prev != [0; 32]);
+    let mut intact =
+        input.records.is_empty() || !(input.first_seq == 1 && input.first_prev != [0; 32]);
     let mut seq = input.first_seq;
     let mut prev = Hash256(input.first_prev);
     let mut chain = Vec::new();
