@@ -33,13 +33,9 @@ pub struct Gateways {
 fn gateway_gone(e: &SessionError) -> bool {
     match e {
         SessionError::Other(_) => true,
-        SessionError::Refused(r) => [
-            Reason::GatewayUnreachable,
-            Reason::Timeout,
-            Reason::ShuttingDown,
-        ]
-        .iter()
-        .any(|g| r.code == kakehashi_proto::reason::ReasonText::code(*g)),
+        SessionError::Refused(r) => {
+            r.is(Reason::GatewayUnreachable) || r.is(Reason::Timeout) || r.is(Reason::ShuttingDown)
+        }
     }
 }
 

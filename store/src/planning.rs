@@ -208,6 +208,10 @@ pub struct PolicyDoc {
 /// The largest policy document accepted.
 const MAX_POLICY: usize = 1024 * 1024;
 
+/// A policy version with its author and time (`put_policy`, `seed_policy`).
+const INSERT_POLICY: &str =
+    "INSERT INTO policies (version, body, author, created) VALUES ($1, $2, $3, $4)";
+
 impl Store {
     /// Submits a telework plan (status `submitted`).
     pub async fn submit_plan(&self, spec: &PlanSpec, audit: Audit) -> Result<Plan> {
@@ -461,11 +465,9 @@ impl Store {
             return Err(Error::invalid("policy", "must be 1 byte to 1 MiB"));
         }
         const NEXT: &str = "SELECT COALESCE(MAX(version), 0) + 1 FROM policies";
-        const SQL: &str =
-            "INSERT INTO policies (version, body, author, created) VALUES ($1, $2, $3, $4)";
         let (version, _) = write_tx!(self, audit, |tx| {
             let version: i64 = sqlx::query_scalar(NEXT).fetch_one(&mut *tx).await?;
-            sqlx::query(SQL)
+            sqlx::query(INSERT_POLICY)
                 .bind(version)
                 .bind(text)
                 .bind(&audit.actor)
@@ -493,8 +495,6 @@ impl Store {
         }
         const CURRENT: &str =
             "SELECT version, body, author, created FROM policies ORDER BY version DESC LIMIT 1";
-        const SQL: &str =
-            "INSERT INTO policies (version, body, author, created) VALUES (1, $1, $2, $3)";
         write_tx!(self, audit, |tx| {
             let current: Option<PolicyDoc> =
                 sqlx::query_as(CURRENT).fetch_optional(&mut *tx).await?;
@@ -502,7 +502,8 @@ impl Store {
                 // Rolled back with the transaction: no audit record either.
                 return Ok((doc, false));
             }
-            sqlx::query(SQL)
+            sqlx::query(INSERT_POLICY)
+                .bind(1_i64)
                 .bind(text)
                 .bind(&audit.actor)
                 .bind(audit.at)
