@@ -35,6 +35,11 @@ trap 'cp "$GW.this-checkout" "$GW"' EXIT
 DIR=$ROOT/target/bench-compare/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$DIR"
 echo "results in $DIR" >&2
+# Copies of the two binaries: either may be this checkout's own
+# target/release/kakehashi-gateway (or a link to it), which each round
+# overwrites.
+cp "$BEFORE" "$DIR/gateway-before"; cp "$AFTER" "$DIR/gateway-after"
+BEFORE=$DIR/gateway-before AFTER=$DIR/gateway-after
 for r in $(seq 1 "$ROUNDS"); do
   for which in before after; do
     bin=$BEFORE; [ $which = after ] && bin=$AFTER
