@@ -13,15 +13,11 @@
 //!   router's guard already refuses a foreign `Origin`, this refuses a
 //!   missing one too. The session cookie itself is `SameSite=Strict`.
 
-use std::sync::OnceLock;
-
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use kakehashi_store::{Role, User};
-use ring::hmac;
+use subtle::ConstantTimeEq as _;
 
 use crate::html::{switch_link, Lang};
 use crate::state::PortalState;
@@ -82,7 +78,6 @@ pub(crate) struct Visitor {
     pub(crate) user: User,
     /// The CSRF token for this session's forms.
     pub(crate) csrf: String,
-    session_id: String,
 }
 
 impl Visitor {
@@ -181,33 +176,12 @@ impl From<kakehashi_store::Error> for Refused {
     }
 }
 
-/// The key of this process's CSRF tokens (portal sessions live in memory,
-/// so they and their tokens end with the process).
-fn csrf_key() -> &'static hmac::Key {
-    static KEY: OnceLock<hmac::Key> = OnceLock::new();
-    KEY.get_or_init(|| {
-        hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-            .expect("system random number generator failed")
-    })
-}
-
-const CSRF_CONTEXT: &[u8] = b"kakehashi-portal-csrf\0";
-
-fn csrf_message(session_id: &str) -> Vec<u8> {
-    [CSRF_CONTEXT, session_id.as_bytes()].concat()
-}
-
-/// The CSRF token of a portal session.
-pub(super) fn csrf_token(session_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(hmac::sign(csrf_key(), &csrf_message(session_id)).as_ref())
-}
-
-/// Whether `presented` is the session's token (constant-time comparison).
-pub(super) fn csrf_matches(session_id: &str, presented: &str) -> bool {
-    let Ok(tag) = URL_SAFE_NO_PAD.decode(presented.trim()) else {
-        return false;
-    };
-    hmac::verify(csrf_key(), &csrf_message(session_id), &tag).is_ok()
+/// Whether `presented` is the session's CSRF token `expected` (a random
+/// value kept with the session in the store, so the same on every gateway;
+/// compared in constant time).
+pub(super) fn csrf_matches(expected: &str, presented: &str) -> bool {
+    let presented = presented.trim();
+    !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
 }
 
 impl PortalState {
@@ -218,11 +192,7 @@ impl PortalState {
         need: Need,
     ) -> Result<Visitor, Refused> {
         let session_id = self.session_id(headers).ok_or(Refused::SignIn)?;
-        let session = self
-            .inner
-            .sessions
-            .get(&session_id, self.now())
-            .ok_or(Refused::SignIn)?;
+        let session = self.session(&session_id).await?.ok_or(Refused::SignIn)?;
         let user = self
             .store()
             .get_user(&session.user)
@@ -233,8 +203,7 @@ impl PortalState {
         }
         Ok(Visitor {
             user,
-            csrf: csrf_token(&session_id),
-            session_id,
+            csrf: session.csrf,
         })
     }
 
@@ -247,7 +216,7 @@ impl PortalState {
         presented: &str,
     ) -> Result<Visitor, Refused> {
         let v = self.visitor(headers, need).await?;
-        if !self.same_origin(headers) || !csrf_matches(&v.session_id, presented) {
+        if !self.same_origin(headers) || !csrf_matches(&v.csrf, presented) {
             tracing::info!(user = %v.user.id, "Portal form refused: CSRF token or origin");
             return Err(Refused::Csrf);
         }
@@ -328,16 +297,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csrf_tokens_are_per_session_and_checked() {
-        let a = csrf_token("session-a");
-        assert_eq!(a, csrf_token("session-a"));
-        assert_ne!(a, csrf_token("session-b"));
-        assert!(csrf_matches("session-a", &a));
-        assert!(!csrf_matches("session-b", &a));
-        assert!(!csrf_matches("session-a", ""));
-        assert!(!csrf_matches("session-a", "not base64!"));
+    fn csrf_tokens_are_checked_exactly() {
+        let a = crate::codes::random_b64url::<32>();
+        assert!(csrf_matches(&a, &a));
+        assert!(csrf_matches(&a, &format!(" {a}\n")), "form whitespace");
+        assert!(!csrf_matches(&a, ""));
+        assert!(
+            !csrf_matches("", ""),
+            "a session without a token matches nothing"
+        );
+        assert!(!csrf_matches(&a, &a[1..]));
         let mut wrong = a.clone();
         wrong.replace_range(0..1, if a.starts_with('A') { "B" } else { "A" });
-        assert!(!csrf_matches("session-a", &wrong));
+        assert!(!csrf_matches(&a, &wrong));
     }
 }

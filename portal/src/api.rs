@@ -21,9 +21,8 @@ use webauthn_rs::prelude::{
 use super::reason::{Denial, Reason};
 use super::redirect::LoginParams;
 use crate::codes::{enrollment_code_hash, login_code_hash, random_b64url, user_handle};
-use crate::state::{
-    Ceremony, Peer, PortalState, RegState, Session, CEREMONY_SECS, LOGIN_CODE_SECS, SESSION_SECS,
-};
+use crate::state::{Peer, PortalState, CEREMONY_SECS, LOGIN_CODE_SECS, SESSION_SECS};
+use crate::transient::{Ceremony, RegState};
 
 type Result<T, E = Denial> = std::result::Result<T, E>;
 
@@ -228,7 +227,7 @@ impl PortalState {
         device: Option<&str>,
     ) -> Result<String> {
         let now = self.now();
-        let taken = self.inner.ceremonies.take(ceremony, now);
+        let taken = self.take_ceremony(ceremony).await?;
         if let Some(Ceremony::Decoy { user, why }) = &taken {
             // Refused as a key that is not the user's would be, without a
             // lockout count (nobody's credential was presented).
@@ -442,15 +441,6 @@ impl PortalState {
     }
 }
 
-/// The ceremony map's quotas for a start by `user` from `ip`: a flood for
-/// one user or from one address evicts its own oldest ceremonies.
-fn ceremony_quotas(user: &str, ip: IpAddr) -> [(String, usize); 2] {
-    [
-        (user_key(user), crate::state::CEREMONIES_PER_USER),
-        (format!("source:{ip}"), crate::state::CEREMONIES_PER_SOURCE),
-    ]
-}
-
 /// The audit record summarising refusals the throttle counted.
 fn suppressed_record(s: &super::throttle::Suppressed) -> Audit {
     let mut parts = s.key.splitn(3, '|');
@@ -552,16 +542,16 @@ pub(crate) async fn enroll_start(
             (o, RegState::Attested(st))
         }
     };
-    let ceremony = s.inner.ceremonies.insert_with_quotas(
-        now,
-        now + CEREMONY_SECS,
-        Ceremony::Enroll {
-            user: user.id.clone(),
-            code_hash,
-            state,
-        },
-        &ceremony_quotas(&user.id, ip),
-    );
+    let ceremony = s
+        .put_ceremony(
+            &Ceremony::Enroll {
+                user: user.id.clone(),
+                code_hash,
+                state,
+            },
+            ip,
+        )
+        .await?;
     info!(user = %user.id, source = %ip, "Enrollment started");
     Ok(Json(json!({ "ceremony": ceremony, "options": options })))
 }
@@ -650,7 +640,7 @@ pub(crate) async fn enroll_finish(
         user,
         code_hash,
         state,
-    }) = s.inner.ceremonies.take(&req.ceremony, now)
+    }) = s.take_ceremony(&req.ceremony).await?
     else {
         s.audit_refusal(
             Audit::new(now, "portal", "enroll.failed")
@@ -759,7 +749,6 @@ pub(crate) async fn login_start(
 ) -> Result<Json<Value>> {
     let req = body(b)?;
     valid_user_id(&req.user)?;
-    let now = s.now();
     let keys = lock_keys(&req.user, ip);
     s.check_locks(&keys, "login.failed", &req.user, ip).await?;
     // Whether the id exists, is disabled or has a security key is not told
@@ -791,15 +780,15 @@ pub(crate) async fn login_start(
                 "no security key"
             };
             let options = decoy_options(&s, &req.user)?;
-            let ceremony = s.inner.ceremonies.insert_with_quotas(
-                now,
-                now + CEREMONY_SECS,
-                Ceremony::Decoy {
-                    user: req.user.clone(),
-                    why,
-                },
-                &ceremony_quotas(&req.user, ip),
-            );
+            let ceremony = s
+                .put_ceremony(
+                    &Ceremony::Decoy {
+                        user: req.user.clone(),
+                        why: why.to_owned(),
+                    },
+                    ip,
+                )
+                .await?;
             debug!(user = %req.user, source = %ip, why, "Login started with decoy options");
             return Ok(Json(json!({ "ceremony": ceremony, "options": options })));
         }
@@ -814,15 +803,15 @@ pub(crate) async fn login_start(
     for c in &mut options.public_key.allow_credentials {
         c.transports = None;
     }
-    let ceremony = s.inner.ceremonies.insert_with_quotas(
-        now,
-        now + CEREMONY_SECS,
-        Ceremony::Login {
-            user: user.id.clone(),
-            state,
-        },
-        &ceremony_quotas(&user.id, ip),
-    );
+    let ceremony = s
+        .put_ceremony(
+            &Ceremony::Login {
+                user: user.id.clone(),
+                state,
+            },
+            ip,
+        )
+        .await?;
     debug!(user = %user.id, source = %ip, "Login started");
     Ok(Json(json!({ "ceremony": ceremony, "options": options })))
 }
@@ -894,12 +883,7 @@ pub(crate) async fn session_finish(
     let user = s
         .authenticate(ip, &req.ceremony, &req.credential, "portal", None)
         .await?;
-    let now = s.now();
-    let id = s
-        .inner
-        .sessions
-        .insert(now, now + SESSION_SECS, Session { user })
-        .map_err(|_| Denial::from(Reason::Busy))?;
+    let id = s.new_session(&user).await?;
     let cookie = s.session_cookie(&id, SESSION_SECS);
     Ok((
         [(header::SET_COOKIE, cookie)],

@@ -78,7 +78,6 @@ pub mod config;
 mod dashboard;
 mod fuzz;
 mod html;
-mod memory;
 mod officer;
 #[cfg(test)]
 mod officer_tests;
@@ -93,6 +92,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 mod throttle;
+mod transient;
 mod views;
 
 pub use fuzz::fuzz_feed;

@@ -91,15 +91,15 @@ impl H {
     }
 
     /// A portal session for `user`, as `/api/session/finish` makes one.
-    fn sign_in(&self, user: &str) -> String {
-        let now = self.state.now();
-        let id = self
-            .state
-            .inner
-            .sessions
-            .insert(now, now + SESSION_SECS, Session { user: user.into() })
-            .unwrap();
+    async fn sign_in(&self, user: &str) -> String {
+        let id = self.state.new_session(user).await.unwrap();
         format!("{COOKIE}={id}")
+    }
+
+    /// The CSRF token of the session in `cookie`, as its pages carry it.
+    async fn csrf_of(&self, cookie: &str) -> String {
+        let id = cookie.split_once('=').unwrap().1;
+        self.state.session(id).await.unwrap().unwrap().csrf
     }
 
     async fn send(&self, req: Request<Body>) -> Answer {
@@ -197,7 +197,7 @@ async fn officer_pages_are_for_officers_only() {
     assert_eq!(a.status, StatusCode::SEE_OTHER);
 
     // Staff: 403 in both languages, on every officer page and action.
-    let staff = h.sign_in("staff1");
+    let staff = h.sign_in("staff1").await;
     for path in [
         "/officer/rules",
         "/officer/desks",
@@ -233,7 +233,7 @@ async fn officer_pages_are_for_officers_only() {
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 
     // The officer.
-    let officer = h.sign_in("officer1");
+    let officer = h.sign_in("officer1").await;
     let a = h.get("/officer/rules", Some(&officer)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert!(a.text.contains(r#"<textarea id="policy-text""#));
@@ -263,7 +263,7 @@ async fn officer_pages_are_for_officers_only() {
 async fn saving_rules_is_validated_csrf_checked_and_audited() {
     let h = H::new().await;
     h.user("officer1", "情報政策課", &[Role::Officer]).await;
-    let officer = h.sign_in("officer1");
+    let officer = h.sign_in("officer1").await;
     let page = h.get("/officer/rules", Some(&officer)).await;
     let csrf = page.csrf();
     let default = kakehashi_policy::default_policy_toml();
@@ -426,7 +426,7 @@ async fn desks_devices_and_bcp_change_like_the_cli() {
         )
         .await
         .unwrap();
-    let officer = h.sign_in("officer1");
+    let officer = h.sign_in("officer1").await;
     let csrf = h.get("/officer/desks", Some(&officer)).await.csrf();
 
     // Desk level 2 → 3.
@@ -624,13 +624,15 @@ async fn plans_are_submitted_by_staff_and_decided_by_their_chief() {
         .await;
     h.user("chief-zeimu", "税務課", &[Role::Chief]).await;
     h.user("nobody", "総務課", &[]).await;
-    let staff = h.sign_in("yamada");
+    let staff = h.sign_in("yamada").await;
     let a = h.get("/plans", Some(&staff)).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(!a.text.contains("waiting-plans"), "not a chief");
     let csrf = a.csrf();
     assert_eq!(
-        h.get("/plans", Some(&h.sign_in("nobody"))).await.status,
+        h.get("/plans", Some(&h.sign_in("nobody").await))
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
 
@@ -693,10 +695,10 @@ async fn plans_are_submitted_by_staff_and_decided_by_their_chief() {
     let a = decide(staff.clone(), id.clone(), "approve", "").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert!(a.text.contains("所属長（chief）"));
-    let zeimu = h.sign_in("chief-zeimu");
+    let zeimu = h.sign_in("chief-zeimu").await;
     let a = decide(zeimu.clone(), id.clone(), "approve", "").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
-    let chief = h.sign_in("chief-somu");
+    let chief = h.sign_in("chief-somu").await;
     let own = h
         .store
         .submit_plan(
@@ -862,7 +864,7 @@ fn header_of(a: &Answer, name: header::HeaderName) -> &str {
 async fn attendance_report_is_the_chiefs_department_as_the_cli_writes_it() {
     let h = H::new().await;
     attendance_fixture(&h).await;
-    let chief = h.sign_in("chief-somu");
+    let chief = h.sign_in("chief-somu").await;
 
     // The form is on the chief's plans page, not on staff's.
     let a = h.get("/plans", Some(&chief)).await;
@@ -871,7 +873,7 @@ async fn attendance_report_is_the_chiefs_department_as_the_cli_writes_it() {
         "{}",
         a.text
     );
-    let a = h.get("/plans", Some(&h.sign_in("sato"))).await;
+    let a = h.get("/plans", Some(&h.sign_in("sato").await)).await;
     assert!(!a.text.contains("attendance-form"));
 
     let a = h
@@ -944,7 +946,7 @@ async fn attendance_report_is_the_chiefs_department_as_the_cli_writes_it() {
     let a = h
         .get(
             "/plans/attendance.csv?month=2025-01",
-            Some(&h.sign_in("chief-zeimu")),
+            Some(&h.sign_in("chief-zeimu").await),
         )
         .await;
     assert_eq!(a.status, StatusCode::OK);
@@ -980,14 +982,14 @@ async fn attendance_report_is_the_chiefs_department_as_the_cli_writes_it() {
 async fn attendance_report_is_refused_to_others_and_for_other_departments() {
     let h = H::new().await;
     attendance_fixture(&h).await;
-    let chief = h.sign_in("chief-somu");
+    let chief = h.sign_in("chief-somu").await;
 
     // Staff, and an officer/operator without the chief role: 403 in both languages.
     for user in ["sato", "ops"] {
         let a = h
             .get(
                 "/plans/attendance.csv?month=2025-01",
-                Some(&h.sign_in(user)),
+                Some(&h.sign_in(user).await),
             )
             .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{user}");
@@ -1089,7 +1091,7 @@ async fn officers_see_lockouts_and_unlock_on_the_devices_page() {
         )
         .await
         .unwrap();
-    let officer = h.sign_in("off-1");
+    let officer = h.sign_in("off-1").await;
     let page = h.get("/officer/devices", Some(&officer)).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(
@@ -1102,7 +1104,7 @@ async fn officers_see_lockouts_and_unlock_on_the_devices_page() {
 
     // Staff cannot unlock, and a forged form (no or a wrong token, or from
     // another origin) changes nothing.
-    let staff = h.sign_in("staff-1");
+    let staff = h.sign_in("staff-1").await;
     let a = h
         .post(
             "/officer/users/unlock",
@@ -1183,12 +1185,15 @@ async fn every_staff_action_checks_role_csrf_and_origin() {
     h.user("operator1", "情報政策課", &[Role::Operator]).await;
     h.user("chief1", "総務課", &[Role::Chief]).await;
     h.user("staff1", "総務課", &[Role::Staff]).await;
-    let cookie = |user: &str| h.sign_in(user);
-    let token = |cookie: &str| access::csrf_token(cookie.split_once('=').unwrap().1);
-    let officer = cookie("officer1");
-    let operator = cookie("operator1");
-    let chief = cookie("chief1");
-    let staff = cookie("staff1");
+    let officer = h.sign_in("officer1").await;
+    let operator = h.sign_in("operator1").await;
+    let chief = h.sign_in("chief1").await;
+    let staff = h.sign_in("staff1").await;
+    let mut tokens = std::collections::HashMap::new();
+    for c in [&officer, &operator, &chief, &staff] {
+        tokens.insert(c.clone(), h.csrf_of(c).await);
+    }
+    let token = |cookie: &str| tokens[cookie].clone();
     let actions: &[Action] = &[
         (
             "/officer/rules",

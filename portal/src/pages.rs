@@ -15,6 +15,7 @@ use super::reason::Reason;
 use super::redirect::LoginParams;
 use crate::html::{switch_link, Lang};
 use crate::state::{Peer, PortalState};
+use crate::transient::Session;
 use crate::views;
 
 const SCRIPT: &str = include_str!("assets/portal.js");
@@ -105,10 +106,17 @@ impl PortalState {
             .map(|(_, v)| v.to_owned())
     }
 
-    /// The signed-in user, if any.
-    fn session_user(&self, headers: &HeaderMap) -> Option<String> {
+    /// The signed-in visitor's session id and session, if any. A store
+    /// error counts as signed out (logged): fail closed.
+    async fn signed_in(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let id = self.session_id(headers)?;
-        self.inner.sessions.get(&id, self.now()).map(|s| s.user)
+        match self.session(&id).await {
+            Ok(session) => session.map(|s| (id, s)),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "Cannot read the portal session; treated as signed out");
+                None
+            }
+        }
     }
 
     /// `YYYY-MM-DD HH:MM` in the configured local time.
@@ -140,14 +148,10 @@ pub(crate) async fn me(
 ) -> Response {
     let lang = Lang::from_query(q.as_deref());
     let switch = switch_link("/me", q.as_deref(), lang);
-    let Some(user) = s.session_user(&headers) else {
+    let Some((_, Session { user, csrf })) = s.signed_in(&headers).await else {
         let title = views::me::title(lang);
         return views::sign_in::sign_in_page(lang, title, &switch, None).into_response();
     };
-    let csrf = s
-        .session_id(&headers)
-        .map(|id| super::access::csrf_token(&id))
-        .unwrap_or_default();
     match me_page(&s, lang, &switch, &user, &csrf).await {
         Ok(page) => page.into_response(),
         Err(e) => {
@@ -220,14 +224,11 @@ pub(crate) struct LogoutForm {
 }
 
 impl PortalState {
-    /// Whether `presented` is the CSRF token of the request's portal session.
-    fn csrf_ok(&self, headers: &HeaderMap, presented: &str) -> bool {
+    /// Whether `presented` is the CSRF token of `session`, the request's.
+    fn csrf_ok(&self, headers: &HeaderMap, session: &Session, presented: &str) -> bool {
         // As the staff forms: the portal's origin (or, without an `Origin`
         // header, `Sec-Fetch-Site: same-origin`) and the session's token.
-        self.same_origin(headers)
-            && self
-                .session_id(headers)
-                .is_some_and(|id| super::access::csrf_matches(&id, presented))
+        self.same_origin(headers) && super::access::csrf_matches(&session.csrf, presented)
     }
 }
 
@@ -256,16 +257,18 @@ pub(crate) async fn revoke(
 ) -> Response {
     let lang = lp.lang();
     let q = (lang == Lang::En).then_some("lang=en");
-    let Some(user) = s.session_user(&headers) else {
+    let Some((_, session)) = s.signed_in(&headers).await else {
         return error_page(lang, "/me", q, Reason::SessionRequired);
     };
     let Ok(Form(form)) = form else {
         return error_page(lang, "/me", q, Reason::BadRequest);
     };
-    if !s.csrf_ok(&headers, &form.csrf) {
+    if !s.csrf_ok(&headers, &session, &form.csrf) {
+        let user = &session.user;
         tracing::info!(user, "Sign-out of a device refused: CSRF token");
         return error_page(lang, "/me", q, Reason::OriginMismatch);
     }
+    let user = session.user;
     let Ok(hash) = Hash256::from_hex(&form.token) else {
         return error_page(lang, "/me", q, Reason::BadRequest);
     };
@@ -307,22 +310,23 @@ pub(crate) async fn logout(
     form: Result<Form<LogoutForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
-    if s.session_id(&headers).is_some() && !s.csrf_ok(&headers, &csrf) {
-        let lang = lp.lang();
-        let q = (lang == Lang::En).then_some("lang=en");
-        tracing::info!("Portal sign-out refused: CSRF token");
-        return error_page(lang, "/me", q, Reason::OriginMismatch);
-    }
-    if let Some(id) = s.session_id(&headers) {
-        if let Some(sess) = s.inner.sessions.get(&id, s.now()) {
-            s.audit(
-                Audit::new(s.now(), sess.user.as_str(), "portal.logout")
-                    .subject(&sess.user)
-                    .detail(json!({ "source": ip.to_string() })),
-            )
-            .await;
+    if let Some((id, session)) = s.signed_in(&headers).await {
+        if !s.csrf_ok(&headers, &session, &csrf) {
+            let lang = lp.lang();
+            let q = (lang == Lang::En).then_some("lang=en");
+            tracing::info!("Portal sign-out refused: CSRF token");
+            return error_page(lang, "/me", q, Reason::OriginMismatch);
         }
-        s.inner.sessions.remove(&id);
+        if let Err(e) = s.end_session(&id).await {
+            tracing::error!(error = %format!("{e:#}"), "Cannot end the portal session in the store");
+            return error_page(lp.lang(), "/me", None, Reason::Internal);
+        }
+        s.audit(
+            Audit::new(s.now(), session.user.as_str(), "portal.logout")
+                .subject(&session.user)
+                .detail(json!({ "source": ip.to_string() })),
+        )
+        .await;
     }
     (
         [(header::SET_COOKIE, s.session_cookie("", 0))],

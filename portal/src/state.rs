@@ -1,6 +1,7 @@
-//! The portal's shared state ([`PortalState`]): the store, WebAuthn, the
-//! ceremonies and sessions kept in memory, the lockout rule, the limits and
-//! the dashboard's state; the one-time codes; the client address extractor.
+//! The portal's shared state ([`PortalState`]): the store (which also keeps
+//! ceremonies and portal sessions, [`crate::transient`]), WebAuthn, the
+//! lockout rule, the limits and the dashboard's state; the client address
+//! extractor.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,14 +13,11 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use kakehashi_relay::RelayHandle;
-use kakehashi_store::{Hash256, LockoutRule, Store};
-use webauthn_rs::prelude::{
-    AttestationCaList, AttestedPasskeyRegistration, PasskeyAuthentication, PasskeyRegistration,
-    Webauthn, WebauthnBuilder,
-};
+use kakehashi_store::{LockoutRule, Store};
+use webauthn_rs::prelude::{AttestationCaList, Webauthn, WebauthnBuilder};
 
 use crate::config::{PortalConfig, PortalLimits};
-use crate::{memory, ops, throttle};
+use crate::{ops, throttle};
 
 /// How long a WebAuthn ceremony may take (also the browser's timeout).
 pub(crate) const CEREMONY_SECS: i64 = 300;
@@ -27,50 +25,21 @@ pub(crate) const CEREMONY_SECS: i64 = 300;
 pub(crate) const SESSION_SECS: i64 = 1800;
 /// How long a one-time login code is valid.
 pub(crate) const LOGIN_CODE_SECS: i64 = 120;
-/// Most ceremonies in progress at once.
-pub(crate) const MAX_CEREMONIES: usize = 10_000;
+/// Most ceremonies in progress at once, across the cluster.
+pub(crate) const MAX_CEREMONIES: u32 = 10_000;
 /// Most ceremonies in progress for one user (a new one evicts the oldest):
 /// a person retrying in several tabs, not a flood.
-pub(crate) const CEREMONIES_PER_USER: usize = 8;
+pub(crate) const CEREMONIES_PER_USER: u32 = 8;
 /// Most ceremonies in progress from one source address (a new one evicts
 /// that address's oldest): an office NAT's morning, not a flood.
-pub(crate) const CEREMONIES_PER_SOURCE: usize = 1000;
-/// Most portal sessions at once.
-pub(crate) const MAX_SESSIONS: usize = 10_000;
+pub(crate) const CEREMONIES_PER_SOURCE: u32 = 1000;
+/// Most portal sessions of one user (a new sign-in ends the oldest).
+pub(crate) const SESSIONS_PER_USER: u32 = 20;
 /// The audit throttle's window: one record in full per kind of refusal and
 /// address, the rest as one summary.
 pub(crate) const AUDIT_WINDOW_SECS: i64 = 60;
 /// Largest request body.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
-
-/// A ceremony between its start and finish calls.
-pub(crate) enum Ceremony {
-    Enroll {
-        user: String,
-        code_hash: Hash256,
-        state: RegState,
-    },
-    Login {
-        user: String,
-        state: PasskeyAuthentication,
-    },
-    /// Options that look like a real login's, for a user id that cannot log
-    /// in (unknown, or no security key): `login/start` answers alike for
-    /// every id, and the finish fails as a wrong key would. `why` is kept
-    /// for the audit log only.
-    Decoy { user: String, why: &'static str },
-}
-
-pub(crate) enum RegState {
-    Passkey(PasskeyRegistration),
-    Attested(AttestedPasskeyRegistration),
-}
-
-/// A signed-in portal visitor.
-#[derive(Clone)]
-pub(crate) struct Session {
-    pub(crate) user: String,
-}
 
 /// Everything the portal's handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -91,8 +60,6 @@ pub(crate) struct Inner {
     pub(crate) secure: bool,
     pub(crate) rule: LockoutRule,
     pub(crate) utc_offset_secs: i32,
-    pub(crate) ceremonies: memory::TtlMap<Ceremony>,
-    pub(crate) sessions: memory::TtlMap<Session>,
     /// Connection caps and time-outs ([`serve`]).
     pub(crate) limits: PortalLimits,
     /// API calls per source address.
@@ -160,8 +127,6 @@ impl PortalState {
                 secure: !portal.insecure_http,
                 rule,
                 utc_offset_secs: id.utc_offset_secs,
-                ceremonies: memory::TtlMap::new(MAX_CEREMONIES),
-                sessions: memory::TtlMap::new(MAX_SESSIONS),
                 limits: portal.limits,
                 api_rate: throttle::RateLimiter::new(
                     portal.limits.api_rate_per_source,

@@ -1429,3 +1429,116 @@ async fn an_assertion_without_user_verification_is_refused_by_the_server() {
     assert_refused(&a, StatusCode::UNAUTHORIZED, "assertion_invalid");
     assert!(a.json.get("redirect").is_none());
 }
+
+/// Two gateways on one store (issue 18 item 4): an enrollment and a login
+/// started on one portal finish on the other, each ceremony once across
+/// both; a portal session made on one is signed in on the other with the
+/// same CSRF token, and signing out on either ends it on both. The store
+/// keeps only hashes of the ids.
+#[tokio::test]
+async fn a_ceremony_or_portal_session_started_on_one_gateway_goes_on_on_another() {
+    let h = Harness::new().await;
+    let (_gw2, app2) = h.restarted();
+    let code = h.code(USER, 3600).await;
+    let mut key = SoftPasskey::new(true);
+
+    // Enrollment: start on gateway 1, finish on gateway 2.
+    let start = post(
+        &h.app,
+        "/api/enroll/start",
+        json!({ "user": USER, "code": code }),
+        IP_A,
+    )
+    .await;
+    assert_eq!(start.status, StatusCode::OK, "{}", start.text);
+    let options: CreationChallengeResponse =
+        serde_json::from_value(start.json["options"].clone()).unwrap();
+    let cred = key.do_registration(h.origin.clone(), options).unwrap();
+    let body = json!({ "ceremony": start.json["ceremony"], "credential": cred });
+    let a = post(&app2, "/api/enroll/finish", body.clone(), IP_A).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["enrolled"], true);
+    let a = post(&h.app, "/api/enroll/finish", body, IP_A).await;
+    assert_refused(&a, StatusCode::GONE, "ceremony_expired");
+
+    // Login: start on gateway 2, finish on gateway 1; the same assertion
+    // again on gateway 2 finds no ceremony.
+    let (ceremony, options) = login_start(&app2, USER, IP_A).await;
+    let cred = key.do_authentication(h.origin.clone(), options).unwrap();
+    let a = post(
+        &h.app,
+        "/api/login/finish",
+        finish_body(&ceremony, &cred),
+        IP_A,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(a.json["redirect"].as_str().unwrap().contains("code="));
+    let a = post(
+        &app2,
+        "/api/login/finish",
+        finish_body(&ceremony, &cred),
+        IP_A,
+    )
+    .await;
+    assert_refused(&a, StatusCode::GONE, "ceremony_expired");
+    // The store holds the ceremony's hash (in the database or its
+    // write-ahead log), never its id.
+    let files: Vec<Vec<u8>> = ["store.db", "store.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::read(h._dir.path().join(f)).ok())
+        .collect();
+    let holds = |needle: &[u8]| {
+        files
+            .iter()
+            .any(|raw| raw.windows(needle.len()).any(|w| w == needle))
+    };
+    assert!(
+        holds(Hash256::digest(&ceremony).as_bytes()),
+        "the hash was stored"
+    );
+    assert!(
+        !holds(ceremony.as_bytes()),
+        "ceremony id stored in the clear"
+    );
+
+    // A portal session made on gateway 1 is signed in on gateway 2.
+    let (ceremony, options) = login_start(&h.app, USER, IP_A).await;
+    let cred = key.do_authentication(h.origin.clone(), options).unwrap();
+    let a = post(
+        &h.app,
+        "/api/session/finish",
+        json!({ "ceremony": ceremony, "credential": cred }),
+        IP_A,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let set_cookie = a.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let csrf_on = |text: &str| {
+        text.split(r#"name="csrf" value=""#)
+            .nth(1)
+            .and_then(|t| t.split('"').next())
+            .unwrap()
+            .to_owned()
+    };
+    let one = get(&h.app, "/me", Some(&cookie)).await;
+    let two = get(&app2, "/me", Some(&cookie)).await;
+    assert!(two.text.contains("山田 太郎"), "{}", two.text);
+    assert_eq!(csrf_on(&one.text), csrf_on(&two.text), "one CSRF token");
+    // Signed out on gateway 2 with the token gateway 1's page carried:
+    // signed out on both.
+    let out = Request::builder()
+        .method(Method::POST)
+        .uri("/me/logout")
+        .header(header::ORIGIN, ORIGIN)
+        .header(header::COOKIE, &cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("csrf={}", csrf_on(&one.text))))
+        .unwrap();
+    assert_eq!(send(&app2, out, IP_A).await.status, StatusCode::SEE_OTHER);
+    for app in [&h.app, &app2] {
+        let a = get(app, "/me", Some(&cookie)).await;
+        assert!(a.text.contains("data-mode=\"portal\""), "signed out");
+    }
+}

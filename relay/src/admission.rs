@@ -223,7 +223,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Refusal {
 
 /// A store read failed while deciding a session: `store_unavailable` when
 /// the database cannot be reached, else an internal error.
-fn store_error(what: &str, e: kakehashi_store::Error) -> Refusal {
+pub(crate) fn store_error(what: &str, e: kakehashi_store::Error) -> Refusal {
     if e.is_unavailable() {
         warn!(error = %e, "Store unreachable while deciding a session ({what}); refusing");
         return Refusal::new(Reason::StoreUnavailable);

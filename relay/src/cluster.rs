@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kakehashi_store::{Audit, Beat, MemberSpec, SessionEnd, SessionRecord, Store};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::shared::{BoundAddrs, Shared};
@@ -44,8 +44,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// `token_revoked` rather than "unknown".
 const PRUNE_GRACE_SECS: i64 = 7 * 86_400;
 
-/// Delete expired login and enrollment codes, login tokens and idle lockout
-/// counters (every gateway runs it; each row goes once).
+/// Delete expired login and enrollment codes, login tokens, idle lockout
+/// counters and transient state (every gateway runs it; each row goes once).
 async fn prune(store: &Store) {
     let now = kakehashi_store::unix_now();
     let a = Audit::new(now, "gateway", "store.prune").reason("expired");
@@ -59,6 +59,16 @@ async fn prune(store: &Store) {
         ),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "Cannot delete expired codes and tokens"),
+    }
+    // Ceremonies, portal sessions and step-ups that lapsed (not audited:
+    // the state, not an event).
+    match store.prune_transient(now).await {
+        Ok(0) => {}
+        Ok(n) => debug!(
+            rows = n,
+            "Deleted expired portal ceremonies, sessions and step-ups"
+        ),
+        Err(e) => warn!(error = %e, "Cannot delete expired portal ceremonies and sessions"),
     }
 }
 

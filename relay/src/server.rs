@@ -179,7 +179,6 @@ impl Relay {
             store,
             policy,
             ended: Mutex::new(EndedSessions::default()),
-            step_ups: Mutex::new(HashMap::new()),
             shutdown: Shutdown::new(),
             cfg,
         });

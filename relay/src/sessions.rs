@@ -10,6 +10,7 @@ use kakehashi_proto::io::{read_frame, write_message, write_raw, FrameIoError};
 use kakehashi_proto::message::{Message, SessionAccepted, SessionRequest};
 use kakehashi_proto::ticket::{TicketClaims, TICKET_LIFETIME_SECS, TICKET_VERSION};
 use kakehashi_proto::{frame, FrameKind, Reason, Refusal};
+use kakehashi_store::TransientKind;
 use kakehashi_transport::splice::{splice_counted, Counters};
 use kakehashi_transport::stream::QuicStream;
 use kakehashi_transport::{random_hex, unix_now, BoxIo, Transport};
@@ -835,15 +836,17 @@ pub(crate) async fn admit(
     let token = req
         .token
         .as_ref()
-        .map(|t| *kakehashi_store::Hash256::digest(t.expose()).as_bytes())
+        .map(|t| kakehashi_store::Hash256::digest(t.expose()))
         .ok_or((Refusal::new(Reason::LoginRequired), None))?;
     let now = kakehashi_store::unix_now();
+    // A step-up is spent in the store, so one spent on another gateway of
+    // the cluster is spent here too.
     let fresh = now.saturating_sub(login.login_at) <= STEP_UP_WINDOW_SECS
-        && !s
-            .step_ups
-            .lock()
-            .expect("step-up lock")
-            .contains_key(&token);
+        && store
+            .get_transient(TransientKind::StepUp, &token, now)
+            .await
+            .map_err(|e| (crate::admission::store_error("step-up", e), None))?
+            .is_none();
     let asker = Asker {
         user: login.user.clone(),
         login_at: login.login_at,
@@ -868,10 +871,13 @@ pub(crate) async fn admit(
             desk,
         } => {
             if limits.step_up_required {
-                // One fresh login, one level-3 session.
-                let mut used = s.step_ups.lock().expect("step-up lock");
-                used.retain(|_, at| now.saturating_sub(*at) <= STEP_UP_WINDOW_SECS);
-                if used.insert(token, login.login_at).is_some() {
+                // One fresh login, one level-3 session, cluster-wide.
+                let until = login.login_at.saturating_add(STEP_UP_WINDOW_SECS + 1);
+                let claimed = store
+                    .claim_transient(TransientKind::StepUp, &token, until, now)
+                    .await
+                    .map_err(|e| (crate::admission::store_error("step-up", e), None))?;
+                if !claimed {
                     let r = kakehashi_policy::ReasonCode::StepUpRequired.refusal(Some(&rule));
                     return Err((r, Some(rule)));
                 }

@@ -223,9 +223,6 @@ pub struct Shared {
     /// The access policy in force; `None` on a bare test relay.
     pub policy: Option<crate::admission::PolicyHolder>,
     pub(crate) ended: Mutex<EndedSessions>,
-    /// Login tokens (their SHA-256) already spent as a step-up, with the
-    /// login time, so one fresh login opens one level-3 session.
-    pub(crate) step_ups: Mutex<HashMap<[u8; 32], i64>>,
     /// The one shutdown of the process: listeners drain on it, sessions
     /// are its work, and whatever the gateway adds (the portal, the
     /// metrics listener) is spawned on it.

@@ -178,6 +178,7 @@ mod inventory;
 mod planning;
 mod prune;
 mod sessions;
+mod transient;
 
 pub mod export;
 pub mod localtime;
@@ -198,3 +199,4 @@ pub use localtime::unix_now;
 pub use planning::{Bcp, BcpScope, BcpSpec, Plan, PlanSpec, PolicyDoc};
 pub use prune::Pruned;
 pub use sessions::{SessionEnd, SessionRecord, SessionStart};
+pub use transient::{Quotas, TransientKind, MAX_TRANSIENT_VALUE};

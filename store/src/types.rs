@@ -69,6 +69,13 @@ impl serde::Serialize for Hash256 {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Hash256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let hex = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Hash256::from_hex(&hex).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Declares a closed set of lowercase names stored as TEXT.
 macro_rules! text_enum {
     ($(#[$m:meta])* $name:ident, $what:literal { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {

@@ -47,6 +47,7 @@ both_backends!(
     sessions,
     membership,
     pruning,
+    transient_state,
     audit_chain,
     audit_detects_edit,
     audit_detects_delete,

@@ -1849,3 +1849,233 @@ pub async fn pruning(db: &Db) {
     assert_eq!(again.total(), 0);
     assert_eq!(head(&store).await, records + 1);
 }
+
+/// Transient state shared by every gateway: one-use take, expiry, the
+/// per-user and per-source quotas and the kind's cap (a flood displaces
+/// only itself), claims that only one store handle wins, pruning.
+pub async fn transient_state(db: &Db) {
+    use kakehashi_store::{Quotas, TransientKind};
+    let stores = open_stores(db, 2).await;
+    let (a, b) = (&stores[0], &stores[1]);
+    let key = |s: &str| Hash256::digest(s);
+    let kind = TransientKind::Ceremony;
+    // The cap is 9: the victim, a user's 3 and an address's 5 fit.
+    let q = |user: &'static str, source: &'static str| Quotas {
+        cap: 9,
+        user: Some((user, 3)),
+        source: Some((source, 5)),
+    };
+
+    // Put on one gateway, taken on the other, once.
+    a.put_transient(
+        kind,
+        &key("c1"),
+        "{\"x\":1}",
+        T0 + 300,
+        T0,
+        &q("u1", "10.0.0.1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.get_transient(kind, &key("c1"), T0)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"x\":1}")
+    );
+    assert_eq!(
+        b.take_transient(kind, &key("c1"), T0 + 1)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"x\":1}")
+    );
+    assert_eq!(
+        a.take_transient(kind, &key("c1"), T0 + 1).await.unwrap(),
+        None,
+        "one use"
+    );
+    // Another kind with the same key is another row.
+    assert_eq!(
+        a.get_transient(TransientKind::PortalSession, &key("c1"), T0)
+            .await
+            .unwrap(),
+        None
+    );
+    // Expired: not returned, and taken away all the same.
+    a.put_transient(kind, &key("old"), "v", T0 + 10, T0, &q("u9", "10.0.0.9"))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get_transient(kind, &key("old"), T0 + 10).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        a.take_transient(kind, &key("old"), T0 + 10).await.unwrap(),
+        None
+    );
+    // The same key twice is refused (ids are random; a clash is a bug).
+    a.put_transient(kind, &key("dup"), "v", T0 + 300, T0, &q("u9", "10.0.0.9"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.put_transient(kind, &key("dup"), "v", T0 + 300, T0, &q("u9", "10.0.0.9"))
+            .await,
+        Err(Error::AlreadyExists { .. })
+    ));
+    a.remove_transient(kind, &key("dup")).await.unwrap();
+    assert_eq!(a.get_transient(kind, &key("dup"), T0).await.unwrap(), None);
+    // Too large a value is refused before the database.
+    let big = "x".repeat(kakehashi_store::MAX_TRANSIENT_VALUE + 1);
+    assert!(matches!(
+        a.put_transient(kind, &key("big"), &big, T0 + 300, T0, &q("u9", "10.0.0.9"))
+            .await,
+        Err(Error::Invalid { .. })
+    ));
+
+    // A victim, then a flood for one user from one address: that user keeps
+    // its 3 newest, the victim stays.
+    a.put_transient(
+        kind,
+        &key("victim"),
+        "v",
+        T0 + 300,
+        T0,
+        &q("v", "10.0.0.99"),
+    )
+    .await
+    .unwrap();
+    for i in 0..40 {
+        let k = format!("flood{i}");
+        b.put_transient(kind, &key(&k), "f", T0 + 300, T0, &q("u", "10.0.0.1"))
+            .await
+            .unwrap();
+    }
+    for i in 0..37 {
+        assert_eq!(
+            a.get_transient(kind, &key(&format!("flood{i}")), T0)
+                .await
+                .unwrap(),
+            None,
+            "flood{i} evicted"
+        );
+    }
+    for i in 37..40 {
+        assert!(a
+            .get_transient(kind, &key(&format!("flood{i}")), T0)
+            .await
+            .unwrap()
+            .is_some());
+    }
+    assert!(a
+        .get_transient(kind, &key("victim"), T0)
+        .await
+        .unwrap()
+        .is_some());
+    // Many users from one address: that address keeps its 5 newest.
+    for i in 0..30 {
+        let user: &'static str = Box::leak(format!("x{i}").into_boxed_str());
+        a.put_transient(
+            kind,
+            &key(&format!("nat{i}")),
+            "f",
+            T0 + 300,
+            T0,
+            &q(user, "10.0.0.2"),
+        )
+        .await
+        .unwrap();
+    }
+    let nat_live = {
+        let mut n = 0;
+        for i in 0..30 {
+            if a.get_transient(kind, &key(&format!("nat{i}")), T0)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(nat_live, 5);
+    assert!(a
+        .get_transient(kind, &key("victim"), T0)
+        .await
+        .unwrap()
+        .is_some());
+    // Many addresses filling the kind past its cap: the busiest address
+    // gives way, a newcomer always gets in, the cap holds.
+    for i in 0..20 {
+        let user: &'static str = Box::leak(format!("y{i}").into_boxed_str());
+        let source: &'static str = Box::leak(format!("10.1.0.{i}").into_boxed_str());
+        a.put_transient(
+            kind,
+            &key(&format!("spread{i}")),
+            "f",
+            T0 + 300,
+            T0,
+            &q(user, source),
+        )
+        .await
+        .unwrap();
+    }
+    a.put_transient(kind, &key("late"), "l", T0 + 300, T0, &q("w", "10.0.0.10"))
+        .await
+        .unwrap();
+    assert!(a
+        .get_transient(kind, &key("late"), T0)
+        .await
+        .unwrap()
+        .is_some());
+    let held = a.prune_transient(T0 + 10_000).await.unwrap();
+    assert!(held <= 9, "the cap holds: {held} rows");
+
+    // A claim is won once across gateways, and again after it expires.
+    let step = TransientKind::StepUp;
+    assert!(a
+        .claim_transient(step, &key("tok"), T0 + 60, T0)
+        .await
+        .unwrap());
+    assert!(!b
+        .claim_transient(step, &key("tok"), T0 + 60, T0 + 1)
+        .await
+        .unwrap());
+    assert!(b
+        .get_transient(step, &key("tok"), T0 + 1)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(b
+        .claim_transient(step, &key("tok"), T0 + 200, T0 + 60)
+        .await
+        .unwrap());
+    // Concurrent claims of one key: exactly one wins.
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in open_stores(db, 8).await {
+        tasks.spawn(async move {
+            s.claim_transient(step, &Hash256::digest("race"), T0 + 60, T0)
+                .await
+                .unwrap()
+        });
+    }
+    let mut won = 0;
+    while let Some(r) = tasks.join_next().await {
+        won += usize::from(r.unwrap());
+    }
+    assert_eq!(won, 1, "one claim wins");
+
+    // Pruning deletes what expired and nothing else.
+    assert_eq!(
+        a.prune_transient(T0 + 200).await.unwrap(),
+        2,
+        "tok and race"
+    );
+    assert!(a
+        .claim_transient(step, &key("tok"), T0 + 400, T0 + 300)
+        .await
+        .unwrap());
+    assert_eq!(a.prune_transient(T0 + 300).await.unwrap(), 0);
+}
