@@ -90,6 +90,9 @@ pub enum Reason {
     /// unreachable): new sessions are refused (fail closed) while live ones
     /// go on.
     StoreUnavailable,
+    /// The laptop's certificate lends it to one person (a personal laptop,
+    /// `kakehashi-pki issue device --user`) and someone else logged in on it.
+    DeviceOtherUser,
 }
 
 impl Reason {
@@ -131,6 +134,7 @@ impl Reason {
         Reason::DeskNotEnforcing,
         Reason::CrlStale,
         Reason::StoreUnavailable,
+        Reason::DeviceOtherUser,
     ];
 
     /// The stable code.
@@ -172,6 +176,7 @@ impl Reason {
             Reason::DeskNotEnforcing => "desk_not_enforcing",
             Reason::CrlStale => "crl_stale",
             Reason::StoreUnavailable => "store_unavailable",
+            Reason::DeviceOtherUser => "device_other_user",
         }
     }
 
@@ -214,6 +219,7 @@ impl Reason {
             Reason::DeskNotEnforcing => "デスクPCのエージェントが利用制限（クリップボード・ドライブ・プリンター等）を強制していないため、接続を拒否しました。情報システム担当に連絡してください。",
             Reason::CrlStale => "証明書失効リスト(CRL)の有効期限が切れているため、接続を拒否しました。情報システム担当に連絡してください。",
             Reason::StoreUnavailable => "ゲートウェイがデータベースに接続できないため、新しい接続を受け付けられません。接続中のセッションは続きます。しばらくしてから再接続してください。",
+            Reason::DeviceOtherUser => "この端末は別の職員に貸与された個人用端末です。自分に貸与された端末でログインしてください。",
         }
     }
 
@@ -256,6 +262,7 @@ impl Reason {
             Reason::DeskNotEnforcing => "The connection was refused because the desk PC's agent does not enforce the session's restrictions (clipboard, drives, printers and so on). Please contact IT.",
             Reason::CrlStale => "The connection was refused because the certificate revocation list (CRL) has expired. Please contact IT.",
             Reason::StoreUnavailable => "The gateway cannot reach its database, so it cannot accept new sessions; sessions in progress continue. Please reconnect in a few minutes.",
+            Reason::DeviceOtherUser => "This laptop is lent personally to another member of staff. Log in on the laptop lent to you.",
         }
     }
 

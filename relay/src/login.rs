@@ -24,6 +24,10 @@ pub struct Laptop {
     pub class: kakehashi_pki::TerminalClass,
     /// Serial of the certificate presented on this connection.
     pub serial: String,
+    /// The person the certificate lends the laptop to (`kakehashi-pki issue
+    /// device --user`): a personal laptop only they may log in on. `None`
+    /// for a laptop shared by a team.
+    pub cert_user: Option<String>,
     /// Peer address, for the audit log.
     pub peer: String,
 }
@@ -149,6 +153,25 @@ pub async fn redeem(
         }));
         audit(store, a).await;
         return Err(Refusal::new(Reason::LoginCodeOtherDevice));
+    }
+    // A personal laptop (its certificate names the person it is lent to)
+    // takes only that person's login: a colleague's enrolled key on it is
+    // refused, not just noted.
+    if let Some(owner) = laptop.cert_user.as_deref().filter(|o| *o != code.user_id) {
+        warn!(
+            user = %code.user_id,
+            device = %laptop.device,
+            cert_user = owner,
+            "Login on a personal laptop lent to someone else; refused"
+        );
+        let a = denied(Reason::DeviceOtherUser.code(), Some(&code.user_id)).detail(json!({
+            "device": laptop.device,
+            "peer": laptop.peer,
+            "cert_user": owner,
+            "result": "denied",
+        }));
+        audit(store, a).await;
+        return Err(Refusal::new(Reason::DeviceOtherUser));
     }
     match store.get_user(&code.user_id).await {
         Ok(Some(u)) if !u.disabled => {}

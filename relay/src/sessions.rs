@@ -77,7 +77,8 @@ pub(crate) async fn handle_terminal_stream(
     let req = match Box::pin(request(&s, &mut io, &device, &cert)).await {
         Next::Session(req) => req,
         Next::Login(f) => {
-            return Box::pin(login_frame(&s, io, &f, &laptop(&device, class, &cert))).await
+            let laptop = laptop(&device, class, user.as_deref(), &cert);
+            return Box::pin(login_frame(&s, io, &f, &laptop)).await;
         }
         Next::EndQuery(f) => return Box::pin(answer_end_query(&s, io, &f, &device)).await,
         Next::Done => return,
@@ -307,7 +308,7 @@ async fn login(
     }
     match (&s.store, s.cfg.identity.require_login) {
         (Some(store), true) => {
-            let laptop = laptop(&who.device, who.class, &who.cert);
+            let laptop = laptop(&who.device, who.class, who.user.as_deref(), &who.cert);
             match Box::pin(crate::login::check(store, &laptop, req.token.as_ref())).await {
                 Ok(who) => Ok(Some(who)),
                 Err(reason) => {
@@ -725,6 +726,7 @@ pub(crate) async fn open_to_agent(
 pub(crate) fn laptop(
     device: &str,
     class: kakehashi_pki::TerminalClass,
+    cert_user: Option<&str>,
     cert: &PeerCert,
 ) -> crate::login::Laptop {
     crate::login::Laptop {
@@ -732,6 +734,7 @@ pub(crate) fn laptop(
         class,
         serial: kakehashi_pki::hex_serial_bytes(&cert.serial),
         peer: String::new(),
+        cert_user: cert_user.map(str::to_owned),
     }
 }
 

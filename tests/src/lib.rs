@@ -116,13 +116,27 @@ impl Pki {
         self.issue(Subject::Agent { desk: desk.into() }, None)
     }
 
-    /// A device certificate.
+    /// A device certificate for a laptop shared by a team (no `--user`):
+    /// anyone may log in on it.
     pub fn device(&mut self, id: &str, class: TerminalClass) -> CertFiles {
         self.issue(
             Subject::Device {
                 id: id.into(),
                 class,
-                user: Some(format!("user-{id}")),
+                user: None,
+            },
+            None,
+        )
+    }
+
+    /// A device certificate for a personal laptop lent to `user`
+    /// (`kakehashi-pki issue device --user`): only `user` may log in on it.
+    pub fn personal_device(&mut self, id: &str, class: TerminalClass, user: &str) -> CertFiles {
+        self.issue(
+            Subject::Device {
+                id: id.into(),
+                class,
+                user: Some(user.into()),
             },
             None,
         )

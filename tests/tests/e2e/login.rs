@@ -404,3 +404,79 @@ async fn status_says_what_it_knows_and_a_renewal_asks_for_a_new_login() {
     assert!(!ok && out.contains("renewed"), "{out}");
     assert!(!out.contains("another laptop"), "{out}");
 }
+
+/// A personal laptop (its certificate names the person it is lent to,
+/// `kakehashi-pki issue device --user`) takes only that person's login:
+/// a colleague's valid code is refused with `device_other_user`, audited,
+/// and spent; a team laptop (no `--user`) takes anyone's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_personal_laptop_takes_only_its_owners_login() {
+    let mut pki = Pki::new();
+    let db = pki.path().join("kakehashi.db");
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(login_sections(&db)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    add_desk(&store, "DESK-L", 1, &["u-tanaka", "u-sato"]).await;
+    let desk = echo_server().await;
+    let _agent = start_agent(&mut pki, "DESK-L", &gw.addrs, desk, "quic");
+    let mine = pki.personal_device("LAPTOP-T", TerminalClass::Home, "u-tanaka");
+    let team = pki.device("LAPTOP-POOL", TerminalClass::Home);
+
+    // Sato's code (made for this laptop) on Tanaka's laptop: refused.
+    let other = seed_login(&store, "u-sato", "LAPTOP-T").await;
+    assert_eq!(
+        refusal(&redeem(&pki, &mine, &gw, &other).await),
+        "device_other_user"
+    );
+    assert_eq!(
+        refusal(&redeem(&pki, &mine, &gw, &other).await),
+        "login_code_invalid",
+        "the refused code is spent"
+    );
+    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let r = log
+        .iter()
+        .find(|r| r.action == "login.redeem" && r.reason == "device_other_user")
+        .expect("the refusal is audited");
+    assert_eq!(r.subject, "u-sato");
+    assert_eq!(audit_detail_of(r)["cert_user"], "u-tanaka");
+    assert!(
+        store
+            .login_tokens_for_user("u-sato")
+            .await
+            .unwrap()
+            .is_empty(),
+        "no token for sato"
+    );
+
+    // Tanaka on Tanaka's laptop: a token and a session.
+    let seed = seed_login(&store, "u-tanaka", "LAPTOP-T").await;
+    let res = LoginResult::from_frame(&redeem(&pki, &mine, &gw, &seed).await).unwrap();
+    assert_eq!(res.user, "u-tanaka");
+    assert_eq!(
+        session(&pki, &mine, &gw, Some(&res.token)).await.kind,
+        FrameKind::SessionAccepted
+    );
+
+    // A team laptop takes either of them.
+    for user in ["u-sato", "u-tanaka"] {
+        let seed = seed_login(&store, user, "LAPTOP-POOL").await;
+        let f = redeem(&pki, &team, &gw, &seed).await;
+        assert_eq!(
+            f.kind,
+            FrameKind::LoginResult,
+            "{user}: {:?}",
+            Refusal::from_frame(&f).ok()
+        );
+    }
+}
+
+fn audit_detail_of(r: &kakehashi_store::AuditRecord) -> serde_json::Value {
+    r.detail_json().unwrap_or_default()
+}
