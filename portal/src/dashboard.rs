@@ -21,7 +21,9 @@
 //! the reason the operator typed, the session's desk, device and user) to
 //! the audit log first, then [`Shared::end_session`] with
 //! `ended_by_operator`; the laptop asks the gateway why its session ended
-//! and tells its user. An open event stream re-checks its visitor's role
+//! and tells its user. A session another gateway of the cluster carries
+//! (open in the store under that member) is ended by that gateway when the
+//! record reaches it through the change feed. An open event stream re-checks its visitor's role
 //! every [`RECHECK`] and ends when it is gone.
 
 use std::collections::VecDeque;
@@ -44,8 +46,8 @@ use super::access::{get_refused, Need};
 use super::officer::{check_reason, query_param};
 use crate::html::{switch_link, Lang};
 use crate::ops::{
-    BcpView, Counts, FeedSlot, Ops, LIST_CAP, MAX_FEEDS, MAX_FILTER, PUSH, RECHECK, SAMPLE, SCRIPT,
-    STYLE,
+    BcpView, Counts, FeedSlot, MemberRow, Ops, RemoteSession, LIST_CAP, MAX_FEEDS, MAX_FILTER,
+    PUSH, RECHECK, SAMPLE, SCRIPT, STYLE,
 };
 use crate::state::{Peer, PortalState};
 use crate::views;
@@ -95,6 +97,15 @@ pub(super) async fn sampler(s: PortalState, g: RelayHandle) {
             .lock()
             .expect("history lock")
             .record(kakehashi_store::unix_now(), &c);
+        match cluster_view(&s, &g).await {
+            Ok((rows, remote)) => {
+                *s.ops().members.lock().expect("members lock") = rows;
+                *s.ops().remote.lock().expect("remote lock") = remote;
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "Cannot read the cluster's members for the dashboard")
+            }
+        }
         match s.store().active_bcp(s.now()).await {
             Ok(active) => {
                 let v = active.iter().map(|b| bcp_view(&s, b)).collect();
@@ -105,6 +116,24 @@ pub(super) async fn sampler(s: PortalState, g: RelayHandle) {
             }
         }
     }
+}
+
+/// The cluster's members with their sessions, agents and feed lag (the
+/// gateways write them into the store with every heartbeat), and with
+/// more than one member the sessions the others carry.
+async fn cluster_view(
+    s: &PortalState,
+    g: &RelayHandle,
+) -> Result<(Vec<MemberRow>, Vec<RemoteSession>), kakehashi_store::Error> {
+    let (members, db_now) = s.store().members().await?;
+    let (head, _) = s.store().audit_head().await?;
+    let rows = MemberRow::rows(&members, db_now, head, g.name());
+    let remote = if rows.len() > 1 {
+        RemoteSession::from_rows(s.store().open_sessions().await?, g.name())
+    } else {
+        Vec::new()
+    };
+    Ok((rows, remote))
 }
 
 fn bcp_view(s: &PortalState, b: &Bcp) -> BcpView {
@@ -134,20 +163,47 @@ fn snapshot(s: &PortalState, g: &RelayHandle, lang: Lang, filter: &str) -> Value
     let c = Counts::read(g.metrics());
     let (logins_minute, denials) = s.ops().history.lock().expect("history lock").windows(&c);
     let page = g.live_session_page(filter, LIST_CAP);
-    let list: Vec<Value> = page
+    // This gateway's sessions and (in a cluster) the others', newest first.
+    let remote = s.ops().remote.lock().expect("remote lock");
+    let remote_hits: Vec<&RemoteSession> = remote.iter().filter(|r| r.matches(filter)).collect();
+    let mut rows: Vec<(i64, Value)> = page
         .sessions
         .iter()
         .map(|v| {
             let mut j = json!(v);
-            j["since"] = json!(s.local_time(v.started));
+            j["gateway"] = json!(g.name());
+            (v.started, j)
+        })
+        .chain(
+            remote_hits
+                .iter()
+                .take(LIST_CAP)
+                .map(|r| (r.started, json!(r))),
+        )
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+    rows.truncate(LIST_CAP);
+    let list: Vec<Value> = rows
+        .into_iter()
+        .map(|(started, mut j)| {
+            j["since"] = json!(s.local_time(started));
             j
         })
         .collect();
+    let (total, matched) = (page.total + remote.len(), page.matched + remote_hits.len());
+    drop(remote);
     let denials: Vec<Value> = denials
         .iter()
         .map(|(code, n)| json!({ "code": code, "n": n, "text": reason_text(lang, code) }))
         .collect();
     let bcp = s.ops().bcp.lock().expect("bcp lock").clone();
+    let gateways = s.ops().members.lock().expect("members lock").clone();
+    // Across the cluster: the live gateways' own counts, this one's live.
+    let cluster_total: i64 = gateways
+        .iter()
+        .filter(|m| m.state != "missing")
+        .map(|m| if m.this { c.total } else { m.sessions })
+        .sum();
     let mut j = json!(c);
     let extra = json!({
         "at": kakehashi_store::unix_now(),
@@ -155,8 +211,10 @@ fn snapshot(s: &PortalState, g: &RelayHandle, lang: Lang, filter: &str) -> Value
         "logins_minute": logins_minute,
         "denials_hour": denials,
         "bcp": bcp,
+        "gateways": gateways,
+        "cluster_total": cluster_total,
         "filter": filter,
-        "sessions": { "total": page.total, "matched": page.matched, "list": list },
+        "sessions": { "total": total, "matched": matched, "list": list },
     });
     if let (Some(o), Value::Object(e)) = (j.as_object_mut(), extra) {
         o.extend(e);
@@ -380,29 +438,63 @@ pub(crate) async fn end_session(
         );
     };
     let id = f.id.trim();
-    let Some(live) = g.live_session(id) else {
-        return fail(
-            StatusCode::NOT_FOUND,
-            "session_not_live",
-            "このセッションはすでに終了しています。",
-            "This session has already ended.",
-        );
+    // Live here, or open in the store on another gateway of the cluster:
+    // that one ends it when the audit record below reaches it through the
+    // change feed (within the feed's 2 s).
+    let (mut detail, holder) = match g.live_session(id) {
+        Some(live) => (
+            json!({
+                "desk": live.desk,
+                "device": live.device,
+                "user": live.user,
+                "level": live.level,
+                "class": live.class,
+                "dept": live.dept,
+                "started": live.started,
+            }),
+            None,
+        ),
+        None => match s.store().get_session(id).await {
+            Ok(Some(r))
+                if r.ended_at.is_none() && r.gateway.as_deref().is_some_and(|h| h != g.name()) =>
+            {
+                let detail = json!({
+                    "desk": r.desk_id,
+                    "device": r.device_id,
+                    "user": r.user_id,
+                    "level": r.level,
+                    "class": r.class.as_str(),
+                    "started": r.started_at,
+                    "gateway": r.gateway,
+                });
+                (detail, r.gateway)
+            }
+            Ok(_) => {
+                return fail(
+                    StatusCode::NOT_FOUND,
+                    "session_not_live",
+                    "このセッションはすでに終了しています。",
+                    "This session has already ended.",
+                )
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), session = %id, "Cannot look the session up in the store");
+                return fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "データベースに接続できないため、セッションを終了できませんでした。",
+                    "The database cannot be reached; the session was not ended.",
+                );
+            }
+        },
     };
+    detail["via"] = json!("portal");
+    detail["source"] = json!(ip.to_string());
     // The record first: an operator's action that cannot be audited does not happen.
-    let audit = Audit::new(s.now(), v.actor(), "session.end_by_operator")
+    let audit = Audit::new(s.now(), v.actor(), kakehashi_relay::OPERATOR_END)
         .subject(id)
         .reason(&reason)
-        .detail(json!({
-            "desk": live.desk,
-            "device": live.device,
-            "user": live.user,
-            "level": live.level,
-            "class": live.class,
-            "dept": live.dept,
-            "started": live.started,
-            "via": "portal",
-            "source": ip.to_string(),
-        }));
+        .detail(detail.clone());
     if let Err(e) = s.store().append_audit(audit).await {
         warn!(error = %format!("{e:#}"), session = %id, "Cannot audit an operator's session end; not ending it");
         return fail(
@@ -412,10 +504,13 @@ pub(crate) async fn end_session(
             "The audit log could not be written; the session was not ended.",
         );
     }
-    let ended = g.end_session(id, kakehashi_proto::Reason::EndedByOperator);
-    info!(operator = %v.user.id, session = %id, desk = %live.desk, device = %live.device, ended, "Session ended by an operator");
+    let ended = match &holder {
+        None => g.end_session(id, kakehashi_proto::Reason::EndedByOperator),
+        Some(_) => true,
+    };
+    info!(operator = %v.user.id, session = %id, desk = %detail["desk"], device = %detail["device"], gateway = ?holder, ended, "Session ended by an operator");
     if wants_json {
-        Json(json!({ "ended": ended, "id": id })).into_response()
+        Json(json!({ "ended": ended, "id": id, "gateway": holder })).into_response()
     } else {
         Redirect::to(&format!("/ops{}", lang.query())).into_response()
     }

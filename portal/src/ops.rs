@@ -119,6 +119,109 @@ impl Counts {
     }
 }
 
+/// One gateway of the cluster, as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct MemberRow {
+    pub(crate) id: String,
+    /// `up` (heartbeating), `leaving` (stopping on purpose, draining) or
+    /// `missing` (its membership lapsed: dead or cut off).
+    pub(crate) state: &'static str,
+    pub(crate) sessions: i64,
+    pub(crate) agents: i64,
+    /// Audit records it has not read yet (its change feed's lag).
+    pub(crate) lag: i64,
+    /// Seconds since its last heartbeat, on the database's clock.
+    pub(crate) seen: i64,
+    /// This gateway (the one serving the page).
+    pub(crate) this: bool,
+}
+
+impl MemberRow {
+    /// The rows for `members` read at `db_now` with the audit head at
+    /// `head`, sorted by id; `this` names the gateway serving the page.
+    pub(crate) fn rows(
+        members: &[kakehashi_store::Member],
+        db_now: i64,
+        head: i64,
+        this: &str,
+    ) -> Vec<MemberRow> {
+        let mut rows: Vec<MemberRow> = members
+            .iter()
+            .map(|m| MemberRow {
+                id: m.id.clone(),
+                state: match (m.alive(db_now), m.left_at) {
+                    (true, None) => "up",
+                    (true, Some(_)) => "leaving",
+                    (false, _) => "missing",
+                },
+                sessions: m.sessions,
+                agents: m.agents,
+                lag: head.saturating_sub(m.feed_seq).max(0),
+                seen: db_now.saturating_sub(m.db_at).max(0),
+                this: m.id == this,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        rows
+    }
+}
+
+/// Most sessions of other gateways the dashboard keeps (the newest).
+pub(crate) const MAX_REMOTE: usize = 50_000;
+
+/// A session another gateway of the cluster carries, as its row in the
+/// store shows it (the same fields as a live one's, without department).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct RemoteSession {
+    pub(crate) id: String,
+    pub(crate) desk: String,
+    pub(crate) device: String,
+    pub(crate) user: String,
+    pub(crate) level: String,
+    pub(crate) class: String,
+    pub(crate) dept: String,
+    pub(crate) transport: String,
+    pub(crate) started: i64,
+    pub(crate) gateway: String,
+}
+
+impl RemoteSession {
+    /// The open rows of `open` that gateways other than `this` carry,
+    /// the newest [`MAX_REMOTE`].
+    pub(crate) fn from_rows(open: Vec<kakehashi_store::SessionRecord>, this: &str) -> Vec<Self> {
+        let mut v: Vec<RemoteSession> = open
+            .into_iter()
+            .filter_map(|r| {
+                let gateway = r.gateway.filter(|g| g != this)?;
+                Some(RemoteSession {
+                    id: r.id,
+                    desk: r.desk_id,
+                    device: r.device_id,
+                    user: r.user_id,
+                    level: r.level.to_string(),
+                    class: r.class.as_str().to_owned(),
+                    dept: String::new(),
+                    transport: r.transport,
+                    started: r.started_at,
+                    gateway,
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| a.id.cmp(&b.id)));
+        v.truncate(MAX_REMOTE);
+        v
+    }
+
+    /// The dashboard's filter: desk, device or user id contains `needle`.
+    pub(crate) fn matches(&self, needle: &str) -> bool {
+        use kakehashi_relay::shared::contains_ignore_ascii_case as has;
+        needle.is_empty()
+            || [&self.desk, &self.device, &self.user]
+                .iter()
+                .any(|h| has(h, needle))
+    }
+}
+
 /// A counter reading kept for the "last minute" / "last hour" differences.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Reading {
@@ -230,6 +333,11 @@ pub(crate) struct Ops {
     pub(crate) gateway: Option<RelayHandle>,
     pub(crate) history: Mutex<History>,
     pub(crate) bcp: Mutex<Vec<BcpView>>,
+    /// The cluster's members as the store last showed them (sampled).
+    pub(crate) members: Mutex<Vec<MemberRow>>,
+    /// Sessions the other gateways carry, from their open rows in the
+    /// store (sampled; empty with one gateway).
+    pub(crate) remote: Mutex<Vec<RemoteSession>>,
     /// Open event streams per operator.
     pub(crate) feeds: Arc<Mutex<BTreeMap<String, usize>>>,
     /// The last snapshot per language and filter, shared by every stream
@@ -254,6 +362,8 @@ impl Ops {
             gateway,
             history: Mutex::default(),
             bcp: Mutex::default(),
+            members: Mutex::default(),
+            remote: Mutex::default(),
             feeds: Arc::default(),
             snapshots: Mutex::default(),
         }

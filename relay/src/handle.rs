@@ -55,6 +55,11 @@ impl RelayHandle {
         self.shared.end_session(id, reason)
     }
 
+    /// This gateway's name (its member id in a cluster).
+    pub fn name(&self) -> &str {
+        &self.shared.cfg().name
+    }
+
     /// The relay's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics

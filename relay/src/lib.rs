@@ -33,3 +33,4 @@ pub use config::{Config, Identity};
 pub use handle::RelayHandle;
 pub use server::Relay;
 pub use shared::{BoundAddrs, LiveSessionPage, LiveSessionView, Shared};
+pub use watch::OPERATOR_END;

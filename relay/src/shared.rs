@@ -159,7 +159,9 @@ impl LiveSession {
     }
 }
 
-pub(crate) fn contains_ignore_ascii_case(hay: &str, needle: &str) -> bool {
+/// Whether `needle` occurs in `hay`, ASCII letters compared without case
+/// (the dashboard's session filter).
+pub fn contains_ignore_ascii_case(hay: &str, needle: &str) -> bool {
     let (h, n) = (hay.as_bytes(), needle.as_bytes());
     n.len() <= h.len() && h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }

@@ -24,6 +24,11 @@ async fn wait_for_change(
     }
 }
 
+/// The audit action of an operator ending a session (the dashboard's
+/// "end" button): the gateway carrying the session ends it when it reads
+/// the record, whichever gateway's dashboard wrote it.
+pub const OPERATOR_END: &str = "session.end_by_operator";
+
 /// Audit actions that can change a live session's decision.
 pub(crate) fn affects_sessions(action: &str) -> bool {
     ["policy.", "device.", "desk.", "plan.", "bcp.", "user."]
@@ -92,6 +97,7 @@ pub(crate) async fn watch_changes(s: Arc<Shared>) {
         }
         let mut changed = false;
         let mut policy_changed = false;
+        let mut operator_ends = Vec::new();
         loop {
             let page = match store.audit_page(seen, 1000).await {
                 Ok(p) => p,
@@ -102,6 +108,9 @@ pub(crate) async fn watch_changes(s: Arc<Shared>) {
             };
             for r in &page {
                 seen = seen.max(r.seq);
+                if r.action == OPERATOR_END {
+                    operator_ends.push(r.subject.clone());
+                }
                 if affects_sessions(&r.action) {
                     changed = true;
                     policy_changed |= r.action.starts_with("policy.");
@@ -112,6 +121,13 @@ pub(crate) async fn watch_changes(s: Arc<Shared>) {
             }
         }
         s.feed_seq.store(seen, Ordering::Relaxed);
+        // An operator on any gateway's dashboard ended a session: the one
+        // carrying it ends it (elsewhere it is not live: nothing happens).
+        for id in operator_ends.drain(..) {
+            if s.end_session(&id, Reason::EndedByOperator) {
+                info!(session = %id, "Session ended by an operator on another gateway");
+            }
+        }
         if policy_changed {
             match store.current_policy().await {
                 Ok(Some(doc)) => match crate::admission::parse_policy(&doc.text) {

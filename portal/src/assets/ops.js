@@ -26,7 +26,9 @@
       },
       end: '終了', endWhat: 'デスク {desk}／端末 {device}／利用者 {user}',
       ended: 'セッションを終了しました: ', failed: '終了できませんでした: ',
-      bcp: 'BCPモード実施中', everyone: '全職員', until: '期限', reason: '理由'
+      bcp: 'BCPモード実施中', everyone: '全職員', until: '期限', reason: '理由',
+      state: { up: '稼働中', leaving: '停止処理中', missing: '応答なし' },
+      thisGw: '（この画面）', seen: '秒前', cluster: 'クラスタ全体: '
     },
     en: {
       live: 'Live', updated: 'updated', open: ' (', close: ')', reconnecting: 'Reconnecting…',
@@ -41,7 +43,9 @@
       },
       end: 'End', endWhat: 'desk {desk} / device {device} / user {user}',
       ended: 'Session ended: ', failed: 'Could not end the session: ',
-      bcp: 'BCP mode in force', everyone: 'everyone', until: 'until', reason: 'reason'
+      bcp: 'BCP mode in force', everyone: 'everyone', until: 'until', reason: 'reason',
+      state: { up: 'up', leaving: 'stopping', missing: 'missing' },
+      thisGw: ' (this page)', seen: ' s ago', cluster: 'whole cluster: '
     }
   }[lang];
 
@@ -137,6 +141,7 @@
       if (texts[code]) th.appendChild(el('span', 'ops-reason', texts[code]));
     });
     bcp(s.bcp);
+    gateways(s.gateways, s.cluster_total);
     sessions(s.sessions);
     chart();
     seq += 1;
@@ -162,6 +167,36 @@
     });
   }
 
+  // A row per gateway of the cluster (hidden with one gateway).
+  function gateways(list, total) {
+    var card = $('ops-gateways-card');
+    card.hidden = list.length < 2;
+    var t = $('ops-cluster-total');
+    t.hidden = list.length < 2;
+    t.textContent = T.cluster + total;
+    // Not `data-metric`: these come from the members' heartbeats in the
+    // store, not from this gateway's metrics.
+    t.dataset.cluster = 'total';
+    t.dataset.value = String(total);
+    var body = $('ops-gateways').tBodies[0];
+    clear(body);
+    list.forEach(function (m) {
+      var tr = el('tr');
+      tr.dataset.gateway = m.id;
+      tr.dataset.state = m.state;
+      if (m.state !== 'up') tr.className = 'ops-gw-' + m.state;
+      tr.appendChild(el('th', null, m.id + (m.this ? T.thisGw : '')));
+      tr.appendChild(el('td', null, T.state[m.state] || m.state));
+      [['sessions', m.sessions], ['agents', m.agents], ['lag', m.lag]].forEach(function (x) {
+        var td = el('td', null, x[1]);
+        td.dataset.cluster = m.id + ':' + x[0];
+        tr.appendChild(td);
+      });
+      tr.appendChild(el('td', null, m.seen + T.seen));
+      body.appendChild(tr);
+    });
+  }
+
   function sessions(p) {
     $('ops-list-count').textContent = T.count(p.total, p.matched, p.list.length);
     var key = p.list.map(function (x) { return x.id; }).join(',');
@@ -175,7 +210,7 @@
       tr.dataset.desk = x.desk;
       tr.dataset.device = x.device;
       [x.since, x.desk, x.device, x.user || '—', levelName(x.level), className(x.class), deptName(x.dept),
-        transportName(x.transport)].forEach(function (v) { tr.appendChild(el('td', null, v)); });
+        transportName(x.transport), x.gateway || ''].forEach(function (v) { tr.appendChild(el('td', null, v)); });
       var td = el('td');
       var b = el('button', 'danger small', T.end);
       b.type = 'button';

@@ -50,6 +50,7 @@ pub(crate) fn dashboard(
                     p class="ops-big" { span id="ops-total" data-metric="total" { "–" } }
                     meter id="ops-capacity" min="0" max="1" low="0.6" high="0.8" optimum="0" value="0" {}
                     p class="muted" { span id="ops-capacity-text" { "–" } }
+                    p class="muted" { span id="ops-cluster-total" hidden { "–" } }
                 }
                 div class="ops-tile" {
                     h2 { (t("オンラインのデスク", "Desks online")) }
@@ -65,6 +66,20 @@ pub(crate) fn dashboard(
                     h2 { (t("拒否（直近1時間）", "Refusals (last hour)")) }
                     p class="ops-big" { span data-metric="denials_hour" { "–" } }
                     p class="muted" { (t("理由別の内訳は下の表", "by reason below")) }
+                }
+            }
+            section class="ops-card" id="ops-gateways-card" hidden {
+                h2 { (t("ゲートウェイ別", "By gateway")) }
+                table class="ops-table" id="ops-gateways" {
+                    thead { tr {
+                        th { (t("ゲートウェイ", "Gateway")) }
+                        th { (t("状態", "State")) }
+                        th { (t("セッション", "Sessions")) }
+                        th { (t("エージェント", "Agents")) }
+                        th { (t("未反映の変更", "Feed lag")) }
+                        th { (t("最終応答", "Last heartbeat")) }
+                    } }
+                    tbody {}
                 }
             }
             section class="ops-grid" {
@@ -102,6 +117,7 @@ pub(crate) fn dashboard(
                             th { (t("端末区分", "Class")) }
                             th { (t("所属", "Department")) }
                             th { (t("方式", "Transport")) }
+                            th { (t("ゲートウェイ", "Gateway")) }
                             th {}
                         } }
                         tbody {}

@@ -369,3 +369,172 @@ async fn a_laptop_moves_to_the_next_gateway_without_a_new_login() {
     let log = client.proc.log_text();
     assert!(log.contains("切り替えました"), "{log}");
 }
+
+/// An operator signed in on gateway A's portal, as `/api/session/finish`
+/// would sign them in (the portal keeps sessions in the store; the id is
+/// the cookie's value, the store holds its SHA-256): the cookie and the
+/// session's CSRF token.
+async fn operator_session(store: &Store, user: &str) -> (String, String) {
+    use kakehashi_store::{Audit, Hash256, NewUser, Quotas, Role, TransientKind};
+    let now = kakehashi_store::unix_now();
+    store
+        .add_user(
+            &NewUser {
+                id: user.into(),
+                name: "運用 担当".into(),
+                department: "情報政策課".into(),
+                roles: [Role::Operator].into_iter().collect(),
+            },
+            Audit::new(now, "test", "user.add").subject(user),
+        )
+        .await
+        .unwrap();
+    let id = format!("test-session-{}", std::process::id());
+    let csrf = "test-csrf-token-0123456789".to_owned();
+    let value = serde_json::json!({ "user": user, "csrf": csrf }).to_string();
+    let quotas = Quotas {
+        cap: u32::MAX,
+        user: None,
+        source: None,
+    };
+    store
+        .put_transient(
+            TransientKind::PortalSession,
+            &Hash256::digest(&id),
+            &value,
+            now + 1800,
+            now,
+            &quotas,
+        )
+        .await
+        .unwrap();
+    (format!("kakehashi-session={id}"), csrf)
+}
+
+/// The first `snapshot` event of the dashboard's event stream.
+async fn ops_snapshot(portal: std::net::SocketAddr, cookie: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(portal).await.unwrap();
+    let req = format!(
+        "GET /ops/events HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), s.read(&mut buf))
+            .await
+            .expect("no snapshot event")
+            .unwrap();
+        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some(rest) = text.split("event: snapshot\ndata: ").nth(1) {
+            if let Some((data, _)) = rest.split_once('\n') {
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+    }
+}
+
+/// Gateway A's `/ops` shows both gateways with their sessions, and its
+/// operator ends a session gateway B carries: the audit record reaches B
+/// through the change feed and B ends it (`ended_by_operator`).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_on_one_gateway_sees_every_gateway_and_ends_a_session_on_another() {
+    let url = pg::cluster().create_database().await;
+    let mut pki = Pki::new();
+    let port = kakehashi_tests::browser::free_port();
+    let portal = format!(
+        "[portal]\nlisten = \"127.0.0.1:{port}\"\nrp_id = \"localhost\"\norigin = \"http://localhost:{port}\"\ninsecure_http = true\n"
+    );
+    // Change feeds polled every 5 s: NOTIFY alone must carry the end in time.
+    let mut gw_a = start_gateway(
+        &pki,
+        GatewayOpts {
+            name: Some("gw-a".into()),
+            identity: Some(format!("{}{portal}", pg_sections(&pki, &url, "5s"))),
+            ..Default::default()
+        },
+    )
+    .await;
+    gw_a.proc
+        .wait_line("listening portal ", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let gw_b = gateway_polling(&pki, "gw-b", &url, "5s").await;
+    let d = desk1(&mut pki, &url, &[&gw_a, &gw_b]).await;
+    let client = d.client(&pki, &gw_b, "").await;
+    let mut s = echo_session(&client, b"on gw-b").await;
+    let rec = only_open_session(&d.store).await;
+    assert_eq!(rec.gateway.as_deref(), Some("gw-b"));
+
+    let (cookie, csrf) = operator_session(&d.store, "ops-ito").await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The dashboard samples the members every 5 s; gw-b's heartbeat
+    // carries its session count every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let snap = loop {
+        let snap = ops_snapshot(addr, &cookie).await;
+        let rows = snap["gateways"].as_array().cloned().unwrap_or_default();
+        let b = rows.iter().find(|r| r["id"] == "gw-b");
+        let listed = snap["sessions"]["total"] == 1;
+        if rows.len() == 2 && b.is_some_and(|b| b["sessions"] == 1) && listed {
+            break snap;
+        }
+        assert!(Instant::now() < deadline, "dashboard rows: {snap}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let rows = snap["gateways"].as_array().unwrap();
+    assert_eq!(rows[0]["id"], "gw-a");
+    assert_eq!(rows[0]["this"], true);
+    assert_eq!(rows[0]["state"], "up");
+    assert_eq!(rows[1]["state"], "up");
+    assert_eq!(rows[1]["agents"], 1);
+    assert_eq!(snap["total"], 0, "gw-a itself carries nothing");
+    assert_eq!(snap["cluster_total"], 1);
+    // The session list has gw-b's session, marked with its gateway.
+    let list = snap["sessions"]["list"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{snap}");
+    assert_eq!(list[0]["id"], rec.id.as_str());
+    assert_eq!(list[0]["gateway"], "gw-b");
+    assert_eq!(list[0]["desk"], "DESK-1");
+
+    // End gw-b's session from gw-a's dashboard.
+    let body = format!("csrf={csrf}&id={}&reason=%E8%A9%A6%E9%A8%93", rec.id);
+    let req = format!(
+        "POST /ops/sessions/end HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:{port}\r\nCookie: {cookie}\r\nAccept: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let t0 = Instant::now();
+    let mut http = TcpStream::connect(addr).await.unwrap();
+    http.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"ended\":true"), "{answer}");
+    assert!(answer.contains("\"gateway\":\"gw-b\""), "{answer}");
+    // The laptop's stream through gw-b closes: B read the record.
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the session through gw-b did not end: {closed:?}"
+    );
+    let took = t0.elapsed();
+    println!("operator end on gw-a → session on gw-b closed in {took:?}");
+    let ended = loop {
+        let r = d.store.get_session(&rec.id).await.unwrap().unwrap();
+        if r.ended_at.is_some() {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ended.end_reason.as_deref(), Some("ended_by_operator"));
+    let log = audit_export(&gw_a).await;
+    let rec_end = log
+        .iter()
+        .find(|r| r["action"] == "session.end_by_operator")
+        .expect("the operator's end is audited");
+    assert_eq!(audit_detail(rec_end)["gateway"], "gw-b");
+}
