@@ -21,6 +21,10 @@
 //!
 //! Elsewhere than Linux, [`die_with_parent`] does nothing.
 //!
+//! [`ask_to_stop`] sends a child the signal that asks it to stop in good
+//! order (SIGTERM, or SIGINT for PostgreSQL's fast shutdown), for a parent
+//! that stops its children one after the other rather than all at once.
+//!
 //! This is the workspace's only unsafe code (`Command::pre_exec`).
 
 use std::process::Command;
@@ -61,6 +65,42 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
         }
     }
     cmd
+}
+
+/// The signal [`ask_to_stop`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopSignal {
+    /// SIGTERM: our programs drain and stop (`kakehashi-gateway` waits
+    /// `[relay.limits] shutdown_grace`).
+    Term,
+    /// SIGINT: PostgreSQL's "fast" shutdown (ends its sessions, writes a
+    /// checkpoint, exits), what `pg_ctl stop` does by default.
+    Int,
+}
+
+/// Ask the process `pid` (a child of ours: the caller holds its `Child`,
+/// so the pid cannot have been reused) to stop with `signal`. Unix only;
+/// elsewhere an `Unsupported` error.
+pub fn ask_to_stop(pid: u32, signal: StopSignal) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{kill_process, Pid, Signal};
+        let pid = i32::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let sig = match signal {
+            StopSignal::Term => Signal::TERM,
+            StopSignal::Int => Signal::INT,
+        };
+        kill_process(pid, sig).map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid, signal);
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +147,19 @@ mod tests {
         // Reaped here; it was killed, not told to exit.
         let status = child.wait().expect("the child's status");
         assert!(!status.success(), "{status}");
+    }
+
+    /// SIGTERM reaches the child and ends it (`sleep` does not catch it).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn ask_to_stop_sends_the_signal() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = die_with_parent(Command::new("sleep").arg("60"))
+            .spawn()
+            .expect("sleep runs");
+        ask_to_stop(child.id(), StopSignal::Term).expect("signal sent");
+        let status = child.wait().expect("the child's status");
+        assert_eq!(status.signal(), Some(15), "{status}");
     }
 
     /// Without the call, the child outlives the thread (what happened to
