@@ -3,11 +3,11 @@
 //! with a `client.toml` so `kakehashi connect demo-desk` works as printed.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use kakehashi_pki::{CaDir, InitOptions, IssueRequest, Subject, TerminalClass};
+use kakehashi_pki::{CaDir, InitOptions, IssueRequest, Issued, Subject, TerminalClass};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,8 @@ use tracing::debug;
 use kakehashi_gateway::config::Config;
 use kakehashi_gateway::Gateway;
 
+/// Most gateways `--gateways` starts.
+pub(crate) const MAX_GATEWAYS: u8 = 9;
 /// Desk id of the demo desk.
 pub const DEMO_DESK: &str = "demo-desk";
 /// Device id of the demo laptop.
@@ -23,13 +25,64 @@ pub const DEMO_DEVICE: &str = "demo-laptop";
 const MARKER: &str = ".kakehashi-demo";
 /// The echo desk's agent filters nothing: an explicit pass-through, for a desk
 /// the demo registers as a non-RDP service.
-const ECHO_PASS_THROUGH: &str = "
+pub(crate) const ECHO_PASS_THROUGH: &str = "
 # The demo desk is an echo service, not an RDP server: nothing to filter. The
 # gateway knows it as a non-RDP desk (`admin desk set --service other`), so its
 # sessions are admitted without enforcement and audited so.
 [rdp]
 enforce = false
 ";
+
+/// The demo's throw-away CA and what it issued.
+pub(crate) struct DemoPki {
+    pub ca: CaDir,
+    /// The gateway's certificate (`localhost`, 127.0.0.1), shared by every
+    /// gateway of a `--gateways` cluster.
+    pub gw: Issued,
+    pub agent: Issued,
+    pub device: Issued,
+    pub crl: PathBuf,
+}
+
+impl DemoPki {
+    /// A new CA in `dir/pki` with the demo's certificates.
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        let pki_dir = dir.join("pki");
+        eprintln!(
+            "Creating a throw-away CA and certificates in {} …",
+            pki_dir.display()
+        );
+        let mut ca = CaDir::init(
+            &pki_dir,
+            &InitOptions {
+                organization: "Kakehashi demo".into(),
+                common_name: "Kakehashi Demo CA".into(),
+            },
+        )?;
+        let gw = ca.issue(&IssueRequest::new(Subject::Gateway {
+            name: "localhost".into(),
+            ips: vec!["127.0.0.1".parse()?],
+        }))?;
+        let agent = ca.issue(&IssueRequest::new(Subject::Agent {
+            desk: DEMO_DESK.into(),
+        }))?;
+        let device = ca.issue(&IssueRequest::new(Subject::Device {
+            id: DEMO_DEVICE.into(),
+            // A satellite-office laptop: the default policy allows a level-2
+            // desk from there at any hour, so the demo works at night too.
+            class: TerminalClass::Satellite,
+            user: Some("demo-user".into()),
+        }))?;
+        let crl = ca.write_crl()?;
+        Ok(Self {
+            ca,
+            gw,
+            agent,
+            device,
+            crl,
+        })
+    }
+}
 
 /// Run the demo until Ctrl-C; with `rdp`, the desk is a real RDP server
 /// ([`crate::rdp`]) instead of an echo service.
@@ -38,33 +91,13 @@ pub async fn run(dir: &Path, rdp: bool) -> anyhow::Result<()> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    let pki_dir = dir.join("pki");
-    eprintln!(
-        "Creating a throw-away CA and certificates in {} …",
-        pki_dir.display()
-    );
-    let mut ca = CaDir::init(
-        &pki_dir,
-        &InitOptions {
-            organization: "Kakehashi demo".into(),
-            common_name: "Kakehashi Demo CA".into(),
-        },
-    )?;
-    let gw = ca.issue(&IssueRequest::new(Subject::Gateway {
-        name: "localhost".into(),
-        ips: vec!["127.0.0.1".parse()?],
-    }))?;
-    let agent = ca.issue(&IssueRequest::new(Subject::Agent {
-        desk: DEMO_DESK.into(),
-    }))?;
-    let device = ca.issue(&IssueRequest::new(Subject::Device {
-        id: DEMO_DEVICE.into(),
-        // A satellite-office laptop: the default policy allows a level-2
-        // desk from there at any hour, so the demo works at night too.
-        class: TerminalClass::Satellite,
-        user: Some("demo-user".into()),
-    }))?;
-    let crl = ca.write_crl()?;
+    let DemoPki {
+        mut ca,
+        gw,
+        agent,
+        device,
+        crl,
+    } = DemoPki::create(&dir)?;
 
     // The demo desk: an echo service standing in for the desk PC's RDP server,
     // or with --rdp a real one.
@@ -232,8 +265,12 @@ soft_authenticator = "passkey.cbor"
         true => kakehashi_store::DeskService::Rdp,
         false => kakehashi_store::DeskService::Other,
     };
+    let store = shared
+        .store
+        .as_ref()
+        .context("the demo gateway has no store")?;
     let browser_code =
-        enroll_demo_user(&shared, &dir, portal_port, &ca.ca_cert_path(), service).await?;
+        enroll_demo_user(store, &dir, portal_port, &ca.ca_cert_path(), service).await?;
 
     // Wait until the agent's tunnel is registered before telling anyone to connect.
     let online = tokio::time::timeout(Duration::from_secs(15), async {
@@ -265,36 +302,7 @@ soft_authenticator = "passkey.cbor"
     println!("  browser       to sign in from a browser, first register its passkey or security key / ブラウザーで使うには先に登録:");
     println!("                http://localhost:{portal_port}/enroll  user {DEMO_USER}, code {browser_code}  (valid {BROWSER_CODE_HOURS} h / {BROWSER_CODE_HOURS} 時間有効)");
     println!();
-    println!("First log in (a real WebAuthn ceremony with the demo's software authenticator) / まずログイン:");
-    println!(
-        "  {client} --config {} login",
-        dir.join("client.toml").display()
-    );
-    println!();
-    println!("Next, in another terminal / 次に別の端末で:");
-    println!(
-        "  {client} --config {} connect {DEMO_DESK} --listen 127.0.0.1:{port}",
-        dir.join("client.toml").display()
-    );
-    println!("then point any TCP client (an RDP client, nc …) at 127.0.0.1:{port}; the demo desk echoes what it receives:");
-    println!("  nc 127.0.0.1 {port}");
-    println!();
-    println!("Or in one line, without nc / nc なしで一行で:");
-    println!(
-        "  echo こんにちは | {client} --config {} connect {DEMO_DESK} --stdio",
-        dir.join("client.toml").display()
-    );
-    println!();
-    println!("Try also / ほかにも:");
-    println!(
-        "  {client} --config {} connect {DEMO_DESK} --transport tcp",
-        dir.join("client.toml").display()
-    );
-    println!(
-        "  {client} --config {} connect no-such-desk   # refused: desk_unknown",
-        dir.join("client.toml").display()
-    );
-    println!();
+    print_next_steps(&client, &dir.join("client.toml"), port);
     if let Some(d) = &rdp_desk {
         crate::rdp::print_instructions(d, &client, &dir.join("client.toml"), DEMO_DESK);
         println!();
@@ -308,27 +316,54 @@ soft_authenticator = "passkey.cbor"
     Ok(())
 }
 
+/// What to run next: log in, connect, the one-liner, a refusal.
+pub(crate) fn print_next_steps(client: &str, client_toml: &Path, port: u16) {
+    println!("First log in (a real WebAuthn ceremony with the demo's software authenticator) / まずログイン:");
+    println!("  {client} --config {} login", client_toml.display());
+    println!();
+    println!("Next, in another terminal / 次に別の端末で:");
+    println!(
+        "  {client} --config {} connect {DEMO_DESK} --listen 127.0.0.1:{port}",
+        client_toml.display()
+    );
+    println!("then point any TCP client (an RDP client, nc …) at 127.0.0.1:{port}; the demo desk echoes what it receives:");
+    println!("  nc 127.0.0.1 {port}");
+    println!();
+    println!("Or in one line, without nc / nc なしで一行で:");
+    println!(
+        "  echo こんにちは | {client} --config {} connect {DEMO_DESK} --stdio",
+        client_toml.display()
+    );
+    println!();
+    println!("Try also / ほかにも:");
+    println!(
+        "  {client} --config {} connect {DEMO_DESK} --transport tcp",
+        client_toml.display()
+    );
+    println!(
+        "  {client} --config {} connect no-such-desk   # refused: desk_unknown",
+        client_toml.display()
+    );
+    println!();
+}
+
 /// Demo user id.
 pub const DEMO_USER: &str = "demo-user";
 
 /// How long the demo's browser enrollment code stays valid.
-const BROWSER_CODE_HOURS: i64 = 8;
+pub(crate) const BROWSER_CODE_HOURS: i64 = 8;
 
 /// Enrolls the demo user's software authenticator through the portal and
 /// returns a second one-time enrollment code, for a person to register their
 /// browser's own authenticator (the dashboard needs a sign-in in a browser).
-async fn enroll_demo_user(
-    shared: &kakehashi_relay::Shared,
+pub(crate) async fn enroll_demo_user(
+    store: &kakehashi_store::Store,
     dir: &Path,
     portal_port: u16,
     ca: &Path,
     service: kakehashi_store::DeskService,
 ) -> anyhow::Result<String> {
     use kakehashi_store::{Audit, NewUser, Role};
-    let store = shared
-        .store
-        .as_ref()
-        .context("the demo gateway has no store")?;
     let now = kakehashi_store::unix_now();
     let user = NewUser {
         id: DEMO_USER.into(),
@@ -391,7 +426,7 @@ async fn enroll_demo_user(
 }
 
 /// Refuse to write into a directory that holds something other than an earlier demo.
-fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         let empty = std::fs::read_dir(dir)?.next().is_none();
         if !empty && !dir.join(MARKER).exists() {
@@ -410,6 +445,15 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
         ] {
             let _ = std::fs::remove_file(dir.join(f));
         }
+        // A `--gateways` demo's per-gateway keys and audit checkpoints
+        // (which name the earlier database's records).
+        for n in 1..=MAX_GATEWAYS {
+            let gw = dir.join(format!("gw{n}"));
+            if gw.exists() {
+                std::fs::remove_dir_all(&gw)
+                    .with_context(|| format!("cannot clear {}", gw.display()))?;
+            }
+        }
         let pki = dir.join("pki");
         if pki.exists() {
             std::fs::remove_dir_all(&pki)
@@ -423,12 +467,12 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     )
 }
 
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A TCP port whose UDP twin is free too, so QUIC and TCP share the number.
-async fn bind_pair() -> anyhow::Result<(TcpListener, u16)> {
+pub(crate) async fn bind_pair() -> anyhow::Result<(TcpListener, u16)> {
     for _ in 0..50 {
         let tcp = TcpListener::bind("127.0.0.1:0").await?;
         let port = tcp.local_addr()?.port();
@@ -439,13 +483,13 @@ async fn bind_pair() -> anyhow::Result<(TcpListener, u16)> {
     bail!("no free port pair for TCP and UDP on 127.0.0.1")
 }
 
-async fn free_port() -> Option<u16> {
+pub(crate) async fn free_port() -> Option<u16> {
     let l = TcpListener::bind("127.0.0.1:0").await.ok()?;
     l.local_addr().ok().map(|a: SocketAddr| a.port())
 }
 
 /// How to run the client: the binary next to this one if it was built, else cargo.
-fn client_command() -> String {
+pub(crate) fn client_command() -> String {
     let sibling = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("kakehashi")));
@@ -455,7 +499,7 @@ fn client_command() -> String {
     }
 }
 
-async fn echo_service(l: TcpListener) {
+pub(crate) async fn echo_service(l: TcpListener) {
     loop {
         let Ok((mut s, peer)) = l.accept().await else {
             continue;
