@@ -1208,7 +1208,8 @@ pub async fn start_demo(tmp: &Path, extra: &[&str]) -> Proc {
     let mut args = vec!["--dir", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     let mut demo = Proc::spawn(&bin("kakehashi-demo"), &args, tmp.join("demo.log"), &[]);
-    demo.wait_line("Kakehashi demo is running", Duration::from_secs(60))
+    // (`--gateways` runs initdb and starts PostgreSQL and the gateways first.)
+    demo.wait_line("Kakehashi demo is running", Duration::from_secs(120))
         .await
         .unwrap();
     demo

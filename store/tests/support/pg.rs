@@ -48,7 +48,9 @@ fn pg_bin_dir() -> Option<PathBuf> {
     best.map(|(_, b)| b)
 }
 
-fn ensure_postgres_installed() -> Result<PathBuf, String> {
+/// Debian's PostgreSQL binaries (`/usr/lib/postgresql/VERSION/bin`),
+/// installed with apt-get first if missing (`tests/run.sh` installs them).
+pub fn ensure_postgres_installed() -> Result<PathBuf, String> {
     if let Some(bin) = pg_bin_dir() {
         return Ok(bin);
     }
