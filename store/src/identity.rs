@@ -416,6 +416,35 @@ impl Store {
         Ok(())
     }
 
+    /// Changes a user's name and department (a marriage, the April
+    /// transfers): the id, and with it the person's keys, desks and login
+    /// history, stays. The department change reaches live sessions through
+    /// the change feed (policy rules and desks go by department).
+    pub async fn set_user_profile(
+        &self,
+        id: &str,
+        name: &str,
+        department: &str,
+        audit: Audit,
+    ) -> Result<()> {
+        validate_text("user name", name, 256, false)?;
+        validate_text("department", department, 128, false)?;
+        const SQL: &str = "UPDATE users SET name = $2, department = $3 WHERE id = $1";
+        write_tx!(self, audit, |tx| {
+            let n = sqlx::query(SQL)
+                .bind(id)
+                .bind(name)
+                .bind(department)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(Error::NotFound { what: "user" });
+            }
+        });
+        Ok(())
+    }
+
     /// Replaces a user's roles.
     pub async fn set_user_roles(
         &self,

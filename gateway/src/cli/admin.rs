@@ -54,6 +54,21 @@ pub enum UserCmd {
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// Change a user's name or department (the id, keys, desks and history stay).
+    Set {
+        /// User id.
+        #[arg(long)]
+        id: String,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New department (所属).
+        #[arg(long)]
+        dept: Option<String>,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Issue a one-time enrollment code (the person registers a security key with it on the portal).
     EnrollCode {
         /// User id.
@@ -195,6 +210,30 @@ pub async fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
                 )
                 .await?;
             println!("disabled user {id}; {n} login token(s) revoked");
+        }
+        AdminCmd::User(UserCmd::Set {
+            id,
+            name,
+            dept,
+            reason,
+        }) => {
+            let Some(u) = store.get_user(&id).await? else {
+                anyhow::bail!("no user {id:?}");
+            };
+            if name.is_none() && dept.is_none() {
+                anyhow::bail!("nothing to change: give --name and/or --dept");
+            }
+            let name = name.unwrap_or_else(|| u.name.clone());
+            let dept = dept.unwrap_or_else(|| u.department.clone());
+            let a = Audit::new(now, &who, "user.update")
+                .subject(&id)
+                .reason(&reason)
+                .detail(serde_json::json!({
+                    "before": { "name": u.name, "department": u.department },
+                    "after": { "name": name, "department": dept },
+                }));
+            store.set_user_profile(&id, &name, &dept, a).await?;
+            println!("user {id}: {name} ({dept})");
         }
         AdminCmd::User(UserCmd::Enable { id }) => {
             store

@@ -91,6 +91,13 @@ enum Change {
         from: BTreeSet<Role>,
         to: BTreeSet<Role>,
     },
+    /// A new name or department (the April transfers).
+    Profile {
+        at: String,
+        id: String,
+        from: (String, String),
+        to: (String, String),
+    },
     Disable {
         at: String,
         id: String,
@@ -128,6 +135,10 @@ impl Change {
             Change::Roles { at, id, from, to } => {
                 format!("{at}: user {id} roles {} -> {}", roles(from), roles(to))
             }
+            Change::Profile { at, id, from, to } => format!(
+                "{at}: user {id} {} ({}) -> {} ({})",
+                from.0, from.1, to.0, to.1
+            ),
             Change::Disable { at, id } => format!("{at}: disable user {id} (logins revoked)"),
             Change::Enable { at, id } => format!("{at}: enable user {id}"),
             Change::AddDesk(r) => format!("{}: add desk {}", r.at, desk_text(&r.desk)),
@@ -361,14 +372,16 @@ fn plan(p: Parsed, cur: &Current) -> (Vec<Change>, Vec<String>, Vec<String>) {
             changes.push(Change::AddUser(r));
             continue;
         };
-        if old.name != r.user.name || old.department != r.user.department {
-            errors.push(format!(
-                "{}: 利用者 {} の氏名・所属は変更できません / user {} is {} in {} in the store, not {} in {}: this release cannot rename a user or move one to another department (add the person under a new id, and disable the old one with status disabled)",
-                r.at, r.user.id, r.user.id, old.name, old.department, r.user.name, r.user.department
-            ));
-            continue;
-        }
         let mut same = true;
+        if old.name != r.user.name || old.department != r.user.department {
+            same = false;
+            changes.push(Change::Profile {
+                at: r.at.clone(),
+                id: r.user.id.clone(),
+                from: (old.name.clone(), old.department.clone()),
+                to: (r.user.name.clone(), r.user.department.clone()),
+            });
+        }
         if old.roles != r.user.roles {
             same = false;
             changes.push(Change::Roles {
@@ -557,6 +570,19 @@ async fn write(store: &Store, who: &str, reason: &str, c: Change) -> anyhow::Res
             .set_user_roles(&id, &to, audit("user.roles", &id, &at))
             .await
             .map_err(|e| failed(&at, e))?,
+        Change::Profile { at, id, from, to } => {
+            let a = Audit::new(now, who, "user.update")
+                .subject(&id)
+                .detail(json!({
+                    "import": at,
+                    "before": { "name": from.0, "department": from.1 },
+                    "after": { "name": to.0, "department": to.1 },
+                }));
+            store
+                .set_user_profile(&id, &to.0, &to.1, a)
+                .await
+                .map_err(|e| failed(&at, e))?;
+        }
         Change::Disable { at, id } => {
             store
                 .set_user_disabled(&id, true, audit("user.disable", &id, &at))

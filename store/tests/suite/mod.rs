@@ -153,9 +153,44 @@ pub async fn users(db: &Db) {
             .await,
         Err(Error::NotFound { what: "user" })
     ));
+    // A transfer: new name and department, same id and roles.
+    store
+        .set_user_profile(
+            "abe",
+            "阿部 次郎",
+            "税務課",
+            audit(T0 + 3, "user.update").subject("abe"),
+        )
+        .await
+        .unwrap();
+    let abe = store.get_user("abe").await.unwrap().unwrap();
+    assert_eq!(
+        (abe.name.as_str(), abe.department.as_str()),
+        ("阿部 次郎", "税務課")
+    );
+    assert_eq!(abe.roles, roles(&[Role::Operator, Role::Officer]));
+    assert_eq!(store.list_users_in("税務課").await.unwrap().len(), 1);
+    assert!(matches!(
+        store
+            .set_user_profile("ghost", "x", "y", audit(T0, "user.update"))
+            .await,
+        Err(Error::NotFound { what: "user" })
+    ));
+    assert!(matches!(
+        store
+            .set_user_profile("abe", "", "y", audit(T0, "user.update"))
+            .await,
+        Err(Error::Invalid { .. })
+    ));
     assert_eq!(
         actions(&store).await,
-        ["user.add", "user.add", "user.disable", "user.roles"]
+        [
+            "user.add",
+            "user.add",
+            "user.disable",
+            "user.roles",
+            "user.update"
+        ]
     );
     assert!(store.verify_audit().await.unwrap().is_intact());
 }

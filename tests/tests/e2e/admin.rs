@@ -321,4 +321,64 @@ async fn admin_import_checks_every_line_before_writing() {
     assert_eq!(adds.len(), 2);
     assert_eq!(adds[0].reason, "2026年4月 人事異動");
     assert!(adds[0].detail.contains("users.csv:2"), "{}", adds[0].detail);
+
+    // The next April: 佐藤 moves to 税務課 (and marries: a new name). The
+    // id, and with it her laptop and desk, stays.
+    std::fs::write(
+        &users,
+        "user_id,name,department,roles\nu-1001,加藤 一郎,総務課,staff;chief\nu-1002,鈴木 花子,税務課,staff\n",
+    )
+    .unwrap();
+    let (ok, out) = import(&["--check"]).await;
+    assert!(
+        ok && out.contains("user u-1002 佐藤 花子 (総務課) -> 鈴木 花子 (税務課)"),
+        "{out}"
+    );
+    let (ok, out) = import(&[]).await;
+    assert!(ok && out.contains("1 change(s) written"), "{out}");
+    let u = store.get_user("u-1002").await.unwrap().unwrap();
+    assert_eq!(
+        (u.name.as_str(), u.department.as_str()),
+        ("鈴木 花子", "税務課")
+    );
+    let moved = store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.action == "user.update")
+        .expect("the transfer is audited");
+    let d = moved.detail_json().unwrap();
+    assert_eq!(d["before"]["department"], "総務課");
+    assert_eq!(d["after"]["department"], "税務課");
+    assert!(
+        d["import"].as_str().unwrap().ends_with("users.csv:3"),
+        "{d}"
+    );
+    // One person by hand: `admin user set`.
+    let (ok, out) = gw(&[
+        "--config",
+        c,
+        "admin",
+        "user",
+        "set",
+        "--id",
+        "u-1001",
+        "--dept",
+        "企画課",
+        "--reason",
+        "兼務解除",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let u = store.get_user("u-1001").await.unwrap().unwrap();
+    assert_eq!(
+        (u.name.as_str(), u.department.as_str()),
+        ("加藤 一郎", "企画課")
+    );
+    let (ok, out) = gw(&[
+        "--config", c, "admin", "user", "set", "--id", "u-nobody", "--dept", "x",
+    ])
+    .await;
+    assert!(!ok && out.contains("no user"), "{out}");
 }
