@@ -53,7 +53,9 @@ pub(crate) fn crl_freshness(s: &Shared, warned: &mut u8) {
     *warned = level;
 }
 
-/// Reload the CRL when its file changes, then end the sessions and drop the
+/// Reload the gateway's own certificate when its files change (renewal
+/// without a restart). Reload the CRL when its file changes, then end the
+/// sessions and drop the
 /// tunnels of agents whose certificates it now revokes; the same when the
 /// CRL goes stale (past `nextUpdate` and the grace: everyone). Laptops are
 /// re-checked on every session request.
@@ -69,6 +71,17 @@ pub(crate) async fn watch_crl(s: Arc<Shared>) {
         crl_freshness(&s, &mut warned);
         if warned == 2 && was < 2 {
             recheck_peers(&s);
+        }
+        match s.server_cert.reload_if_changed() {
+            Ok(false) => {}
+            Ok(true) => info!(
+                serial = %s.server_cert.serial(),
+                "Gateway certificate reloaded: new handshakes present it, connections up keep theirs"
+            ),
+            Err(e) => warn!(
+                error = %format!("{e:#}"),
+                "Gateway certificate reload failed; keeping the certificate in force"
+            ),
         }
         match s.verifier.reload_if_changed() {
             Ok(false) => {}

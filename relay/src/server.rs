@@ -13,6 +13,7 @@ use kakehashi_proto::{Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL};
 use kakehashi_transport::limit::SourceLimits;
 use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::serve::{serve, Caps, QuicListener, Refused, Service};
+use kakehashi_transport::server_cert::ReloadingCert;
 use kakehashi_transport::tls::{self, PeerCertFacts, ReloadingClientVerifier, TlsFiles};
 use kakehashi_transport::tls_stream;
 use kakehashi_transport::tunnel::Tunnel;
@@ -79,10 +80,21 @@ impl Relay {
         })?;
         let metrics = Metrics::new();
         let tickets = resumption_tickets(&cfg, &metrics)?;
-        let term_tls =
-            tls::server_config_with_tickets(&m, verifier.clone(), ALPN_TERMINAL, tickets.clone())?;
-        let mut agent_tls =
-            tls::server_config_with_tickets(&m, verifier.clone(), ALPN_AGENT, tickets)?;
+        // The gateway certificate follows its files (renewed without a
+        // restart: `crl::watch_crl` looks every second).
+        let server_cert = ReloadingCert::load(&cfg.cert, &cfg.key)?;
+        let term_tls = tls::server_config_with_resolver(
+            server_cert.clone(),
+            verifier.clone(),
+            ALPN_TERMINAL,
+            tickets.clone(),
+        )?;
+        let mut agent_tls = tls::server_config_with_resolver(
+            server_cert.clone(),
+            verifier.clone(),
+            ALPN_AGENT,
+            tickets,
+        )?;
         // An agent spends one ticket on every attempt, including those that
         // find no gateway (a QUIC ClientHello leaves at once), and keeps up to
         // 8; four per connection still leave it one after a restart of a few
@@ -175,6 +187,7 @@ impl Relay {
             member_generation,
             feed_seq: Default::default(),
             verifier: verifier.clone(),
+            server_cert,
             metrics,
             store,
             policy,

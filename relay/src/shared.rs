@@ -218,6 +218,8 @@ pub struct Shared {
     /// The last audit sequence the change feed has applied.
     pub(crate) feed_seq: std::sync::atomic::AtomicI64,
     pub(crate) verifier: Arc<ReloadingClientVerifier>,
+    /// The gateway's own certificate, reloaded when its files change.
+    pub(crate) server_cert: Arc<kakehashi_transport::server_cert::ReloadingCert>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// The database, when `[store]` is configured.

@@ -36,6 +36,7 @@ mod pool;
 pub mod quic;
 pub mod resumption;
 pub mod serve;
+pub mod server_cert;
 pub mod shutdown;
 pub mod splice;
 pub mod stream;

@@ -351,12 +351,32 @@ pub fn server_config_with_tickets(
     alpn: &[u8],
     tickets: Arc<dyn rustls::server::ProducesTickets>,
 ) -> anyhow::Result<rustls::ServerConfig> {
+    let key = provider()
+        .key_provider
+        .load_private_key(m.key.clone_key())
+        .context("unusable private key")?;
+    let certified = rustls::sign::CertifiedKey::new(m.chain.clone(), key);
+    certified
+        .keys_match()
+        .context("certificate and key do not match")?;
+    let fixed = Arc::new(rustls::sign::SingleCertAndKey::from(certified));
+    server_config_with_resolver(fixed, verifier, alpn, tickets)
+}
+
+/// [`server_config_with_tickets`] presenting whatever `cert` resolves to,
+/// e.g. a [`ReloadingCert`](crate::server_cert::ReloadingCert) that follows
+/// its files.
+pub fn server_config_with_resolver(
+    cert: Arc<dyn rustls::server::ResolvesServerCert>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    alpn: &[u8],
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
+) -> anyhow::Result<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 unavailable")?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(m.chain.clone(), m.key.clone_key())
-        .context("certificate and key do not match")?;
+        .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![alpn.to_vec()];
     // Our order ([`provider`]), not the client's: clients built before the
     // order changed still list AES-256 first.

@@ -430,3 +430,64 @@ async fn a_server_certificate_presented_by_a_laptop_is_rejected() {
     }
     still_serves(&w).await;
 }
+
+/// The gateway certificate renewed on disk (revoked as superseded, a new
+/// one issued for the same name into the same files) is presented to new
+/// handshakes within seconds, without a restart, while a session opened
+/// before goes on (issue 20: rotation without cutting sessions).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_gateway_certificate_is_presented_without_a_restart() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut w = world().await;
+    let mut live = tokio::net::TcpStream::connect(w.good.listen).await.unwrap();
+    live.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    live.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"before");
+
+    let peek = w.pki.device("LAPTOP-PEEK", TerminalClass::Home);
+    let old = w.pki.gateway_cert();
+    let addr = w.gw.addrs.terminal_tcp;
+    assert_eq!(presented_serial(&w.pki, &peek, addr).await, old.serial);
+
+    w.pki
+        .ca
+        .revoke(&old.serial, kakehashi_pki::RevokeReason::Superseded)
+        .unwrap();
+    let new = w
+        .pki
+        .ca
+        .issue(&IssueRequest::new(Subject::Gateway {
+            name: "localhost".into(),
+            ips: vec![],
+        }))
+        .unwrap();
+    assert_eq!(
+        new.cert_path, old.cert,
+        "renewed into the files the gateway reads"
+    );
+    w.gw.proc
+        .wait_log("Gateway certificate reloaded", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        presented_serial(&w.pki, &peek, addr).await,
+        new.serial,
+        "new handshakes get the new certificate"
+    );
+    // The session opened before the renewal goes on.
+    live.write_all(b"after!").await.unwrap();
+    live.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"after!");
+    still_serves(&w).await;
+}
+
+/// The serial of the certificate the gateway at `addr` presents.
+async fn presented_serial(pki: &Pki, dev: &CertFiles, addr: std::net::SocketAddr) -> String {
+    let s = raw_tls(pki, dev, addr, kakehashi_proto::ALPN_TERMINAL)
+        .await
+        .unwrap();
+    let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let facts = kakehashi_transport::tls::PeerCertFacts::from_der(&der).unwrap();
+    kakehashi_pki::hex_serial_bytes(&facts.serial)
+}
