@@ -18,6 +18,8 @@
 //!   while a connection is idle.
 //! - [`backoff`]: the one capped, jittered reconnect backoff (backon).
 //! - [`explain`]: turns handshake failures into reason codes a person can act on.
+//! - [`proxy`]: the PROXY protocol v2 header a load balancer puts before TLS,
+//!   trusted from configured balancer addresses only.
 //! - [`limit`]: connection caps per source address and in total, taken after accept.
 //! - [`serve`]: the one accept loop of every listener, with its caps and handshake time-out.
 //! - [`shutdown`]: the one shutdown: drain, then force after the grace period.
@@ -33,6 +35,7 @@ pub mod explain;
 pub mod keyfile;
 pub mod limit;
 mod pool;
+pub mod proxy;
 pub mod quic;
 pub mod resumption;
 pub mod serve;

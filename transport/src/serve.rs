@@ -146,6 +146,15 @@ pub trait Service: Send + Sync + 'static {
     /// The tracing span of one connection.
     fn span(&self, peer: SocketAddr) -> tracing::Span;
 
+    /// Whether `peer` forwards other clients' connections and names each
+    /// client before the handshake (a load balancer sending the PROXY
+    /// protocol, [`crate::proxy`]). Its connections take no per-source
+    /// handshake place at accept — every client behind it would share one
+    /// — and the service takes one for the client it names instead.
+    fn forwarder(&self, _peer: SocketAddr) -> bool {
+        false
+    }
+
     /// The handshake (TLS, QUIC): `None` when it failed (logged and
     /// counted by the service). Runs under [`serve`]'s handshake time-out.
     fn handshake(
@@ -195,7 +204,8 @@ pub async fn serve<L, S>(
                 continue;
             }
         };
-        let handshake_place = match caps.handshakes.as_ref().map(|h| h.try_acquire(ip)) {
+        let handshakes = caps.handshakes.as_ref().filter(|_| !service.forwarder(peer));
+        let handshake_place = match handshakes.map(|h| h.try_acquire(ip)) {
             None => None,
             Some(Ok(p)) => Some(p),
             Some(Err(over)) => {
@@ -250,6 +260,8 @@ mod tests {
         refused: Mutex<Vec<Refused>>,
         timed_out: AtomicUsize,
         served: AtomicUsize,
+        /// Every peer is a forwarder (a balancer).
+        forwarding: bool,
     }
 
     impl Service for Echo {
@@ -257,6 +269,9 @@ mod tests {
         type Ready = TcpStream;
         fn span(&self, _: SocketAddr) -> tracing::Span {
             tracing::Span::none()
+        }
+        fn forwarder(&self, _: SocketAddr) -> bool {
+            self.forwarding
         }
         async fn handshake(&self, mut c: TcpStream, _: SocketAddr) -> Option<TcpStream> {
             let mut b = [0u8; 1];
@@ -340,5 +355,53 @@ mod tests {
         loop_task.await.unwrap();
         assert!(TcpStream::connect(addr).await.is_err());
         assert!(closed(&mut a).await && closed(&mut b).await);
+    }
+
+    #[tokio::test]
+    async fn a_forwarder_takes_no_per_source_handshake_place() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let svc = Arc::new(Echo {
+            forwarding: true,
+            ..Echo::default()
+        });
+        let shutdown = Shutdown::new();
+        let handshakes = SourceLimits::new(usize::MAX, 1);
+        let caps = Caps {
+            connections: SourceLimits::new(3, 3),
+            handshakes: Some(handshakes.clone()),
+        };
+        tokio::spawn(serve(
+            l,
+            caps,
+            Duration::from_secs(5),
+            svc.clone(),
+            shutdown.clone(),
+        ));
+        // Two silent connections from one balancer: both wait in their
+        // handshakes, neither is refused nor holds a per-source place.
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        assert!(!closed_soon(&mut b).await);
+        assert!(svc.refused.lock().unwrap().is_empty());
+        assert_eq!(handshakes.open(), 0);
+        // The connection cap still holds.
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let mut d = TcpStream::connect(addr).await.unwrap();
+        assert!(closed(&mut d).await);
+        assert_eq!(
+            *svc.refused.lock().unwrap(),
+            vec![Refused::Connections(Over::Total)]
+        );
+        shutdown.stop(Duration::from_millis(100)).await;
+    }
+
+    /// Whether the peer closes `c` within a short while.
+    async fn closed_soon(c: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 }
