@@ -35,6 +35,10 @@ pub struct Config {
     pub terminal_handshakes_per_source: usize,
     /// Terminal QUIC handshakes in progress above which unvalidated peers get a Retry.
     pub terminal_quic_retry_above: usize,
+    /// Load balancers whose TLS/TCP connections start with a PROXY protocol
+    /// v2 header naming the client (`[relay] proxy_protocol_from`); empty:
+    /// none, and a PROXY header from anyone is refused.
+    pub proxy_protocol_from: kakehashi_transport::proxy::Balancers,
     /// Agent QUIC address.
     pub agent_quic: Option<SocketAddr>,
     /// Agent TCP address.

@@ -50,6 +50,9 @@ pub struct Metrics {
     /// limit, or sent a QUIC Retry first, by listener role and kind
     /// (`per_source`, `quic_retry`).
     pub handshakes_limited: IntCounterVec,
+    /// TLS/TCP connections by what their PROXY protocol header said, by
+    /// listener role and result (`accepted`, `local`, or the refusal code).
+    pub proxy_headers: IntCounterVec,
     /// 1 while this gateway can write its heartbeat to the store, else 0.
     pub store_up: IntGauge,
     /// Every cluster member this gateway knows of: 1 alive, 0 lapsed or left.
@@ -137,6 +140,10 @@ impl Metrics {
                 Opts::new("kakehashi_handshakes_limited_total", "Connections closed before their handshake because their source address already had handshakes_per_source in progress (per_source), or asked to prove their address with a QUIC Retry while many handshakes were in progress (quic_retry)"),
                 &["role", "kind"]
             )),
+            proxy_headers: reg!(IntCounterVec::new(
+                Opts::new("kakehashi_proxy_headers_total", "TLS/TCP connections by their PROXY protocol header: accepted (a client named by a balancer of [relay] proxy_protocol_from), local (a balancer's own connection, e.g. a health check), or closed with a refusal code (proxy_untrusted, proxy_header_missing, proxy_header_invalid, proxy_header_too_large, proxy_address_unsupported)"),
+                &["role", "result"]
+            )),
             store_up: reg!(IntGauge::new("kakehashi_store_up", "1 while this gateway can write to its store (its cluster heartbeat succeeds), 0 while it cannot: new sessions are refused (store_unavailable), live ones go on")),
             member_up: reg!(IntGaugeVec::new(
                 Opts::new("kakehashi_cluster_member_up", "Gateways sharing this store: 1 alive (heartbeat within 10 s), 0 lapsed or left"),
@@ -199,6 +206,12 @@ impl Metrics {
             for k in ["per_source", "quic_retry"] {
                 self.handshakes_limited.with_label_values(&[role, k]);
             }
+            let refusals = kakehashi_transport::proxy::ProxyRefusal::ALL
+                .iter()
+                .map(|r| r.code());
+            for r in ["accepted", "local"].into_iter().chain(refusals) {
+                self.proxy_headers.with_label_values(&[role, r]);
+            }
         }
     }
 
@@ -257,6 +270,8 @@ mod tests {
             "kakehashi_sessions_started_total{class=\"home\",transport=\"quic\"} 0",
             "kakehashi_bytes_total{direction=\"up\"} 0",
             "kakehashi_agents_online{transport=\"tcp\"} 0",
+            "kakehashi_proxy_headers_total{result=\"proxy_untrusted\",role=\"terminal\"} 0",
+            "kakehashi_proxy_headers_total{result=\"local\",role=\"agent\"} 0",
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }

@@ -240,15 +240,16 @@ impl Relay {
         let (term, term_handshakes) = caps(Role::Terminal, s.cfg.terminal_max_connections);
         let (agent, agent_handshakes) = caps(Role::Agent, s.cfg.agent_max_connections);
         let hto = s.cfg.handshake_timeout;
-        for (listener, role, caps) in [
-            (self.terminal_tcp, Role::Terminal, &term),
-            (self.agent_tcp, Role::Agent, &agent),
+        for (listener, role, caps, handshakes) in [
+            (self.terminal_tcp, Role::Terminal, &term, &term_handshakes),
+            (self.agent_tcp, Role::Agent, &agent, &agent_handshakes),
         ] {
             if let Some((l, tls)) = listener {
                 let svc = Arc::new(TcpService {
                     s: s.clone(),
                     role,
                     tls,
+                    handshakes: handshakes.clone(),
                 });
                 sd.spawn(serve(l, caps.clone(), hto, svc, sd.clone()));
             }
@@ -301,23 +302,110 @@ struct TcpService {
     s: Arc<Shared>,
     role: Role,
     tls: Arc<rustls::ServerConfig>,
+    /// The listener's per-source handshake places, taken here for a client
+    /// a balancer names ([`Service::forwarder`]).
+    handshakes: SourceLimits,
+}
+
+impl TcpService {
+    /// Before TLS: the client a listed balancer names in its PROXY header,
+    /// or the TCP peer itself when it is not a balancer and sends no PROXY
+    /// header. `None`: closed (counted and logged here). A client named by
+    /// a balancer takes its per-source handshake place here, held in `place`.
+    async fn client(
+        &self,
+        tcp: &mut tokio::net::TcpStream,
+        peer: SocketAddr,
+        place: &mut Option<kakehashi_transport::limit::Slot>,
+    ) -> Option<SocketAddr> {
+        use kakehashi_transport::proxy::{self, Forwarded, ProxyRefusal, ReadError};
+        if !self.s.cfg.proxy_protocol_from.contains(peer.ip()) {
+            // Seen, not taken: a TLS connection goes on untouched. Closed
+            // before a byte: TLS fails on it as it always did.
+            let mut first = [0u8; 1];
+            return match tcp.peek(&mut first).await {
+                Ok(1) if proxy::looks_like_proxy(first[0]) => {
+                    self.proxy_refused(ProxyRefusal::Untrusted);
+                    None
+                }
+                _ => Some(peer),
+            };
+        }
+        match proxy::read_header(tcp).await {
+            Ok(Forwarded::Client(client)) => {
+                tracing::Span::current().record("client", tracing::field::display(client));
+                match self.handshakes.try_acquire(client.ip()) {
+                    Ok(p) => *place = Some(p),
+                    Err(_) => {
+                        self.s.handshake_limited(self.role, "per_source", client);
+                        return None;
+                    }
+                }
+                self.proxy_result("accepted");
+                Some(client)
+            }
+            Ok(Forwarded::Local) => {
+                // The balancer's health check: counted, not logged.
+                debug!("Balancer's own connection (PROXY LOCAL); closing");
+                self.proxy_result("local");
+                None
+            }
+            Err(ReadError::Closed) => {
+                debug!("Balancer closed before its PROXY header");
+                None
+            }
+            Err(ReadError::Refused(r)) => {
+                self.proxy_refused(r);
+                None
+            }
+            Err(ReadError::Io(e)) => {
+                debug!(error = %e, "Reading the PROXY header failed");
+                self.s.auth_failure("io_error");
+                None
+            }
+        }
+    }
+
+    fn proxy_refused(&self, r: kakehashi_transport::proxy::ProxyRefusal) {
+        warn!(reason = r.code(), "PROXY header refused; closing");
+        self.proxy_result(r.code());
+    }
+
+    fn proxy_result(&self, result: &str) {
+        self.s
+            .metrics
+            .proxy_headers
+            .with_label_values(&[self.role.as_str(), result])
+            .inc();
+    }
 }
 
 impl Service for TcpService {
     type Conn = tokio::net::TcpStream;
-    type Ready = (BoxIo, Result<(Identity, PeerCert), Reason>);
+    /// The stream, who the certificate says the peer is, and the client's
+    /// address (the balancer's PROXY header, else the TCP peer's).
+    type Ready = (BoxIo, Result<(Identity, PeerCert), Reason>, SocketAddr);
 
     fn span(&self, peer: SocketAddr) -> tracing::Span {
-        info_span!("conn", role = self.role.as_str(), transport = "tcp", %peer)
+        // `client`: the address a balancer's PROXY header names.
+        info_span!("conn", role = self.role.as_str(), transport = "tcp", %peer, client = tracing::field::Empty)
     }
 
-    async fn handshake(&self, tcp: Self::Conn, _: SocketAddr) -> Option<Self::Ready> {
+    fn forwarder(&self, peer: SocketAddr) -> bool {
+        self.s.cfg.proxy_protocol_from.contains(peer.ip())
+    }
+
+    async fn handshake(&self, mut tcp: Self::Conn, peer: SocketAddr) -> Option<Self::Ready> {
         tune_tcp(&tcp, self.s.cfg.keepalive);
+        // A client named by a balancer: its per-source handshake place,
+        // held until the end of the handshake.
+        let mut place = None;
+        let client = self.client(&mut tcp, peer, &mut place).await?;
         // Holds no buffer while the connection is idle (tls_stream).
         match tls_stream::accept(self.tls.clone(), tcp).await {
             Ok(tls) => {
                 let ident = peer_identity(&self.s, tls.peer_cert().map(|c| c.as_ref()));
-                Some((Box::new(tls), ident))
+                Some((Box::new(tls), ident, client))
             }
             Err(e) => {
                 warn!(error = %e, "TLS handshake refused");
@@ -336,7 +424,7 @@ impl Service for TcpService {
         self.s.connection_refused(self.role, peer, why);
     }
 
-    async fn serve(&self, (mut io, ident): Self::Ready, _: SocketAddr) {
+    async fn serve(&self, (mut io, ident, client): Self::Ready, _: SocketAddr) {
         let s = self.s.clone();
         match (self.role, ident) {
             (_, Err(reason)) => {
@@ -348,7 +436,15 @@ impl Service for TcpService {
                 refuse(&mut io, Refusal::new(reason)).await;
             }
             (Role::Terminal, Ok((id @ Identity::Device { .. }, cert))) => {
-                Box::pin(handle_terminal_stream(s, io, id, cert, Transport::Tcp)).await;
+                Box::pin(handle_terminal_stream(
+                    s,
+                    io,
+                    id,
+                    cert,
+                    Transport::Tcp,
+                    client,
+                ))
+                .await;
             }
             (Role::Agent, Ok((Identity::Agent { desk }, cert))) => {
                 Box::pin(handle_agent(s, Tunnel::from_tcp(io), desk, cert)).await

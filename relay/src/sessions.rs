@@ -32,6 +32,9 @@ pub(crate) async fn serve_terminal_quic(
     cert: PeerCert,
 ) {
     debug!(device = id.id(), "Terminal connected");
+    // Where the connection came from (a QUIC peer may move later; the
+    // audit log keeps where it started).
+    let source = conn.remote_address();
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -40,7 +43,7 @@ pub(crate) async fn serve_terminal_quic(
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             st = conn.accept_bi() => match st {
                 Ok(bi) => {
-                    streams.spawn(handle_terminal_stream(s.clone(), Box::new(QuicStream::new(bi)), id.clone(), cert.clone(), Transport::Quic).in_current_span());
+                    streams.spawn(handle_terminal_stream(s.clone(), Box::new(QuicStream::new(bi)), id.clone(), cert.clone(), Transport::Quic, source).in_current_span());
                 }
                 Err(e) => {
                     debug!(reason = %e, "Terminal connection closed");
@@ -58,13 +61,16 @@ pub(crate) async fn serve_terminal_quic(
 }
 
 /// One terminal stream: ping probes, a login frame or an end query
-/// (answered here), or a session request and then the session.
+/// (answered here), or a session request and then the session. `source`:
+/// the laptop's address, as the audit log records it (a load balancer's
+/// PROXY header's, on TCP behind one).
 pub(crate) async fn handle_terminal_stream(
     s: Arc<Shared>,
     mut io: BoxIo,
     id: Identity,
     cert: PeerCert,
     transport: Transport,
+    source: std::net::SocketAddr,
 ) {
     let Identity::Device {
         id: device,
@@ -77,7 +83,7 @@ pub(crate) async fn handle_terminal_stream(
     let req = match Box::pin(request(&s, &mut io, &device, &cert)).await {
         Next::Session(req) => req,
         Next::Login(f) => {
-            let laptop = laptop(&device, class, user.as_deref(), &cert);
+            let laptop = laptop(&device, class, user.as_deref(), &cert, source);
             return Box::pin(login_frame(&s, io, &f, &laptop)).await;
         }
         Next::EndQuery(f) => return Box::pin(answer_end_query(&s, io, &f, &device)).await,
@@ -89,9 +95,10 @@ pub(crate) async fn handle_terminal_stream(
         user,
         cert,
         transport,
+        source,
     };
     let session_id = format!("s-{}", random_hex(12));
-    let span = info_span!("session", session = %session_id, desk = %req.desk, device = %who.device, class = %class, %transport, user = ?who.user);
+    let span = info_span!("session", session = %session_id, desk = %req.desk, device = %who.device, class = %class, %transport, user = ?who.user, %source);
     Box::pin(session(&s, io, &who, req, session_id))
         .instrument(span)
         .await
@@ -105,6 +112,8 @@ pub(crate) struct Who {
     pub(crate) user: Option<String>,
     pub(crate) cert: PeerCert,
     pub(crate) transport: Transport,
+    /// The laptop's address (see [`handle_terminal_stream`]).
+    pub(crate) source: std::net::SocketAddr,
 }
 
 impl Who {
@@ -308,7 +317,13 @@ async fn login(
     }
     match (&s.store, s.cfg.identity.require_login) {
         (Some(store), true) => {
-            let laptop = laptop(&who.device, who.class, who.user.as_deref(), &who.cert);
+            let laptop = laptop(
+                &who.device,
+                who.class,
+                who.user.as_deref(),
+                &who.cert,
+                who.source,
+            );
             match Box::pin(crate::login::check(store, &laptop, req.token.as_ref())).await {
                 Ok(who) => Ok(Some(who)),
                 Err(reason) => {
@@ -318,7 +333,7 @@ async fn login(
                         "session.denied",
                         &req.desk,
                         reason.code(),
-                        serde_json::json!({ "device": who.device }),
+                        serde_json::json!({ "device": who.device, "source": who.source.to_string() }),
                     ))
                     .await;
                     Err(Refusal::new(reason))
@@ -357,7 +372,7 @@ async fn admission(
                 "session.denied",
                 &req.desk,
                 &refusal.code,
-                serde_json::json!({ "device": who.device, "class": who.class.to_string(), "rule": rule, "policy_version": s.policy_version() }),
+                serde_json::json!({ "device": who.device, "class": who.class.to_string(), "rule": rule, "policy_version": s.policy_version(), "source": who.source.to_string() }),
             ))
             .await;
             Err(refusal)
@@ -405,6 +420,7 @@ async fn open_desk(
                         "device": who.device, "class": who.class.to_string(), "rule": admitted.rule,
                         "policy_version": s.policy_version(), "controls": admitted.controls,
                         "desk_service": "rdp", "agent_enforces": false,
+                        "source": who.source.to_string(),
                     }),
                 ))
                 .await;
@@ -462,6 +478,7 @@ async fn record_start(
         "controls": admitted.controls, "end_at": admitted.limits.end_at,
         "step_up": asker.step_up,
         "enforced": enforced, "enforcement": enforcement,
+        "source": who.source.to_string(),
     }));
     match Box::pin(store.start_session(&rec, a)).await {
         Ok(_) => Ok(()),
@@ -728,12 +745,13 @@ pub(crate) fn laptop(
     class: kakehashi_pki::TerminalClass,
     cert_user: Option<&str>,
     cert: &PeerCert,
+    source: std::net::SocketAddr,
 ) -> crate::login::Laptop {
     crate::login::Laptop {
         device: device.to_string(),
         class,
         serial: kakehashi_pki::hex_serial_bytes(&cert.serial),
-        peer: String::new(),
+        peer: source.to_string(),
         cert_user: cert_user.map(str::to_owned),
     }
 }

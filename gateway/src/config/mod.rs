@@ -363,6 +363,37 @@ mod tests {
         }
     }
 
+    /// `[relay] proxy_protocol_from`: addresses and small networks, off by default.
+    #[test]
+    fn proxy_protocol_from_lists_balancers_and_refuses_wide_networks() {
+        let off = validate(EXAMPLE).unwrap();
+        assert!(off.relay.proxy_protocol_from.is_empty());
+        let on = validate(&example_with(
+            "proxy_protocol_from = []",
+            "proxy_protocol_from = [\"10.0.0.5\", \"10.0.1.0/29\"]",
+        ))
+        .unwrap();
+        let b = &on.relay.proxy_protocol_from;
+        assert!(b.contains("10.0.0.5".parse().unwrap()) && b.contains("10.0.1.6".parse().unwrap()));
+        assert!(!b.contains("10.0.0.6".parse().unwrap()));
+        for (bad, want) in [
+            (
+                "\"0.0.0.0/0\"",
+                "[relay] proxy_protocol_from: \"0.0.0.0/0\" is too wide (at most /16)",
+            ),
+            (
+                "\"lb1\"",
+                "[relay] proxy_protocol_from: \"lb1\" is not an IP address or a network",
+            ),
+        ] {
+            let e = error(&example_with(
+                "proxy_protocol_from = []",
+                &format!("proxy_protocol_from = [{bad}]"),
+            ));
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
     /// The portal serves the gateway's certificate unless `[portal] cert`
     /// and `key` name one staff browsers trust; one without the other is refused.
     #[test]

@@ -53,6 +53,11 @@ pub struct RelaySection {
     /// `[relay.limits]`: limits and timeouts.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Load balancers (addresses, or networks up to /16 and /64) whose
+    /// TLS/TCP connections start with a PROXY protocol v2 header naming
+    /// the laptop; empty (the default): none.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// `[relay.terminals]` and `[relay.agents]`: a listener pair.
@@ -296,6 +301,7 @@ pub fn relay(
                 terminals,
                 agents,
                 limits: l,
+                proxy_protocol_from,
             },
         identity,
         policy,
@@ -320,6 +326,8 @@ pub fn relay(
             }
         }
     }
+    let proxy_protocol_from = kakehashi_transport::proxy::Balancers::parse(&proxy_protocol_from)
+        .map_err(|e| anyhow::anyhow!("[relay] proxy_protocol_from: {e}"))?;
     if terminals.quic.is_none() && terminals.tcp.is_none() {
         bail!("[relay.terminals] needs at least one of quic or tcp (for example tcp = \"0.0.0.0:443\")");
     }
@@ -395,6 +403,7 @@ pub fn relay(
             ),
         },
         ticket_key: rel(tls.ticket_key),
+        proxy_protocol_from,
         terminal_quic: terminals.quic,
         terminal_tcp: terminals.tcp,
         terminal_max_connections: terminals.max_connections,
