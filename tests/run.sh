@@ -40,6 +40,9 @@ command -v sqlite3 >/dev/null 2>&1 || pkgs+=(sqlite3)
 # PostgreSQL's server programs: the cluster tests' fixture (store/tests/support/pg.rs)
 # and `kakehashi-demo --gateways 3` (tests/tests/e2e/demo.rs) start their own servers.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
+# The load balancer in front of the gateway (tests/tests/e2e/proxy.rs runs
+# deploy/haproxy.example.cfg); Debian installs it in /usr/sbin.
+[ -x /usr/sbin/haproxy ] || pkgs+=(haproxy)
 # A Japanese font, so the officer-page screenshot is readable.
 fc-list :lang=ja 2>/dev/null | grep -q . || pkgs+=(fonts-ipafont-gothic)
 if [ ${#pkgs[@]} -gt 0 ]; then

@@ -387,6 +387,8 @@ pub struct GatewayOpts {
     pub controls: Option<String>,
     /// The gateway's `name` (its cluster member id); default `test-gateway`.
     pub name: Option<String>,
+    /// Lines of `[relay]` itself (e.g. `proxy_protocol_from = ["127.0.0.1"]`).
+    pub relay: String,
 }
 
 /// A running `kakehashi-gateway run`.
@@ -412,6 +414,8 @@ cert = "{cert}"
 key = "{key}"
 crl = "{crl}"
 ticket_key = "{ticket}"
+[relay]
+{relay}
 [relay.terminals]
 quic = "{tq}"
 tcp = "{tt}"
@@ -445,6 +449,7 @@ listen = "{admin}"
         max = opts.max_sessions.unwrap_or(10_000),
         tmax = opts.terminal_max_connections.unwrap_or(10_000),
         terminals_extra = opts.terminals_extra,
+        relay = opts.relay,
         extra = opts.limits,
         admin = a.map_or(any, |a| a.admin),
         identity = opts

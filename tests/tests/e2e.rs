@@ -19,6 +19,7 @@ mod e2e {
     pub mod policy;
     pub mod portal_config;
     pub mod portal_flood;
+    pub mod proxy;
     pub mod rdp;
     pub mod rdp_filter;
     pub mod rdp_hostile;
