@@ -333,10 +333,7 @@ mod tests {
     fn decodes_what_a_balancer_writes() {
         let v4 = encode(Some((sa("203.0.113.7:50123"), sa("10.0.1.11:443"))));
         assert_eq!(v4.len(), FIXED_LEN + 12);
-        assert_eq!(
-            decode(&v4),
-            Ok(Forwarded::Client(sa("203.0.113.7:50123")))
-        );
+        assert_eq!(decode(&v4), Ok(Forwarded::Client(sa("203.0.113.7:50123"))));
         let v6 = encode(Some((sa("[2001:db8::7]:40000"), sa("[2001:db8::1]:443"))));
         assert_eq!(v6.len(), FIXED_LEN + 36);
         assert_eq!(
@@ -476,7 +473,13 @@ mod tests {
         }
         assert!(Balancers::default().is_empty());
         assert!(!Balancers::default().contains("127.0.0.1".parse().unwrap()));
-        for bad in ["0.0.0.0/0", "10.0.0.0/8", "::/0", "gw1.example", "10.0.0.5:443"] {
+        for bad in [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "::/0",
+            "gw1.example",
+            "10.0.0.5:443",
+        ] {
             assert!(Balancers::parse(&[bad]).is_err(), "{bad}");
         }
         let many: Vec<String> = (0..65).map(|i| format!("10.0.0.{i}")).collect();

@@ -204,7 +204,10 @@ pub async fn serve<L, S>(
                 continue;
             }
         };
-        let handshakes = caps.handshakes.as_ref().filter(|_| !service.forwarder(peer));
+        let handshakes = caps
+            .handshakes
+            .as_ref()
+            .filter(|_| !service.forwarder(peer));
         let handshake_place = match handshakes.map(|h| h.try_acquire(ip)) {
             None => None,
             Some(Ok(p)) => Some(p),
