@@ -157,6 +157,8 @@ mod tests {
                 class: kakehashi_pki::TerminalClass::Home,
                 serial: kakehashi_pki::serial_hex(&pki.device(i).unwrap().chain[0]).unwrap(),
                 peer: String::new(),
+                // As the certificate says (benches/src/pki.rs).
+                cert_user: Some(user_of(i)),
             })
             .collect();
         let laptop = |i: usize| &laptops[i];
