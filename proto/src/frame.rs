@@ -54,6 +54,10 @@ pub enum FrameKind {
     OpenDataChannel = 0x32,
     /// Agent → gateway, first frame of a TCP data connection ([`crate::message::DataChannelHello`]).
     DataChannelHello = 0x33,
+    /// Gateway → agent on the tunnel's control stream: the cluster's signed
+    /// member list ([`crate::members`]). Sent only to an agent whose hello
+    /// said it takes them ([`crate::message::AgentHello::members`]).
+    MemberList = 0x34,
 }
 
 impl FrameKind {
@@ -78,6 +82,7 @@ impl FrameKind {
             0x31 => Self::AgentWelcome,
             0x32 => Self::OpenDataChannel,
             0x33 => Self::DataChannelHello,
+            0x34 => Self::MemberList,
             _ => return None,
         })
     }
@@ -242,7 +247,7 @@ mod tests {
         }
 
         #[test]
-        fn encode_decode_round_trips(kind in prop::sample::select(vec![0x01u8,0x02,0x10,0x11,0x12,0x13,0x14,0x15,0x16,0x17,0x18,0x20,0x21,0x22,0x30,0x31,0x32,0x33]),
+        fn encode_decode_round_trips(kind in prop::sample::select(vec![0x01u8,0x02,0x10,0x11,0x12,0x13,0x14,0x15,0x16,0x17,0x18,0x20,0x21,0x22,0x30,0x31,0x32,0x33,0x34]),
                                      payload in proptest::collection::vec(any::<u8>(), 0..512)) {
             let kind = FrameKind::from_u8(kind).unwrap();
             let bytes = encode(kind, &payload).unwrap();

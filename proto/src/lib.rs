@@ -6,6 +6,8 @@
 //! bytes of the remote-desktop session. Session [tickets](ticket) are signed
 //! by the gateway with Ed25519 and checked by the agent. Every denial carries
 //! a stable [reason code](reason) with a Japanese and an English sentence.
+//! Gateways tell their agents the cluster's [member list](members), signed
+//! with the same key as tickets.
 //!
 //! The format is described in `docs/protocol.md`. Everything here is pure:
 //! decoders take bytes and return values or errors, clocks are passed in.
@@ -16,6 +18,7 @@
 
 pub mod frame;
 pub mod io;
+pub mod members;
 pub mod message;
 pub mod reason;
 pub mod ticket;

@@ -239,6 +239,12 @@ pub struct AgentHello {
     /// enforce, unless the desk is registered as a non-RDP service.
     #[serde(default)]
     pub enforces: bool,
+    /// The agent takes the cluster's member list ([`FrameKind::MemberList`])
+    /// and a `restarting` [`Refusal`] on the control stream. An older agent
+    /// that does not say is sent neither (it would drop the tunnel on a frame
+    /// it does not know).
+    #[serde(default)]
+    pub members: bool,
 }
 
 impl Message for AgentHello {
@@ -543,6 +549,7 @@ mod tests {
             let h = AgentHello {
                 software: "kakehashi-agent/1.0".into(),
                 enforces,
+                members: enforces,
             };
             let (f, _) = frame::decode(&h.to_frame().unwrap()).unwrap().unwrap();
             assert_eq!(f.kind, FrameKind::AgentHello);
@@ -554,6 +561,8 @@ mod tests {
             payload: br#"{"software":"kakehashi-agent/0.9"}"#.to_vec(),
         };
         assert!(!AgentHello::from_frame(&f).unwrap().enforces);
+        // …and as taking no member lists.
+        assert!(!AgentHello::from_frame(&f).unwrap().members);
         // Only a JSON boolean counts as an answer.
         for bad in [
             r#"{"software":"a","enforces":"true"}"#,
@@ -570,6 +579,7 @@ mod tests {
         let long = AgentHello {
             software: "x".repeat(129),
             enforces: true,
+            members: true,
         };
         let f = Frame {
             kind: FrameKind::AgentHello,

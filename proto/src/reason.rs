@@ -93,6 +93,10 @@ pub enum Reason {
     /// The laptop's certificate lends it to one person (a personal laptop,
     /// `kakehashi-pki issue device --user`) and someone else logged in on it.
     DeviceOtherUser,
+    /// The gateway is stopping on purpose (a restart, an update): it takes no
+    /// new sessions while its live ones end. Laptops and agents move to
+    /// another gateway of the cluster; it is not a refusal by policy.
+    Restarting,
 }
 
 impl Reason {
@@ -135,6 +139,7 @@ impl Reason {
         Reason::CrlStale,
         Reason::StoreUnavailable,
         Reason::DeviceOtherUser,
+        Reason::Restarting,
     ];
 
     /// The stable code.
@@ -177,6 +182,7 @@ impl Reason {
             Reason::CrlStale => "crl_stale",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::DeviceOtherUser => "device_other_user",
+            Reason::Restarting => "restarting",
         }
     }
 
@@ -218,6 +224,7 @@ impl Reason {
             Reason::SessionIdle => "一定時間操作がなかったため、セッションを終了しました。",
             Reason::DeskNotEnforcing => "デスクPCのエージェントが利用制限（クリップボード・ドライブ・プリンター等）を強制していないため、接続を拒否しました。情報システム担当に連絡してください。",
             Reason::CrlStale => "証明書失効リスト(CRL)の有効期限が切れているため、接続を拒否しました。情報システム担当に連絡してください。",
+            Reason::Restarting => "このゲートウェイは再起動中のため、新しい接続を受け付けていません。別のゲートウェイから接続してください(クライアントが自動で切り替えます)。",
             Reason::StoreUnavailable => "ゲートウェイがデータベースに接続できないため、新しい接続を受け付けられません。接続中のセッションは続きます。しばらくしてから再接続してください。",
             Reason::DeviceOtherUser => "この端末は別の職員に貸与された個人用端末です。自分に貸与された端末でログインしてください。",
         }
@@ -261,6 +268,7 @@ impl Reason {
             Reason::SessionIdle => "The session was ended after a period without input.",
             Reason::DeskNotEnforcing => "The connection was refused because the desk PC's agent does not enforce the session's restrictions (clipboard, drives, printers and so on). Please contact IT.",
             Reason::CrlStale => "The connection was refused because the certificate revocation list (CRL) has expired. Please contact IT.",
+            Reason::Restarting => "This gateway is restarting and takes no new sessions. Connect through another gateway (the client does so by itself).",
             Reason::StoreUnavailable => "The gateway cannot reach its database, so it cannot accept new sessions; sessions in progress continue. Please reconnect in a few minutes.",
             Reason::DeviceOtherUser => "This laptop is lent personally to another member of staff. Log in on the laptop lent to you.",
         }

@@ -133,6 +133,16 @@ impl TicketSigner {
         )
     }
 
+    /// Sign the concatenation of `parts` (a context prefix and a body) with
+    /// the gateway key: for the other signed messages of the protocol
+    /// ([`crate::members`]), each with its own context.
+    pub(crate) fn sign_raw(&self, parts: &[&[u8]]) -> [u8; SIG_LEN] {
+        let msg = parts.concat();
+        let mut out = [0u8; SIG_LEN];
+        out.copy_from_slice(self.key.sign(&msg).as_ref());
+        out
+    }
+
     /// Encode and sign. Fails if the encoded ticket would exceed
     /// [`MAX_TICKET_LEN`] (which no verifier would accept).
     pub fn sign(&self, claims: &TicketClaims) -> Result<Vec<u8>, TicketError> {
@@ -182,6 +192,16 @@ impl TicketVerifier {
     /// A verifier trusting these keys.
     pub fn new(keys: Vec<[u8; 32]>) -> Self {
         Self { keys }
+    }
+
+    /// Whether one of the trusted keys signed the concatenation of `parts`.
+    pub(crate) fn verifies(&self, parts: &[&[u8]], sig: &[u8]) -> bool {
+        let msg = parts.concat();
+        self.keys.iter().any(|k| {
+            signature::UnparsedPublicKey::new(&signature::ED25519, k)
+                .verify(&msg, sig)
+                .is_ok()
+        })
     }
 
     /// Check signature, version, validity window and desk. Single use is
