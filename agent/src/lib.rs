@@ -15,12 +15,20 @@
 //! tells the gateway it does not enforce, so the gateway refuses sessions whose
 //! controls restrict anything unless the desk is registered as non-RDP.
 //!
+//! The configured gateways are the bootstrap: each gateway sends the
+//! cluster's signed member list over the tunnel, and the agent dials every
+//! live member it does not reach yet and drops the members that left
+//! ([`members`]). A gateway stopping on purpose says `restarting`: the
+//! agent closes that tunnel once its sessions are over and waits before
+//! dialling it again.
+//!
 //! On Windows the agent also sets the RDP host's own redirection policy for
 //! each session and restores it afterwards ([`windows_policy`]).
 
 #![warn(unreachable_pub, missing_docs, clippy::cast_possible_truncation)]
 
 pub mod config;
+pub mod members;
 pub mod rdp;
 pub mod windows_policy;
 
@@ -31,13 +39,15 @@ use anyhow::{anyhow, bail, Context as _};
 use kakehashi_pki::Identity;
 use kakehashi_proto::io::{read_frame, write_message, write_raw};
 use kakehashi_proto::message::{AgentHello, AgentWelcome, FilterReport, Message};
-use kakehashi_proto::{frame, FrameKind, Reason, Refusal, ReplayGuard, TicketVerifier, ALPN_AGENT};
+use kakehashi_proto::{
+    frame, Frame, FrameKind, Reason, Refusal, ReplayGuard, TicketVerifier, ALPN_AGENT,
+};
 use kakehashi_transport::backoff::Reconnect;
 use kakehashi_transport::dial::{quic_connect, resolve, tls_connect};
 use kakehashi_transport::quic::QuicLimits;
 use kakehashi_transport::splice::splice;
 use kakehashi_transport::tls::{self, TlsFiles};
-use kakehashi_transport::tunnel::{DataDialer, Tunnel};
+use kakehashi_transport::tunnel::{AgentEvent, DataDialer, Tunnel};
 use kakehashi_transport::{explain, unix_now, BoxIo, TransportChoice};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -49,6 +59,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 pub use config::Config;
 
 use config::GatewayTarget;
+use members::{Event, Fleet, Origin};
 
 /// A tunnel that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
@@ -64,6 +75,23 @@ const REPORT_QUEUE: usize = 256;
 const RDP_FIRST_BYTES: Duration = Duration::from_secs(60);
 /// TCP keepalive of the tunnel's connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long the agent leaves a gateway that said `restarting` alone before
+/// dialling it again (plus the usual jittered backoff).
+const RESTART_PAUSE: Duration = Duration::from_secs(5);
+/// Tunnel events queued for the run loop (member lists, welcomes).
+const EVENT_QUEUE: usize = 64;
+
+/// Where tunnels send what the run loop must know.
+type Events = mpsc::Sender<Event>;
+
+/// How a tunnel ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The agent is stopping, or this gateway left the member list.
+    Stopped,
+    /// The gateway said `restarting`, and no session was left on it.
+    Restarting,
+}
 
 /// Where a session's filter reports go: the tunnel's control stream, when the
 /// gateway accepts them.
@@ -77,6 +105,8 @@ pub struct Agent {
     tls: tls::ClientTls,
     verifier: TicketVerifier,
     replay: Mutex<ReplayGuard>,
+    /// Version of the last member list accepted: an older one is a replay.
+    list_version: Mutex<Option<u64>>,
     rdp: Option<rdp::RdpTls>,
     /// The RDP host's redirection policy (Windows only; a no-op elsewhere).
     desk_policy: windows_policy::DeskPolicy,
@@ -115,6 +145,7 @@ impl Agent {
             desk,
             verifier: TicketVerifier::new(cfg.ticket_keys.clone()),
             replay: Mutex::new(ReplayGuard::new(REPLAY_CAPACITY)),
+            list_version: Mutex::new(None),
             rdp,
             tls,
             cfg: Arc::new(cfg),
@@ -133,32 +164,85 @@ impl Agent {
         AgentHello {
             software: software(),
             enforces: self.rdp.is_some(),
+            members: true,
         }
     }
 
-    /// Keep a tunnel to every gateway until `stop` is cancelled.
+    /// Keep a tunnel to every configured gateway, and to every member of
+    /// the cluster's member list, until `stop` is cancelled.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let (events, mut rx) = mpsc::channel(EVENT_QUEUE);
         let mut tasks = JoinSet::new();
-        for gw in self.cfg.gateways.clone() {
+        for (i, gw) in self.cfg.gateways.clone().into_iter().enumerate() {
             let span = info_span!("gateway", desk = %self.desk, gateway = %gw.tcp);
-            tasks.spawn(self.clone().gateway_loop(gw, stop.clone()).instrument(span));
+            let lp = self.clone().gateway_loop(
+                gw,
+                Origin::Configured(i),
+                Duration::ZERO,
+                stop.clone(),
+                events.clone(),
+            );
+            tasks.spawn(lp.instrument(span));
+        }
+        let mut fleet = Fleet::new(&self.cfg.gateways);
+        // Spreads the first dial of each new member (0.5-1 s), on top of the
+        // spacing between new dials (members::DIAL_SPACING).
+        let mut jitter = Reconnect::new(Duration::from_secs(1), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(ev) = rx.recv() => {
+                    for st in fleet.apply(ev, Instant::now(), jitter.next_delay(), &stop) {
+                        let span = info_span!("gateway", desk = %self.desk, gateway = %st.target.tcp, member = %st.id);
+                        let lp = self.clone().gateway_loop(
+                            st.target,
+                            Origin::Learned(st.id),
+                            st.delay,
+                            st.stop,
+                            events.clone(),
+                        );
+                        tasks.spawn(lp.instrument(span));
+                    }
+                }
+            }
         }
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn gateway_loop(self: Arc<Self>, gw: GatewayTarget, stop: CancellationToken) {
+    /// One gateway's tunnel, dialled again after each loss with jittered
+    /// backoff, until `stop` (the agent stops, or a learned member left).
+    async fn gateway_loop(
+        self: Arc<Self>,
+        gw: GatewayTarget,
+        origin: Origin,
+        first_delay: Duration,
+        stop: CancellationToken,
+        events: Events,
+    ) {
+        if !first_delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(first_delay) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
         let mut backoff = Reconnect::new(self.cfg.backoff_initial, self.cfg.backoff_max);
         loop {
             let started = Instant::now();
             let result = tokio::select! {
-                r = self.clone().connect_and_serve(&gw, &stop) => r,
+                r = self.clone().connect_and_serve(&gw, &origin, &events, &stop) => r,
                 _ = stop.cancelled() => return,
             };
             if stop.is_cancelled() {
                 return;
             }
+            let mut pause = Duration::ZERO;
             match result {
-                Ok(()) => info!("Tunnel closed"),
+                Ok(Ended::Stopped) => info!("Tunnel closed"),
+                Ok(Ended::Restarting) => {
+                    pause = RESTART_PAUSE;
+                    info!(pause_s = RESTART_PAUSE.as_secs(), "Tunnel closed: the gateway is restarting; the other gateways carry the sessions");
+                }
                 Err(e) => {
                     let why = explain::chain_reason(&e)
                         .map(|r| r.code())
@@ -170,7 +254,7 @@ impl Agent {
                 backoff.reset();
             }
             // Jittered (transport::backoff), so a reconnect storm spreads out.
-            let delay = backoff.next_delay();
+            let delay = pause + backoff.next_delay();
             let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             debug!(delay_ms, "Reconnecting after backoff");
             tokio::select! {
@@ -183,8 +267,10 @@ impl Agent {
     async fn connect_and_serve(
         self: Arc<Self>,
         gw: &GatewayTarget,
+        origin: &Origin,
+        events: &Events,
         stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Ended> {
         let tunnel = match gw.transport {
             TransportChoice::Quic => self.dial_quic(gw, self.cfg.handshake_timeout).await?,
             TransportChoice::Tcp => Tunnel::from_tcp(self.dial_tcp(gw).await?),
@@ -197,7 +283,7 @@ impl Agent {
                 Err(e) => return Err(e),
             },
         };
-        self.serve_tunnel(tunnel, gw, stop).await
+        self.serve_tunnel(tunnel, gw, origin, events, stop).await
     }
 
     /// Dial the gateway on QUIC, within `timeout`, as a tunnel.
@@ -233,8 +319,10 @@ impl Agent {
         self: Arc<Self>,
         mut tunnel: Tunnel,
         gw: &GatewayTarget,
+        origin: &Origin,
+        events: &Events,
         stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Ended> {
         let transport = tunnel.transport();
         let hello = async {
             write_message(tunnel.control(), &self.hello()).await?;
@@ -250,6 +338,10 @@ impl Agent {
             .map_err(|_| anyhow!("gateway did not welcome the tunnel in time"))?
             .context("tunnel hello failed")?;
         info!(%transport, gateway_name = %welcome.gateway, "Tunnel up");
+        let _ = events.try_send(Event::Welcomed {
+            origin: origin.clone(),
+            id: welcome.gateway.clone(),
+        });
         let (reports, mut report_rx) = report_queue(&welcome);
         // The gateway pings a TCP tunnel every `ping_interval_secs`; three
         // missed pings mean the tunnel is dead.
@@ -263,16 +355,32 @@ impl Agent {
         };
         let mut control = tunnel.into_agent(silence, dial);
         let mut sessions = JoinSet::new();
+        // The gateway said `restarting`: it opens no new sessions; the tunnel
+        // closes once the ones it carries are over.
+        let mut leaving = false;
         let result = loop {
             tokio::select! {
-                _ = stop.cancelled() => break Ok(()),
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                _ = stop.cancelled() => break Ok(Ended::Stopped),
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {
+                    if leaving && sessions.is_empty() {
+                        break Ok(Ended::Restarting);
+                    }
+                }
                 Some(r) = report_rx.recv() => match control.send(&r) {
                     Ok(()) => debug!(kind = %r.kind, what = %r.what, "Filter report sent"),
                     Err(_) => warn!("Filter report not sent: the gateway is not reading"),
                 },
-                s = control.next_session() => match s {
-                    Ok(io) => { sessions.spawn(self.clone().handle_session(io, reports.clone()).in_current_span()); }
+                ev = control.next() => match ev {
+                    Ok(AgentEvent::Session(io)) => { sessions.spawn(self.clone().handle_session(io, reports.clone()).in_current_span()); }
+                    Ok(AgentEvent::Control(f)) => {
+                        if self.on_control_frame(f, events) && !leaving {
+                            leaving = true;
+                            if sessions.is_empty() {
+                                break Ok(Ended::Restarting);
+                            }
+                            info!(sessions = sessions.len(), "The gateway is restarting: closing the tunnel once its sessions end");
+                        }
+                    }
                     Err(e) => break Err(anyhow::Error::new(e).context(format!("{transport} tunnel lost"))),
                 },
             }
@@ -280,6 +388,58 @@ impl Agent {
         control.close(b"agent stopping");
         sessions.detach_all();
         result
+    }
+
+    /// A frame the gateway sent on the control stream: a member list
+    /// (verified, then handed to the run loop) or a notice. Returns whether
+    /// the gateway said it is restarting.
+    fn on_control_frame(&self, f: Frame, events: &Events) -> bool {
+        match f.kind {
+            FrameKind::MemberList => {
+                let checked = {
+                    let mut last = self.list_version.lock().expect("list version lock");
+                    let r = kakehashi_proto::members::verify(
+                        &self.verifier,
+                        &f.payload,
+                        unix_now(),
+                        *last,
+                    );
+                    if let Ok(l) = &r {
+                        *last = Some(l.version);
+                    }
+                    r
+                };
+                match checked {
+                    Ok(list) => {
+                        debug!(version = list.version, members = list.members.len(), signer = %list.gateway, "Member list accepted");
+                        if events.try_send(Event::List(list)).is_err() {
+                            warn!("Member list dropped: the agent is busy");
+                        }
+                    }
+                    // Lists from several gateways cross: an older one is ignored.
+                    Err(e @ kakehashi_proto::members::MemberListError::Stale { .. }) => {
+                        debug!(error = %e, "Older member list ignored")
+                    }
+                    Err(e) => warn!(reason = e.code(), error = %e, "Member list refused"),
+                }
+                false
+            }
+            FrameKind::Refused => match Refusal::from_frame(&f) {
+                Ok(r) if r.is(Reason::Restarting) || r.is(Reason::ShuttingDown) => true,
+                Ok(r) => {
+                    warn!(reason = %r.code, "Notice from the gateway ignored");
+                    false
+                }
+                Err(e) => {
+                    warn!(error = %e, "Bad notice from the gateway ignored");
+                    false
+                }
+            },
+            other => {
+                warn!(kind = ?other, "Unexpected control frame ignored");
+                false
+            }
+        }
     }
 
     /// One session stream from the gateway: ticket first, then the desk.

@@ -302,6 +302,8 @@ impl Agent {
                             software: "kakehashi-loadgen".into(),
                             // A simulated desk echoes; it filters nothing.
                             enforces: false,
+                            // A simulated desk dials one gateway only.
+                            members: false,
                         },
                     )
                     .await?;
@@ -341,6 +343,8 @@ impl Agent {
                             software: "kakehashi-loadgen".into(),
                             // A simulated desk echoes; it filters nothing.
                             enforces: false,
+                            // A simulated desk dials one gateway only.
+                            members: false,
                         },
                     )
                     .await?;

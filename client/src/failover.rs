@@ -28,13 +28,17 @@ pub struct Gateways {
 }
 
 /// Whether `e` says the gateway is gone (not that it refused): then the
-/// next gateway is tried. A refusal by policy or of the certificate would
+/// next gateway is tried. A gateway stopping on purpose (`restarting`, or
+/// `shutting_down` from an older gateway) counts as gone. A refusal by policy or of the certificate would
 /// be the same on every gateway of the cluster and is not retried.
 fn gateway_gone(e: &SessionError) -> bool {
     match e {
         SessionError::Other(_) => true,
         SessionError::Refused(r) => {
-            r.is(Reason::GatewayUnreachable) || r.is(Reason::Timeout) || r.is(Reason::ShuttingDown)
+            r.is(Reason::GatewayUnreachable)
+                || r.is(Reason::Timeout)
+                || r.is(Reason::Restarting)
+                || r.is(Reason::ShuttingDown)
         }
     }
 }
@@ -128,5 +132,34 @@ impl Gateways {
         let d = Arc::new(d);
         *cur = (i, d.clone());
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kakehashi_proto::Refusal;
+
+    fn refused(r: Reason) -> SessionError {
+        SessionError::Refused(Refusal::new(r))
+    }
+
+    #[test]
+    fn a_restarting_gateway_is_left_like_a_dead_one_and_a_policy_refusal_is_not() {
+        for gone in [
+            Reason::Restarting,
+            Reason::ShuttingDown,
+            Reason::GatewayUnreachable,
+            Reason::Timeout,
+        ] {
+            assert!(gateway_gone(&refused(gone)), "{gone}");
+        }
+        for stays in [
+            Reason::DeviceBlocked,
+            Reason::LoginRequired,
+            Reason::DeskOffline,
+        ] {
+            assert!(!gateway_gone(&refused(stays)), "{stays}");
+        }
     }
 }

@@ -23,7 +23,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Every frame kind, in wire order.
-pub const KINDS: [FrameKind; 18] = [
+pub const KINDS: [FrameKind; 19] = [
     FrameKind::Ping,
     FrameKind::Pong,
     FrameKind::SessionRequest,
@@ -42,6 +42,7 @@ pub const KINDS: [FrameKind; 18] = [
     FrameKind::AgentWelcome,
     FrameKind::OpenDataChannel,
     FrameKind::DataChannelHello,
+    FrameKind::MemberList,
 ];
 
 /// A frame kind for any byte: the kind itself when the byte is a known kind,
@@ -227,6 +228,7 @@ pub fn sample_frames() -> Vec<(&'static str, Vec<u8>)> {
             msg(&AgentHello {
                 software: "kakehashi-agent/0.1.0".into(),
                 enforces: true,
+                members: true,
             }),
         ),
         (
@@ -342,6 +344,41 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "ticket_verify",
         "structured.bin".into(),
         [&[1u8][..], &[0x5a; 96][..]].concat(),
+    ));
+
+    // member_list: mode byte 0 = raw bytes verified at NOW, byte 1 = the
+    // last accepted version / 1000 (0: none); odd = structured.
+    let list = |version: u64, issued_at: u64| kakehashi_proto::members::MemberList {
+        v: kakehashi_proto::members::MEMBER_LIST_FORMAT,
+        version,
+        gateway: "gw1".into(),
+        issued_at,
+        expires_at: issued_at + kakehashi_proto::members::MEMBER_LIST_LIFETIME_SECS,
+        members: (1..=3)
+            .map(|i| kakehashi_proto::members::ListedMember {
+                id: format!("gw{i}"),
+                tcp: format!("gw{i}.kakehashi.example.lg.jp:8443"),
+                quic: format!("gw{i}.kakehashi.example.lg.jp:8443"),
+                server_name: format!("gw{i}.kakehashi.example.lg.jp"),
+            })
+            .collect(),
+    };
+    let signed = |l| kakehashi_proto::members::sign(&s, &l).expect("sample list fits");
+    for (name, accepted, l) in [
+        ("valid.bin", 0u8, list(NOW, NOW)),
+        ("expired.bin", 0, list(NOW - 600, NOW - 600)),
+        ("stale.bin", 2, list(1000, NOW)),
+    ] {
+        out.push((
+            "member_list",
+            name.into(),
+            [&[0u8, accepted][..], &signed(l)].concat(),
+        ));
+    }
+    out.push((
+        "member_list",
+        "structured.bin".into(),
+        [&[1u8][..], &[0x5a; 128][..]].concat(),
     ));
 
     // resumption: even byte 0 = a key file (header, entries of created u64

@@ -9,6 +9,7 @@ use kakehashi_proto::message::{AgentHello, AgentWelcome, FilterReport, Message};
 use kakehashi_proto::{Frame, FrameKind, Reason, Refusal};
 use kakehashi_transport::tunnel::{SessionOpener, Tunnel, TunnelError};
 use kakehashi_transport::Transport;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -21,6 +22,7 @@ pub(crate) fn register(
     opener: SessionOpener,
     transport: Transport,
     enforces: bool,
+    control: Option<mpsc::Sender<Vec<u8>>>,
 ) -> (u64, CancellationToken) {
     let generation = s.generation.fetch_add(1, Ordering::Relaxed);
     let replaced = CancellationToken::new();
@@ -33,6 +35,7 @@ pub(crate) fn register(
             transport,
             enforces,
             replaced: replaced.clone(),
+            control,
         },
     );
     if let Some(old) = old {
@@ -117,7 +120,7 @@ pub(crate) async fn handle_agent(s: Arc<Shared>, mut tunnel: Tunnel, desk: Strin
     let Ok(hello) = AgentHello::from_frame(&first) else {
         return refuse_tunnel(tunnel, Reason::ProtocolError).await;
     };
-    debug!(desk, software = %hello.software, enforces = hello.enforces, "Agent hello");
+    debug!(desk, software = %hello.software, enforces = hello.enforces, members = hello.members, "Agent hello");
     let welcome = AgentWelcome {
         gateway: s.cfg.name.clone(),
         ping_interval_secs: u32::try_from(s.cfg.keepalive.as_secs()).unwrap_or(u32::MAX),
@@ -127,7 +130,17 @@ pub(crate) async fn handle_agent(s: Arc<Shared>, mut tunnel: Tunnel, desk: Strin
         return;
     }
     let (opener, control) = tunnel.into_gateway(s.channels.clone(), &desk);
-    let (generation, replaced) = register(&s, &desk, cert, opener, transport, hello.enforces);
+    // An agent that takes member lists gets the current one at once (it is
+    // written after the welcome, by the control loop).
+    let to_agent = hello.members.then(|| control.sender());
+    if let Some(tx) = &to_agent {
+        let current = s.member_list.lock().expect("member list lock").clone();
+        if let Some(list) = current {
+            let _ = tx.try_send(list.to_vec());
+        }
+    }
+    let (generation, replaced) =
+        register(&s, &desk, cert, opener, transport, hello.enforces, to_agent);
     // The control stream carries the agent's filter reports.
     let on_frame = {
         let (s, desk) = (s.clone(), desk.clone());
@@ -154,6 +167,29 @@ pub(crate) async fn handle_agent(s: Arc<Shared>, mut tunnel: Tunnel, desk: Strin
         Err(e) => debug!(desk, reason = %e, "Agent tunnel closed"),
     }
     unregister(&s, &desk, generation);
+}
+
+/// Queue `frame` on the control stream of every agent that takes member
+/// lists and notices. A full queue (an agent that does not read) costs the
+/// frame, not the tunnel. Returns how many agents it was queued for.
+pub(crate) fn tell_agents(s: &Shared, frame: &[u8]) -> usize {
+    let agents = s.agents.lock().expect("agents lock");
+    agents
+        .values()
+        .filter_map(|a| a.control.as_ref())
+        .filter(|tx| tx.try_send(frame.to_vec()).is_ok())
+        .count()
+}
+
+/// The gateway is stopping on purpose: tell every agent (`restarting`), so
+/// it stops counting on this gateway before it drains.
+pub(crate) fn announce_restarting(s: &Shared) {
+    let frame = match Refusal::new(Reason::Restarting).to_frame() {
+        Ok(f) => f,
+        Err(e) => return warn!(error = %e, "Cannot encode the restarting notice"),
+    };
+    let told = tell_agents(s, &frame);
+    info!(agents = told, "Told the agents this gateway is restarting");
 }
 
 /// Refuse a tunnel before it is registered: the reason on the control

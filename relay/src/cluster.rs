@@ -13,7 +13,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kakehashi_store::{Audit, Beat, MemberSpec, SessionEnd, SessionRecord, Store};
+use kakehashi_proto::members::{
+    self, ListedMember, MemberList, MAX_MEMBERS, MEMBER_LIST_FORMAT, MEMBER_LIST_LIFETIME_SECS,
+    MEMBER_LIST_RESEND_SECS,
+};
+use kakehashi_proto::{frame, FrameKind};
+use kakehashi_store::{Audit, Beat, Member, MemberSpec, SessionEnd, SessionRecord, Store};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -173,6 +178,7 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
     let mut replaced = false;
     let mut failing_since: Option<Instant> = None;
     let mut next_prune = Instant::now() + FIRST_PRUNE;
+    let mut published = Published::default();
     loop {
         tokio::select! {
             _ = s.shutdown.forced() => return,
@@ -224,7 +230,7 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
             }
         }
         save_progress(&s, &store, &mut saved).await;
-        reap_lapsed(&s, &store, &id).await;
+        reap_lapsed(&s, &store, &id, &mut published).await;
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_EVERY;
             prune(&store).await;
@@ -256,14 +262,16 @@ async fn save_progress(s: &Shared, store: &Store, saved: &mut HashMap<String, (u
     }
 }
 
-/// Show every member in the metrics, and close the open rows of members
-/// whose membership lapsed.
-async fn reap_lapsed(s: &Shared, store: &Store, me: &str) {
+/// Show every member in the metrics, tell the agents the live members
+/// when they changed (or the last list nears its expiry), and close the
+/// open rows of members whose membership lapsed.
+async fn reap_lapsed(s: &Shared, store: &Store, me: &str, published: &mut Published) {
     let (counts, (members, now)) = match (store.open_session_counts().await, store.members().await)
     {
         (Ok(c), Ok(m)) => (c, m),
         (Err(e), _) | (_, Err(e)) => return warn!(error = %e, "Cannot read the cluster members"),
     };
+    publish_members(s, &members, now, published);
     for m in &members {
         if m.left_at.is_some() && !m.alive(now) {
             // Left on purpose: not missing, so no series (and no alert).
@@ -302,5 +310,141 @@ async fn reap_lapsed(s: &Shared, store: &Store, me: &str) {
         if closed > 0 {
             warn!(member = %gateway, open = n, closed, "A gateway's membership lapsed: closed the sessions it carried");
         }
+    }
+}
+
+/// The member list last sent to the agents: resent when the live members
+/// change, and re-signed every [`MEMBER_LIST_RESEND_SECS`] so it never
+/// expires while the gateway runs.
+#[derive(Debug, Default)]
+struct Published {
+    members: Vec<ListedMember>,
+    at: Option<Instant>,
+}
+
+/// The host part of `host:port` (brackets removed for IPv6).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// How agents dial `m`: its first agent address on TCP, its second (else
+/// the first) on QUIC, the certificate name being the host part. `None`
+/// when it advertises no address or a wildcard one (an agent cannot dial
+/// `0.0.0.0`: set `[relay.agents] advertise`).
+fn listed(m: &Member) -> Option<ListedMember> {
+    let tcp = m.agent_addrs.first()?.clone();
+    let quic = m.agent_addrs.get(1).cloned().unwrap_or_else(|| tcp.clone());
+    let host = host_of(&tcp);
+    if host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return None;
+    }
+    Some(ListedMember {
+        id: m.id.clone(),
+        server_name: host.to_string(),
+        tcp,
+        quic,
+    })
+}
+
+/// Sign the live members (version: the database's clock `db_now` at which
+/// they were read), keep the list for tunnels that open later, and queue it
+/// for every agent that takes it when it changed or is due for a resend.
+fn publish_members(s: &Shared, all: &[Member], db_now: i64, published: &mut Published) {
+    let mut live: Vec<ListedMember> = all
+        .iter()
+        .filter(|m| m.alive(db_now))
+        .filter_map(listed)
+        .collect();
+    if live.len() > MAX_MEMBERS {
+        warn!(
+            members = live.len(),
+            listed = MAX_MEMBERS,
+            "More live members than a member list holds; agents are told the first by name"
+        );
+        live.truncate(MAX_MEMBERS);
+    }
+    let changed = live != published.members;
+    let due = published
+        .at
+        .is_none_or(|t| t.elapsed() >= Duration::from_secs(MEMBER_LIST_RESEND_SECS));
+    // Signed at every heartbeat (a tunnel that opens gets a fresh list: its
+    // version no older than what other gateways sent), sent to the agents
+    // on a change or when due.
+    let now = u64::try_from(kakehashi_store::unix_now()).unwrap_or(0);
+    let list = MemberList {
+        v: MEMBER_LIST_FORMAT,
+        version: u64::try_from(db_now).unwrap_or(0),
+        gateway: s.cfg.name.clone(),
+        issued_at: now,
+        expires_at: now + MEMBER_LIST_LIFETIME_SECS,
+        members: live,
+    };
+    let encoded = members::sign(&s.signer, &list)
+        .map_err(|e| e.to_string())
+        .and_then(|b| frame::encode(FrameKind::MemberList, &b).map_err(|e| e.to_string()));
+    let f = match encoded {
+        Ok(f) => f,
+        Err(e) => return warn!(error = %e, "Cannot sign the member list"),
+    };
+    *s.member_list.lock().expect("member list lock") = Some(Arc::new(f.clone()));
+    if !changed && !due {
+        return;
+    }
+    let told = crate::agents::tell_agents(s, &f);
+    let ids: Vec<&str> = list.members.iter().map(|m| m.id.as_str()).collect();
+    if changed {
+        info!(members = ?ids, version = list.version, agents = told, "Member list changed; sent to the agents");
+    } else {
+        debug!(
+            version = list.version,
+            agents = told,
+            "Member list re-signed"
+        );
+    }
+    published.members = list.members;
+    published.at = Some(Instant::now());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, addrs: &[&str]) -> Member {
+        Member {
+            id: id.into(),
+            generation: 1,
+            laptop_addrs: vec![],
+            agent_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            started_at: 0,
+            heartbeat_at: 0,
+            db_at: 0,
+            expires_at: 10,
+            sessions: 0,
+            agents: 0,
+            feed_seq: 0,
+            left_at: None,
+        }
+    }
+
+    #[test]
+    fn agents_dial_the_first_address_on_tcp_and_the_second_on_quic() {
+        let m = listed(&member("gw1", &["127.0.0.1:9001", "127.0.0.1:9002"])).unwrap();
+        assert_eq!(
+            (m.tcp.as_str(), m.quic.as_str(), m.server_name.as_str()),
+            ("127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1")
+        );
+        let m = listed(&member("gw2", &["gw2.example.lg.jp:8443"])).unwrap();
+        assert_eq!(m.quic, "gw2.example.lg.jp:8443");
+        assert_eq!(m.server_name, "gw2.example.lg.jp");
+        let m = listed(&member("gw3", &["[2001:db8::1]:8443"])).unwrap();
+        assert_eq!(m.server_name, "2001:db8::1");
+        // Nothing to dial: no address, or a wildcard one.
+        assert!(listed(&member("gw4", &[])).is_none());
+        assert!(listed(&member("gw5", &["0.0.0.0:8443"])).is_none());
+        assert!(listed(&member("gw6", &["[::]:8443"])).is_none());
     }
 }

@@ -186,6 +186,7 @@ impl Relay {
             generation: AtomicU64::new(1),
             member_generation,
             feed_seq: Default::default(),
+            member_list: Mutex::new(None),
             verifier: verifier.clone(),
             server_cert,
             metrics,
@@ -284,6 +285,10 @@ impl Relay {
 
         stop.cancelled().await;
         info!(sessions = s.active_sessions(), "Gateway stopping");
+        // Stopping on purpose: agents hear it first, so they stop counting
+        // on this gateway before it drains (laptops asking for a session
+        // while it drains are refused with the same reason).
+        crate::agents::announce_restarting(&s);
         sd.stop(s.cfg.shutdown_grace).await;
         for ep in [&self.terminal_quic, &self.agent_quic]
             .into_iter()

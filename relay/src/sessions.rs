@@ -306,7 +306,8 @@ async fn login(
     req: &SessionRequest,
 ) -> Result<Option<crate::login::LoggedIn>, Refusal> {
     if s.shutdown.is_draining() {
-        return Err(Refusal::new(Reason::ShuttingDown));
+        // Stopping on purpose: the laptop moves to another gateway.
+        return Err(Refusal::new(Reason::Restarting));
     }
     if let Err(reason) = check_cert(s, &who.cert) {
         warn!(

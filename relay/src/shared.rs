@@ -53,6 +53,9 @@ pub(crate) struct AgentEntry {
     pub(crate) enforces: bool,
     /// Cancelled when a newer tunnel for the same desk replaces this one.
     pub(crate) replaced: CancellationToken,
+    /// Frames for the agent's control stream (the member list, the
+    /// `restarting` notice); `None` for an agent that does not take them.
+    pub(crate) control: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// What is kept of a peer's end-entity certificate to re-check it later.
@@ -217,6 +220,9 @@ pub struct Shared {
     pub(crate) member_generation: i64,
     /// The last audit sequence the change feed has applied.
     pub(crate) feed_seq: std::sync::atomic::AtomicI64,
+    /// The cluster's member list as last signed (a whole `MemberList`
+    /// frame), sent to each agent that takes it when its tunnel opens.
+    pub(crate) member_list: Mutex<Option<Arc<Vec<u8>>>>,
     pub(crate) verifier: Arc<ReloadingClientVerifier>,
     /// The gateway's own certificate, reloaded when its files change.
     pub(crate) server_cert: Arc<kakehashi_transport::server_cert::ReloadingCert>,

@@ -35,6 +35,9 @@ use crate::{random_hex, BoxIo, Transport};
 
 /// Control frames queued for writing before the tunnel counts as stuck.
 const CONTROL_QUEUE: usize = 64;
+/// How long a stopping gateway waits for the agent to close a QUIC tunnel
+/// after the last control frames, before closing it itself.
+const QUIC_CLOSE_LINGER: Duration = Duration::from_millis(300);
 
 /// One end of a tunnel before its control loop runs.
 pub struct Tunnel {
@@ -133,6 +136,7 @@ impl Tunnel {
         desk: &str,
     ) -> (SessionOpener, GatewayControl) {
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let tx_keep = tx.clone();
         let opener = match &self.quic {
             Some(c) => SessionOpener::Quic(c.clone()),
             None => SessionOpener::Tcp {
@@ -144,6 +148,7 @@ impl Tunnel {
         let control = GatewayControl {
             tunnel: self,
             outgoing: rx,
+            sender: tx_keep,
         };
         (opener, control)
     }
@@ -157,7 +162,7 @@ impl Tunnel {
         let transport = self.transport();
         let (rd, mut wr) = tokio::io::split(self.control);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(CONTROL_QUEUE);
-        let (ev_tx, ev_rx) = mpsc::channel::<Result<BoxIo, TunnelError>>(CONTROL_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel::<Result<AgentEvent, TunnelError>>(CONTROL_QUEUE);
         // The writer: pongs and reports, one frame at a time.
         let writer = tokio::spawn(async move {
             while let Some(f) = out_rx.recv().await {
@@ -186,14 +191,34 @@ impl Tunnel {
     }
 }
 
+/// What the agent's end of a tunnel yields.
+pub enum AgentEvent {
+    /// A session stream the gateway opened.
+    Session(BoxIo),
+    /// A frame for the agent itself on the control stream: the cluster's
+    /// member list ([`FrameKind::MemberList`]) or a notice
+    /// ([`FrameKind::Refused`], e.g. `restarting`).
+    Control(Frame),
+}
+
+impl std::fmt::Debug for AgentEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentEvent::Session(_) => f.write_str("Session"),
+            AgentEvent::Control(fr) => f.debug_tuple("Control").field(&fr.kind).finish(),
+        }
+    }
+}
+
 /// Reads the agent's control stream: answers pings, turns `OpenDataChannel`
-/// into a dialled data connection, ends on silence (TCP) or a bad frame.
+/// into a dialled data connection, hands member lists and notices up, ends
+/// on silence (TCP) or a bad frame.
 async fn agent_reader(
     mut rd: tokio::io::ReadHalf<BoxIo>,
     transport: Transport,
     silence: Duration,
     out: mpsc::Sender<Vec<u8>>,
-    events: mpsc::Sender<Result<BoxIo, TunnelError>>,
+    events: mpsc::Sender<Result<AgentEvent, TunnelError>>,
     dial: DataDialer,
 ) {
     let pong = frame::encode(FrameKind::Pong, &[]).expect("empty frame");
@@ -214,6 +239,12 @@ async fn agent_reader(
                 let _ = out.try_send(pong.clone());
             }
             FrameKind::Pong => {}
+            FrameKind::MemberList | FrameKind::Refused => {
+                // Bounded: a gateway flooding notices waits for the agent.
+                if events.send(Ok(AgentEvent::Control(f))).await.is_err() {
+                    return;
+                }
+            }
             FrameKind::OpenDataChannel if transport == Transport::Tcp => {
                 let open = match OpenDataChannel::from_frame(&f) {
                     Ok(o) => o,
@@ -229,7 +260,7 @@ async fn agent_reader(
                                 channel: open.channel,
                             };
                             if write_message(&mut data, &hello).await.is_ok() {
-                                let _ = events.send(Ok(data)).await;
+                                let _ = events.send(Ok(AgentEvent::Session(data))).await;
                             }
                         }
                         Err(e) => {
@@ -252,7 +283,7 @@ pub type DataDialer =
 pub struct AgentControl {
     quic: Option<quinn::Connection>,
     outgoing: mpsc::Sender<Vec<u8>>,
-    events: mpsc::Receiver<Result<BoxIo, TunnelError>>,
+    events: mpsc::Receiver<Result<AgentEvent, TunnelError>>,
     _tasks: [AbortOnDrop<()>; 2],
 }
 
@@ -263,21 +294,31 @@ impl std::fmt::Debug for AgentControl {
 }
 
 impl AgentControl {
-    /// The next session stream the gateway opens; an error when the tunnel
-    /// is lost. Cancel-safe.
-    pub async fn next_session(&mut self) -> Result<BoxIo, TunnelError> {
+    /// The next session stream the gateway opens or control frame it
+    /// sends; an error when the tunnel is lost. Cancel-safe.
+    pub async fn next(&mut self) -> Result<AgentEvent, TunnelError> {
         let quic_stream = async {
             match &self.quic {
                 Some(c) => c
                     .accept_bi()
                     .await
-                    .map(|bi| Box::new(QuicStream::new(bi)) as BoxIo),
+                    .map(|bi| AgentEvent::Session(Box::new(QuicStream::new(bi)))),
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             s = quic_stream => Ok(s?),
             e = self.events.recv() => e.unwrap_or(Err(TunnelError::Closed)),
+        }
+    }
+
+    /// The next session stream the gateway opens, skipping control frames;
+    /// an error when the tunnel is lost. Cancel-safe.
+    pub async fn next_session(&mut self) -> Result<BoxIo, TunnelError> {
+        loop {
+            if let AgentEvent::Session(io) = self.next().await? {
+                return Ok(io);
+            }
         }
     }
 
@@ -420,6 +461,7 @@ impl DataChannels {
 pub struct GatewayControl {
     tunnel: Tunnel,
     outgoing: mpsc::Receiver<Vec<u8>>,
+    sender: mpsc::Sender<Vec<u8>>,
 }
 
 impl std::fmt::Debug for GatewayControl {
@@ -431,6 +473,12 @@ impl std::fmt::Debug for GatewayControl {
 }
 
 impl GatewayControl {
+    /// Where to queue encoded frames for the agent's control stream (the
+    /// member list, a `restarting` notice), written in order by [`Self::run`].
+    pub fn sender(&self) -> mpsc::Sender<Vec<u8>> {
+        self.sender.clone()
+    }
+
     /// Run the control stream until the tunnel is lost or `stop` resolves:
     /// every frame but pings and pongs goes to `on_frame` (in order, on a
     /// task of its own, so a slow handler never delays a ping); on TCP,
@@ -451,7 +499,10 @@ impl GatewayControl {
         let GatewayControl {
             tunnel,
             mut outgoing,
+            sender,
         } = self;
+        // Queued frames come from clones; this one must not keep the queue open.
+        drop(sender);
         let quic = tunnel.quic.clone();
         let tcp = quic.is_none();
         let (mut rd, mut wr) = tokio::io::split(tunnel.control);
@@ -484,7 +535,20 @@ impl GatewayControl {
         let result = loop {
             tokio::select! {
                 why = &mut stop => {
+                    // What was queued before the stop (a `restarting`
+                    // notice) goes out first.
+                    let flush = async {
+                        while let Ok(f) = outgoing.try_recv() {
+                            if write_raw(&mut wr, &f).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
                     if let Some(c) = &quic {
+                        // A QUIC close may overtake stream data: give the
+                        // agent a moment to read and close first.
+                        let _ = tokio::time::timeout(QUIC_CLOSE_LINGER, c.closed()).await;
                         c.close(quinn::VarInt::from_u32(0), why);
                     }
                     break Ok(());
@@ -665,6 +729,7 @@ mod tests {
             assert_eq!(p.gateway.transport(), transport);
             assert_eq!(p.agent.transport(), transport);
             let (opener, control) = p.gateway.into_gateway(p.channels.clone(), DESK);
+            let to_agent = control.sender();
             let (frames_tx, mut frames) = mpsc::channel(8);
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let gw = tokio::spawn(control.run(
@@ -721,8 +786,37 @@ mod tests {
             g.flush().await.unwrap();
             assert!(agent.next_session().await.is_ok(), "{transport}");
 
-            // The gateway ends the tunnel; the agent learns it.
+            // A frame for the agent itself (a member list) reaches it as
+            // such, between sessions.
+            let list = frame::encode(FrameKind::MemberList, b"signed list").unwrap();
+            to_agent.send(list).await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(5), agent.next())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                AgentEvent::Control(f) => {
+                    assert_eq!(
+                        (f.kind, f.payload.as_slice()),
+                        (FrameKind::MemberList, &b"signed list"[..]),
+                        "{transport}"
+                    )
+                }
+                AgentEvent::Session(_) => panic!("{transport}: a session instead of the list"),
+            }
+
+            // A notice queued just before the stop goes out before the
+            // tunnel ends; then the agent learns the end.
+            let notice = frame::encode(FrameKind::Refused, b"{}").unwrap();
+            to_agent.send(notice).await.unwrap();
             stop_tx.send(()).unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(5), agent.next())
+                .await
+                .unwrap();
+            assert!(
+                matches!(&got, Ok(AgentEvent::Control(f)) if f.kind == FrameKind::Refused),
+                "{transport}: {got:?}"
+            );
             gw.await.unwrap().unwrap();
             let ended = tokio::time::timeout(Duration::from_secs(5), agent.next_session())
                 .await

@@ -86,16 +86,15 @@ async fn cluster_status(gw: &GatewayProc) -> String {
     status
 }
 
-/// DESK-1 (level 1, owned by u-kato) served by one agent per gateway in
-/// `gws` (the same agent certificate), and u-kato logged in on laptop
-/// LT-KATO through the first gateway.
+/// DESK-1 (level 1, owned by u-kato) served by one agent configured with
+/// the first gateway of `gws` only (it learns the others from the member
+/// list, and is online on each of `gws` on return), and u-kato logged in
+/// on laptop LT-KATO through the first gateway.
 struct Desk1 {
     store: Store,
     dev: CertFiles,
     token: String,
-    agent_files: CertFiles,
-    echo: std::net::SocketAddr,
-    _agents: Vec<Proc>,
+    agent: Proc,
 }
 
 async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Desk1 {
@@ -103,9 +102,8 @@ async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Desk1 {
     add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
     let echo = echo_server().await;
     let agent_files = pki.agent("DESK-1");
-    let mut agents = Vec::new();
+    let agent = start_agent_with(pki, &agent_files, &gws[0].addrs, echo, "tcp");
     for gw in gws {
-        agents.push(start_agent_with(pki, &agent_files, &gw.addrs, echo, "tcp"));
         wait_agent(gw, "DESK-1").await;
     }
     let dev = pki.device("LT-KATO", TerminalClass::Home);
@@ -114,9 +112,7 @@ async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Desk1 {
         store,
         dev,
         token,
-        agent_files,
-        echo,
-        _agents: agents,
+        agent,
     }
 }
 
@@ -149,9 +145,9 @@ async fn gateways_on_one_postgres_keep_each_others_sessions_and_close_a_dead_one
     assert_eq!(row.gateway.as_deref(), Some("gw1"));
 
     // A second gateway starts on the same database: gw1's live row stays
-    // open, the policy is not saved again, and the session goes on.
+    // open, the policy is not saved again, and the session goes on. The
+    // agent, configured with gw1 only, learns gw2 from the member list.
     let gw2 = gateway(&pki, "gw2", &url).await;
-    let _agent2 = start_agent_with(&pki, &d.agent_files, &gw2.addrs, d.echo, "tcp");
     wait_agent(&gw2, "DESK-1").await;
     assert_eq!(
         store.get_session(&row.id).await.unwrap().unwrap().ended_at,
@@ -537,4 +533,95 @@ async fn an_operator_on_one_gateway_sees_every_gateway_and_ends_a_session_on_ano
         .find(|r| r["action"] == "session.end_by_operator")
         .expect("the operator's end is audited");
     assert_eq!(audit_detail(rec_end)["gateway"], "gw-b");
+/// The lines of `p`'s log containing every one of `needles`.
+fn log_lines(p: &Proc, needles: &[&str]) -> usize {
+    p.log_text()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+/// Issue 18: agents reach every gateway without configuration changes.
+/// The agent is configured with gw1 only: it registers on gw2 from the
+/// member list, dials gw3 when it joins, and when gw3 stops on purpose
+/// (SIGTERM) it hears `restarting`, drops the tunnel and stops dialling
+/// it, while a laptop whose gateway was gw3 goes on through gw1 with the
+/// same login. Prints join → dialled and stop → moved.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_follow_the_member_list_and_leave_a_restarting_gateway() {
+    let url = pg::cluster().create_database().await;
+    let mut pki = Pki::new();
+    let gw1 = gateway(&pki, "gw1", &url).await;
+    let gw2 = gateway(&pki, "gw2", &url).await;
+    // Online on gw2 too (desk1 waits for it), with gw1 alone configured.
+    let d = desk1(&mut pki, &url, &[&gw1, &gw2]).await;
+    let via_gw2 = request_session(&pki, &d.dev, &gw2, "DESK-1", &d.token)
+        .await
+        .expect("a session through a gateway the agent learned");
+    let rec = d.store.get_session(&via_gw2).await.unwrap().unwrap();
+    assert_eq!(rec.gateway.as_deref(), Some("gw2"));
+
+    // A third gateway joins: the agent dials it with no configuration change.
+    let gw3 = gateway(&pki, "gw3", &url).await;
+    let joined = Instant::now();
+    crate::e2e::rdp::wait_log_line(
+        &gw3.proc,
+        &["Agent online", "DESK-1"],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("the agent never dialled the gateway that joined");
+    eprintln!("gw3 joined -> agent online on gw3: {:?}", joined.elapsed());
+    assert_eq!(
+        log_lines(&d.agent, &["Cluster member added", "gw3"]),
+        1,
+        "{}",
+        d.agent.log_text()
+    );
+    request_session(&pki, &d.dev, &gw3, "DESK-1", &d.token)
+        .await
+        .expect("a session through the gateway that joined");
+
+    // A laptop using gw3, with gw1 as its fallback, opens a session.
+    let fallback = format!("fallback = [\"{}\"]\n", gw1.addrs.terminal_tcp);
+    let client = d.client(&pki, &gw3, &fallback).await;
+    drop(echo_session(&client, b"via gw3").await);
+
+    // gw3 stops on purpose: the agent hears it is restarting and closes
+    // the tunnel; gw3 leaves the member list and the agent stops dialling it.
+    gw3.proc.terminate();
+    let stopped = Instant::now();
+    crate::e2e::rdp::wait_log_line(
+        &d.agent,
+        &["the gateway is restarting", "gw3"],
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the agent was not told gw3 is restarting");
+    eprintln!(
+        "gw3 SIGTERM -> agent closed its tunnel: {:?}",
+        stopped.elapsed()
+    );
+    // The laptop's next session goes through gw1, with the same login.
+    let mut again = echo_session(&client, b"via gw1").await;
+    eprintln!(
+        "gw3 SIGTERM -> laptop's next session through gw1: {:?}",
+        stopped.elapsed()
+    );
+    echo(&mut again, b"still").await;
+    let open = d.store.open_sessions_of(Some("gw1")).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    crate::e2e::rdp::wait_log_line(
+        &d.agent,
+        &["Cluster member dropped", "gw3"],
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("gw3 left the member list but the agent kept it");
+    // The agent stays on gw1 and gw2: a session through gw2 still works.
+    request_session(&pki, &d.dev, &gw2, "DESK-1", &d.token)
+        .await
+        .expect("a session through gw2 after gw3 left");
+    let log = d.agent.log_text();
+    assert!(!log.contains("Member list refused"), "{log}");
 }

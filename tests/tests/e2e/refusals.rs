@@ -249,7 +249,7 @@ async fn a_gateway_shutting_down_refuses_new_sessions_on_open_connections() {
     .expect("an answer")
     .unwrap();
     assert_eq!(f.kind, FrameKind::Refused);
-    assert_eq!(Refusal::from_frame(&f).unwrap().code, "shutting_down");
+    assert_eq!(Refusal::from_frame(&f).unwrap().code, "restarting");
     drop((tx, rx));
 }
 
