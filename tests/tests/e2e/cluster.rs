@@ -533,6 +533,8 @@ async fn an_operator_on_one_gateway_sees_every_gateway_and_ends_a_session_on_ano
         .find(|r| r["action"] == "session.end_by_operator")
         .expect("the operator's end is audited");
     assert_eq!(audit_detail(rec_end)["gateway"], "gw-b");
+}
+
 /// The lines of `p`'s log containing every one of `needles`.
 fn log_lines(p: &Proc, needles: &[&str]) -> usize {
     p.log_text()
