@@ -24,9 +24,9 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::demo::{
-    bind_pair, client_command, echo_service, enroll_demo_user, free_port, prepare_dir,
-    print_next_steps, write, DemoPki, BROWSER_CODE_HOURS, DEMO_DESK, DEMO_DEVICE, DEMO_USER,
-    ECHO_PASS_THROUGH, MAX_GATEWAYS,
+    agent_toml, bind_pair, client_command, client_toml, echo_service, enroll_demo_user, free_port,
+    prepare_dir, print_next_steps, write, DemoPki, BROWSER_CODE_HOURS, DEMO_DESK, DEMO_DEVICE,
+    DEMO_USER, ECHO_PASS_THROUGH, MAX_GATEWAYS,
 };
 use crate::pg::{tail, Postgres};
 
@@ -183,70 +183,26 @@ insecure_http = true
         gateways.push(start_gateway(&gateway_bin, &cfg, i, &state).await?);
     }
 
-    let gateway_entries: String = gateways
-        .iter()
-        .map(|g| {
-            format!(
-                "\n[[gateways]]\naddress = \"{}\"\nserver_name = \"localhost\"\n",
-                g.agents
-            )
-        })
-        .collect();
-    let agent_toml = format!(
-        r#"# Written by `kakehashi-demo --gateways {n}`: the agent keeps a tunnel to every gateway.
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-
-[tickets]
-public_keys = ["{ticket_pub}"]
-{gateway_entries}
-[target]
-address = "{desk_addr}"
-
-[reconnect]
-initial_delay = "200ms"
-max_delay = "5s"
-{ECHO_PASS_THROUGH}"#,
-        ca = rel(&ca.ca_cert_path()).display(),
-        cert = rel(&agent.cert_path).display(),
-        key = rel(&agent.key_path).display(),
-        ticket_pub = rel(&ca.ticket_public_path()).display(),
+    let agent_toml = agent_toml(
+        &format!(
+            "# Written by `kakehashi-demo --gateways {n}`: the agent keeps a tunnel to every gateway."
+        ),
+        &rel,
+        (&ca, &agent),
+        &gateways.iter().map(|g| g.agents.to_string()).collect::<Vec<_>>(),
+        &desk_addr.to_string(),
+        ECHO_PASS_THROUGH,
     );
-    let fallback: Vec<String> = gateways[1..]
-        .iter()
-        .map(|g| format!("\"{}\"", g.laptops))
-        .collect();
-    let client_toml = format!(
-        r#"# Written by `kakehashi-demo --gateways {n}`: the demo laptop ({DEMO_DEVICE}, class satellite).
-# It uses the first gateway that answers, in this order, and stays on it
-# until it cannot be reached (docs/cluster.md, "Laptops move to another gateway").
-[gateway]
-address = "{first}"
-fallback = [{fallback}]
-server_name = "localhost"
-
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-
-[connect]
-transport = "auto"
-
-# The demo user's software authenticator (demo only), enrolled through gateway 1's portal.
-[login]
-portal = "http://localhost:{portal}"
-user = "{DEMO_USER}"
-soft_authenticator = "passkey.cbor"
-"#,
-        first = gateways[0].laptops,
-        fallback = fallback.join(", "),
-        ca = rel(&ca.ca_cert_path()).display(),
-        cert = rel(&device.cert_path).display(),
-        key = rel(&device.key_path).display(),
-        portal = portal_ports[0],
+    let client_toml = client_toml(
+        &format!(
+            "# Written by `kakehashi-demo --gateways {n}`: the demo laptop ({DEMO_DEVICE}, class satellite).\n\
+             # It uses the first gateway that answers, in this order, and stays on it\n\
+             # until it cannot be reached (docs/cluster.md, \"Laptops move to another gateway\")."
+        ),
+        &rel,
+        (&ca, &device),
+        &gateways.iter().map(|g| g.laptops.to_string()).collect::<Vec<_>>(),
+        portal_ports[0],
     );
     write(&dir.join("agent.toml"), &agent_toml)?;
     write(&dir.join("client.toml"), &client_toml)?;

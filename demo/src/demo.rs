@@ -188,60 +188,25 @@ insecure_http = true
         kakehashi_policy::default_policy_toml(),
     )
     .context("cannot write policy.toml")?;
-    let agent_toml = format!(
-        r#"# Written by `kakehashi-demo`.
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-
-[tickets]
-public_keys = ["{ticket_pub}"]
-
-[[gateways]]
-address = "127.0.0.1:{agent_port}"
-server_name = "localhost"
-
-[target]
-address = "{desk_addr}"
-
-[reconnect]
-initial_delay = "200ms"
-max_delay = "5s"
-{rdp_section}"#,
-        ca = rel(&ca.ca_cert_path()).display(),
-        cert = rel(&agent.cert_path).display(),
-        key = rel(&agent.key_path).display(),
-        ticket_pub = rel(&ca.ticket_public_path()).display(),
-        rdp_section = rdp_desk
+    let agent_toml = agent_toml(
+        "# Written by `kakehashi-demo`.",
+        &rel,
+        (&ca, &agent),
+        &[format!("127.0.0.1:{agent_port}")],
+        &desk_addr.to_string(),
+        rdp_desk
             .as_ref()
             .map_or(ECHO_PASS_THROUGH, |d| d.agent_section.as_str()),
     );
-    let client_toml = format!(
-        r#"# Written by `kakehashi-demo`: the demo laptop ({DEMO_DEVICE}, class satellite: a satellite office,
-# which the default policy lets reach level 2 at any hour).
-[gateway]
-address = "127.0.0.1:{term_port}"
-server_name = "localhost"
-
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-
-[connect]
-transport = "auto"
-
-# The demo user's software authenticator (a real WebAuthn credential kept in
-# a file, demo only): `kakehashi login` uses it instead of a browser.
-[login]
-portal = "http://localhost:{portal_port}"
-user = "{DEMO_USER}"
-soft_authenticator = "passkey.cbor"
-"#,
-        ca = rel(&ca.ca_cert_path()).display(),
-        cert = rel(&device.cert_path).display(),
-        key = rel(&device.key_path).display(),
+    let client_toml = client_toml(
+        &format!(
+            "# Written by `kakehashi-demo`: the demo laptop ({DEMO_DEVICE}, class satellite: a satellite office,\n\
+             # which the default policy lets reach level 2 at any hour)."
+        ),
+        &rel,
+        (&ca, &device),
+        &[format!("127.0.0.1:{term_port}")],
+        portal_port,
     );
     write(&dir.join("gateway.toml"), &gateway_toml)?;
     write(&dir.join("agent.toml"), &agent_toml)?;
@@ -519,4 +484,93 @@ pub(crate) async fn echo_service(l: TcpListener) {
             }
         });
     }
+}
+
+/// The demo agent's `agent.toml`, written by the demo with `header`: the
+/// agent certificate from `pki`, one `[[gateways]]` entry per address of
+/// `gateways`, the desk at `desk_addr`, and `tail` (its `[rdp]` section).
+/// `rel` shortens paths to the demo directory's.
+pub(crate) fn agent_toml(
+    header: &str,
+    rel: &dyn Fn(&Path) -> PathBuf,
+    (ca, agent): (&CaDir, &Issued),
+    gateways: &[String],
+    desk_addr: &str,
+    tail: &str,
+) -> String {
+    let gateway_entries: String = gateways
+        .iter()
+        .map(|a| format!("\n[[gateways]]\naddress = \"{a}\"\nserver_name = \"localhost\"\n"))
+        .collect();
+    format!(
+        r#"{header}
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[tickets]
+public_keys = ["{ticket_pub}"]
+{gateway_entries}
+[target]
+address = "{desk_addr}"
+
+[reconnect]
+initial_delay = "200ms"
+max_delay = "5s"
+{tail}"#,
+        ca = rel(&ca.ca_cert_path()).display(),
+        cert = rel(&agent.cert_path).display(),
+        key = rel(&agent.key_path).display(),
+        ticket_pub = rel(&ca.ticket_public_path()).display(),
+    )
+}
+
+/// The demo laptop's `client.toml`, written by the demo with `header`: the
+/// first of `gateways` and the rest as fallbacks, the device certificate
+/// from `pki`, and the demo user's software authenticator through the
+/// portal on `portal_port`.
+pub(crate) fn client_toml(
+    header: &str,
+    rel: &dyn Fn(&Path) -> PathBuf,
+    (ca, device): (&CaDir, &Issued),
+    gateways: &[String],
+    portal_port: u16,
+) -> String {
+    let first = gateways.first().map_or("", String::as_str);
+    let fallback = match gateways.get(1..) {
+        Some(rest) if !rest.is_empty() => format!(
+            "fallback = [{}]\n",
+            rest.iter()
+                .map(|g| format!("\"{g}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => String::new(),
+    };
+    format!(
+        r#"{header}
+[gateway]
+address = "{first}"
+{fallback}server_name = "localhost"
+
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[connect]
+transport = "auto"
+
+# The demo user's software authenticator (a real WebAuthn credential kept in
+# a file, demo only): `kakehashi login` uses it instead of a browser.
+[login]
+portal = "http://localhost:{portal_port}"
+user = "{DEMO_USER}"
+soft_authenticator = "passkey.cbor"
+"#,
+        ca = rel(&ca.ca_cert_path()).display(),
+        cert = rel(&device.cert_path).display(),
+        key = rel(&device.key_path).display(),
+    )
 }

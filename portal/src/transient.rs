@@ -71,8 +71,6 @@ impl PortalState {
         ceremony: &Ceremony,
         ip: IpAddr,
     ) -> Result<String, kakehashi_store::Error> {
-        let now = self.now();
-        let id = crate::codes::random_b64url::<32>();
         let value =
             serde_json::to_string(ceremony).map_err(|e| kakehashi_store::Error::Corrupt {
                 what: "ceremony state",
@@ -84,15 +82,23 @@ impl PortalState {
             user: Some((ceremony.user(), CEREMONIES_PER_USER)),
             source: Some((&source, CEREMONIES_PER_SOURCE)),
         };
+        self.put(TransientKind::Ceremony, &value, CEREMONY_SECS, &quotas)
+            .await
+    }
+
+    /// Keeps `value` under a new random id for `secs` within `quotas`;
+    /// returns the id (the store keeps its hash).
+    async fn put(
+        &self,
+        kind: TransientKind,
+        value: &str,
+        secs: i64,
+        quotas: &Quotas<'_>,
+    ) -> Result<String, kakehashi_store::Error> {
+        let now = self.now();
+        let id = crate::codes::random_b64url::<32>();
         self.store()
-            .put_transient(
-                TransientKind::Ceremony,
-                &Hash256::digest(&id),
-                &value,
-                now + CEREMONY_SECS,
-                now,
-                &quotas,
-            )
+            .put_transient(kind, &Hash256::digest(&id), value, now + secs, now, quotas)
             .await?;
         Ok(id)
     }
@@ -123,8 +129,6 @@ impl PortalState {
     /// Signs `user` in for [`SESSION_SECS`]: returns the new session's id
     /// (the cookie's value).
     pub(crate) async fn new_session(&self, user: &str) -> Result<String, kakehashi_store::Error> {
-        let now = self.now();
-        let id = crate::codes::random_b64url::<32>();
         let session = Session {
             user: user.to_owned(),
             csrf: crate::codes::random_b64url::<32>(),
@@ -135,17 +139,8 @@ impl PortalState {
             user: Some((user, SESSIONS_PER_USER)),
             source: None,
         };
-        self.store()
-            .put_transient(
-                TransientKind::PortalSession,
-                &Hash256::digest(&id),
-                &value,
-                now + SESSION_SECS,
-                now,
-                &quotas,
-            )
-            .await?;
-        Ok(id)
+        self.put(TransientKind::PortalSession, &value, SESSION_SECS, &quotas)
+            .await
     }
 
     /// The live session `id`, if any.

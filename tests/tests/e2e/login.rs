@@ -62,12 +62,12 @@ async fn session(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
-    let mut pki = Pki::new();
+/// A gateway requiring logins on SQLite, with desk DESK-L (level 1, owned
+/// by `owners`) served by an echo agent over QUIC.
+async fn login_world(pki: &mut Pki, owners: &[&str]) -> (GatewayProc, Store, Proc) {
     let db = pki.path().join("kakehashi.db");
     let gw = start_gateway(
-        &pki,
+        pki,
         GatewayOpts {
             identity: Some(login_sections(&db)),
             ..Default::default()
@@ -75,9 +75,16 @@ async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
     )
     .await;
     let store = Store::open(db.to_str().unwrap()).await.unwrap();
-    add_desk(&store, "DESK-L", 1, &["u-tanaka", "u-suzuki", "u-sato"]).await;
+    add_desk(&store, "DESK-L", 1, owners).await;
     let desk = echo_server().await;
-    let _agent = start_agent(&mut pki, "DESK-L", &gw.addrs, desk, "quic");
+    let agent = start_agent(pki, "DESK-L", &gw.addrs, desk, "quic");
+    (gw, store, agent)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_bound_to_the_laptop_that_redeemed_them() {
+    let mut pki = Pki::new();
+    let (gw, store, _agent) = login_world(&mut pki, &["u-tanaka", "u-suzuki", "u-sato"]).await;
     let a = pki.device("LAPTOP-A", TerminalClass::Home);
     let b = pki.device("LAPTOP-B", TerminalClass::Home);
 
@@ -412,19 +419,7 @@ async fn status_says_what_it_knows_and_a_renewal_asks_for_a_new_login() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_personal_laptop_takes_only_its_owners_login() {
     let mut pki = Pki::new();
-    let db = pki.path().join("kakehashi.db");
-    let gw = start_gateway(
-        &pki,
-        GatewayOpts {
-            identity: Some(login_sections(&db)),
-            ..Default::default()
-        },
-    )
-    .await;
-    let store = Store::open(db.to_str().unwrap()).await.unwrap();
-    add_desk(&store, "DESK-L", 1, &["u-tanaka", "u-sato"]).await;
-    let desk = echo_server().await;
-    let _agent = start_agent(&mut pki, "DESK-L", &gw.addrs, desk, "quic");
+    let (gw, store, _agent) = login_world(&mut pki, &["u-tanaka", "u-sato"]).await;
     let mine = pki.personal_device("LAPTOP-T", TerminalClass::Home, "u-tanaka");
     let team = pki.device("LAPTOP-POOL", TerminalClass::Home);
 
