@@ -192,6 +192,27 @@ pub(crate) fn announce_restarting(s: &Shared) {
     info!(agents = told, "Told the agents this gateway is restarting");
 }
 
+/// Waits, at most `within`, until every agent's control queue is empty:
+/// each tunnel has taken the notice to write it (a flushed write of one
+/// small frame follows at once). Without this wait, a gateway with nothing
+/// to drain exits before its tunnels write the `restarting` notice.
+pub(crate) async fn wait_told(s: &Shared, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let pending = s
+            .agents
+            .lock()
+            .expect("agents lock")
+            .values()
+            .filter_map(|a| a.control.as_ref())
+            .any(|tx| tx.capacity() < tx.max_capacity());
+        if !pending || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Refuse a tunnel before it is registered: the reason on the control
 /// stream, then close.
 async fn refuse_tunnel(mut tunnel: Tunnel, reason: Reason) {

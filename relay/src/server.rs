@@ -289,6 +289,12 @@ impl Relay {
         // on this gateway before it drains (laptops asking for a session
         // while it drains are refused with the same reason).
         crate::agents::announce_restarting(&s);
+        // Draining from now (new sessions are refused with `restarting`),
+        // but the process waits for each tunnel to take the notice and
+        // write it: with nothing to drain it would exit first.
+        sd.drain_token().cancel();
+        crate::agents::wait_told(&s, Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         sd.stop(s.cfg.shutdown_grace).await;
         for ep in [&self.terminal_quic, &self.agent_quic]
             .into_iter()
