@@ -78,7 +78,7 @@ impl PortalState {
             })?;
         let source = ip.to_string();
         let quotas = Quotas {
-            cap: MAX_CEREMONIES,
+            cap: Some(MAX_CEREMONIES),
             user: Some((ceremony.user(), CEREMONIES_PER_USER)),
             source: Some((&source, CEREMONIES_PER_SOURCE)),
         };
@@ -135,7 +135,7 @@ impl PortalState {
         };
         let value = serde_json::to_string(&session).unwrap_or_default();
         let quotas = Quotas {
-            cap: u32::MAX,
+            cap: None,
             user: Some((user, SESSIONS_PER_USER)),
             source: None,
         };

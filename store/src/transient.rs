@@ -44,8 +44,8 @@ impl TransientKind {
 /// The bounds a new row is counted against ([`Store::put_transient`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Quotas<'a> {
-    /// Most rows of the kind in all.
-    pub cap: u32,
+    /// Most rows of the kind in all (`None`: no cap, and no count on insert).
+    pub cap: Option<u32>,
     /// The row's user and that user's most rows of the kind.
     pub user: Option<(&'a str, u32)>,
     /// The row's source address and that address's most rows of the kind.
@@ -99,7 +99,7 @@ impl Store {
         let kind = kind.as_str();
         let user = quotas.user.map(|(u, n)| (u, i64::from(n.max(1))));
         let source = quotas.source.map(|(s, n)| (s, i64::from(n.max(1))));
-        let cap = i64::from(quotas.cap.max(1));
+        let cap = quotas.cap.map(|c| i64::from(c.max(1)));
         macro_rules! run {
             ($pool:expr) => {{
                 // The insert comes first: a SQLite transaction that starts
@@ -126,10 +126,18 @@ impl Store {
                             .await?;
                     }
                 }
-                let mut n: i64 = sqlx::query_scalar(COUNT)
-                    .bind(kind)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                // Counted only for a capped kind: the count scans the kind's
+                // index on every insert.
+                let (mut n, cap): (i64, i64) = match cap {
+                    Some(cap) => (
+                        sqlx::query_scalar(COUNT)
+                            .bind(kind)
+                            .fetch_one(&mut *tx)
+                            .await?,
+                        cap,
+                    ),
+                    None => (0, 0),
+                };
                 if n > cap {
                     sqlx::query(EXPIRED)
                         .bind(kind)

@@ -1896,7 +1896,7 @@ pub async fn transient_state(db: &Db) {
     let kind = TransientKind::Ceremony;
     // The cap is 9: the victim, a user's 3 and an address's 5 fit.
     let q = |user: &'static str, source: &'static str| Quotas {
-        cap: 9,
+        cap: Some(9),
         user: Some((user, 3)),
         source: Some((source, 5)),
     };

@@ -389,7 +389,7 @@ async fn operator_session(store: &Store, user: &str) -> (String, String) {
     let csrf = "test-csrf-token-0123456789".to_owned();
     let value = serde_json::json!({ "user": user, "csrf": csrf }).to_string();
     let quotas = Quotas {
-        cap: u32::MAX,
+        cap: None,
         user: None,
         source: None,
     };
