@@ -37,6 +37,9 @@ command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 # The install walk-through's backup step (deploy/README.md, tests/tests/e2e/docs.rs):
 # SQLite's own online backup while the gateway runs.
 command -v sqlite3 >/dev/null 2>&1 || pkgs+=(sqlite3)
+# The walk-through's operator PC trusts the portal's private CA in Chromium's NSS
+# store (deploy/README.md §5, doctest:browser-ca): certutil.
+command -v certutil >/dev/null 2>&1 || pkgs+=(libnss3-tools)
 # PostgreSQL's server programs: the cluster tests' fixture (store/tests/support/pg.rs)
 # and `kakehashi-demo --gateways 3` (tests/tests/e2e/demo.rs) start their own servers.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)

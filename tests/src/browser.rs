@@ -59,9 +59,20 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start(chromium: &Path, log: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(chromium, log, &[]).await
+    }
+
+    /// [`Browser::start`] with extra environment, e.g. a `HOME` whose
+    /// `.pki/nssdb` trusts a private CA (Chromium's certificate store on Linux).
+    pub async fn start_with(
+        chromium: &Path,
+        log: PathBuf,
+        envs: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let mut child = crate::command("node")
             .arg(browser_dir().join("portal.mjs"))
             .current_dir(browser_dir())
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .env("KAKEHASHI_CHROMIUM", chromium)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,19 +1,25 @@
 //! The documentation works (issue 20): the install walk-through of
 //! `deploy/README.md` run as written — its `sh doctest:NAME` blocks, in a
 //! sandbox that says what it stands in for ([`kakehashi_tests::doctest`]) —
-//! through to an RDP session carrying a desktop, an officer's policy change
-//! that survives a gateway restart, an online backup that restores, and a
-//! revoked laptop refused; and the Japanese and English admin guides name
+//! through to an RDP session carrying a desktop that an operator watches on
+//! the ops dashboard (a real browser trusting the private CA as the
+//! walk-through installs it), an officer's policy change that survives a
+//! gateway restart, an online backup that restores, and a revoked laptop
+//! refused; and the Japanese and English admin guides name
 //! the same commands, configuration keys and reason codes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kakehashi_tests::browser::{prerequisites, Browser};
 use kakehashi_tests::doctest::{blocks, free_tcp_udp_port, Block, Sandbox};
 use kakehashi_tests::*;
+use serde_json::json;
 
-use super::rdp::{install_peers, rdp_client, rdp_server_cert, start_rdp_server_with, PASSWORD};
+use super::rdp::{
+    install_peers, rdp_client_holding, rdp_server_cert, start_rdp_server_with, PASSWORD,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -31,6 +37,7 @@ const WALK_THROUGH: &[(&str, &str)] = &[
     ("gateway", "gateway"),
     ("desk", "desk"),
     ("people", "gateway"),
+    ("browser-ca", "laptop"),
     ("laptop", "laptop"),
     ("login", "laptop"),
     ("connect", "laptop"),
@@ -38,6 +45,7 @@ const WALK_THROUGH: &[(&str, &str)] = &[
     ("after-restart", "gateway"),
     ("backup", "gateway"),
     ("restore-check", "gateway"),
+    ("restore", "gateway"),
     ("revoke", "ca"),
     ("crl-install", "gateway"),
 ];
@@ -158,7 +166,7 @@ async fn the_install_walk_through_works_as_written() {
     // browser and security key: a software authenticator).
     let out = walk.run("people").await;
     let code = enrollment_code(&out, "tanaka");
-    enrollment_code(&out, "sato");
+    let sato_code = enrollment_code(&out, "sato");
     assert!(out.contains("JST") || out.contains("+09:00"), "{out}");
     let passkey = sb.root().join("home/tanaka-passkey.cbor");
     kakehashi_client::soft::enroll(
@@ -170,6 +178,29 @@ async fn the_install_walk_through_works_as_written() {
     )
     .await
     .expect("tanaka enrolls her security key at /enroll");
+    // sato, an operator, on a PC whose browser trusts the private CA as the
+    // walk-through installs it (Chromium reads $HOME/.pki/nssdb): a real
+    // browser with a virtual authenticator, over HTTPS with no exception.
+    let out = walk.run("browser-ca").await;
+    assert!(
+        out.lines()
+            .any(|l| l.contains("Kakehashi CA") && l.contains("C,,")),
+        "{out}"
+    );
+    let home: Vec<(String, String)> = walk
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k == "HOME")
+        .collect();
+    let mut browser = Browser::start_with(&prerequisites(), sb.root().join("browser.log"), &home)
+        .await
+        .expect("browser");
+    let portal = format!("https://localhost:{portal_port}");
+    let e = browser
+        .ask(json!({ "cmd": "enroll", "url": format!("{portal}/enroll"), "user": "sato", "code": sato_code }))
+        .await
+        .expect("sato enrolls at /enroll in a browser that trusts the portal");
+    assert_eq!(e["credentials"].as_array().map(Vec::len), Some(1), "{e}");
     // 6. The laptop.
     sb.carry(ca, &["device-LAPTOP-001.crt", "device-LAPTOP-001.key"]);
     walk.run("laptop").await;
@@ -192,7 +223,41 @@ async fn the_install_walk_through_works_as_written() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let connect = run_printed_connect_with(&line, sb.root().join("connect.log"), &env).await;
     let listen = format!("127.0.0.1:{laptop_port}").parse().unwrap();
-    let (code, out) = rdp_client(&desk_pki, "docs", listen, PASSWORD).await;
+    // sato opens /ops and signs in; the desktop stays up while the
+    // dashboard is read.
+    let p = browser
+        .ask(json!({ "cmd": "portal_login", "url": format!("{portal}/ops"), "user": "sato" }))
+        .await
+        .expect("sato signs in at /ops");
+    assert_eq!(p["status"], 200, "{p}");
+    assert_eq!(p["title"], "運用ダッシュボード", "{p}");
+    let rdp = rdp_client_holding(&desk_pki, "docs", listen, PASSWORD, "8", &[]);
+    let watch = async {
+        let start = Instant::now();
+        loop {
+            let r = browser
+                .ask(json!({ "cmd": "ops_read", "after": 0 }))
+                .await
+                .expect("the dashboard draws");
+            let seen = r["sessions"].as_array().is_some_and(|l| {
+                l.iter().any(|x| {
+                    x["user"] == "tanaka" && x["desk"] == "DESK-1234" && x["device"] == "LAPTOP-001"
+                })
+            });
+            if seen {
+                assert_eq!(r["metrics"]["level:2"], 1.0, "{r}");
+                break r;
+            }
+            assert!(
+                start.elapsed() < within,
+                "tanaka's session never appeared on /ops: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let ((code, out), ops) = tokio::join!(rdp, watch);
+    eprintln!("the walk-through's session on /ops: {}", ops["sessions"]);
+    browser.quit().await;
     assert_eq!(
         code,
         0,
@@ -229,6 +294,19 @@ async fn the_install_walk_through_works_as_written() {
     assert!(out.lines().any(|l| l.trim() == "ok"), "{out}");
     let out = walk.run("restore-check").await;
     assert!(out.contains("tanaka") && out.contains("sato"), "{out}");
+    // The copy restored in place: the chain verifies, the officer's policy
+    // is in force, the desk's agent comes back by itself.
+    let out = walk.run("restore").await;
+    assert!(out.contains("audit log intact"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("2 ") && l.contains("admin:")),
+        "the officer's version after the restore:\n{out}"
+    );
+    wait_file(&gw_log, "Gateway serving", 3, within)
+        .await
+        .unwrap();
+    wait_file(&gw_log, "Agent online", 3, within).await.unwrap();
 
     // A lost laptop: revoked on the CA, the CRL carried to the gateway.
     walk.run("revoke").await;

@@ -209,6 +209,19 @@ pub(crate) async fn rdp_client_with(
     password: &str,
     extra: &[&str],
 ) -> (i32, String) {
+    rdp_client_holding(pki, name, listen, password, HOLD_SECS, extra).await
+}
+
+/// [`rdp_client_with`] that keeps the desktop up for `secs` seconds (a test
+/// that watches the live session from elsewhere meanwhile).
+pub(crate) async fn rdp_client_holding(
+    pki: &Pki,
+    name: &str,
+    listen: SocketAddr,
+    password: &str,
+    secs: &str,
+    extra: &[&str],
+) -> (i32, String) {
     let tmp = pki.path().join(format!("tmp-{name}"));
     std::fs::create_dir_all(&tmp).unwrap();
     let port = listen.port().to_string();
@@ -224,7 +237,7 @@ pub(crate) async fn rdp_client_with(
         "--password",
         password,
         "--seconds",
-        HOLD_SECS,
+        secs,
         "--timeout",
         "30",
         "--log",
