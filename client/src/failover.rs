@@ -4,6 +4,10 @@
 //! session being opened and every one after it. The login token is valid on
 //! every gateway of the cluster, so no new login is needed.
 //!
+//! A gateway given by a name that resolves to several addresses (one DNS
+//! name for the cluster) counts as that many gateways, in the resolver's
+//! order, each checked against the name's certificate.
+//!
 //! With `connect`, the local listener stays up while a gateway dies: the
 //! RDP client's automatic reconnection opens a new session, which goes
 //! through the next gateway.
@@ -43,6 +47,47 @@ fn gateway_gone(e: &SessionError) -> bool {
     }
 }
 
+/// Most addresses one gateway name stands for (a cluster's name lists its
+/// members; more would only lengthen a failover).
+const MAX_ADDRESSES_PER_NAME: usize = 16;
+
+/// Each gateway once per address its name resolves to (the resolver's
+/// order, duplicates dropped), keeping its certificate name. A gateway
+/// written as an address, one whose QUIC address differs from its TCP
+/// address, or a name that does not resolve now stays as written (dialling
+/// it reports the error as before).
+async fn every_address(each: Vec<Config>) -> Vec<Config> {
+    let mut out: Vec<Config> = Vec::new();
+    for c in each {
+        let named = c.tcp == c.quic && c.tcp.parse::<std::net::SocketAddr>().is_err();
+        let addrs: Vec<std::net::SocketAddr> = if named {
+            match tokio::net::lookup_host(c.tcp.as_str()).await {
+                Ok(a) => a.take(MAX_ADDRESSES_PER_NAME).collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        if addrs.len() < 2 {
+            out.push(c);
+            continue;
+        }
+        tracing::debug!(gateway = %c.tcp, addresses = addrs.len(), "One gateway name, several addresses");
+        for a in addrs {
+            let a = a.to_string();
+            if out.iter().any(|o| o.tcp == a) {
+                continue;
+            }
+            out.push(Config {
+                tcp: a.clone(),
+                quic: a,
+                ..c.clone()
+            });
+        }
+    }
+    out
+}
+
 impl Gateways {
     /// Establish a dialer with the first gateway that answers. Returns the
     /// gateways and a note on the transport (and the gateway, when it is
@@ -51,7 +96,7 @@ impl Gateways {
         cfg: Config,
         choice: TransportChoice,
     ) -> Result<(Self, String), SessionError> {
-        let each = cfg.each_gateway();
+        let each = every_address(cfg.each_gateway()).await;
         let (i, d, note) = Self::first_answering(&each, 0, choice).await?;
         Ok((
             Self {

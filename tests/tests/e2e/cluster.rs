@@ -98,11 +98,21 @@ struct Desk1 {
 }
 
 async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Desk1 {
+    let echo = echo_server().await;
+    desk1_serving(pki, url, gws, echo).await
+}
+
+/// [`desk1`] whose agent hands sessions to `backend` (an RDP server).
+async fn desk1_serving(
+    pki: &mut Pki,
+    url: &str,
+    gws: &[&GatewayProc],
+    backend: std::net::SocketAddr,
+) -> Desk1 {
     let store = Store::open(url).await.unwrap();
     add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
-    let echo = echo_server().await;
     let agent_files = pki.agent("DESK-1");
-    let agent = start_agent_with(pki, &agent_files, &gws[0].addrs, echo, "tcp");
+    let agent = start_agent_with(pki, &agent_files, &gws[0].addrs, backend, "tcp");
     for gw in gws {
         wait_agent(gw, "DESK-1").await;
     }
@@ -364,6 +374,218 @@ async fn a_laptop_moves_to_the_next_gateway_without_a_new_login() {
         .unwrap();
     let log = client.proc.log_text();
     assert!(log.contains("切り替えました"), "{log}");
+}
+
+/// A loopback port free for TCP and UDP on both 127.0.0.1 and 127.0.0.2.
+fn port_free_on_both() -> u16 {
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        let free = std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.2", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.2", p)).is_ok();
+        if free {
+            return p;
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
+/// A gateway whose laptop listeners (QUIC and TCP) are `ip:port`; its
+/// agent and admin listeners stay on 127.0.0.1 (the address the test
+/// certificate names, which agents check the learned members against).
+async fn gateway_at(pki: &Pki, name: &str, url: &str, ip: &str, port: u16) -> GatewayProc {
+    let at = |p: u16| -> std::net::SocketAddr { format!("{ip}:{p}").parse().unwrap() };
+    let any = || -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    start_gateway(
+        pki,
+        GatewayOpts {
+            name: Some(name.into()),
+            identity: Some(pg_sections(pki, url, "100ms")),
+            addrs: Some(GatewayAddrs {
+                terminal_quic: at(port),
+                terminal_tcp: at(port),
+                agent_quic: any(),
+                agent_tcp: any(),
+                admin: any(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// One DNS name for the whole cluster (issue 18, item 3): the laptop's
+/// `address` is a name with two addresses, one per gateway (an /etc/hosts
+/// of the client's own, bind-mounted in a private mount namespace). The
+/// client tries them in order; when the gateway carrying its sessions is
+/// killed, the next session goes through the other address with the same
+/// login.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_laptop_uses_every_address_of_the_clusters_name() {
+    let url = pg::cluster().create_database().await;
+    let mut pki = Pki::new();
+    let port = port_free_on_both();
+    let gw1 = gateway_at(&pki, "gw1", &url, "127.0.0.1", port).await;
+    let gw2 = gateway_at(&pki, "gw2", &url, "127.0.0.2", port).await;
+    let d = desk1(&mut pki, &url, &[&gw1, &gw2]).await;
+    let name = "kakehashi-cluster.test";
+    let hosts = pki.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n127.0.0.1 {name}\n127.0.0.2 {name}\n"),
+    )
+    .unwrap();
+    let cfg = client_config_logged_in(&pki, &d.dev, &gw1.addrs, "u-kato", &d.token);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text
+        .replace(
+            &format!("quic_address = \"{}\"\n", gw1.addrs.terminal_quic),
+            "",
+        )
+        .replace(
+            &format!("address = \"{}\"", gw1.addrs.terminal_tcp),
+            &format!("address = \"{name}:{port}\""),
+        );
+    assert!(
+        text.contains(&format!("address = \"{name}:{port}\"")) && !text.contains("quic_address")
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let script = format!(
+        "mount --bind '{}' /etc/hosts && exec '{}' --config '{}' connect DESK-1 --transport tcp",
+        hosts.display(),
+        bin("kakehashi").display(),
+        cfg.display()
+    );
+    let mut proc = Proc::spawn(
+        std::path::Path::new("unshare"),
+        &["--mount", "sh", "-c", &script],
+        pki.path().join("client-dns.log"),
+        &[],
+    );
+    proc.wait_line("transport: ", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let listen = proc
+        .wait_line("listening on ", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client = ClientProc {
+        proc,
+        listen,
+        transport: "tcp".into(),
+    };
+    let mut s = echo_session(&client, b"first").await;
+    let first = only_open_session(&d.store).await;
+    let (mut carrier, other) = match first.gateway.as_deref() {
+        Some("gw1") => (gw1, "gw2"),
+        Some("gw2") => (gw2, "gw1"),
+        g => panic!("carried by {g:?}"),
+    };
+    carrier.proc.kill().await;
+    let killed = Instant::now();
+    let mut buf = [0u8; 8];
+    let cut = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(matches!(cut, Ok(Ok(0)) | Ok(Err(_))), "{cut:?}");
+    let mut again = echo_session(&client, b"second").await;
+    eprintln!(
+        "the next session opened through {other}, the name's other address, {:?} after the first gateway was killed",
+        killed.elapsed()
+    );
+    echo(&mut again, b"still").await;
+    let via_other = d.store.open_sessions_of(Some(other)).await.unwrap();
+    assert_eq!(via_other.len(), 1, "{via_other:?}");
+    client
+        .proc
+        .wait_log("now through", Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+/// The RDP client's own automatic reconnection carries the desktop over a
+/// killed gateway (issue 18, item 3): xfreerdp (`+auto-reconnect`) to
+/// freerdp-shadow through `kakehashi connect`, gw1 killed with SIGKILL
+/// while the desktop is up; the client reconnects to the same local
+/// listener, which now goes through gw2 with the same login, and the
+/// desktop is active again with no one typing anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rdp_desktop_comes_back_through_another_gateway_when_its_gateway_is_killed() {
+    use crate::e2e::rdp::{install_peers, rdp_client_holding, start_rdp_server, PASSWORD};
+    install_peers().await;
+    let url = pg::cluster().create_database().await;
+    let mut pki = Pki::new();
+    let (_rdp_server, rdp_addr) = start_rdp_server(&mut pki).await;
+    let gw1 = gateway(&pki, "gw1", &url).await;
+    let gw2 = gateway(&pki, "gw2", &url).await;
+    let d = desk1_serving(&mut pki, &url, &[&gw1, &gw2], rdp_addr).await;
+    let fallback = format!("fallback = [\"{}\"]\n", gw2.addrs.terminal_tcp);
+    let client = d.client(&pki, &gw1, &fallback).await;
+    // Up for 15 s after the first activation; the client keeps its log.
+    let rdp = rdp_client_holding(
+        &pki,
+        "failover",
+        client.listen,
+        PASSWORD,
+        "15",
+        &["+auto-reconnect", "/auto-reconnect-max-retries:20"],
+    );
+    let mut gw1 = gw1;
+    let failover = async {
+        let first = only_open_session(&d.store).await;
+        assert_eq!(first.gateway.as_deref(), Some("gw1"));
+        // The desktop is up through gw1 (the agent saw the RDP handshake through).
+        crate::e2e::rdp::wait_log_line(&d.agent, &["Session started"], Duration::from_secs(30))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        gw1.proc.kill().await;
+        let killed = Instant::now();
+        let mut via_gw2 = Vec::new();
+        while killed.elapsed() < Duration::from_secs(20) {
+            via_gw2 = d.store.open_sessions_of(Some("gw2")).await.unwrap();
+            if !via_gw2.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(via_gw2.len(), 1, "the reconnection never reached gw2");
+        eprintln!(
+            "the RDP client's reconnection opened a session through gw2 {:?} after gw1 was killed",
+            killed.elapsed()
+        );
+    };
+    let ((code, out), ()) = tokio::join!(rdp, failover);
+    let xlog = pki.path().join("rdp-xfreerdp-failover.log");
+    let log = std::fs::read_to_string(&xlog).unwrap_or_default();
+    // FreeRDP's own words: the cut, its reconnection, and the connection
+    // sequence (NLA to the desk included) completed again, now through gw2.
+    // FreeRDP 2's client then trips over its own sound channel after each
+    // reconnection (`rdpsnd … error 1359`, and it reconnects again): the
+    // same happens with a plain socat in place of Kakehashi, so only the
+    // first reconnection is judged here.
+    let cut = log.find("Network disconnect!");
+    let active_again = cut.is_some_and(|at| log[at..].contains("--> CONNECTION_STATE_ACTIVE"));
+    eprintln!(
+        "xfreerdp: {} reconnection(s)",
+        log.matches("Attempting reconnect").count()
+    );
+    assert!(
+        active_again,
+        "xfreerdp did not reach the desktop again after the cut (exit {code}):\n{out}\nconnect:\n{}",
+        client.proc.log_text()
+    );
+    assert!(
+        client.proc.log_text().contains("now through"),
+        "{}",
+        client.proc.log_text()
+    );
 }
 
 /// An operator signed in on gateway A's portal, as `/api/session/finish`
