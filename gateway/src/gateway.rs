@@ -56,7 +56,10 @@ impl Gateway {
             Some(url) => Some(
                 kakehashi_store::Store::open(url.expose())
                     .await
-                    .with_context(|| format!("cannot open the store {url}"))?,
+                    .with_context(|| format!("cannot open the store {url}"))?
+                    // On PostgreSQL, logins and sessions do not wait on the
+                    // audit chain's head; `cluster::seal` seals their records.
+                    .seal_later(true),
             ),
             None => None,
         };

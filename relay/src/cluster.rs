@@ -165,6 +165,50 @@ async fn close_rows(store: &Store, rows: &[SessionRecord], reason: &str) -> usiz
     closed
 }
 
+/// How often a gateway on PostgreSQL moves waiting audit records into the
+/// chain ([`Store::seal_pending`]); every member tries, one seals at a time.
+pub const SEAL_EVERY: Duration = Duration::from_millis(100);
+
+/// Seals the audit records that logins and sessions left in
+/// `audit_pending` (PostgreSQL; see `Store::seal_later`), every
+/// [`SEAL_EVERY`] until the forced step of the shutdown, then once more so
+/// this gateway's last records are in the chain when it exits (another
+/// member, or the next start, would seal them otherwise).
+pub(crate) async fn seal(s: Arc<Shared>) {
+    let Some(store) = s.store.clone() else { return };
+    if store.backend() != kakehashi_store::Backend::Postgres {
+        return;
+    }
+    let mut tick = tokio::time::interval(SEAL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        let last = tokio::select! {
+            _ = s.shutdown.forced() => true,
+            _ = tick.tick() => false,
+        };
+        match store.seal_pending().await {
+            Ok(n) => {
+                if failing {
+                    failing = false;
+                    info!("Sealing audit records again");
+                }
+                if n > 0 {
+                    debug!(records = n, "Audit records sealed into the chain");
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "Cannot seal audit records; they wait in the store (another gateway, or this one once the database answers, seals them)");
+            }
+            Err(_) => {}
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 /// Heartbeats until the forced step of the shutdown; leaves the cluster
 /// when draining starts (and keeps heartbeating while it drains, so the
 /// others do not close sessions it still carries).

@@ -227,6 +227,7 @@ impl Relay {
         if s.policy.is_some() {
             sd.spawn(watch_changes(s.clone()));
             sd.spawn(crate::cluster::run(s.clone(), s.member_generation));
+            sd.spawn(crate::cluster::seal(s.clone()));
         }
         // One connection cap per role, shared by its QUIC and TCP listeners.
         // The handshake caps are also what a QUIC listener watches for its Retry threshold.

@@ -16,6 +16,19 @@ pub(crate) const INSERT_SQL: &str = "INSERT INTO audit \
 /// new record's sequence only; followers read the records themselves).
 pub(crate) const NOTIFY_POSTGRES: &str = "SELECT pg_notify('kakehashi_audit', $1)";
 pub(crate) const UPDATE_HEAD_SQL: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+/// A record waiting for the sealer (see [`Store::seal_later`]).
+pub(crate) const INSERT_PENDING_SQL: &str = "INSERT INTO audit_pending \
+     (at, actor, action, subject, reason, detail) VALUES ($1, $2, $3, $4, $5, $6)";
+/// The sealer's batch, as one statement (PostgreSQL arrays).
+const INSERT_MANY_POSTGRES: &str = "INSERT INTO audit \
+     (seq, at, actor, action, subject, reason, detail, prev_hash, hash) \
+     SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+     $6::TEXT[], $7::TEXT[], $8::BYTEA[], $9::BYTEA[])";
+/// The advisory lock the sealing gateway holds for one batch (any 64-bit
+/// constant of ours: "kakehash" in ASCII).
+const SEALER_LOCK: i64 = 0x6b61_6b65_6861_7368;
+/// Records sealed in one transaction at most.
+const SEAL_BATCH: i64 = 2000;
 
 /// Domain-separation tag at the start of every hashed encoding.
 const TAG: &[u8] = b"kakehashi-audit-v1";
@@ -174,6 +187,33 @@ pub(crate) fn seal(audit: &Audit, seq: i64, prev_hash: Hash256) -> AuditRecord {
     r
 }
 
+/// The record of `audit` while it waits for the sealer: `seq` 0, no hashes.
+pub(crate) fn pending(audit: &Audit) -> AuditRecord {
+    AuditRecord {
+        seq: 0,
+        at: audit.at,
+        actor: audit.actor.clone(),
+        action: audit.action.clone(),
+        subject: audit.subject.clone(),
+        reason: audit.reason.clone(),
+        detail: audit.detail.to_string(),
+        prev_hash: Hash256::ZERO,
+        hash: Hash256::ZERO,
+    }
+}
+
+/// A row of `audit_pending`.
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    id: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    subject: String,
+    reason: String,
+    detail: String,
+}
+
 /// How the chain was found broken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -237,9 +277,140 @@ const VERIFY_PAGE: i64 = 1000;
 
 impl Store {
     /// Appends a pure event (login, denial, failure…) to the audit log.
+    /// With [`Store::seal_later`] on PostgreSQL the record waits for the
+    /// sealer and comes back with `seq` 0.
     pub async fn append_audit(&self, audit: Audit) -> Result<AuditRecord> {
-        let ((), record) = write_tx!(self, audit, |tx| {});
+        let ((), record) = write_tx!(self, audit, concurrent, |tx| {});
         Ok(record)
+    }
+
+    /// On PostgreSQL, let the writes of logins and sessions leave their
+    /// audit records for [`Store::seal_pending`] rather than each take the
+    /// chain head until it commits (which runs the whole cluster's logins
+    /// one at a time, one disk flush each). Whoever opens a store this way
+    /// must call `seal_pending` often (the gateway: every 100 ms). No effect
+    /// on SQLite, where one writer at a time is the file's own rule.
+    pub fn seal_later(mut self, on: bool) -> Self {
+        self.seal_later = on;
+        self
+    }
+
+    /// Moves the records waiting in `audit_pending` into the chain, oldest
+    /// first, in batches of at most 2,000, under the head lock, and wakes
+    /// the change feeds once per batch. Returns how many it sealed; 0 at
+    /// once when another gateway is sealing (`pg_try_advisory_xact_lock`)
+    /// or nothing waits. Safe to call from every gateway at once.
+    pub async fn seal_pending(&self) -> Result<u64> {
+        let crate::db::Pool::Postgres(pool) = &self.pool else {
+            return Ok(0);
+        };
+        const ANY: &str = "SELECT EXISTS (SELECT 1 FROM audit_pending)";
+        const TRY_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1)";
+        const TAKE: &str = "SELECT id, at, actor, action, subject, reason, detail \
+             FROM audit_pending ORDER BY id LIMIT $1";
+        const DELETE: &str = "DELETE FROM audit_pending WHERE id = ANY($1)";
+        let mut sealed = 0u64;
+        loop {
+            let any: bool = sqlx::query_scalar(ANY).fetch_one(pool).await?;
+            if !any {
+                return Ok(sealed);
+            }
+            let mut tx = pool.begin().await?;
+            let mine: bool = sqlx::query_scalar(TRY_LOCK)
+                .bind(SEALER_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !mine {
+                return Ok(sealed);
+            }
+            let (mut seq, hash): (i64, Vec<u8>) =
+                sqlx::query_as(HEAD_POSTGRES).fetch_one(&mut *tx).await?;
+            let mut prev = Hash256::try_from(hash)?;
+            let rows: Vec<PendingRow> = sqlx::query_as(TAKE)
+                .bind(SEAL_BATCH)
+                .fetch_all(&mut *tx)
+                .await?;
+            if rows.is_empty() {
+                return Ok(sealed);
+            }
+            let n = rows.len();
+            let mut ids = Vec::with_capacity(n);
+            let (mut seqs, mut ats, mut hashes, mut prevs) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let (mut actors, mut actions, mut subjects, mut reasons, mut details) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for row in rows {
+                seq += 1;
+                let mut r = AuditRecord {
+                    seq,
+                    at: row.at,
+                    actor: row.actor,
+                    action: row.action,
+                    subject: row.subject,
+                    reason: row.reason,
+                    detail: row.detail,
+                    prev_hash: prev,
+                    hash: Hash256::ZERO,
+                };
+                r.hash = r.compute_hash();
+                prev = r.hash;
+                ids.push(row.id);
+                seqs.push(r.seq);
+                ats.push(r.at);
+                prevs.push(r.prev_hash.0.to_vec());
+                hashes.push(r.hash.0.to_vec());
+                actors.push(r.actor);
+                actions.push(r.action);
+                subjects.push(r.subject);
+                reasons.push(r.reason);
+                details.push(r.detail);
+            }
+            // One statement for the batch.
+            sqlx::query(INSERT_MANY_POSTGRES)
+                .bind(&seqs)
+                .bind(&ats)
+                .bind(&actors)
+                .bind(&actions)
+                .bind(&subjects)
+                .bind(&reasons)
+                .bind(&details)
+                .bind(&prevs)
+                .bind(&hashes)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(DELETE).bind(&ids).execute(&mut *tx).await?;
+            sqlx::query(UPDATE_HEAD_SQL)
+                .bind(seq)
+                .bind(&prev.0[..])
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(NOTIFY_POSTGRES)
+                .bind(seq.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            sealed += u64::try_from(ids.len()).unwrap_or(u64::MAX);
+            if i64::try_from(ids.len()).unwrap_or(i64::MAX) < SEAL_BATCH {
+                return Ok(sealed);
+            }
+        }
+    }
+
+    /// Records waiting for the sealer, and the time (`at`) of the oldest.
+    pub async fn pending_audit(&self) -> Result<(u64, Option<i64>)> {
+        const SQL: &str = "SELECT COUNT(*), MIN(at) FROM audit_pending";
+        let (n, oldest): (i64, Option<i64>) =
+            read!(self, |p| sqlx::query_as(SQL).fetch_one(p).await?);
+        Ok((u64::try_from(n).unwrap_or(0), oldest))
     }
 
     /// The chain head: the last record's seq and hash (`0` and zeros when empty).

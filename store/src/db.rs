@@ -41,6 +41,10 @@ pub(crate) enum Pool {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// On PostgreSQL: the hot-path writes (logins, sessions) leave their
+    /// audit record in `audit_pending` for [`Store::seal_pending`] instead
+    /// of taking the chain head ([`Store::seal_later`]).
+    pub(crate) seal_later: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -194,7 +198,10 @@ impl Store {
             }
         };
         tracing::debug!(backend = ?Self::backend_of(&pool), "Store opened");
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            seal_later: false,
+        })
     }
 
     fn backend_of(pool: &Pool) -> Backend {

@@ -529,7 +529,7 @@ impl Store {
             "UPDATE webauthn_credentials SET counter = $2, passkey = $3, last_used = $4 \
              WHERE cred_id = $1 AND (counter < $2 OR (counter = 0 AND $2 = 0))";
         const GET: &str = "SELECT counter FROM webauthn_credentials WHERE cred_id = $1";
-        write_tx!(self, audit, |tx| {
+        write_tx!(self, audit, concurrent, |tx| {
             let n = sqlx::query(SQL)
                 .bind(cred_id)
                 .bind(i64::from(counter))
@@ -672,7 +672,7 @@ impl Store {
         const SQL: &str = "INSERT INTO login_tokens \
              (token_hash, user_id, device_id, cert_serial, issued_at, expires_at, revoked_at) \
              VALUES ($1, $2, $3, $4, $5, $6, NULL)";
-        write_tx!(self, audit, |tx| {
+        write_tx!(self, audit, concurrent, |tx| {
             sqlx::query(SQL)
                 .bind(&t.token_hash.0[..])
                 .bind(&t.user_id)
@@ -816,7 +816,7 @@ impl Store {
         const SQL: &str = "INSERT INTO login_codes \
              (code_hash, user_id, pkce_challenge, created, expires_at, used_at, device_id) \
              VALUES ($1, $2, $3, $4, $5, NULL, $6)";
-        write_tx!(self, audit, |tx| {
+        write_tx!(self, audit, concurrent, |tx| {
             sqlx::query(SQL)
                 .bind(&c.code_hash.0[..])
                 .bind(&c.user_id)
@@ -839,7 +839,7 @@ impl Store {
         const USE: &str = "UPDATE login_codes SET used_at = $2 \
              WHERE code_hash = $1 AND used_at IS NULL \
              RETURNING code_hash, user_id, pkce_challenge, device_id, created, expires_at, used_at";
-        let (code, _) = write_tx!(self, audit, |tx| {
+        let (code, _) = write_tx!(self, audit, concurrent, |tx| {
             let state: Option<CodeState> = sqlx::query_as(GET)
                 .bind(&code_hash.0[..])
                 .fetch_optional(&mut *tx)

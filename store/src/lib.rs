@@ -34,6 +34,14 @@
 //! `SELECT … FOR UPDATE`, so two gateways on one database append to one
 //! chain and never fork it.
 //!
+//! On PostgreSQL a store opened with [`Store::seal_later`] takes the chain
+//! off the hot path: the writes of logins and sessions (each decided by one
+//! atomic statement) run side by side and leave their record in
+//! `audit_pending`, committed with the change; [`Store::seal_pending`]
+//! (one gateway at a time, `pg_try_advisory_xact_lock`) moves them into the
+//! chain in batches under the head lock. Readers of the chain see a record
+//! once it is sealed, a fraction of a second later.
+//!
 //! # Schema
 //!
 //! Ids (users, devices, desks, sessions, plans, BCP declarations) are 1 to
@@ -57,6 +65,7 @@
 //! | `gateway_members` | `id` PK (the gateway's name), `generation`, `laptop_addrs`, `agent_addrs`, `started_at`, `heartbeat_at` (its clock), `db_at`, `expires_at` (the database's clock), `sessions`, `agents`, `feed_seq`, `left_at`: presence, not audited |
 //! | `audit` | `seq` PK, `at`, `actor`, `action`, `subject`, `reason`, `detail` (JSON text), `prev_hash`, `hash`; triggers refuse UPDATE and DELETE |
 //! | `audit_head` | one row: `seq` and `hash` of the last record (0 and zeros when empty) |
+//! | `audit_pending` | `id` PK (ascending), `at`, `actor`, `action`, `subject`, `reason`, `detail`: records committed with their change and not yet sealed into `audit` (PostgreSQL with [`Store::seal_later`] only) |
 //!
 //! Codes, login tokens and lockout counters are deleted a week after they
 //! expire ([`Store::prune_expired`], hourly from every gateway); SQLite
@@ -120,6 +129,35 @@ macro_rules! read {
 /// commits. Evaluates to `(body value, AuditRecord)`. An early return or
 /// `?` in the body rolls everything back.
 macro_rules! write_tx {
+    // A write that is correct when others run at the same time (each of its
+    // statements decides atomically, e.g. `UPDATE … WHERE used_at IS NULL`):
+    // with [`Store::seal_later`] on PostgreSQL it does not take the chain
+    // head; its audit record waits in `audit_pending` for the sealer, in the
+    // same transaction as the change. Evaluates to `(body value, record)`,
+    // the record's `seq` 0 while it waits.
+    ($store:expr, $audit:expr, concurrent, |$tx:ident| $body:block) => {{
+        match &$store.pool {
+            $crate::db::Pool::Postgres(pool) if $store.seal_later => {
+                let audit: &$crate::audit::Audit = &$audit;
+                audit.validate()?;
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                let record = $crate::audit::pending(audit);
+                sqlx::query($crate::audit::INSERT_PENDING_SQL)
+                    .bind(record.at)
+                    .bind(&record.actor)
+                    .bind(&record.action)
+                    .bind(&record.subject)
+                    .bind(&record.reason)
+                    .bind(&record.detail)
+                    .execute(&mut *$tx)
+                    .await?;
+                $tx.commit().await?;
+                (out, record)
+            }
+            _ => write_tx!($store, $audit, |$tx| $body),
+        }
+    }};
     ($store:expr, $audit:expr, |$tx:ident| $body:block) => {{
         let audit: &$crate::audit::Audit = &$audit;
         audit.validate()?;

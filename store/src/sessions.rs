@@ -88,7 +88,7 @@ impl Store {
         const SQL: &str = "INSERT INTO sessions (id, user_id, device_id, desk_id, class, level, \
              transport, started_at, ended_at, end_reason, bytes_up, bytes_down, gateway) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, 0, 0, $9)";
-        write_tx!(self, audit, |tx| {
+        write_tx!(self, audit, concurrent, |tx| {
             sqlx::query(SQL)
                 .bind(&s.id)
                 .bind(&s.user_id)
@@ -133,7 +133,7 @@ impl Store {
              RETURNING id, user_id, device_id, desk_id, class, level, transport, started_at, \
              ended_at, end_reason, bytes_up, bytes_down, gateway";
         const EXISTS: &str = "SELECT COUNT(*) FROM sessions WHERE id = $1";
-        let (rec, _) = write_tx!(self, audit, |tx| {
+        let (rec, _) = write_tx!(self, audit, concurrent, |tx| {
             let rec: Option<SessionRecord> = sqlx::query_as(SQL)
                 .bind(id)
                 .bind(audit.at)

@@ -56,6 +56,7 @@ both_backends!(
     audit_detects_reorder_of_last_pair,
     audit_detects_bad_link,
     audit_concurrent,
+    audit_sealed_later,
     audit_checkpoints_anchor_the_chain,
     audit_checkpoint_catches_cut_tail,
     reopen_keeps_data,

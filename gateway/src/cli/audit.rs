@@ -206,6 +206,21 @@ pub async fn verify_store_cmd(
         Vec::new()
     };
     let r = store.verify_audit_anchored(&external, &keys).await?;
+    // On PostgreSQL, records committed but not sealed yet (open_store
+    // sealed what it could; a gateway sealing at the same moment holds the
+    // rest for a fraction of a second).
+    let (pending, oldest) = store.pending_audit().await?;
+    if pending > 0 {
+        let age = oldest.map_or(0, |at| kakehashi_store::unix_now().saturating_sub(at));
+        println!(
+            "封印待ちの記録 {pending} 件(最古 {age} 秒前)/ {pending} record(s) committed and waiting to be sealed into the chain (oldest {age} s ago){}",
+            if age > 60 {
+                ": no gateway has sealed for over a minute; check that the gateways run and reach the database"
+            } else {
+                ""
+            }
+        );
+    }
     let head = r.chain.head_seq;
     if let Some(p) = &r.problem {
         match p {

@@ -43,6 +43,13 @@ pub async fn open_store(config: &Path) -> anyhow::Result<(Config, Store)> {
     if let Some(path) = new_file {
         give_to_directory_owner(&path)?;
     }
+    // On PostgreSQL, records the gateways have not sealed yet (a fraction
+    // of a second's worth, or all of them when no gateway runs) go into the
+    // chain first, so `audit verify`, `audit export` and the histories
+    // see every committed change.
+    if let Err(e) = store.seal_pending().await {
+        tracing::warn!(error = %e, "Cannot seal the audit records waiting in the store");
+    }
     Ok((cfg, store))
 }
 

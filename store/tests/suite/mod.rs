@@ -1610,6 +1610,109 @@ pub async fn audit_concurrent(db: &Db) {
     );
 }
 
+/// With `seal_later` (PostgreSQL; a no-op on SQLite), logins' and
+/// sessions' writes run side by side and leave their records for the
+/// sealer, while other writes still take the head: two handles writing
+/// both kinds at once, both sealing at the same time, give one intact
+/// chain with every record once; a login code raced by 8 redeemers is
+/// spent once, and only the winner's record is in the chain.
+pub async fn audit_sealed_later(db: &Db) {
+    let a = db.open().await.seal_later(true);
+    let b = db.open().await.seal_later(true);
+    add_user(&a, "u1", "d").await;
+    let code = NewLoginCode {
+        code_hash: Hash256::digest("raced"),
+        user_id: "u1".into(),
+        pkce_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        device_id: "PC-1".into(),
+        expires_at: T0 + 60,
+    };
+    a.create_login_code(&code, audit(T0, "login.code"))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut sealers = tokio::task::JoinSet::new();
+    for s in [a.clone(), b.clone()] {
+        let stop = stop.clone();
+        sealers.spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += s.seal_pending().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            n
+        });
+    }
+    const TASKS: i64 = 6;
+    const EACH: i64 = 30;
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+        set.spawn(async move {
+            for i in 0..EACH {
+                if i % 5 == 0 {
+                    add_user(&store, &format!("u{t}-{i}"), "d").await;
+                } else {
+                    store
+                        .append_audit(audit(T0 + i, "login.ok").subject(format!("t{t}")))
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    }
+    let mut redeemers = tokio::task::JoinSet::new();
+    for r in 0..8 {
+        let store = if r % 2 == 0 { a.clone() } else { b.clone() };
+        redeemers.spawn(async move {
+            store
+                .consume_login_code(
+                    &Hash256::digest("raced"),
+                    audit(T0 + 1, "login.code.redeem"),
+                )
+                .await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let mut won = 0;
+    while let Some(r) = redeemers.join_next().await {
+        match r.unwrap() {
+            Ok(_) => won += 1,
+            Err(Error::AlreadyUsed { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1, "a login code is spent once");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sealed_by_sealers = 0;
+    while let Some(n) = sealers.join_next().await {
+        sealed_by_sealers += n.unwrap();
+    }
+    let rest = a.seal_pending().await.unwrap();
+    assert_eq!(a.pending_audit().await.unwrap(), (0, None));
+    let report = a.verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    // u1, its login code, the writers' records, one redeem.
+    assert_eq!(report.records, (2 + TASKS * EACH + 1) as u64);
+    let redeems = a
+        .audit_page(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.action == "login.code.redeem")
+        .count();
+    assert_eq!(redeems, 1);
+    if matches!(db.kind, crate::support::Kind::Postgres) {
+        // The hot-path records went through the sealers, not the head.
+        let pending_kind = TASKS * (EACH - EACH / 5) + 1 + 1;
+        assert_eq!(sealed_by_sealers + rest, pending_kind as u64);
+    } else {
+        assert_eq!(sealed_by_sealers + rest, 0);
+    }
+}
+
 /// Drop the store without closing it, reopen: every committed change is there.
 pub async fn reopen_keeps_data(db: &Db) {
     {

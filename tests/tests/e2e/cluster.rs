@@ -212,6 +212,8 @@ async fn gateways_on_one_postgres_keep_each_others_sessions_and_close_a_dead_one
     // gw2 itself, not reaped.
     let rec2 = store.get_session(&id2).await.unwrap().unwrap();
     assert_ne!(rec2.end_reason.as_deref(), Some("gateway_lost"), "{rec2:?}");
+    // The gateways seal session records every 100 ms; seal what waits.
+    store.seal_pending().await.unwrap();
     let log = store.audit_between(0, i64::MAX).await.unwrap();
     let end = log
         .iter()
@@ -281,6 +283,7 @@ async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on()
     }
     echo(&mut live, b"after").await;
     let store = Store::open(&url).await.unwrap();
+    store.seal_pending().await.unwrap();
     let log = store.audit_between(0, i64::MAX).await.unwrap();
     assert!(log.iter().any(|r| r.action == "session.start"));
     drop(store);
