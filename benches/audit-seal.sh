@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The store's side of a login storm on PostgreSQL (issue 18 item 8; the
+# store layer of P10): logins' audited writes per second with the audit
+# chain taken by every write ("inline") against records sealed in batches
+# ("sealed", what a gateway on PostgreSQL does), side by side on one
+# throwaway PostgreSQL with fsync on, first as the disk is, then with
+# 2 ms added to every fsync (an LD_PRELOAD shim, benches/fsync-delay.c).
+#
+#   benches/audit-seal.sh [--logins N] [--gateways N] [--workers N] [--rounds N]
+#
+# Needs PostgreSQL's server programs and a C compiler (installed with
+# apt-get when missing). Prints each round and a Markdown table for
+# benches/RESULTS.md. Not part of CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+pkgs=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
+command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${pkgs[@]}"
+fi
+cargo build --release -q -p kakehashi-benches --bin audit-seal
+out=target/audit-seal; mkdir -p "$out"
+cc -O2 -shared -fPIC -o "$out/fsync-delay.so" benches/fsync-delay.c -ldl
+# The postgres user (the server refuses to run as root) must read the shim.
+chmod 0755 "$out" "$out/fsync-delay.so"
+for delay in 0 2000; do
+  echo "== ${delay} µs added to every fsync" >&2
+  target/release/audit-seal --fsync-delay-us "$delay" --preload "$PWD/$out/fsync-delay.so" "$@" \
+    | tee "$out/delay-$delay.json"
+done
+echo
+echo "| fsync added | gateways | in flight | inline logins/s | sealed logins/s | ratio | sealed p99 |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for delay in 0 2000; do
+  python3 - "$out/delay-$delay.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+sealed = [r for r in s["rounds"] if r["mode"] == "sealed"]
+p99 = max(r["p99_ms"] for r in sealed)
+print(f'| {s["fsync_delay_us"]/1000:g} ms | {s["gateways"]} | {s["workers"]} | {s["inline_logins_per_sec"]:.0f} | {s["sealed_logins_per_sec"]:.0f} | {s["ratio"]:.2f}× | {p99} ms |')
+PY
+done
