@@ -466,3 +466,57 @@ fn the_japanese_and_english_guides_name_the_same_things() {
     );
     assert!(en.keys.contains("[portal] origin"), "{:?}", en.keys);
 }
+
+/// The rows of the first Markdown table after the line `heading` in `md`:
+/// each row's cells, backquotes taken off the first.
+fn table_after(md: &str, heading: &str) -> Vec<Vec<String>> {
+    let mut lines = md.lines().skip_while(|l| !l.starts_with(heading));
+    let mut rows = Vec::new();
+    let mut in_table = false;
+    for l in lines.by_ref() {
+        if l.starts_with('|') {
+            in_table = true;
+            let cells: Vec<String> = l
+                .trim()
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect();
+            rows.push(cells);
+        } else if in_table {
+            break;
+        }
+    }
+    // The header and its rule.
+    rows.drain(..rows.len().min(2));
+    for r in &mut rows {
+        r[0] = r[0].trim_matches('`').to_owned();
+    }
+    rows
+}
+
+/// docs/protocol.md says its reason tables are generated from the code:
+/// they are the codes of `Reason::ALL` and the policy's `ReasonCode::ALL`,
+/// in order, each with the very sentences a laptop shows.
+#[test]
+fn the_protocol_reason_tables_are_the_codes_in_the_source() {
+    let md = read("docs/protocol.md");
+    let want: Vec<Vec<String>> = kakehashi_proto::Reason::ALL
+        .iter()
+        .map(|r| vec![r.code().to_owned(), r.ja().to_owned(), r.en().to_owned()])
+        .collect();
+    assert_eq!(
+        table_after(&md, "## 8. Reason codes"),
+        want,
+        "docs/protocol.md section 8 differs from proto/src/reason.rs"
+    );
+    let want: Vec<Vec<String>> = kakehashi_policy::ReasonCode::ALL
+        .iter()
+        .map(|r| vec![r.code().to_owned(), r.ja().to_owned(), r.en().to_owned()])
+        .collect();
+    assert_eq!(
+        table_after(&md, "The access policy's refusals"),
+        want,
+        "docs/protocol.md's policy table differs from policy/src/reason.rs"
+    );
+}
