@@ -73,8 +73,10 @@ const REPORT_QUEUE: usize = 256;
 /// session opened ahead by `kakehashi connect --launch` waits for the RDP client
 /// to start).
 const RDP_FIRST_BYTES: Duration = Duration::from_secs(60);
-/// TCP keepalive of the tunnel's connections.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// TCP keepalive of the tunnel's connections: a quiet connection (a
+/// session's data connection carries no pings) to a gateway host that is
+/// gone is dropped by the kernel within 4 s.
+const TCP_KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
 /// How long the agent leaves a gateway that said `restarting` alone before
 /// dialling it again (plus the usual jittered backoff).
 const RESTART_PAUSE: Duration = Duration::from_secs(5);

@@ -31,11 +31,18 @@ pub use config::Config;
 
 /// How long `auto` waits for QUIC before falling back to TCP.
 pub const QUIC_PROBE: Duration = Duration::from_millis(1500);
-/// Handshake timeout for each transport.
+/// Handshake timeout for each transport, with no other gateway to go to.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Handshake timeout when `[gateway] fallback` lists other gateways: a
+/// gateway that has not finished a handshake in 4 s is taken for dead and
+/// the next one is tried, so a laptop notices a hung gateway within 5 s. A
+/// handshake takes a few round trips; 4 s leaves room for two lost packets
+/// (the first TCP and QUIC retransmissions are at 1 s and 3 s).
+const FAILOVER_HANDSHAKE: Duration = Duration::from_secs(4);
 /// How long the gateway may take to set a session up.
 const SETUP: Duration = Duration::from_secs(20);
-const KEEPALIVE: Duration = Duration::from_secs(10);
+/// TCP keepalive of the laptop's connections.
+const KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
 
 /// Why a session could not be opened.
 #[derive(Debug)]
@@ -74,6 +81,8 @@ pub struct Dialer {
     tls: Arc<rustls::ClientConfig>,
     transport: Transport,
     quic: Option<QuicState>,
+    /// [`HANDSHAKE`], or [`FAILOVER_HANDSHAKE`] with other gateways to go to.
+    handshake: Duration,
 }
 
 #[derive(Debug)]
@@ -121,15 +130,21 @@ impl Dialer {
         let m = files.load().map_err(SessionError::Other)?;
         // A stale CRL is a refusal with its reason (`crl_stale`).
         let tls = Arc::new(tls::client_config(&m, cfg.crl.as_deref(), ALPN_TERMINAL)?);
+        let handshake = if cfg.fallback.is_empty() {
+            HANDSHAKE
+        } else {
+            FAILOVER_HANDSHAKE
+        };
         let mut d = Self {
             cfg,
             tls,
             transport: Transport::Quic,
             quic: None,
+            handshake,
         };
         match choice {
             TransportChoice::Quic => {
-                d.probe_quic(HANDSHAKE).await?;
+                d.probe_quic(handshake).await?;
                 Ok((d, "quic".into()))
             }
             TransportChoice::Tcp => {
@@ -178,7 +193,7 @@ impl Dialer {
 
     async fn probe_tcp(&mut self) -> Result<(), SessionError> {
         let mut io = self.open().await?;
-        ping(&mut io, HANDSHAKE).await
+        ping(&mut io, self.handshake).await
     }
 
     /// A fresh stream to the gateway (a QUIC stream, or a new TLS connection).
@@ -204,8 +219,17 @@ impl Dialer {
                 let c = match guard.as_ref().filter(|c| c.close_reason().is_none()) {
                     Some(c) => c.clone(), // another session dialled meanwhile
                     None => {
-                        let c =
-                            quic_connect(&q.ep, q.addr, &self.cfg.server_name, HANDSHAKE).await?;
+                        let silent = guard.as_ref().and_then(|c| c.close_reason())
+                            == Some(quinn::ConnectionError::TimedOut);
+                        if silent && !self.cfg.fallback.is_empty() {
+                            // It went silent for the idle timeout (host hung
+                            // or gone): the next gateway, not another wait.
+                            anyhow::bail!(
+                                "the gateway went silent for longer than the QUIC idle timeout"
+                            );
+                        }
+                        let c = quic_connect(&q.ep, q.addr, &self.cfg.server_name, self.handshake)
+                            .await?;
                         *guard = Some(c.clone());
                         c
                     }
@@ -221,7 +245,7 @@ impl Dialer {
                     &self.cfg.tcp,
                     &self.cfg.server_name,
                     self.tls.clone(),
-                    HANDSHAKE,
+                    self.handshake,
                     KEEPALIVE,
                 )
                 .await?,

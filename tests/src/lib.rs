@@ -389,6 +389,10 @@ pub struct GatewayOpts {
     pub name: Option<String>,
     /// Lines of `[relay]` itself (e.g. `proxy_protocol_from = ["127.0.0.1"]`).
     pub relay: String,
+    /// Run with the shipped `keepalive` and `idle_timeout` (1 s / 4 s)
+    /// instead of the tests' 2 s / 8 s, which leave a raw test agent that
+    /// never answers a ping its tunnel for longer.
+    pub shipped_keepalive: bool,
 }
 
 /// A running `kakehashi-gateway run`.
@@ -427,8 +431,7 @@ tcp = "{at}"
 [relay.limits]
 max_sessions = {max}
 handshake_timeout = "5s"
-keepalive = "2s"
-idle_timeout = "8s"
+{keepalive}
 shutdown_grace = "2s"
 {extra}
 [admin]
@@ -451,6 +454,11 @@ listen = "{admin}"
         terminals_extra = opts.terminals_extra,
         relay = opts.relay,
         extra = opts.limits,
+        keepalive = if opts.shipped_keepalive {
+            ""
+        } else {
+            "keepalive = \"2s\"\nidle_timeout = \"8s\""
+        },
         admin = a.map_or(any, |a| a.admin),
         identity = opts
             .identity

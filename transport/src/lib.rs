@@ -112,14 +112,43 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Set TCP keepalive and no-delay on an accepted or dialled socket.
+/// How often a quiet connection proves its peer is alive, by default: the
+/// QUIC keep-alive, the TCP keepalive probes and the gateway's pings on an
+/// agent's TCP tunnel (the gateway's `[relay.limits] keepalive`).
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Silence after which a peer counts as dead, by default: the QUIC idle
+/// timeout (the gateway's `[relay.limits] idle_timeout`). With
+/// [`KEEPALIVE`] a gateway whose host hangs or leaves the network is noticed
+/// within 4 s by its agents and laptops, and a dead agent by the gateway.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Unanswered TCP keepalive probes after which the kernel drops a quiet
+/// connection: a dead peer is found `keepalive × (1 + TCP_KEEPALIVE_PROBES)`
+/// after the last thing it sent (4 s with [`KEEPALIVE`]; the kernel's own
+/// default of 9 would make it 10 s).
+pub const TCP_KEEPALIVE_PROBES: u32 = 3;
+
+/// Set TCP keepalive (first probe and interval `keepalive`, then
+/// [`TCP_KEEPALIVE_PROBES`] probes) and no-delay on an accepted or dialled
+/// socket. Keepalive probes only go out while the connection is quiet, and
+/// only find a dead or unreachable host: a process that hangs on a live host
+/// still has its kernel answer them, which the tunnels' pings (TCP) and QUIC
+/// idle timeouts catch instead.
 pub fn tune_tcp(stream: &tokio::net::TcpStream, keepalive: std::time::Duration) {
     let _ = stream.set_nodelay(true);
     let sock = socket2::SockRef::from(stream);
     let ka = socket2::TcpKeepalive::new()
         .with_time(keepalive)
-        .with_interval(keepalive);
-    let _ = sock.set_tcp_keepalive(&ka);
+        .with_interval(keepalive)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    if sock.set_tcp_keepalive(&ka).is_err() {
+        // An older kernel without a settable probe count: time and interval.
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(keepalive)
+            .with_interval(keepalive);
+        let _ = sock.set_tcp_keepalive(&ka);
+    }
 }
 
 /// Start tracing for a binary: human-readable by default, JSON lines when

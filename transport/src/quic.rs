@@ -44,9 +44,13 @@ pub struct QuicLimits {
     /// of the limit, so a peer can count on `max_streams - max_streams / 8`
     /// open at once (14 of 16), not always on all of them.
     pub max_streams: u32,
-    /// Keepalive interval.
+    /// Keepalive interval: a connection that sent nothing for this long
+    /// sends a PING ([`crate::KEEPALIVE`] by default).
     pub keepalive: Duration,
-    /// Idle timeout after which a silent connection is dropped.
+    /// Idle timeout after which a silent connection is dropped
+    /// ([`crate::IDLE_TIMEOUT`] by default). QUIC uses the shorter of the
+    /// two peers' values, so an agent or laptop finds a dead gateway within
+    /// its own idle timeout whatever the gateway's configuration says.
     pub idle_timeout: Duration,
     /// Per-stream receive window: the most one session buffers unread.
     pub stream_window: u32,
@@ -63,8 +67,8 @@ impl Default for QuicLimits {
     fn default() -> Self {
         Self {
             max_streams: 0,
-            keepalive: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
+            keepalive: crate::KEEPALIVE,
+            idle_timeout: crate::IDLE_TIMEOUT,
             stream_window: 1024 * 1024,
             conn_window: 8 * 1024 * 1024,
         }

@@ -231,12 +231,12 @@ mod tests {
                 e.relay.session_setup_timeout,
                 s(10),
             ),
-            ("keepalive", d.relay.keepalive, e.relay.keepalive, s(10)),
+            ("keepalive", d.relay.keepalive, e.relay.keepalive, s(1)),
             (
                 "idle_timeout",
                 d.relay.idle_timeout,
                 e.relay.idle_timeout,
-                s(30),
+                s(4),
             ),
             (
                 "shutdown_grace",
@@ -302,13 +302,13 @@ mod tests {
 
     #[test]
     fn a_duration_without_its_unit_says_how_to_write_it() {
-        let e = error(&example_with("keepalive = \"10s\"", "keepalive = 10"));
+        let e = error(&example_with("keepalive = \"1s\"", "keepalive = 1"));
         assert!(
-            e.contains("keepalive = 10") && e.contains("write \"10s\""),
+            e.contains("keepalive = 1") && e.contains("write \"1s\""),
             "{e}"
         );
         let e = error(&example_with(
-            "keepalive = \"10s\"",
+            "keepalive = \"1s\"",
             "keepalive = \"10 seconds please\"",
         ));
         assert!(e.contains("is not a duration"), "{e}");
@@ -328,9 +328,9 @@ mod tests {
                 "[relay.limits] session_setup_timeout = \"0s\" is out of range",
             ),
             (
-                "idle_timeout = \"30s\"",
-                "idle_timeout = \"10s\"",
-                "[relay.limits] idle_timeout = \"10s\" must be longer than keepalive = \"10s\"",
+                "idle_timeout = \"4s\"",
+                "idle_timeout = \"1s\"",
+                "[relay.limits] idle_timeout = \"1s\" must be longer than keepalive = \"1s\"",
             ),
             (
                 "token_lifetime = \"10h\"",
@@ -439,7 +439,7 @@ mod tests {
             assert!(e.contains(want), "{want}: {e}");
         }
         // A half-changed file too.
-        let e = error(&example_with("keepalive = \"10s\"", "keepalive_secs = 10"));
+        let e = error(&example_with("keepalive = \"1s\"", "keepalive_secs = 10"));
         assert!(
             e.contains(
                 "[relay.limits] keepalive_secs = 10 is now [relay.limits] keepalive = \"10s\""

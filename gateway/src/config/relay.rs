@@ -137,8 +137,8 @@ impl Default for LimitsSection {
             max_sessions: 20_000,
             handshake_timeout: Duration::from_secs(10),
             session_setup_timeout: Duration::from_secs(10),
-            keepalive: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
+            keepalive: kakehashi_transport::KEEPALIVE,
+            idle_timeout: kakehashi_transport::IDLE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             terminal_quic_streams: kakehashi_transport::quic::TERMINAL_STREAMS,
         }
@@ -349,10 +349,10 @@ pub fn relay(
     let handshake_timeout = at_least_a_second("handshake_timeout", "10s", l.handshake_timeout)?;
     let session_setup_timeout =
         at_least_a_second("session_setup_timeout", "10s", l.session_setup_timeout)?;
-    let keepalive = at_least_a_second("keepalive", "10s", l.keepalive)?;
+    let keepalive = at_least_a_second("keepalive", "1s", l.keepalive)?;
     if l.idle_timeout <= keepalive {
         bail!(
-            "[relay.limits] idle_timeout = \"{}\" must be longer than keepalive = \"{}\" (for example idle_timeout = \"30s\" with keepalive = \"10s\")",
+            "[relay.limits] idle_timeout = \"{}\" must be longer than keepalive = \"{}\" (for example idle_timeout = \"4s\" with keepalive = \"1s\")",
             kakehashi_config::fmt_duration(l.idle_timeout),
             kakehashi_config::fmt_duration(keepalive),
         );

@@ -98,21 +98,28 @@ struct Desk1 {
 }
 
 async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Desk1 {
-    let echo = echo_server().await;
-    desk1_serving(pki, url, gws, echo).await
+    desk1_over(pki, url, gws, "tcp").await
 }
 
-/// [`desk1`] whose agent hands sessions to `backend` (an RDP server).
+/// [`desk1`] with the agent's tunnels on `transport`.
+async fn desk1_over(pki: &mut Pki, url: &str, gws: &[&GatewayProc], transport: &str) -> Desk1 {
+    let echo = echo_server().await;
+    desk1_serving(pki, url, gws, echo, transport).await
+}
+
+/// [`desk1`] whose agent hands sessions to `backend` (an RDP server), its
+/// tunnels on `transport`.
 async fn desk1_serving(
     pki: &mut Pki,
     url: &str,
     gws: &[&GatewayProc],
     backend: std::net::SocketAddr,
+    transport: &str,
 ) -> Desk1 {
     let store = Store::open(url).await.unwrap();
     add_desk(&store, "DESK-1", 1, &["u-kato"]).await;
     let agent_files = pki.agent("DESK-1");
-    let agent = start_agent_with(pki, &agent_files, &gws[0].addrs, backend, "tcp");
+    let agent = start_agent_with(pki, &agent_files, &gws[0].addrs, backend, transport);
     for gw in gws {
         wait_agent(gw, "DESK-1").await;
     }
@@ -129,6 +136,17 @@ async fn desk1_serving(
 impl Desk1 {
     /// `kakehashi connect DESK-1` through `gw`, with `[gateway]` lines added.
     async fn client(&self, pki: &Pki, gw: &GatewayProc, gateway_extra: &str) -> ClientProc {
+        self.client_over(pki, gw, gateway_extra, "tcp").await
+    }
+
+    /// [`Desk1::client`] on `transport`.
+    async fn client_over(
+        &self,
+        pki: &Pki,
+        gw: &GatewayProc,
+        gateway_extra: &str,
+        transport: &str,
+    ) -> ClientProc {
         let cfg = client_config_logged_in(pki, &self.dev, &gw.addrs, "u-kato", &self.token);
         let text = std::fs::read_to_string(&cfg).unwrap().replacen(
             "[tls]",
@@ -136,7 +154,7 @@ impl Desk1 {
             1,
         );
         std::fs::write(&cfg, text).unwrap();
-        start_client(pki, &cfg, "DESK-1", "tcp").await.unwrap()
+        start_client(pki, &cfg, "DESK-1", transport).await.unwrap()
     }
 }
 
@@ -527,7 +545,7 @@ async fn an_rdp_desktop_comes_back_through_another_gateway_when_its_gateway_is_k
     let (_rdp_server, rdp_addr) = start_rdp_server(&mut pki).await;
     let gw1 = gateway(&pki, "gw1", &url).await;
     let gw2 = gateway(&pki, "gw2", &url).await;
-    let d = desk1_serving(&mut pki, &url, &[&gw1, &gw2], rdp_addr).await;
+    let d = desk1_serving(&mut pki, &url, &[&gw1, &gw2], rdp_addr, "tcp").await;
     let fallback = format!("fallback = [\"{}\"]\n", gw2.addrs.terminal_tcp);
     let client = d.client(&pki, &gw1, &fallback).await;
     // Up for 15 s after the first activation; the client keeps its log.
@@ -589,6 +607,133 @@ async fn an_rdp_desktop_comes_back_through_another_gateway_when_its_gateway_is_k
         "{}",
         client.proc.log_text()
     );
+}
+
+/// Addresses for a gateway whose laptop listeners share one port for TCP
+/// and QUIC, as `[gateway] fallback = ["host:port"]` expects (both
+/// transports on the port written), and so do its agent listeners.
+fn one_port_addrs() -> GatewayAddrs {
+    let both = || loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = t.local_addr().unwrap();
+        if std::net::UdpSocket::bind(a).is_ok() {
+            break a;
+        }
+    };
+    let (laptops, agents) = (both(), both());
+    GatewayAddrs {
+        terminal_quic: laptops,
+        terminal_tcp: laptops,
+        agent_quic: agents,
+        agent_tcp: agents,
+        admin: "127.0.0.1:0".parse().unwrap(),
+    }
+}
+
+/// Keeps a process stopped with SIGSTOP: its sockets stay open and its
+/// kernel still answers TCP, but the process itself answers nothing, as
+/// when a gateway's host hangs. SIGCONT on drop.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> Self {
+        signal(pid, "-STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Issue 18 item 6: a gateway that hangs (SIGSTOP) is noticed by its agent
+/// and by a laptop within the idle timeout, on `transport`: the agent drops
+/// its tunnel, and the laptop's next session opens through the other
+/// gateway with the same login. Bounded by twice the shipped idle timeout
+/// (8 s): with the old 10 s keepalive / 30 s idle timeout and the laptop's
+/// 10 s handshake timeout, neither could happen in time.
+async fn a_hung_gateway_is_left_within_the_idle_timeout(transport: &str) {
+    let bound = 2 * kakehashi_transport::IDLE_TIMEOUT;
+    let url = pg::cluster().create_database().await;
+    let mut pki = Pki::new();
+    let opts = |name: &str| GatewayOpts {
+        name: Some(name.into()),
+        identity: Some(pg_sections(&pki, &url, "100ms")),
+        shipped_keepalive: true,
+        ..Default::default()
+    };
+    let gw1 = start_gateway(&pki, opts("gw1")).await;
+    let gw2 = start_gateway(
+        &pki,
+        GatewayOpts {
+            addrs: Some(one_port_addrs()),
+            ..opts("gw2")
+        },
+    )
+    .await;
+    let d = desk1_over(&mut pki, &url, &[&gw1, &gw2], transport).await;
+    let fallback = format!("fallback = [\"{}\"]\n", gw2.addrs.terminal_tcp);
+    let client = d.client_over(&pki, &gw1, &fallback, transport).await;
+    let first = echo_session(&client, b"via gw1").await;
+    let row = only_open_session(&d.store).await;
+    assert_eq!(row.gateway.as_deref(), Some("gw1"));
+
+    let mut gw1 = gw1;
+    let frozen = Frozen::new(gw1.proc.pid());
+    let t0 = Instant::now();
+    // The agent drops its tunnel to gw1 (gw2 carries it all along)…
+    let gw1_at = gw1.addrs.agent_tcp.to_string();
+    let agent = async {
+        crate::e2e::rdp::wait_log_line(&d.agent, &["Tunnel down", &gw1_at], bound)
+            .await
+            .unwrap_or_else(|e| panic!("{transport}: the agent kept gw1's tunnel: {e:#}"));
+        t0.elapsed()
+    };
+    // …and the laptop's next session opens through gw2, with the same token.
+    let laptop = async {
+        let s = tokio::time::timeout(bound, echo_session(&client, b"via gw2"))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{transport}: no session through gw2 within {bound:?} of gw1 hanging\nclient log:\n{}",
+                    client.proc.log_text()
+                )
+            });
+        (s, t0.elapsed())
+    };
+    let (agent, (next, laptop)) = tokio::join!(agent, laptop);
+    let via_gw2 = d.store.open_sessions_of(Some("gw2")).await.unwrap();
+    assert_eq!(via_gw2.len(), 1, "{via_gw2:?}");
+    let log = client.proc.log_text();
+    assert!(log.contains("切り替えました"), "{log}");
+    eprintln!(
+        "{transport}: gw1 hung (SIGSTOP); the laptop's next session opened through gw2 after {laptop:?}, \
+         the agent dropped gw1's tunnel after {agent:?}"
+    );
+    drop((first, next));
+    drop(frozen);
+    gw1.proc.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_gateway_is_left_within_the_idle_timeout_over_tcp() {
+    a_hung_gateway_is_left_within_the_idle_timeout("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_gateway_is_left_within_the_idle_timeout_over_quic() {
+    a_hung_gateway_is_left_within_the_idle_timeout("quic").await;
 }
 
 /// An operator signed in on gateway A's portal, as `/api/session/finish`
