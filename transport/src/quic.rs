@@ -241,6 +241,33 @@ mod tests {
         server.abort();
     }
 
+    /// What the 1 s keep-alive costs: a quiet connection stays up past the
+    /// 4 s idle timeout, on at most two datagrams a second each way (a PING
+    /// and an ACK of the peer's PING), whatever the machine's speed.
+    #[tokio::test]
+    async fn a_quiet_connection_lives_on_a_few_datagrams_a_second() {
+        let (_certs, _srv, _cli, c, s) = pair(1).await;
+        // The handshake's last packets (tickets, connection ids) settle first.
+        tokio::time::sleep(crate::KEEPALIVE).await;
+        let sent = |c: &quinn::Connection| (c.stats().udp_tx.datagrams, c.stats().udp_tx.bytes);
+        let (c0, s0) = (sent(&c), sent(&s));
+        let quiet = 2 * crate::IDLE_TIMEOUT;
+        tokio::time::sleep(quiet).await;
+        assert!(c.close_reason().is_none() && s.close_reason().is_none());
+        let secs = quiet.as_secs();
+        let (c1, s1) = (sent(&c), sent(&s));
+        eprintln!(
+            "quiet for {secs} s: client sent {} datagrams ({} bytes), server {} ({} bytes)",
+            c1.0 - c0.0,
+            c1.1 - c0.1,
+            s1.0 - s0.0,
+            s1.1 - s0.1
+        );
+        for n in [c1.0 - c0.0, s1.0 - s0.0] {
+            assert!(n <= 2 * secs + 2, "{n} datagrams in {secs} s");
+        }
+    }
+
     #[tokio::test]
     async fn laptop_side_grants_the_gateway_no_streams() {
         let (_certs, _srv, _cli, _c, s) = pair(1).await;
