@@ -659,11 +659,14 @@ fn signal(pid: u32, sig: &str) {
 
 /// Issue 18 item 6: a gateway that hangs (SIGSTOP) is noticed by its agent
 /// and by a laptop within the idle timeout, on `transport`: the agent drops
-/// its tunnel, and the laptop's next session opens through the other
-/// gateway with the same login. Bounded by twice the shipped idle timeout
-/// (8 s): with the old 10 s keepalive / 30 s idle timeout and the laptop's
-/// 10 s handshake timeout, neither could happen in time.
+/// its tunnel, and the laptop gives the gateway up and opens its next
+/// session through the other gateway with the same login. Noticing is
+/// bounded by twice the shipped idle timeout (8 s): with the old 10 s
+/// keepalive / 30 s idle timeout and the laptop's 10 s handshake timeout,
+/// neither could notice in time (checked: both transports failed).
 async fn a_hung_gateway_is_left_within_the_idle_timeout(transport: &str) {
+    /// A session's set-up through the surviving gateway, on a busy machine.
+    const SETTLE: Duration = Duration::from_secs(30);
     let bound = 2 * kakehashi_transport::IDLE_TIMEOUT;
     let url = pg::cluster().create_database().await;
     let mut pki = Pki::new();
@@ -700,26 +703,36 @@ async fn a_hung_gateway_is_left_within_the_idle_timeout(transport: &str) {
             .unwrap_or_else(|e| panic!("{transport}: the agent kept gw1's tunnel: {e:#}"));
         t0.elapsed()
     };
-    // …and the laptop's next session opens through gw2, with the same token.
+    // …the laptop gives gw1 up…
     let laptop = async {
-        let s = tokio::time::timeout(bound, echo_session(&client, b"via gw2"))
+        client
+            .proc
+            .wait_log("Gateway gone; moving to the next", bound)
+            .await
+            .unwrap_or_else(|e| panic!("{transport}: the laptop stayed on gw1: {e:#}"));
+        t0.elapsed()
+    };
+    // …and its next session opens through gw2, with the same token (set-up
+    // time, which a loaded machine stretches, is not what is bounded here).
+    let session = async {
+        let s = tokio::time::timeout(SETTLE, echo_session(&client, b"via gw2"))
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "{transport}: no session through gw2 within {bound:?} of gw1 hanging\nclient log:\n{}",
+                    "{transport}: no session through gw2\nclient log:\n{}",
                     client.proc.log_text()
                 )
             });
         (s, t0.elapsed())
     };
-    let (agent, (next, laptop)) = tokio::join!(agent, laptop);
+    let (agent, laptop, (next, opened)) = tokio::join!(agent, laptop, session);
     let via_gw2 = d.store.open_sessions_of(Some("gw2")).await.unwrap();
     assert_eq!(via_gw2.len(), 1, "{via_gw2:?}");
     let log = client.proc.log_text();
     assert!(log.contains("切り替えました"), "{log}");
     eprintln!(
-        "{transport}: gw1 hung (SIGSTOP); the laptop's next session opened through gw2 after {laptop:?}, \
-         the agent dropped gw1's tunnel after {agent:?}"
+        "{transport}: gw1 hung (SIGSTOP); the laptop left it after {laptop:?} and its next session \
+         opened through gw2 after {opened:?}; the agent dropped gw1's tunnel after {agent:?}"
     );
     drop((first, next));
     drop(frozen);
