@@ -242,8 +242,10 @@ mod tests {
     }
 
     /// What the 1 s keep-alive costs: a quiet connection stays up past the
-    /// 4 s idle timeout, on at most two datagrams a second each way (a PING
-    /// and an ACK of the peer's PING), whatever the machine's speed.
+    /// 4 s idle timeout on a few datagrams a second each way: a PING and an
+    /// ACK of the peer's PING (2.25 a second measured on a quiet machine);
+    /// on a busy one loopback's tiny round trip makes a late ACK look lost
+    /// and adds a probe now and then (2.9 measured), hence a bound of 4.
     #[tokio::test]
     async fn a_quiet_connection_lives_on_a_few_datagrams_a_second() {
         let (_certs, _srv, _cli, c, s) = pair(1).await;
@@ -264,7 +266,7 @@ mod tests {
             s1.1 - s0.1
         );
         for n in [c1.0 - c0.0, s1.0 - s0.0] {
-            assert!(n <= 2 * secs + 2, "{n} datagrams in {secs} s");
+            assert!(n <= 4 * secs, "{n} datagrams in {secs} s");
         }
     }
 
