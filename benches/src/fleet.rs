@@ -35,7 +35,8 @@ use crate::traffic::{self, DeskMode, Flow};
 
 /// Handshake and setup timeout of the simulated peers.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
-const KEEPALIVE: Duration = Duration::from_secs(10);
+/// The real agent's and laptop's keep-alive (QUIC and TCP).
+const KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
 
 /// Which transport the fleet uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
