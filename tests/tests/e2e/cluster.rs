@@ -2,7 +2,8 @@
 //! gateway's session rows are its own, a gateway killed with SIGKILL has
 //! its sessions closed by a survivor once its membership lapses (with the
 //! bytes it had saved), a login token works on every gateway, the policy is
-//! seeded once, `cluster status` shows the members; and when PostgreSQL
+//! seeded once, `cluster status` shows the members; a gateway that hangs
+//! (SIGSTOP) is left by its agent and laptops within the idle timeout; and when PostgreSQL
 //! goes away, new sessions are refused at once with `store_unavailable`
 //! while live ones go on.
 
