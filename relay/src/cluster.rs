@@ -31,6 +31,13 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// dead for this long has its sessions closed by the others.
 pub const MEMBERSHIP_TTL: i64 = 10;
 
+/// How long a member must have renewed its own membership without a
+/// break before it closes a lapsed member's sessions. After an outage of
+/// the store that outlasted [`MEMBERSHIP_TTL`], every member looks lapsed
+/// to the first one back; the others renew within a heartbeat or two, and
+/// only a member still lapsed after this long is dead.
+pub const REAP_AFTER_HEALTHY: Duration = Duration::from_secs(MEMBERSHIP_TTL as u64 + 4);
+
 /// The end reason of a session whose gateway died: recorded by a surviving
 /// member once the dead one's membership lapsed.
 pub const REASON_GATEWAY_LOST: &str = "gateway_lost";
@@ -221,6 +228,8 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
     let mut left = false;
     let mut replaced = false;
     let mut failing_since: Option<Instant> = None;
+    // Since when this member's heartbeats have all succeeded.
+    let mut healthy_since = Some(Instant::now());
     let mut next_prune = Instant::now() + FIRST_PRUNE;
     let mut published = Published::default();
     loop {
@@ -250,6 +259,7 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
             .await
         {
             Ok(true) => {
+                healthy_since.get_or_insert_with(Instant::now);
                 if let Some(since) = failing_since.take() {
                     info!(
                         secs = since.elapsed().as_secs(),
@@ -266,6 +276,7 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
             }
             Err(e) => {
                 s.metrics.store_up.set(0);
+                healthy_since = None;
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
                     warn!(error = %e, "Cannot renew the cluster membership; live sessions go on");
@@ -274,7 +285,8 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
             }
         }
         save_progress(&s, &store, &mut saved).await;
-        reap_lapsed(&s, &store, &id, &mut published).await;
+        let may_reap = healthy_since.is_some_and(|t| t.elapsed() >= REAP_AFTER_HEALTHY);
+        reap_lapsed(&s, &store, &id, may_reap, &mut published).await;
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_EVERY;
             prune(&store).await;
@@ -309,7 +321,13 @@ async fn save_progress(s: &Shared, store: &Store, saved: &mut HashMap<String, (u
 /// Show every member in the metrics, tell the agents the live members
 /// when they changed (or the last list nears its expiry), and close the
 /// open rows of members whose membership lapsed.
-async fn reap_lapsed(s: &Shared, store: &Store, me: &str, published: &mut Published) {
+async fn reap_lapsed(
+    s: &Shared,
+    store: &Store,
+    me: &str,
+    may_reap: bool,
+    published: &mut Published,
+) {
     let (counts, (members, now)) = match (store.open_session_counts().await, store.members().await)
     {
         (Ok(c), Ok(m)) => (c, m),
@@ -332,6 +350,11 @@ async fn reap_lapsed(s: &Shared, store: &Store, me: &str, published: &mut Publis
             .member_sessions
             .with_label_values(&[&m.id])
             .set(if alive { m.sessions } else { 0 });
+    }
+    if !may_reap {
+        // Just started, or just back from a store outage: the others may
+        // not have had the time to renew (see REAP_AFTER_HEALTHY).
+        return;
     }
     for (gateway, n) in counts {
         let Some(gateway) = gateway else { continue };

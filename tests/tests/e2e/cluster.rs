@@ -318,6 +318,57 @@ async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on()
     }
 }
 
+/// How long a membership lasts without a heartbeat (relay/src/cluster.rs
+/// `MEMBERSHIP_TTL`).
+const MEMBERSHIP_SECS: u64 = 10;
+
+/// A PostgreSQL outage longer than a membership (a failover takes ~30 s)
+/// lapses every gateway's membership at once. When the database returns,
+/// no gateway may take the others for dead before they had the time to
+/// renew: the live sessions' rows of both gateways stay open, and the
+/// sessions go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_long_database_outage_no_gateway_closes_the_others_live_sessions() {
+    let cluster = pg::cluster();
+    let url = cluster.create_database().await;
+    let mut pki = Pki::new();
+    let gw1 = gateway(&pki, "gw1", &url).await;
+    let gw2 = gateway(&pki, "gw2", &url).await;
+    let d = desk1(&mut pki, &url, &[&gw1, &gw2]).await;
+    let c1 = d.client(&pki, &gw1, "").await;
+    let c2 = d.client(&pki, &gw2, "").await;
+    let mut s1 = echo_session(&c1, b"one").await;
+    let mut s2 = echo_session(&c2, b"two").await;
+    let open = d.store.open_sessions().await.unwrap();
+    assert_eq!(open.len(), 2, "{open:?}");
+    d.store.close().await;
+
+    cluster.stop_now();
+    // Longer than the membership (10 s) and its next heartbeat.
+    tokio::time::sleep(Duration::from_secs(MEMBERSHIP_SECS + 3)).await;
+    echo(&mut s1, b"during").await;
+    cluster.start_again();
+    // Both gateways heartbeat again (every 2 s) and look at the others
+    // (reaping is where the bug would be): give them three rounds past the
+    // time a lapsed member's rows would be closed.
+    let store = loop {
+        if let Ok(s) = Store::open(&url).await {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(MEMBERSHIP_SECS + 6)).await;
+    for r in &open {
+        let now = store.get_session(&r.id).await.unwrap().unwrap();
+        assert_eq!(
+            now.ended_at, None,
+            "a live session's row was closed after the outage: {now:?}"
+        );
+    }
+    echo(&mut s1, b"after").await;
+    echo(&mut s2, b"after").await;
+}
+
 /// A device blocked through another gateway's configuration ends the
 /// device's session on this one well within 2 s, although this gateway polls
 /// only every 5 s: PostgreSQL's NOTIFY wakes its change feed.
