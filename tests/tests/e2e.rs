@@ -10,6 +10,7 @@ mod e2e {
     pub mod demo;
     pub mod docs;
     pub mod enforcement;
+    pub mod kill9;
     pub mod login;
     pub mod malformed;
     pub mod metrics;

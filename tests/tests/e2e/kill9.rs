@@ -1,0 +1,378 @@
+//! kill -9 with nothing lost (issue 19 item 3), on SQLite and on
+//! PostgreSQL, as real processes:
+//!
+//! - the gateway killed with SIGKILL under 1,000 live sessions and started
+//!   again on the same store and ports: its agents come back, the audit
+//!   chain verifies, no session row is left open (the starting gateway
+//!   closes its previous run's rows with `gateway_restart` and the bytes
+//!   its heartbeats had saved), every session in the table has its start
+//!   and its one end in the audit log and the other way round, and laptops
+//!   go on with the login tokens they had (no new login);
+//! - an agent killed with SIGKILL during a session: the desk's service sees
+//!   its connection end, the laptop's stream ends, and the gateway records
+//!   the session's end with a reason (the Windows policy layer's restore at
+//!   the agent's next start is `agent/src/windows_policy.rs`'s
+//!   `a_crash_mid_session_is_restored_at_the_next_start`, on an in-memory
+//!   registry).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use kakehashi_pki::TerminalClass;
+use kakehashi_proto::io::{read_frame, write_message};
+use kakehashi_proto::message::{Message, Secret, SessionAccepted, SessionRequest};
+use kakehashi_proto::{FrameKind, Refusal, ALPN_TERMINAL};
+use kakehashi_store::Store;
+use kakehashi_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Live sessions when the gateway is killed.
+const SESSIONS: usize = 1000;
+/// Laptops (each with its own certificate and login) carrying them.
+const LAPTOPS: usize = 10;
+/// Desks, each with its own real agent: the first half on QUIC, the rest
+/// on TLS over TCP.
+const DESKS: usize = 4;
+/// Sessions opened at once while setting up.
+const PARALLEL: usize = 32;
+/// Bytes each session sends (and gets back) before the kill.
+const MSG: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A store URL for `db`: a SQLite file in `pki`'s directory, or a fresh
+/// database on the PostgreSQL test cluster.
+async fn store_url(pki: &Pki, db: Db) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite://{}", pki.path().join("kakehashi.db").display()),
+        Db::Postgres => pg::cluster().create_database().await,
+    }
+}
+
+/// A gateway named `gw-k9` on `url` (logins required, [`OPEN_POLICY`]),
+/// on `addrs` when given.
+async fn gateway(pki: &Pki, url: &str, addrs: Option<GatewayAddrs>) -> GatewayProc {
+    let policy = pki.path().join("open-policy.toml");
+    std::fs::write(&policy, OPEN_POLICY).unwrap();
+    let identity = format!(
+        "[store]\nurl = \"{url}\"\n[identity]\nrequire_login = true\n[policy]\nwatch = \"500ms\"\nfile = \"{}\"\n",
+        policy.display()
+    );
+    start_gateway(
+        pki,
+        GatewayOpts {
+            name: Some("gw-k9".into()),
+            identity: Some(identity),
+            addrs,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Wait until `gw`'s log says every desk of `desks` is online.
+async fn wait_agents(gw: &GatewayProc, desks: &[String], within: Duration) {
+    for desk in desks {
+        let quoted = format!("\"{desk}\"");
+        crate::e2e::rdp::wait_log_line(&gw.proc, &["Agent online", &quoted], within)
+            .await
+            .unwrap();
+    }
+}
+
+/// One laptop of the test process: its certificate's TLS config (shared by
+/// its sessions) and the login token it holds.
+struct Laptop {
+    tls: Arc<rustls::ClientConfig>,
+    token: String,
+}
+
+impl Laptop {
+    async fn new(pki: &mut Pki, n: usize, terminal_tcp: SocketAddr, store: &Store) -> Self {
+        let dev = pki.device(&format!("LT-K9-{n:02}"), TerminalClass::Home);
+        let token = redeem_login(pki, &dev, terminal_tcp, store, &format!("u-k9-{n:02}")).await;
+        let m = kakehashi_transport::tls::TlsFiles {
+            ca: pki.ca.ca_cert_path(),
+            cert: dev.cert.clone(),
+            key: dev.key.clone(),
+            crl: None,
+        }
+        .load()
+        .unwrap();
+        let tls = kakehashi_transport::tls::client_config(&m, None, ALPN_TERMINAL).unwrap();
+        Self {
+            tls: Arc::new(tls),
+            token,
+        }
+    }
+
+    /// A session to `desk` through `terminal_tcp` with this laptop's token,
+    /// after one echo round trip of [`MSG`] bytes: the stream and the
+    /// session id.
+    async fn session(
+        &self,
+        terminal_tcp: SocketAddr,
+        desk: &str,
+    ) -> anyhow::Result<(TlsStream<TcpStream>, String)> {
+        let mut s = kakehashi_transport::dial::tls_connect(
+            &terminal_tcp.to_string(),
+            "localhost",
+            self.tls.clone(),
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+        )
+        .await?;
+        let req = SessionRequest {
+            desk: desk.into(),
+            token: Some(Secret(self.token.clone())),
+        };
+        write_message(&mut s, &req).await?;
+        let f = tokio::time::timeout(Duration::from_secs(20), read_frame(&mut s))
+            .await
+            .context("no answer to the session request")??;
+        let id = match f.kind {
+            FrameKind::SessionAccepted => SessionAccepted::from_frame(&f)?.session_id,
+            FrameKind::Refused => bail!("refused: {:?}", Refusal::from_frame(&f)),
+            k => bail!("unexpected {k:?}"),
+        };
+        let msg = vec![b'k'; MSG];
+        s.write_all(&msg).await?;
+        let mut back = vec![0u8; MSG];
+        tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut back))
+            .await
+            .context("no echo")??;
+        anyhow::ensure!(back == msg, "the echo differs");
+        Ok((s, id))
+    }
+}
+
+/// Poll `store` until every open row has saved at least [`MSG`] bytes each
+/// way (the gateway's heartbeat saves them every 2 s), with `n` rows open.
+async fn wait_progress_saved(store: &Store, n: usize) {
+    let start = Instant::now();
+    loop {
+        let open = store.open_sessions().await.unwrap();
+        let saved = open
+            .iter()
+            .filter(|r| r.bytes_up >= MSG as u64 && r.bytes_down >= MSG as u64)
+            .count();
+        if open.len() == n && saved == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} open rows, {saved} with their bytes saved, expected {n}",
+            open.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every session row agrees with the audit log: one `session.start` and
+/// exactly one `session.end` per row, with the row's end reason, and no
+/// audited session without a row. Returns the rows by id.
+async fn sessions_agree_with_audit(
+    store: &Store,
+) -> HashMap<String, kakehashi_store::SessionRecord> {
+    let rows: HashMap<_, _> = store
+        .sessions_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let mut starts = HashSet::new();
+    let mut ends: HashMap<String, String> = HashMap::new();
+    for r in &log {
+        match r.action.as_str() {
+            "session.start" => assert!(starts.insert(r.subject.clone()), "two starts: {r:?}"),
+            "session.end" => assert!(
+                ends.insert(r.subject.clone(), r.reason.clone()).is_none(),
+                "two ends recorded for one session: {r:?}"
+            ),
+            _ => {}
+        }
+    }
+    let ids: HashSet<String> = rows.keys().cloned().collect();
+    assert_eq!(starts, ids, "session.start records vs session rows");
+    assert_eq!(
+        ends.keys().cloned().collect::<HashSet<_>>(),
+        ids,
+        "session.end records vs session rows"
+    );
+    for (id, row) in &rows {
+        assert!(row.ended_at.is_some(), "left open: {row:?}");
+        assert_eq!(row.end_reason.as_ref(), ends.get(id), "{row:?}");
+    }
+    rows
+}
+
+async fn audit_verify(gw: &GatewayProc) {
+    let (ok, out) =
+        gateway_cli(&["audit", "verify", "--config", gw.config.to_str().unwrap()]).await;
+    assert!(ok, "audit verify failed: {out}");
+}
+
+async fn gateway_killed_under_load_loses_nothing(db: Db) {
+    let t0 = Instant::now();
+    let mut pki = Pki::new();
+    let url = store_url(&pki, db).await;
+    let gw = gateway(&pki, &url, None).await;
+    let addrs = gw.addrs;
+    let store = Store::open(&url).await.unwrap();
+
+    // DESKS desks, each with a real agent in front of an echo service.
+    let laptop_users: Vec<String> = (0..LAPTOPS).map(|n| format!("u-k9-{n:02}")).collect();
+    let owners: Vec<&str> = laptop_users.iter().map(String::as_str).collect();
+    let desks: Vec<String> = (0..DESKS).map(|n| format!("DESK-K9-{n}")).collect();
+    let echo = echo_server().await;
+    let mut agents = Vec::new();
+    for (n, desk) in desks.iter().enumerate() {
+        add_desk(&store, desk, 1, &owners).await;
+        let transport = if n < DESKS / 2 { "quic" } else { "tcp" };
+        agents.push(start_agent(&mut pki, desk, &addrs, echo, transport));
+    }
+    wait_agents(&gw, &desks, Duration::from_secs(20)).await;
+
+    // LAPTOPS laptops, each logged in once.
+    let mut laptops = Vec::new();
+    for n in 0..LAPTOPS {
+        laptops.push(Arc::new(
+            Laptop::new(&mut pki, n, addrs.terminal_tcp, &store).await,
+        ));
+    }
+    // And one real `kakehashi connect`, logged in as the first laptop's
+    // user with its own certificate and token file.
+    let dev = pki.device("LT-K9-CLI", TerminalClass::Home);
+    let cli_token = redeem_login(&pki, &dev, addrs.terminal_tcp, &store, "u-k9-00").await;
+    let cli_cfg = client_config_logged_in(&pki, &dev, &addrs, "u-k9-00", &cli_token);
+    let client = start_client(&pki, &cli_cfg, &desks[0], "tcp")
+        .await
+        .unwrap();
+    wait_echo(client.listen, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    // SESSIONS live sessions, spread over the laptops and the desks.
+    let setup = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..SESSIONS {
+        let laptop = laptops[i % LAPTOPS].clone();
+        let desk = desks[i % DESKS].clone();
+        let gate = gate.clone();
+        opening.spawn(async move {
+            let _p = gate.acquire_owned().await.unwrap();
+            laptop.session(addrs.terminal_tcp, &desk).await
+        });
+    }
+    let mut live = Vec::new();
+    while let Some(r) = opening.join_next().await {
+        live.push(
+            r.unwrap()
+                .unwrap_or_else(|e| panic!("a session failed to open: {e:#}")),
+        );
+    }
+    let live_ids: HashSet<String> = live.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(live_ids.len(), SESSIONS);
+    eprintln!("{db:?}: {SESSIONS} sessions open in {:?}", setup.elapsed());
+    wait_progress_saved(&store, SESSIONS).await;
+    let logins_before = store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.action == "login.redeem")
+        .count();
+
+    // kill -9, and start it again on the same store and ports.
+    let mut gw = gw;
+    gw.proc.kill().await;
+    let killed = Instant::now();
+    // Every laptop's stream ends with it.
+    for (s, id) in &mut live {
+        assert!(
+            closed_within(s, Duration::from_secs(10)).await,
+            "session {id} outlived its gateway"
+        );
+    }
+    let gw2 = gateway(&pki, &url, Some(addrs)).await;
+    let serving = killed.elapsed();
+    wait_agents(&gw2, &desks, Duration::from_secs(30)).await;
+    let agents_back = killed.elapsed();
+    eprintln!(
+        "{db:?}: after the kill: gateway serving again in {serving:?}, all {DESKS} agents back in {agents_back:?}"
+    );
+
+    // No row left open: the starting gateway closed its previous run's
+    // rows, with the bytes its heartbeats had saved.
+    let open = store.open_sessions().await.unwrap();
+    assert!(open.is_empty(), "{} rows left open: {open:?}", open.len());
+    audit_verify(&gw2).await;
+    let rows = sessions_agree_with_audit(&store).await;
+    for id in &live_ids {
+        let row = &rows[id];
+        assert_eq!(
+            row.end_reason.as_deref(),
+            Some("gateway_restart"),
+            "{row:?}"
+        );
+        assert!(
+            row.bytes_up >= MSG as u64 && row.bytes_down >= MSG as u64,
+            "the bytes saved before the kill are lost: {row:?}"
+        );
+    }
+    assert!(gw2.proc.log_text().contains("previous run left open"));
+
+    // The laptops go on with the tokens they had: every one opens a session
+    // through the restarted gateway, and the real client's next connection
+    // is carried (no login in between).
+    let mut again = Vec::new();
+    for (n, laptop) in laptops.iter().enumerate() {
+        let (s, _) = laptop
+            .session(addrs.terminal_tcp, &desks[n % DESKS])
+            .await
+            .unwrap_or_else(|e| panic!("laptop {n} after the restart: {e:#}"));
+        again.push(s);
+    }
+    wait_echo(client.listen, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let logins_after = log.iter().filter(|r| r.action == "login.redeem").count();
+    assert_eq!(logins_after, logins_before, "a laptop had to log in again");
+
+    // Closed cleanly now, and the table and the log still agree.
+    drop(again);
+    let start = Instant::now();
+    while !store.open_sessions().await.unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "sessions still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sessions_agree_with_audit(&store).await;
+    audit_verify(&gw2).await;
+    eprintln!("{db:?}: whole test {:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_kill_9_under_1000_sessions_loses_nothing_on_sqlite() {
+    gateway_killed_under_load_loses_nothing(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_kill_9_under_1000_sessions_loses_nothing_on_postgres() {
+    gateway_killed_under_load_loses_nothing(Db::Postgres).await;
+}
