@@ -77,6 +77,15 @@ const RDP_FIRST_BYTES: Duration = Duration::from_secs(60);
 /// session's data connection carries no pings) to a gateway host that is
 /// gone is dropped by the kernel within 4 s.
 const TCP_KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
+
+/// QUIC keepalive of the tunnel: how long at most before the agent learns
+/// that its gateway was killed (SIGKILL, a power loss) and started again.
+/// A dead gateway sends no close; the restarted one answers the agent's
+/// next packet with a stateless reset the agent recognises
+/// (`kakehashi_transport::quic::ResetKey`), and the agent dials again at
+/// once instead of waiting out the idle timeout. The transport's keep-alive
+/// (1 s), which also finds a hung gateway within the idle timeout.
+const QUIC_KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
 /// How long the agent leaves a gateway that said `restarting` alone before
 /// dialling it again (plus the usual jittered backoff).
 const RESTART_PAUSE: Duration = Duration::from_secs(5);
@@ -294,6 +303,7 @@ impl Agent {
         let limits = QuicLimits {
             // The gateway opens one stream per session on this tunnel.
             max_streams: self.cfg.quic_session_streams,
+            keepalive: QUIC_KEEPALIVE,
             ..QuicLimits::default()
         };
         let ep = kakehashi_transport::quic::client((*self.tls.config()?).clone(), limits, addr)?;

@@ -100,6 +100,12 @@ impl Relay {
         // 8; four per connection still leave it one after a restart of a few
         // seconds.
         agent_tls.send_tls13_tickets = 4;
+        // QUIC stateless resets keyed by a secret that survives a restart:
+        // after a kill -9, the agents' and laptops' next packets to the new
+        // process end their dead connections at once (see `ResetKey`).
+        let ticket_key_file = std::fs::read(&cfg.ticket_key)
+            .with_context(|| format!("cannot read {}", cfg.ticket_key.display()))?;
+        let reset_key = || kakehashi_transport::quic::ResetKey::derive(&ticket_key_file);
         let quic_limits = |max_streams| QuicLimits {
             max_streams,
             keepalive: cfg.keepalive,
@@ -125,6 +131,7 @@ impl Relay {
                     a,
                     term_tls,
                     quic_limits(cfg.terminal_quic_streams),
+                    reset_key(),
                 )?;
                 addrs.terminal_quic = Some(ep.local_addr()?);
                 Some(ep)
@@ -144,7 +151,8 @@ impl Relay {
         let agent_quic = match cfg.agent_quic {
             Some(a) => {
                 // An agent opens only its control stream; sessions are streams the gateway opens.
-                let ep = kakehashi_transport::quic::server(a, agent_tls, quic_limits(4))?;
+                let ep =
+                    kakehashi_transport::quic::server(a, agent_tls, quic_limits(4), reset_key())?;
                 addrs.agent_quic = Some(ep.local_addr()?);
                 Some(ep)
             }

@@ -130,28 +130,112 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
+    config: quinn::EndpointConfig,
 ) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        config,
         server,
         udp_socket(addr)?,
         Arc::new(quinn::TokioRuntime),
     )
 }
 
-/// A server endpoint bound to `addr`. Clients must finish the handshake
-/// within `handshake_timeout` (enforced by the caller's accept loop).
+/// The key a server endpoint makes its stateless reset tokens with: the
+/// token it gives a peer for each connection id, and the one it sends back
+/// when a packet arrives for a connection it does not know.
+///
+/// A gateway killed with SIGKILL (or that lost power) closes none of its
+/// QUIC connections. Started again on the same port with a *random* key, it
+/// answers its old peers' packets with resets they cannot recognise, so an
+/// agent or a laptop waits out its idle timeout before it dials again.
+/// Derived from a secret kept on disk ([`ResetKey::derive`]), the key is the
+/// same after a restart, and a peer's next packet (an agent's keepalive)
+/// ends its dead connection at once. Anyone holding the key can end any
+/// connection of the endpoint: derive it from a secret file only the
+/// gateway reads.
+pub struct ResetKey {
+    hmac: ring::hmac::Key,
+    /// Key of the connection ids the endpoint issues: a packet for an id it
+    /// did not issue is dropped without a reset, so the ids must be
+    /// recognised after a restart too.
+    cid: u64,
+}
+
+impl std::fmt::Debug for ResetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetKey(..)")
+    }
+}
+
+impl ResetKey {
+    /// A key of this process only (tests; and what quinn does by default).
+    pub fn random() -> Self {
+        use ring::rand::SecureRandom as _;
+        let rng = ring::rand::SystemRandom::new();
+        let mut cid = [0u8; 8];
+        rng.fill(&mut cid).expect("system random");
+        Self {
+            hmac: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).expect("system random"),
+            cid: u64::from_le_bytes(cid),
+        }
+    }
+
+    /// The key derived from `secret` (HKDF-SHA256 with a label of its own,
+    /// so the secret's other use is unaffected): the same secret gives the
+    /// same key in every run.
+    pub fn derive(secret: &[u8]) -> Self {
+        let salt = ring::hkdf::Salt::new(
+            ring::hkdf::HKDF_SHA256,
+            b"kakehashi quic stateless reset v1",
+        );
+        let prk = salt.extract(secret);
+        let hmac = prk
+            .expand(&[b"reset key"], ring::hmac::HMAC_SHA256)
+            .expect("one HMAC key is a valid HKDF output length")
+            .into();
+        let mut cid = [0u8; 8];
+        prk.expand(&[b"connection id key"], CidKeyLen)
+            .and_then(|okm| okm.fill(&mut cid))
+            .expect("8 bytes are a valid HKDF output length");
+        Self {
+            hmac,
+            cid: u64::from_le_bytes(cid),
+        }
+    }
+
+    fn endpoint_config(self) -> quinn::EndpointConfig {
+        let mut c = quinn::EndpointConfig::new(Arc::new(self.hmac));
+        let cid = self.cid;
+        c.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid)));
+        c
+    }
+}
+
+/// The HKDF output length of the connection-id key.
+struct CidKeyLen;
+
+impl ring::hkdf::KeyType for CidKeyLen {
+    fn len(&self) -> usize {
+        8
+    }
+}
+
+/// A server endpoint bound to `addr`, whose stateless resets use `reset`.
+/// Clients must finish the handshake within `handshake_timeout` (enforced
+/// by the caller's accept loop).
 pub fn server(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     limits: QuicLimits,
+    reset: ResetKey,
 ) -> anyhow::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).context("TLS config unusable for QUIC")?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(limits.transport());
     // Laptops move between networks (Wi-Fi to tethering): keep their connection.
     cfg.migration(true);
-    endpoint(addr, Some(cfg)).with_context(|| format!("cannot bind QUIC (UDP) {addr}"))
+    endpoint(addr, Some(cfg), reset.endpoint_config())
+        .with_context(|| format!("cannot bind QUIC (UDP) {addr}"))
 }
 
 /// A client endpoint on an ephemeral local port.
@@ -168,7 +252,8 @@ pub fn client(
     } else {
         "0.0.0.0:0".parse()?
     };
-    let mut ep = endpoint(local, None).context("cannot open a UDP socket")?;
+    let mut ep = endpoint(local, None, quinn::EndpointConfig::default())
+        .context("cannot open a UDP socket")?;
     ep.set_default_client_config(cfg);
     Ok(ep)
 }
@@ -194,7 +279,13 @@ mod tests {
             max_streams: server_streams,
             ..QuicLimits::default()
         };
-        let srv = server("127.0.0.1:0".parse().unwrap(), certs.server(ALPN), limits).unwrap();
+        let srv = server(
+            "127.0.0.1:0".parse().unwrap(),
+            certs.server(ALPN),
+            limits,
+            ResetKey::random(),
+        )
+        .unwrap();
         let addr = srv.local_addr().unwrap();
         let cli = client(certs.client(ALPN), QuicLimits::default(), addr).unwrap();
         let (c, s) = tokio::join!(
@@ -202,6 +293,82 @@ mod tests {
             async { srv.accept().await.unwrap().await.unwrap() }
         );
         (certs, srv, cli, c.unwrap(), s)
+    }
+
+    /// A server that vanished without closing its connections (SIGKILL),
+    /// started again on the same port with the key derived from the same
+    /// secret, ends an old connection at the peer's next packet: a
+    /// stateless reset the peer recognises, not its idle timeout (a minute
+    /// here). With a random key the peer could not tell the reset from noise.
+    #[tokio::test]
+    async fn a_server_started_again_with_the_same_secret_resets_its_old_connections() {
+        let certs = TestCerts::new();
+        let secret = b"contents of the gateway's ticket key file";
+        let limits = QuicLimits {
+            max_streams: 4,
+            keepalive: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            ..QuicLimits::default()
+        };
+        let any = "127.0.0.1:0".parse().unwrap();
+        // The old server runs on a runtime of its own, dropped without
+        // running anything more: its connections send no close (a kill -9).
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let server_tls = certs.server(ALPN);
+        let old_thread = std::thread::spawn(move || {
+            let old_rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            old_rt.block_on(async {
+                let old = server(any, server_tls, limits, ResetKey::derive(secret)).unwrap();
+                addr_tx.send(old.local_addr().unwrap()).unwrap();
+                let conn = old.accept().await.unwrap().await.unwrap();
+                // Held until the runtime is dropped.
+                tokio::spawn(async move {
+                    let _keep = (old, conn);
+                    std::future::pending::<()>().await
+                });
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            });
+            old_rt.shutdown_background();
+        });
+        let addr = addr_rx.recv().unwrap();
+        let cli = client(certs.client(ALPN), limits, addr).unwrap();
+        let c = crate::dial::quic_connect(&cli, addr, "localhost", Duration::from_secs(5))
+            .await
+            .unwrap();
+        old_thread.join().unwrap();
+        // A new server binds the address.
+        let _new = server(addr, certs.server(ALPN), limits, ResetKey::derive(secret)).unwrap();
+        // The client's next packet reaches the new server.
+        let (mut send, _recv) = c.open_bi().await.unwrap();
+        let _ = send.write_all(b"still there?").await;
+        let e = tokio::time::timeout(Duration::from_secs(20), c.closed())
+            .await
+            .expect("the connection outlived its server");
+        assert!(matches!(e, quinn::ConnectionError::Reset), "{e:?}");
+    }
+
+    #[test]
+    fn the_reset_key_follows_the_secret_and_hides_itself() {
+        let token = |k: &ResetKey| {
+            ring::hmac::sign(&k.hmac, b"connection id")
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(
+            token(&ResetKey::derive(b"a")),
+            token(&ResetKey::derive(b"a"))
+        );
+        assert_eq!(ResetKey::derive(b"a").cid, ResetKey::derive(b"a").cid);
+        assert_ne!(ResetKey::derive(b"a").cid, ResetKey::derive(b"b").cid);
+        assert_ne!(
+            token(&ResetKey::derive(b"a")),
+            token(&ResetKey::derive(b"b"))
+        );
+        assert_ne!(token(&ResetKey::random()), token(&ResetKey::random()));
+        assert_eq!(format!("{:?}", ResetKey::derive(b"a")), "ResetKey(..)");
     }
 
     #[tokio::test]

@@ -621,6 +621,7 @@ mod tests {
                     "127.0.0.1:0".parse().unwrap(),
                     certs.server(ALPN),
                     streams(4),
+                    crate::quic::ResetKey::random(),
                 )
                 .unwrap();
                 let addr = srv.local_addr().unwrap();
