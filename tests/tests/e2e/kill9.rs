@@ -97,6 +97,7 @@ struct Laptop {
 }
 
 impl Laptop {
+    /// Laptop `LT-K9-nn`, logged in as `u-k9-nn`.
     async fn new(pki: &mut Pki, n: usize, terminal_tcp: SocketAddr, store: &Store) -> Self {
         let dev = pki.device(&format!("LT-K9-{n:02}"), TerminalClass::Home);
         let token = redeem_login(pki, &dev, terminal_tcp, store, &format!("u-k9-{n:02}")).await;
@@ -375,4 +376,119 @@ async fn gateway_kill_9_under_1000_sessions_loses_nothing_on_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_kill_9_under_1000_sessions_loses_nothing_on_postgres() {
     gateway_killed_under_load_loses_nothing(Db::Postgres).await;
+}
+
+/// A stand-in desk service that echoes, and tells on the returned channel
+/// each time one of its connections ends (end of stream or an error).
+async fn watched_service() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn agent_killed_mid_session_ends_it_everywhere(db: Db) {
+    let mut pki = Pki::new();
+    let url = store_url(&pki, db).await;
+    let gw = gateway(&pki, &url, None).await;
+    let store = Store::open(&url).await.unwrap();
+    let laptop = Laptop::new(&mut pki, 0, gw.addrs.terminal_tcp, &store).await;
+    for transport in ["quic", "tcp"] {
+        let desk = format!("DESK-A9-{transport}");
+        add_desk(&store, &desk, 1, &["u-k9-00"]).await;
+        let (service, mut ended) = watched_service().await;
+        let files = pki.agent(&desk);
+        let mut agent = start_agent_with(&pki, &files, &gw.addrs, service, transport);
+        wait_agents(&gw, std::slice::from_ref(&desk), Duration::from_secs(20)).await;
+        let (mut s, id) = laptop.session(gw.addrs.terminal_tcp, &desk).await.unwrap();
+
+        agent.kill().await;
+        let killed = Instant::now();
+        // The desk's service sees its connection end (the agent's socket
+        // closed by the kernel)...
+        tokio::time::timeout(Duration::from_secs(10), ended.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{transport}: the desk's service never saw the session end")
+            });
+        // ...the laptop's stream ends...
+        assert!(
+            closed_within(&mut s, Duration::from_secs(30)).await,
+            "{transport}: the laptop's session outlived its agent"
+        );
+        let laptop_cut = killed.elapsed();
+        // ...and the gateway records the end, with a reason.
+        let rec = loop {
+            let r = store.get_session(&id).await.unwrap().unwrap();
+            if r.ended_at.is_some() {
+                break r;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "{transport}: the session's end was never recorded: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        eprintln!(
+            "{db:?}/{transport}: agent killed: laptop's stream ended after {laptop_cut:?}, recorded as {:?} after {:?}",
+            rec.end_reason,
+            killed.elapsed()
+        );
+        let reason = rec.end_reason.clone().unwrap();
+        assert!(!reason.is_empty(), "{rec:?}");
+        assert!(
+            rec.bytes_up >= MSG as u64 && rec.bytes_down >= MSG as u64,
+            "{rec:?}"
+        );
+        let log = store.audit_between(0, i64::MAX).await.unwrap();
+        let end = log
+            .iter()
+            .find(|r| r.action == "session.end" && r.subject == id)
+            .expect("the end is audited");
+        assert_eq!(end.reason, reason);
+
+        // The agent started again serves the desk again.
+        let _agent = start_agent_with(&pki, &files, &gw.addrs, service, transport);
+        let start = Instant::now();
+        let (_s, _) = loop {
+            match laptop.session(gw.addrs.terminal_tcp, &desk).await {
+                Ok(s) => break s,
+                Err(e) => assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{transport}: the restarted agent never served: {e:#}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+    }
+    audit_verify(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_kill_9_mid_session_is_seen_by_the_desk_and_recorded_on_sqlite() {
+    agent_killed_mid_session_ends_it_everywhere(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_kill_9_mid_session_is_seen_by_the_desk_and_recorded_on_postgres() {
+    agent_killed_mid_session_ends_it_everywhere(Db::Postgres).await;
 }
