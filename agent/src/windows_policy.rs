@@ -711,6 +711,117 @@ mod tests {
         assert_eq!(key.snapshot(), before);
     }
 
+    /// A policy key kept in a JSON file: a registry that outlives the
+    /// process that changed it.
+    #[derive(Debug)]
+    struct FileKey(PathBuf);
+
+    impl FileKey {
+        fn read(&self) -> BTreeMap<String, u32> {
+            fs::read(&self.0)
+                .map(|b| serde_json::from_slice(&b).unwrap())
+                .unwrap_or_default()
+        }
+        fn write(&self, values: &BTreeMap<String, u32>) {
+            fs::write(&self.0, serde_json::to_vec(values).unwrap()).unwrap();
+        }
+    }
+
+    impl PolicyKey for FileKey {
+        fn get(&self, name: &str) -> anyhow::Result<Option<u32>> {
+            Ok(self.read().get(name).copied())
+        }
+        fn set(&self, name: &str, value: u32) -> anyhow::Result<()> {
+            let mut v = self.read();
+            v.insert(name.to_string(), value);
+            self.write(&v);
+            Ok(())
+        }
+        fn delete(&self, name: &str) -> anyhow::Result<()> {
+            let mut v = self.read();
+            v.remove(name);
+            self.write(&v);
+            Ok(())
+        }
+    }
+
+    /// Set in the child process of the test below: the directory of its
+    /// registry file and state file.
+    const KILLED_AGENT_DIR: &str = "KAKEHASHI_TEST_KILLED_AGENT_DIR";
+
+    /// Kills the child process when dropped (a failing test leaves nothing).
+    struct KillOnDrop(std::process::Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Issue 19 item 3 with a real process: an agent killed with SIGKILL
+    /// while a restricting session is live (this test binary, run again as
+    /// a child with [`KILLED_AGENT_DIR`]) leaves the registry changed; the
+    /// next start puts every value back and removes the state file.
+    #[test]
+    fn an_agent_killed_mid_session_is_restored_at_the_next_start() {
+        if let Some(dir) = std::env::var_os(KILLED_AGENT_DIR) {
+            // The child: a live session, until the parent kills it (or a
+            // minute passes, should the parent have died first).
+            let dir = PathBuf::from(dir);
+            let layer = open_file_key(&dir);
+            let _session = layer.begin(Controls::default()).unwrap();
+            fs::write(dir.join("live"), b"").unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = FileKey(dir.path().join("registry.json"));
+        key.write(&BTreeMap::from([
+            ("fDisableClip".into(), 0),
+            ("fEnableSmartCard".into(), 1),
+        ]));
+        let before = key.read();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "windows_policy::tests::an_agent_killed_mid_session_is_restored_at_the_next_start",
+                "--nocapture",
+            ])
+            .env(KILLED_AGENT_DIR, dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let start = std::time::Instant::now();
+        while !dir.path().join("live").exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the child agent never started its session"
+            );
+            assert!(
+                child.0.try_wait().unwrap().is_none(),
+                "the child agent exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(key.read().get("fDisableClip"), Some(&1), "{:?}", key.read());
+        // kill -9: no destructor, no restore.
+        child.0.kill().unwrap();
+        let status = child.0.wait().unwrap();
+        assert!(!status.success(), "{status:?}");
+        assert_ne!(key.read(), before);
+        assert!(dir.path().join(STATE_FILE).exists());
+        // The next start restores.
+        let layer = open_file_key(dir.path());
+        assert_eq!(key.read(), before);
+        assert!(!layer.state_file().exists());
+    }
+
+    fn open_file_key(dir: &Path) -> Arc<RedirectionPolicy> {
+        RedirectionPolicy::open(Box::new(FileKey(dir.join("registry.json"))), dir).expect("open")
+    }
+
     #[test]
     fn a_crash_before_any_change_restores_nothing_new() {
         let dir = tempfile::tempdir().unwrap();
