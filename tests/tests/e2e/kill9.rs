@@ -10,10 +10,10 @@
 //!   go on with the login tokens they had (no new login);
 //! - an agent killed with SIGKILL during a session: the desk's service sees
 //!   its connection end, the laptop's stream ends, and the gateway records
-//!   the session's end with a reason (the Windows policy layer's restore at
-//!   the agent's next start is `agent/src/windows_policy.rs`'s
-//!   `a_crash_mid_session_is_restored_at_the_next_start`, on an in-memory
-//!   registry).
+//!   the session's end with a reason; the agent started again serves the
+//!   desk (the Windows policy layer's restore at the agent's next start,
+//!   after a real SIGKILL, is `agent/src/windows_policy.rs`'s
+//!   `an_agent_killed_mid_session_is_restored_at_the_next_start`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -224,8 +224,48 @@ async fn audit_verify(gw: &GatewayProc) {
     assert!(ok, "audit verify failed: {out}");
 }
 
+/// Open files this test process (and the gateway and agents it starts,
+/// which inherit the limit) may hold: a few per session. The soft limit is
+/// raised to the hard one when it is lower (`prlimit`, util-linux), as the
+/// gateway's systemd unit does (`LimitNOFILE`).
+fn enough_open_files(need: u64) {
+    let limits = || -> (u64, u64) {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_owned();
+        let mut v = line
+            .split_whitespace()
+            .skip(3)
+            .map(|x| x.parse::<u64>().unwrap_or(u64::MAX));
+        (v.next().unwrap(), v.next().unwrap())
+    };
+    let (soft, hard) = limits();
+    if soft < need && hard > soft {
+        let hard = if hard == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            hard.to_string()
+        };
+        let ok = std::process::Command::new("prlimit")
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--nofile={hard}:{hard}"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "prlimit failed");
+    }
+    let (soft, _) = limits();
+    assert!(
+        soft >= need,
+        "this test needs {need} open files; the limit is {soft}"
+    );
+}
+
 async fn gateway_killed_under_load_loses_nothing(db: Db) {
     let t0 = Instant::now();
+    enough_open_files(4 * SESSIONS as u64);
     let mut pki = Pki::new();
     let url = store_url(&pki, db).await;
     let gw = gateway(&pki, &url, None).await;
