@@ -109,11 +109,16 @@ fn spec(cfg: &Config, addrs: &BoundAddrs) -> MemberSpec {
     }
 }
 
-/// Join the cluster and close the rows this gateway's previous run left
-/// open. Rows that name no gateway (written before clustering) are closed
-/// only when no other member is alive to carry them. Returns the
-/// generation.
-pub(crate) async fn join(store: &Store, cfg: &Config, addrs: &BoundAddrs) -> anyhow::Result<i64> {
+/// Join the cluster, and find the rows this gateway's previous run left
+/// open (to close with [`close_left_open`] once serving: read before any
+/// session of this run starts). Rows that name no gateway (written before
+/// clustering) are included only when no other member is alive to carry
+/// them. Returns the generation and those rows.
+pub(crate) async fn join(
+    store: &Store,
+    cfg: &Config,
+    addrs: &BoundAddrs,
+) -> anyhow::Result<(i64, Vec<SessionRecord>)> {
     let spec = spec(cfg, addrs);
     let a = Audit::new(kakehashi_store::unix_now(), "gateway", "gateway.join")
         .subject(&spec.id)
@@ -136,14 +141,21 @@ pub(crate) async fn join(store: &Store, cfg: &Config, addrs: &BoundAddrs) -> any
     if !members.iter().any(|m| m.id != spec.id && m.alive(now)) {
         open.extend(store.open_sessions_of(None).await?);
     }
-    let closed = close_rows(store, &open, REASON_GATEWAY_RESTART).await;
+    Ok((generation, open))
+}
+
+/// Close the rows this gateway's previous run left open (it was killed,
+/// or lost power) with `gateway_restart` and the bytes saved with them.
+pub(crate) async fn close_left_open(store: Store, rows: Vec<SessionRecord>) {
+    let started = Instant::now();
+    let closed = close_rows(&store, &rows, REASON_GATEWAY_RESTART).await;
     if closed > 0 {
         warn!(
             closed,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "Closed the sessions this gateway's previous run left open (it did not stop cleanly)"
         );
     }
-    Ok(generation)
 }
 
 /// Close `rows` with `reason` and the bytes saved with them; a row another

@@ -40,6 +40,9 @@ pub struct Relay {
     pub(crate) terminal_tcp: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     pub(crate) agent_quic: Option<quinn::Endpoint>,
     pub(crate) agent_tcp: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// Session rows this gateway's previous run left open (it was killed),
+    /// closed with `gateway_restart` once serving starts.
+    pub(crate) left_open: Vec<kakehashi_store::SessionRecord>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -175,9 +178,9 @@ impl Relay {
             }
             (_, true) => None,
         };
-        let member_generation = match (&store, cfg.relay_without_policy) {
+        let (member_generation, left_open) = match (&store, cfg.relay_without_policy) {
             (Some(store), false) => crate::cluster::join(store, &cfg, &addrs).await?,
-            _ => 0,
+            _ => (0, Vec::new()),
         };
         metrics.sessions_max.set(cfg.max_sessions as i64);
         for (name, der) in [("gateway", &m.chain[0]), ("ca", &m.ca[0])] {
@@ -211,6 +214,7 @@ impl Relay {
             terminal_tcp,
             agent_quic,
             agent_tcp,
+            left_open,
         })
     }
 
@@ -236,6 +240,15 @@ impl Relay {
             sd.spawn(watch_changes(s.clone()));
             sd.spawn(crate::cluster::run(s.clone(), s.member_generation));
             sd.spawn(crate::cluster::seal(s.clone()));
+        }
+        if let (Some(store), false) = (&s.store, self.left_open.is_empty()) {
+            // After a kill -9 with many sessions, closing their rows one
+            // audited write at a time takes seconds (about 1 ms a row): the
+            // agents and laptops are served meanwhile.
+            sd.spawn(crate::cluster::close_left_open(
+                store.clone(),
+                self.left_open,
+            ));
         }
         // One connection cap per role, shared by its QUIC and TCP listeners.
         // The handshake caps are also what a QUIC listener watches for its Retry threshold.
