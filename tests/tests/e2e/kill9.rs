@@ -191,7 +191,7 @@ async fn sessions_agree_with_audit(
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
-    let log = sealed_log(&store).await;
+    let log = sealed_log(store).await;
     let mut starts = HashSet::new();
     let mut ends: HashMap<String, String> = HashMap::new();
     for r in &log {
