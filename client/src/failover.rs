@@ -96,7 +96,16 @@ impl Gateways {
         cfg: Config,
         choice: TransportChoice,
     ) -> Result<(Self, String), SessionError> {
-        let each = every_address(cfg.each_gateway()).await;
+        let mut each = every_address(cfg.each_gateway()).await;
+        // Each knows it has others to go to (a shorter handshake time-out,
+        // a silent QUIC connection left rather than dialled again), also
+        // when they came from one name's addresses rather than `fallback`.
+        if each.len() > 1 {
+            let all: Vec<String> = each.iter().map(|c| c.tcp.clone()).collect();
+            for c in &mut each {
+                c.fallback = all.iter().filter(|a| **a != c.tcp).cloned().collect();
+            }
+        }
         let (i, d, note) = Self::first_answering(&each, 0, choice).await?;
         Ok((
             Self {
