@@ -38,7 +38,14 @@ pub struct GatewayOpts {
     /// A seeded SQLite store (see [`crate::seed`]): logins required and
     /// every session admitted by the policy. `None`: a bare relay.
     pub store: Option<PathBuf>,
+    /// `[relay.limits] memory_budget_mib`: the budget of bytes in flight.
+    /// Rows that do not measure it set [`NO_BUDGET`].
+    pub memory_budget_mib: u64,
 }
+
+/// A budget of bytes in flight no bench reaches (1 TiB), for the rows that
+/// measure something else.
+pub const NO_BUDGET: u64 = 1 << 20;
 
 /// A running gateway.
 pub struct Gateway {
@@ -92,6 +99,7 @@ tcp = "{at}"
 max_connections = {maxc}
 [relay.limits]
 max_sessions = {maxs}
+memory_budget_mib = {budget}
 shutdown_grace = "1s"
 [admin]
 listen = "{admin}"
@@ -108,6 +116,7 @@ listen = "{admin}"
         admin = a.map_or(any, |a| a.admin),
         maxc = o.max_connections,
         maxs = o.max_sessions,
+        budget = o.memory_budget_mib,
     )
 }
 

@@ -33,7 +33,9 @@ pub struct Gateways {
 
 /// Whether `e` says the gateway is gone (not that it refused): then the
 /// next gateway is tried. A gateway stopping on purpose (`restarting`, or
-/// `shutting_down` from an older gateway) counts as gone. A refusal by policy or of the certificate would
+/// `shutting_down` from an older gateway) counts as gone, and so does one
+/// whose budget of bytes in flight is spent (`gateway_busy`): another
+/// gateway of the cluster may have room. A refusal by policy or of the certificate would
 /// be the same on every gateway of the cluster and is not retried.
 fn gateway_gone(e: &SessionError) -> bool {
     match e {
@@ -43,6 +45,7 @@ fn gateway_gone(e: &SessionError) -> bool {
                 || r.is(Reason::Timeout)
                 || r.is(Reason::Restarting)
                 || r.is(Reason::ShuttingDown)
+                || r.is(Reason::GatewayBusy)
         }
     }
 }
@@ -203,6 +206,7 @@ mod tests {
         for gone in [
             Reason::Restarting,
             Reason::ShuttingDown,
+            Reason::GatewayBusy,
             Reason::GatewayUnreachable,
             Reason::Timeout,
         ] {

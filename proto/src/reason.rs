@@ -97,6 +97,11 @@ pub enum Reason {
     /// new sessions while its live ones end. Laptops and agents move to
     /// another gateway of the cluster; it is not a refusal by policy.
     Restarting,
+    /// The gateway's budget of bytes in flight has no room for another
+    /// session (`[relay.limits] memory_budget_mib`): it refuses new sessions
+    /// early rather than take sessions it could then not carry. Sessions in
+    /// progress go on; another gateway of the cluster may have room.
+    GatewayBusy,
 }
 
 impl Reason {
@@ -140,6 +145,7 @@ impl Reason {
         Reason::StoreUnavailable,
         Reason::DeviceOtherUser,
         Reason::Restarting,
+        Reason::GatewayBusy,
     ];
 
     /// The stable code.
@@ -183,6 +189,7 @@ impl Reason {
             Reason::StoreUnavailable => "store_unavailable",
             Reason::DeviceOtherUser => "device_other_user",
             Reason::Restarting => "restarting",
+            Reason::GatewayBusy => "gateway_busy",
         }
     }
 
@@ -227,6 +234,7 @@ impl Reason {
             Reason::Restarting => "このゲートウェイは再起動中のため、新しい接続を受け付けていません。別のゲートウェイから接続してください(クライアントが自動で切り替えます)。",
             Reason::StoreUnavailable => "ゲートウェイがデータベースに接続できないため、新しい接続を受け付けられません。接続中のセッションは続きます。しばらくしてから再接続してください。",
             Reason::DeviceOtherUser => "この端末は別の職員に貸与された個人用端末です。自分に貸与された端末でログインしてください。",
+            Reason::GatewayBusy => "ゲートウェイが混み合っているため、新しい接続を受け付けられません。接続中のセッションは続きます。しばらくしてから再接続してください(ゲートウェイが複数ある場合、クライアントは別のゲートウェイを試します)。",
         }
     }
 
@@ -271,6 +279,7 @@ impl Reason {
             Reason::Restarting => "This gateway is restarting and takes no new sessions. Connect through another gateway (the client does so by itself).",
             Reason::StoreUnavailable => "The gateway cannot reach its database, so it cannot accept new sessions; sessions in progress continue. Please reconnect in a few minutes.",
             Reason::DeviceOtherUser => "This laptop is lent personally to another member of staff. Log in on the laptop lent to you.",
+            Reason::GatewayBusy => "The gateway is too busy to take a new session; sessions in progress continue. Please reconnect in a few minutes (with several gateways, the client tries another one).",
         }
     }
 

@@ -59,6 +59,12 @@ pub struct Config {
     pub max_sessions: usize,
     /// Concurrent QUIC streams per laptop connection.
     pub terminal_quic_streams: u32,
+    /// The gateway-wide budget of bytes in flight, in bytes: new sessions
+    /// are refused with `gateway_busy` when their share does not fit.
+    pub memory_budget: u64,
+    /// Send and receive window of each of the gateway's QUIC connections,
+    /// in bytes (a stream's receive window too).
+    pub quic_window: u32,
     /// Handshake timeout.
     pub handshake_timeout: Duration,
     /// Session setup timeout.

@@ -18,6 +18,7 @@
 
 pub mod admission;
 mod agents;
+mod budget;
 pub mod cluster;
 pub mod config;
 mod crl;

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub sessions_max: IntGauge,
     /// Sessions / maximum.
     pub capacity_used: Gauge,
+    /// Configured budget of bytes in flight.
+    pub memory_budget: IntGauge,
+    /// Bytes of the budget taken by live sessions and sessions being set up.
+    pub memory_reserved: IntGauge,
     /// Certificate expiry (unix seconds), by certificate (`gateway`, `ca`).
     pub cert_expiry: GaugeVec,
     /// The CRL in force: `nextUpdate` as Unix time (0 without one).
@@ -118,6 +122,8 @@ impl Metrics {
             )),
             sessions_max: reg!(IntGauge::new("kakehashi_sessions_max", "Configured maximum of concurrent sessions")),
             capacity_used: reg!(Gauge::new("kakehashi_capacity_used_ratio", "Live sessions divided by the configured maximum")),
+            memory_budget: reg!(IntGauge::new("kakehashi_memory_budget_bytes", "Configured budget of bytes in flight (relay buffers, QUIC send and receive windows)")),
+            memory_reserved: reg!(IntGauge::new("kakehashi_memory_reserved_bytes", "Bytes in flight the live sessions may hold: the sum of their shares of the budget")),
             cert_expiry: reg!(GaugeVec::new(
                 Opts::new("kakehashi_certificate_expiry_timestamp_seconds", "Certificate notAfter as unix time"),
                 &["cert"]
@@ -266,6 +272,8 @@ mod tests {
             "kakehashi_auth_failures_total{reason=\"handshake_timeout\"} 0",
             "kakehashi_denials_total{reason=\"store_unavailable\"} 0",
             "kakehashi_denials_total{reason=\"plan_required\"} 0",
+            "kakehashi_denials_total{reason=\"gateway_busy\"} 0",
+            "kakehashi_memory_reserved_bytes 0",
             "kakehashi_sessions_ended_total{reason=\"closed\"} 0",
             "kakehashi_sessions_started_total{class=\"home\",transport=\"quic\"} 0",
             "kakehashi_bytes_total{direction=\"up\"} 0",

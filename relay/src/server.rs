@@ -109,11 +109,15 @@ impl Relay {
         let ticket_key_file = std::fs::read(&cfg.ticket_key)
             .with_context(|| format!("cannot read {}", cfg.ticket_key.display()))?;
         let reset_key = || kakehashi_transport::quic::ResetKey::derive(&ticket_key_file);
+        // Every QUIC connection of the gateway buffers at most its windows
+        // (see `budget`): small enough that the budget holds many sessions,
+        // large enough for a screen update in one round trip.
         let quic_limits = |max_streams| QuicLimits {
             max_streams,
             keepalive: cfg.keepalive,
             idle_timeout: cfg.idle_timeout,
-            ..QuicLimits::default()
+            stream_window: cfg.quic_window,
+            conn_window: cfg.quic_window,
         };
         let mut addrs = BoundAddrs::default();
         let terminal_tcp = match cfg.terminal_tcp {
@@ -183,6 +187,20 @@ impl Relay {
             _ => (0, Vec::new()),
         };
         metrics.sessions_max.set(cfg.max_sessions as i64);
+        let budget = crate::budget::Budget::new(
+            cfg.memory_budget,
+            &quic_limits(0),
+            metrics.memory_reserved.clone(),
+        );
+        metrics
+            .memory_budget
+            .set(i64::try_from(budget.total()).unwrap_or(i64::MAX));
+        info!(
+            budget_mib = budget.total() >> 20,
+            quic_sessions = budget.holds(Transport::Quic, Transport::Quic),
+            tcp_sessions = budget.holds(Transport::Tcp, Transport::Tcp),
+            "Budget of bytes in flight: sessions it holds, all over QUIC or all over TLS/TCP"
+        );
         for (name, der) in [("gateway", &m.chain[0]), ("ca", &m.ca[0])] {
             if let Some(t) = not_after(der) {
                 metrics.cert_expiry.with_label_values(&[name]).set(t as f64);
@@ -193,6 +211,7 @@ impl Relay {
             agents: Mutex::new(HashMap::new()),
             channels: Default::default(),
             sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
+            budget,
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
             member_generation,

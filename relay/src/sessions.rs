@@ -195,6 +195,7 @@ async fn request(s: &Shared, io: &mut BoxIo, device: &str, cert: &PeerCert) -> N
 async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest, id: String) {
     let started = Instant::now();
     let setup = async {
+        let share = Box::pin(take_share(s, who, &req)).await?;
         let login = store_bound(Box::pin(login(s, who, &req))).await?;
         let user = login.as_ref().map(|l| l.user.clone()).or(who.user.clone());
         let admitted = store_bound(Box::pin(admission(
@@ -213,9 +214,9 @@ async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest,
         )))
         .await?;
         let live = guard.go_live(&id, who, &req, user, &admitted, enforces);
-        Ok::<_, Refusal>((admitted, guard, live, agent))
+        Ok::<_, Refusal>((admitted, guard, live, agent, share))
     };
-    let (admitted, guard, live, mut agent) = match setup.await {
+    let (admitted, guard, live, mut agent, share) = match setup.await {
         Ok(x) => x,
         Err(r) => {
             info!(reason = %r.code, "Session refused");
@@ -272,6 +273,54 @@ async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest,
         .with_label_values(&[reason_label(&end_reason)])
         .inc();
     drop(guard);
+    drop(share);
+}
+
+/// Phase 1½, the budget: the session's share of the budget of bytes in
+/// flight (see [`crate::budget`]), taken before the store or the desk is
+/// asked anything; no room: `gateway_busy`, audited. Live sessions are
+/// never cut by it.
+async fn take_share(
+    s: &Shared,
+    who: &Who,
+    req: &SessionRequest,
+) -> Result<crate::budget::Share, Refusal> {
+    // The desk's leg runs over its agent's tunnel; a desk not online here
+    // is refused later (`desk_offline`) and charged the dearer leg meanwhile.
+    let desk = s
+        .agents
+        .lock()
+        .expect("agents lock")
+        .get(&req.desk)
+        .map_or_else(|| s.budget.dearer(), |e| e.transport);
+    if let Some(share) = s.budget.try_take(who.transport, desk) {
+        return Ok(share);
+    }
+    let refusal = Refusal::new(Reason::GatewayBusy);
+    let (budget, reserved) = (s.budget.total(), s.budget.reserved());
+    let share = s.budget.session_share(who.transport, desk);
+    warn!(
+        budget,
+        reserved, share, "Session refused: the budget of bytes in flight is spent (gateway_busy)"
+    );
+    // Bounded like the store's other phases: a busy gateway's refusals do
+    // not queue behind a slow database.
+    let actor = who.actor(who.user.as_deref());
+    let audit = audit_event(
+        s,
+        &actor,
+        "session.denied",
+        &req.desk,
+        &refusal.code,
+        serde_json::json!({
+            "device": who.device, "class": who.class.to_string(),
+            "source": who.source.to_string(), "transport": who.transport.as_str(),
+            "desk_transport": desk.as_str(), "share_bytes": share,
+            "reserved_bytes": reserved, "budget_bytes": budget,
+        }),
+    );
+    let _ = tokio::time::timeout(STORE_DEADLINE, Box::pin(audit)).await;
+    Err(refusal)
 }
 
 /// The longest a session's setup waits on the store for one phase: past

@@ -214,6 +214,8 @@ pub struct Shared {
     /// TCP data connections asked of agents, waiting for them.
     pub(crate) channels: DataChannels,
     pub(crate) sessions: Arc<Semaphore>,
+    /// The budget of bytes in flight; each session holds its share.
+    pub(crate) budget: crate::budget::Budget,
     pub(crate) live: Mutex<HashMap<String, Arc<LiveSession>>>,
     pub(crate) generation: AtomicU64,
     /// This gateway's cluster membership generation (0 without a store).
@@ -329,6 +331,11 @@ impl Shared {
     /// The version of the policy in force (`None` on a bare test relay).
     pub fn policy_version(&self) -> Option<i64> {
         self.policy.as_ref().map(|p| p.get().version)
+    }
+
+    /// The budget of bytes in flight and the part live sessions hold, in bytes.
+    pub fn memory_budget(&self) -> (u64, u64) {
+        (self.budget.total(), self.budget.reserved())
     }
 
     /// Sessions in progress.

@@ -76,6 +76,16 @@ impl Default for QuicLimits {
 }
 
 impl QuicLimits {
+    /// The most one connection with these limits buffers in this process
+    /// for its streams: data written and not yet acknowledged by the peer
+    /// (quinn's send window, `conn_window`) plus data received and not yet
+    /// read (the connection's receive window, also `conn_window`; a stream's
+    /// window is within it). Datagrams queued to the connection carry at
+    /// most what those windows let the peer send, plus acknowledgements.
+    pub fn most_held(&self) -> u64 {
+        2 * u64::from(self.conn_window)
+    }
+
     /// The quinn transport configuration for these limits.
     pub fn transport(&self) -> Arc<TransportConfig> {
         let mut t = TransportConfig::default();

@@ -51,6 +51,11 @@ const HANDSHAKE_BUF: usize = 4 * 1024;
 pub const MAX_RECEIVE: usize = 72 * 1024;
 /// Plaintext encrypted per write: one full record.
 const MAX_PLAIN: usize = 16 * 1024;
+/// The most one open connection (past its handshake) holds in memory: a
+/// partial record received, one record waiting for the socket, and the
+/// plaintext of one record not yet read. What the kernel holds in the
+/// socket's buffers is not the process's memory and not counted.
+pub const MOST_HELD: usize = 3 * BUF;
 
 thread_local! {
     /// Receive buffers: empty, with `BUF` of capacity (reads fill the spare

@@ -127,6 +127,10 @@ struct SessionsArgs {
     /// session's start and end written) instead of the bare relay.
     #[arg(long)]
     store: bool,
+    /// The gateway's budget of bytes in flight, MiB (`[relay.limits]
+    /// memory_budget_mib`); default: none a bench reaches.
+    #[arg(long)]
+    memory_budget_mib: Option<u64>,
     /// After the gateway's run, the same paced sessions through a baseline
     /// relay (`tls:HOST:PORT`, e.g. HAProxy) to the load generator's desk at
     /// `--backend-tls`, then straight to that desk (no relay: the floor of
@@ -419,6 +423,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         log: env.log.clone(),
         addrs: None,
         store: db,
+        memory_budget_mib: a.memory_budget_mib.unwrap_or(gateway::NO_BUDGET),
     };
     let mut gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
     let pid = Arc::new(AtomicU32::new(gw.proc.pid()));
@@ -769,6 +774,24 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     let per = |d: u64, n: usize| if n == 0 { 0.0 } else { d as f64 / n as f64 };
     let steady = phase_use(&sampler.between(steady_from, steady_to));
     let p99 = summary(&fig.rtt[PHASE_STEADY as usize].snapshot());
+    // The budget of bytes in flight (issue 19 item 1): the gateway's RSS
+    // against its idle baseline (agents up, no session) plus the budget.
+    let budget_out = a.memory_budget_mib.map_or(Value::Null, |mib| {
+        let rss_max = phase_use(&sampler.all())
+            .rss_max_kib
+            .max(rss_sessions)
+            .max(rss_end);
+        let bound = rss_agents + mib * 1024;
+        let errors = ctx.errors.snapshot();
+        json!({
+            "budget_mib": mib,
+            "rss_idle_baseline_kib": rss_agents,
+            "rss_max_kib": rss_max,
+            "bound_kib": bound,
+            "rss_under_bound": rss_max <= bound,
+            "refused_gateway_busy": errors.get("setup:refused:gateway_busy").copied().unwrap_or(0),
+        })
+    });
     Ok(json!({
         "bench": "sessions",
         "transport": a.transport,
@@ -803,6 +826,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         "errors_total": ctx.errors.total(),
         "errors_excluding_restart": steady_errors,
         "storm": storm_out,
+        "memory_budget": budget_out,
         "restart": restart_out,
         "baseline": baseline_out,
         "targets": {
@@ -977,6 +1001,7 @@ impl Single {
             log: env.log.clone(),
             addrs: None,
             store: None,
+            memory_budget_mib: gateway::NO_BUDGET,
         };
         let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
         let ctx = Ctx::new(
@@ -1303,6 +1328,7 @@ async fn handshakes(env: &Env, a: &HsArgs) -> anyhow::Result<Value> {
         log: env.log.clone(),
         addrs: None,
         store: None,
+        memory_budget_mib: gateway::NO_BUDGET,
     };
     let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
     let cfgs: Vec<_> = fleet::device_configs(&env.pki)?

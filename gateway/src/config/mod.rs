@@ -283,6 +283,16 @@ mod tests {
         ] {
             assert_eq!((default, example), (want, want), "{what}");
         }
+        assert_eq!(
+            (d.relay.memory_budget, e.relay.memory_budget),
+            (4096 << 20, 4096 << 20),
+            "memory_budget_mib"
+        );
+        assert_eq!(
+            (d.relay.quic_window, e.relay.quic_window),
+            (64 * 1024, 64 * 1024),
+            "quic_window_kib"
+        );
         let portal = e.portal.unwrap().limits;
         assert_eq!((portal.header_timeout, portal.idle_timeout), (s(10), s(60)));
         assert_eq!(e.relay.identity.utc_offset_secs, 9 * 3600);

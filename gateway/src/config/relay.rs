@@ -129,7 +129,24 @@ pub struct LimitsSection {
     /// 1/8 of the limit, so a laptop can count on 7/8 of it. Each allowed
     /// stream costs the gateway about 85 bytes per laptop connection, used or not.
     pub terminal_quic_streams: u32,
+    /// Budget of bytes in flight, MiB: each session takes the most its
+    /// buffers can hold (its QUIC windows, its TLS records, the relay's
+    /// copy buffers); a session whose share does not fit is refused with
+    /// `gateway_busy`.
+    pub memory_budget_mib: u64,
+    /// Send and receive window of each of the gateway's QUIC connections,
+    /// KiB: what one connection may buffer each way.
+    pub quic_window_kib: u32,
 }
+
+/// Default `memory_budget_mib`: 4 GiB, 14,500 sessions over QUIC at the
+/// default window (288 KiB each), 31,000 over TLS/TCP (134 KiB each).
+pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 4096;
+/// Default `quic_window_kib`: a 3 Mbit/s session's screen update (~37 KB)
+/// fits in one round trip.
+pub const DEFAULT_QUIC_WINDOW_KIB: u32 = 64;
+/// Smallest and largest `quic_window_kib`.
+const QUIC_WINDOW_KIB: std::ops::RangeInclusive<u32> = 16..=8192;
 
 impl Default for LimitsSection {
     fn default() -> Self {
@@ -141,6 +158,8 @@ impl Default for LimitsSection {
             idle_timeout: kakehashi_transport::IDLE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             terminal_quic_streams: kakehashi_transport::quic::TERMINAL_STREAMS,
+            memory_budget_mib: DEFAULT_MEMORY_BUDGET_MIB,
+            quic_window_kib: DEFAULT_QUIC_WINDOW_KIB,
         }
     }
 }
@@ -343,6 +362,16 @@ pub fn relay(
     {
         bail!("[relay.limits] max_sessions and terminal_quic_streams, and max_connections of [relay.terminals] and [relay.agents], must be at least 1");
     }
+    if l.memory_budget_mib == 0 || l.memory_budget_mib > 1 << 30 {
+        bail!("[relay.limits] memory_budget_mib must be between 1 and 1073741824 (MiB; default {DEFAULT_MEMORY_BUDGET_MIB})");
+    }
+    if !QUIC_WINDOW_KIB.contains(&l.quic_window_kib) {
+        bail!(
+            "[relay.limits] quic_window_kib must be between {} and {} (KiB; default {DEFAULT_QUIC_WINDOW_KIB})",
+            QUIC_WINDOW_KIB.start(),
+            QUIC_WINDOW_KIB.end()
+        );
+    }
     let at_least_a_second = |key, example, value| {
         DurationKey::new("relay.limits", key, example).at_least(value, SECOND)
     };
@@ -418,6 +447,8 @@ pub fn relay(
         advertise_agents: agents.advertise,
         max_sessions: l.max_sessions,
         terminal_quic_streams: l.terminal_quic_streams,
+        memory_budget: l.memory_budget_mib << 20,
+        quic_window: l.quic_window_kib * 1024,
         handshake_timeout,
         session_setup_timeout,
         keepalive,

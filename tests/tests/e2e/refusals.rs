@@ -319,3 +319,123 @@ async fn a_silent_laptop_or_agent_is_refused_with_timeout() {
         );
     }
 }
+
+/// One session request on a new stream of a laptop's QUIC connection: the
+/// stream and the gateway's answer.
+async fn quic_session(
+    conn: &quinn::Connection,
+    desk: &str,
+) -> (quinn::SendStream, quinn::RecvStream, kakehashi_proto::Frame) {
+    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+    tx.write_all(&request(desk, None).to_frame().unwrap())
+        .await
+        .unwrap();
+    let f = tokio::time::timeout(
+        Duration::from_secs(10),
+        kakehashi_proto::io::read_frame(&mut rx),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    (tx, rx, f)
+}
+
+/// Issue 19 item 1: a gateway whose budget of bytes in flight is spent
+/// refuses the next session with `gateway_busy` (over QUIC and over
+/// TLS/TCP, counted), while the live sessions go on carrying bytes; a
+/// session that ends gives its share back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_gateway_refuses_new_sessions_and_keeps_carrying_the_live_ones() {
+    let mut pki = Pki::new();
+    // 1 MiB: three sessions over QUIC on both legs (288 KiB each at the
+    // default 64 KiB window), and 160 KiB to spare: less than a fourth
+    // over QUIC (288 KiB) or over TLS/TCP to a QUIC desk (211 KiB).
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            limits: "memory_budget_mib = 1\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let echo = echo_server().await;
+    let agent = start_agent(&mut pki, "DESK-B", &gw.addrs, echo, "quic");
+    let dev = pki.device("LAPTOP-B", TerminalClass::Home);
+    wait_online(&agent).await;
+    let (_ep, conn) = raw_quic(
+        &pki,
+        &dev,
+        gw.addrs.terminal_quic,
+        kakehashi_proto::ALPN_TERMINAL,
+    )
+    .await
+    .unwrap();
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx, f) = quic_session(&conn, "DESK-B").await;
+        assert_eq!(f.kind, FrameKind::SessionAccepted, "{:?}", Refusal::from_frame(&f));
+        live.push((tx, rx));
+    }
+    let (_tx, _rx, f) = quic_session(&conn, "DESK-B").await;
+    assert_eq!(f.kind, FrameKind::Refused);
+    let r = Refusal::from_frame(&f).unwrap();
+    assert_eq!(r.code, "gateway_busy");
+    assert!(r.ja.contains("混み合って") && r.en.contains("too busy"), "{r:?}");
+    assert_eq!(
+        refused(&pki, &dev, &gw, &request("DESK-B", None)).await,
+        "gateway_busy"
+    );
+    let (status, text) = http_get(gw.addrs.admin, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&text, "kakehashi_denials_total{reason=\"gateway_busy\"}"),
+        2.0
+    );
+    assert_eq!(metric(&text, "kakehashi_memory_budget_bytes"), 1048576.0);
+    assert_eq!(
+        metric(&text, "kakehashi_memory_reserved_bytes"),
+        3.0 * 288.0 * 1024.0
+    );
+    // The live sessions carry 1 MiB each way, far more than their windows.
+    let mut carried = tokio::task::JoinSet::new();
+    for (i, (mut tx, mut rx)) in live.drain(..).enumerate() {
+        carried.spawn(async move {
+            let data: Vec<u8> = (0..1 << 20).map(|n: u32| (n * 7 + i as u32) as u8).collect();
+            let send = data.clone();
+            let writer = async {
+                tx.write_all(&send).await.unwrap();
+            };
+            let mut back = vec![0u8; data.len()];
+            let reader = async {
+                rx.read_exact(&mut back).await.unwrap();
+            };
+            tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(writer, reader) })
+                .await
+                .expect("the live session carried its bytes");
+            assert!(back == data, "session {i} echoed other bytes");
+            (tx, rx)
+        });
+    }
+    while let Some(r) = carried.join_next().await {
+        live.push(r.unwrap());
+    }
+    // One session ends: its share comes back and the next one is admitted.
+    let (mut tx, mut rx) = live.pop().unwrap();
+    tx.finish().unwrap();
+    let rest = rx.read_to_end(1 << 20).await.unwrap();
+    assert!(rest.is_empty());
+    let admitted = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (tx, rx, f) = quic_session(&conn, "DESK-B").await;
+            match f.kind {
+                FrameKind::SessionAccepted => break (tx, rx),
+                // The ended session's record is still being written.
+                _ => assert_eq!(Refusal::from_frame(&f).unwrap().code, "gateway_busy"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a session after one ended");
+    drop((admitted, live));
+}
