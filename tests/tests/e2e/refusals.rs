@@ -373,14 +373,22 @@ async fn a_busy_gateway_refuses_new_sessions_and_keeps_carrying_the_live_ones() 
     let mut live = Vec::new();
     for _ in 0..3 {
         let (tx, rx, f) = quic_session(&conn, "DESK-B").await;
-        assert_eq!(f.kind, FrameKind::SessionAccepted, "{:?}", Refusal::from_frame(&f));
+        assert_eq!(
+            f.kind,
+            FrameKind::SessionAccepted,
+            "{:?}",
+            Refusal::from_frame(&f)
+        );
         live.push((tx, rx));
     }
     let (_tx, _rx, f) = quic_session(&conn, "DESK-B").await;
     assert_eq!(f.kind, FrameKind::Refused);
     let r = Refusal::from_frame(&f).unwrap();
     assert_eq!(r.code, "gateway_busy");
-    assert!(r.ja.contains("混み合って") && r.en.contains("too busy"), "{r:?}");
+    assert!(
+        r.ja.contains("混み合って") && r.en.contains("too busy"),
+        "{r:?}"
+    );
     assert_eq!(
         refused(&pki, &dev, &gw, &request("DESK-B", None)).await,
         "gateway_busy"
@@ -400,7 +408,9 @@ async fn a_busy_gateway_refuses_new_sessions_and_keeps_carrying_the_live_ones() 
     let mut carried = tokio::task::JoinSet::new();
     for (i, (mut tx, mut rx)) in live.drain(..).enumerate() {
         carried.spawn(async move {
-            let data: Vec<u8> = (0..1 << 20).map(|n: u32| (n * 7 + i as u32) as u8).collect();
+            let data: Vec<u8> = (0..1 << 20)
+                .map(|n: u32| (n * 7 + i as u32) as u8)
+                .collect();
             let send = data.clone();
             let writer = async {
                 tx.write_all(&send).await.unwrap();
@@ -409,9 +419,11 @@ async fn a_busy_gateway_refuses_new_sessions_and_keeps_carrying_the_live_ones() 
             let reader = async {
                 rx.read_exact(&mut back).await.unwrap();
             };
-            tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(writer, reader) })
-                .await
-                .expect("the live session carried its bytes");
+            tokio::time::timeout(Duration::from_secs(60), async {
+                tokio::join!(writer, reader)
+            })
+            .await
+            .expect("the live session carried its bytes");
             assert!(back == data, "session {i} echoed other bytes");
             (tx, rx)
         });
@@ -438,4 +450,42 @@ async fn a_busy_gateway_refuses_new_sessions_and_keeps_carrying_the_live_ones() 
     .await
     .expect("a session after one ended");
     drop((admitted, live));
+}
+
+/// A `gateway_busy` refusal is audited as `session.denied`, before the
+/// login token is looked at: here a budget (1 MiB) smaller than one
+/// session's share (1 MiB QUIC windows: 2 MiB for the desk's leg alone).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_busy_refusal_is_audited() {
+    let mut pki = Pki::new();
+    let db = pki.path().join("busy.db");
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(login_sections(&db)),
+            limits: "memory_budget_mib = 1\nquic_window_kib = 1024\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dev = pki.device("LAPTOP-BUSY", TerminalClass::Home);
+    assert_eq!(
+        refused(&pki, &dev, &gw, &request("DESK-BUSY", None)).await,
+        "gateway_busy"
+    );
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    let denied: Vec<_> = store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "session.denied" && r.reason == "gateway_busy")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    let d = denied[0].detail_json().unwrap();
+    assert_eq!(denied[0].subject, "DESK-BUSY");
+    assert_eq!(d["device"], "LAPTOP-BUSY");
+    assert_eq!(d["budget_bytes"], 1 << 20);
+    assert_eq!(d["share_bytes"], (32 + 51 + 2048) * 1024);
+    assert!(store.verify_audit().await.unwrap().is_intact());
 }
