@@ -1395,6 +1395,7 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         backoff_initial_ms: 500,
         backoff_max_ms: 30_000,
         store: false,
+        memory_budget_mib: None,
         baseline: None,
         backend_tls: None,
         profile: ProfileArgs {
