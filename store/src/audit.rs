@@ -172,17 +172,9 @@ impl AuditRecord {
 
 /// Builds the record for `audit` at position `seq` after `prev_hash`.
 pub(crate) fn seal(audit: &Audit, seq: i64, prev_hash: Hash256) -> AuditRecord {
-    let mut r = AuditRecord {
-        seq,
-        at: audit.at,
-        actor: audit.actor.clone(),
-        action: audit.action.clone(),
-        subject: audit.subject.clone(),
-        reason: audit.reason.clone(),
-        detail: audit.detail.to_string(),
-        prev_hash,
-        hash: Hash256::ZERO,
-    };
+    let mut r = pending(audit);
+    r.seq = seq;
+    r.prev_hash = prev_hash;
     r.hash = r.compute_hash();
     r
 }

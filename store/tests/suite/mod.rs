@@ -1582,11 +1582,25 @@ pub async fn audit_concurrent(db: &Db) {
     let b = db.open().await;
     const TASKS: i64 = 6;
     const EACH: i64 = 20;
+    write_from_both(&a, &b, TASKS, EACH).await;
+    let report = a.verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, (TASKS * EACH) as u64);
+    assert_eq!(
+        b.list_users().await.unwrap().len(),
+        (TASKS * EACH / 5) as usize
+    );
+}
+
+/// `tasks` writers, alternating between `a` and `b`, each writing `each`
+/// audited changes: every fifth a user (a write that takes the chain head),
+/// the others a pure event (one that may wait for the sealer).
+async fn write_from_both(a: &Store, b: &Store, tasks: i64, each: i64) {
     let mut set = tokio::task::JoinSet::new();
-    for t in 0..TASKS {
+    for t in 0..tasks {
         let store = if t % 2 == 0 { a.clone() } else { b.clone() };
         set.spawn(async move {
-            for i in 0..EACH {
+            for i in 0..each {
                 if i % 5 == 0 {
                     add_user(&store, &format!("u{t}-{i}"), "d").await;
                 } else {
@@ -1601,13 +1615,6 @@ pub async fn audit_concurrent(db: &Db) {
     while let Some(r) = set.join_next().await {
         r.unwrap();
     }
-    let report = a.verify_audit().await.unwrap();
-    assert!(report.is_intact(), "{report:?}");
-    assert_eq!(report.records, (TASKS * EACH) as u64);
-    assert_eq!(
-        b.list_users().await.unwrap().len(),
-        (TASKS * EACH / 5) as usize
-    );
 }
 
 /// With `seal_later` (PostgreSQL; a no-op on SQLite), logins' and
@@ -1645,22 +1652,7 @@ pub async fn audit_sealed_later(db: &Db) {
     }
     const TASKS: i64 = 6;
     const EACH: i64 = 30;
-    let mut set = tokio::task::JoinSet::new();
-    for t in 0..TASKS {
-        let store = if t % 2 == 0 { a.clone() } else { b.clone() };
-        set.spawn(async move {
-            for i in 0..EACH {
-                if i % 5 == 0 {
-                    add_user(&store, &format!("u{t}-{i}"), "d").await;
-                } else {
-                    store
-                        .append_audit(audit(T0 + i, "login.ok").subject(format!("t{t}")))
-                        .await
-                        .unwrap();
-                }
-            }
-        });
-    }
+    let writers = write_from_both(&a, &b, TASKS, EACH);
     let mut redeemers = tokio::task::JoinSet::new();
     for r in 0..8 {
         let store = if r % 2 == 0 { a.clone() } else { b.clone() };
@@ -1673,9 +1665,7 @@ pub async fn audit_sealed_later(db: &Db) {
                 .await
         });
     }
-    while let Some(r) = set.join_next().await {
-        r.unwrap();
-    }
+    writers.await;
     let mut won = 0;
     while let Some(r) = redeemers.join_next().await {
         match r.unwrap() {
