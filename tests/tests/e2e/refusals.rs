@@ -27,6 +27,30 @@ async fn refused(pki: &Pki, dev: &CertFiles, gw: &GatewayProc, m: &SessionReques
     Refusal::from_frame(&f).unwrap().code
 }
 
+/// An echo desk `desk` whose agent's tunnel is QUIC and up, and the laptop
+/// `laptop`'s own QUIC connection to `gw` (raw: the test speaks the
+/// protocol itself).
+async fn quic_laptop_and_desk(
+    pki: &mut Pki,
+    gw: &GatewayProc,
+    desk: &str,
+    laptop: &str,
+) -> (Proc, CertFiles, quinn::Endpoint, quinn::Connection) {
+    let echo = echo_server().await;
+    let agent = start_agent(pki, desk, &gw.addrs, echo, "quic");
+    let dev = pki.device(laptop, TerminalClass::Home);
+    wait_online(&agent).await;
+    let (ep, conn) = raw_quic(
+        pki,
+        &dev,
+        gw.addrs.terminal_quic,
+        kakehashi_proto::ALPN_TERMINAL,
+    )
+    .await
+    .unwrap();
+    (agent, dev, ep, conn)
+}
+
 /// Waits until the desk's agent has its tunnel up.
 async fn wait_online(agent: &Proc) {
     agent
@@ -213,18 +237,7 @@ async fn a_full_gateway_refuses_the_next_session() {
 async fn a_gateway_shutting_down_refuses_new_sessions_on_open_connections() {
     let mut pki = Pki::new();
     let gw = start_gateway(&pki, GatewayOpts::default()).await;
-    let echo = echo_server().await;
-    let agent = start_agent(&mut pki, "DESK-S", &gw.addrs, echo, "quic");
-    let dev = pki.device("LAPTOP-S", TerminalClass::Home);
-    wait_online(&agent).await;
-    let (_ep, conn) = raw_quic(
-        &pki,
-        &dev,
-        gw.addrs.terminal_quic,
-        kakehashi_proto::ALPN_TERMINAL,
-    )
-    .await
-    .unwrap();
+    let (_agent, _dev, _ep, conn) = quic_laptop_and_desk(&mut pki, &gw, "DESK-S", "LAPTOP-S").await;
     // A live session keeps the gateway in its grace period.
     let (mut tx, mut rx) = conn.open_bi().await.unwrap();
     tx.write_all(&request("DESK-S", None).to_frame().unwrap())
@@ -358,18 +371,7 @@ async fn a_busy_gateway_refuses_new_sessions_and_keeps_carrying_the_live_ones() 
         },
     )
     .await;
-    let echo = echo_server().await;
-    let agent = start_agent(&mut pki, "DESK-B", &gw.addrs, echo, "quic");
-    let dev = pki.device("LAPTOP-B", TerminalClass::Home);
-    wait_online(&agent).await;
-    let (_ep, conn) = raw_quic(
-        &pki,
-        &dev,
-        gw.addrs.terminal_quic,
-        kakehashi_proto::ALPN_TERMINAL,
-    )
-    .await
-    .unwrap();
+    let (_agent, dev, _ep, conn) = quic_laptop_and_desk(&mut pki, &gw, "DESK-B", "LAPTOP-B").await;
     let mut live = Vec::new();
     for _ in 0..3 {
         let (tx, rx, f) = quic_session(&conn, "DESK-B").await;
