@@ -19,6 +19,7 @@
 pub mod admission;
 mod agents;
 mod budget;
+mod busy;
 pub mod cluster;
 pub mod config;
 mod crl;

@@ -22,7 +22,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::crl::check_cert;
 use crate::shared::{
     audit_event, desk_labels, reason_label, refuse, update_capacity, LiveSession, PeerCert,
-    SessionLabels, Shared,
+    SessionLabels, Shared, Who, STORE_DEADLINE,
 };
 
 pub(crate) async fn serve_terminal_quic(
@@ -104,28 +104,6 @@ pub(crate) async fn handle_terminal_stream(
         .await
 }
 
-/// The laptop at the other end of a session request.
-pub(crate) struct Who {
-    pub(crate) device: String,
-    pub(crate) class: kakehashi_pki::TerminalClass,
-    /// The user named in the device certificate (a personal laptop).
-    pub(crate) user: Option<String>,
-    pub(crate) cert: PeerCert,
-    pub(crate) transport: Transport,
-    /// The laptop's address (see [`handle_terminal_stream`]).
-    pub(crate) source: std::net::SocketAddr,
-}
-
-impl Who {
-    /// The audit log's actor: the user when known, else the laptop.
-    fn actor(&self, user: Option<&str>) -> String {
-        user.map_or_else(
-            || format!("device:{}", self.device),
-            |u| format!("user:{u}"),
-        )
-    }
-}
-
 /// What a terminal stream asks for.
 enum Next {
     /// A session.
@@ -195,7 +173,7 @@ async fn request(s: &Shared, io: &mut BoxIo, device: &str, cert: &PeerCert) -> N
 async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest, id: String) {
     let started = Instant::now();
     let setup = async {
-        let share = Box::pin(take_share(s, who, &req)).await?;
+        let share = Box::pin(crate::busy::take_share(s, who, &req)).await?;
         let login = store_bound(Box::pin(login(s, who, &req))).await?;
         let user = login.as_ref().map(|l| l.user.clone()).or(who.user.clone());
         let admitted = store_bound(Box::pin(admission(
@@ -275,59 +253,6 @@ async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest,
     drop(guard);
     drop(share);
 }
-
-/// Phase 1½, the budget: the session's share of the budget of bytes in
-/// flight (see [`crate::budget`]), taken before the store or the desk is
-/// asked anything; no room: `gateway_busy`, audited. Live sessions are
-/// never cut by it.
-async fn take_share(
-    s: &Shared,
-    who: &Who,
-    req: &SessionRequest,
-) -> Result<crate::budget::Share, Refusal> {
-    // The desk's leg runs over its agent's tunnel; a desk not online here
-    // is refused later (`desk_offline`) and charged the dearer leg meanwhile.
-    let desk = s
-        .agents
-        .lock()
-        .expect("agents lock")
-        .get(&req.desk)
-        .map_or_else(|| s.budget.dearer(), |e| e.transport);
-    if let Some(share) = s.budget.try_take(who.transport, desk) {
-        return Ok(share);
-    }
-    let refusal = Refusal::new(Reason::GatewayBusy);
-    let (budget, reserved) = (s.budget.total(), s.budget.reserved());
-    let share = s.budget.session_share(who.transport, desk);
-    warn!(
-        budget,
-        reserved, share, "Session refused: the budget of bytes in flight is spent (gateway_busy)"
-    );
-    // Bounded like the store's other phases: a busy gateway's refusals do
-    // not queue behind a slow database.
-    let actor = who.actor(who.user.as_deref());
-    let audit = audit_event(
-        s,
-        &actor,
-        "session.denied",
-        &req.desk,
-        &refusal.code,
-        serde_json::json!({
-            "device": who.device, "class": who.class.to_string(),
-            "source": who.source.to_string(), "transport": who.transport.as_str(),
-            "desk_transport": desk.as_str(), "share_bytes": share,
-            "reserved_bytes": reserved, "budget_bytes": budget,
-        }),
-    );
-    let _ = tokio::time::timeout(STORE_DEADLINE, Box::pin(audit)).await;
-    Err(refusal)
-}
-
-/// The longest a session's setup waits on the store for one phase: past
-/// it the database counts as unreachable (a half-open connection, a
-/// PostgreSQL failover) and the session is refused with
-/// `store_unavailable`, fail closed, instead of hanging.
-const STORE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// A phase that reads or writes the store, bounded by [`STORE_DEADLINE`].
 async fn store_bound<T>(

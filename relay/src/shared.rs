@@ -471,6 +471,34 @@ pub(crate) async fn audit_event(
     }
 }
 
+/// The laptop at the other end of a session request.
+pub(crate) struct Who {
+    pub(crate) device: String,
+    pub(crate) class: kakehashi_pki::TerminalClass,
+    /// The user named in the device certificate (a personal laptop).
+    pub(crate) user: Option<String>,
+    pub(crate) cert: PeerCert,
+    pub(crate) transport: Transport,
+    /// The laptop's address (see `sessions::handle_terminal_stream`).
+    pub(crate) source: std::net::SocketAddr,
+}
+
+impl Who {
+    /// The audit log's actor: the user when known, else the laptop.
+    pub(crate) fn actor(&self, user: Option<&str>) -> String {
+        user.map_or_else(
+            || format!("device:{}", self.device),
+            |u| format!("user:{u}"),
+        )
+    }
+}
+
+/// The longest a session's setup waits on the store for one phase: past
+/// it the database counts as unreachable (a half-open connection, a
+/// PostgreSQL failover) and the session is refused with
+/// `store_unavailable`, fail closed, instead of hanging.
+pub(crate) const STORE_DEADLINE: Duration = Duration::from_secs(2);
+
 #[cfg(test)]
 mod tests {
     use super::*;
