@@ -762,14 +762,7 @@ pub async fn raw_tls(
     addr: SocketAddr,
     alpn: &[u8],
 ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let m = kakehashi_transport::tls::TlsFiles {
-        ca: pki.ca.ca_cert_path(),
-        cert: files.cert.clone(),
-        key: files.key.clone(),
-        crl: None,
-    }
-    .load()?;
-    let cfg = std::sync::Arc::new(kakehashi_transport::tls::client_config(&m, None, alpn)?);
+    let cfg = tls_client(pki, files, alpn)?;
     kakehashi_transport::dial::tls_connect(
         &addr.to_string(),
         "localhost",
@@ -778,6 +771,25 @@ pub async fn raw_tls(
         Duration::from_secs(10),
     )
     .await
+}
+
+/// The TLS client configuration of laptop (or agent) `files`, trusting
+/// `pki`'s CA and offering `alpn`.
+pub fn tls_client(
+    pki: &Pki,
+    files: &CertFiles,
+    alpn: &[u8],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let m = kakehashi_transport::tls::TlsFiles {
+        ca: pki.ca.ca_cert_path(),
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        crl: None,
+    }
+    .load()?;
+    Ok(Arc::new(kakehashi_transport::tls::client_config(
+        &m, None, alpn,
+    )?))
 }
 
 /// Send one message as laptop `dev` on a fresh TLS connection to the

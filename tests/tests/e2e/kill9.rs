@@ -101,17 +101,8 @@ impl Laptop {
     async fn new(pki: &mut Pki, n: usize, terminal_tcp: SocketAddr, store: &Store) -> Self {
         let dev = pki.device(&format!("LT-K9-{n:02}"), TerminalClass::Home);
         let token = redeem_login(pki, &dev, terminal_tcp, store, &format!("u-k9-{n:02}")).await;
-        let m = kakehashi_transport::tls::TlsFiles {
-            ca: pki.ca.ca_cert_path(),
-            cert: dev.cert.clone(),
-            key: dev.key.clone(),
-            crl: None,
-        }
-        .load()
-        .unwrap();
-        let tls = kakehashi_transport::tls::client_config(&m, None, ALPN_TERMINAL).unwrap();
         Self {
-            tls: Arc::new(tls),
+            tls: tls_client(pki, &dev, ALPN_TERMINAL).unwrap(),
             token,
         }
     }

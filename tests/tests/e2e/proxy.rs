@@ -102,15 +102,7 @@ async fn start_haproxy(pki: &Pki, gw: &GatewayProc) -> (Proc, SocketAddr) {
 }
 
 fn tls_config(pki: &Pki, dev: &CertFiles) -> Arc<rustls::ClientConfig> {
-    let m = kakehashi_transport::tls::TlsFiles {
-        ca: pki.ca.ca_cert_path(),
-        cert: dev.cert.clone(),
-        key: dev.key.clone(),
-        crl: None,
-    }
-    .load()
-    .unwrap();
-    Arc::new(kakehashi_transport::tls::client_config(&m, None, ALPN_TERMINAL).unwrap())
+    tls_client(pki, dev, ALPN_TERMINAL).unwrap()
 }
 
 /// The laptop's TLS on `tcp` (after whatever was written on it already).
