@@ -8,7 +8,7 @@
 //! hundred connections), so 40,000 connections do not need 40,000 sockets.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,6 +166,8 @@ pub struct Ctx {
     pub backoff_initial: Duration,
     /// Reconnect backoff: cap.
     pub backoff_max: Duration,
+    /// Tunnels an agent dropped on purpose to dial again (the soak).
+    pub redials: AtomicU64,
 }
 
 impl Ctx {
@@ -184,6 +186,7 @@ impl Ctx {
             flow: Flow::default(),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            redials: AtomicU64::new(0),
         })
     }
 }
@@ -203,6 +206,12 @@ pub struct Agent {
     tls: Arc<rustls::ClientConfig>,
     quic: Option<(quinn::Endpoint, quinn::ClientConfig)>,
     replay: Mutex<ReplayGuard>,
+    /// Drop the tunnel and dial again after a random 0.5–1.5 × this.
+    redial_every: Option<Duration>,
+    /// Whether the tunnel is up (welcomed and not yet lost).
+    up: AtomicBool,
+    /// Tunnels this agent dropped on purpose so far.
+    redials: AtomicU64,
 }
 
 impl std::fmt::Debug for Agent {
@@ -220,6 +229,20 @@ impl Agent {
         m: &TlsMaterial,
         ep: Option<(quinn::Endpoint, Arc<TransportConfig>)>,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::redialing(desk, m, ep, None)
+    }
+
+    /// As [`Agent::new`], and when `every` is given the agent drops its
+    /// tunnel at a random moment 0.5–1.5 × `every` after each welcome and
+    /// dials again through its usual backoff (a desk PC's network blip or
+    /// sleep; the soak's periodic reconnects). Sessions on the dropped
+    /// tunnel end with it, as they do for a real agent.
+    pub fn redialing(
+        desk: String,
+        m: &TlsMaterial,
+        ep: Option<(quinn::Endpoint, Arc<TransportConfig>)>,
+        every: Option<Duration>,
+    ) -> anyhow::Result<Arc<Self>> {
         let cfg = tls::client_config(m, None, ALPN_AGENT)?;
         let quic = match ep {
             Some((ep, t)) => Some((ep, quic_client(cfg.clone(), t)?)),
@@ -230,7 +253,45 @@ impl Agent {
             tls: Arc::new(cfg),
             quic,
             replay: Mutex::new(ReplayGuard::new(100_000)),
+            redial_every: every,
+            up: AtomicBool::new(false),
+            redials: AtomicU64::new(0),
         }))
+    }
+
+    /// The desk this agent serves.
+    pub fn desk(&self) -> &str {
+        &self.desk
+    }
+
+    /// Whether its tunnel is up now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Tunnels it dropped on purpose so far: a session that ends early while
+    /// this changed ended with its tunnel, not by a fault.
+    pub fn redials(&self) -> u64 {
+        self.redials.load(Ordering::Relaxed)
+    }
+
+    /// When to drop the next tunnel, if this agent redials.
+    fn next_redial(&self) -> Option<tokio::time::Instant> {
+        self.redial_every
+            .map(|d| tokio::time::Instant::now() + d.mul_f64(0.5 + rand::random::<f64>()))
+    }
+
+    /// The tunnel is dropped on purpose now: counted before it closes, so
+    /// that its sessions see the count change when they end.
+    fn redial(&self, ctx: &Ctx) {
+        self.redials.fetch_add(1, Ordering::Relaxed);
+        ctx.redials.fetch_add(1, Ordering::Relaxed);
+        self.lost(ctx);
+    }
+
+    fn lost(&self, ctx: &Ctx) {
+        self.up.store(false, Ordering::Relaxed);
+        ctx.agents_up.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Keep a tunnel up until `stop`, reconnecting with capped, jittered
@@ -269,6 +330,7 @@ impl Agent {
     }
 
     fn welcomed(&self, ctx: &Ctx, up: &mut Option<tokio::sync::oneshot::Sender<()>>) {
+        self.up.store(true, Ordering::Relaxed);
         ctx.agents_up.fetch_add(1, Ordering::Relaxed);
         ctx.welcomes.fetch_add(1, Ordering::Relaxed);
         let now = traffic::now_us();
@@ -279,7 +341,8 @@ impl Agent {
         }
     }
 
-    /// One tunnel, until it is lost. `Err` carries the error kind.
+    /// One tunnel, until it is lost (`Err`, with the error kind) or dropped
+    /// on purpose to redial (`Ok`).
     async fn tunnel(
         self: Arc<Self>,
         ctx: &Arc<Ctx>,
@@ -317,8 +380,17 @@ impl Agent {
                     _ => return Err("agent:hello".into()),
                 };
                 self.welcomed(ctx, up);
+                let redial_at = self.next_redial();
                 loop {
-                    match conn.accept_bi().await {
+                    let accepted = tokio::select! {
+                        a = conn.accept_bi() => a,
+                        _ = sleep_until_some(redial_at) => {
+                            self.redial(ctx);
+                            conn.close(0u32.into(), b"redial");
+                            return Ok(());
+                        }
+                    };
+                    match accepted {
                         Ok(bi) => {
                             let (me, ctx) = (self.clone(), ctx.clone());
                             tokio::spawn(async move {
@@ -326,7 +398,7 @@ impl Agent {
                             });
                         }
                         Err(_) => {
-                            ctx.agents_up.fetch_sub(1, Ordering::Relaxed);
+                            self.lost(ctx);
                             return Err("agent:tunnel_lost".into());
                         }
                     }
@@ -359,8 +431,18 @@ impl Agent {
                 self.welcomed(ctx, up);
                 let silence = Duration::from_secs(u64::from(welcome.ping_interval_secs.max(1)) * 3);
                 let pong = frame::encode(FrameKind::Pong, &[]).expect("empty frame");
+                let redial_at = self.next_redial();
                 let r = loop {
-                    let f = match tokio::time::timeout(silence, read_frame(&mut ctl)).await {
+                    let read = tokio::select! {
+                        r = tokio::time::timeout(silence, read_frame(&mut ctl)) => r,
+                        _ = sleep_until_some(redial_at) => {
+                            // Dropping the control connection ends the tunnel;
+                            // the gateway closes its data channels.
+                            self.redial(ctx);
+                            return Ok(());
+                        }
+                    };
+                    let f = match read {
                         Ok(Ok(f)) => f,
                         _ => break Err("agent:tunnel_lost".to_string()),
                     };
@@ -406,7 +488,7 @@ impl Agent {
                         _ => break Err("agent:protocol".into()),
                     }
                 };
-                ctx.agents_up.fetch_sub(1, Ordering::Relaxed);
+                self.lost(ctx);
                 r
             }
         }
@@ -554,6 +636,16 @@ impl Laptop {
         }
     }
 
+    /// Close the laptop's QUIC connection, if it has one (a laptop leaving:
+    /// its next session dials afresh).
+    pub async fn close(&self) {
+        if let Some((_, _, conn)) = &self.quic {
+            if let Some(c) = conn.lock().await.take() {
+                c.close(0u32.into(), b"bye");
+            }
+        }
+    }
+
     /// Send a Ping frame on a fresh stream and wait for the Pong.
     pub async fn ping(&self) -> anyhow::Result<()> {
         let mut io = self.stream().await.map_err(|e| anyhow!(e))?;
@@ -594,6 +686,14 @@ pub fn device_configs(pki: &crate::pki::BenchPki) -> anyhow::Result<Vec<DeviceCo
             })
         })
         .collect()
+}
+
+/// Sleep until `at`, or forever when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Error kind of a failed QUIC dial: a handshake error (quinn's, in the

@@ -1,7 +1,8 @@
 //! Benchmarks of the real Kakehashi binaries: the load generator
 //! (`kakehashi-loadgen`), the baselines' back ends and the bare mutual-TLS
 //! accept loop (`tls-accept`), and the idle-memory bench. `benches/run.sh`
-//! runs every row of the performance table against its baseline;
+//! runs every row of the performance table against its baseline,
+//! `benches/soak.sh` the long run under churn ([`soak`]);
 //! `benches/RESULTS.md` records them with the command for each row.
 
 pub mod backend;
@@ -10,5 +11,6 @@ pub mod gateway;
 pub mod pki;
 pub mod procstat;
 pub mod seed;
+pub mod soak;
 pub mod stats;
 pub mod traffic;

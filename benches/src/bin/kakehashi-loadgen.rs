@@ -64,6 +64,10 @@ enum Cmd {
     Handshakes(HsArgs),
     /// Memory per idle session vs rathole's per-connection figure (P2).
     Idle(IdleArgs),
+    /// One gateway for a long run under session churn and agent redials:
+    /// RSS, descriptors and store size sampled; exits non-zero unless RSS
+    /// and descriptors stay flat (`benches/soak.sh`, issue Resilience item 4).
+    Soak(kakehashi_benches::soak::SoakArgs),
     /// Print `n` free TCP ports on 127.0.0.1 (for the bench script).
     FreePorts {
         /// How many.
@@ -337,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Rr(a) => rr(&env, &a).await?,
         Cmd::Handshakes(a) => handshakes(&env, &a).await?,
         Cmd::Idle(a) => idle(&env, &a).await?,
+        Cmd::Soak(a) => kakehashi_benches::soak::run(&env.pki, &env.work, &env.log, &a).await?,
         Cmd::FreePorts { n } => {
             let ls = (0..n)
                 .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -351,6 +356,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     println!("{text}");
     if let Some(p) = cli.json {
         std::fs::write(p, format!("{text}\n"))?;
+    }
+    if out["bench"] == "soak" && out["pass"] != true {
+        bail!("the soak did not pass: {}", out["verdict"]);
     }
     Ok(())
 }
