@@ -358,7 +358,7 @@ async fn seed_expired_logins(db: &Path, n: usize) -> anyhow::Result<()> {
         store
             .create_login_code(
                 &NewLoginCode {
-                    code_hash: Hash256::digest(&format!("soak-expired-code-{i}")),
+                    code_hash: Hash256::digest(format!("soak-expired-code-{i}")),
                     user_id: user.clone(),
                     pkce_challenge: "A".repeat(43),
                     device_id: device.clone(),
@@ -370,7 +370,7 @@ async fn seed_expired_logins(db: &Path, n: usize) -> anyhow::Result<()> {
         store
             .create_login_token(
                 &NewLoginToken {
-                    token_hash: Hash256::digest(&format!("soak-expired-token-{i}")),
+                    token_hash: Hash256::digest(format!("soak-expired-token-{i}")),
                     user_id: user,
                     device_id: device,
                     cert_serial: "00".into(),
