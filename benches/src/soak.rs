@@ -522,6 +522,8 @@ pub async fn run(
         log: log.to_string(),
         addrs: None,
         store: Some(db.clone()),
+        // The shipped default: the soak runs what a gateway ships with.
+        memory_budget_mib: 4096,
     };
     let mut gw = gateway::start(&pki.files, &opts, work).await?;
     let pid = gw.proc.pid();
