@@ -669,6 +669,35 @@ pub struct DeviceConfig {
     pub token: Option<Secret>,
 }
 
+/// Starts `agent`'s loop once fewer than `gate`'s permits of agents are
+/// still waiting for their first welcome (a bounded handshake storm); the
+/// handle says whether the welcome came within 60 s.
+pub async fn launch(
+    agent: Arc<Agent>,
+    ctx: &Arc<Ctx>,
+    target: &Arc<Mutex<AgentTarget>>,
+    stop: &CancellationToken,
+    gate: &Arc<tokio::sync::Semaphore>,
+) -> anyhow::Result<tokio::task::JoinHandle<bool>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let permit = gate.clone().acquire_owned().await?;
+    tokio::spawn(agent.run(ctx.clone(), target.clone(), stop.clone(), Some(tx)));
+    Ok(tokio::spawn(async move {
+        let r = tokio::time::timeout(Duration::from_secs(60), rx).await;
+        drop(permit);
+        r.is_ok_and(|r| r.is_ok())
+    }))
+}
+
+/// How many of the agents [`launch`] started were welcomed.
+pub async fn count_up(waits: Vec<tokio::task::JoinHandle<bool>>) -> usize {
+    let mut up = 0;
+    for w in waits {
+        up += usize::from(w.await.unwrap_or(false));
+    }
+    up
+}
+
 /// Client configs for the pooled device certificates. Resumption is off:
 /// every new laptop connection is a full handshake, as for a fleet of
 /// distinct laptops arriving in the morning (the worst case).

@@ -551,25 +551,11 @@ pub async fn run(
     for (i, (desk, m)) in desks.iter().zip(certs.iter()).enumerate() {
         let ep = quic.then(|| (eps[i % eps.len()].clone(), qt.clone()));
         let agent = Agent::redialing(desk.clone(), m, ep, redial)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let permit = gate.clone().acquire_owned().await?;
-        tokio::spawn(
-            agent
-                .clone()
-                .run(ctx.clone(), target.clone(), stop.clone(), Some(tx)),
-        );
+        waits.push(fleet::launch(agent.clone(), &ctx, &target, &stop, &gate).await?);
         agents.push(agent);
-        waits.push(tokio::spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(60), rx).await;
-            drop(permit);
-            r.is_ok_and(|r| r.is_ok())
-        }));
     }
     drop(certs);
-    let mut agents_ok = 0;
-    for w in waits {
-        agents_ok += usize::from(w.await.unwrap_or(false));
-    }
+    let agents_ok = fleet::count_up(waits).await;
     eprintln!(
         "{agents_ok}/{n_agents} agents up in {:.1}s",
         t0.elapsed().as_secs_f64()

@@ -509,20 +509,10 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     for (i, (desk, m)) in desks.iter().zip(certs.iter()).enumerate() {
         let ep = (a.transport == Transport::Quic).then(|| (eps[i % eps.len()].clone(), qt.clone()));
         let agent = Agent::new(desk.clone(), m, ep)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let permit = gate.clone().acquire_owned().await?;
-        tokio::spawn(agent.run(ctx.clone(), target.clone(), stop_all.clone(), Some(tx)));
-        waits.push(tokio::spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(60), rx).await;
-            drop(permit);
-            r.is_ok_and(|r| r.is_ok())
-        }));
+        waits.push(fleet::launch(agent, &ctx, &target, &stop_all, &gate).await?);
     }
     drop(certs);
-    let mut agents_ok = 0;
-    for w in waits {
-        agents_ok += usize::from(w.await.unwrap_or(false));
-    }
+    let agents_ok = fleet::count_up(waits).await;
     let agents_secs = t_agents.elapsed().as_secs_f64();
     eprintln!("{agents_ok}/{n_agents} agents up in {agents_secs:.1}s");
     tokio::time::sleep(Duration::from_secs_f64(a.settle.min(2.0))).await;
