@@ -40,7 +40,7 @@ pub const REAP_AFTER_HEALTHY: Duration = Duration::from_secs(MEMBERSHIP_TTL as u
 
 /// The end reason of a session whose gateway died: recorded by a surviving
 /// member once the dead one's membership lapsed.
-pub const REASON_GATEWAY_LOST: &str = "gateway_lost";
+pub const REASON_GATEWAY_LOST: &str = kakehashi_store::GATEWAY_LOST;
 
 /// The end reason of a session a gateway's previous run left open (it was
 /// killed, or lost power), recorded when it starts again.
@@ -240,8 +240,10 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
     let mut left = false;
     let mut replaced = false;
     let mut failing_since: Option<Instant> = None;
-    // Since when this member's heartbeats have all succeeded.
+    // Since when this member's heartbeats have all succeeded, and the last
+    // one that did.
     let mut healthy_since = Some(Instant::now());
+    let mut last_renewed = Instant::now();
     let mut next_prune = Instant::now() + FIRST_PRUNE;
     let mut published = Published::default();
     loop {
@@ -272,6 +274,10 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
         {
             Ok(true) => {
                 healthy_since.get_or_insert_with(Instant::now);
+                if last_renewed.elapsed() >= RECLAIM_AFTER {
+                    reclaim(&s, &store, &id).await;
+                }
+                last_renewed = Instant::now();
                 if let Some(since) = failing_since.take() {
                     info!(
                         secs = since.elapsed().as_secs(),
@@ -308,6 +314,39 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
                 .feed_lag
                 .set((head - s.feed_seq.load(Ordering::Relaxed)).max(0));
         }
+    }
+}
+
+/// A member that renews its membership this long after its last renewal
+/// may have lapsed meanwhile (the others close a lapsed member's rows), so
+/// it re-claims its live sessions' rows ([`reclaim`]).
+pub const RECLAIM_AFTER: Duration = Duration::from_secs(MEMBERSHIP_TTL as u64 - 2);
+
+/// This gateway renewed its membership after a gap long enough for it to
+/// have lapsed (cut off from the store while the others were not, or the
+/// process stalled): the sessions it carried on meanwhile may have had
+/// their rows closed by another member as `gateway_lost`. Reopen them, so
+/// the store shows them live and their real end is recorded when it comes
+/// (the audit log keeps the closing and the `session.resume`).
+async fn reclaim(s: &Shared, store: &Store, me: &str) {
+    let (ids, oldest) = {
+        let live = s.live.lock().expect("live lock");
+        let oldest = live.values().map(|l| l.started).min();
+        (live.keys().cloned().collect::<Vec<_>>(), oldest)
+    };
+    let Some(oldest) = oldest else { return };
+    // A member's rows are closed with its own clock's time: allow for skew.
+    let since = oldest.saturating_sub(300);
+    match store
+        .reclaim_sessions(me, &ids, since, kakehashi_store::unix_now())
+        .await
+    {
+        Ok(r) if r.is_empty() => {}
+        Ok(r) => warn!(
+            reopened = r.len(),
+            "This gateway's membership had lapsed and another member closed the rows of sessions it still carries: reopened them"
+        ),
+        Err(e) => warn!(error = %e, "Cannot re-claim the rows of this gateway's live sessions"),
     }
 }
 

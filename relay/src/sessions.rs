@@ -544,7 +544,7 @@ async fn record_end(
         .subject(id)
         .reason(&end.reason)
         .detail(serde_json::json!({ "desk": req.desk, "device": who.device, "bytes_up": up, "bytes_down": down, "secs": secs }));
-    if let Err(e) = Box::pin(store.end_session(id, end, a)).await {
+    if let Err(e) = Box::pin(store.end_carried_session(id, &s.cfg.name, end, a)).await {
         warn!(error = %e, "Cannot record the session end");
     }
 }

@@ -236,5 +236,5 @@ pub use inventory::{Desk, Device, DeviceSpec};
 pub use localtime::unix_now;
 pub use planning::{Bcp, BcpScope, BcpSpec, Plan, PlanSpec, PolicyDoc};
 pub use prune::Pruned;
-pub use sessions::{SessionEnd, SessionRecord, SessionStart};
+pub use sessions::{SessionEnd, SessionRecord, SessionStart, LOST as GATEWAY_LOST};
 pub use transient::{Quotas, TransientKind, MAX_TRANSIENT_VALUE};

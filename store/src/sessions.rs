@@ -72,6 +72,10 @@ pub struct SessionRecord {
     pub gateway: Option<String>,
 }
 
+/// The end reason with which a surviving member closes the rows of a member
+/// whose membership lapsed.
+pub const LOST: &str = "gateway_lost";
+
 fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -127,9 +131,35 @@ impl Store {
         end: &SessionEnd,
         audit: Audit,
     ) -> Result<SessionRecord> {
+        self.end_session_as(id, None, end, audit).await
+    }
+
+    /// Records the end of a session by the gateway that carried it: like
+    /// [`Store::end_session`], and besides, a row that another member
+    /// closed with [`LOST`] while this gateway's membership had lapsed (it
+    /// was cut off from the store, its sessions went on) takes the real end
+    /// and byte counts. The audit log keeps both records.
+    pub async fn end_carried_session(
+        &self,
+        id: &str,
+        gateway: &str,
+        end: &SessionEnd,
+        audit: Audit,
+    ) -> Result<SessionRecord> {
+        self.end_session_as(id, Some(gateway), end, audit).await
+    }
+
+    async fn end_session_as(
+        &self,
+        id: &str,
+        carrier: Option<&str>,
+        end: &SessionEnd,
+        audit: Audit,
+    ) -> Result<SessionRecord> {
         validate_text("end reason", &end.reason, 128, false)?;
         const SQL: &str = "UPDATE sessions SET ended_at = $2, end_reason = $3, bytes_up = $4, \
-             bytes_down = $5 WHERE id = $1 AND ended_at IS NULL \
+             bytes_down = $5 WHERE id = $1 AND (ended_at IS NULL \
+             OR (gateway = $6 AND end_reason = $7)) \
              RETURNING id, user_id, device_id, desk_id, class, level, transport, started_at, \
              ended_at, end_reason, bytes_up, bytes_down, gateway";
         const EXISTS: &str = "SELECT COUNT(*) FROM sessions WHERE id = $1";
@@ -140,6 +170,8 @@ impl Store {
                 .bind(&end.reason)
                 .bind(clamp(end.bytes_up))
                 .bind(clamp(end.bytes_down))
+                .bind(carrier)
+                .bind(LOST)
                 .fetch_optional(&mut *tx)
                 .await?;
             match rec {
@@ -200,6 +232,71 @@ impl Store {
             Some(g) => read!(self, |p| sqlx::query_as(OF).bind(g).fetch_all(p).await?),
             None => read!(self, |p| sqlx::query_as(UNNAMED).fetch_all(p).await?),
         })
+    }
+
+    /// Of `live`, the sessions `gateway` carries whose rows another member
+    /// closed with [`LOST`] at or after `since` (unix seconds) while this
+    /// gateway's membership had lapsed: reopens each (audited
+    /// `session.resume`, one record per row, at `at`), so the store shows
+    /// them live again. Returns the reopened ids.
+    pub async fn reclaim_sessions(
+        &self,
+        gateway: &str,
+        live: &[String],
+        since: i64,
+        at: i64,
+    ) -> Result<Vec<String>> {
+        const LOST_ROWS: &str = "SELECT id, ended_at FROM sessions \
+             WHERE gateway = $1 AND end_reason = $2 AND ended_at >= $3";
+        validate_id("gateway", gateway)?;
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lost: Vec<(String, Option<i64>)> = read!(self, |p| sqlx::query_as(LOST_ROWS)
+            .bind(gateway)
+            .bind(LOST)
+            .bind(since)
+            .fetch_all(p)
+            .await?);
+        let live: std::collections::HashSet<&str> = live.iter().map(String::as_str).collect();
+        let mut reopened = Vec::new();
+        for (id, closed_at) in lost {
+            if !live.contains(id.as_str()) {
+                continue;
+            }
+            let audit = Audit::new(at, "gateway", "session.resume")
+                .subject(&id)
+                .reason("gateway_back")
+                .detail(serde_json::json!({ "gateway": gateway, "closed_at": closed_at }));
+            match self.reopen_lost(&id, gateway, audit).await {
+                Ok(()) => reopened.push(id),
+                // Ended for real meanwhile (`end_carried_session`).
+                Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(reopened)
+    }
+
+    async fn reopen_lost(&self, id: &str, gateway: &str, audit: Audit) -> Result<()> {
+        const REOPEN: &str = "UPDATE sessions SET ended_at = NULL, end_reason = NULL \
+             WHERE id = $1 AND gateway = $2 AND end_reason = $3";
+        write_tx!(self, audit, concurrent, |tx| {
+            let n = sqlx::query(REOPEN)
+                .bind(id)
+                .bind(gateway)
+                .bind(LOST)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n != 1 {
+                return Err(Error::Conflict {
+                    what: "session",
+                    state: "not closed as gateway_lost".into(),
+                });
+            }
+        });
+        Ok(())
     }
 
     /// Open sessions per gateway (`None`: rows that name no gateway).

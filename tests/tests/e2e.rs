@@ -7,6 +7,7 @@ mod e2e {
     pub mod browser;
     pub mod certs;
     pub mod cluster;
+    pub mod cluster_lapse;
     pub mod demo;
     pub mod docs;
     pub mod enforcement;

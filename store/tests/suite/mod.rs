@@ -1292,6 +1292,82 @@ pub async fn sessions(db: &Db) {
     assert_eq!((s2.bytes_up, s2.bytes_down, s2.ended_at), (10, 20, None));
     let s1 = store.get_session("s1").await.unwrap().unwrap();
     assert_eq!((s1.bytes_up, s1.bytes_down), (1234, 5_000_000_000));
+
+    // gw1's membership lapsed while s2 went on: another member closes s2
+    // as lost; gw1, back, re-claims it (audited), then records its end.
+    let lost = SessionEnd {
+        reason: "gateway_lost".into(),
+        bytes_up: 10,
+        bytes_down: 20,
+    };
+    store
+        .end_session("s2", &lost, audit(T0 + 600, "session.end"))
+        .await
+        .unwrap();
+    // Another gateway, or a row not closed as lost, is not re-claimed.
+    let live = vec!["s2".to_string(), "s3".to_string(), "s1".to_string()];
+    assert!(store
+        .reclaim_sessions("gw2", &live, T0, T0 + 610)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .reclaim_sessions("gw1", &live, T0 + 601, T0 + 610)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .reclaim_sessions("gw1", &[], T0, T0 + 610)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .reclaim_sessions("gw1", &live, T0, T0 + 610)
+            .await
+            .unwrap(),
+        ["s2"]
+    );
+    assert_eq!(actions(&store).await.last().unwrap(), "session.resume");
+    let s2 = store.get_session("s2").await.unwrap().unwrap();
+    assert_eq!((s2.ended_at, s2.end_reason), (None, None));
+    // Closed as lost again, and this time gw1's real end comes first: the
+    // carrier's end replaces the closing; anyone else's end still conflicts.
+    store
+        .end_session("s2", &lost, audit(T0 + 620, "session.end"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .end_carried_session("s2", "gw2", &end, audit(T0 + 630, "session.end"))
+            .await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .end_session("s2", &end, audit(T0 + 630, "session.end"))
+            .await,
+        Err(Error::Conflict { .. })
+    ));
+    let real = store
+        .end_carried_session("s2", "gw1", &end, audit(T0 + 640, "session.end"))
+        .await
+        .unwrap();
+    assert_eq!(real.ended_at, Some(T0 + 640));
+    assert_eq!(real.end_reason.as_deref(), Some("client_closed"));
+    assert_eq!((real.bytes_up, real.bytes_down), (1234, 5_000_000_000));
+    // Once ended for real, nothing re-claims or ends it again.
+    assert!(store
+        .reclaim_sessions("gw1", &live, T0, T0 + 650)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        store
+            .end_carried_session("s2", "gw1", &end, audit(T0 + 660, "session.end"))
+            .await,
+        Err(Error::Conflict { .. })
+    ));
 }
 
 /// Gateways starting together on an empty database seed the policy once.

@@ -26,7 +26,7 @@ fn pg_sections(pki: &Pki, url: &str, watch: &str) -> String {
     )
 }
 
-async fn gateway(pki: &Pki, name: &str, url: &str) -> GatewayProc {
+pub(crate) async fn gateway(pki: &Pki, name: &str, url: &str) -> GatewayProc {
     gateway_polling(pki, name, url, "100ms").await
 }
 
@@ -45,13 +45,13 @@ async fn gateway_polling(pki: &Pki, name: &str, url: &str, watch: &str) -> Gatew
 
 /// A live session through a real `kakehashi connect`: the local stream
 /// after one echo round trip of `msg`.
-async fn echo_session(client: &ClientProc, msg: &[u8]) -> TcpStream {
+pub(crate) async fn echo_session(client: &ClientProc, msg: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(client.listen).await.unwrap();
     echo(&mut s, msg).await;
     s
 }
 
-async fn echo(s: &mut TcpStream, msg: &[u8]) {
+pub(crate) async fn echo(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).await.unwrap();
     let mut buf = vec![0u8; msg.len()];
     tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
@@ -61,14 +61,14 @@ async fn echo(s: &mut TcpStream, msg: &[u8]) {
     assert_eq!(buf, msg);
 }
 
-async fn wait_agent(gw: &GatewayProc, desk: &str) {
+pub(crate) async fn wait_agent(gw: &GatewayProc, desk: &str) {
     crate::e2e::rdp::wait_log_line(&gw.proc, &["Agent online", desk], Duration::from_secs(20))
         .await
         .unwrap();
 }
 
 /// The one open session row, waiting for it to appear.
-async fn only_open_session(store: &Store) -> kakehashi_store::SessionRecord {
+pub(crate) async fn only_open_session(store: &Store) -> kakehashi_store::SessionRecord {
     for _ in 0..100 {
         let open = store.open_sessions().await.unwrap();
         if open.len() == 1 {
@@ -91,14 +91,14 @@ async fn cluster_status(gw: &GatewayProc) -> String {
 /// the first gateway of `gws` only (it learns the others from the member
 /// list, and is online on each of `gws` on return), and u-kato logged in
 /// on laptop LT-KATO through the first gateway.
-struct Desk1 {
-    store: Store,
-    dev: CertFiles,
-    token: String,
-    agent: Proc,
+pub(crate) struct Desk1 {
+    pub(crate) store: Store,
+    pub(crate) dev: CertFiles,
+    pub(crate) token: String,
+    pub(crate) agent: Proc,
 }
 
-async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Desk1 {
+pub(crate) async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Desk1 {
     desk1_over(pki, url, gws, "tcp").await
 }
 
@@ -136,7 +136,12 @@ async fn desk1_serving(
 
 impl Desk1 {
     /// `kakehashi connect DESK-1` through `gw`, with `[gateway]` lines added.
-    async fn client(&self, pki: &Pki, gw: &GatewayProc, gateway_extra: &str) -> ClientProc {
+    pub(crate) async fn client(
+        &self,
+        pki: &Pki,
+        gw: &GatewayProc,
+        gateway_extra: &str,
+    ) -> ClientProc {
         self.client_over(pki, gw, gateway_extra, "tcp").await
     }
 
