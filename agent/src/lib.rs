@@ -51,7 +51,7 @@ use kakehashi_transport::tunnel::{AgentEvent, DataDialer, Tunnel};
 use kakehashi_transport::{explain, unix_now, BoxIo, TransportChoice};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -102,6 +102,17 @@ enum Ended {
     Stopped,
     /// The gateway said `restarting`, and no session was left on it.
     Restarting,
+}
+
+/// The next change of a learned member's drain flag; never, for a
+/// configured gateway.
+async fn drain_changed(
+    drain: &mut Option<watch::Receiver<bool>>,
+) -> Result<(), watch::error::RecvError> {
+    match drain {
+        Some(d) => d.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Where a session's filter reports go: the tunnel's control stream, when the
@@ -191,6 +202,7 @@ impl Agent {
                 Origin::Configured(i),
                 Duration::ZERO,
                 stop.clone(),
+                None,
                 events.clone(),
             );
             tasks.spawn(lp.instrument(span));
@@ -206,13 +218,19 @@ impl Agent {
                 Some(ev) = rx.recv() => {
                     for st in fleet.apply(ev, Instant::now(), jitter.next_delay(), &stop) {
                         let span = info_span!("gateway", desk = %self.desk, gateway = %st.target.tcp, member = %st.id);
+                        let ended = st.ended;
                         let lp = self.clone().gateway_loop(
                             st.target,
                             Origin::Learned(st.id),
                             st.delay,
                             st.stop,
+                            Some(st.drain),
                             events.clone(),
                         );
+                        let lp = async move {
+                            lp.await;
+                            ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                        };
                         tasks.spawn(lp.instrument(span));
                     }
                 }
@@ -222,15 +240,19 @@ impl Agent {
     }
 
     /// One gateway's tunnel, dialled again after each loss with jittered
-    /// backoff, until `stop` (the agent stops, or a learned member left).
+    /// backoff, until `stop` (the agent stops, or a learned member's
+    /// addresses changed), or, for a learned member out of the member list
+    /// (`drain` true), until its tunnel carries no session.
     async fn gateway_loop(
         self: Arc<Self>,
         gw: GatewayTarget,
         origin: Origin,
         first_delay: Duration,
         stop: CancellationToken,
+        mut drain: Option<watch::Receiver<bool>>,
         events: Events,
     ) {
+        let draining = |d: &Option<watch::Receiver<bool>>| d.as_ref().is_some_and(|d| *d.borrow());
         if !first_delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(first_delay) => {}
@@ -239,12 +261,15 @@ impl Agent {
         }
         let mut backoff = Reconnect::new(self.cfg.backoff_initial, self.cfg.backoff_max);
         loop {
+            if draining(&drain) {
+                return;
+            }
             let started = Instant::now();
             let result = tokio::select! {
-                r = self.clone().connect_and_serve(&gw, &origin, &events, &stop) => r,
+                r = self.clone().connect_and_serve(&gw, &origin, &events, &stop, &mut drain) => r,
                 _ = stop.cancelled() => return,
             };
-            if stop.is_cancelled() {
+            if stop.is_cancelled() || draining(&drain) {
                 return;
             }
             let mut pause = Duration::ZERO;
@@ -281,6 +306,7 @@ impl Agent {
         origin: &Origin,
         events: &Events,
         stop: &CancellationToken,
+        drain: &mut Option<watch::Receiver<bool>>,
     ) -> anyhow::Result<Ended> {
         let tunnel = match gw.transport {
             TransportChoice::Quic => self.dial_quic(gw, self.cfg.handshake_timeout).await?,
@@ -294,7 +320,8 @@ impl Agent {
                 Err(e) => return Err(e),
             },
         };
-        self.serve_tunnel(tunnel, gw, origin, events, stop).await
+        self.serve_tunnel(tunnel, gw, origin, events, stop, drain)
+            .await
     }
 
     /// Dial the gateway on QUIC, within `timeout`, as a tunnel.
@@ -334,6 +361,7 @@ impl Agent {
         origin: &Origin,
         events: &Events,
         stop: &CancellationToken,
+        drain: &mut Option<watch::Receiver<bool>>,
     ) -> anyhow::Result<Ended> {
         let transport = tunnel.transport();
         let hello = async {
@@ -370,12 +398,33 @@ impl Agent {
         // The gateway said `restarting`: it opens no new sessions; the tunnel
         // closes once the ones it carries are over.
         let mut leaving = false;
+        let draining = |d: &Option<watch::Receiver<bool>>| d.as_ref().is_some_and(|d| *d.borrow());
+        if draining(drain) && sessions.is_empty() {
+            return Ok(Ended::Stopped);
+        }
         let result = loop {
             tokio::select! {
                 _ = stop.cancelled() => break Ok(Ended::Stopped),
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {
                     if leaving && sessions.is_empty() {
                         break Ok(Ended::Restarting);
+                    }
+                    if draining(drain) && sessions.is_empty() {
+                        info!("Tunnel closed: the gateway left the member list and no session is left on it");
+                        break Ok(Ended::Stopped);
+                    }
+                }
+                changed = drain_changed(drain) => {
+                    if changed.is_err() {
+                        // The fleet forgot this member: as if drained.
+                        *drain = None;
+                        break Ok(Ended::Stopped);
+                    }
+                    if draining(drain) {
+                        if sessions.is_empty() {
+                            break Ok(Ended::Stopped);
+                        }
+                        info!(sessions = sessions.len(), "The gateway left the member list: closing the tunnel once its sessions end");
                     }
                 }
                 Some(r) = report_rx.recv() => match control.send(&r) {

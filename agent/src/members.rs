@@ -5,8 +5,12 @@
 //! the tunnel ([`kakehashi_proto::members`]); once verified, every live
 //! member the agent does not already reach through a configured entry (same
 //! TCP address, or the same gateway name in a configured tunnel's welcome)
-//! gets a dial loop of its own, and a member that leaves the list has its
-//! loop stopped and its tunnel dropped. New dials are spread: each starts
+//! gets a dial loop of its own, and a member that leaves the list is
+//! drained: its tunnel closes once the sessions it carries end (a member
+//! whose membership lapsed while it was alive — cut off from the database —
+//! still carries them; cutting them would end desktops for a database
+//! outage), and it is not dialled again; back in the list before that, it
+//! is kept. New dials are spread: each starts
 //! after a short random delay, and at least [`DIAL_SPACING`] after the
 //! previous new one, so a list of many new members (or many agents learning
 //! the same list) does not dial all at once.
@@ -15,10 +19,13 @@
 //! run loop feeds it [`Event`]s and starts and stops the loops it returns.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kakehashi_proto::members::{ListedMember, MemberList};
 use kakehashi_transport::TransportChoice;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -59,14 +66,28 @@ pub(crate) struct Start {
     pub(crate) target: GatewayTarget,
     /// How long to wait before the first dial.
     pub(crate) delay: Duration,
-    /// Cancelled when the member leaves the list.
+    /// Cancelled when the member's addresses change, or the agent stops.
     pub(crate) stop: CancellationToken,
+    /// `true` while the member is out of the list: the loop closes its
+    /// tunnel once no session is left on it, and does not dial again.
+    pub(crate) drain: watch::Receiver<bool>,
+    /// Set by the loop when it ends (so a member back in the list later is
+    /// dialled anew).
+    pub(crate) ended: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
 struct Learned {
     member: ListedMember,
     stop: CancellationToken,
+    drain: watch::Sender<bool>,
+    ended: Arc<AtomicBool>,
+}
+
+impl Learned {
+    fn draining(&self) -> bool {
+        *self.drain.borrow()
+    }
 }
 
 /// The learned members and their loops.
@@ -163,26 +184,36 @@ impl Fleet {
         parent: &CancellationToken,
     ) -> Vec<Start> {
         let wanted = self.wanted();
-        let gone: Vec<String> = self
-            .learned
-            .iter()
-            .filter(|(id, l)| wanted.get(*id) != Some(&l.member))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
-            if let Some(l) = self.learned.remove(&id) {
-                l.stop.cancel();
-                let why = if wanted.contains_key(&id) {
-                    "its addresses changed"
-                } else if self
+        // Loops that ended (drained, or stopped) are forgotten.
+        self.learned.retain(|_, l| !l.ended.load(Ordering::SeqCst));
+        let mut gone = Vec::new();
+        for (id, l) in &self.learned {
+            match wanted.get(id) {
+                Some(m) if *m == l.member => {
+                    if l.draining() {
+                        info!(member = %id, "Cluster member back in the member list: keeping its tunnel");
+                        let _ = l.drain.send(false);
+                    }
+                }
+                Some(_) => gone.push((id.clone(), "its addresses changed")),
+                None if self
                     .last
                     .as_ref()
-                    .is_some_and(|list| list.members.iter().any(|m| m.id == id))
+                    .is_some_and(|list| list.members.iter().any(|m| m.id == *id)) =>
                 {
-                    "reached through a configured gateway"
-                } else {
-                    "no longer in the member list"
-                };
+                    gone.push((id.clone(), "reached through a configured gateway"))
+                }
+                None => {
+                    if !l.draining() {
+                        info!(member = %id, address = %l.member.tcp, "Cluster member no longer in the member list: closing its tunnel once its sessions end");
+                        let _ = l.drain.send(true);
+                    }
+                }
+            }
+        }
+        for (id, why) in gone {
+            if let Some(l) = self.learned.remove(&id) {
+                l.stop.cancel();
                 info!(member = %id, address = %l.member.tcp, why, "Cluster member dropped: closing its tunnel");
             }
         }
@@ -198,6 +229,8 @@ impl Fleet {
             self.next_dial = Some(at + DIAL_SPACING);
             let delay = at - now;
             let stop = parent.child_token();
+            let (drain, drain_rx) = watch::channel(false);
+            let ended = Arc::new(AtomicBool::new(false));
             let target = GatewayTarget {
                 tcp: member.tcp.clone(),
                 quic: member.quic.clone(),
@@ -215,6 +248,8 @@ impl Fleet {
                 Learned {
                     member,
                     stop: stop.clone(),
+                    drain,
+                    ended: ended.clone(),
                 },
             );
             starts.push(Start {
@@ -222,6 +257,8 @@ impl Fleet {
                 target,
                 delay,
                 stop,
+                drain: drain_rx,
+                ended,
             });
         }
         starts
@@ -324,9 +361,12 @@ mod tests {
             starts[0].delay,
             jitter + 2 * DIAL_SPACING - Duration::from_millis(100)
         );
-        // gw3 leaves: its loop is stopped, the others go on.
+        // gw3 leaves: its loop drains (closes once its sessions end), the
+        // others go on.
         let gw3 = f.learned.get("gw3").unwrap().stop.clone();
         let gw4 = starts[0].stop.clone();
+        let gw3_drain = f.learned.get("gw3").unwrap().drain.subscribe();
+        let gw3_ended = f.learned.get("gw3").unwrap().ended.clone();
         assert!(f
             .apply(
                 list(
@@ -342,12 +382,40 @@ mod tests {
                 &parent
             )
             .is_empty());
-        assert!(gw3.is_cancelled() && !gw4.is_cancelled());
+        assert!(*gw3_drain.borrow() && !gw3.is_cancelled() && !gw4.is_cancelled());
+        assert_eq!(f.learned(), ["gw2", "gw3", "gw4"]);
+        // Back in the list while it drains: kept, not dialled again.
+        let back = vec![
+            member("gw2", 9100),
+            member("gw3", 9200),
+            member("gw4", 9300),
+        ];
+        assert!(f
+            .apply(list(5, back), t0 + Duration::from_secs(11), jitter, &parent)
+            .is_empty());
+        assert!(!*gw3_drain.borrow());
+        // Out again, and its loop ends (no session left): forgotten, so a
+        // later list with it dials it anew.
+        let without = vec![member("gw2", 9100), member("gw4", 9300)];
+        f.apply(
+            list(6, without.clone()),
+            t0 + Duration::from_secs(12),
+            jitter,
+            &parent,
+        );
+        assert!(*gw3_drain.borrow());
+        gw3_ended.store(true, Ordering::SeqCst);
+        f.apply(
+            list(7, without),
+            t0 + Duration::from_secs(13),
+            jitter,
+            &parent,
+        );
         assert_eq!(f.learned(), ["gw2", "gw4"]);
         // Long after, a new member is dialled after its jitter alone.
         let starts = f.apply(
             list(
-                5,
+                8,
                 vec![
                     member("gw2", 9100),
                     member("gw4", 9300),

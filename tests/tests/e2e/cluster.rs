@@ -103,7 +103,12 @@ pub(crate) async fn desk1(pki: &mut Pki, url: &str, gws: &[&GatewayProc]) -> Des
 }
 
 /// [`desk1`] with the agent's tunnels on `transport`.
-async fn desk1_over(pki: &mut Pki, url: &str, gws: &[&GatewayProc], transport: &str) -> Desk1 {
+pub(crate) async fn desk1_over(
+    pki: &mut Pki,
+    url: &str,
+    gws: &[&GatewayProc],
+    transport: &str,
+) -> Desk1 {
     let echo = echo_server().await;
     desk1_serving(pki, url, gws, echo, transport).await
 }
@@ -146,7 +151,7 @@ impl Desk1 {
     }
 
     /// [`Desk1::client`] on `transport`.
-    async fn client_over(
+    pub(crate) async fn client_over(
         &self,
         pki: &Pki,
         gw: &GatewayProc,
@@ -1055,7 +1060,7 @@ async fn agents_follow_the_member_list_and_leave_a_restarting_gateway() {
     assert_eq!(open.len(), 1, "{open:?}");
     crate::e2e::rdp::wait_log_line(
         &d.agent,
-        &["Cluster member dropped", "gw3"],
+        &["Cluster member no longer in the member list", "gw3"],
         Duration::from_secs(20),
     )
     .await

@@ -13,7 +13,7 @@ use kakehashi_tests::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::cluster::{desk1, echo, echo_session, gateway, only_open_session, wait_agent};
+use super::cluster::{desk1_over, echo, echo_session, gateway, only_open_session, wait_agent};
 
 /// A TCP forwarder between one gateway and PostgreSQL that can cut the
 /// gateway off: every forwarded connection is dropped, and new ones are
@@ -73,6 +73,27 @@ fn url_via(url: &str, addr: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_cut_off_from_the_database_re_claims_its_live_sessions_rows() {
+    cut_off(Agent::Configured, "tcp").await;
+}
+
+/// The agent knows the cut-off gateway from the member list only, which
+/// drops it while it lapsed: over QUIC, where a tunnel carries its
+/// sessions' streams, the agent keeps the tunnel while it carries one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_keeps_a_lapsed_members_tunnel_while_it_carries_sessions() {
+    cut_off(Agent::Learned, "quic").await;
+}
+
+/// How the desk's agent knows gw1, the gateway cut off the database.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Agent {
+    /// gw1 is in its configuration.
+    Configured,
+    /// gw1 is learned from the member list (the agent is configured with gw2).
+    Learned,
+}
+
+async fn cut_off(agent: Agent, transport: &str) {
     let url = pg::cluster().create_database().await;
     let db: SocketAddr = url
         .split_once('@')
@@ -88,10 +109,14 @@ async fn a_gateway_cut_off_from_the_database_re_claims_its_live_sessions_rows() 
     // gw1 reaches the database through the link; gw2 directly.
     let gw1 = gateway(&pki, "gw1", &url_via(&url, link.addr)).await;
     let gw2 = gateway(&pki, "gw2", &url).await;
-    let d = desk1(&mut pki, &url, &[&gw1, &gw2]).await;
+    let order = match agent {
+        Agent::Configured => [&gw1, &gw2],
+        Agent::Learned => [&gw2, &gw1],
+    };
+    let d = desk1_over(&mut pki, &url, &order, transport).await;
     let store = &d.store;
 
-    let client = d.client(&pki, &gw1, "").await;
+    let client = d.client_over(&pki, &gw1, "", transport).await;
     let mut s = echo_session(&client, &[1u8; 1000]).await;
     let row = only_open_session(store).await;
     assert_eq!(row.gateway.as_deref(), Some("gw1"));
@@ -113,6 +138,16 @@ async fn a_gateway_cut_off_from_the_database_re_claims_its_live_sessions_rows() 
     };
     assert_eq!(closed.end_reason.as_deref(), Some("gateway_lost"));
     eprintln!("gw1's row closed by gw2 {:?} after the cut", cut.elapsed());
+    if agent == Agent::Learned {
+        // gw2's member list left gw1 out; the agent keeps its tunnel.
+        crate::e2e::rdp::wait_log_line(
+            &d.agent,
+            &["no longer in the member list", "gw1"],
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the agent was not told gw1 lapsed");
+    }
     // The session goes on: gw1, its agent tunnel and the laptop are fine.
     echo(&mut s, &[2u8; 1000]).await;
 
@@ -136,6 +171,16 @@ async fn a_gateway_cut_off_from_the_database_re_claims_its_live_sessions_rows() 
     );
     echo(&mut s, &[3u8; 1000]).await;
     wait_agent(&gw2, "DESK-1").await;
+    if agent == Agent::Learned {
+        crate::e2e::rdp::wait_log_line(
+            &d.agent,
+            &["back in the member list", "gw1"],
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("gw1 is listed again, and its tunnel kept");
+        assert!(!d.agent.log_text().contains("Cluster member dropped"));
+    }
 
     // The session ends for real: its row takes the real end and the bytes.
     drop(s);
