@@ -87,7 +87,22 @@ pub fn quic_client(
     Ok(c)
 }
 
-/// `n` client endpoints on loopback, each with 4 MiB socket buffers (the
+/// The name the gateway's certificate carries, which agents and laptops
+/// check: `localhost` for a gateway this process starts, the remote
+/// gateway's name otherwise ([`set_remote`]).
+pub fn server_name() -> &'static str {
+    REMOTE.get().map_or("localhost", |r| r.as_str())
+}
+
+static REMOTE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Dial a gateway on another machine, named `name` in its certificate: the
+/// fleet's UDP sockets bind every address instead of loopback. Once per process.
+pub fn set_remote(name: &str) {
+    let _ = REMOTE.set(name.to_string());
+}
+
+/// `n` client endpoints on loopback (every address for a remote gateway), each with 4 MiB socket buffers (the
 /// kernel caps them at `net.core.rmem_max`/`wmem_max`) so that drops, if
 /// any, happen on the gateway's side rather than the load generator's.
 pub fn endpoints(n: usize) -> anyhow::Result<Vec<quinn::Endpoint>> {
@@ -100,7 +115,12 @@ pub fn endpoints(n: usize) -> anyhow::Result<Vec<quinn::Endpoint>> {
             )?;
             let _ = s.set_recv_buffer_size(4 << 20);
             let _ = s.set_send_buffer_size(4 << 20);
-            s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            let ip = if REMOTE.get().is_some() {
+                [0, 0, 0, 0]
+            } else {
+                [127, 0, 0, 1]
+            };
+            s.bind(&SocketAddr::from((ip, 0)).into())?;
             quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 None,
@@ -352,7 +372,7 @@ impl Agent {
         match &self.quic {
             Some((ep, cfg)) => {
                 // As the real agent dials (`dial::quic_handshake`).
-                let conn = match ep.connect_with(cfg.clone(), t.quic, "localhost") {
+                let conn = match ep.connect_with(cfg.clone(), t.quic, server_name()) {
                     Ok(c) => quic_handshake(c, t.quic, TIMEOUT)
                         .await
                         .map_err(|e| quic_error_kind("agent", &e))?,
@@ -406,9 +426,10 @@ impl Agent {
             }
             None => {
                 let addr = t.tcp.to_string();
-                let mut ctl = tls_connect(&addr, "localhost", self.tls.clone(), TIMEOUT, KEEPALIVE)
-                    .await
-                    .map_err(|_| "agent:tls_connect".to_string())?;
+                let mut ctl =
+                    tls_connect(&addr, server_name(), self.tls.clone(), TIMEOUT, KEEPALIVE)
+                        .await
+                        .map_err(|_| "agent:tls_connect".to_string())?;
                 let hello = async {
                     write_message(
                         &mut ctl,
@@ -461,7 +482,7 @@ impl Agent {
                             tokio::spawn(async move {
                                 match tls_connect(
                                     &addr,
-                                    "localhost",
+                                    server_name(),
                                     me.tls.clone(),
                                     TIMEOUT,
                                     KEEPALIVE,
@@ -571,7 +592,7 @@ impl Laptop {
                         return Ok(Box::new(QuicStream::new(bi)));
                     }
                 }
-                let c = match ep.connect_with(cfg.clone(), self.addr, "localhost") {
+                let c = match ep.connect_with(cfg.clone(), self.addr, server_name()) {
                     Ok(c) => quic_handshake(c, self.addr, TIMEOUT)
                         .await
                         .map_err(|e| quic_error_kind("setup", &e))?,
@@ -586,7 +607,7 @@ impl Laptop {
             }
             None => tls_connect(
                 &self.addr.to_string(),
-                "localhost",
+                server_name(),
                 self.tls.clone(),
                 TIMEOUT,
                 KEEPALIVE,

@@ -51,6 +51,7 @@ pub struct PkiFiles {
 pub struct BenchPki {
     /// File paths.
     pub files: PkiFiles,
+    dir: PathBuf,
     ca_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
     devices: Vec<(PathBuf, PathBuf)>,
@@ -124,10 +125,38 @@ impl BenchPki {
         };
         Ok(Arc::new(Self {
             files,
+            dir: dir.clone(),
             ca_der,
             issuer,
             devices,
         }))
+    }
+
+    /// A certificate for a gateway on another machine, `name` (the DNS name
+    /// the load generator dials) and `ips`, from the bench CA: issued the
+    /// first time, kept after. Returns the certificate and key files.
+    pub fn gateway_named(
+        &self,
+        name: &str,
+        ips: &[std::net::IpAddr],
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let mut ca = CaDir::open(&self.dir).context("cannot open the bench CA")?;
+        let (cert, key) = (
+            self.dir.join(format!("gateway-{name}.crt")),
+            self.dir.join(format!("gateway-{name}.key")),
+        );
+        let current = ca
+            .records()
+            .iter()
+            .any(|r| r.kind == "gateway" && r.id == name && r.revoked.is_none());
+        if !current || !cert.exists() {
+            ca.issue(&IssueRequest::new(Subject::Gateway {
+                name: name.into(),
+                ips: ips.to_vec(),
+            }))
+            .with_context(|| format!("cannot issue a gateway certificate for {name}"))?;
+        }
+        Ok((cert, key))
     }
 
     /// TLS material of laptop `i` (one of the pooled device certificates).

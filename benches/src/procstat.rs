@@ -57,13 +57,95 @@ pub struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
 }
 
+/// What a [`Sampler`] reads.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A local process, through `/proc` (its pid changeable after a restart).
+    Pid(Arc<std::sync::atomic::AtomicU32>),
+    /// A gateway on another machine, through its `/metrics`
+    /// (`kakehashi_process_cpu_seconds`, `kakehashi_process_resident_bytes`).
+    Metrics {
+        addr: std::net::SocketAddr,
+        path: String,
+    },
+}
+
+impl Source {
+    /// (identity, CPU seconds, RSS KiB) now.
+    async fn read(&self) -> Option<(u32, f64, u64)> {
+        match self {
+            Source::Pid(pid) => {
+                let p = pid.load(std::sync::atomic::Ordering::Relaxed);
+                Some((p, cpu_secs(p)?, rss_kib(p)))
+            }
+            Source::Metrics { addr, path } => {
+                let (cpu, rss) = scrape(*addr, path).await.ok()?;
+                Some((0, cpu, rss / 1024))
+            }
+        }
+    }
+}
+
+/// A gateway's CPU seconds and resident bytes, from its metrics at `addr`.
+pub async fn scrape(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(f64, u64)> {
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        kakehashi_tests::http_get(addr, path),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{addr}{path} did not answer within 5 s"))??;
+    anyhow::ensure!(status == 200, "{addr}{path} answered {status}");
+    let value = |name: &str| -> anyhow::Result<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{addr}{path} has no {name} (a gateway older than this load generator?)"
+                )
+            })
+    };
+    Ok((
+        value("kakehashi_process_cpu_seconds")?,
+        value("kakehashi_process_resident_bytes")? as u64,
+    ))
+}
+
+/// `http://HOST:PORT/PATH` as an address and a path.
+pub fn metrics_url(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    use std::net::ToSocketAddrs as _;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("{url}: the metrics URL must start with http://"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, "metrics"));
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("{url}: cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{url}: {host} has no address"))?;
+    Ok((addr, format!("/{path}")))
+}
+
 impl Sampler {
-    /// Start sampling `pid` (changeable through [`Sampler::watch`] after a restart).
+    /// Start sampling `pid` (changeable through the atomic after a restart).
     pub fn start(
         pid: Arc<std::sync::atomic::AtomicU32>,
         every: Duration,
         stop: CancellationToken,
     ) -> Self {
+        Self::start_source(Source::Pid(pid), every, stop)
+    }
+
+    /// Start sampling a gateway on another machine through its metrics.
+    pub fn start_metrics(
+        addr: std::net::SocketAddr,
+        path: String,
+        every: Duration,
+        stop: CancellationToken,
+    ) -> Self {
+        Self::start_source(Source::Metrics { addr, path }, every, stop)
+    }
+
+    fn start_source(source: Source, every: Duration, stop: CancellationToken) -> Self {
         let me = Self::default();
         let samples = me.samples.clone();
         tokio::spawn(async move {
@@ -78,13 +160,14 @@ impl Sampler {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let p = pid.load(std::sync::atomic::Ordering::Relaxed);
                 let now = Instant::now();
                 // Intervals shorter than half the period: too coarse to read.
-                if last.is_some_and(|(lp, lt, _)| lp == p && now.duration_since(lt) < every / 2) {
+                if last.is_some_and(|(_, lt, _)| now.duration_since(lt) < every / 2) {
                     continue;
                 }
-                let Some(cpu) = cpu_secs(p) else { continue };
+                let Some((p, cpu, rss)) = source.read().await else {
+                    continue;
+                };
                 let pct = match last {
                     Some((lp, lt, lc)) if lp == p => {
                         (cpu - lc) / now.duration_since(lt).as_secs_f64() * 100.0
@@ -97,7 +180,7 @@ impl Sampler {
                 }
                 samples.lock().expect("samples").push(Sample {
                     t: crate::traffic::now_us() as f64 / 1e6,
-                    rss_kib: rss_kib(p),
+                    rss_kib: rss,
                     cpu_pct: pct,
                 });
             }

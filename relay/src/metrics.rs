@@ -65,6 +65,12 @@ pub struct Metrics {
     pub member_sessions: IntGaugeVec,
     /// Audit records this gateway's change feed has yet to apply.
     pub feed_lag: IntGauge,
+    /// This process's CPU time, user and system (read at each scrape).
+    process_cpu: Gauge,
+    /// This process's resident memory (read at each scrape).
+    process_rss: IntGauge,
+    /// This process's open file descriptors (read at each scrape).
+    process_fds: IntGauge,
 }
 
 impl Metrics {
@@ -160,6 +166,9 @@ impl Metrics {
                 &["member"]
             )),
             feed_lag: reg!(IntGauge::new("kakehashi_change_feed_lag", "Audit records (changes) this gateway has not applied to its live sessions yet")),
+            process_cpu: reg!(Gauge::new("kakehashi_process_cpu_seconds", "CPU time this gateway process has used, user and system, in seconds (rate() gives cores in use)")),
+            process_rss: reg!(IntGauge::new("kakehashi_process_resident_bytes", "Resident memory of this gateway process, bytes")),
+            process_fds: reg!(IntGauge::new("kakehashi_process_open_fds", "Open file descriptors of this gateway process (sockets included)")),
             registry,
         };
         m.zero_known_series();
@@ -223,6 +232,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let p = process::read();
+        self.process_cpu.set(p.cpu_secs);
+        self.process_rss.set(p.rss_bytes);
+        self.process_fds.set(p.open_fds);
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -246,6 +259,49 @@ impl Default for Metrics {
     }
 }
 
+/// This process's own figures, from `/proc/self` (Linux; zeros elsewhere),
+/// so a load generator on another machine (or Prometheus) can read the
+/// gateway's CPU and memory from its metrics alone.
+mod process {
+    /// CPU seconds, resident bytes, open descriptors.
+    #[derive(Debug, Default, Clone, Copy)]
+    pub(super) struct Figures {
+        pub(super) cpu_secs: f64,
+        pub(super) rss_bytes: i64,
+        pub(super) open_fds: i64,
+    }
+
+    /// `/proc/self/stat` counts CPU time in USER_HZ ticks, which Linux fixes
+    /// at 100 per second in its user interface.
+    const USER_HZ: f64 = 100.0;
+    const PAGE: i64 = 4096;
+
+    pub(super) fn read() -> Figures {
+        let mut f = Figures::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (in parentheses, may hold
+            // spaces): utime and stime are the 12th and 13th.
+            if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) {
+                let v: Vec<&str> = rest.split_whitespace().collect();
+                let tick = |i: usize| v.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+                f.cpu_secs = (tick(11) + tick(12)) / USER_HZ;
+            }
+        }
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            let pages = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse::<i64>().ok())
+                .unwrap_or(0);
+            f.rss_bytes = pages.saturating_mul(PAGE);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            f.open_fds = i64::try_from(dir.count()).unwrap_or(i64::MAX);
+        }
+        f
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +317,26 @@ mod tests {
         assert!(text.contains("kakehashi_sessions_active{class=\"home\",dept=\"somu\",level=\"2\",transport=\"quic\"} 1"), "{text}");
         assert!(text.contains("kakehashi_denials_total{reason=\"desk_offline\"} 1"));
         assert!(m.names().iter().all(|n| n.starts_with("kakehashi_")));
+    }
+
+    #[test]
+    fn the_process_figures_are_this_process() {
+        // Burn a little CPU and hold some memory, so none of them is 0.
+        let v: Vec<u64> = (0..2_000_000u64).map(|i| i.wrapping_mul(31)).collect();
+        let mut x = 0u64;
+        while super::process::read().cpu_secs < 0.01 {
+            x = x.wrapping_add(v.iter().sum::<u64>());
+        }
+        let text = Metrics::new().render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing: {text}"))
+        };
+        assert!(value("kakehashi_process_cpu_seconds") >= 0.01, "{x}");
+        // At least the vector above is resident.
+        assert!(value("kakehashi_process_resident_bytes") >= 16e6, "{text}");
+        assert!(value("kakehashi_process_open_fds") >= 3.0, "{text}");
     }
 
     /// Series with known labels exist at 0 before the first event.

@@ -68,6 +68,10 @@ enum Cmd {
     /// RSS, descriptors and store size sampled; exits non-zero unless RSS
     /// and descriptors stay flat (`benches/soak.sh`, issue Resilience item 4).
     Soak(kakehashi_benches::soak::SoakArgs),
+    /// Prepare a gateway on another machine for `sessions --remote`: a
+    /// directory with its configuration (a bare relay, as the benches run
+    /// it) and certificate from the bench CA, to copy there and run.
+    RemoteConfig(RemoteConfigArgs),
     /// Print `n` free TCP ports on 127.0.0.1 (for the bench script).
     FreePorts {
         /// How many.
@@ -145,7 +149,87 @@ struct SessionsArgs {
     #[arg(long)]
     backend_tls: Option<SocketAddr>,
     #[command(flatten)]
+    remote: RemoteArgs,
+    #[command(flatten)]
     profile: ProfileArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RemoteArgs {
+    /// A gateway on another machine, by the DNS name its certificate
+    /// carries (see `remote-config`): no gateway is started here, its CPU
+    /// and RSS come from `--remote-metrics`.
+    #[arg(long)]
+    remote: Option<String>,
+    /// The remote gateway's address, when its name does not resolve here.
+    #[arg(long, requires = "remote")]
+    remote_address: Option<std::net::IpAddr>,
+    /// Its laptop port (TCP and UDP).
+    #[arg(long, default_value_t = 443)]
+    remote_laptop_port: u16,
+    /// Its agent port (TCP and UDP).
+    #[arg(long, default_value_t = 8443)]
+    remote_agent_port: u16,
+    /// Its metrics, for its CPU and RSS (`http://HOST:9090/metrics`).
+    #[arg(long, requires = "remote")]
+    remote_metrics: Option<String>,
+}
+
+impl RemoteArgs {
+    /// The remote gateway's listeners (its admin address: the metrics').
+    fn addrs(&self, name: &str) -> anyhow::Result<gateway::Addrs> {
+        use std::net::ToSocketAddrs as _;
+        let ip = match self.remote_address {
+            Some(ip) => ip,
+            None => (name, self.remote_laptop_port)
+                .to_socket_addrs()
+                .with_context(|| format!("cannot resolve {name}; give --remote-address"))?
+                .next()
+                .ok_or_else(|| anyhow!("{name} has no address; give --remote-address"))?
+                .ip(),
+        };
+        let metrics = match &self.remote_metrics {
+            Some(url) => procstat::metrics_url(url)?.0,
+            None => bail!("--remote needs --remote-metrics (the gateway's CPU and RSS)"),
+        };
+        Ok(gateway::Addrs {
+            terminal_quic: SocketAddr::new(ip, self.remote_laptop_port),
+            terminal_tcp: SocketAddr::new(ip, self.remote_laptop_port),
+            agent_quic: SocketAddr::new(ip, self.remote_agent_port),
+            agent_tcp: SocketAddr::new(ip, self.remote_agent_port),
+            admin: metrics,
+        })
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct RemoteConfigArgs {
+    /// The DNS name the load generator dials (in the certificate).
+    #[arg(long)]
+    gateway_name: String,
+    /// Addresses of the gateway to put in its certificate too.
+    #[arg(long)]
+    gateway_ip: Vec<std::net::IpAddr>,
+    /// Where to write the directory to copy to the gateway machine.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where it serves its metrics: an address of the gateway machine the
+    /// load generator reaches (an operations network, not 0.0.0.0 on a
+    /// production host: they have no authentication).
+    #[arg(long)]
+    metrics_listen: SocketAddr,
+    /// Laptop port (TCP and UDP).
+    #[arg(long, default_value_t = 443)]
+    laptop_port: u16,
+    /// Agent port (TCP and UDP).
+    #[arg(long, default_value_t = 8443)]
+    agent_port: u16,
+    /// Session cap.
+    #[arg(long, default_value_t = 25_000)]
+    max_sessions: usize,
+    /// `[relay.limits] memory_budget_mib` (default: the shipped 4096).
+    #[arg(long, default_value_t = 4096)]
+    memory_budget_mib: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -342,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Handshakes(a) => handshakes(&env, &a).await?,
         Cmd::Idle(a) => idle(&env, &a).await?,
         Cmd::Soak(a) => kakehashi_benches::soak::run(&env.pki, &env.work, &env.log, &a).await?,
+        Cmd::RemoteConfig(a) => remote_config(&env, &a)?,
         Cmd::FreePorts { n } => {
             let ls = (0..n)
                 .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -361,6 +446,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         bail!("the soak did not pass: {}", out["verdict"]);
     }
     Ok(())
+}
+
+// ----------------------------------------------------------- remote-config
+
+/// Write the directory a gateway on another machine runs from for
+/// `sessions --remote`: its configuration (the bare relay the benches
+/// measure: no store, no login, simulated desks that echo) and the bench
+/// CA's files, with a certificate for its name.
+fn remote_config(env: &Env, a: &RemoteConfigArgs) -> anyhow::Result<Value> {
+    let (cert, key) = env.pki.gateway_named(&a.gateway_name, &a.gateway_ip)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let f = &env.pki.files;
+    let copies = [
+        (&f.ca, "ca.crt"),
+        (&f.crl, "crl.pem"),
+        (&cert, "gateway.crt"),
+        (&key, "gateway.key"),
+        (&f.ticket_key, "ticket.key"),
+    ];
+    for (from, to) in copies {
+        std::fs::copy(from, a.out.join(to))
+            .with_context(|| format!("cannot copy {} into {}", from.display(), a.out.display()))?;
+    }
+    // Relative paths: the gateway reads them next to its configuration.
+    let files = kakehashi_benches::pki::PkiFiles {
+        ca: "ca.crt".into(),
+        crl: "crl.pem".into(),
+        gateway_cert: "gateway.crt".into(),
+        gateway_key: "gateway.key".into(),
+        ticket_key: "ticket.key".into(),
+        ..f.clone()
+    };
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    let opts = GatewayOpts {
+        max_sessions: a.max_sessions,
+        // A laptop and an agent connection per session (TLS/TCP: an agent
+        // data connection too), and room for the agents' tunnels.
+        max_connections: 2 * a.max_sessions + 1000,
+        log: "info".into(),
+        addrs: Some(gateway::Addrs {
+            terminal_quic: any(a.laptop_port),
+            terminal_tcp: any(a.laptop_port),
+            agent_quic: any(a.agent_port),
+            agent_tcp: any(a.agent_port),
+            admin: a.metrics_listen,
+        }),
+        store: None,
+        memory_budget_mib: a.memory_budget_mib,
+    };
+    let config = a.out.join("gateway.toml");
+    std::fs::write(&config, gateway::config_text(&files, &opts))?;
+    let dir = a.out.display();
+    eprintln!("Wrote {dir}: copy it to the gateway machine (it holds the bench ticket key: a bench gateway only), then there:");
+    eprintln!("  ulimit -n 200000; kakehashi-gateway run --config {dir}/gateway.toml");
+    eprintln!("and here:");
+    eprintln!(
+        "  kakehashi-loadgen --pki-dir {} sessions --remote {} --remote-laptop-port {} --remote-agent-port {} --remote-metrics http://{}/metrics --transport tcp --sessions 1000",
+        cli_pki_dir(env).display(),
+        a.gateway_name,
+        a.laptop_port,
+        a.agent_port,
+        a.metrics_listen
+    );
+    Ok(
+        json!({ "bench": "remote-config", "dir": a.out, "config": config, "gateway_name": a.gateway_name }),
+    )
+}
+
+/// The bench CA's directory, as the `--pki-dir` to give again.
+fn cli_pki_dir(env: &Env) -> PathBuf {
+    env.pki
+        .files
+        .ca
+        .parent()
+        .map_or_else(|| PathBuf::from("target/bench-pki"), Path::to_path_buf)
 }
 
 // ---------------------------------------------------------------- sessions
@@ -433,14 +594,51 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         store: db,
         memory_budget_mib: a.memory_budget_mib.unwrap_or(gateway::NO_BUDGET),
     };
-    let mut gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
-    let pid = Arc::new(AtomicU32::new(gw.proc.pid()));
     let stop_all = CancellationToken::new();
-    let sampler = Sampler::start(pid.clone(), Duration::from_secs(1), stop_all.clone());
+    // The gateway: started here, or on another machine (`--remote`).
+    let (mut local, addrs, sampler, pid) = match &a.remote.remote {
+        None => {
+            let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
+            let pid = Arc::new(AtomicU32::new(gw.proc.pid()));
+            let sampler = Sampler::start(pid.clone(), Duration::from_secs(1), stop_all.clone());
+            let addrs = gw.addrs;
+            (Some(gw), addrs, sampler, pid)
+        }
+        Some(name) => {
+            if a.store || a.restart || a.baseline.is_some() || a.memory_budget_mib.is_some() {
+                bail!("--remote runs the bare relay's paced sessions (and --storm): drop --store, --restart, --baseline and --memory-budget-mib (set the budget in the remote gateway's configuration)");
+            }
+            fleet::set_remote(name);
+            let addrs = a.remote.addrs(name)?;
+            let (maddr, path) =
+                procstat::metrics_url(a.remote.remote_metrics.as_deref().unwrap_or_default())?;
+            procstat::scrape(maddr, &path)
+                .await
+                .context("the remote gateway's metrics")?;
+            eprintln!(
+                "remote gateway {name}: laptops {}, agents {}, metrics {maddr}{path}",
+                addrs.terminal_tcp, addrs.agent_tcp
+            );
+            let sampler =
+                Sampler::start_metrics(maddr, path, Duration::from_secs(1), stop_all.clone());
+            (None, addrs, sampler, Arc::new(AtomicU32::new(0)))
+        }
+    };
+    // The gateway's RSS now: from /proc here, from its metrics (the last
+    // one-second sample) when it is remote.
+    let gw_rss = |local: &Option<Gateway>| match local {
+        Some(gw) => procstat::rss_kib(gw.proc.pid()),
+        None => sampler.last().map_or(0, |s| s.rss_kib),
+    };
     let self_pid = Arc::new(AtomicU32::new(std::process::id()));
     let self_sampler = Sampler::start(self_pid, Duration::from_secs(1), stop_all.clone());
-    tokio::time::sleep(Duration::from_secs_f64(a.settle.min(0.5))).await;
-    let rss_start = procstat::rss_kib(gw.proc.pid());
+    tokio::time::sleep(Duration::from_secs_f64(
+        a.settle
+            .min(0.5)
+            .max(if local.is_some() { 0.0 } else { 2.1 }),
+    ))
+    .await;
+    let rss_start = gw_rss(&local);
     let udp_drops0 = fleet::udp_rcvbuf_errors();
 
     let ticket_pub = kakehashi_pki::load_ticket_public_key(&env.pki.files.ticket_pub)?;
@@ -452,8 +650,8 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     }
     let fig = Arc::new(Figures::default());
     let target = Arc::new(Mutex::new(AgentTarget {
-        quic: gw.addrs.agent_quic,
-        tcp: gw.addrs.agent_tcp,
+        quic: addrs.agent_quic,
+        tcp: addrs.agent_tcp,
     }));
 
     // Progress line every second.
@@ -516,7 +714,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     let agents_secs = t_agents.elapsed().as_secs_f64();
     eprintln!("{agents_ok}/{n_agents} agents up in {agents_secs:.1}s");
     tokio::time::sleep(Duration::from_secs_f64(a.settle.min(2.0))).await;
-    let rss_agents = procstat::rss_kib(gw.proc.pid());
+    let rss_agents = gw_rss(&local);
 
     // Laptops and the initial sessions.
     let mut devices = fleet::device_configs(&env.pki)?;
@@ -525,10 +723,10 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     }
     let (laddr, leps) = match a.transport {
         Transport::Quic => (
-            gw.addrs.terminal_quic,
+            addrs.terminal_quic,
             fleet::endpoints(n_laptops.div_ceil(a.conns_per_socket))?,
         ),
-        Transport::Tcp => (gw.addrs.terminal_tcp, Vec::new()),
+        Transport::Tcp => (addrs.terminal_tcp, Vec::new()),
     };
     let laptops: Vec<Arc<Laptop>> = (0..n_laptops)
         .map(|i| {
@@ -615,7 +813,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         1.0
     }))
     .await;
-    let rss_sessions = procstat::rss_kib(gw.proc.pid());
+    let rss_sessions = gw_rss(&local);
 
     // Steady phase.
     fig.phase.store(PHASE_STEADY, Ordering::Relaxed);
@@ -661,7 +859,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
 
     // Restart (P7): stop the gateway, start it again on the same ports, time the agents' return.
     let mut restart_out = Value::Null;
-    if a.restart {
+    if let (true, Some(gw)) = (a.restart, local.as_mut()) {
         let t_stop = Instant::now();
         let up_before = ctx.agents_up.load(Ordering::Relaxed);
         // Counted from the stop: agents start coming back while the new
@@ -700,7 +898,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
             ..opts.clone()
         };
         let t_restart_us = now_us();
-        gw = start_with_retry(&env.pki.files, &o2, &env.work).await?;
+        *gw = start_with_retry(&env.pki.files, &o2, &env.work).await?;
         pid.store(gw.proc.pid(), Ordering::Relaxed);
         let ready_us = now_us();
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -742,9 +940,12 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     if live.load(Ordering::Relaxed) > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(5), sessions_done.notified()).await;
     }
-    let rss_end = procstat::rss_kib(gw.proc.pid());
-    let gw_drops = fleet::udp_socket_drops(gw.addrs.terminal_quic.port())
-        + fleet::udp_socket_drops(gw.addrs.agent_quic.port());
+    let rss_end = gw_rss(&local);
+    // The gateway's sockets' drops are counted where it runs.
+    let gw_drops = local.as_ref().map(|gw| {
+        fleet::udp_socket_drops(gw.addrs.terminal_quic.port())
+            + fleet::udp_socket_drops(gw.addrs.agent_quic.port())
+    });
     let lg_drops: u64 = eps
         .iter()
         .chain(leps.iter())
@@ -754,8 +955,10 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     stop_all.cancel();
     progress.abort();
     // A graceful stop, so that a profiler wrapping the gateway writes its output.
-    gw.proc.terminate();
-    let _ = gw.proc.wait_exit(Duration::from_secs(30)).await;
+    if let Some(gw) = local.as_mut() {
+        gw.proc.terminate();
+        let _ = gw.proc.wait_exit(Duration::from_secs(30)).await;
+    }
     let steady_errors: u64 = {
         let now = ctx.errors.snapshot();
         now.iter()
@@ -794,6 +997,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         "bench": "sessions",
         "transport": a.transport,
         "admission": if a.store { "store" } else { "none (bare relay)" },
+        "gateway": a.remote.remote.as_deref().map_or_else(|| "local".to_string(), |n| format!("remote {n}")),
         "agents": n_agents,
         "agents_up": agents_ok,
         "agents_connect_secs": agents_secs,
@@ -1396,6 +1600,13 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         memory_budget_mib: None,
         baseline: None,
         backend_tls: None,
+        remote: RemoteArgs {
+            remote: None,
+            remote_address: None,
+            remote_laptop_port: 443,
+            remote_agent_port: 8443,
+            remote_metrics: None,
+        },
         profile: ProfileArgs {
             hz: 0.0,
             kbps: 0.0,
