@@ -34,8 +34,10 @@ pub struct Gateways {
 /// Whether `e` says the gateway is gone (not that it refused): then the
 /// next gateway is tried. A gateway stopping on purpose (`restarting`, or
 /// `shutting_down` from an older gateway) counts as gone, and so does one
-/// whose budget of bytes in flight is spent (`gateway_busy`): another
-/// gateway of the cluster may have room. A refusal by policy or of the certificate would
+/// whose budget of bytes in flight is spent (`gateway_busy`) or whose
+/// session places are all taken (`capacity_full`): another gateway of the
+/// cluster may have room; and one that cannot reach the database
+/// (`store_unavailable`): another may. A refusal by policy or of the certificate would
 /// be the same on every gateway of the cluster and is not retried.
 fn gateway_gone(e: &SessionError) -> bool {
     match e {
@@ -46,6 +48,8 @@ fn gateway_gone(e: &SessionError) -> bool {
                 || r.is(Reason::Restarting)
                 || r.is(Reason::ShuttingDown)
                 || r.is(Reason::GatewayBusy)
+                || r.is(Reason::CapacityFull)
+                || r.is(Reason::StoreUnavailable)
         }
     }
 }
@@ -207,6 +211,8 @@ mod tests {
             Reason::Restarting,
             Reason::ShuttingDown,
             Reason::GatewayBusy,
+            Reason::CapacityFull,
+            Reason::StoreUnavailable,
             Reason::GatewayUnreachable,
             Reason::Timeout,
         ] {

@@ -55,3 +55,30 @@ pub(crate) async fn take_share(
     let _ = tokio::time::timeout(STORE_DEADLINE, Box::pin(audit)).await;
     Err(refusal)
 }
+
+/// Phase 4's refusal when every place under `[relay.limits] max_sessions`
+/// is taken (`capacity_full`), audited like `gateway_busy`: admission
+/// allowed the session, so the record says why it did not start.
+pub(crate) async fn audit_full(
+    s: &Shared,
+    who: &Who,
+    req: &SessionRequest,
+    user: Option<&str>,
+    refusal: Refusal,
+) -> Refusal {
+    let actor = who.actor(user);
+    let audit = audit_event(
+        s,
+        &actor,
+        "session.denied",
+        &req.desk,
+        &refusal.code,
+        serde_json::json!({
+            "device": who.device, "class": who.class.to_string(),
+            "source": who.source.to_string(), "transport": who.transport.as_str(),
+            "max_sessions": s.cfg.max_sessions,
+        }),
+    );
+    let _ = tokio::time::timeout(STORE_DEADLINE, Box::pin(audit)).await;
+    refusal
+}

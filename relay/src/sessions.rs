@@ -184,7 +184,10 @@ async fn session(s: &Arc<Shared>, mut io: BoxIo, who: &Who, req: SessionRequest,
             user.as_deref(),
         )))
         .await?;
-        let mut guard = SessionGuard::acquire(s)?;
+        let mut guard = match SessionGuard::acquire(s) {
+            Ok(g) => g,
+            Err(r) => return Err(crate::busy::audit_full(s, who, &req, user.as_deref(), r).await),
+        };
         let (agent, enforces) =
             Box::pin(open_desk(s, who, &req, &id, user.as_deref(), &admitted)).await?;
         store_bound(Box::pin(record_start(

@@ -491,3 +491,54 @@ async fn a_gateway_busy_refusal_is_audited() {
     assert_eq!(d["share_bytes"], (32 + 51 + 2048) * 1024);
     assert!(store.verify_audit().await.unwrap().is_intact());
 }
+
+/// A `capacity_full` refusal comes after admission allowed the session, so
+/// it is audited (`session.denied`) with the cap: the officer reading the
+/// log sees why an allowed session did not start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capacity_full_refusal_is_audited() {
+    let mut pki = Pki::new();
+    let db = pki.path().join("full.db");
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(login_sections(&db)),
+            max_sessions: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    add_desk(&store, "DESK-FULL", 1, &["u-full"]).await;
+    let echo = echo_server().await;
+    let agent = start_agent(&mut pki, "DESK-FULL", &gw.addrs, echo, "tcp");
+    wait_online(&agent).await;
+    let dev = pki.device("LAPTOP-FULL", TerminalClass::Home);
+    let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-full").await;
+    let ask = kakehashi_proto::message::SessionRequest {
+        desk: "DESK-FULL".into(),
+        token: Some(kakehashi_proto::message::Secret(token.clone())),
+    };
+    // One live session (its stream held open), then the next.
+    let (held, f) = ask_terminal(&pki, &dev, gw.addrs.terminal_tcp, &ask).await;
+    assert_eq!(f.kind, FrameKind::SessionAccepted);
+    let refusal = request_session(&pki, &dev, &gw, "DESK-FULL", &token)
+        .await
+        .expect_err("a second session past max_sessions = 1");
+    assert_eq!(refusal.code, "capacity_full");
+    let denied: Vec<_> = store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "session.denied" && r.reason == "capacity_full")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].subject, "DESK-FULL");
+    assert_eq!(denied[0].actor, "user:u-full");
+    let d = denied[0].detail_json().unwrap();
+    assert_eq!(d["device"], "LAPTOP-FULL");
+    assert_eq!(d["max_sessions"], 1);
+    assert!(store.verify_audit().await.unwrap().is_intact());
+    drop(held);
+}
