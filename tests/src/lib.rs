@@ -8,7 +8,9 @@
 #![allow(missing_debug_implementations)]
 
 pub mod browser;
+pub mod cluster;
 pub mod doctest;
+pub mod netns;
 /// A throwaway PostgreSQL server (the store's test fixture, shared).
 #[path = "../../store/tests/support/pg.rs"]
 pub mod pg;
@@ -64,13 +66,22 @@ pub struct CertFiles {
 impl Pki {
     /// A new CA with a gateway certificate for localhost / 127.0.0.1.
     pub fn new() -> Self {
+        Self::with_gateway_ips(&[])
+    }
+
+    /// [`Pki::new`] whose gateway certificate names `ips` too (gateways in
+    /// network namespaces: agents check a learned member's address against
+    /// the certificate).
+    pub fn with_gateway_ips(ips: &[std::net::IpAddr]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = CaDir::init(&dir.path().join("pki"), &InitOptions::default()).expect("ca init");
         let mut p = Self { dir, ca };
+        let mut all = vec!["127.0.0.1".parse().unwrap()];
+        all.extend_from_slice(ips);
         p.issue(
             Subject::Gateway {
                 name: "localhost".into(),
-                ips: vec!["127.0.0.1".parse().unwrap()],
+                ips: all,
             },
             None,
         );
@@ -393,6 +404,10 @@ pub struct GatewayOpts {
     /// instead of the tests' 2 s / 8 s, which leave a raw test agent that
     /// never answers a ping its tunnel for longer.
     pub shipped_keepalive: bool,
+    /// Run inside this network namespace (`ip netns exec NS …`, which
+    /// execs: the process is the gateway itself); `addrs` then names the
+    /// namespace's address, port 0 for ephemeral ports.
+    pub netns: Option<String>,
 }
 
 /// A running `kakehashi-gateway run`.
@@ -482,12 +497,16 @@ listen = "{admin}"
     if opts.log_json {
         args.insert(0, "--log-json");
     }
-    let mut proc = Proc::spawn(
-        &bin("kakehashi-gateway"),
-        &args,
-        pki.path().join(format!("gateway-{n}.log")),
-        &[],
-    );
+    let gateway = bin("kakehashi-gateway");
+    let log = pki.path().join(format!("gateway-{n}.log"));
+    let mut proc = match &opts.netns {
+        None => Proc::spawn(&gateway, &args, log, &[]),
+        Some(ns) => {
+            let mut wrapped = vec!["netns", "exec", ns.as_str(), gateway.to_str().unwrap()];
+            wrapped.extend_from_slice(&args);
+            Proc::spawn(Path::new("ip"), &wrapped, log, &[])
+        }
+    };
     let log_json = opts.log_json;
     let mut get = async |what: &str| -> SocketAddr {
         let prefix = if log_json {

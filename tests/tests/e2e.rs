@@ -15,6 +15,7 @@ mod e2e {
     pub mod login;
     pub mod malformed;
     pub mod metrics;
+    pub mod netns_cluster;
     pub mod officer;
     pub mod ops;
     pub mod ops_dashboard;

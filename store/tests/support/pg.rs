@@ -22,6 +22,9 @@ pub struct PgCluster {
     bin: PathBuf,
     as_postgres: bool,
     port: u16,
+    /// A further address it listens on, and the network (CIDR) allowed to
+    /// connect to it: [`PgCluster::start_for_network`].
+    network: Option<(std::net::IpAddr, String)>,
     /// How long initdb + start took.
     pub startup: Duration,
 }
@@ -30,7 +33,7 @@ static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
 
 /// The process-wide cluster, started on first use.
 pub fn cluster() -> &'static PgCluster {
-    CLUSTER.get_or_init(|| PgCluster::start().expect("start the PostgreSQL test cluster"))
+    CLUSTER.get_or_init(|| PgCluster::start(None).expect("start the PostgreSQL test cluster"))
 }
 
 fn pg_bin_dir() -> Option<PathBuf> {
@@ -117,7 +120,16 @@ impl PgCluster {
         self.root.join("data")
     }
 
-    fn start() -> Result<PgCluster, String> {
+    /// A cluster of the caller's own (stopped on drop) that also listens on
+    /// `listen` (an address of this host, e.g. a test bridge's) and lets
+    /// clients from `clients` (a CIDR such as `10.213.7.0/24`: the test's
+    /// network namespaces) in as it lets loopback in (`trust`, the test
+    /// fixture's only method). Its URLs name `listen`.
+    pub fn start_for_network(listen: std::net::IpAddr, clients: &str) -> Result<PgCluster, String> {
+        Self::start(Some((listen, clients.to_owned())))
+    }
+
+    fn start(network: Option<(std::net::IpAddr, String)>) -> Result<PgCluster, String> {
         let bin = ensure_postgres_installed()?;
         let t0 = Instant::now();
         let as_postgres = is_root();
@@ -131,6 +143,7 @@ impl PgCluster {
             bin,
             as_postgres,
             port: 0,
+            network,
             startup: Duration::ZERO,
         };
         std::fs::create_dir(cluster.root.join("sock")).map_err(|e| e.to_string())?;
@@ -156,6 +169,13 @@ impl PgCluster {
             "--no-sync",
         ]);
         cluster.run(initdb, "initdb")?;
+        if let Some((_, clients)) = &cluster.network {
+            // initdb's pg_hba.conf admits loopback only; this one network more.
+            let hba = cluster.data().join("pg_hba.conf");
+            let mut text = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+            text.push_str(&format!("host all all {clients} trust\n"));
+            std::fs::write(&hba, text).map_err(|e| e.to_string())?;
+        }
         let t_init = t0.elapsed();
 
         // A port can be taken between choosing and binding it: retry.
@@ -177,8 +197,11 @@ impl PgCluster {
         cluster.spawn_watchdog();
         cluster.startup = t0.elapsed();
         eprintln!(
-            "PostgreSQL test cluster ready on 127.0.0.1:{} in {} ms (initdb {} ms, start {} ms)",
-            cluster.port,
+            "PostgreSQL test cluster ready on {} in {} ms (initdb {} ms, start {} ms)",
+            cluster
+                .url("")
+                .trim_end_matches('/')
+                .trim_start_matches("postgres://postgres@"),
             cluster.startup.as_millis(),
             t_init.as_millis(),
             (cluster.startup - t_init).as_millis()
@@ -187,8 +210,12 @@ impl PgCluster {
     }
 
     fn pg_ctl_start(&self) -> Result<(), String> {
+        let listen = match &self.network {
+            Some((ip, _)) => format!("127.0.0.1,{ip}"),
+            None => "127.0.0.1".into(),
+        };
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=200",
+            "-c listen_addresses={listen} -p {} -k {} -c fsync=off -c max_connections=200",
             self.port,
             self.root.join("sock").display()
         );
@@ -264,7 +291,11 @@ impl PgCluster {
 
     /// A URL for database `db` on this cluster.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        let host = match &self.network {
+            Some((ip, _)) => ip.to_string(),
+            None => "127.0.0.1".into(),
+        };
+        format!("postgres://postgres@{host}:{}/{db}", self.port)
     }
 }
 

@@ -11,20 +11,10 @@ use std::time::{Duration, Instant};
 
 use kakehashi_pki::TerminalClass;
 use kakehashi_store::Store;
+use kakehashi_tests::cluster::{echo, echo_session, pg_sections};
 use kakehashi_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// `[store]` on PostgreSQL `url`, logins required, and [`OPEN_POLICY`] as
-/// the `[policy] file` (written into `pki`'s directory).
-fn pg_sections(pki: &Pki, url: &str, watch: &str) -> String {
-    let policy = pki.path().join("open-policy.toml");
-    std::fs::write(&policy, OPEN_POLICY).unwrap();
-    format!(
-        "[store]\nurl = \"{url}\"\n[identity]\nrequire_login = true\n[policy]\nwatch = \"{watch}\"\nfile = \"{}\"\n",
-        policy.display()
-    )
-}
 
 pub(crate) async fn gateway(pki: &Pki, name: &str, url: &str) -> GatewayProc {
     gateway_polling(pki, name, url, "100ms").await
@@ -41,24 +31,6 @@ async fn gateway_polling(pki: &Pki, name: &str, url: &str, watch: &str) -> Gatew
         },
     )
     .await
-}
-
-/// A live session through a real `kakehashi connect`: the local stream
-/// after one echo round trip of `msg`.
-pub(crate) async fn echo_session(client: &ClientProc, msg: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(client.listen).await.unwrap();
-    echo(&mut s, msg).await;
-    s
-}
-
-pub(crate) async fn echo(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).await.unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
-        .await
-        .expect("no echo")
-        .unwrap();
-    assert_eq!(buf, msg);
 }
 
 pub(crate) async fn wait_agent(gw: &GatewayProc, desk: &str) {

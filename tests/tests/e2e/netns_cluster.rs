@@ -1,0 +1,419 @@
+//! Issue 18's cluster tests with each gateway on a host of its own: three
+//! gateways (a fourth joins in one test), each in its own network namespace
+//! (`ip netns`, a veth pair on a bridge: `kakehashi_tests::netns`), on one
+//! PostgreSQL listening on the bridge; 20 real agents, each serving its own
+//! echo desk, and laptops (`kakehashi connect`) on this host dialling the
+//! namespaces' addresses. What a loopback test cannot show: a gateway killed
+//! with SIGKILL takes its addresses' sockets with it while its kernel stays,
+//! and every member is a distinct address the agents learn from the member
+//! list and check against the gateway's certificate.
+//!
+//! The figures the issue states ("within 5 s", "within 2 s", "within 15 s")
+//! are behaviour and are asserted; each test prints what it measured.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kakehashi_pki::TerminalClass;
+use kakehashi_store::{SessionRecord, Store};
+use kakehashi_tests::cluster::{echo, pg_sections};
+use kakehashi_tests::netns::Netns;
+use kakehashi_tests::pg::PgCluster;
+use kakehashi_tests::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Agents, each the only one of its desk.
+const DESKS: usize = 20;
+/// Gateways a test may run (certificates name every one's address).
+const MAX_GATEWAYS: usize = 4;
+
+/// `DESK-01` … `DESK-20`; the first ten are level 1, the others level 2.
+fn desk(i: usize) -> String {
+    format!("DESK-{:02}", i + 1)
+}
+
+fn level(i: usize) -> u8 {
+    if i < DESKS / 2 {
+        1
+    } else {
+        2
+    }
+}
+
+fn gw_name(i: usize) -> String {
+    format!("gw-{}", char::from(b'a' + u8::try_from(i).unwrap()))
+}
+
+/// A laptop with its user's login token (valid on every gateway).
+struct Laptop {
+    dev: CertFiles,
+    id: String,
+    user: String,
+    token: String,
+}
+
+/// Gateways in namespaces, PostgreSQL, the agents. Fields drop in this
+/// order: the processes first, the namespaces last.
+struct Cluster {
+    gws: Vec<GatewayProc>,
+    agents: Vec<Proc>,
+    store: Store,
+    watch: String,
+    url: String,
+    pki: Pki,
+    pg: PgCluster,
+    net: Netns,
+}
+
+/// `n` gateways (`gw-a`, `gw-b`, …), their change feeds polled every
+/// `watch`, and [`DESKS`] agents, agent `i` configured with gateway
+/// `i % n` alone; returns once every agent is online on every gateway.
+async fn cluster(n: usize, watch: &str) -> Cluster {
+    let net = Netns::new(n);
+    let pki = Pki::with_gateway_ips(&net.addrs(MAX_GATEWAYS));
+    let pg = PgCluster::start_for_network(net.host().into(), &net.cidr()).unwrap();
+    let url = pg.create_database().await;
+    let store = Store::open(&url).await.unwrap();
+    let mut c = Cluster {
+        gws: Vec::new(),
+        agents: Vec::new(),
+        store,
+        watch: watch.into(),
+        url,
+        pki,
+        pg,
+        net,
+    };
+    for i in 0..n {
+        c.start_gateway(i).await;
+    }
+    let echo = echo_server().await;
+    let t = Instant::now();
+    for i in 0..DESKS {
+        add_desk(&c.store, &desk(i), level(i), &["u-kato", "u-sato"]).await;
+        let files = c.pki.agent(&desk(i));
+        let agent = start_agent_with(&c.pki, &files, &c.gws[i % n].addrs, echo, "tcp");
+        c.agents.push(agent);
+    }
+    for gw in &c.gws {
+        wait_agents(gw, Duration::from_secs(60)).await;
+    }
+    eprintln!(
+        "{DESKS} agents online on {n} gateways {:?} after they started",
+        t.elapsed()
+    );
+    c
+}
+
+impl Cluster {
+    /// Starts gateway `i` in namespace `i`, every listener on the
+    /// namespace's address.
+    async fn start_gateway(&mut self, i: usize) {
+        assert_eq!(i, self.gws.len());
+        let at = SocketAddr::from((self.net.addr(i), 0));
+        let gw = start_gateway(
+            &self.pki,
+            GatewayOpts {
+                name: Some(gw_name(i)),
+                identity: Some(pg_sections(&self.pki, &self.url, &self.watch)),
+                addrs: Some(GatewayAddrs {
+                    terminal_quic: at,
+                    terminal_tcp: at,
+                    agent_quic: at,
+                    agent_tcp: at,
+                    admin: at,
+                }),
+                netns: Some(self.net.name(i).into()),
+                shipped_keepalive: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(gw.addrs.terminal_tcp.ip(), self.net.addr(i));
+        self.gws.push(gw);
+    }
+
+    /// Laptop `id` of `user`, logged in through gateway 0.
+    async fn laptop(&mut self, id: &str, user: &str) -> Laptop {
+        let dev = self.pki.device(id, TerminalClass::Home);
+        let token = redeem_login(
+            &self.pki,
+            &dev,
+            self.gws[0].addrs.terminal_tcp,
+            &self.store,
+            user,
+        )
+        .await;
+        Laptop {
+            dev,
+            id: id.into(),
+            user: user.into(),
+            token,
+        }
+    }
+
+    /// `kakehashi connect DESK` on `laptop` through gateway `via`, then
+    /// each of `fallback` (`[gateway] fallback`), over TLS/TCP.
+    async fn connect(
+        &self,
+        laptop: &Laptop,
+        desk: &str,
+        via: usize,
+        fallback: &[usize],
+    ) -> ClientProc {
+        let cfg = client_config_logged_in(
+            &self.pki,
+            &laptop.dev,
+            &self.gws[via].addrs,
+            &laptop.user,
+            &laptop.token,
+        );
+        let list: Vec<String> = fallback
+            .iter()
+            .map(|&i| format!("\"{}\"", self.gws[i].addrs.terminal_tcp))
+            .collect();
+        let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+            "[tls]",
+            &format!("fallback = [{}]\n[tls]", list.join(", ")),
+            1,
+        );
+        std::fs::write(&cfg, text).unwrap();
+        start_client(&self.pki, &cfg, desk, "tcp").await.unwrap()
+    }
+
+    /// `kakehashi-gateway ARGS… --config` gateway `i`'s configuration.
+    async fn cli(&self, i: usize, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend(["--config", self.gws[i].config.to_str().unwrap()]);
+        let (ok, out) = gateway_cli(&all).await;
+        assert!(ok, "kakehashi-gateway {args:?}: {out}");
+        out
+    }
+
+    /// The open session rows, by id.
+    async fn open_rows(&self) -> HashMap<String, SessionRecord> {
+        let open = self.store.open_sessions().await.unwrap();
+        open.into_iter().map(|r| (r.id.clone(), r)).collect()
+    }
+}
+
+/// Waits until every desk's agent is online on `gw`; how long it took.
+async fn wait_agents(gw: &GatewayProc, within: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let log = gw.proc.log_text();
+        let online: Vec<&str> = log.lines().filter(|l| l.contains("Agent online")).collect();
+        let missing: Vec<String> = (0..DESKS)
+            .map(desk)
+            .filter(|d| !online.iter().any(|l| l.contains(d.as_str())))
+            .collect();
+        if missing.is_empty() {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < within,
+            "not online on {} within {within:?}: {missing:?}",
+            gw.addrs.agent_tcp
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `n` live sessions through `client`, `parallel` being opened at a time,
+/// each after one echo round trip.
+async fn open_sessions(client: SocketAddr, n: usize, parallel: usize) -> Vec<TcpStream> {
+    let mut all = Vec::with_capacity(n);
+    while all.len() < n {
+        let batch = parallel.min(n - all.len());
+        let mut set = tokio::task::JoinSet::new();
+        for k in 0..batch {
+            let at = client;
+            set.spawn(async move {
+                let mut s = TcpStream::connect(at).await.unwrap();
+                echo(&mut s, format!("session {k}").as_bytes()).await;
+                s
+            });
+        }
+        while let Some(s) = set.join_next().await {
+            all.push(s.unwrap());
+        }
+    }
+    all
+}
+
+/// Whether the stream ends (end of stream or an error) within `within`.
+async fn ends_within(s: &mut TcpStream, within: Duration) -> bool {
+    closed_within(s, within).await
+}
+
+/// The process `pid` runs the gateway binary itself (`ip netns exec`
+/// execs), so a signal to it hits the gateway.
+fn is_gateway_process(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .is_ok_and(|p| p.file_name().is_some_and(|n| n == "kakehashi-gateway"))
+}
+
+/// Every session row, by id.
+async fn rows(store: &Store, ids: &[String]) -> Vec<SessionRecord> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(store.get_session(id).await.unwrap().expect("a row"));
+    }
+    out
+}
+
+/// How many `session.end` records each session has in the audit log.
+async fn ends_recorded(store: &Store) -> HashMap<String, usize> {
+    store.seal_pending().await.unwrap();
+    let mut ends = HashMap::new();
+    for r in store.audit_between(0, i64::MAX).await.unwrap() {
+        if r.action == "session.end" {
+            *ends.entry(r.subject.clone()).or_insert(0) += 1;
+        }
+    }
+    ends
+}
+
+/// Issue 18, Tests, 1: `kill -9` of the gateway holding 300 sessions. Every
+/// agent is served by the survivors within 5 s (a session to each desk
+/// through each survivor), every laptop's next session opens through a
+/// survivor with the same login, the dead gateway's rows are closed
+/// (`gateway_lost`) once its membership lapses and no row is left open,
+/// and `audit verify` passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn netns_kill9_of_the_gateway_holding_300_sessions() {
+    const LAPTOPS: usize = 5;
+    const PER_LAPTOP: usize = 60;
+    let mut c = cluster(3, "100ms").await;
+    let mut laptops = Vec::new();
+    for k in 0..LAPTOPS {
+        laptops.push(c.laptop(&format!("LT-{k:02}"), "u-kato").await);
+    }
+    let mut clients = Vec::new();
+    for (k, l) in laptops.iter().enumerate() {
+        clients.push(c.connect(l, &desk(k), 0, &[1, 2]).await);
+    }
+    let t = Instant::now();
+    let opening: Vec<_> = clients
+        .iter()
+        .map(|cl| tokio::spawn(open_sessions(cl.listen, PER_LAPTOP, 10)))
+        .collect();
+    let mut streams: Vec<TcpStream> = Vec::new();
+    for o in opening {
+        streams.extend(o.await.unwrap());
+    }
+    let on_a = c.store.open_sessions_of(Some("gw-a")).await.unwrap();
+    eprintln!(
+        "{} sessions open through gw-a in {:?} ({LAPTOPS} laptops, 10 at a time each)",
+        streams.len(),
+        t.elapsed()
+    );
+    assert_eq!(on_a.len(), LAPTOPS * PER_LAPTOP);
+    assert_eq!(c.open_rows().await.len(), LAPTOPS * PER_LAPTOP);
+    let dead: Vec<String> = on_a.iter().map(|r| r.id.clone()).collect();
+
+    let pid = c.gws[0].proc.pid();
+    assert!(is_gateway_process(pid), "pid {pid} is not the gateway");
+    c.gws[0].proc.kill().await;
+    let killed = Instant::now();
+
+    // Every agent is served by the survivors: a session to every desk
+    // through gw-b and through gw-c.
+    let mut pending: Vec<(usize, usize)> = (0..DESKS).flat_map(|d| [(d, 1), (d, 2)]).collect();
+    let l0 = &laptops[0];
+    while !pending.is_empty() {
+        let mut left = Vec::new();
+        for (d, g) in pending {
+            if let Err(r) = request_session(&c.pki, &l0.dev, &c.gws[g], &desk(d), &l0.token).await {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(5),
+                    "{} not served by {} within 5 s of the kill: {r:?}",
+                    desk(d),
+                    gw_name(g)
+                );
+                left.push((d, g));
+            }
+        }
+        pending = left;
+    }
+    let served = killed.elapsed();
+
+    // The sessions through gw-a were cut with it.
+    for s in &mut streams {
+        assert!(ends_within(s, Duration::from_secs(10)).await);
+    }
+    drop(streams);
+    // Each laptop's next session opens through a survivor, with its login.
+    let mut next = Vec::new();
+    for cl in &clients {
+        let mut s = TcpStream::connect(cl.listen).await.unwrap();
+        echo(&mut s, b"after the kill").await;
+        next.push(s);
+    }
+    let reopened = killed.elapsed();
+    // (`connect` cannot log in by itself: the token file it was given is
+    // what opened these.)
+    for cl in &clients {
+        cl.proc
+            .wait_log("now through", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let log = cl.proc.log_text();
+        assert!(log.contains("切り替えました"), "{log}");
+    }
+    // (gw-a's rows stay open until its membership lapses, below.)
+    let survivors: Vec<SessionRecord> = c
+        .open_rows()
+        .await
+        .into_values()
+        .filter(|r| r.gateway.as_deref() != Some("gw-a"))
+        .collect();
+    assert_eq!(survivors.len(), LAPTOPS, "{survivors:?}");
+    assert!(
+        survivors
+            .iter()
+            .all(|r| matches!(r.gateway.as_deref(), Some("gw-b" | "gw-c"))),
+        "{survivors:?}"
+    );
+
+    // A survivor closes the dead gateway's rows once its membership lapses.
+    let reaped = loop {
+        let left = c.store.open_sessions_of(Some("gw-a")).await.unwrap();
+        if left.is_empty() {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "{} of gw-a's rows still open",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for r in rows(&c.store, &dead).await {
+        assert_eq!(r.end_reason.as_deref(), Some("gateway_lost"), "{r:?}");
+    }
+    // The laptops' sessions end; then no row is open anywhere.
+    drop(next);
+    let t = Instant::now();
+    while !c.open_rows().await.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "rows left open: {:?}",
+            c.open_rows().await.keys().take(10).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ends = ends_recorded(&c.store).await;
+    for id in &dead {
+        assert_eq!(ends.get(id), Some(&1), "session.end records of {id}");
+    }
+    let out = c.cli(1, &["audit", "verify"]).await;
+    eprintln!(
+        "gw-a killed with {} sessions: every desk served by gw-b and gw-c after {served:?}, \
+         every laptop's next session open after {reopened:?}, gw-a's rows closed after {reaped:?}",
+        dead.len()
+    );
+    eprintln!("{}", out.trim());
+}
