@@ -302,6 +302,7 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
                 continue;
             }
         }
+        s.unrecorded_ends.record(&store, &id).await;
         save_progress(&s, &store, &mut saved).await;
         let may_reap = healthy_since.is_some_and(|t| t.elapsed() >= REAP_AFTER_HEALTHY);
         reap_lapsed(&s, &store, &id, may_reap, &mut published).await;

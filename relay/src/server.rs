@@ -223,6 +223,7 @@ impl Relay {
             store,
             policy,
             ended: Mutex::new(EndedSessions::default()),
+            unrecorded_ends: Default::default(),
             shutdown: Shutdown::new(),
             cfg,
         });

@@ -547,8 +547,14 @@ async fn record_end(
         .subject(id)
         .reason(&end.reason)
         .detail(serde_json::json!({ "desk": req.desk, "device": who.device, "bytes_up": up, "bytes_down": down, "secs": secs }));
-    if let Err(e) = Box::pin(store.end_carried_session(id, &s.cfg.name, end, a)).await {
-        warn!(error = %e, "Cannot record the session end");
+    if let Err(e) = Box::pin(store.end_carried_session(id, &s.cfg.name, end, a.clone())).await {
+        if crate::ends::retryable(&e) {
+            // The database is away: the heartbeat records it once it answers.
+            warn!(error = %e, "Cannot record the session end yet; holding it until the database answers");
+            s.unrecorded_ends.hold(id, end, a);
+        } else {
+            warn!(error = %e, "Cannot record the session end");
+        }
     }
 }
 

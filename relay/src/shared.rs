@@ -235,6 +235,9 @@ pub struct Shared {
     /// The access policy in force; `None` on a bare test relay.
     pub policy: Option<crate::admission::PolicyHolder>,
     pub(crate) ended: Mutex<EndedSessions>,
+    /// Session ends the store could not take yet (recorded by the
+    /// heartbeat once the database answers).
+    pub(crate) unrecorded_ends: crate::ends::UnrecordedEnds,
     /// The one shutdown of the process: listeners drain on it, sessions
     /// are its work, and whatever the gateway adds (the portal, the
     /// metrics listener) is spawned on it.
