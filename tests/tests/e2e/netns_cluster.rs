@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use kakehashi_pki::TerminalClass;
 use kakehashi_store::{SessionRecord, Store};
-use kakehashi_tests::cluster::{echo, pg_sections};
+use kakehashi_tests::cluster::{echo, echo_session, pg_sections};
 use kakehashi_tests::netns::Netns;
 use kakehashi_tests::pg::PgCluster;
 use kakehashi_tests::*;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Agents, each the only one of its desk.
@@ -416,4 +415,351 @@ async fn netns_kill9_of_the_gateway_holding_300_sessions() {
         dead.len()
     );
     eprintln!("{}", out.trim());
+}
+
+/// The open rows of laptop `device`, waiting until there are `n`.
+async fn open_rows_of(c: &Cluster, device: &str, n: usize) -> Vec<SessionRecord> {
+    let t = Instant::now();
+    loop {
+        let rows: Vec<SessionRecord> = c
+            .open_rows()
+            .await
+            .into_values()
+            .filter(|r| r.device_id == device)
+            .collect();
+        if rows.len() == n || t.elapsed() > Duration::from_secs(10) {
+            assert_eq!(rows.len(), n, "{rows:?}");
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Session row `id` once it is closed.
+async fn ended_row(store: &Store, id: &str) -> SessionRecord {
+    let t = Instant::now();
+    loop {
+        let r = store.get_session(id).await.unwrap().expect("a row");
+        if r.ended_at.is_some() {
+            return r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "not closed: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 18, Tests, 2: a device blocked through gateway A ends its session
+/// on gateway C within 2 s, and a policy import through B ends the sessions
+/// it no longer allows on A and C (and only those). Every change feed polls
+/// only every 5 s: PostgreSQL's NOTIFY, across the namespaces, carries both.
+#[tokio::test(flavor = "multi_thread")]
+async fn netns_a_block_on_a_and_a_policy_import_on_b_end_sessions_on_the_others() {
+    let mut c = cluster(3, "5s").await;
+    let kato = c.laptop("LT-KATO", "u-kato").await;
+    let sato = c.laptop("LT-SATO", "u-sato").await;
+    let k = c.connect(&kato, &desk(0), 2, &[]).await;
+    let mut blocked = echo_session(&k, b"kato on gw-c").await;
+    let blocked_row = open_rows_of(&c, &kato.id, 1).await.remove(0);
+    assert_eq!(blocked_row.gateway.as_deref(), Some("gw-c"));
+    // LT-SATO: a level-1 and a level-2 desk through gw-a and through gw-c.
+    let mut others = Vec::new();
+    for (d, g) in [(1, 0), (DESKS / 2 + 1, 0), (2, 2), (DESKS / 2 + 2, 2)] {
+        let cl = c.connect(&sato, &desk(d), g, &[]).await;
+        let s = echo_session(&cl, b"sato").await;
+        others.push((d, g, cl, s));
+    }
+    let sato_rows = open_rows_of(&c, &sato.id, others.len()).await;
+    // Past the first poll after the sessions started.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    block_device(&c.gws[0], &kato.id).await;
+    let t = Instant::now();
+    assert!(
+        ends_within(&mut blocked, Duration::from_secs(2)).await,
+        "LT-KATO's session on gw-c was not ended within 2 s of the block through gw-a"
+    );
+    let block_took = t.elapsed();
+    let r = ended_row(&c.store, &blocked_row.id).await;
+    assert_eq!(r.end_reason.as_deref(), Some("device_blocked"), "{r:?}");
+    for (_, _, _, s) in &mut others {
+        echo(s, b"still here").await;
+    }
+
+    // Through gw-b: level 1 only.
+    let file = c.pki.path().join("level-1-only.toml");
+    let policy = OPEN_POLICY.replace("levels = [1, 2, 3]", "levels = [1]");
+    assert_ne!(policy, OPEN_POLICY);
+    std::fs::write(&file, policy).unwrap();
+    c.cli(
+        1,
+        &[
+            "policy",
+            "import",
+            file.to_str().unwrap(),
+            "--reason",
+            "level 2 stays in the office",
+        ],
+    )
+    .await;
+    let t = Instant::now();
+    let mut import_took = Duration::ZERO;
+    for (d, g, _, s) in &mut others {
+        if level(*d) == 2 {
+            assert!(
+                ends_within(s, Duration::from_secs(2)).await,
+                "the level-2 session on {} went on after the import",
+                gw_name(*g)
+            );
+            import_took = import_took.max(t.elapsed());
+        }
+    }
+    for (d, g, _, s) in &mut others {
+        if level(*d) == 1 {
+            echo(s, b"level 1 goes on").await;
+        }
+        let row = sato_rows
+            .iter()
+            .find(|r| r.desk_id == desk(*d))
+            .expect("a row");
+        assert_eq!(row.gateway.as_deref(), Some(gw_name(*g).as_str()));
+        if level(*d) == 2 {
+            let r = ended_row(&c.store, &row.id).await;
+            assert_eq!(r.end_reason.as_deref(), Some("no_rule"), "{r:?}");
+        } else {
+            let r = c.store.get_session(&row.id).await.unwrap().unwrap();
+            assert_eq!(r.ended_at, None, "{r:?}");
+        }
+    }
+    eprintln!(
+        "block through gw-a → LT-KATO's session on gw-c ended after {block_took:?}; \
+         policy import through gw-b → the level-2 sessions on gw-a and gw-c ended after {import_took:?}"
+    );
+}
+
+/// How a live session fared under [`keep_echoing`].
+enum Fate {
+    /// Still up when told to stop, with its stream.
+    Alive(TcpStream),
+    /// Ended (end of stream or an error) after this many round trips.
+    Ended,
+}
+
+/// Echo round trips on `s` every 200 ms until `stop`, or until the stream
+/// ends; how many, and how it ended.
+async fn keep_echoing(
+    mut s: TcpStream,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, Fate) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut rounds = 0;
+    let mut buf = [0u8; 32];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let msg = format!("round {rounds}");
+        if s.write_all(msg.as_bytes()).await.is_err() {
+            return (rounds, Fate::Ended);
+        }
+        let n = msg.len();
+        match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf[..n])).await {
+            Ok(Ok(_)) if &buf[..n] == msg.as_bytes() => rounds += 1,
+            Ok(Ok(_)) => panic!("wrong echo"),
+            Ok(Err(_)) => return (rounds, Fate::Ended),
+            Err(_) => panic!("no echo within 10 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (rounds, Fate::Alive(s))
+}
+
+/// Issue 18, Tests, 3: PostgreSQL restarted (immediate stop, as a crash)
+/// under load — 60 live sessions echoing on three gateways and new sessions
+/// asked for all along. The gateways reconnect; a block made right after
+/// the restart ends exactly the blocked laptop's sessions, each once; the
+/// other live sessions are untouched; every session row agrees with what
+/// happened (the rows of the sessions that ended, short ones and five the
+/// laptop closed while PostgreSQL was down, are closed, each with one
+/// `session.end`); `audit verify` passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn netns_postgres_restarted_under_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const PER_CLIENT: usize = 10;
+    let mut c = cluster(3, "1s").await;
+    let kato = c.laptop("LT-KATO", "u-kato").await;
+    let sato = c.laptop("LT-SATO", "u-sato").await;
+    let mut clients = Vec::new();
+    let mut streams = Vec::new();
+    for g in 0..3 {
+        for (k, l) in [&kato, &sato].into_iter().enumerate() {
+            let cl = c.connect(l, &desk(2 * g + k), g, &[]).await;
+            for s in open_sessions(cl.listen, PER_CLIENT, PER_CLIENT).await {
+                streams.push((l.id.clone(), s));
+            }
+            clients.push(cl);
+        }
+    }
+    let kato_ids: Vec<String> = open_rows_of(&c, &kato.id, 3 * PER_CLIENT)
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let sato_ids: Vec<String> = open_rows_of(&c, &sato.id, 3 * PER_CLIENT)
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    // Five more of LT-SATO's, which the laptop ends while PostgreSQL is down.
+    let ending = open_sessions(clients[1].listen, 5, 5).await;
+    let ending_ids: Vec<String> = open_rows_of(&c, &sato.id, 3 * PER_CLIENT + 5)
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .filter(|id| !sato_ids.contains(id))
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = streams
+        .into_iter()
+        .map(|(dev, s)| (dev, tokio::spawn(keep_echoing(s, stop.clone()))))
+        .collect();
+    // New sessions all along, on every gateway (the connection closes on
+    // return, which ends an accepted one).
+    let churning = AtomicBool::new(true);
+    let churn = async {
+        let (mut accepted, mut refused) = (Vec::new(), 0);
+        while churning.load(Ordering::Relaxed) {
+            for gw in &c.gws {
+                match request_session(&c.pki, &sato.dev, gw, &desk(DESKS - 1), &sato.token).await {
+                    Ok(id) => accepted.push(id),
+                    Err(r) => {
+                        assert_eq!(r.code, "store_unavailable", "{r:?}");
+                        refused += 1;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (accepted, refused)
+    };
+    let scenario = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.pg.stop_now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(ending);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.pg.start_again();
+        let back = Instant::now();
+        block_device(&c.gws[1], &kato.id).await;
+        let blocked = back.elapsed();
+        // Every LT-KATO session ends; LT-SATO's go on.
+        for (dev, h) in &load {
+            if *dev == kato.id {
+                while !h.is_finished() {
+                    assert!(
+                        back.elapsed() < Duration::from_secs(20),
+                        "a blocked session still open 20 s after the restart"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let ended = back.elapsed();
+        // More load after it, then stop.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        churning.store(false, Ordering::Relaxed);
+        (blocked, ended)
+    };
+    let ((accepted, refused), (blocked, ended)) = tokio::join!(churn, scenario);
+    stop.store(true, Ordering::Relaxed);
+    let mut live = Vec::new();
+    let mut rounds = 0;
+    for (dev, h) in load {
+        let (n, fate) = h.await.unwrap();
+        rounds += n;
+        match (dev == kato.id, fate) {
+            (true, Fate::Ended) => {}
+            (true, Fate::Alive(_)) => panic!("a blocked session is still up"),
+            (false, Fate::Alive(s)) => live.push(s),
+            (false, Fate::Ended) => panic!("a live session was cut after {n} round trips"),
+        }
+    }
+    assert_eq!(live.len(), 3 * PER_CLIENT);
+    assert!(
+        !accepted.is_empty() && refused > 0,
+        "{accepted:?} {refused}"
+    );
+
+    // The rows: LT-SATO's live ones open, LT-KATO's closed as blocked, the
+    // short sessions all closed.
+    for id in &kato_ids {
+        let r = ended_row(&c.store, id).await;
+        assert_eq!(r.end_reason.as_deref(), Some("device_blocked"), "{r:?}");
+    }
+    for id in accepted.iter().chain(&ending_ids) {
+        ended_row(&c.store, id).await;
+    }
+    let open = c.open_rows().await;
+    let mut open_ids: Vec<&String> = open.keys().collect();
+    let mut want: Vec<&String> = sato_ids.iter().collect();
+    open_ids.sort();
+    want.sort();
+    assert_eq!(open_ids, want, "the open rows are the live sessions");
+    // Each end recorded once; the block once.
+    let ends = ends_recorded(&c.store).await;
+    for id in kato_ids.iter().chain(&accepted).chain(&ending_ids) {
+        assert_eq!(ends.get(id), Some(&1), "session.end records of {id}");
+    }
+    for id in &sato_ids {
+        assert_eq!(ends.get(id), None, "a live session has a session.end");
+    }
+    let blocks = c
+        .store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.action == "device.block")
+        .count();
+    assert_eq!(blocks, 1);
+    for s in &mut live {
+        echo(s, b"after it all").await;
+    }
+    let out = c.cli(0, &["audit", "verify"]).await;
+    eprintln!(
+        "PostgreSQL stopped 3 s under load ({rounds} echo round trips on 60 live sessions, \
+         {} short sessions accepted and {refused} refused): block made {blocked:?} after the \
+         restart, the blocked laptop's 30 sessions ended {ended:?} after it",
+        accepted.len()
+    );
+    eprintln!("{}", out.trim());
+}
+
+/// Issue 18, Tests, 4: a fourth gateway joins (its own namespace, the same
+/// database): every agent, configured with one of the first three only,
+/// dials it within 15 s of its start, and every desk is served through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn netns_a_fourth_gateway_joins_and_every_agent_dials_it_within_15_s() {
+    let mut c = cluster(3, "100ms").await;
+    let kato = c.laptop("LT-KATO", "u-kato").await;
+    assert_eq!(c.net.add(), 3);
+    let t = Instant::now();
+    c.start_gateway(3).await;
+    let listening = t.elapsed();
+    wait_agents(&c.gws[3], Duration::from_secs(15).saturating_sub(listening)).await;
+    let took = t.elapsed();
+    for d in 0..DESKS {
+        request_session(&c.pki, &kato.dev, &c.gws[3], &desk(d), &kato.token)
+            .await
+            .unwrap_or_else(|r| panic!("{} through gw-d: {r:?}", desk(d)));
+    }
+    for a in &c.agents {
+        let log = a.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Cluster member added") && l.contains("gw-d")),
+            "{log}"
+        );
+    }
+    eprintln!(
+        "gw-d started; listening after {listening:?}, all {DESKS} agents online on it after {took:?}"
+    );
 }
