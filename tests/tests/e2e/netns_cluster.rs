@@ -472,7 +472,9 @@ async fn netns_a_block_on_a_and_a_policy_import_on_b_end_sessions_on_the_others(
     // Past the first poll after the sessions started.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let asked = Instant::now();
     block_device(&c.gws[0], &kato.id).await;
+    let cli_took = asked.elapsed();
     let t = Instant::now();
     assert!(
         ends_within(&mut blocked, Duration::from_secs(2)).await,
@@ -490,6 +492,7 @@ async fn netns_a_block_on_a_and_a_policy_import_on_b_end_sessions_on_the_others(
     let policy = OPEN_POLICY.replace("levels = [1, 2, 3]", "levels = [1]");
     assert_ne!(policy, OPEN_POLICY);
     std::fs::write(&file, policy).unwrap();
+    let asked = Instant::now();
     c.cli(
         1,
         &[
@@ -501,6 +504,7 @@ async fn netns_a_block_on_a_and_a_policy_import_on_b_end_sessions_on_the_others(
         ],
     )
     .await;
+    let import_cli = asked.elapsed();
     let t = Instant::now();
     let mut import_took = Duration::ZERO;
     for (d, g, _, s) in &mut others {
@@ -531,8 +535,9 @@ async fn netns_a_block_on_a_and_a_policy_import_on_b_end_sessions_on_the_others(
         }
     }
     eprintln!(
-        "block through gw-a → LT-KATO's session on gw-c ended after {block_took:?}; \
-         policy import through gw-b → the level-2 sessions on gw-a and gw-c ended after {import_took:?}"
+        "block through gw-a → LT-KATO's session on gw-c ended {block_took:?} after the command \
+         returned (the command took {cli_took:?}); policy import through gw-b → the level-2 \
+         sessions on gw-a and gw-c ended {import_took:?} after it returned (it took {import_cli:?})"
     );
 }
 
