@@ -46,6 +46,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
 # The load balancer in front of the gateway (tests/tests/e2e/proxy.rs runs
 # deploy/haproxy.example.cfg); Debian installs it in /usr/sbin.
 [ -x /usr/sbin/haproxy ] || pkgs+=(haproxy)
+# The cluster tests that run each gateway in its own network namespace
+# (tests/tests/e2e/netns_cluster.rs): `ip netns`, veth and bridges.
+command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
 # A Japanese font, so the officer-page screenshot is readable.
 fc-list :lang=ja 2>/dev/null | grep -q . || pkgs+=(fonts-ipafont-gothic)
 if [ ${#pkgs[@]} -gt 0 ]; then
