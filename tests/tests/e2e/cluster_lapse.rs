@@ -13,7 +13,9 @@ use kakehashi_tests::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::cluster::{desk1_over, echo, echo_session, gateway, only_open_session, wait_agent};
+use kakehashi_tests::cluster::{echo, echo_session};
+
+use super::cluster::{desk1_over, gateway, only_open_session, wait_agent};
 
 /// A TCP forwarder between one gateway and PostgreSQL that can cut the
 /// gateway off: every forwarded connection is dropped, and new ones are
