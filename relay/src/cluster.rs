@@ -175,7 +175,13 @@ async fn close_rows(store: &Store, rows: &[SessionRecord], reason: &str) -> usiz
                 "desk": rec.desk_id, "device": rec.device_id, "gateway": rec.gateway,
                 "bytes_up": rec.bytes_up, "bytes_down": rec.bytes_down,
             }));
-        match store.end_session(&rec.id, &end, a).await {
+        // A lapsed member's row is closed only while it is still lapsed
+        // (checked in the same statement): one that came back keeps it.
+        let r = match (&rec.gateway, reason == REASON_GATEWAY_LOST) {
+            (Some(g), true) => store.end_lapsed_session(&rec.id, g, &end, a).await,
+            _ => store.end_session(&rec.id, &end, a).await,
+        };
+        match r {
             Ok(_) => closed += 1,
             Err(kakehashi_store::Error::Conflict { .. }) => {}
             Err(e) => warn!(session = %rec.id, error = %e, "Cannot close a session left open"),
@@ -244,6 +250,7 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
     // one that did.
     let mut healthy_since = Some(Instant::now());
     let mut last_renewed = Instant::now();
+    let mut reclaims = 0u8;
     let mut next_prune = Instant::now() + FIRST_PRUNE;
     let mut published = Published::default();
     loop {
@@ -274,7 +281,15 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
         {
             Ok(true) => {
                 healthy_since.get_or_insert_with(Instant::now);
+                // After a gap that may have let the membership lapse,
+                // re-claim at this renewal and the next: a survivor's close
+                // that began before this renewal may commit after the
+                // first re-claim read the rows.
                 if last_renewed.elapsed() >= RECLAIM_AFTER {
+                    reclaims = 2;
+                }
+                if reclaims > 0 {
+                    reclaims -= 1;
                     reclaim(&s, &store, &id).await;
                 }
                 last_renewed = Instant::now();

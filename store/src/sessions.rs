@@ -234,6 +234,50 @@ impl Store {
         })
     }
 
+    /// Closes the row of a session carried by `gateway` as
+    /// [`LOST`] (`end.reason`), only while `gateway`'s membership has
+    /// lapsed by the database's clock, checked in the same statement: a
+    /// member that renewed meanwhile keeps its row (`Conflict`), so a
+    /// survivor's reaping cannot cross the member's return.
+    pub async fn end_lapsed_session(
+        &self,
+        id: &str,
+        gateway: &str,
+        end: &SessionEnd,
+        audit: Audit,
+    ) -> Result<SessionRecord> {
+        validate_text("end reason", &end.reason, 128, false)?;
+        const SQL: &str = "UPDATE sessions SET ended_at = $2, end_reason = $3, bytes_up = $4, \
+             bytes_down = $5 WHERE id = $1 AND ended_at IS NULL AND gateway = $6 \
+             AND NOT EXISTS (SELECT 1 FROM gateway_members m \
+                 WHERE m.id = $6 AND m.expires_at > $7) \
+             RETURNING id, user_id, device_id, desk_id, class, level, transport, started_at, \
+             ended_at, end_reason, bytes_up, bytes_down, gateway";
+        let db_now = self.db_now().await?;
+        let (rec, _) = write_tx!(self, audit, concurrent, |tx| {
+            let rec: Option<SessionRecord> = sqlx::query_as(SQL)
+                .bind(id)
+                .bind(audit.at)
+                .bind(&end.reason)
+                .bind(clamp(end.bytes_up))
+                .bind(clamp(end.bytes_down))
+                .bind(gateway)
+                .bind(db_now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match rec {
+                Some(r) => r,
+                None => {
+                    return Err(Error::Conflict {
+                        what: "session",
+                        state: "ended, or its gateway is alive".into(),
+                    })
+                }
+            }
+        });
+        Ok(rec)
+    }
+
     /// Of `live`, the sessions `gateway` carries whose rows another member
     /// closed with [`LOST`] at or after `since` (unix seconds) while this
     /// gateway's membership had lapsed: reopens each (audited

@@ -1356,6 +1356,35 @@ pub async fn sessions(db: &Db) {
     assert_eq!(real.ended_at, Some(T0 + 640));
     assert_eq!(real.end_reason.as_deref(), Some("client_closed"));
     assert_eq!((real.bytes_up, real.bytes_down), (1234, 5_000_000_000));
+    // A survivor closes a member's row only while that member is lapsed,
+    // by the database's clock, in the same statement.
+    let spec = kakehashi_store::MemberSpec {
+        id: "gw2".into(),
+        laptop_addrs: vec!["gw2.example:4433".into()],
+        agent_addrs: vec!["gw2.example:4434".into()],
+    };
+    let g = store
+        .join_cluster(&spec, 10, audit(T0, "gateway.join"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .end_lapsed_session("s3", "gw2", &lost, audit(T0 + 700, "session.end"))
+            .await,
+        Err(Error::Conflict { .. })
+    ));
+    let beat = kakehashi_store::Beat {
+        now: T0,
+        sessions: 1,
+        agents: 0,
+        feed_seq: 0,
+    };
+    assert!(store.heartbeat("gw2", g, &beat, -1).await.unwrap());
+    let closed = store
+        .end_lapsed_session("s3", "gw2", &lost, audit(T0 + 701, "session.end"))
+        .await
+        .unwrap();
+    assert_eq!(closed.end_reason.as_deref(), Some("gateway_lost"));
     // Once ended for real, nothing re-claims or ends it again.
     assert!(store
         .reclaim_sessions("gw1", &live, T0, T0 + 650)

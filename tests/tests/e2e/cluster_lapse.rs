@@ -215,10 +215,16 @@ async fn cut_off(agent: Agent, transport: &str) {
         .filter(|r| r.subject == row.id && r.action != "session.start")
         .map(|r| (r.action.clone(), r.reason.clone()))
         .collect();
-    assert_eq!(story.len(), 3, "{story:?}");
-    assert_eq!(story[0], ("session.end".into(), "gateway_lost".into()));
-    assert_eq!(story[1], ("session.resume".into(), "gateway_back".into()));
-    assert_eq!(story[2].0, "session.end");
+    // (A survivor's closing that raced gw1's return is re-claimed once more.)
+    let lost = ("session.end".to_string(), "gateway_lost".to_string());
+    let back = ("session.resume".to_string(), "gateway_back".to_string());
+    assert!(story.len() >= 3 && story.len() % 2 == 1, "{story:?}");
+    for pair in story[..story.len() - 1].chunks(2) {
+        assert_eq!(pair, [lost.clone(), back.clone()], "{story:?}");
+    }
+    let last = story.last().unwrap();
+    assert_eq!(last.0, "session.end", "{story:?}");
+    assert_ne!(last.1, "gateway_lost", "{story:?}");
     let (ok, out) =
         gateway_cli(&["audit", "verify", "--config", gw2.config.to_str().unwrap()]).await;
     assert!(ok, "{out}");
