@@ -269,6 +269,9 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
             }
             _ = tick.tick() => {}
         }
+        s.metrics
+            .ends_unrecorded
+            .set(i64::try_from(s.unrecorded_ends.len()).unwrap_or(i64::MAX));
         let beat = Beat {
             now: kakehashi_store::unix_now(),
             sessions: s.live.lock().expect("live lock").len() as u64,
@@ -318,6 +321,9 @@ pub(crate) async fn run(s: Arc<Shared>, generation: i64) {
             }
         }
         s.unrecorded_ends.record(&store, &id).await;
+        s.metrics
+            .ends_unrecorded
+            .set(i64::try_from(s.unrecorded_ends.len()).unwrap_or(i64::MAX));
         save_progress(&s, &store, &mut saved).await;
         let may_reap = healthy_since.is_some_and(|t| t.elapsed() >= REAP_AFTER_HEALTHY);
         reap_lapsed(&s, &store, &id, may_reap, &mut published).await;

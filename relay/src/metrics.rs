@@ -65,6 +65,9 @@ pub struct Metrics {
     pub member_sessions: IntGaugeVec,
     /// Audit records this gateway's change feed has yet to apply.
     pub feed_lag: IntGauge,
+    /// Session ends held in memory while the store was unreachable, not
+    /// yet written.
+    pub ends_unrecorded: IntGauge,
     /// This process's CPU time, user and system (read at each scrape).
     process_cpu: Gauge,
     /// This process's resident memory (read at each scrape).
@@ -166,6 +169,7 @@ impl Metrics {
                 &["member"]
             )),
             feed_lag: reg!(IntGauge::new("kakehashi_change_feed_lag", "Audit records (changes) this gateway has not applied to its live sessions yet")),
+            ends_unrecorded: reg!(IntGauge::new("kakehashi_session_ends_unrecorded", "Session ends this gateway holds in memory because the store could not take them; written once it answers (lost if the gateway stops first: its next start closes those rows as gateway_restart)")),
             process_cpu: reg!(Gauge::new("kakehashi_process_cpu_seconds", "CPU time this gateway process has used, user and system, in seconds (rate() gives cores in use)")),
             process_rss: reg!(IntGauge::new("kakehashi_process_resident_bytes", "Resident memory of this gateway process, bytes")),
             process_fds: reg!(IntGauge::new("kakehashi_process_open_fds", "Open file descriptors of this gateway process (sockets included)")),
