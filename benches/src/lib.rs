@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod fleet;
 pub mod gateway;
+pub mod pgserver;
 pub mod pki;
 pub mod procstat;
 pub mod seed;

@@ -14,13 +14,12 @@
 //! them. Prints a progress line per round and a JSON summary; the chain is
 //! verified after every round.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Parser;
 use kakehashi_benches::stats::Hist;
 use kakehashi_store::{
@@ -53,131 +52,6 @@ struct Args {
     /// The shim that adds the delay (built by benches/audit-seal.sh).
     #[arg(long)]
     preload: Option<PathBuf>,
-}
-
-/// A throwaway PostgreSQL with fsync on (the point of the bench).
-struct Pg {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn pg_bin() -> anyhow::Result<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .context("PostgreSQL's server programs are not installed (apt-get install postgresql)")?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .context("no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)")
-}
-
-fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-async fn start_pg(a: &Args) -> anyhow::Result<Pg> {
-    let bin = pg_bin()?;
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let root = unsafe_is_root();
-    let owner = |p: &Path| -> anyhow::Result<()> {
-        if root {
-            let ok = std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(p)
-                .status()?
-                .success();
-            if !ok {
-                bail!("cannot give {} to the postgres user", p.display());
-            }
-        }
-        Ok(())
-    };
-    owner(dir.path())?;
-    let as_pg = |prog: &Path| {
-        if root {
-            let mut c = std::process::Command::new("setpriv");
-            c.args([
-                "--reuid=postgres",
-                "--regid=postgres",
-                "--init-groups",
-                "--pdeathsig=KILL",
-            ])
-            .arg(prog);
-            c
-        } else {
-            std::process::Command::new(prog)
-        }
-    };
-    let ok = as_pg(&bin.join("initdb"))
-        .args(["-A", "trust", "-U", "bench", "-D"])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
-    if !ok {
-        bail!("initdb failed");
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut pg = as_pg(&bin.join("postgres"));
-    pg.arg("-D")
-        .arg(&data)
-        .args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=on",
-            "-c",
-            "synchronous_commit=on",
-            "-c",
-            "max_connections=300",
-            "-p",
-            &port.to_string(),
-            "-k",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("pg.log"))?);
-    if let Some(p) = &a.preload {
-        pg.env("LD_PRELOAD", p)
-            .env("KAKEHASHI_FSYNC_DELAY_US", a.fsync_delay_us.to_string());
-    }
-    let child = pg.spawn().context("cannot start postgres")?;
-    let pg = Pg {
-        child,
-        port,
-        _dir: dir,
-    };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(pg);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("postgres did not start")
 }
 
 fn audit(action: &str) -> Audit {
@@ -360,9 +234,8 @@ async fn round(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let pg = start_pg(&a).await?;
-    // The cluster is thrown away afterwards: its `postgres` database serves.
-    let url = format!("postgres://bench@127.0.0.1:{}/postgres", pg.port);
+    let pg = kakehashi_benches::pgserver::start(a.fsync_delay_us, a.preload.as_deref()).await?;
+    let url = pg.url();
     seed(&url, a.workers).await?;
     eprintln!(
         "PostgreSQL with fsync on, {} µs added to each fsync; {} logins per round, {} in flight over {} store(s)",
