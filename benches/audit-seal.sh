@@ -21,13 +21,14 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${pkgs[@]}"
 fi
 cargo build --release -q -p kakehashi-benches --bin audit-seal
-out=target/audit-seal; mkdir -p "$out"
+target="${CARGO_TARGET_DIR:-target}"
+out="$target/audit-seal"; mkdir -p "$out"
 cc -O2 -shared -fPIC -o "$out/fsync-delay.so" benches/fsync-delay.c -ldl
 # The postgres user (the server refuses to run as root) must read the shim.
 chmod 0755 "$out" "$out/fsync-delay.so"
 for delay in 0 2000; do
   echo "== ${delay} µs added to every fsync" >&2
-  target/release/audit-seal --fsync-delay-us "$delay" --preload "$PWD/$out/fsync-delay.so" "$@" \
+  "$target/release/audit-seal" --fsync-delay-us "$delay" --preload "$PWD/$out/fsync-delay.so" "$@" \
     | tee "$out/delay-$delay.json"
 done
 echo

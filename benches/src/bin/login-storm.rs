@@ -100,7 +100,7 @@ async fn gateway(pki: &Pki, name: &str, url: &str) -> anyhow::Result<(GatewayPro
     )
     .await;
     gw.proc
-        .wait_log("listening portal", Duration::from_secs(20))
+        .wait_log("Portal listening", Duration::from_secs(20))
         .await?;
     Ok((gw, portal))
 }

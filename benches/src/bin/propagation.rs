@@ -290,19 +290,21 @@ async fn main() -> anyhow::Result<()> {
                 "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 \
                  FROM audit WHERE action = $1 AND subject = $2",
             )
-                    .bind(action)
-                    .bind(subject)
-                    .fetch_one(&pool)
-                    .await
-                    .with_context(|| format!("no {action} record for {subject}"))?;
+            .bind(action)
+            .bind(subject)
+            .fetch_one(&pool)
+            .await
+            .with_context(|| format!("no {action} record for {subject}"))?;
             // Every affected session ends within 10 s, or is counted missed.
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                let e = ends.lock().expect("ends");
-                if ids.iter().all(|i| e.contains_key(i)) {
+                let all_ended = {
+                    let e = ends.lock().expect("ends");
+                    ids.iter().all(|i| e.contains_key(i))
+                };
+                if all_ended {
                     break;
                 }
-                drop(e);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let e = ends.lock().expect("ends").clone();
@@ -313,7 +315,10 @@ async fn main() -> anyhow::Result<()> {
                     Some(t) => {
                         let d = t - committed;
                         if d < 0.0 {
-                            bail!("a session ended {:.1} ms before the revocation committed", -d * 1e3);
+                            bail!(
+                                "a session ended {:.1} ms before the revocation committed",
+                                -d * 1e3
+                            );
                         }
                         here.push(d);
                         from_commit.push(d);
