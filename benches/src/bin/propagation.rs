@@ -15,13 +15,17 @@
 //! and the clock runs from the command's commit (the commit time PostgreSQL
 //! recorded for the transaction that wrote its audit record,
 //! `track_commit_timestamp`; server and bench share the machine's clock) to
-//! the moment each affected session's stream ends as the laptop reads it. Sessions of
-//! the kinds not yet revoked must stay up (they are the control). Also
-//! printed: the time from the command's start (process start, its
-//! connection to PostgreSQL and the transaction included).
+//! the moment each affected session's stream ends as the laptop reads it.
+//! Sessions of the kinds not yet revoked must stay up (they are the
+//! control), and the laptop asks the gateway that carried each ended
+//! session why it ended (`SessionEndQuery`, as `kakehashi connect` does):
+//! the answer must be the revocation's reason code. Also printed: the time
+//! from the command's start (process start, its connection to PostgreSQL
+//! and the transaction included).
 //!
 //! Prints one line per kind and round, then p50 / p99 / max per kind as a
-//! Markdown table, and a JSON summary on stdout.
+//! Markdown table, and a JSON summary on stdout; fails when a session did
+//! not end within 10 s, a control session ended, or a reason was wrong.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +36,9 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use kakehashi_pki::TerminalClass;
 use kakehashi_proto::io::{read_frame, write_message};
-use kakehashi_proto::message::{Message, Secret, SessionAccepted, SessionRequest};
+use kakehashi_proto::message::{
+    Message, Secret, SessionAccepted, SessionEndQuery, SessionEndReport, SessionRequest,
+};
 use kakehashi_proto::{FrameKind, Refusal, ALPN_TERMINAL};
 use kakehashi_tests::{CertFiles, GatewayOpts, GatewayProc, Pki, Proc};
 use serde_json::json;
@@ -119,6 +125,7 @@ async fn wait_agent(gw: &GatewayProc, desk: &str) -> anyhow::Result<()> {
 
 /// Open a session to `desk` through `addr` as laptop `dev` with `token`,
 /// check one echo round trip, and hold it until the gateway ends it.
+/// Returns the session id.
 async fn open_session(
     pki: &Pki,
     dev: &CertFiles,
@@ -127,7 +134,7 @@ async fn open_session(
     token: &str,
     id: usize,
     ends: Ends,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let mut s = kakehashi_tests::raw_tls(pki, dev, addr, ALPN_TERMINAL).await?;
     let m = SessionRequest {
         desk: desk.into(),
@@ -137,13 +144,11 @@ async fn open_session(
     let f = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
         .await
         .context("no answer to the session request")??;
-    match f.kind {
-        FrameKind::SessionAccepted => {
-            SessionAccepted::from_frame(&f)?;
-        }
+    let session_id = match f.kind {
+        FrameKind::SessionAccepted => SessionAccepted::from_frame(&f)?.session_id,
         FrameKind::Refused => bail!("session refused: {:?}", Refusal::from_frame(&f)?),
         k => bail!("unexpected answer {k:?}"),
-    }
+    };
     let msg = format!("session {id}");
     s.write_all(msg.as_bytes()).await?;
     let mut buf = vec![0u8; msg.len()];
@@ -163,7 +168,28 @@ async fn open_session(
         }
         ends.lock().expect("ends").insert(id, unix_secs());
     });
-    Ok(())
+    Ok(session_id)
+}
+
+/// Why the gateway at `addr` ended `session_id`, as `kakehashi connect`
+/// asks after a session's stream ends: the reason code, or `none`.
+async fn end_reason(
+    pki: &Pki,
+    dev: &CertFiles,
+    addr: SocketAddr,
+    session_id: &str,
+) -> anyhow::Result<String> {
+    let mut s = kakehashi_tests::raw_tls(pki, dev, addr, ALPN_TERMINAL).await?;
+    let q = SessionEndQuery {
+        session_id: session_id.into(),
+    };
+    write_message(&mut s, &q).await?;
+    let f = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s))
+        .await
+        .context("no answer to the end query")??;
+    Ok(SessionEndReport::from_frame(&f)?
+        .reason
+        .map_or_else(|| "none".into(), |r| r.code))
 }
 
 /// The officer's command for `kind` against `gw`'s configuration.
@@ -238,6 +264,8 @@ async fn main() -> anyhow::Result<()> {
     // Per kind: (from commit, from command start) in seconds.
     let mut lat: HashMap<&str, (Vec<f64>, Vec<f64>)> = HashMap::new();
     let mut early = 0usize;
+    // "kind: reason code" of every affected session's end, as reported.
+    let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
     let mut missed = 0usize;
     eprintln!(
         "3 gateways on PostgreSQL (fsync on), {} desks; per round {} live sessions per kind over gw-b and gw-c",
@@ -255,12 +283,13 @@ async fn main() -> anyhow::Result<()> {
                 kakehashi_tests::redeem_login(&pki, &dev, gw_b.addrs.terminal_tcp, &store, &user)
                     .await;
             let mut ids = Vec::new();
+            let mut carried = Vec::new();
             for i in 0..a.sessions {
                 let via = if i % 2 == 0 { &gw_b } else { &gw_c };
                 let desk = &desks[i % desks.len()];
                 let id = next_id;
                 next_id += 1;
-                open_session(
+                let session_id = open_session(
                     &pki,
                     &dev,
                     via.addrs.terminal_tcp,
@@ -272,12 +301,13 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("session {i} of {laptop} through gw-{}", i % 2))?;
                 ids.push(id);
+                carried.push((session_id, via.addrs.terminal_tcp));
             }
-            groups.push((kind, user, laptop, ids));
+            groups.push((kind, user, laptop, ids, dev, carried));
         }
         // Past the change feeds' first read after the sessions started.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for (g, (kind, user, laptop, ids)) in groups.iter().enumerate() {
+        for (g, (kind, user, laptop, ids, dev, carried)) in groups.iter().enumerate() {
             let started = unix_secs();
             revoke(&gw_a, kind, user, laptop).await?;
             let action = if *kind == "device" {
@@ -328,8 +358,13 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             // The kinds not revoked yet are the control: still up.
-            for (_, _, _, other) in &groups[g + 1..] {
+            for (_, _, _, other, _, _) in &groups[g + 1..] {
                 early += other.iter().filter(|i| e.contains_key(i)).count();
+            }
+            // Why each ended, as the laptop asks the gateway that carried it.
+            for (session_id, via) in carried {
+                let code = end_reason(&pki, dev, *via, session_id).await?;
+                *reasons.entry(format!("{kind}: {code}")).or_default() += 1;
             }
             here.sort_by(f64::total_cmp);
             eprintln!(
@@ -376,13 +411,27 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         json!({ "rounds": a.rounds, "sessions_per_kind": a.sessions, "desks": desks.len(),
                 "not_ended_within_10s": missed, "control_sessions_ended_early": early,
+                "end_reasons": reasons,
                 "kinds": summary })
     );
     drop(agents);
     store.close().await;
     drop((gw_a, gw_b, gw_c));
-    if missed > 0 || early > 0 {
-        bail!("{missed} session(s) not ended within 10 s; {early} control session(s) ended early");
+    eprintln!("reasons the gateways gave for the ends: {reasons:?}");
+    // Every end must carry the revocation's reason: a session that merely
+    // dropped (reason `none`) was not ended by the change feed.
+    let wrong: usize = reasons
+        .iter()
+        .filter(|(k, _)| {
+            !(k.ends_with("device: device_blocked")
+                || k.ends_with("device: token_revoked")
+                || k.ends_with("user: user_disabled")
+                || k.ends_with("user: token_revoked"))
+        })
+        .map(|(_, n)| n)
+        .sum();
+    if missed > 0 || early > 0 || wrong > 0 {
+        bail!("{missed} session(s) not ended within 10 s; {early} control session(s) ended early; {wrong} ended for another reason");
     }
     Ok(())
 }
