@@ -789,3 +789,84 @@ async fn netns_a_fourth_gateway_joins_and_every_agent_dials_it_within_15_s() {
         "gw-d started; listening after {listening:?}, all {DESKS} agents online on it after {took:?}"
     );
 }
+
+/// Issue 18, Tests, 1 (second part): xfreerdp (`+auto-reconnect`) to
+/// freerdp-shadow through the three-gateway cluster; `kill -9` of the
+/// gateway carrying the desktop, and the desktop comes back through
+/// another member, with no new login.
+#[tokio::test(flavor = "multi_thread")]
+async fn netns_an_rdp_desktop_comes_back_when_its_gateway_is_killed() {
+    use crate::e2e::rdp::{install_peers, rdp_client_holding, start_rdp_server, PASSWORD};
+    install_peers().await;
+    let mut c = cluster(3, "1s").await;
+    let (_rdp_server, rdp_addr) = start_rdp_server(&mut c.pki).await;
+    add_desk(&c.store, "DESK-RDP", 1, &["u-kato"]).await;
+    let files = c.pki.agent("DESK-RDP");
+    let agent = start_agent_with(&c.pki, &files, &c.gws[0].addrs, rdp_addr, "tcp");
+    for gw in &c.gws {
+        crate::e2e::rdp::wait_log_line(
+            &gw.proc,
+            &["Agent online", "DESK-RDP"],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    }
+    let kato = c.laptop("LT-KATO", "u-kato").await;
+    let client = c.connect(&kato, "DESK-RDP", 0, &[1, 2]).await;
+    let rdp = rdp_client_holding(
+        &c.pki,
+        "netns-failover",
+        client.listen,
+        PASSWORD,
+        "15",
+        &["+auto-reconnect", "/auto-reconnect-max-retries:20"],
+    );
+    let gw_a = c.gws[0].proc.pid();
+    assert!(is_gateway_process(gw_a), "pid {gw_a} is not the gateway");
+    let failover = async {
+        crate::e2e::rdp::wait_log_line(&agent, &["Session started"], Duration::from_secs(30))
+            .await
+            .unwrap();
+        let first = c.store.open_sessions().await.unwrap();
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0].gateway.as_deref(), Some("gw-a"));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let killed_ok = std::process::Command::new("kill")
+            .args(["-KILL", &gw_a.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(killed_ok);
+        let killed = Instant::now();
+        loop {
+            let open = c.store.open_sessions().await.unwrap();
+            if let Some(r) = open.iter().find(|r| r.gateway.as_deref() != Some("gw-a")) {
+                eprintln!(
+                    "the RDP client's reconnection opened a session through {} {:?} after gw-a was killed",
+                    r.gateway.as_deref().unwrap_or("?"),
+                    killed.elapsed()
+                );
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(20),
+                "the reconnection never reached gw-b or gw-c"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let ((code, out), ()) = tokio::join!(rdp, failover);
+    let log = std::fs::read_to_string(c.pki.path().join("rdp-xfreerdp-netns-failover.log"))
+        .unwrap_or_default();
+    // Only the first reconnection is judged (FreeRDP 2's sound channel
+    // loop after it: see the loopback test in cluster.rs).
+    let cut = log.find("Network disconnect!");
+    let active_again = cut.is_some_and(|at| log[at..].contains("--> CONNECTION_STATE_ACTIVE"));
+    assert!(
+        active_again,
+        "xfreerdp did not reach the desktop again after the cut (exit {code}):\n{out}\nconnect:\n{}",
+        client.proc.log_text()
+    );
+    assert!(client.proc.log_text().contains("now through"));
+}
