@@ -580,6 +580,7 @@ pub async fn run(
         hz: a.hz,
         kbps: a.kbps,
         heavy_frac: 0.0,
+        idle_frac: 0.0,
         heavy_kbps: a.kbps,
         burst_every_secs: 0.0,
         burst_secs: 0.0,

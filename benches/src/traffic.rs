@@ -121,6 +121,9 @@ pub struct Profile {
     pub kbps: f64,
     /// Share of sessions that run at `heavy_kbps` instead.
     pub heavy_frac: f64,
+    /// Share of sessions that are open but idle (the user away: no
+    /// requests, no screen updates; only the transports' keepalives).
+    pub idle_frac: f64,
     /// Average rate of a heavy session, kbit/s.
     pub heavy_kbps: f64,
     /// Mean seconds between bursts (exponential); 0 = no bursts.
@@ -135,12 +138,25 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// Rate of session number `i`: every `1/heavy_frac`-th session is heavy.
+    /// Rate of session number `i`: every `1/heavy_frac`-th session is
+    /// heavy; of the others, `idle_frac` of all sessions, spread evenly, are
+    /// idle (rate 0); the rest run at `kbps`.
     pub fn rate_of(&self, i: usize) -> f64 {
         if self.heavy_frac > 0.0 {
             let every = (1.0 / self.heavy_frac).round().max(1.0) as usize;
             if i % every == every - 1 {
                 return self.heavy_kbps;
+            }
+        }
+        if self.idle_frac > 0.0 {
+            // Session i is idle when the running count of idle sessions
+            // steps up at i (in millionths, so no rounding): `idle_frac`
+            // of any long prefix, evenly spread, from session 0 on (the
+            // heavy ones are at the ends of their runs).
+            const M: u64 = 1_000_000;
+            let k = (self.idle_frac.min(1.0) * M as f64).round() as u64;
+            if (i as u64 * k) % M < k {
+                return 0.0;
             }
         }
         self.kbps
@@ -164,6 +180,18 @@ pub struct Flow {
     pub bytes_down: AtomicU64,
     /// Requests sent.
     pub requests: AtomicU64,
+    /// Bytes sent to desks (requests, headers included).
+    pub bytes_up: AtomicU64,
+}
+
+impl Flow {
+    /// Bytes the sessions moved so far, both directions, headers included
+    /// (what a relay carries between its two legs).
+    pub fn bytes_both(&self) -> u64 {
+        self.bytes_up.load(Ordering::Relaxed)
+            + self.bytes_down.load(Ordering::Relaxed)
+            + self.answers.load(Ordering::Relaxed) * ANS_LEN as u64
+    }
 }
 
 /// How a driven session ended.
@@ -258,6 +286,7 @@ where
                 return End::WriteError;
             }
             flow.requests.fetch_add(1, Ordering::Relaxed);
+            flow.bytes_up.fetch_add(req.len() as u64, Ordering::Relaxed);
             next += interval;
         }
         let _ = w.shutdown().await;
@@ -357,4 +386,50 @@ pub async fn drive_rr<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let _ = io.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn office(idle_frac: f64) -> Profile {
+        Profile {
+            hz: 10.0,
+            kbps: 150.0,
+            heavy_frac: 0.01,
+            heavy_kbps: 3000.0,
+            idle_frac,
+            burst_every_secs: 10.0,
+            burst_secs: 1.0,
+            burst_factor: 4.0,
+            up_bytes: 64,
+        }
+    }
+
+    #[test]
+    fn idle_share_is_spread_and_exact() {
+        let p = office(0.2);
+        let rates: Vec<f64> = (0..1000).map(|i| p.rate_of(i)).collect();
+        let idle = rates.iter().filter(|r| **r == 0.0).count();
+        let heavy = rates.iter().filter(|r| **r == 3000.0).count();
+        assert_eq!(heavy, 10);
+        // Heavy sessions take precedence where the two fall on one index.
+        assert!((195..=200).contains(&idle), "{idle} idle of 1000");
+        // Spread: every run of 10 has one or two idle sessions.
+        for w in rates.chunks(10) {
+            let n = w.iter().filter(|r| **r == 0.0).count();
+            assert!((1..=2).contains(&n), "{w:?}");
+        }
+        let mean = p.mean_kbps(1000);
+        let want = (1000 - idle - heavy) as f64 * 0.15 + heavy as f64 * 3.0;
+        assert!((mean - want).abs() < 1e-9, "{mean} against {want}");
+    }
+
+    #[test]
+    fn no_idle_share_keeps_the_old_mix() {
+        let p = office(0.0);
+        assert!((0..1000).all(|i| p.rate_of(i) > 0.0));
+        assert_eq!(p.rate_of(99), 3000.0);
+        assert_eq!(p.rate_of(98), 150.0);
+    }
 }

@@ -148,6 +148,10 @@ struct SessionsArgs {
     /// Where the load generator serves the desk behind `--baseline`.
     #[arg(long)]
     backend_tls: Option<SocketAddr>,
+    /// Process id of the `--baseline` relay (e.g. HAProxy): its CPU is
+    /// sampled from `/proc` over the baseline's steady phase.
+    #[arg(long, requires = "baseline")]
+    baseline_pid: Option<u32>,
     #[command(flatten)]
     remote: RemoteArgs,
     #[command(flatten)]
@@ -246,6 +250,9 @@ struct ProfileArgs {
     /// Rate of a heavy session, kbit/s.
     #[arg(long, default_value_t = 3000.0)]
     heavy_kbps: f64,
+    /// Share of sessions open but idle (no requests, no screen updates).
+    #[arg(long, default_value_t = 0.0)]
+    idle_frac: f64,
     /// Mean seconds between bursts in a session (0 = none).
     #[arg(long, default_value_t = 10.0)]
     burst_every: f64,
@@ -266,6 +273,7 @@ impl ProfileArgs {
             hz: self.hz,
             kbps: self.kbps,
             heavy_frac: self.heavy_frac,
+            idle_frac: self.idle_frac,
             heavy_kbps: self.heavy_kbps,
             burst_every_secs: self.burst_every,
             burst_secs: self.burst_secs,
@@ -820,11 +828,13 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
     let steady_from = now_us() as f64 / 1e6;
     let answers0 = ctx.flow.answers.load(Ordering::Relaxed);
     let bytes0 = ctx.flow.bytes_down.load(Ordering::Relaxed);
+    let both0 = ctx.flow.bytes_both();
     let errors_before_steady = ctx.errors.snapshot();
     tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
     let steady_to = now_us() as f64 / 1e6;
     let steady_answers = ctx.flow.answers.load(Ordering::Relaxed) - answers0;
     let steady_bytes = ctx.flow.bytes_down.load(Ordering::Relaxed) - bytes0;
+    let steady_bytes_both = ctx.flow.bytes_both() - both0;
 
     // Storm phase (P6): new sessions arriving uniformly onto the live ones.
     let mut storm_out = Value::Null;
@@ -1014,6 +1024,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         "steady_secs": steady_to - steady_from,
         "steady_answers_per_sec": steady_answers as f64 / (steady_to - steady_from),
         "steady_mbps_down": steady_bytes as f64 * 8.0 / 1e6 / (steady_to - steady_from),
+        "steady_bytes_both": steady_bytes_both,
         "gateway_steady": steady,
         "loadgen_steady": phase_use(&self_sampler.between(steady_from, steady_to)),
         "gateway_rss_kib": { "start": rss_start, "agents_up": rss_agents, "sessions_open": rss_sessions, "end": rss_end },
@@ -1068,10 +1079,19 @@ async fn paced_baselines(
     start_backends(env, &desks, DeskMode::Rdp, &stop).await?;
     let secs = a.duration.min(30.0);
     eprintln!("baseline: {n} paced sessions through {relay} for {secs:.0}s");
-    let through = paced_over(parse_dial(relay, env)?, n, a.ramp, secs, profile).await;
+    let through = paced_over(
+        parse_dial(relay, env)?,
+        a.baseline_pid,
+        n,
+        a.ramp,
+        secs,
+        profile,
+    )
+    .await;
     eprintln!("baseline: {n} paced sessions straight to the desk for {secs:.0}s");
     let direct = paced_over(
         parse_dial(&format!("tls:{desk}"), env)?,
+        None,
         n,
         a.ramp,
         secs,
@@ -1085,9 +1105,26 @@ async fn paced_baselines(
 }
 
 /// `n` paced sessions over `dial`, opened at `ramp` per second, then `secs`
-/// of steady traffic; round trips of the steady phase only.
-async fn paced_over(dial: Dial, n: usize, ramp: f64, secs: f64, profile: Profile) -> Value {
+/// of steady traffic; round trips of the steady phase only. The CPU of the
+/// relay at `relay_pid` (if given) and of this process over that phase.
+async fn paced_over(
+    dial: Dial,
+    relay_pid: Option<u32>,
+    n: usize,
+    ramp: f64,
+    secs: f64,
+    profile: Profile,
+) -> Value {
     let stop = CancellationToken::new();
+    let sampling = CancellationToken::new();
+    let every = Duration::from_secs(1);
+    let relay_sampler =
+        relay_pid.map(|p| Sampler::start(Arc::new(AtomicU32::new(p)), every, sampling.clone()));
+    let self_sampler = Sampler::start(
+        Arc::new(AtomicU32::new(std::process::id())),
+        every,
+        sampling.clone(),
+    );
     let flow = Arc::new(traffic::Flow::default());
     let steady = Arc::new(AtomicBool::new(false));
     let hist = Arc::new(Hist::default());
@@ -1136,8 +1173,11 @@ async fn paced_over(dial: Dial, n: usize, ramp: f64, secs: f64, profile: Profile
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     steady.store(true, Ordering::Relaxed);
+    let (from, both0) = (now_us() as f64 / 1e6, flow.bytes_both());
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     steady.store(false, Ordering::Relaxed);
+    let (to, both) = (now_us() as f64 / 1e6, flow.bytes_both() - both0);
+    sampling.cancel();
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
@@ -1149,6 +1189,11 @@ async fn paced_over(dial: Dial, n: usize, ramp: f64, secs: f64, profile: Profile
         "rtt_steady": summary(&hist.snapshot()),
         "errors": errors.snapshot(),
         "errors_total": errors.total(),
+        "steady_secs": to - from,
+        "steady_bytes_both": both,
+        "relay_pid": relay_pid,
+        "relay_steady": relay_sampler.map(|s| phase_use(&s.between(from, to))),
+        "loadgen_steady": phase_use(&self_sampler.between(from, to)),
     })
 }
 
@@ -1600,6 +1645,7 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         memory_budget_mib: None,
         baseline: None,
         backend_tls: None,
+        baseline_pid: None,
         remote: RemoteArgs {
             remote: None,
             remote_address: None,
@@ -1612,6 +1658,7 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
             kbps: 0.0,
             heavy_frac: 0.0,
             heavy_kbps: 0.0,
+            idle_frac: 0.0,
             burst_every: 0.0,
             burst_secs: 0.0,
             burst_factor: 1.0,
