@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Capacity per core (issue Resilience, item 5; not in CI: two cores, minutes).
 #
-#   benches/capacity.sh [--tcp-sizes "1000 2000 3000"] [--quic-sizes "300 600 900"]
+#   benches/capacity.sh [--tcp-sizes "1000 2000 2800"] [--quic-sizes "500 1000 1400"]
 #                       [--duration 30] [--ram-gib 8] [--link-mbps 1000]
 #                       [--transports "tcp quic"] [--bare] [--record]
 #
@@ -35,8 +35,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-TCP_SIZES="1000 2000 3000"
-QUIC_SIZES="300 600 900"
+TCP_SIZES="1000 2000 2800"
+QUIC_SIZES="500 1000 1400"
 TRANSPORTS="tcp quic"
 DURATION=30
 RAM_GIB=8

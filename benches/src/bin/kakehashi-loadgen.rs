@@ -55,7 +55,7 @@ enum Cmd {
     Pki,
     /// N agents and M laptops with paced RDP-like sessions (P5), a login
     /// storm (P6), a gateway restart (P7), or idle sessions.
-    Sessions(SessionsArgs),
+    Sessions(Box<SessionsArgs>),
     /// Bulk throughput through the gateway vs a baseline relay (P1).
     Bulk(BulkArgs),
     /// Added p99 latency of a request/response vs a baseline relay (P4).
