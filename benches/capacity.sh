@@ -71,6 +71,11 @@ if [ "$(nproc --all)" -lt 2 ]; then
   echo "capacity.sh pins the gateway and the load generator to a core each: it needs 2 cores" >&2
   exit 1
 fi
+# Pinning gives each side a core only if nothing else runs on it.
+LOAD1=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.5) }'; then
+  echo "warning: load average $LOAD1 before the run: other work shares the pinned cores, the figures will be noisy" >&2
+fi
 # Over TLS/TCP a session holds three descriptors on each side.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "file descriptors: $(ulimit -n)" >&2
