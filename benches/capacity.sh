@@ -32,6 +32,7 @@
 # BENCH_NO_BUILD=1 skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -108,24 +109,8 @@ cat "$(jq -r .relay_cert "$OUT/pki.json")" "$(jq -r .relay_key "$OUT/pki.json")"
 mapfile -t PORTS < <("$LG" free-ports 2)
 P_HAP=${PORTS[0]} P_DESK=${PORTS[1]}
 
-# HAProxy as benches/run.sh runs it, with one thread on core 0.
-cat > "$OUT/haproxy.cfg" <<EOF
-global
-  maxconn $(( $(ulimit -n) / 2 - 100 ))
-  nbthread 1
-  ssl-default-bind-options ssl-min-ver TLSv1.3
-  ssl-default-server-options ssl-min-ver TLSv1.3
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 120s
-  timeout server 120s
-frontend terminals
-  bind 127.0.0.1:$P_HAP ssl crt $OUT/haproxy-server.pem ca-file $CA crl-file $CRL verify required
-  default_backend desks
-backend desks
-  server desk 127.0.0.1:$P_DESK ssl crt $OUT/haproxy-client.pem ca-file $CA verify required verifyhost localhost
-EOF
+# HAProxy as benches/run.sh runs it (benches/lib.sh), with one thread on core 0.
+haproxy_config "$OUT" "$P_HAP" "$P_DESK" 1 "$CA" "$CRL"
 HAP_PID=""
 cleanup() { [ -z "$HAP_PID" ] || kill "$HAP_PID" 2>/dev/null || true; }
 trap cleanup EXIT

@@ -14,6 +14,7 @@
 # benches/RESULTS.md. Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 pkgs=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
@@ -25,9 +26,7 @@ cargo build --release -q -p kakehashi-gateway
 cargo build --release -q -p kakehashi-benches --bin login-storm
 target="${CARGO_TARGET_DIR:-target}"
 out="$target/login-storm"; mkdir -p "$out"
-cc -O2 -shared -fPIC -o "$out/fsync-delay.so" benches/fsync-delay.c -ldl
-# The postgres user (the server refuses to run as root) must read the shim.
-chmod 0755 "$out" "$out/fsync-delay.so"
+fsync_shim "$out"
 for delay in 0 2000; do
   echo "== ${delay} µs added to every fsync" >&2
   "$target/release/login-storm" --fsync-delay-us "$delay" --preload "$PWD/$out/fsync-delay.so" "$@" \

@@ -17,6 +17,7 @@
 # likewise, a blank " " skips that ladder); BENCH_NO_BUILD=1 skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 ROOT=$PWD
 
 QUICK=0
@@ -84,26 +85,8 @@ openssl pkcs12 -export -inkey "$(jq -r .gateway_key "$OUT/pki.json")" -in "$(jq 
 mapfile -t PORTS < <("$LG" free-ports 5)
 P_HAP=${PORTS[0]} P_BTLS=${PORTS[1]} P_BPLAIN=${PORTS[2]} P_SOCAT=${PORTS[3]} P_TLSACC=${PORTS[4]}
 
-# HAProxy: TLS 1.3 terminated on both legs, client certificates required on
-# the front, a client certificate presented to the back (as the gateway
-# does with agents), 2 threads like the gateway's 2 workers.
-cat > "$OUT/haproxy.cfg" <<EOF
-global
-  maxconn $(( $(ulimit -n) / 2 - 100 ))
-  nbthread 2
-  ssl-default-bind-options ssl-min-ver TLSv1.3
-  ssl-default-server-options ssl-min-ver TLSv1.3
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 120s
-  timeout server 120s
-frontend terminals
-  bind 127.0.0.1:$P_HAP ssl crt $OUT/haproxy-server.pem ca-file $CA crl-file $CRL verify required
-  default_backend desks
-backend desks
-  server desk 127.0.0.1:$P_BTLS ssl crt $OUT/haproxy-client.pem ca-file $CA verify required verifyhost localhost
-EOF
+# HAProxy (benches/lib.sh), 2 threads like the gateway's 2 workers.
+haproxy_config "$OUT" "$P_HAP" "$P_BTLS" 2 "$CA" "$CRL"
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

@@ -1,0 +1,41 @@
+# Shell pieces the bench scripts share; `source benches/lib.sh` after
+# `cd` to the repository root.
+
+# haproxy_config OUT FRONT_PORT BACK_PORT THREADS CA CRL
+# Writes OUT/haproxy.cfg, the baseline relay of the benches: TLS 1.3
+# terminated on both legs, a client certificate required on the front
+# (the gateway's certificate, OUT/haproxy-server.pem) and presented to the
+# back (the relay's agent certificate, OUT/haproxy-client.pem), as the
+# gateway does with laptops and agents; THREADS threads, like the gateway's
+# workers.
+haproxy_config() {
+  local out=$1 front=$2 back=$3 threads=$4 ca=$5 crl=$6
+  cat > "$out/haproxy.cfg" <<CFG
+global
+  maxconn $(( $(ulimit -n) / 2 - 100 ))
+  nbthread $threads
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+frontend terminals
+  bind 127.0.0.1:$front ssl crt $out/haproxy-server.pem ca-file $ca crl-file $crl verify required
+  default_backend desks
+backend desks
+  server desk 127.0.0.1:$back ssl crt $out/haproxy-client.pem ca-file $ca verify required verifyhost localhost
+CFG
+}
+
+# fsync_shim DIR
+# Builds DIR/fsync-delay.so (benches/fsync-delay.c: an LD_PRELOAD shim
+# adding KAKEHASHI_FSYNC_DELAY_US to every fsync) readable by the postgres
+# user, which the server runs as (it refuses to run as root).
+fsync_shim() {
+  local dir=$1
+  mkdir -p "$dir"
+  cc -O2 -shared -fPIC -o "$dir/fsync-delay.so" benches/fsync-delay.c -ldl
+  chmod 0755 "$dir" "$dir/fsync-delay.so"
+}
