@@ -828,7 +828,15 @@ async fn netns_an_rdp_desktop_comes_back_when_its_gateway_is_killed() {
         crate::e2e::rdp::wait_log_line(&agent, &["Session started"], Duration::from_secs(30))
             .await
             .unwrap();
-        let first = c.store.open_sessions().await.unwrap();
+        // The agent logs the start before the gateway writes the row.
+        let mut first = Vec::new();
+        for _ in 0..100 {
+            first = c.store.open_sessions().await.unwrap();
+            if !first.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert_eq!(first.len(), 1, "{first:?}");
         assert_eq!(first[0].gateway.as_deref(), Some("gw-a"));
         tokio::time::sleep(Duration::from_secs(3)).await;
