@@ -77,21 +77,7 @@ LOAD1=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.5) }'; then
   echo "warning: load average $LOAD1 before the run: other work shares the pinned cores, the figures will be noisy" >&2
 fi
-# Over TLS/TCP a session holds three descriptors on each side.
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-echo "file descriptors: $(ulimit -n)" >&2
-for k in net.core.rmem_max net.core.wmem_max; do
-  if [ "$(sysctl -n $k 2>/dev/null || echo 0)" -lt 8388608 ]; then
-    sysctl -q -w $k=8388608 2>/dev/null || echo "cannot raise $k (not root?): QUIC may drop packets" >&2
-  fi
-done
-APT_UPDATED=0
-need_deb() {
-  if ! command -v "$1" >/dev/null 2>&1; then
-    [ $APT_UPDATED = 1 ] || { apt-get update -qq; APT_UPDATED=1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-  fi
-}
+bench_limits
 need_deb haproxy haproxy
 need_deb jq jq
 need_deb taskset util-linux

@@ -39,3 +39,40 @@ fsync_shim() {
   cc -O2 -shared -fPIC -o "$dir/fsync-delay.so" benches/fsync-delay.c -ldl
   chmod 0755 "$dir" "$dir/fsync-delay.so"
 }
+
+# need_deb CMD PKG...
+# Installs the Debian packages PKG... with apt-get (one `apt-get update`
+# per script) unless CMD is on the PATH.
+APT_UPDATED=0
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+need_deb() {
+  local cmd=$1; shift
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    [ $APT_UPDATED = 1 ] || { $SUDO apt-get update -qq; APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+
+# need_postgres: PostgreSQL's server programs (Debian's postgresql), for
+# the benches that start a throwaway server.
+need_postgres() {
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    [ $APT_UPDATED = 1 ] || { $SUDO apt-get update -qq; APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  fi
+}
+
+# bench_limits: as many descriptors as allowed (thousands of sessions hold
+# several each, on each side), and the UDP buffers the gateway's QUIC
+# sockets ask for (8 MiB; the kernel grants at most rmem_max/wmem_max,
+# raised as deploy/sysctl/90-kakehashi-gateway.conf does).
+bench_limits() {
+  ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  echo "file descriptors: $(ulimit -n)" >&2
+  local k
+  for k in net.core.rmem_max net.core.wmem_max; do
+    if [ "$(sysctl -n $k 2>/dev/null || echo 0)" -lt 8388608 ]; then
+      sysctl -q -w $k=8388608 2>/dev/null || echo "cannot raise $k (not root?): QUIC may drop packets" >&2
+    fi
+  done
+}

@@ -15,13 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
-SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-pkgs=()
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
-command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
-if [ ${#pkgs[@]} -gt 0 ]; then
-  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${pkgs[@]}"
-fi
+need_postgres
+need_deb cc gcc libc6-dev
 cargo build --release -q -p kakehashi-gateway
 cargo build --release -q -p kakehashi-benches --bin login-storm
 target="${CARGO_TARGET_DIR:-target}"

@@ -15,10 +15,8 @@
 # Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q postgresql
-fi
+source benches/lib.sh
+need_postgres
 # (`--bin` would limit the gateway and agent packages to a bin of that name: two commands.)
 cargo build --release -q -p kakehashi-gateway -p kakehashi-agent
 cargo build --release -q -p kakehashi-benches --bin propagation

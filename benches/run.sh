@@ -33,25 +33,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# 20,000 sessions over TCP hold ~60,000 descriptors on each side.
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-echo "file descriptors: $(ulimit -n)" >&2
-# The gateway's QUIC sockets ask for 8 MiB buffers; the kernel grants at most
-# rmem_max/wmem_max. Raised as deploy/sysctl/90-kakehashi-gateway.conf does.
-for k in net.core.rmem_max net.core.wmem_max; do
-  if [ "$(sysctl -n $k 2>/dev/null || echo 0)" -lt 8388608 ]; then
-    sysctl -q -w $k=8388608 2>/dev/null || echo "cannot raise $k (not root?): QUIC rows may drop packets" >&2
-  fi
-done
+bench_limits
 
 # ---- baselines, installed by the script itself --------------------------
-APT_UPDATED=0
-need_deb() {
-  if ! command -v "$1" >/dev/null 2>&1; then
-    [ $APT_UPDATED = 1 ] || { apt-get update -qq; APT_UPDATED=1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-  fi
-}
 need_deb haproxy haproxy
 need_deb socat socat
 need_deb openssl openssl

@@ -25,6 +25,7 @@
 # `--agents 1000`, `--window 10`); BENCH_NO_BUILD=1 skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -45,17 +46,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# Over TLS/TCP each session holds several descriptors on each side.
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-# The gateway's QUIC sockets ask for 8 MiB buffers (deploy/sysctl/90-kakehashi-gateway.conf).
-for k in net.core.rmem_max net.core.wmem_max; do
-  if [ "$(sysctl -n $k 2>/dev/null || echo 0)" -lt 8388608 ]; then
-    sysctl -q -w $k=8388608 2>/dev/null || echo "cannot raise $k (not root?): QUIC may drop packets" >&2
-  fi
-done
-if ! command -v jq >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
-fi
+bench_limits
+need_deb jq jq
 
 [ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -q -p kakehashi-gateway -p kakehashi-benches
 LG=$TARGET/release/kakehashi-loadgen

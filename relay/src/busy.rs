@@ -36,23 +36,11 @@ pub(crate) async fn take_share(
         budget,
         reserved, share, "Session refused: the budget of bytes in flight is spent (gateway_busy)"
     );
-    // Bounded like the store's other phases: a busy gateway's refusals do
-    // not queue behind a slow database.
-    let actor = who.actor(who.user.as_deref());
-    let audit = audit_event(
-        s,
-        &actor,
-        "session.denied",
-        &req.desk,
-        &refusal.code,
-        serde_json::json!({
-            "device": who.device, "class": who.class.to_string(),
-            "source": who.source.to_string(), "transport": who.transport.as_str(),
-            "desk_transport": desk.as_str(), "share_bytes": share,
-            "reserved_bytes": reserved, "budget_bytes": budget,
-        }),
-    );
-    let _ = tokio::time::timeout(STORE_DEADLINE, Box::pin(audit)).await;
+    let detail = serde_json::json!({
+        "desk_transport": desk.as_str(), "share_bytes": share,
+        "reserved_bytes": reserved, "budget_bytes": budget,
+    });
+    audit_denied(s, who, req, who.user.as_deref(), &refusal, detail).await;
     Err(refusal)
 }
 
@@ -66,6 +54,29 @@ pub(crate) async fn audit_full(
     user: Option<&str>,
     refusal: Refusal,
 ) -> Refusal {
+    let detail = serde_json::json!({ "max_sessions": s.cfg.max_sessions });
+    audit_denied(s, who, req, user, &refusal, detail).await;
+    refusal
+}
+
+/// `session.denied` for a gateway-wide limit, with the laptop's device,
+/// class, source and transport besides `detail`; bounded like the store's
+/// other phases: a busy gateway's refusals do not queue behind a slow
+/// database.
+async fn audit_denied(
+    s: &Shared,
+    who: &Who,
+    req: &SessionRequest,
+    user: Option<&str>,
+    refusal: &Refusal,
+    mut detail: serde_json::Value,
+) {
+    if let Some(d) = detail.as_object_mut() {
+        d.insert("device".into(), who.device.clone().into());
+        d.insert("class".into(), who.class.to_string().into());
+        d.insert("source".into(), who.source.to_string().into());
+        d.insert("transport".into(), who.transport.as_str().into());
+    }
     let actor = who.actor(user);
     let audit = audit_event(
         s,
@@ -73,12 +84,7 @@ pub(crate) async fn audit_full(
         "session.denied",
         &req.desk,
         &refusal.code,
-        serde_json::json!({
-            "device": who.device, "class": who.class.to_string(),
-            "source": who.source.to_string(), "transport": who.transport.as_str(),
-            "max_sessions": s.cfg.max_sessions,
-        }),
+        detail,
     );
     let _ = tokio::time::timeout(STORE_DEADLINE, Box::pin(audit)).await;
-    refusal
 }

@@ -76,6 +76,19 @@ pub struct SessionRecord {
 /// whose membership lapsed.
 pub const LOST: &str = "gateway_lost";
 
+/// Who records a session's end, which decides the rows it may end.
+#[derive(Debug, Clone, Copy)]
+enum Ender<'a> {
+    /// An open row only.
+    Anyone,
+    /// The gateway that carried it: an open row, or its own row that a
+    /// survivor closed as [`LOST`].
+    Carrier(&'a str),
+    /// A surviving member: an open row of this member, only while its
+    /// membership has lapsed.
+    Survivor(&'a str),
+}
+
 fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -131,7 +144,7 @@ impl Store {
         end: &SessionEnd,
         audit: Audit,
     ) -> Result<SessionRecord> {
-        self.end_session_as(id, None, end, audit).await
+        self.end_session_as(id, Ender::Anyone, end, audit).await
     }
 
     /// Records the end of a session by the gateway that carried it: like
@@ -146,34 +159,69 @@ impl Store {
         end: &SessionEnd,
         audit: Audit,
     ) -> Result<SessionRecord> {
-        self.end_session_as(id, Some(gateway), end, audit).await
+        self.end_session_as(id, Ender::Carrier(gateway), end, audit)
+            .await
+    }
+
+    /// Closes the row of a session carried by `gateway` as
+    /// [`LOST`] (`end.reason`), only while `gateway`'s membership has
+    /// lapsed by the database's clock, checked in the same statement: a
+    /// member that renewed meanwhile keeps its row (`Conflict`), so a
+    /// survivor's reaping cannot cross the member's return.
+    pub async fn end_lapsed_session(
+        &self,
+        id: &str,
+        gateway: &str,
+        end: &SessionEnd,
+        audit: Audit,
+    ) -> Result<SessionRecord> {
+        self.end_session_as(id, Ender::Survivor(gateway), end, audit)
+            .await
     }
 
     async fn end_session_as(
         &self,
         id: &str,
-        carrier: Option<&str>,
+        ender: Ender<'_>,
         end: &SessionEnd,
         audit: Audit,
     ) -> Result<SessionRecord> {
         validate_text("end reason", &end.reason, 128, false)?;
-        const SQL: &str = "UPDATE sessions SET ended_at = $2, end_reason = $3, bytes_up = $4, \
-             bytes_down = $5 WHERE id = $1 AND (ended_at IS NULL \
-             OR (gateway = $6 AND end_reason = $7)) \
+        // An open row, or (the carrier) its own row a survivor closed as lost.
+        const OPEN_OR_LOST: &str = "UPDATE sessions SET ended_at = $2, end_reason = $3, \
+             bytes_up = $4, bytes_down = $5 \
+             WHERE id = $1 AND (ended_at IS NULL OR (gateway = $6 AND end_reason = $7)) \
+             RETURNING id, user_id, device_id, desk_id, class, level, transport, started_at, \
+             ended_at, end_reason, bytes_up, bytes_down, gateway";
+        // An open row of member $6, only while it is lapsed by the database's clock $7.
+        const OF_LAPSED: &str = "UPDATE sessions SET ended_at = $2, end_reason = $3, \
+             bytes_up = $4, bytes_down = $5 \
+             WHERE id = $1 AND ended_at IS NULL AND gateway = $6 AND NOT EXISTS \
+             (SELECT 1 FROM gateway_members m WHERE m.id = $6 AND m.expires_at > $7) \
              RETURNING id, user_id, device_id, desk_id, class, level, transport, started_at, \
              ended_at, end_reason, bytes_up, bytes_down, gateway";
         const EXISTS: &str = "SELECT COUNT(*) FROM sessions WHERE id = $1";
+        let (sql, db_now) = match ender {
+            Ender::Survivor(_) => (OF_LAPSED, Some(self.db_now().await?)),
+            Ender::Anyone | Ender::Carrier(_) => (OPEN_OR_LOST, None),
+        };
+        let gateway = match ender {
+            Ender::Anyone => None,
+            Ender::Carrier(g) | Ender::Survivor(g) => Some(g),
+        };
         let (rec, _) = write_tx!(self, audit, concurrent, |tx| {
-            let rec: Option<SessionRecord> = sqlx::query_as(SQL)
+            let q = sqlx::query_as(sql)
                 .bind(id)
                 .bind(audit.at)
                 .bind(&end.reason)
                 .bind(clamp(end.bytes_up))
                 .bind(clamp(end.bytes_down))
-                .bind(carrier)
-                .bind(LOST)
-                .fetch_optional(&mut *tx)
-                .await?;
+                .bind(gateway);
+            let q = match db_now {
+                Some(now) => q.bind(now),
+                None => q.bind(LOST),
+            };
+            let rec: Option<SessionRecord> = q.fetch_optional(&mut *tx).await?;
             match rec {
                 Some(r) => r,
                 None => {
@@ -186,7 +234,7 @@ impl Store {
                     } else {
                         Error::Conflict {
                             what: "session",
-                            state: "ended".into(),
+                            state: "ended, or its gateway is alive".into(),
                         }
                     });
                 }
@@ -232,50 +280,6 @@ impl Store {
             Some(g) => read!(self, |p| sqlx::query_as(OF).bind(g).fetch_all(p).await?),
             None => read!(self, |p| sqlx::query_as(UNNAMED).fetch_all(p).await?),
         })
-    }
-
-    /// Closes the row of a session carried by `gateway` as
-    /// [`LOST`] (`end.reason`), only while `gateway`'s membership has
-    /// lapsed by the database's clock, checked in the same statement: a
-    /// member that renewed meanwhile keeps its row (`Conflict`), so a
-    /// survivor's reaping cannot cross the member's return.
-    pub async fn end_lapsed_session(
-        &self,
-        id: &str,
-        gateway: &str,
-        end: &SessionEnd,
-        audit: Audit,
-    ) -> Result<SessionRecord> {
-        validate_text("end reason", &end.reason, 128, false)?;
-        const SQL: &str = "UPDATE sessions SET ended_at = $2, end_reason = $3, bytes_up = $4, \
-             bytes_down = $5 WHERE id = $1 AND ended_at IS NULL AND gateway = $6 \
-             AND NOT EXISTS (SELECT 1 FROM gateway_members m \
-                 WHERE m.id = $6 AND m.expires_at > $7) \
-             RETURNING id, user_id, device_id, desk_id, class, level, transport, started_at, \
-             ended_at, end_reason, bytes_up, bytes_down, gateway";
-        let db_now = self.db_now().await?;
-        let (rec, _) = write_tx!(self, audit, concurrent, |tx| {
-            let rec: Option<SessionRecord> = sqlx::query_as(SQL)
-                .bind(id)
-                .bind(audit.at)
-                .bind(&end.reason)
-                .bind(clamp(end.bytes_up))
-                .bind(clamp(end.bytes_down))
-                .bind(gateway)
-                .bind(db_now)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match rec {
-                Some(r) => r,
-                None => {
-                    return Err(Error::Conflict {
-                        what: "session",
-                        state: "ended, or its gateway is alive".into(),
-                    })
-                }
-            }
-        });
-        Ok(rec)
     }
 
     /// Of `live`, the sessions `gateway` carries whose rows another member

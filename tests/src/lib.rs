@@ -844,14 +844,7 @@ pub async fn raw_quic(
     addr: SocketAddr,
     alpn: &[u8],
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
-    let m = kakehashi_transport::tls::TlsFiles {
-        ca: pki.ca.ca_cert_path(),
-        cert: files.cert.clone(),
-        key: files.key.clone(),
-        crl: None,
-    }
-    .load()?;
-    let cfg = kakehashi_transport::tls::client_config(&m, None, alpn)?;
+    let cfg = (*tls_client(pki, files, alpn)?).clone();
     let ep = kakehashi_transport::quic::client(cfg, Default::default(), addr)?;
     let c = kakehashi_transport::dial::quic_connect(&ep, addr, "localhost", Duration::from_secs(5))
         .await?;
