@@ -148,7 +148,7 @@ pub(crate) async fn join(
 /// or lost power) with `gateway_restart` and the bytes saved with them.
 pub(crate) async fn close_left_open(store: Store, rows: Vec<SessionRecord>) {
     let started = Instant::now();
-    let closed = close_rows(&store, &rows, REASON_GATEWAY_RESTART).await;
+    let closed = close_rows(&store, &rows, REASON_GATEWAY_RESTART, None).await;
     if closed > 0 {
         warn!(
             closed,
@@ -159,8 +159,15 @@ pub(crate) async fn close_left_open(store: Store, rows: Vec<SessionRecord>) {
 }
 
 /// Close `rows` with `reason` and the bytes saved with them; a row another
-/// member closed first is skipped. Returns how many this call closed.
-async fn close_rows(store: &Store, rows: &[SessionRecord], reason: &str) -> usize {
+/// member closed first is skipped. With `lapsed_at` (the database's clock
+/// when the member was seen lapsed), a row is closed only while its member
+/// is still lapsed. Returns how many this call closed.
+async fn close_rows(
+    store: &Store,
+    rows: &[SessionRecord],
+    reason: &str,
+    lapsed_at: Option<i64>,
+) -> usize {
     let mut closed = 0;
     for rec in rows {
         let end = SessionEnd {
@@ -177,8 +184,8 @@ async fn close_rows(store: &Store, rows: &[SessionRecord], reason: &str) -> usiz
             }));
         // A lapsed member's row is closed only while it is still lapsed
         // (checked in the same statement): one that came back keeps it.
-        let r = match (&rec.gateway, reason == REASON_GATEWAY_LOST) {
-            (Some(g), true) => store.end_lapsed_session(&rec.id, g, &end, a).await,
+        let r = match (&rec.gateway, lapsed_at) {
+            (Some(g), Some(now)) => store.end_lapsed_session(&rec.id, g, now, &end, a).await,
             _ => store.end_session(&rec.id, &end, a).await,
         };
         match r {
@@ -446,7 +453,7 @@ async fn reap_lapsed(
             Ok(r) => r,
             Err(e) => return warn!(error = %e, "Cannot read a lapsed member's sessions"),
         };
-        let closed = close_rows(store, &rows, REASON_GATEWAY_LOST).await;
+        let closed = close_rows(store, &rows, REASON_GATEWAY_LOST, Some(now)).await;
         if closed > 0 {
             warn!(member = %gateway, open = n, closed, "A gateway's membership lapsed: closed the sessions it carried");
         }

@@ -85,8 +85,8 @@ enum Ender<'a> {
     /// survivor closed as [`LOST`].
     Carrier(&'a str),
     /// A surviving member: an open row of this member, only while its
-    /// membership has lapsed.
-    Survivor(&'a str),
+    /// membership has lapsed by the database's clock at the time given.
+    Survivor(&'a str, i64),
 }
 
 fn clamp(v: u64) -> i64 {
@@ -165,17 +165,19 @@ impl Store {
 
     /// Closes the row of a session carried by `gateway` as
     /// [`LOST`] (`end.reason`), only while `gateway`'s membership has
-    /// lapsed by the database's clock, checked in the same statement: a
-    /// member that renewed meanwhile keeps its row (`Conflict`), so a
-    /// survivor's reaping cannot cross the member's return.
+    /// lapsed at `db_now` (the database's clock, as [`Store::members`] or
+    /// [`Store::db_now`] gave it), checked in the same statement: a member
+    /// that renewed since keeps its row (`Conflict`), so a survivor's
+    /// reaping cannot cross the member's return.
     pub async fn end_lapsed_session(
         &self,
         id: &str,
         gateway: &str,
+        db_now: i64,
         end: &SessionEnd,
         audit: Audit,
     ) -> Result<SessionRecord> {
-        self.end_session_as(id, Ender::Survivor(gateway), end, audit)
+        self.end_session_as(id, Ender::Survivor(gateway, db_now), end, audit)
             .await
     }
 
@@ -201,13 +203,10 @@ impl Store {
              RETURNING id, user_id, device_id, desk_id, class, level, transport, started_at, \
              ended_at, end_reason, bytes_up, bytes_down, gateway";
         const EXISTS: &str = "SELECT COUNT(*) FROM sessions WHERE id = $1";
-        let (sql, db_now) = match ender {
-            Ender::Survivor(_) => (OF_LAPSED, Some(self.db_now().await?)),
-            Ender::Anyone | Ender::Carrier(_) => (OPEN_OR_LOST, None),
-        };
-        let gateway = match ender {
-            Ender::Anyone => None,
-            Ender::Carrier(g) | Ender::Survivor(g) => Some(g),
+        let (sql, gateway, db_now) = match ender {
+            Ender::Anyone => (OPEN_OR_LOST, None, None),
+            Ender::Carrier(g) => (OPEN_OR_LOST, Some(g), None),
+            Ender::Survivor(g, now) => (OF_LAPSED, Some(g), Some(now)),
         };
         let (rec, _) = write_tx!(self, audit, concurrent, |tx| {
             let q = sqlx::query_as(sql)

@@ -1369,7 +1369,13 @@ pub async fn sessions(db: &Db) {
         .unwrap();
     assert!(matches!(
         store
-            .end_lapsed_session("s3", "gw2", &lost, audit(T0 + 700, "session.end"))
+            .end_lapsed_session(
+                "s3",
+                "gw2",
+                store.db_now().await.unwrap(),
+                &lost,
+                audit(T0 + 700, "session.end")
+            )
             .await,
         Err(Error::Conflict { .. })
     ));
@@ -1381,7 +1387,13 @@ pub async fn sessions(db: &Db) {
     };
     assert!(store.heartbeat("gw2", g, &beat, -1).await.unwrap());
     let closed = store
-        .end_lapsed_session("s3", "gw2", &lost, audit(T0 + 701, "session.end"))
+        .end_lapsed_session(
+            "s3",
+            "gw2",
+            store.db_now().await.unwrap(),
+            &lost,
+            audit(T0 + 701, "session.end"),
+        )
         .await
         .unwrap();
     assert_eq!(closed.end_reason.as_deref(), Some("gateway_lost"));
