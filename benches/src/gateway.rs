@@ -41,6 +41,9 @@ pub struct GatewayOpts {
     /// `[relay.limits] memory_budget_mib`: the budget of bytes in flight.
     /// Rows that do not measure it set [`NO_BUDGET`].
     pub memory_budget_mib: u64,
+    /// `[relay.limits] busy_delay` in ms (0: the rule off); `None`: the
+    /// shipped default. Rows that do not measure it set `Some(0)`.
+    pub busy_delay_ms: Option<u64>,
 }
 
 /// A budget of bytes in flight no bench reaches (1 TiB), for the rows that
@@ -100,7 +103,7 @@ max_connections = {maxc}
 [relay.limits]
 max_sessions = {maxs}
 memory_budget_mib = {budget}
-shutdown_grace = "1s"
+{busy_delay}shutdown_grace = "1s"
 [admin]
 listen = "{admin}"
 {admission}"#,
@@ -117,6 +120,9 @@ listen = "{admin}"
         maxc = o.max_connections,
         maxs = o.max_sessions,
         budget = o.memory_budget_mib,
+        busy_delay = o
+            .busy_delay_ms
+            .map_or_else(String::new, |ms| format!("busy_delay = \"{ms}ms\"\n")),
     )
 }
 

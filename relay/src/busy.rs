@@ -1,6 +1,8 @@
-//! Phase 1½ of a session's set-up: its share of the gateway-wide budget of
-//! bytes in flight ([`crate::budget`]), taken before the store or the desk
-//! is asked anything, or `gateway_busy`.
+//! Phase 1½ of a session's set-up: the gateway's load. A gateway that runs
+//! its tasks late ([`crate::delay`]) refuses with `gateway_busy`; otherwise
+//! the session takes its share of the gateway-wide budget of bytes in
+//! flight ([`crate::budget`]) before the store or the desk is asked
+//! anything, or is refused with `gateway_busy`.
 
 use kakehashi_proto::message::SessionRequest;
 use kakehashi_proto::{Reason, Refusal};
@@ -9,10 +11,11 @@ use tracing::warn;
 use crate::budget::Share;
 use crate::shared::{audit_event, Shared, Who, STORE_DEADLINE};
 
-/// Phase 1½, the budget: the session's share of the budget of bytes in
-/// flight (see [`crate::budget`]), taken before the store or the desk is
-/// asked anything; no room: `gateway_busy`, audited. Live sessions are
-/// never cut by it.
+/// Phase 1½, the gateway's load: while the runtime runs its tasks late
+/// (see [`crate::delay`]), or when the session's share of the budget of
+/// bytes in flight (see [`crate::budget`]) does not fit, `gateway_busy`,
+/// audited; otherwise the share, taken before the store or the desk is
+/// asked anything. Live sessions are never cut by either rule.
 pub(crate) async fn take_share(
     s: &Shared,
     who: &Who,
@@ -26,10 +29,23 @@ pub(crate) async fn take_share(
         .expect("agents lock")
         .get(&req.desk)
         .map_or_else(|| s.budget.dearer(), |e| e.transport);
+    let refusal = Refusal::new(Reason::GatewayBusy);
+    if s.delay.over() {
+        let (delay_ms, limit_ms) = (ms(s.delay.mean()), ms(s.delay.limit().unwrap_or_default()));
+        warn!(
+            delay_ms,
+            limit_ms,
+            "Session refused: the gateway runs its tasks late, it is short of CPU (gateway_busy)"
+        );
+        let detail = serde_json::json!({
+            "rule": "busy_delay", "scheduling_delay_ms": delay_ms, "busy_delay_ms": limit_ms,
+        });
+        audit_denied(s, who, req, who.user.as_deref(), &refusal, detail).await;
+        return Err(refusal);
+    }
     if let Some(share) = s.budget.try_take(who.transport, desk) {
         return Ok(share);
     }
-    let refusal = Refusal::new(Reason::GatewayBusy);
     let (budget, reserved) = (s.budget.total(), s.budget.reserved());
     let share = s.budget.session_share(who.transport, desk);
     warn!(
@@ -37,11 +53,17 @@ pub(crate) async fn take_share(
         reserved, share, "Session refused: the budget of bytes in flight is spent (gateway_busy)"
     );
     let detail = serde_json::json!({
+        "rule": "memory_budget",
         "desk_transport": desk.as_str(), "share_bytes": share,
         "reserved_bytes": reserved, "budget_bytes": budget,
     });
     audit_denied(s, who, req, who.user.as_deref(), &refusal, detail).await;
     Err(refusal)
+}
+
+/// Milliseconds, to a tenth (for the log and the audit record).
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 /// Phase 4's refusal when every place under `[relay.limits] max_sessions`

@@ -62,6 +62,9 @@ pub struct Config {
     /// The gateway-wide budget of bytes in flight, in bytes: new sessions
     /// are refused with `gateway_busy` when their share does not fit.
     pub memory_budget: u64,
+    /// Scheduling delay (mean over a second) above which new sessions are
+    /// refused with `gateway_busy`; zero: the rule is off.
+    pub busy_delay: Duration,
     /// Send and receive window of each of the gateway's QUIC connections,
     /// in bytes (a stream's receive window too).
     pub quic_window: u32,

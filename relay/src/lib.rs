@@ -23,6 +23,7 @@ mod busy;
 pub mod cluster;
 pub mod config;
 mod crl;
+mod delay;
 mod ends;
 pub mod handle;
 pub mod login;

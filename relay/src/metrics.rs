@@ -38,6 +38,8 @@ pub struct Metrics {
     pub memory_budget: IntGauge,
     /// Bytes of the budget taken by live sessions and sessions being set up.
     pub memory_reserved: IntGauge,
+    /// The runtime's scheduling delay, mean over the last second.
+    pub scheduling_delay: Gauge,
     /// Certificate expiry (unix seconds), by certificate (`gateway`, `ca`).
     pub cert_expiry: GaugeVec,
     /// The CRL in force: `nextUpdate` as Unix time (0 without one).
@@ -133,6 +135,7 @@ impl Metrics {
             capacity_used: reg!(Gauge::new("kakehashi_capacity_used_ratio", "Live sessions divided by the configured maximum")),
             memory_budget: reg!(IntGauge::new("kakehashi_memory_budget_bytes", "Configured budget of bytes in flight (relay buffers, QUIC send and receive windows)")),
             memory_reserved: reg!(IntGauge::new("kakehashi_memory_reserved_bytes", "Bytes in flight the live sessions may hold: the sum of their shares of the budget")),
+            scheduling_delay: reg!(Gauge::new("kakehashi_scheduling_delay_seconds", "How late the gateway runs a task that is ready, mean over the last second; above [relay.limits] busy_delay new sessions are refused with gateway_busy")),
             cert_expiry: reg!(GaugeVec::new(
                 Opts::new("kakehashi_certificate_expiry_timestamp_seconds", "Certificate notAfter as unix time"),
                 &["cert"]

@@ -212,6 +212,7 @@ impl Relay {
             channels: Default::default(),
             sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
             budget,
+            delay: Arc::new(crate::delay::Delay::new(cfg.busy_delay)),
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
             member_generation,
@@ -256,6 +257,10 @@ impl Relay {
         let s = self.shared.clone();
         let sd = s.shutdown.clone();
         sd.spawn(watch_crl(s.clone()));
+        sd.spawn(crate::delay::probe(
+            s.delay.clone(),
+            s.metrics.scheduling_delay.clone(),
+        ));
         if s.policy.is_some() {
             sd.spawn(watch_changes(s.clone()));
             sd.spawn(crate::cluster::run(s.clone(), s.member_generation));

@@ -425,6 +425,16 @@ pub async fn start_gateway(pki: &Pki, opts: GatewayOpts) -> GatewayProc {
     let g = pki.gateway_cert();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let a = opts.addrs;
+    // The rule on the scheduling delay is off unless a test sets it: this
+    // 2-core machine runs a suite's gateways, agents and browsers at
+    // once, and a refusal for its load would be a false failure. The rule
+    // has its own tests (refusals.rs, relay/src/delay.rs); the demo's
+    // gateways run with the shipped default.
+    let limits = if opts.limits.contains("busy_delay") {
+        opts.limits
+    } else {
+        format!("busy_delay = \"0s\"\n{}", opts.limits)
+    };
     let cfg = format!(
         r#"name = "{name}"
 [tls]
@@ -468,7 +478,7 @@ listen = "{admin}"
         tmax = opts.terminal_max_connections.unwrap_or(10_000),
         terminals_extra = opts.terminals_extra,
         relay = opts.relay,
-        extra = opts.limits,
+        extra = limits,
         keepalive = if opts.shipped_keepalive {
             ""
         } else {

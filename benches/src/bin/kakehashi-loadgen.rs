@@ -139,6 +139,10 @@ struct SessionsArgs {
     /// memory_budget_mib`); default: none a bench reaches.
     #[arg(long)]
     memory_budget_mib: Option<u64>,
+    /// The scheduling delay above which the gateway refuses new sessions,
+    /// ms (`[relay.limits] busy_delay`); default: the rule off.
+    #[arg(long)]
+    busy_delay_ms: Option<u64>,
     /// After the gateway's run, the same paced sessions through a baseline
     /// relay (`tls:HOST:PORT`, e.g. HAProxy) to the load generator's desk at
     /// `--backend-tls`, then straight to that desk (no relay: the floor of
@@ -503,6 +507,7 @@ fn remote_config(env: &Env, a: &RemoteConfigArgs) -> anyhow::Result<Value> {
         }),
         store: None,
         memory_budget_mib: a.memory_budget_mib,
+        busy_delay_ms: None,
     };
     let config = a.out.join("gateway.toml");
     std::fs::write(&config, gateway::config_text(&files, &opts))?;
@@ -601,6 +606,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         addrs: None,
         store: db,
         memory_budget_mib: a.memory_budget_mib.unwrap_or(gateway::NO_BUDGET),
+        busy_delay_ms: Some(a.busy_delay_ms.unwrap_or(0)),
     };
     let stop_all = CancellationToken::new();
     // The gateway: started here, or on another machine (`--remote`).
@@ -613,8 +619,13 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
             (Some(gw), addrs, sampler, pid)
         }
         Some(name) => {
-            if a.store || a.restart || a.baseline.is_some() || a.memory_budget_mib.is_some() {
-                bail!("--remote runs the bare relay's paced sessions (and --storm): drop --store, --restart, --baseline and --memory-budget-mib (set the budget in the remote gateway's configuration)");
+            if a.store
+                || a.restart
+                || a.baseline.is_some()
+                || a.memory_budget_mib.is_some()
+                || a.busy_delay_ms.is_some()
+            {
+                bail!("--remote runs the bare relay's paced sessions (and --storm): drop --store, --restart, --baseline, --memory-budget-mib and --busy-delay-ms (set them in the remote gateway's configuration)");
             }
             fleet::set_remote(name);
             let addrs = a.remote.addrs(name)?;
@@ -863,6 +874,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
             "live_rtt_before": before,
             "live_rtt_during": during,
             "live_p99_ratio": during.p99_us as f64 / before.p99_us.max(1) as f64,
+            "refused_gateway_busy": ctx.errors.snapshot().get("setup:refused:gateway_busy").copied().unwrap_or(0),
             "gateway": phase_use(&sampler.between(from, to)),
         });
     }
@@ -1249,6 +1261,7 @@ impl Single {
             addrs: None,
             store: None,
             memory_budget_mib: gateway::NO_BUDGET,
+            busy_delay_ms: Some(0),
         };
         let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
         let ctx = Ctx::new(
@@ -1576,6 +1589,7 @@ async fn handshakes(env: &Env, a: &HsArgs) -> anyhow::Result<Value> {
         addrs: None,
         store: None,
         memory_budget_mib: gateway::NO_BUDGET,
+        busy_delay_ms: Some(0),
     };
     let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
     let cfgs: Vec<_> = fleet::device_configs(&env.pki)?
@@ -1643,6 +1657,7 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         backoff_max_ms: 30_000,
         store: false,
         memory_budget_mib: None,
+        busy_delay_ms: None,
         baseline: None,
         backend_tls: None,
         baseline_pid: None,

@@ -289,6 +289,11 @@ mod tests {
             "memory_budget_mib"
         );
         assert_eq!(
+            (d.relay.busy_delay, e.relay.busy_delay),
+            (Duration::from_millis(20), Duration::from_millis(20)),
+            "busy_delay"
+        );
+        assert_eq!(
             (d.relay.quic_window, e.relay.quic_window),
             (64 * 1024, 64 * 1024),
             "quic_window_kib"

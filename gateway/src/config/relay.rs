@@ -134,6 +134,13 @@ pub struct LimitsSection {
     /// copy buffers); a session whose share does not fit is refused with
     /// `gateway_busy`.
     pub memory_budget_mib: u64,
+    /// Scheduling delay above which new sessions are refused with
+    /// `gateway_busy`: how late the gateway runs a task that is ready,
+    /// averaged over a second. A gateway short of CPU slows every live
+    /// session down; it stops admitting new ones instead. `"0s"` turns the
+    /// rule off.
+    #[serde(deserialize_with = "duration")]
+    pub busy_delay: Duration,
     /// Send and receive window of each of the gateway's QUIC connections,
     /// KiB: what one connection may buffer each way.
     pub quic_window_kib: u32,
@@ -142,6 +149,9 @@ pub struct LimitsSection {
 /// Default `memory_budget_mib`: 4 GiB, 14,500 sessions over QUIC at the
 /// default window (288 KiB each), 31,000 over TLS/TCP (134 KiB each).
 pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 4096;
+/// Default `busy_delay`: far above an idle or merely busy gateway's (under
+/// 1 ms and a few ms), reached when its CPU is saturated.
+pub const DEFAULT_BUSY_DELAY: Duration = Duration::from_millis(20);
 /// Default `quic_window_kib`: a 3 Mbit/s session's screen update (~37 KB)
 /// fits in one round trip.
 pub const DEFAULT_QUIC_WINDOW_KIB: u32 = 64;
@@ -159,6 +169,7 @@ impl Default for LimitsSection {
             shutdown_grace: Duration::from_secs(10),
             terminal_quic_streams: kakehashi_transport::quic::TERMINAL_STREAMS,
             memory_budget_mib: DEFAULT_MEMORY_BUDGET_MIB,
+            busy_delay: DEFAULT_BUSY_DELAY,
             quic_window_kib: DEFAULT_QUIC_WINDOW_KIB,
         }
     }
@@ -372,6 +383,10 @@ pub fn relay(
             QUIC_WINDOW_KIB.end()
         );
     }
+    if l.busy_delay > Duration::from_secs(1) {
+        bail!("[relay.limits] busy_delay must be at most 1s (a mean over one second; \"0s\" turns the rule off; default \"20ms\")");
+    }
+    let busy_delay = l.busy_delay;
     let at_least_a_second = |key, example, value| {
         DurationKey::new("relay.limits", key, example).at_least(value, SECOND)
     };
@@ -448,6 +463,7 @@ pub fn relay(
         max_sessions: l.max_sessions,
         terminal_quic_streams: l.terminal_quic_streams,
         memory_budget: l.memory_budget_mib << 20,
+        busy_delay,
         quic_window: l.quic_window_kib * 1024,
         handshake_timeout,
         session_setup_timeout,

@@ -487,6 +487,7 @@ async fn a_gateway_busy_refusal_is_audited() {
     let d = denied[0].detail_json().unwrap();
     assert_eq!(denied[0].subject, "DESK-BUSY");
     assert_eq!(d["device"], "LAPTOP-BUSY");
+    assert_eq!(d["rule"], "memory_budget");
     assert_eq!(d["budget_bytes"], 1 << 20);
     assert_eq!(d["share_bytes"], (32 + 51 + 2048) * 1024);
     assert!(store.verify_audit().await.unwrap().is_intact());
@@ -541,4 +542,114 @@ async fn a_capacity_full_refusal_is_audited() {
     assert_eq!(d["max_sessions"], 1);
     assert!(store.verify_audit().await.unwrap().is_intact());
     drop(held);
+}
+
+/// Issue 19 item 1, the CPU half: a gateway that runs its tasks late
+/// (here stopped for 1.5 s with SIGSTOP, as a gateway starved of CPU is)
+/// refuses new sessions with `gateway_busy`, audited with the rule
+/// (`busy_delay`) and the delay it measured, keeps carrying its live
+/// session, and admits again once it has caught up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_running_late_refuses_new_sessions_until_it_catches_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pki = Pki::new();
+    let db = pki.path().join("late.db");
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(login_sections(&db)),
+            limits: "busy_delay = \"5ms\"\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    add_desk(&store, "DESK-LATE", 1, &["u-late"]).await;
+    let echo = echo_server().await;
+    let agent = start_agent(&mut pki, "DESK-LATE", &gw.addrs, echo, "tcp");
+    wait_online(&agent).await;
+    let dev = pki.device("LAPTOP-LATE", TerminalClass::Home);
+    let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-late").await;
+    let ask = SessionRequest {
+        desk: "DESK-LATE".into(),
+        token: Some(Secret(token.clone())),
+    };
+    // A loaded test machine may run even an idle gateway 5 ms late now and
+    // then: the live session is asked for until it is admitted.
+    let mut live = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (s, f) = ask_terminal(&pki, &dev, gw.addrs.terminal_tcp, &ask).await;
+            if f.kind == FrameKind::SessionAccepted {
+                break s;
+            }
+            let r = Refusal::from_frame(&f).unwrap();
+            assert_eq!(r.code, "gateway_busy", "{r:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a live session");
+
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &gw.proc.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal("-CONT");
+    // The probe wakes first thing; the stall stays in its one-second mean
+    // for the next hundred probes (at least a second).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refusal = request_session(&pki, &dev, &gw, "DESK-LATE", &token)
+        .await
+        .expect_err("a session right after the stall");
+    assert_eq!(refusal.code, "gateway_busy");
+
+    // The live session was not cut.
+    live.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(10), live.read_exact(&mut back))
+        .await
+        .expect("an echo")
+        .unwrap();
+    assert_eq!(&back, b"still here");
+
+    // Caught up: admitted again.
+    let admitted = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match request_session(&pki, &dev, &gw, "DESK-LATE", &token).await {
+                Ok(id) => break id,
+                Err(r) => assert_eq!(r.code, "gateway_busy", "{r:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a session once the gateway has caught up");
+    assert!(!admitted.is_empty());
+
+    let denied: Vec<_> = store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "session.denied" && r.reason == "gateway_busy")
+        .collect();
+    assert!(!denied.is_empty());
+    let d = denied[0].detail_json().unwrap();
+    assert_eq!(d["rule"], "busy_delay", "{d}");
+    assert_eq!(d["device"], "LAPTOP-LATE");
+    assert_eq!(d["busy_delay_ms"], 5.0);
+    assert!(d["scheduling_delay_ms"].as_f64().unwrap() > 5.0, "{d}");
+    let (status, text) = http_get(gw.addrs.admin, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("kakehashi_scheduling_delay_seconds "),
+        "{text}"
+    );
+    assert!(store.verify_audit().await.unwrap().is_intact());
 }
