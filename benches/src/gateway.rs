@@ -44,6 +44,9 @@ pub struct GatewayOpts {
     /// `[relay.limits] busy_delay` in ms (0: the rule off); `None`: the
     /// shipped default. Rows that do not measure it set `Some(0)`.
     pub busy_delay_ms: Option<u64>,
+    /// `[relay.limits] busy_cpu_percent` (0: the rule off); `None`: the
+    /// shipped default. Rows that do not measure it set `Some(0)`.
+    pub busy_cpu_percent: Option<u32>,
 }
 
 /// A budget of bytes in flight no bench reaches (1 TiB), for the rows that
@@ -122,7 +125,9 @@ listen = "{admin}"
         budget = o.memory_budget_mib,
         busy_delay = o
             .busy_delay_ms
-            .map_or_else(String::new, |ms| format!("busy_delay = \"{ms}ms\"\n")),
+            .map_or_else(String::new, |ms| format!("busy_delay = \"{ms}ms\"\n"))
+            + &o.busy_cpu_percent
+                .map_or_else(String::new, |p| format!("busy_cpu_percent = {p}\n")),
     )
 }
 

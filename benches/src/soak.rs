@@ -525,6 +525,7 @@ pub async fn run(
         // The shipped default: the soak runs what a gateway ships with.
         memory_budget_mib: 4096,
         busy_delay_ms: None,
+        busy_cpu_percent: None,
     };
     let mut gw = gateway::start(&pki.files, &opts, work).await?;
     let pid = gw.proc.pid();

@@ -1,5 +1,5 @@
-//! Phase 1½ of a session's set-up: the gateway's load. A gateway that runs
-//! its tasks late ([`crate::delay`]) refuses with `gateway_busy`; otherwise
+//! Phase 1½ of a session's set-up: the gateway's load. A gateway short of
+//! CPU ([`crate::load`]) refuses with `gateway_busy`; otherwise
 //! the session takes its share of the gateway-wide budget of bytes in
 //! flight ([`crate::budget`]) before the store or the desk is asked
 //! anything, or is refused with `gateway_busy`.
@@ -9,10 +9,11 @@ use kakehashi_proto::{Reason, Refusal};
 use tracing::warn;
 
 use crate::budget::Share;
+use crate::load::Busy;
 use crate::shared::{audit_event, Shared, Who, STORE_DEADLINE};
 
-/// Phase 1½, the gateway's load: while the runtime runs its tasks late
-/// (see [`crate::delay`]), or when the session's share of the budget of
+/// Phase 1½, the gateway's load: while the gateway is short of CPU (see
+/// [`crate::load`]), or when the session's share of the budget of
 /// bytes in flight (see [`crate::budget`]) does not fit, `gateway_busy`,
 /// audited; otherwise the share, taken before the store or the desk is
 /// asked anything. Live sessions are never cut by either rule.
@@ -30,16 +31,29 @@ pub(crate) async fn take_share(
         .get(&req.desk)
         .map_or_else(|| s.budget.dearer(), |e| e.transport);
     let refusal = Refusal::new(Reason::GatewayBusy);
-    if s.delay.over() {
-        let (delay_ms, limit_ms) = (ms(s.delay.mean()), ms(s.delay.limit().unwrap_or_default()));
-        warn!(
-            delay_ms,
-            limit_ms,
-            "Session refused: the gateway runs its tasks late, it is short of CPU (gateway_busy)"
-        );
-        let detail = serde_json::json!({
-            "rule": "busy_delay", "scheduling_delay_ms": delay_ms, "busy_delay_ms": limit_ms,
-        });
+    if let Some(busy) = s.load.busy() {
+        let detail = match busy {
+            Busy::Cpu { percent, limit } => {
+                warn!(
+                    cpu_percent = percent,
+                    limit_percent = limit,
+                    "Session refused: the gateway's CPU is spent (gateway_busy)"
+                );
+                serde_json::json!({
+                    "rule": "busy_cpu_percent", "cpu_percent": percent, "busy_cpu_percent": limit,
+                })
+            }
+            Busy::Delay { delay, limit } => {
+                let (delay_ms, limit_ms) = (ms(delay), ms(limit));
+                warn!(
+                    delay_ms,
+                    limit_ms, "Session refused: the gateway runs its tasks late (gateway_busy)"
+                );
+                serde_json::json!({
+                    "rule": "busy_delay", "scheduling_delay_ms": delay_ms, "busy_delay_ms": limit_ms,
+                })
+            }
+        };
         audit_denied(s, who, req, who.user.as_deref(), &refusal, detail).await;
         return Err(refusal);
     }

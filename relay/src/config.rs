@@ -65,6 +65,10 @@ pub struct Config {
     /// Scheduling delay (mean over a second) above which new sessions are
     /// refused with `gateway_busy`; zero: the rule is off.
     pub busy_delay: Duration,
+    /// CPU in use (percent of what the gateway may use, mean over a
+    /// second) at which new sessions are refused with `gateway_busy`; zero:
+    /// the rule is off.
+    pub busy_cpu_percent: u32,
     /// Send and receive window of each of the gateway's QUIC connections,
     /// in bytes (a stream's receive window too).
     pub quic_window: u32,

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub memory_reserved: IntGauge,
     /// The runtime's scheduling delay, mean over the last second.
     pub scheduling_delay: Gauge,
+    /// CPU in use over the last second, as a fraction of what the gateway may use.
+    pub cpu_used: Gauge,
     /// Certificate expiry (unix seconds), by certificate (`gateway`, `ca`).
     pub cert_expiry: GaugeVec,
     /// The CRL in force: `nextUpdate` as Unix time (0 without one).
@@ -136,6 +138,7 @@ impl Metrics {
             memory_budget: reg!(IntGauge::new("kakehashi_memory_budget_bytes", "Configured budget of bytes in flight (relay buffers, QUIC send and receive windows)")),
             memory_reserved: reg!(IntGauge::new("kakehashi_memory_reserved_bytes", "Bytes in flight the live sessions may hold: the sum of their shares of the budget")),
             scheduling_delay: reg!(Gauge::new("kakehashi_scheduling_delay_seconds", "How late the gateway runs a task that is ready, mean over the last second; above [relay.limits] busy_delay new sessions are refused with gateway_busy")),
+            cpu_used: reg!(Gauge::new("kakehashi_cpu_used_ratio", "CPU the gateway used over the last second, as a fraction of what it may use (its cores, or its cgroup quota); at [relay.limits] busy_cpu_percent new sessions are refused with gateway_busy")),
             cert_expiry: reg!(GaugeVec::new(
                 Opts::new("kakehashi_certificate_expiry_timestamp_seconds", "Certificate notAfter as unix time"),
                 &["cert"]

@@ -212,7 +212,7 @@ impl Relay {
             channels: Default::default(),
             sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
             budget,
-            delay: Arc::new(crate::delay::Delay::new(cfg.busy_delay)),
+            load: Arc::new(crate::load::Load::new(cfg.busy_delay, cfg.busy_cpu_percent)),
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
             member_generation,
@@ -257,9 +257,10 @@ impl Relay {
         let s = self.shared.clone();
         let sd = s.shutdown.clone();
         sd.spawn(watch_crl(s.clone()));
-        sd.spawn(crate::delay::probe(
-            s.delay.clone(),
+        sd.spawn(crate::load::probe(
+            s.load.clone(),
             s.metrics.scheduling_delay.clone(),
+            s.metrics.cpu_used.clone(),
         ));
         if s.policy.is_some() {
             sd.spawn(watch_changes(s.clone()));

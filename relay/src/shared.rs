@@ -216,8 +216,9 @@ pub struct Shared {
     pub(crate) sessions: Arc<Semaphore>,
     /// The budget of bytes in flight; each session holds its share.
     pub(crate) budget: crate::budget::Budget,
-    /// The runtime's scheduling delay; new sessions wait while it is high.
-    pub(crate) delay: Arc<crate::delay::Delay>,
+    /// The gateway's CPU use and scheduling delay; new sessions are
+    /// refused while either is over its limit.
+    pub(crate) load: Arc<crate::load::Load>,
     pub(crate) live: Mutex<HashMap<String, Arc<LiveSession>>>,
     pub(crate) generation: AtomicU64,
     /// This gateway's cluster membership generation (0 without a store).

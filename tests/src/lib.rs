@@ -425,16 +425,17 @@ pub async fn start_gateway(pki: &Pki, opts: GatewayOpts) -> GatewayProc {
     let g = pki.gateway_cert();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let a = opts.addrs;
-    // The rule on the scheduling delay is off unless a test sets it: this
-    // 2-core machine runs a suite's gateways, agents and browsers at
-    // once, and a refusal for its load would be a false failure. The rule
-    // has its own tests (refusals.rs, relay/src/delay.rs); the demo's
-    // gateways run with the shipped default.
-    let limits = if opts.limits.contains("busy_delay") {
-        opts.limits
-    } else {
-        format!("busy_delay = \"0s\"\n{}", opts.limits)
-    };
+    // The rules on the gateway's load are off unless a test sets them:
+    // this 2-core machine runs a suite's gateways, agents and browsers at
+    // once, and a refusal for its load would be a false failure. The rules
+    // have their own tests (refusals.rs, relay/src/load.rs); the demo's
+    // gateways run with the shipped defaults.
+    let mut limits = opts.limits;
+    for (key, off) in [("busy_delay", "\"0s\""), ("busy_cpu_percent", "0")] {
+        if !limits.contains(key) {
+            limits = format!("{key} = {off}\n{limits}");
+        }
+    }
     let cfg = format!(
         r#"name = "{name}"
 [tls]

@@ -143,6 +143,11 @@ struct SessionsArgs {
     /// ms (`[relay.limits] busy_delay`); default: the rule off.
     #[arg(long)]
     busy_delay_ms: Option<u64>,
+    /// The CPU in use, percent of what the gateway may use, at which it
+    /// refuses new sessions (`[relay.limits] busy_cpu_percent`); default:
+    /// the rule off.
+    #[arg(long)]
+    busy_cpu_percent: Option<u32>,
     /// After the gateway's run, the same paced sessions through a baseline
     /// relay (`tls:HOST:PORT`, e.g. HAProxy) to the load generator's desk at
     /// `--backend-tls`, then straight to that desk (no relay: the floor of
@@ -508,6 +513,7 @@ fn remote_config(env: &Env, a: &RemoteConfigArgs) -> anyhow::Result<Value> {
         store: None,
         memory_budget_mib: a.memory_budget_mib,
         busy_delay_ms: None,
+        busy_cpu_percent: None,
     };
     let config = a.out.join("gateway.toml");
     std::fs::write(&config, gateway::config_text(&files, &opts))?;
@@ -607,6 +613,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         store: db,
         memory_budget_mib: a.memory_budget_mib.unwrap_or(gateway::NO_BUDGET),
         busy_delay_ms: Some(a.busy_delay_ms.unwrap_or(0)),
+        busy_cpu_percent: Some(a.busy_cpu_percent.unwrap_or(0)),
     };
     let stop_all = CancellationToken::new();
     // The gateway: started here, or on another machine (`--remote`).
@@ -624,8 +631,9 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
                 || a.baseline.is_some()
                 || a.memory_budget_mib.is_some()
                 || a.busy_delay_ms.is_some()
+                || a.busy_cpu_percent.is_some()
             {
-                bail!("--remote runs the bare relay's paced sessions (and --storm): drop --store, --restart, --baseline, --memory-budget-mib and --busy-delay-ms (set them in the remote gateway's configuration)");
+                bail!("--remote runs the bare relay's paced sessions (and --storm): drop --store, --restart, --baseline, --memory-budget-mib, --busy-delay-ms and --busy-cpu-percent (set them in the remote gateway's configuration)");
             }
             fleet::set_remote(name);
             let addrs = a.remote.addrs(name)?;
@@ -1262,6 +1270,7 @@ impl Single {
             store: None,
             memory_budget_mib: gateway::NO_BUDGET,
             busy_delay_ms: Some(0),
+            busy_cpu_percent: Some(0),
         };
         let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
         let ctx = Ctx::new(
@@ -1590,6 +1599,7 @@ async fn handshakes(env: &Env, a: &HsArgs) -> anyhow::Result<Value> {
         store: None,
         memory_budget_mib: gateway::NO_BUDGET,
         busy_delay_ms: Some(0),
+        busy_cpu_percent: Some(0),
     };
     let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
     let cfgs: Vec<_> = fleet::device_configs(&env.pki)?
@@ -1658,6 +1668,7 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         store: false,
         memory_budget_mib: None,
         busy_delay_ms: None,
+        busy_cpu_percent: None,
         baseline: None,
         backend_tls: None,
         baseline_pid: None,

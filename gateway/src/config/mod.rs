@@ -294,6 +294,11 @@ mod tests {
             "busy_delay"
         );
         assert_eq!(
+            (d.relay.busy_cpu_percent, e.relay.busy_cpu_percent),
+            (85, 85),
+            "busy_cpu_percent"
+        );
+        assert_eq!(
             (d.relay.quic_window, e.relay.quic_window),
             (64 * 1024, 64 * 1024),
             "quic_window_kib"

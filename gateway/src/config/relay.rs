@@ -141,6 +141,11 @@ pub struct LimitsSection {
     /// rule off.
     #[serde(deserialize_with = "duration")]
     pub busy_delay: Duration,
+    /// CPU in use, percent of what the gateway may use (its cores, or its
+    /// cgroup's quota), averaged over a second, at which new sessions are
+    /// refused with `gateway_busy`: past it, the bytes of live sessions
+    /// queue. 0 turns the rule off.
+    pub busy_cpu_percent: u32,
     /// Send and receive window of each of the gateway's QUIC connections,
     /// KiB: what one connection may buffer each way.
     pub quic_window_kib: u32,
@@ -152,6 +157,8 @@ pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 4096;
 /// Default `busy_delay`: far above an idle or merely busy gateway's (under
 /// 1 ms and a few ms), reached when its CPU is saturated.
 pub const DEFAULT_BUSY_DELAY: Duration = Duration::from_millis(20);
+/// Default `busy_cpu_percent`.
+pub const DEFAULT_BUSY_CPU_PERCENT: u32 = 85;
 /// Default `quic_window_kib`: a 3 Mbit/s session's screen update (~37 KB)
 /// fits in one round trip.
 pub const DEFAULT_QUIC_WINDOW_KIB: u32 = 64;
@@ -170,6 +177,7 @@ impl Default for LimitsSection {
             terminal_quic_streams: kakehashi_transport::quic::TERMINAL_STREAMS,
             memory_budget_mib: DEFAULT_MEMORY_BUDGET_MIB,
             busy_delay: DEFAULT_BUSY_DELAY,
+            busy_cpu_percent: DEFAULT_BUSY_CPU_PERCENT,
             quic_window_kib: DEFAULT_QUIC_WINDOW_KIB,
         }
     }
@@ -387,6 +395,9 @@ pub fn relay(
         bail!("[relay.limits] busy_delay must be at most 1s (a mean over one second; \"0s\" turns the rule off; default \"20ms\")");
     }
     let busy_delay = l.busy_delay;
+    if l.busy_cpu_percent > 100 {
+        bail!("[relay.limits] busy_cpu_percent must be between 0 (off) and 100 (default {DEFAULT_BUSY_CPU_PERCENT})");
+    }
     let at_least_a_second = |key, example, value| {
         DurationKey::new("relay.limits", key, example).at_least(value, SECOND)
     };
@@ -464,6 +475,7 @@ pub fn relay(
         terminal_quic_streams: l.terminal_quic_streams,
         memory_budget: l.memory_budget_mib << 20,
         busy_delay,
+        busy_cpu_percent: l.busy_cpu_percent,
         quic_window: l.quic_window_kib * 1024,
         handshake_timeout,
         session_setup_timeout,

@@ -653,3 +653,123 @@ async fn a_gateway_running_late_refuses_new_sessions_until_it_catches_up() {
     );
     assert!(store.verify_audit().await.unwrap().is_intact());
 }
+
+/// Issue 19 item 1, the CPU rule: a gateway whose CPU is in use past
+/// `busy_cpu_percent` (here 1 %, reached by a live session carrying bytes
+/// as fast as it can) refuses new sessions with `gateway_busy`, audited
+/// with the rule and the figure, while the live session goes on; once the
+/// traffic stops it admits again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_short_of_cpu_refuses_new_sessions_and_keeps_the_live_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pki = Pki::new();
+    let db = pki.path().join("cpu.db");
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            identity: Some(login_sections(&db)),
+            limits: "busy_cpu_percent = 1\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    add_desk(&store, "DESK-CPU", 1, &["u-cpu"]).await;
+    let echo = echo_server().await;
+    let agent = start_agent(&mut pki, "DESK-CPU", &gw.addrs, echo, "tcp");
+    wait_online(&agent).await;
+    let dev = pki.device("LAPTOP-CPU", TerminalClass::Home);
+    let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-cpu").await;
+    let ask = SessionRequest {
+        desk: "DESK-CPU".into(),
+        token: Some(Secret(token.clone())),
+    };
+    let live = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (s, f) = ask_terminal(&pki, &dev, gw.addrs.terminal_tcp, &ask).await;
+            if f.kind == FrameKind::SessionAccepted {
+                break s;
+            }
+            let r = Refusal::from_frame(&f).unwrap();
+            assert_eq!(r.code, "gateway_busy", "{r:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a live session");
+
+    // The live session echoes 64 KiB blocks until told to stop, then reads
+    // back what it sent.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pump = tokio::spawn({
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = stop.clone();
+        async move {
+            let (mut rx, mut tx) = tokio::io::split(live);
+            let sent = std::sync::atomic::AtomicU64::new(0);
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let block = vec![0x5au8; 64 * 1024];
+            let writer = async {
+                while !stop.load(Relaxed) {
+                    tx.write_all(&block).await.unwrap();
+                    sent.fetch_add(block.len() as u64, Relaxed);
+                }
+                done.store(true, Relaxed);
+                tx
+            };
+            let reader = async {
+                let mut carried = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                while !(done.load(Relaxed) && carried >= sent.load(Relaxed)) {
+                    // Timed, so that the reader sees `done` set after it
+                    // had read everything.
+                    let read = rx.read(&mut buf);
+                    if let Ok(n) = tokio::time::timeout(Duration::from_millis(200), read).await {
+                        let n = n.unwrap();
+                        assert!(n > 0, "the live session ended");
+                        carried += n as u64;
+                    }
+                }
+                carried
+            };
+            let (tx, carried) = tokio::join!(writer, reader);
+            drop(tx);
+            carried
+        }
+    });
+    let refusal = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match request_session(&pki, &dev, &gw, "DESK-CPU", &token).await {
+                Err(r) => break r,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("a refusal while the gateway's CPU is in use");
+    assert_eq!(refusal.code, "gateway_busy", "{refusal:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let carried = tokio::time::timeout(Duration::from_secs(30), pump)
+        .await
+        .expect("the pump stops")
+        .unwrap();
+    assert!(
+        carried > 1 << 20,
+        "the live session carried {carried} bytes"
+    );
+
+    let denied: Vec<_> = store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "session.denied" && r.reason == "gateway_busy")
+        .collect();
+    assert!(!denied.is_empty());
+    let d = denied[0].detail_json().unwrap();
+    assert_eq!(d["rule"], "busy_cpu_percent", "{d}");
+    assert_eq!(d["busy_cpu_percent"], 1.0);
+    assert!(d["cpu_percent"].as_f64().unwrap() >= 1.0, "{d}");
+    let (_, text) = http_get(gw.addrs.admin, "/metrics").await.unwrap();
+    assert!(metric(&text, "kakehashi_cpu_used_ratio") >= 0.0, "{text}");
+}
