@@ -5,7 +5,8 @@
 # figure) and the others are refused with `gateway_busy`.
 #
 #   benches/past-capacity.sh [--transport tcp|quic] [--gateway-cpu 0.25]
-#                            [--sessions 300] [--busy-delay-ms 20] [--record]
+#                            [--sessions 300] [--busy-cpu-percent 85]
+#                            [--busy-delay-ms 20] [--record]
 #
 # Two cores cannot hold a gateway and a load generator that saturates it
 # (the load generator costs about as much per session as the gateway), so
@@ -17,10 +18,10 @@
 #   1. calibration: `--sessions` sessions for 10 s, the rule off; the
 #      gateway's CPU at that load gives its capacity C under the quota
 #      (sessions x quota / CPU);
-#   2. rule off: the same sessions for 10 s (the unloaded p99), then a
+#   2. rules off: the same sessions for 10 s (the unloaded p99), then a
 #      storm of 2C - sessions more over 10 s: 2C offered;
-#   3. rule on (`[relay.limits] busy_delay`, default the shipped 20 ms):
-#      the same offer.
+#   3. rules on (`[relay.limits] busy_cpu_percent` and `busy_delay`, by
+#      default the shipped 85 % and 20 ms): the same offer.
 #
 # For each of 2 and 3: the live sessions' p99 before and during the storm
 # and its ratio, the new sessions' p99 against the same unloaded figure,
@@ -38,6 +39,7 @@ TRANSPORT=tcp
 QUOTA=0.25
 SESSIONS=300
 DELAY=20
+CPU_LIMIT=85
 RECORD=0
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --gateway-cpu) QUOTA="$2"; shift ;;
     --sessions) SESSIONS="$2"; shift ;;
     --busy-delay-ms) DELAY="$2"; shift ;;
+    --busy-cpu-percent) CPU_LIMIT="$2"; shift ;;
     --record) RECORD=1 ;;
     *) usage ;;
   esac
@@ -103,7 +106,7 @@ run() { # name, loadgen args…
     >/dev/null 2>"$OUT/$name.log" || { tail -5 "$OUT/$name.log" >&2; return 1; }
 }
 
-run calibration --sessions "$SESSIONS" --duration 10 --busy-delay-ms 0
+run calibration --sessions "$SESSIONS" --duration 10 --busy-delay-ms 0 --busy-cpu-percent 0
 CPU=$(jq '.gateway_steady.cpu_mean_pct' "$OUT/calibration.json")
 CAP=$(awk -v s="$SESSIONS" -v q="$QUOTA" -v c="$CPU" 'BEGIN { printf "%d", s * q * 100 / c }')
 echo "   $SESSIONS sessions: gateway at $CPU % of a core; capacity under a $QUOTA core quota: about $CAP sessions" >&2
@@ -113,8 +116,8 @@ if [ "$CAP" -lt $(( SESSIONS * 5 / 4 )) ]; then
 fi
 STORM=$(( 2 * CAP - SESSIONS ))
 OFFER=(--sessions "$SESSIONS" --duration 10 --storm "$STORM" --storm-secs 10)
-run rule-off "${OFFER[@]}" --busy-delay-ms 0
-run rule-on "${OFFER[@]}" --busy-delay-ms "$DELAY"
+run rule-off "${OFFER[@]}" --busy-delay-ms 0 --busy-cpu-percent 0
+run rule-on "${OFFER[@]}" --busy-delay-ms "$DELAY" --busy-cpu-percent "$CPU_LIMIT"
 
 ROW_JQ='
 def r(x; n): if x == null then "—" else ((x * pow(10; n) | round) / pow(10; n) | tostring) end;
@@ -126,12 +129,12 @@ def ms(us): r(us / 1000; 1);
 | "| \($t) | \($name) | \($q) core, \($cap) sessions | \(.sessions) + \($s.sessions) | \($s.setup.count) | \($s.refused_gateway_busy) | \($other) | \(ms($u)) ms | \(ms($s.live_rtt_during.p99_us)) ms (\(r($s.live_p99_ratio; 1))×) | \(ms($s.new_sessions_rtt.p99_us)) ms (\(r($new; 1))×) | \(r($s.gateway.cpu_mean_pct; 0)) % | \(if $s.live_p99_ratio <= 2 and $new <= 2 then "✓" else "✗" end) |"'
 {
   echo
-  echo "### Run $STAMP (\`benches/past-capacity.sh --transport $TRANSPORT --gateway-cpu $QUOTA --sessions $SESSIONS --busy-delay-ms $DELAY\`)"
+  echo "### Run $STAMP (\`benches/past-capacity.sh --transport $TRANSPORT --gateway-cpu $QUOTA --sessions $SESSIONS --busy-cpu-percent $CPU_LIMIT --busy-delay-ms $DELAY\`)"
   echo
-  echo "| transport | busy_delay | gateway (quota, capacity) | offered (steady + storm) | admitted in the storm | refused \`gateway_busy\` | other errors | unloaded p99 | live p99 in the storm | new sessions' p99 | gateway CPU in the storm | p99 within 2× |"
+  echo "| transport | rules | gateway (quota, capacity) | offered (steady + storm) | admitted in the storm | refused \`gateway_busy\` | other errors | unloaded p99 | live p99 in the storm | new sessions' p99 | gateway CPU in the storm | p99 within 2× |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   for n in rule-off rule-on; do
-    name="off"; [ $n = rule-on ] && name="${DELAY} ms"
+    name="off"; [ $n = rule-on ] && name="CPU ${CPU_LIMIT} %, delay ${DELAY} ms"
     jq -r --arg t "$TRANSPORT" --arg name "$name" --arg q "$QUOTA" --arg cap "$CAP" "$ROW_JQ" "$OUT/$n.json"
   done
   echo
