@@ -73,10 +73,7 @@ if [ "$(nproc --all)" -lt 2 ]; then
   exit 1
 fi
 # Pinning gives each side a core only if nothing else runs on it.
-LOAD1=$(cut -d' ' -f1 /proc/loadavg)
-if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.5) }'; then
-  echo "warning: load average $LOAD1 before the run: other work shares the pinned cores, the figures will be noisy" >&2
-fi
+warn_if_loaded
 bench_limits
 need_deb haproxy haproxy
 need_deb jq jq

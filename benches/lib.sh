@@ -62,6 +62,16 @@ need_postgres() {
   fi
 }
 
+# warn_if_loaded: a warning when the machine is not quiet before a run
+# whose figures are per core or latencies (load average over 0.5).
+warn_if_loaded() {
+  local load1
+  load1=$(cut -d' ' -f1 /proc/loadavg)
+  if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
+    echo "warning: load average $load1 before the run: other work shares the cores, the figures will be noisy" >&2
+  fi
+}
+
 # bench_limits: as many descriptors as allowed (thousands of sessions hold
 # several each, on each side), and the UDP buffers the gateway's QUIC
 # sockets ask for (8 MiB; the kernel grants at most rmem_max/wmem_max,

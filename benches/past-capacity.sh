@@ -58,10 +58,7 @@ case $TRANSPORT in tcp|quic) ;; *) echo "--transport is tcp or quic" >&2; exit 2
 awk -v q="$QUOTA" 'BEGIN { exit !(q > 0.02 && q <= 1) }' || { echo "--gateway-cpu is a fraction of a core, 0.02-1" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "past-capacity.sh sets a CPU cgroup quota: run it as root" >&2; exit 1; }
 [ "$(nproc --all)" -ge 2 ] || { echo "past-capacity.sh needs 2 cores" >&2; exit 1; }
-LOAD1=$(cut -d' ' -f1 /proc/loadavg)
-if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.5) }'; then
-  echo "warning: load average $LOAD1 before the run: other work shares the cores, latencies will be noisy" >&2
-fi
+warn_if_loaded
 bench_limits
 need_deb jq jq
 need_deb taskset util-linux

@@ -544,55 +544,103 @@ async fn a_capacity_full_refusal_is_audited() {
     drop(held);
 }
 
-/// Issue 19 item 1, the CPU half: a gateway that runs its tasks late
-/// (here stopped for 1.5 s with SIGSTOP, as a gateway starved of CPU is)
-/// refuses new sessions with `gateway_busy`, audited with the rule
-/// (`busy_delay`) and the delay it measured, keeps carrying its live
+/// A gateway with a store and `limits`, a desk echoing behind a TCP agent,
+/// a logged-in laptop and one live session (asked for until admitted: a
+/// loaded test machine may make even an idle gateway busy now and then).
+struct BusyFixture {
+    pki: Pki,
+    gw: GatewayProc,
+    store: Store,
+    dev: CertFiles,
+    token: String,
+    desk: String,
+    live: Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    _agent: Proc,
+}
+
+impl BusyFixture {
+    async fn start(name: &str, limits: &str) -> Self {
+        let mut pki = Pki::new();
+        let db = pki.path().join(format!("{name}.db"));
+        let gw = start_gateway(
+            &pki,
+            GatewayOpts {
+                identity: Some(login_sections(&db)),
+                limits: limits.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let store = Store::open(db.to_str().unwrap()).await.unwrap();
+        let (desk, user) = (format!("DESK-{name}"), format!("u-{name}"));
+        add_desk(&store, &desk, 1, &[&user]).await;
+        let echo = echo_server().await;
+        let agent = start_agent(&mut pki, &desk, &gw.addrs, echo, "tcp");
+        wait_online(&agent).await;
+        let dev = pki.device(&format!("LAPTOP-{name}"), TerminalClass::Home);
+        let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, &user).await;
+        let ask = SessionRequest {
+            desk: desk.clone(),
+            token: Some(Secret(token.clone())),
+        };
+        let live = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let (s, f) = ask_terminal(&pki, &dev, gw.addrs.terminal_tcp, &ask).await;
+                if f.kind == FrameKind::SessionAccepted {
+                    break s;
+                }
+                let r = Refusal::from_frame(&f).unwrap();
+                assert_eq!(r.code, "gateway_busy", "{r:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("a live session");
+        Self {
+            pki,
+            gw,
+            store,
+            dev,
+            token,
+            desk,
+            live: Some(live),
+            _agent: agent,
+        }
+    }
+
+    /// A new session on the desk, on a new connection.
+    async fn ask(&self) -> Result<String, Refusal> {
+        request_session(&self.pki, &self.dev, &self.gw, &self.desk, &self.token).await
+    }
+
+    /// The first `gateway_busy` denial's detail, with the audit chain checked.
+    async fn busy_denial(&self) -> serde_json::Value {
+        let denied: Vec<_> = self
+            .store
+            .audit_between(0, i64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.action == "session.denied" && r.reason == "gateway_busy")
+            .collect();
+        assert!(!denied.is_empty());
+        assert!(self.store.verify_audit().await.unwrap().is_intact());
+        denied[0].detail_json().unwrap()
+    }
+}
+
+/// Issue 19 item 1, the scheduling delay: a gateway that runs its tasks
+/// late (here stopped for 1.5 s with SIGSTOP, as a gateway starved by other
+/// processes is) refuses new sessions with `gateway_busy`, audited with the
+/// rule (`busy_delay`) and the delay it measured, keeps carrying its live
 /// session, and admits again once it has caught up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_running_late_refuses_new_sessions_until_it_catches_up() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut pki = Pki::new();
-    let db = pki.path().join("late.db");
-    let gw = start_gateway(
-        &pki,
-        GatewayOpts {
-            identity: Some(login_sections(&db)),
-            limits: "busy_delay = \"5ms\"\n".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    let store = Store::open(db.to_str().unwrap()).await.unwrap();
-    add_desk(&store, "DESK-LATE", 1, &["u-late"]).await;
-    let echo = echo_server().await;
-    let agent = start_agent(&mut pki, "DESK-LATE", &gw.addrs, echo, "tcp");
-    wait_online(&agent).await;
-    let dev = pki.device("LAPTOP-LATE", TerminalClass::Home);
-    let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-late").await;
-    let ask = SessionRequest {
-        desk: "DESK-LATE".into(),
-        token: Some(Secret(token.clone())),
-    };
-    // A loaded test machine may run even an idle gateway 5 ms late now and
-    // then: the live session is asked for until it is admitted.
-    let mut live = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let (s, f) = ask_terminal(&pki, &dev, gw.addrs.terminal_tcp, &ask).await;
-            if f.kind == FrameKind::SessionAccepted {
-                break s;
-            }
-            let r = Refusal::from_frame(&f).unwrap();
-            assert_eq!(r.code, "gateway_busy", "{r:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("a live session");
-
+    let mut f = BusyFixture::start("late", "busy_delay = \"5ms\"\n").await;
     let signal = |sig: &str| {
         let ok = std::process::Command::new("kill")
-            .args([sig, &gw.proc.pid().to_string()])
+            .args([sig, &f.gw.proc.pid().to_string()])
             .status()
             .unwrap()
             .success();
@@ -604,12 +652,11 @@ async fn a_gateway_running_late_refuses_new_sessions_until_it_catches_up() {
     // The probe wakes first thing; the stall stays in its one-second mean
     // for the next hundred probes (at least a second).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let refusal = request_session(&pki, &dev, &gw, "DESK-LATE", &token)
-        .await
-        .expect_err("a session right after the stall");
+    let refusal = f.ask().await.expect_err("a session right after the stall");
     assert_eq!(refusal.code, "gateway_busy");
 
     // The live session was not cut.
+    let live = f.live.as_mut().unwrap();
     live.write_all(b"still here").await.unwrap();
     let mut back = [0u8; 10];
     tokio::time::timeout(Duration::from_secs(10), live.read_exact(&mut back))
@@ -621,7 +668,7 @@ async fn a_gateway_running_late_refuses_new_sessions_until_it_catches_up() {
     // Caught up: admitted again.
     let admitted = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            match request_session(&pki, &dev, &gw, "DESK-LATE", &token).await {
+            match f.ask().await {
                 Ok(id) => break id,
                 Err(r) => assert_eq!(r.code, "gateway_busy", "{r:?}"),
             }
@@ -632,77 +679,33 @@ async fn a_gateway_running_late_refuses_new_sessions_until_it_catches_up() {
     .expect("a session once the gateway has caught up");
     assert!(!admitted.is_empty());
 
-    let denied: Vec<_> = store
-        .audit_between(0, i64::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.action == "session.denied" && r.reason == "gateway_busy")
-        .collect();
-    assert!(!denied.is_empty());
-    let d = denied[0].detail_json().unwrap();
+    let d = f.busy_denial().await;
     assert_eq!(d["rule"], "busy_delay", "{d}");
-    assert_eq!(d["device"], "LAPTOP-LATE");
+    assert_eq!(d["device"], "LAPTOP-late");
     assert_eq!(d["busy_delay_ms"], 5.0);
     assert!(d["scheduling_delay_ms"].as_f64().unwrap() > 5.0, "{d}");
-    let (status, text) = http_get(gw.addrs.admin, "/metrics").await.unwrap();
+    let (status, text) = http_get(f.gw.addrs.admin, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     assert!(
         text.contains("kakehashi_scheduling_delay_seconds "),
         "{text}"
     );
-    assert!(store.verify_audit().await.unwrap().is_intact());
 }
 
 /// Issue 19 item 1, the CPU rule: a gateway whose CPU is in use past
 /// `busy_cpu_percent` (here 1 %, reached by a live session carrying bytes
 /// as fast as it can) refuses new sessions with `gateway_busy`, audited
-/// with the rule and the figure, while the live session goes on; once the
-/// traffic stops it admits again.
+/// with the rule and the figure, while the live session goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_short_of_cpu_refuses_new_sessions_and_keeps_the_live_one() {
+    use std::sync::atomic::Ordering::Relaxed;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut pki = Pki::new();
-    let db = pki.path().join("cpu.db");
-    let gw = start_gateway(
-        &pki,
-        GatewayOpts {
-            identity: Some(login_sections(&db)),
-            limits: "busy_cpu_percent = 1\n".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    let store = Store::open(db.to_str().unwrap()).await.unwrap();
-    add_desk(&store, "DESK-CPU", 1, &["u-cpu"]).await;
-    let echo = echo_server().await;
-    let agent = start_agent(&mut pki, "DESK-CPU", &gw.addrs, echo, "tcp");
-    wait_online(&agent).await;
-    let dev = pki.device("LAPTOP-CPU", TerminalClass::Home);
-    let token = redeem_login(&pki, &dev, gw.addrs.terminal_tcp, &store, "u-cpu").await;
-    let ask = SessionRequest {
-        desk: "DESK-CPU".into(),
-        token: Some(Secret(token.clone())),
-    };
-    let live = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let (s, f) = ask_terminal(&pki, &dev, gw.addrs.terminal_tcp, &ask).await;
-            if f.kind == FrameKind::SessionAccepted {
-                break s;
-            }
-            let r = Refusal::from_frame(&f).unwrap();
-            assert_eq!(r.code, "gateway_busy", "{r:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("a live session");
-
+    let mut f = BusyFixture::start("cpu", "busy_cpu_percent = 1\n").await;
+    let live = f.live.take().unwrap();
     // The live session echoes 64 KiB blocks until told to stop, then reads
     // back what it sent.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pump = tokio::spawn({
-        use std::sync::atomic::Ordering::Relaxed;
         let stop = stop.clone();
         async move {
             let (mut rx, mut tx) = tokio::io::split(live);
@@ -739,7 +742,7 @@ async fn a_gateway_short_of_cpu_refuses_new_sessions_and_keeps_the_live_one() {
     });
     let refusal = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            match request_session(&pki, &dev, &gw, "DESK-CPU", &token).await {
+            match f.ask().await {
                 Err(r) => break r,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -748,7 +751,7 @@ async fn a_gateway_short_of_cpu_refuses_new_sessions_and_keeps_the_live_one() {
     .await
     .expect("a refusal while the gateway's CPU is in use");
     assert_eq!(refusal.code, "gateway_busy", "{refusal:?}");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Relaxed);
     let carried = tokio::time::timeout(Duration::from_secs(30), pump)
         .await
         .expect("the pump stops")
@@ -758,18 +761,10 @@ async fn a_gateway_short_of_cpu_refuses_new_sessions_and_keeps_the_live_one() {
         "the live session carried {carried} bytes"
     );
 
-    let denied: Vec<_> = store
-        .audit_between(0, i64::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.action == "session.denied" && r.reason == "gateway_busy")
-        .collect();
-    assert!(!denied.is_empty());
-    let d = denied[0].detail_json().unwrap();
+    let d = f.busy_denial().await;
     assert_eq!(d["rule"], "busy_cpu_percent", "{d}");
     assert_eq!(d["busy_cpu_percent"], 1.0);
     assert!(d["cpu_percent"].as_f64().unwrap() >= 1.0, "{d}");
-    let (_, text) = http_get(gw.addrs.admin, "/metrics").await.unwrap();
+    let (_, text) = http_get(f.gw.addrs.admin, "/metrics").await.unwrap();
     assert!(metric(&text, "kakehashi_cpu_used_ratio") >= 0.0, "{text}");
 }
