@@ -70,6 +70,7 @@ pub async fn serve(
     let caps = Caps {
         connections: SourceLimits::new(limits.max_connections, limits.max_connections_per_source),
         handshakes: None,
+        busy: None,
     };
     shutdown.spawn(maintenance(state.clone(), shutdown.clone()));
     let service = Arc::new(Portal {
@@ -129,6 +130,7 @@ impl Service for Portal {
             *last = Some(Instant::now());
             let cap = match why {
                 Refused::Connections(o) | Refused::Handshakes(o) => o.as_str(),
+                Refused::Busy => "busy",
             };
             warn!(source = %peer.ip(), cap, "Portal connection refused: cap reached");
         }

@@ -12,7 +12,7 @@ use kakehashi_pki::Identity;
 use kakehashi_proto::{Reason, Refusal, TicketSigner, ALPN_AGENT, ALPN_TERMINAL};
 use kakehashi_transport::limit::SourceLimits;
 use kakehashi_transport::quic::QuicLimits;
-use kakehashi_transport::serve::{serve, Caps, QuicListener, Refused, Service};
+use kakehashi_transport::serve::{serve, BusyCheck, Caps, QuicListener, Refused, Service};
 use kakehashi_transport::server_cert::ReloadingCert;
 use kakehashi_transport::tls::{self, PeerCertFacts, ReloadingClientVerifier, TlsFiles};
 use kakehashi_transport::tls_stream;
@@ -283,6 +283,7 @@ impl Relay {
             let caps = Caps {
                 connections: SourceLimits::new(max, max),
                 handshakes: Some(handshakes.clone()),
+                busy: None,
             };
             (caps, handshakes)
         };
@@ -326,7 +327,19 @@ impl Relay {
                 };
                 let l = QuicListener::new(ep, handshakes, retry_above, on_retry);
                 let svc = Arc::new(QuicService { s: s.clone(), role });
-                sd.spawn(serve(l, caps.clone(), hto, svc, sd.clone()));
+                let mut caps = caps.clone();
+                if role == Role::Terminal {
+                    // A new laptop connection while the gateway is short of
+                    // CPU is refused before its handshake, the dearest part
+                    // of a refusal: QUIC's CONNECTION_REFUSED, which the
+                    // client reads as `gateway_busy`. Agents are never
+                    // refused: their desks' sessions depend on them. (Over
+                    // TLS/TCP the laptop hears `gateway_busy` after its
+                    // handshake: TCP has no such cheap refusal to explain.)
+                    let load = s.load.clone();
+                    caps.busy = Some(BusyCheck(Arc::new(move || load.busy().is_some())));
+                }
+                sd.spawn(serve(l, caps, hto, svc, sd.clone()));
             }
         }
         info!(gateway = %s.cfg.name, "Gateway serving");

@@ -373,7 +373,7 @@ impl Shared {
             Role::Agent => self.cfg.agent_handshakes_per_source,
         };
         // Exported at 0 from the start, so panels and alerts work at once.
-        for kind in ["per_source", "quic_retry"] {
+        for kind in ["per_source", "quic_retry", "busy"] {
             self.metrics
                 .handshakes_limited
                 .with_label_values(&[role.as_str(), kind]);
@@ -394,6 +394,7 @@ impl Shared {
                 warn!(role = role.as_str(), %peer, "Connection cap reached; refusing")
             }
             Refused::Handshakes(_) => self.handshake_limited(role, "per_source", peer),
+            Refused::Busy => self.handshake_limited(role, "busy", peer),
         }
     }
 

@@ -47,6 +47,11 @@ pub fn quic_reason(e: &quinn::ConnectionError) -> Option<Reason> {
     match e {
         // Raised locally: we refused the gateway's certificate.
         C::TransportError(t) => crypto(u64::from(t.code)).map(|_| Reason::GatewayUntrusted),
+        // Refused before its handshake: the gateway is busy (short of
+        // CPU, or at a cap on connections or handshakes).
+        C::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            Some(Reason::GatewayBusy)
+        }
         // Sent by the peer: it refused ours.
         C::ConnectionClosed(c) => crypto(u64::from(c.error_code)).map(alert_reason),
         C::TimedOut => Some(Reason::GatewayUnreachable),

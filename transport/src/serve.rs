@@ -125,6 +125,19 @@ pub struct Caps {
     pub connections: SourceLimits,
     /// Held during the handshake only (`None`: no separate handshake cap).
     pub handshakes: Option<SourceLimits>,
+    /// Asked before each handshake: `true` turns the connection away
+    /// ([`Refused::Busy`]) before any work is done for it.
+    pub busy: Option<BusyCheck>,
+}
+
+/// Whether the server is too busy for a new connection (see [`Caps::busy`]).
+#[derive(Clone)]
+pub struct BusyCheck(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for BusyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusyCheck")
+    }
 }
 
 /// Which cap turned a connection away.
@@ -134,6 +147,8 @@ pub enum Refused {
     Connections(Over),
     /// The cap on handshakes in progress.
     Handshakes(Over),
+    /// The server is busy ([`Caps::busy`]).
+    Busy,
 }
 
 /// What a listener does with its connections.
@@ -195,6 +210,11 @@ pub async fn serve<L, S>(
                 None => break,
             },
         };
+        if caps.busy.as_ref().is_some_and(|b| (b.0)()) {
+            service.refused(peer, Refused::Busy);
+            L::refuse(conn);
+            continue;
+        }
         let ip = peer.ip();
         let place = match caps.connections.try_acquire(ip) {
             Ok(p) => p,
@@ -306,6 +326,42 @@ mod tests {
         )
     }
 
+    /// While the busy check says so, a connection is refused before its
+    /// handshake; once it says otherwise, the next one is served.
+    #[tokio::test]
+    async fn a_busy_server_refuses_before_the_handshake() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let svc = Arc::new(Echo::default());
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let caps = Caps {
+            connections: SourceLimits::new(8, 8),
+            handshakes: None,
+            busy: Some(BusyCheck(Arc::new({
+                let busy = busy.clone();
+                move || busy.load(Ordering::SeqCst)
+            }))),
+        };
+        let shutdown = Shutdown::new();
+        tokio::spawn(serve(
+            l,
+            caps,
+            Duration::from_secs(5),
+            svc.clone(),
+            shutdown.clone(),
+        ));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert!(closed(&mut c).await, "refused at once");
+        assert_eq!(*svc.refused.lock().unwrap(), vec![Refused::Busy]);
+        busy.store(false, Ordering::SeqCst);
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"hping").await.unwrap();
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+        assert_eq!(svc.served.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn caps_refuse_at_once_handshakes_time_out_and_drain_stops_accepting() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -315,6 +371,7 @@ mod tests {
         let caps = Caps {
             connections: SourceLimits::new(2, 2),
             handshakes: Some(SourceLimits::new(usize::MAX, 1)),
+            busy: None,
         };
         let loop_task = tokio::spawn(serve(
             l,
@@ -373,6 +430,7 @@ mod tests {
         let caps = Caps {
             connections: SourceLimits::new(3, 3),
             handshakes: Some(handshakes.clone()),
+            busy: None,
         };
         tokio::spawn(serve(
             l,

@@ -695,7 +695,8 @@ async fn a_gateway_running_late_refuses_new_sessions_until_it_catches_up() {
 /// Issue 19 item 1, the CPU rule: a gateway whose CPU is in use past
 /// `busy_cpu_percent` (here 1 %, reached by a live session carrying bytes
 /// as fast as it can) refuses new sessions with `gateway_busy`, audited
-/// with the rule and the figure, while the live session goes on.
+/// with the rule and the figure, and new QUIC laptop connections before
+/// their handshake, while the live session goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_short_of_cpu_refuses_new_sessions_and_keeps_the_live_one() {
     use std::sync::atomic::Ordering::Relaxed;
@@ -751,6 +752,30 @@ async fn a_gateway_short_of_cpu_refuses_new_sessions_and_keeps_the_live_one() {
     .await
     .expect("a refusal while the gateway's CPU is in use");
     assert_eq!(refusal.code, "gateway_busy", "{refusal:?}");
+    // A new laptop connection over QUIC is refused before its handshake
+    // (CONNECTION_REFUSED), which the client explains as `gateway_busy`.
+    let dial_refused = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let dial = raw_quic(
+                &f.pki,
+                &f.dev,
+                f.gw.addrs.terminal_quic,
+                kakehashi_proto::ALPN_TERMINAL,
+            )
+            .await;
+            match dial {
+                Err(e) => break e,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("a QUIC dial refused while the gateway's CPU is in use");
+    assert_eq!(
+        kakehashi_transport::explain::chain_reason(&dial_refused),
+        Some(kakehashi_proto::Reason::GatewayBusy),
+        "{dial_refused:#}"
+    );
     stop.store(true, Relaxed);
     let carried = tokio::time::timeout(Duration::from_secs(30), pump)
         .await
@@ -767,4 +792,11 @@ async fn a_gateway_short_of_cpu_refuses_new_sessions_and_keeps_the_live_one() {
     assert!(d["cpu_percent"].as_f64().unwrap() >= 1.0, "{d}");
     let (_, text) = http_get(f.gw.addrs.admin, "/metrics").await.unwrap();
     assert!(metric(&text, "kakehashi_cpu_used_ratio") >= 0.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "kakehashi_handshakes_limited_total{kind=\"busy\",role=\"terminal\"}"
+        ) >= 1.0,
+        "{text}"
+    );
 }
