@@ -749,6 +749,11 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 /// Error kind of a failed QUIC dial: a handshake error (quinn's, in the
 /// error chain) or no answer within the timeout.
 fn quic_error_kind(side: &str, e: &anyhow::Error) -> String {
+    // Refused before the handshake while the gateway is busy: the client
+    // reads it as `gateway_busy`, and so is it counted here.
+    if kakehashi_transport::explain::chain_reason(e) == Some(kakehashi_proto::Reason::GatewayBusy) {
+        return format!("{side}:refused:gateway_busy");
+    }
     if e.downcast_ref::<quinn::ConnectionError>().is_some() {
         format!("{side}:quic_handshake")
     } else {

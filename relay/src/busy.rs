@@ -6,7 +6,7 @@
 
 use kakehashi_proto::message::SessionRequest;
 use kakehashi_proto::{Reason, Refusal};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::budget::Share;
 use crate::load::Busy;
@@ -31,7 +31,7 @@ pub(crate) async fn take_share(
         .get(&req.desk)
         .map_or_else(|| s.budget.dearer(), |e| e.transport);
     let refusal = Refusal::new(Reason::GatewayBusy);
-    if let Some(busy) = s.load.busy() {
+    if let Err(busy) = s.load.admit() {
         let detail = match busy {
             Busy::Cpu { percent, limit } => {
                 warn!(
@@ -41,6 +41,17 @@ pub(crate) async fn take_share(
                 );
                 serde_json::json!({
                     "rule": "busy_cpu_percent", "cpu_percent": percent, "busy_cpu_percent": limit,
+                })
+            }
+            Busy::Paced { percent, limit } => {
+                debug!(
+                    cpu_percent = percent,
+                    limit_percent = limit,
+                    "Session refused: near the CPU limit, one session is admitted per 100 ms (gateway_busy)"
+                );
+                serde_json::json!({
+                    "rule": "busy_cpu_percent", "cpu_percent": percent, "busy_cpu_percent": limit,
+                    "paced": true,
                 })
             }
             Busy::Delay { delay, limit } => {

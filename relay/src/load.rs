@@ -30,6 +30,13 @@ pub(crate) const PROBE: Duration = Duration::from_millis(10);
 pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 /// How often the CPU time is read (every tenth probe).
 const CPU_EVERY: u32 = 10;
+/// From this fraction of the CPU limit on, sessions are admitted at most
+/// one per [`PACE`]: a new session's traffic shows in the CPU figure (a
+/// mean over the last second) only after it has started, so a storm
+/// admitted at full speed up to the limit overshoots it.
+const NEAR: f64 = 0.8;
+/// One admission per this while near the CPU limit.
+const PACE: Duration = Duration::from_millis(100);
 
 /// Why a new session is refused.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +45,8 @@ pub(crate) enum Busy {
     Cpu { percent: f64, limit: f64 },
     /// Scheduling delay over its limit.
     Delay { delay: Duration, limit: Duration },
+    /// CPU near its limit, and a session was admitted less than [`PACE`] ago.
+    Paced { percent: f64, limit: f64 },
 }
 
 /// The figures, shared with the admission rule.
@@ -50,6 +59,9 @@ pub(crate) struct Load {
     delay_limit: Option<Duration>,
     /// `None`: the rule is off (`busy_cpu_percent = 0`).
     cpu_limit: Option<f64>,
+    /// When the next session may be admitted near the CPU limit, ms from `epoch`.
+    paced_at: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Load {
@@ -59,6 +71,8 @@ impl Load {
             cpu_percent: AtomicU64::new(0),
             delay_limit: (!delay_limit.is_zero()).then_some(delay_limit),
             cpu_limit: (cpu_limit_percent > 0).then_some(f64::from(cpu_limit_percent)),
+            paced_at: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -82,6 +96,32 @@ impl Load {
         self.delay_limit
             .filter(|l| delay > *l)
             .map(|limit| Busy::Delay { delay, limit })
+    }
+
+    /// Whether a new session may be admitted now: not [`Load::busy`], and
+    /// near the CPU limit not within [`PACE`] of the last admission there.
+    pub(crate) fn admit(&self) -> Result<(), Busy> {
+        if let Some(b) = self.busy() {
+            return Err(b);
+        }
+        let percent = self.cpu_percent();
+        let Some(limit) = self.cpu_limit.filter(|l| percent >= l * NEAR) else {
+            return Ok(());
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let now = ms(self.epoch.elapsed());
+        let next = self.paced_at.load(Ordering::Relaxed);
+        let then = now.saturating_add(ms(PACE));
+        if now >= next
+            && self
+                .paced_at
+                .compare_exchange(next, then, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Ok(())
+        } else {
+            Err(Busy::Paced { percent, limit })
+        }
     }
 }
 
@@ -246,6 +286,16 @@ mod tests {
         assert_eq!(l.busy(), None, "at the delay limit is not over it");
         l.delay_us.store(20_001, Ordering::Relaxed);
         assert!(matches!(l.busy(), Some(Busy::Delay { .. })));
+        // Near the CPU limit: one admission per PACE.
+        l.delay_us.store(0, Ordering::Relaxed);
+        l.cpu_percent.store(80f64.to_bits(), Ordering::Relaxed);
+        assert_eq!(l.admit(), Ok(()));
+        assert!(matches!(l.admit(), Err(Busy::Paced { .. })));
+        l.paced_at.store(0, Ordering::Relaxed);
+        assert_eq!(l.admit(), Ok(()), "a PACE later");
+        l.cpu_percent.store(71f64.to_bits(), Ordering::Relaxed);
+        assert_eq!(l.admit(), Ok(()));
+        assert_eq!(l.admit(), Ok(()), "below NEAR: not paced");
         l.cpu_percent.store(90f64.to_bits(), Ordering::Relaxed);
         assert_eq!(
             l.busy(),
