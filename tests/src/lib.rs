@@ -1362,3 +1362,25 @@ pub fn cli_actor() -> String {
         _ => format!("admin:{name}"),
     }
 }
+
+/// The whole audit log of `store`, every pending record sealed first. On
+/// PostgreSQL the gateways seal too: while one of them holds the sealer's
+/// lock, [`kakehashi_store::Store::seal_pending`] returns at once and the
+/// batch it is sealing is not in the chain yet, so this waits until
+/// nothing is pending (at most 10 s).
+pub async fn sealed_audit(store: &kakehashi_store::Store) -> Vec<kakehashi_store::AuditRecord> {
+    let start = Instant::now();
+    loop {
+        store.seal_pending().await.unwrap();
+        let (pending, _) = store.pending_audit().await.unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{pending} audit records still pending after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.audit_between(0, i64::MAX).await.unwrap()
+}

@@ -214,8 +214,7 @@ async fn gateways_on_one_postgres_keep_each_others_sessions_and_close_a_dead_one
     let rec2 = store.get_session(&id2).await.unwrap().unwrap();
     assert_ne!(rec2.end_reason.as_deref(), Some("gateway_lost"), "{rec2:?}");
     // The gateways seal session records every 100 ms; seal what waits.
-    store.seal_pending().await.unwrap();
-    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let log = sealed_audit(store).await;
     let end = log
         .iter()
         .find(|r| r.action == "session.end" && r.subject == row.id)
@@ -284,8 +283,7 @@ async fn without_postgres_new_sessions_are_refused_at_once_and_live_ones_go_on()
     }
     echo(&mut live, b"after").await;
     let store = Store::open(&url).await.unwrap();
-    store.seal_pending().await.unwrap();
-    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let log = sealed_audit(&store).await;
     assert!(log.iter().any(|r| r.action == "session.start"));
     drop(store);
     // The next heartbeat (every 2 s) shows the store back.

@@ -208,8 +208,7 @@ async fn cut_off(agent: Agent, transport: &str) {
     );
 
     // The audit log tells it in order: closed by gw2, resumed by gw1, ended.
-    store.seal_pending().await.unwrap();
-    let log = store.audit_between(0, i64::MAX).await.unwrap();
+    let log = sealed_audit(store).await;
     let story: Vec<(String, String)> = log
         .iter()
         .filter(|r| r.subject == row.id && r.action != "session.start")

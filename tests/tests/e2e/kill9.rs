@@ -555,6 +555,5 @@ async fn agent_kill_9_mid_session_is_seen_by_the_desk_and_recorded_on_postgres()
 /// The whole audit log, once what waits for the sealer (PostgreSQL: the
 /// gateways seal sessions' and logins' records every 100 ms) is sealed.
 async fn sealed_log(store: &Store) -> Vec<kakehashi_store::AuditRecord> {
-    store.seal_pending().await.unwrap();
-    store.audit_between(0, i64::MAX).await.unwrap()
+    sealed_audit(store).await
 }
