@@ -68,10 +68,7 @@ done
 MIX=(--hz 10 --kbps 150 --burst-every 10 --burst-secs 1 --burst-factor 4 --up-bytes 64
      --heavy-frac 0.01 --heavy-kbps 3000 --idle-frac 0.2)
 
-if [ "$(nproc --all)" -lt 2 ]; then
-  echo "capacity.sh pins the gateway and the load generator to a core each: it needs 2 cores" >&2
-  exit 1
-fi
+need_two_cores "capacity.sh pins the gateway and the load generator to a core each"
 # Pinning gives each side a core only if nothing else runs on it.
 warn_if_loaded
 bench_limits
@@ -79,7 +76,7 @@ need_deb haproxy haproxy
 need_deb jq jq
 need_deb taskset util-linux
 
-[ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -q -p kakehashi-gateway -p kakehashi-benches
+bench_build
 LG=$TARGET/release/kakehashi-loadgen
 PKI=$TARGET/bench-pki
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)

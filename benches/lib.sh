@@ -62,6 +62,21 @@ need_postgres() {
   fi
 }
 
+# bench_build: the release gateway and load generator, unless
+# BENCH_NO_BUILD=1 (the binaries already built).
+bench_build() {
+  [ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -q -p kakehashi-gateway -p kakehashi-benches
+}
+
+# need_two_cores WHY: exit unless the machine has two cores (a bench that
+# pins the gateway and the load generator to one each).
+need_two_cores() {
+  if [ "$(nproc --all)" -lt 2 ]; then
+    echo "$1: it needs 2 cores" >&2
+    exit 1
+  fi
+}
+
 # warn_if_loaded: a warning when the machine is not quiet before a run
 # whose figures are per core or latencies (load average over 0.5).
 warn_if_loaded() {

@@ -57,12 +57,12 @@ done
 case $TRANSPORT in tcp|quic) ;; *) echo "--transport is tcp or quic" >&2; exit 2 ;; esac
 awk -v q="$QUOTA" 'BEGIN { exit !(q > 0.02 && q <= 1) }' || { echo "--gateway-cpu is a fraction of a core, 0.02-1" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "past-capacity.sh sets a CPU cgroup quota: run it as root" >&2; exit 1; }
-[ "$(nproc --all)" -ge 2 ] || { echo "past-capacity.sh needs 2 cores" >&2; exit 1; }
+need_two_cores "past-capacity.sh gives the gateway part of one core and the load generator the other"
 warn_if_loaded
 bench_limits
 need_deb jq jq
 need_deb taskset util-linux
-[ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -q -p kakehashi-gateway -p kakehashi-benches
+bench_build
 LG=$TARGET/release/kakehashi-loadgen
 PKI=$TARGET/bench-pki
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)

@@ -53,7 +53,7 @@ if [ ! -x "$RATHOLE" ]; then
     --root "$TOOLS" --target-dir "$ROOT/target/rathole-build"
 fi
 
-[ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -q -p kakehashi-gateway -p kakehashi-benches
+bench_build
 LG=$ROOT/target/release/kakehashi-loadgen
 PKI=$ROOT/target/bench-pki
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)

@@ -49,7 +49,7 @@ done
 bench_limits
 need_deb jq jq
 
-[ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release -q -p kakehashi-gateway -p kakehashi-benches
+bench_build
 LG=$TARGET/release/kakehashi-loadgen
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$ROOT/target/bench-results/soak-$STAMP

@@ -33,26 +33,29 @@ pub(crate) async fn take_share(
     let refusal = Refusal::new(Reason::GatewayBusy);
     if let Err(busy) = s.load.admit() {
         let detail = match busy {
-            Busy::Cpu { percent, limit } => {
-                warn!(
-                    cpu_percent = percent,
-                    limit_percent = limit,
-                    "Session refused: the gateway's CPU is spent (gateway_busy)"
-                );
-                serde_json::json!({
+            Busy::Cpu {
+                percent,
+                limit,
+                paced,
+            } => {
+                let mut detail = serde_json::json!({
                     "rule": "busy_cpu_percent", "cpu_percent": percent, "busy_cpu_percent": limit,
-                })
-            }
-            Busy::Paced { percent, limit } => {
-                debug!(
-                    cpu_percent = percent,
-                    limit_percent = limit,
-                    "Session refused: near the CPU limit, one session is admitted per 100 ms (gateway_busy)"
-                );
-                serde_json::json!({
-                    "rule": "busy_cpu_percent", "cpu_percent": percent, "busy_cpu_percent": limit,
-                    "paced": true,
-                })
+                });
+                if paced {
+                    detail["paced"] = true.into();
+                    debug!(
+                        cpu_percent = percent,
+                        limit_percent = limit,
+                        "Session refused: near the CPU limit, one session is admitted per 100 ms (gateway_busy)"
+                    );
+                } else {
+                    warn!(
+                        cpu_percent = percent,
+                        limit_percent = limit,
+                        "Session refused: the gateway's CPU is spent (gateway_busy)"
+                    );
+                }
+                detail
             }
             Busy::Delay { delay, limit } => {
                 let (delay_ms, limit_ms) = (ms(delay), ms(limit));

@@ -41,12 +41,15 @@ const PACE: Duration = Duration::from_millis(100);
 /// Why a new session is refused.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Busy {
-    /// CPU in use, percent of what the gateway may use, over its limit.
-    Cpu { percent: f64, limit: f64 },
+    /// CPU in use, percent of what the gateway may use, at its limit; or
+    /// (`paced`) near it, and a session was admitted less than [`PACE`] ago.
+    Cpu {
+        percent: f64,
+        limit: f64,
+        paced: bool,
+    },
     /// Scheduling delay over its limit.
     Delay { delay: Duration, limit: Duration },
-    /// CPU near its limit, and a session was admitted less than [`PACE`] ago.
-    Paced { percent: f64, limit: f64 },
 }
 
 /// The figures, shared with the admission rule.
@@ -91,7 +94,11 @@ impl Load {
     pub(crate) fn busy(&self) -> Option<Busy> {
         let (percent, delay) = (self.cpu_percent(), self.delay());
         if let Some(limit) = self.cpu_limit.filter(|l| percent >= *l) {
-            return Some(Busy::Cpu { percent, limit });
+            return Some(Busy::Cpu {
+                percent,
+                limit,
+                paced: false,
+            });
         }
         self.delay_limit
             .filter(|l| delay > *l)
@@ -120,7 +127,11 @@ impl Load {
         {
             Ok(())
         } else {
-            Err(Busy::Paced { percent, limit })
+            Err(Busy::Cpu {
+                percent,
+                limit,
+                paced: true,
+            })
         }
     }
 }
@@ -196,20 +207,9 @@ pub(crate) async fn probe(
     }
 }
 
-/// CPU time this process has used, user and system (`/proc/self/stat`,
-/// in ticks of 10 ms); zero where it cannot be read.
+/// CPU time this process has used, user and system.
 fn cpu_time() -> Duration {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // After the command name (in parentheses, may hold spaces):
-            // utime and stime are the 12th and 13th fields.
-            let rest = &s[s.rfind(')')? + 1..];
-            let v: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = v.get(11)?.parse::<u64>().ok()? + v.get(12)?.parse::<u64>().ok()?;
-            Some(Duration::from_millis(ticks * 10))
-        })
-        .unwrap_or_default()
+    Duration::from_secs_f64(crate::metrics::process::cpu_secs())
 }
 
 /// The CPU this process may use, in cores: the CPUs it may run on, or its
@@ -290,7 +290,7 @@ mod tests {
         l.delay_us.store(0, Ordering::Relaxed);
         l.cpu_percent.store(80f64.to_bits(), Ordering::Relaxed);
         assert_eq!(l.admit(), Ok(()));
-        assert!(matches!(l.admit(), Err(Busy::Paced { .. })));
+        assert!(matches!(l.admit(), Err(Busy::Cpu { paced: true, .. })));
         l.paced_at.store(0, Ordering::Relaxed);
         assert_eq!(l.admit(), Ok(()), "a PACE later");
         l.cpu_percent.store(71f64.to_bits(), Ordering::Relaxed);
@@ -301,7 +301,8 @@ mod tests {
             l.busy(),
             Some(Busy::Cpu {
                 percent: 90.0,
-                limit: 90.0
+                limit: 90.0,
+                paced: false
             })
         );
     }

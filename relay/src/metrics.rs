@@ -272,7 +272,7 @@ impl Default for Metrics {
 /// This process's own figures, from `/proc/self` (Linux; zeros elsewhere),
 /// so a load generator on another machine (or Prometheus) can read the
 /// gateway's CPU and memory from its metrics alone.
-mod process {
+pub(crate) mod process {
     /// CPU seconds, resident bytes, open descriptors.
     #[derive(Debug, Default, Clone, Copy)]
     pub(super) struct Figures {
@@ -286,17 +286,27 @@ mod process {
     const USER_HZ: f64 = 100.0;
     const PAGE: i64 = 4096;
 
+    /// CPU seconds this process has used, user and system, in steps of
+    /// 1/USER_HZ (10 ms); zero where `/proc/self/stat` cannot be read.
+    pub(crate) fn cpu_secs() -> f64 {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return 0.0;
+        };
+        // Fields after the command name (in parentheses, may hold
+        // spaces): utime and stime are the 12th and 13th.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return 0.0;
+        };
+        let v: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| v.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        (tick(11) + tick(12)) / USER_HZ
+    }
+
     pub(super) fn read() -> Figures {
-        let mut f = Figures::default();
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the command name (in parentheses, may hold
-            // spaces): utime and stime are the 12th and 13th.
-            if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) {
-                let v: Vec<&str> = rest.split_whitespace().collect();
-                let tick = |i: usize| v.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-                f.cpu_secs = (tick(11) + tick(12)) / USER_HZ;
-            }
-        }
+        let mut f = Figures {
+            cpu_secs: cpu_secs(),
+            ..Figures::default()
+        };
         if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
             let pages = statm
                 .split_whitespace()

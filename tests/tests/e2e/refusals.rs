@@ -476,13 +476,7 @@ async fn a_gateway_busy_refusal_is_audited() {
         "gateway_busy"
     );
     let store = Store::open(db.to_str().unwrap()).await.unwrap();
-    let denied: Vec<_> = store
-        .audit_between(0, i64::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.action == "session.denied" && r.reason == "gateway_busy")
-        .collect();
+    let denied = denials(&store, "gateway_busy").await;
     assert_eq!(denied.len(), 1, "{denied:?}");
     let d = denied[0].detail_json().unwrap();
     assert_eq!(denied[0].subject, "DESK-BUSY");
@@ -527,13 +521,7 @@ async fn a_capacity_full_refusal_is_audited() {
         .await
         .expect_err("a second session past max_sessions = 1");
     assert_eq!(refusal.code, "capacity_full");
-    let denied: Vec<_> = store
-        .audit_between(0, i64::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.action == "session.denied" && r.reason == "capacity_full")
-        .collect();
+    let denied = denials(&store, "capacity_full").await;
     assert_eq!(denied.len(), 1, "{denied:?}");
     assert_eq!(denied[0].subject, "DESK-FULL");
     assert_eq!(denied[0].actor, "user:u-full");
@@ -542,6 +530,17 @@ async fn a_capacity_full_refusal_is_audited() {
     assert_eq!(d["max_sessions"], 1);
     assert!(store.verify_audit().await.unwrap().is_intact());
     drop(held);
+}
+
+/// The `session.denied` records of `store` with `reason`, oldest first.
+async fn denials(store: &Store, reason: &str) -> Vec<kakehashi_store::AuditRecord> {
+    store
+        .audit_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "session.denied" && r.reason == reason)
+        .collect()
 }
 
 /// A gateway with a store and `limits`, a desk echoing behind a TCP agent,
@@ -615,14 +614,7 @@ impl BusyFixture {
 
     /// The first `gateway_busy` denial's detail, with the audit chain checked.
     async fn busy_denial(&self) -> serde_json::Value {
-        let denied: Vec<_> = self
-            .store
-            .audit_between(0, i64::MAX)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.action == "session.denied" && r.reason == "gateway_busy")
-            .collect();
+        let denied = denials(&self.store, "gateway_busy").await;
         assert!(!denied.is_empty());
         assert!(self.store.verify_audit().await.unwrap().is_intact());
         denied[0].detail_json().unwrap()
