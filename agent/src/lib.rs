@@ -87,8 +87,17 @@ const TCP_KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
 /// (1 s), which also finds a hung gateway within the idle timeout.
 const QUIC_KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
 /// How long the agent leaves a gateway that said `restarting` alone before
-/// dialling it again (plus the usual jittered backoff).
-const RESTART_PAUSE: Duration = Duration::from_secs(5);
+/// dialling it again (plus the moment it draws in the notice's return
+/// window, [`restart_pause`], and the usual jittered backoff).
+pub const RESTART_PAUSE: Duration = Duration::from_secs(5);
+
+/// How long to leave a gateway that said `restarting`, its notice asking
+/// for the return to be spread over `within`: the fixed pause, then a
+/// moment drawn uniformly in the window, so that a gateway's thousands of
+/// agents do not all dial it again in the same instant.
+pub fn restart_pause(within: Duration) -> Duration {
+    RESTART_PAUSE + kakehashi_transport::backoff::spread(within)
+}
 /// Tunnel events queued for the run loop (member lists, welcomes).
 const EVENT_QUEUE: usize = 64;
 
@@ -100,8 +109,9 @@ type Events = mpsc::Sender<Event>;
 enum Ended {
     /// The agent is stopping, or this gateway left the member list.
     Stopped,
-    /// The gateway said `restarting`, and no session was left on it.
-    Restarting,
+    /// The gateway said `restarting`, and no session was left on it; come
+    /// back within this window after the pause.
+    Restarting(Duration),
 }
 
 /// The next change of a learned member's drain flag; never, for a
@@ -275,9 +285,13 @@ impl Agent {
             let mut pause = Duration::ZERO;
             match result {
                 Ok(Ended::Stopped) => info!("Tunnel closed"),
-                Ok(Ended::Restarting) => {
-                    pause = RESTART_PAUSE;
-                    info!(pause_s = RESTART_PAUSE.as_secs(), "Tunnel closed: the gateway is restarting; the other gateways carry the sessions");
+                Ok(Ended::Restarting(within)) => {
+                    pause = restart_pause(within);
+                    info!(
+                        pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                        return_within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
+                        "Tunnel closed: the gateway is restarting; the other gateways carry the sessions"
+                    );
                 }
                 Err(e) => {
                     let why = explain::chain_reason(&e)
@@ -397,7 +411,7 @@ impl Agent {
         let mut sessions = JoinSet::new();
         // The gateway said `restarting`: it opens no new sessions; the tunnel
         // closes once the ones it carries are over.
-        let mut leaving = false;
+        let mut leaving: Option<Duration> = None;
         let draining = |d: &Option<watch::Receiver<bool>>| d.as_ref().is_some_and(|d| *d.borrow());
         if draining(drain) && sessions.is_empty() {
             return Ok(Ended::Stopped);
@@ -406,8 +420,8 @@ impl Agent {
             tokio::select! {
                 _ = stop.cancelled() => break Ok(Ended::Stopped),
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {
-                    if leaving && sessions.is_empty() {
-                        break Ok(Ended::Restarting);
+                    if let (Some(within), true) = (leaving, sessions.is_empty()) {
+                        break Ok(Ended::Restarting(within));
                     }
                     if draining(drain) && sessions.is_empty() {
                         info!("Tunnel closed: the gateway left the member list and no session is left on it");
@@ -434,10 +448,10 @@ impl Agent {
                 ev = control.next() => match ev {
                     Ok(AgentEvent::Session(io)) => { sessions.spawn(self.clone().handle_session(io, reports.clone()).in_current_span()); }
                     Ok(AgentEvent::Control(f)) => {
-                        if self.on_control_frame(f, events) && !leaving {
-                            leaving = true;
+                        if let (Some(within), None) = (self.on_control_frame(f, events), leaving) {
+                            leaving = Some(within);
                             if sessions.is_empty() {
-                                break Ok(Ended::Restarting);
+                                break Ok(Ended::Restarting(within));
                             }
                             info!(sessions = sessions.len(), "The gateway is restarting: closing the tunnel once its sessions end");
                         }
@@ -452,9 +466,10 @@ impl Agent {
     }
 
     /// A frame the gateway sent on the control stream: a member list
-    /// (verified, then handed to the run loop) or a notice. Returns whether
-    /// the gateway said it is restarting.
-    fn on_control_frame(&self, f: Frame, events: &Events) -> bool {
+    /// (verified, then handed to the run loop) or a notice. When the gateway
+    /// said it is restarting, returns the window its notice gives for the
+    /// return.
+    fn on_control_frame(&self, f: Frame, events: &Events) -> Option<Duration> {
         match f.kind {
             FrameKind::MemberList => {
                 let checked = {
@@ -483,22 +498,24 @@ impl Agent {
                     }
                     Err(e) => warn!(reason = e.code(), error = %e, "Member list refused"),
                 }
-                false
+                None
             }
             FrameKind::Refused => match Refusal::from_frame(&f) {
-                Ok(r) if r.is(Reason::Restarting) || r.is(Reason::ShuttingDown) => true,
+                Ok(r) if r.is(Reason::Restarting) || r.is(Reason::ShuttingDown) => {
+                    Some(r.return_within())
+                }
                 Ok(r) => {
                     warn!(reason = %r.code, "Notice from the gateway ignored");
-                    false
+                    None
                 }
                 Err(e) => {
                     warn!(error = %e, "Bad notice from the gateway ignored");
-                    false
+                    None
                 }
             },
             other => {
                 warn!(kind = ?other, "Unexpected control frame ignored");
-                false
+                None
             }
         }
     }

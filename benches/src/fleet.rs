@@ -188,6 +188,8 @@ pub struct Ctx {
     pub backoff_max: Duration,
     /// Tunnels an agent dropped on purpose to dial again (the soak).
     pub redials: AtomicU64,
+    /// `restarting` notices the agents heard from their gateway.
+    pub restart_notices: AtomicU64,
 }
 
 impl Ctx {
@@ -207,6 +209,7 @@ impl Ctx {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             redials: AtomicU64::new(0),
+            restart_notices: AtomicU64::new(0),
         })
     }
 }
@@ -218,6 +221,30 @@ pub struct AgentTarget {
     pub quic: SocketAddr,
     /// Agent TCP listener.
     pub tcp: SocketAddr,
+}
+
+/// How a simulated agent's tunnel ended without a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Dropped on purpose to dial again (the soak's redials).
+    Redial,
+    /// The gateway said `restarting` (or `shutting_down`), to come back
+    /// within this window after the pause.
+    Restarting(Duration),
+}
+
+/// The return window of the gateway's `restarting` notice, when a
+/// control-stream frame is one (the real agent takes `shutting_down` so too).
+fn restart_notice(f: &kakehashi_proto::Frame) -> Option<Duration> {
+    if f.kind != FrameKind::Refused {
+        return None;
+    }
+    Refusal::from_frame(f)
+        .ok()
+        .filter(|r| {
+            r.is(kakehashi_proto::Reason::Restarting) || r.is(kakehashi_proto::Reason::ShuttingDown)
+        })
+        .map(|r| r.return_within())
 }
 
 /// One simulated desk agent.
@@ -335,13 +362,21 @@ impl Agent {
             if stop.is_cancelled() {
                 return;
             }
-            if let Err(kind) = r {
-                ctx.errors.add(kind);
+            // As the real agent: a gateway that said `restarting` is left
+            // alone for a while.
+            let mut pause = Duration::ZERO;
+            match r {
+                Err(kind) => ctx.errors.add(kind),
+                Ok(Ended::Restarting(within)) => {
+                    ctx.restart_notices.fetch_add(1, Ordering::Relaxed);
+                    pause = kakehashi_agent::restart_pause(within);
+                }
+                Ok(Ended::Redial) => {}
             }
             if started.elapsed() > Duration::from_secs(30) {
                 backoff.reset();
             }
-            let delay = backoff.next_delay();
+            let delay = pause + backoff.next_delay();
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -368,7 +403,7 @@ impl Agent {
         ctx: &Arc<Ctx>,
         t: AgentTarget,
         up: &mut Option<tokio::sync::oneshot::Sender<()>>,
-    ) -> Result<(), String> {
+    ) -> Result<Ended, String> {
         match &self.quic {
             Some((ep, cfg)) => {
                 // As the real agent dials (`dial::quic_handshake`).
@@ -386,8 +421,10 @@ impl Agent {
                             software: "kakehashi-loadgen".into(),
                             // A simulated desk echoes; it filters nothing.
                             enforces: false,
-                            // A simulated desk dials one gateway only.
-                            members: false,
+                            // As the real agent: take the `restarting` notice (a
+                            // simulated desk dials one gateway only and ignores
+                            // member lists).
+                            members: true,
                         },
                     )
                     .await?;
@@ -395,7 +432,7 @@ impl Agent {
                     AgentWelcome::from_frame(&f)?;
                     anyhow::Ok(ctl)
                 };
-                let _ctl = match tokio::time::timeout(TIMEOUT, hello).await {
+                let mut ctl = match tokio::time::timeout(TIMEOUT, hello).await {
                     Ok(Ok(c)) => c,
                     _ => return Err("agent:hello".into()),
                 };
@@ -404,10 +441,22 @@ impl Agent {
                 loop {
                     let accepted = tokio::select! {
                         a = conn.accept_bi() => a,
+                        f = read_frame(&mut ctl) => {
+                            if let Some(within) = f.as_ref().ok().and_then(restart_notice) {
+                                self.lost(ctx);
+                                conn.close(0u32.into(), b"agent stopping");
+                                return Ok(Ended::Restarting(within));
+                            }
+                            // Another notice (a member list): ignored; a
+                            // broken control stream: the tunnel is lost.
+                            if f.is_ok() { continue; }
+                            self.lost(ctx);
+                            return Err("agent:tunnel_lost".into());
+                        }
                         _ = sleep_until_some(redial_at) => {
                             self.redial(ctx);
                             conn.close(0u32.into(), b"redial");
-                            return Ok(());
+                            return Ok(Ended::Redial);
                         }
                     };
                     match accepted {
@@ -437,8 +486,10 @@ impl Agent {
                             software: "kakehashi-loadgen".into(),
                             // A simulated desk echoes; it filters nothing.
                             enforces: false,
-                            // A simulated desk dials one gateway only.
-                            members: false,
+                            // As the real agent: take the `restarting` notice (a
+                            // simulated desk dials one gateway only and ignores
+                            // member lists).
+                            members: true,
                         },
                     )
                     .await?;
@@ -460,14 +511,18 @@ impl Agent {
                             // Dropping the control connection ends the tunnel;
                             // the gateway closes its data channels.
                             self.redial(ctx);
-                            return Ok(());
+                            return Ok(Ended::Redial);
                         }
                     };
                     let f = match read {
                         Ok(Ok(f)) => f,
                         _ => break Err("agent:tunnel_lost".to_string()),
                     };
+                    if let Some(within) = restart_notice(&f) {
+                        break Ok(Ended::Restarting(within));
+                    }
                     match f.kind {
+                        FrameKind::MemberList => {}
                         FrameKind::Ping => {
                             if write_raw(&mut ctl, &pong).await.is_err() {
                                 break Err("agent:tunnel_lost".into());

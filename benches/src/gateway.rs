@@ -47,6 +47,8 @@ pub struct GatewayOpts {
     /// `[relay.limits] busy_cpu_percent` (0: the rule off); `None`: the
     /// shipped default. Rows that do not measure it set `Some(0)`.
     pub busy_cpu_percent: Option<u32>,
+    /// `[relay.limits] agent_return_rate`; `None`: the shipped default.
+    pub agent_return_rate: Option<u32>,
 }
 
 /// A budget of bytes in flight no bench reaches (1 TiB), for the rows that
@@ -127,7 +129,9 @@ listen = "{admin}"
             .busy_delay_ms
             .map_or_else(String::new, |ms| format!("busy_delay = \"{ms}ms\"\n"))
             + &o.busy_cpu_percent
-                .map_or_else(String::new, |p| format!("busy_cpu_percent = {p}\n")),
+                .map_or_else(String::new, |p| format!("busy_cpu_percent = {p}\n"))
+            + &o.agent_return_rate
+                .map_or_else(String::new, |r| format!("agent_return_rate = {r}\n")),
     )
 }
 

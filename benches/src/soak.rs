@@ -526,6 +526,7 @@ pub async fn run(
         memory_budget_mib: 4096,
         busy_delay_ms: None,
         busy_cpu_percent: None,
+        agent_return_rate: None,
     };
     let mut gw = gateway::start(&pki.files, &opts, work).await?;
     let pid = gw.proc.pid();

@@ -349,7 +349,17 @@ pub struct Refusal {
     /// Optional detail for logs (never a secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// With `restarting` to an agent: come back at a random moment within
+    /// this many milliseconds after the usual pause, so that a gateway's
+    /// whole fleet does not dial it in the same instant. The gateway sizes
+    /// it to its agents ([`MAX_RETURN_WITHIN_MS`] at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_within_ms: Option<u32>,
 }
+
+/// The longest `return_within_ms` an agent honours (a larger one is cut to
+/// this): one minute, so that a wrong setting cannot keep desks away for long.
+pub const MAX_RETURN_WITHIN_MS: u32 = 60_000;
 
 impl Refusal {
     /// The refusal for a known reason of any kind.
@@ -359,7 +369,15 @@ impl Refusal {
             ja: reason.ja().into(),
             en: reason.en().into(),
             detail: None,
+            return_within_ms: None,
         }
+    }
+
+    /// How long after its pause an agent may take to come back (see
+    /// [`Refusal::return_within_ms`]), at most [`MAX_RETURN_WITHIN_MS`].
+    pub fn return_within(&self) -> std::time::Duration {
+        let ms = self.return_within_ms.unwrap_or(0).min(MAX_RETURN_WITHIN_MS);
+        std::time::Duration::from_millis(u64::from(ms))
     }
 
     /// Whether this is a refusal for `reason`.
@@ -389,6 +407,25 @@ impl std::fmt::Display for Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The restart notice's return window: absent (an older gateway) is no
+    /// spreading, and a window past the most an agent honours is cut to it.
+    #[test]
+    fn the_return_window_is_optional_and_capped() {
+        let old: Refusal =
+            serde_json::from_str(r#"{"code":"restarting","ja":"再起動中","en":"Restarting."}"#)
+                .unwrap();
+        assert_eq!(old.return_within(), std::time::Duration::ZERO);
+        let mut r = Refusal::new(Reason::Restarting);
+        r.return_within_ms = Some(10_000);
+        let back: Refusal = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.return_within(), std::time::Duration::from_secs(10));
+        r.return_within_ms = Some(u32::MAX);
+        assert_eq!(r.return_within(), std::time::Duration::from_secs(60));
+        // Not sent when unset: an older agent sees the frame it knows.
+        let plain = serde_json::to_string(&Refusal::new(Reason::Restarting)).unwrap();
+        assert!(!plain.contains("return_within_ms"), "{plain}");
+    }
 
     #[test]
     fn codes_are_unique_and_round_trip() {

@@ -182,14 +182,35 @@ pub(crate) fn tell_agents(s: &Shared, frame: &[u8]) -> usize {
 }
 
 /// The gateway is stopping on purpose: tell every agent (`restarting`), so
-/// it stops counting on this gateway before it drains.
+/// it stops counting on this gateway before it drains. The notice spreads
+/// the agents' return over [`return_window`].
 pub(crate) fn announce_restarting(s: &Shared) {
-    let frame = match Refusal::new(Reason::Restarting).to_frame() {
+    let agents = s.agents.lock().expect("agents lock").len();
+    let within = return_window(agents, s.cfg.agent_return_rate);
+    let mut notice = Refusal::new(Reason::Restarting);
+    notice.return_within_ms = (within > 0).then_some(within);
+    let frame = match notice.to_frame() {
         Ok(f) => f,
         Err(e) => return warn!(error = %e, "Cannot encode the restarting notice"),
     };
     let told = tell_agents(s, &frame);
-    info!(agents = told, "Told the agents this gateway is restarting");
+    info!(
+        agents = told,
+        return_within_ms = within,
+        "Told the agents this gateway is restarting"
+    );
+}
+
+/// Milliseconds over which `agents` come back at `rate` a second (`[relay.limits]
+/// agent_return_rate`; 0: no spreading), at most the most an agent honours.
+fn return_window(agents: usize, rate: u32) -> u32 {
+    if rate == 0 {
+        return 0;
+    }
+    let ms = agents.saturating_mul(1000) / rate as usize;
+    u32::try_from(ms)
+        .unwrap_or(u32::MAX)
+        .min(kakehashi_proto::reason::MAX_RETURN_WITHIN_MS)
 }
 
 /// Waits, at most `within`, until every agent's control queue is empty:
@@ -295,4 +316,20 @@ pub(crate) async fn record_filter_report(s: &Shared, desk: &str, r: FilterReport
         }),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_return_is_spread_by_the_fleet_size_within_a_minute() {
+        assert_eq!(return_window(20_000, 2000), 10_000);
+        assert_eq!(return_window(1, 2000), 0);
+        assert_eq!(return_window(500, 1000), 500);
+        // A huge fleet or a tiny rate: a minute at most.
+        assert_eq!(return_window(1_000_000, 10), 60_000);
+        // Rate 0: no spreading.
+        assert_eq!(return_window(20_000, 0), 0);
+    }
 }

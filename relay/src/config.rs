@@ -69,6 +69,9 @@ pub struct Config {
     /// second) at which new sessions are refused with `gateway_busy`; zero:
     /// the rule is off.
     pub busy_cpu_percent: u32,
+    /// Agents per second taken back after a restart: the `restarting`
+    /// notice spreads their return over agents / this; zero: no spreading.
+    pub agent_return_rate: u32,
     /// Send and receive window of each of the gateway's QUIC connections,
     /// in bytes (a stream's receive window too).
     pub quic_window: u32,

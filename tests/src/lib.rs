@@ -293,6 +293,12 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// [`Proc::log_text`] without its colour codes (the binaries log in
+    /// colour), so that a field reads `name=value`.
+    pub fn plain_log(&self) -> String {
+        plain(&self.log_text())
+    }
+
     /// Wait for the log to contain `needle`.
     pub async fn wait_log(&self, needle: &str, within: Duration) -> anyhow::Result<()> {
         wait_file(&self.log, needle, 1, within).await
@@ -1383,4 +1389,23 @@ pub async fn sealed_audit(store: &kakehashi_store::Store) -> Vec<kakehashi_store
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     store.audit_between(0, i64::MAX).await.unwrap()
+}
+
+/// `text` without ANSI colour sequences.
+pub fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters… final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

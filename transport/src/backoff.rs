@@ -23,6 +23,12 @@ pub fn reconnect(initial: Duration, max: Duration) -> ExponentialBuilder {
         .without_max_times()
 }
 
+/// A moment drawn uniformly from `[0, within)`: where in a window a peer
+/// told to spread its return (a gateway's `restarting` notice) comes back.
+pub fn spread(within: Duration) -> Duration {
+    within.mul_f64(rand::random::<f64>())
+}
+
 /// The delays of one reconnect loop: [`Reconnect::next_delay`] before each
 /// new attempt, [`Reconnect::reset`] once a connection has stayed up long
 /// enough to count as stable.
@@ -89,6 +95,15 @@ mod tests {
         r.reset();
         let delay = r.next_delay();
         assert!(delay >= initial / 2 && delay < initial, "{delay:?}");
+    }
+
+    #[test]
+    fn spread_stays_in_its_window_and_varies() {
+        let w = Duration::from_secs(10);
+        let picks: Vec<Duration> = (0..64).map(|_| spread(w)).collect();
+        assert!(picks.iter().all(|d| *d < w), "{picks:?}");
+        assert!(picks.iter().any(|d| *d > w / 2) && picks.iter().any(|d| *d < w / 2));
+        assert_eq!(spread(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

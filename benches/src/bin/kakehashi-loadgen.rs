@@ -148,6 +148,11 @@ struct SessionsArgs {
     /// the rule off.
     #[arg(long)]
     busy_cpu_percent: Option<u32>,
+    /// Agents per second the gateway takes back after a restart
+    /// (`[relay.limits] agent_return_rate`, 0: no spreading); default: the
+    /// shipped one. Used by `--restart` (P7).
+    #[arg(long)]
+    agent_return_rate: Option<u32>,
     /// After the gateway's run, the same paced sessions through a baseline
     /// relay (`tls:HOST:PORT`, e.g. HAProxy) to the load generator's desk at
     /// `--backend-tls`, then straight to that desk (no relay: the floor of
@@ -514,6 +519,7 @@ fn remote_config(env: &Env, a: &RemoteConfigArgs) -> anyhow::Result<Value> {
         memory_budget_mib: a.memory_budget_mib,
         busy_delay_ms: None,
         busy_cpu_percent: None,
+        agent_return_rate: None,
     };
     let config = a.out.join("gateway.toml");
     std::fs::write(&config, gateway::config_text(&files, &opts))?;
@@ -614,6 +620,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
         memory_budget_mib: a.memory_budget_mib.unwrap_or(gateway::NO_BUDGET),
         busy_delay_ms: Some(a.busy_delay_ms.unwrap_or(0)),
         busy_cpu_percent: Some(a.busy_cpu_percent.unwrap_or(0)),
+        agent_return_rate: a.agent_return_rate,
     };
     let stop_all = CancellationToken::new();
     // The gateway: started here, or on another machine (`--remote`).
@@ -632,8 +639,9 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
                 || a.memory_budget_mib.is_some()
                 || a.busy_delay_ms.is_some()
                 || a.busy_cpu_percent.is_some()
+                || a.agent_return_rate.is_some()
             {
-                bail!("--remote runs the bare relay's paced sessions (and --storm): drop --store, --restart, --baseline, --memory-budget-mib, --busy-delay-ms and --busy-cpu-percent (set them in the remote gateway's configuration)");
+                bail!("--remote runs the bare relay's paced sessions (and --storm): drop --store, --restart, --baseline, --memory-budget-mib, --busy-delay-ms, --busy-cpu-percent and --agent-return-rate (set them in the remote gateway's configuration)");
             }
             fleet::set_remote(name);
             let addrs = a.remote.addrs(name)?;
@@ -960,6 +968,7 @@ async fn run_sessions(env: &Env, a: &SessionsArgs) -> anyhow::Result<Value> {
             "all_back_after_ready_secs": if every_back { Some((last.saturating_sub(serving_us)) as f64 / 1e6) } else { None },
             "all_back_after_stop_secs": if every_back { Some(last.saturating_sub(stop_us) as f64 / 1e6) } else { None },
             "returns_per_sec": returns,
+            "restart_notices": ctx.restart_notices.load(Ordering::Relaxed),
             "gateway_rss_after_kib": procstat::rss_kib(gw.proc.pid()),
         });
         eprintln!("restart: {restart_out}");
@@ -1271,6 +1280,7 @@ impl Single {
             memory_budget_mib: gateway::NO_BUDGET,
             busy_delay_ms: Some(0),
             busy_cpu_percent: Some(0),
+            agent_return_rate: None,
         };
         let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
         let ctx = Ctx::new(
@@ -1600,6 +1610,7 @@ async fn handshakes(env: &Env, a: &HsArgs) -> anyhow::Result<Value> {
         memory_budget_mib: gateway::NO_BUDGET,
         busy_delay_ms: Some(0),
         busy_cpu_percent: Some(0),
+        agent_return_rate: None,
     };
     let gw = gateway::start(&env.pki.files, &opts, &env.work).await?;
     let cfgs: Vec<_> = fleet::device_configs(&env.pki)?
@@ -1669,6 +1680,7 @@ async fn idle(env: &Env, a: &IdleArgs) -> anyhow::Result<Value> {
         memory_budget_mib: None,
         busy_delay_ms: None,
         busy_cpu_percent: None,
+        agent_return_rate: None,
         baseline: None,
         backend_tls: None,
         baseline_pid: None,

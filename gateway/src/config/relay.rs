@@ -149,6 +149,11 @@ pub struct LimitsSection {
     /// Send and receive window of each of the gateway's QUIC connections,
     /// KiB: what one connection may buffer each way.
     pub quic_window_kib: u32,
+    /// Agents per second this gateway takes back after a restart. When it
+    /// stops on purpose it tells its agents to come back at random moments
+    /// over (agents / this) seconds, at most a minute, after their 5 s
+    /// pause, instead of all in the same instant. 0: no spreading.
+    pub agent_return_rate: u32,
 }
 
 /// Default `memory_budget_mib`: 4 GiB, 14,500 sessions over QUIC at the
@@ -159,6 +164,9 @@ pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 4096;
 pub const DEFAULT_BUSY_DELAY: Duration = Duration::from_millis(20);
 /// Default `busy_cpu_percent`.
 pub const DEFAULT_BUSY_CPU_PERCENT: u32 = 85;
+/// Default `agent_return_rate`: what one core takes back with room to
+/// spare (benches/RESULTS.md, "P7 per core").
+pub const DEFAULT_AGENT_RETURN_RATE: u32 = 2000;
 /// Default `quic_window_kib`: a 3 Mbit/s session's screen update (~37 KB)
 /// fits in one round trip.
 pub const DEFAULT_QUIC_WINDOW_KIB: u32 = 64;
@@ -179,6 +187,7 @@ impl Default for LimitsSection {
             busy_delay: DEFAULT_BUSY_DELAY,
             busy_cpu_percent: DEFAULT_BUSY_CPU_PERCENT,
             quic_window_kib: DEFAULT_QUIC_WINDOW_KIB,
+            agent_return_rate: DEFAULT_AGENT_RETURN_RATE,
         }
     }
 }
@@ -476,6 +485,7 @@ pub fn relay(
         memory_budget: l.memory_budget_mib << 20,
         busy_delay,
         busy_cpu_percent: l.busy_cpu_percent,
+        agent_return_rate: l.agent_return_rate,
         quic_window: l.quic_window_kib * 1024,
         handshake_timeout,
         session_setup_timeout,

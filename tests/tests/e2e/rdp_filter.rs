@@ -91,27 +91,9 @@ async fn next_channels(server: &Proc, already: usize) -> Vec<String> {
     )
 }
 
-/// `text` without ANSI colour sequences (the binaries log in colour).
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Lines of `p`'s log (colour removed) containing every one of `needles`.
 fn log_lines(p: &Proc, needles: &[&str]) -> usize {
-    plain(&p.log_text())
+    p.plain_log()
         .lines()
         .filter(|l| needles.iter().all(|n| l.contains(n)))
         .count()
@@ -128,7 +110,7 @@ async fn wait_plain(p: &Proc, needles: &[&str], already: usize, within: Duration
     }
     panic!(
         "no log line with {needles:?} within {within:?}:\n{}",
-        plain(&p.log_text())
+        p.plain_log()
     )
 }
 
@@ -1194,7 +1176,7 @@ async fn rdp_filter_enforces_clipboard_and_devices_with_xrdp() {
                 log_lines(&gw.proc, &["RDP blocked"]),
                 0,
                 "{label}: {}",
-                plain(&gw.proc.log_text())
+                gw.proc.plain_log()
             ),
             Some(class) => {
                 let rule = if class == TerminalClass::Home {

@@ -9,7 +9,16 @@ use kakehashi_tests::*;
 async fn agent_restart_and_gateway_restart() {
     for transport in ["quic", "tcp"] {
         let mut pki = Pki::new();
-        let mut gw = start_gateway(&pki, GatewayOpts::default()).await;
+        // One agent at one a second: the restart notice asks it to spread
+        // its return over 1 s.
+        let mut gw = start_gateway(
+            &pki,
+            GatewayOpts {
+                limits: "agent_return_rate = 1\n".into(),
+                ..Default::default()
+            },
+        )
+        .await;
         let addrs = gw.addrs;
         let desk = echo_server().await;
         let files = pki.agent("DESK-RS");
@@ -39,6 +48,23 @@ async fn agent_restart_and_gateway_restart() {
             gw.proc.log_text()
         );
         assert!(gw.proc.log_text().contains("Gateway stopped"));
+        let told = gw.proc.plain_log();
+        assert!(
+            told.lines()
+                .any(|l| l.contains("Told the agents this gateway is restarting")
+                    && l.contains("return_within_ms=1000")),
+            "{told}"
+        );
+        // The agent leaves it alone 5 s plus a moment drawn in that second.
+        let needle = "the gateway is restarting";
+        crate::e2e::rdp::wait_log_line(&_agent2, &[needle], Duration::from_secs(10))
+            .await
+            .expect("the agent did not hear the restart notice");
+        let log = _agent2.plain_log();
+        let line = log.lines().find(|l| l.contains(needle)).unwrap();
+        assert!(line.contains("return_within_ms=1000"), "{line}");
+        let pause = log_field(line, "pause_ms").expect("pause_ms");
+        assert!((5000..6000).contains(&pause), "{line}");
         let gw2 = start_gateway(
             &pki,
             GatewayOpts {
@@ -71,4 +97,44 @@ async fn agent_restart_and_gateway_restart() {
         );
         assert_eq!(mode & 0o777, 0o600, "{}", keys.display());
     }
+}
+
+/// The number after `name=` in a log line.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// An idle agent's QUIC tunnel stays up on the shipped keep-alive (1 s,
+/// idle timeout 4 s) for more than twice the idle timeout. The gateway's
+/// pings are what keep it: on quinn 0.11 the dialling side's keep-alive
+/// alone does not (a gateway without pings of its own saw this tunnel
+/// time out every 4 s), so a change that stops them fails here.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_quic_tunnel_stays_up() {
+    let mut pki = Pki::new();
+    let gw = start_gateway(
+        &pki,
+        GatewayOpts {
+            shipped_keepalive: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let desk = echo_server().await;
+    let files = pki.agent("DESK-IDLE");
+    let agent = start_agent_with(&pki, &files, &gw.addrs, desk, "quic");
+    agent
+        .wait_log("Tunnel up", Duration::from_secs(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(2 * kakehashi_transport::IDLE_TIMEOUT + Duration::from_secs(1)).await;
+    let log = agent.plain_log();
+    let ups = log.lines().filter(|l| l.contains("Tunnel up")).count();
+    assert_eq!(ups, 1, "the idle tunnel went down:\n{log}");
+    assert!(!log.contains("Tunnel down"), "{log}");
 }
