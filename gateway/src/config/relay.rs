@@ -164,8 +164,8 @@ pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 4096;
 pub const DEFAULT_BUSY_DELAY: Duration = Duration::from_millis(20);
 /// Default `busy_cpu_percent`.
 pub const DEFAULT_BUSY_CPU_PERCENT: u32 = 85;
-/// Default `agent_return_rate`: what one core takes back with room to
-/// spare (benches/RESULTS.md, "P7 per core").
+/// Default `agent_return_rate`: what a gateway on two cores takes back
+/// (one core took about 1,400 a second: benches/RESULTS.md, "P7 per core").
 pub const DEFAULT_AGENT_RETURN_RATE: u32 = 2000;
 /// Default `quic_window_kib`: a 3 Mbit/s session's screen update (~37 KB)
 /// fits in one round trip.
