@@ -501,12 +501,12 @@ impl Agent {
                 None
             }
             FrameKind::Refused => match Refusal::from_frame(&f) {
-                Ok(r) if r.is(Reason::Restarting) || r.is(Reason::ShuttingDown) => {
-                    Some(r.return_within())
-                }
                 Ok(r) => {
-                    warn!(reason = %r.code, "Notice from the gateway ignored");
-                    None
+                    let notice = r.restart_notice();
+                    if notice.is_none() {
+                        warn!(reason = %r.code, "Notice from the gateway ignored");
+                    }
+                    notice
                 }
                 Err(e) => {
                     warn!(error = %e, "Bad notice from the gateway ignored");

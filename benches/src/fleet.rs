@@ -234,17 +234,12 @@ enum Ended {
 }
 
 /// The return window of the gateway's `restarting` notice, when a
-/// control-stream frame is one (the real agent takes `shutting_down` so too).
+/// control-stream frame is one.
 fn restart_notice(f: &kakehashi_proto::Frame) -> Option<Duration> {
     if f.kind != FrameKind::Refused {
         return None;
     }
-    Refusal::from_frame(f)
-        .ok()
-        .filter(|r| {
-            r.is(kakehashi_proto::Reason::Restarting) || r.is(kakehashi_proto::Reason::ShuttingDown)
-        })
-        .map(|r| r.return_within())
+    Refusal::from_frame(f).ok()?.restart_notice()
 }
 
 /// One simulated desk agent.

@@ -373,6 +373,13 @@ impl Refusal {
         }
     }
 
+    /// When this is a gateway's notice that it stops on purpose
+    /// (`restarting`, or `shutting_down` from an older gateway): the window
+    /// over which to spread the return ([`Refusal::return_within`]).
+    pub fn restart_notice(&self) -> Option<std::time::Duration> {
+        (self.is(Reason::Restarting) || self.is(Reason::ShuttingDown)).then(|| self.return_within())
+    }
+
     /// How long after its pause an agent may take to come back (see
     /// [`Refusal::return_within_ms`]), at most [`MAX_RETURN_WITHIN_MS`].
     pub fn return_within(&self) -> std::time::Duration {
@@ -425,6 +432,12 @@ mod tests {
         // Not sent when unset: an older agent sees the frame it knows.
         let plain = serde_json::to_string(&Refusal::new(Reason::Restarting)).unwrap();
         assert!(!plain.contains("return_within_ms"), "{plain}");
+        // A notice: restarting, or shutting_down from an older gateway.
+        assert_eq!(
+            Refusal::new(Reason::ShuttingDown).restart_notice(),
+            Some(std::time::Duration::ZERO)
+        );
+        assert_eq!(Refusal::new(Reason::DeskOffline).restart_notice(), None);
     }
 
     #[test]
