@@ -433,20 +433,32 @@ impl Agent {
                 };
                 self.welcomed(ctx, up);
                 let redial_at = self.next_redial();
+                // The control stream, read across the loop's turns (a frame
+                // half read when a session stream arrives is kept): the
+                // restart notice ends the tunnel, other notices (member
+                // lists) are ignored, a broken stream is a lost tunnel.
+                let notice = async {
+                    loop {
+                        match read_frame(&mut ctl).await {
+                            Ok(f) => match restart_notice(&f) {
+                                Some(within) => return Some(within),
+                                None => continue,
+                            },
+                            Err(_) => return None,
+                        }
+                    }
+                };
+                tokio::pin!(notice);
                 loop {
                     let accepted = tokio::select! {
                         a = conn.accept_bi() => a,
-                        f = read_frame(&mut ctl) => {
-                            if let Some(within) = f.as_ref().ok().and_then(restart_notice) {
-                                self.lost(ctx);
-                                conn.close(0u32.into(), b"agent stopping");
-                                return Ok(Ended::Restarting(within));
-                            }
-                            // Another notice (a member list): ignored; a
-                            // broken control stream: the tunnel is lost.
-                            if f.is_ok() { continue; }
+                        n = &mut notice => {
                             self.lost(ctx);
-                            return Err("agent:tunnel_lost".into());
+                            let Some(within) = n else {
+                                return Err("agent:tunnel_lost".into());
+                            };
+                            conn.close(0u32.into(), b"agent stopping");
+                            return Ok(Ended::Restarting(within));
                         }
                         _ = sleep_until_some(redial_at) => {
                             self.redial(ctx);
