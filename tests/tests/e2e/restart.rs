@@ -48,6 +48,12 @@ async fn agent_restart_and_gateway_restart() {
             gw.proc.log_text()
         );
         assert!(gw.proc.log_text().contains("Gateway stopped"));
+        // Every task ends with the stop: none holds it for the linger.
+        assert!(
+            !gw.proc.log_text().contains("Tasks still running"),
+            "{}",
+            gw.proc.log_text()
+        );
         let told = gw.proc.plain_log();
         assert!(
             told.lines()
