@@ -85,10 +85,8 @@ const TCP_KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
 /// (`kakehashi_transport::quic::ResetKey`), and the agent dials again at
 /// once instead of waiting out the idle timeout. The transport's keep-alive
 /// (1 s), which also finds a hung gateway within the idle timeout.
-/// Measured on quinn 0.11: once the tunnel is quiet this timer does not
-/// fire on the agent's side, and the gateway's own pings (every `[relay.limits]
-/// keepalive`) are what keep the tunnel up, so after a kill -9 the agent may
-/// learn it only at its idle timeout, 4 s (`restart::an_idle_quic_tunnel_stays_up`).
+/// The gateway pings too (every `[relay.limits] keepalive`); see
+/// `restart::an_idle_quic_tunnel_stays_up` before changing either side.
 const QUIC_KEEPALIVE: Duration = kakehashi_transport::KEEPALIVE;
 /// How long the agent leaves a gateway that said `restarting` alone before
 /// dialling it again (plus the moment it draws in the notice's return
