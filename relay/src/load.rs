@@ -168,12 +168,15 @@ impl Window {
     }
 }
 
-/// The probe: runs until the gateway stops, updating `load` and the gauges
+/// The probe: runs until `shutdown` starts draining (from then on every
+/// new session is refused with `restarting`, and a probe left running would
+/// hold the stop for its whole linger), updating `load` and the gauges
 /// `kakehashi_scheduling_delay_seconds` and `kakehashi_cpu_used_ratio`.
 pub(crate) async fn probe(
     load: Arc<Load>,
     delay_gauge: prometheus::Gauge,
     cpu_gauge: prometheus::Gauge,
+    shutdown: kakehashi_transport::shutdown::Shutdown,
 ) {
     let probes = (WINDOW.as_millis() / PROBE.as_millis()) as usize;
     let mut delays = Window::new(probes);
@@ -184,7 +187,10 @@ pub(crate) async fn probe(
     let mut n = 0u32;
     loop {
         let due = Instant::now() + PROBE;
-        tokio::time::sleep_until(due).await;
+        tokio::select! {
+            _ = shutdown.draining() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
         // A stall longer than the window counts as the window.
         let late = Instant::now().saturating_duration_since(due).min(WINDOW);
         let sum = delays.push(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
@@ -329,7 +335,7 @@ mod tests {
         let gauge = prometheus::Gauge::new("d", "d").unwrap();
         let cpu = prometheus::Gauge::new("c", "c").unwrap();
         rt.block_on(async {
-            tokio::spawn(probe(load.clone(), gauge.clone(), cpu));
+            tokio::spawn(probe(load.clone(), gauge.clone(), cpu, Default::default()));
             tokio::time::sleep(PROBE * 3).await;
             // Hold the only thread for 1.5 s, as a starved gateway would be.
             std::thread::sleep(Duration::from_millis(1500));
@@ -362,7 +368,7 @@ mod tests {
             prometheus::Gauge::new("c", "c").unwrap(),
         );
         rt.block_on(async {
-            tokio::spawn(probe(load.clone(), d, c.clone()));
+            tokio::spawn(probe(load.clone(), d, c.clone(), Default::default()));
             // Spin on a blocking thread (the workers stay free for the
             // probe) until the probe has seen a whole window of it.
             let spin = tokio::task::spawn_blocking(|| {

@@ -257,21 +257,12 @@ impl Relay {
         let s = self.shared.clone();
         let sd = s.shutdown.clone();
         sd.spawn(watch_crl(s.clone()));
-        // Until draining: from then on every new session is refused with
-        // `restarting`, and a probe left running would hold the stop for its
-        // whole linger.
-        let probe = crate::load::probe(
+        sd.spawn(crate::load::probe(
             s.load.clone(),
             s.metrics.scheduling_delay.clone(),
             s.metrics.cpu_used.clone(),
-        );
-        let draining = sd.clone();
-        sd.spawn(async move {
-            tokio::select! {
-                _ = draining.draining() => {}
-                _ = probe => {}
-            }
-        });
+            sd.clone(),
+        ));
         if s.policy.is_some() {
             sd.spawn(watch_changes(s.clone()));
             sd.spawn(crate::cluster::run(s.clone(), s.member_generation));
